@@ -1,0 +1,8 @@
+module netwatch/api
+
+go 1.26.0
+
+replace (
+	netwatch/schema => ../schema
+	netwatch/testkit => ../testkit
+)

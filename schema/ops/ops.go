@@ -1,0 +1,178 @@
+// Package ops is the operational shell every netwatch service shares: config
+// from flags and NETWATCH_* environment variables, the slog logger, the NATS
+// connection, and the HTTP server for /metrics, /healthz and /readyz
+// (STYLE.md, "Config", "Errors and logs", "Metrics").
+package ops
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// EnvName is the environment variable of a flag: NETWATCH_ followed by the
+// flag name upper-cased with '.' and '-' turned into '_'
+// ("nats.url" -> "NETWATCH_NATS_URL").
+func EnvName(flagName string) string {
+	r := strings.NewReplacer(".", "_", "-", "_")
+	return "NETWATCH_" + strings.ToUpper(r.Replace(flagName))
+}
+
+// ApplyEnv sets every flag of fs that was not given on the command line from
+// its environment variable (EnvName), so that flag > environment > default.
+// Call it after fs.Parse. It returns the first value a flag rejects.
+func ApplyEnv(fs *flag.FlagSet, getenv func(string) string) error {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || err != nil {
+			return
+		}
+		if v := getenv(EnvName(f.Name)); v != "" {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("environment %s=%q: %w", EnvName(f.Name), v, e)
+			}
+		}
+	})
+	return err
+}
+
+// Common is the part of every service's config that ops handles.
+type Common struct {
+	NATSURL   string // -nats.url, comma-separated server URLs
+	NATSCreds string // -nats.creds, a credentials file; empty for none
+	HTTPAddr  string // -http.addr of /metrics, /healthz, /readyz; empty disables
+	LogLevel  string // -log.level: debug, info, warn, error
+	LogFormat string // -log.format: json or text
+	CheckOnly bool   // -check-config: validate and exit
+}
+
+// Register adds the common flags to fs with defaults for a service whose ops
+// HTTP server listens on defaultHTTP.
+func (c *Common) Register(fs *flag.FlagSet, defaultHTTP string) {
+	fs.StringVar(&c.NATSURL, "nats.url", "nats://127.0.0.1:4222", "NATS server URLs, comma-separated")
+	fs.StringVar(&c.NATSCreds, "nats.creds", "", "NATS credentials file")
+	fs.StringVar(&c.HTTPAddr, "http.addr", defaultHTTP, "listen address for /metrics, /healthz and /readyz (empty: off)")
+	fs.StringVar(&c.LogLevel, "log.level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.LogFormat, "log.format", "json", "log format: json or text")
+	fs.BoolVar(&c.CheckOnly, "check-config", false, "validate the configuration and exit")
+}
+
+// Validate checks the common fields.
+func (c *Common) Validate() error {
+	var errs []error
+	if c.NATSURL == "" {
+		errs = append(errs, errors.New("-nats.url is empty"))
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("-log.level %q: %w", c.LogLevel, err))
+	}
+	if c.LogFormat != "json" && c.LogFormat != "text" {
+		errs = append(errs, fmt.Errorf("-log.format %q: want json or text", c.LogFormat))
+	}
+	return errors.Join(errs...)
+}
+
+// Logger returns the service's logger writing to w, with a "service" attribute.
+func (c *Common) Logger(w io.Writer, service string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(c.LogLevel))
+	opts := &slog.HandlerOptions{Level: l}
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
+	if c.LogFormat == "text" {
+		h = slog.NewTextHandler(w, opts)
+	}
+	return slog.New(h).With("service", service)
+}
+
+// ConnectNATS connects to c.NATSURL, retrying until ctx ends, and reconnects
+// forever afterwards (a broker outage is survived, DESIGN.md). name is the
+// connection name the server shows.
+func (c *Common) ConnectNATS(ctx context.Context, name string, log *slog.Logger) (*nats.Conn, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.ReconnectBufSize(64 << 20),
+		nats.RetryOnFailedConnect(true),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats reconnected", "url", nc.ConnectedUrl()) }),
+	}
+	if c.NATSCreds != "" {
+		opts = append(opts, nats.UserCredentials(c.NATSCreds))
+	}
+	nc, err := nats.Connect(c.NATSURL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to nats %s: %w", c.NATSURL, err)
+	}
+	for !nc.IsConnected() {
+		select {
+		case <-ctx.Done():
+			nc.Close()
+			return nil, fmt.Errorf("connect to nats %s: %w", c.NATSURL, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nc, nil
+}
+
+// NewRegistry returns a Prometheus registry with the Go and process collectors.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// Handler serves /metrics from reg, /healthz (200 while the process runs) and
+// /readyz (200 when ready returns nil, else 503 with the error).
+func Handler(reg *prometheus.Registry, ready func() error) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if ready != nil {
+			if err := ready(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		io.WriteString(w, "ready\n")
+	})
+	return mux
+}
+
+// Serve runs an HTTP server for h on addr until ctx ends, then shuts it down
+// within 5 s. An empty addr returns at once. A listen error is returned.
+func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger) error {
+	if addr == "" {
+		return nil
+	}
+	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve http on %s: %w", addr, err)
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	}
+}

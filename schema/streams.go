@@ -1,0 +1,140 @@
+package schema
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Stream names (DESIGN.md table "Subjects and streams").
+const (
+	StreamPackets = "PACKETS"
+	StreamFlows   = "FLOWS"
+	StreamAlerts  = "ALERTS"
+	StreamMetrics = "METRICS"
+)
+
+// Durable consumer names. Every instance of a stage binds to the same durable,
+// so instances share the work (sink, detector) or the partitions (enricher).
+const (
+	ConsumerEnricher    = "enricher"
+	ConsumerDetector    = "detector"
+	ConsumerSinkFlows   = "sink-flows"
+	ConsumerSinkAlerts  = "sink-alerts"
+	ConsumerSinkMetrics = "sink-metrics"
+)
+
+// StreamOptions tune the streams; the zero value gives DESIGN.md's defaults
+// on a single node.
+type StreamOptions struct {
+	Replicas        int           // 1 on one node (0 means 1), 3 on a cluster
+	PacketsMaxAge   time.Duration // 0 means 1 h
+	PacketsMaxBytes int64         // 0 means 8 GiB
+	FlowsMaxAge     time.Duration // 0 means 24 h
+	AlertsMaxAge    time.Duration // 0 means 30 days
+	MetricsMaxAge   time.Duration // 0 means 24 h
+}
+
+func orDur(v, d time.Duration) time.Duration {
+	if v == 0 {
+		return d
+	}
+	return v
+}
+
+// StreamConfigs returns the four stream definitions.
+func StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
+	r := o.Replicas
+	if r == 0 {
+		r = 1
+	}
+	pb := o.PacketsMaxBytes
+	if pb == 0 {
+		pb = 8 << 30
+	}
+	return []jetstream.StreamConfig{
+		{Name: StreamPackets, Subjects: []string{PacketsPrefix + ".>"}, Storage: jetstream.FileStorage,
+			Retention: jetstream.LimitsPolicy, MaxAge: orDur(o.PacketsMaxAge, time.Hour), MaxBytes: pb,
+			Duplicates: 2 * time.Minute, Replicas: r, Discard: jetstream.DiscardOld,
+			Description: "batched packet summaries from agents"},
+		{Name: StreamFlows, Subjects: []string{FlowsPrefix + ".>"}, Storage: jetstream.FileStorage,
+			Retention: jetstream.LimitsPolicy, MaxAge: orDur(o.FlowsMaxAge, 24*time.Hour),
+			Duplicates: 10 * time.Minute, Replicas: r, Description: "flow records from enrichers"},
+		{Name: StreamAlerts, Subjects: []string{AlertsPrefix + ".>"}, Storage: jetstream.FileStorage,
+			Retention: jetstream.LimitsPolicy, MaxAge: orDur(o.AlertsMaxAge, 30*24*time.Hour),
+			Duplicates: time.Hour, Replicas: r, Description: "alerts from detectors"},
+		{Name: StreamMetrics, Subjects: []string{MetricsPrefix + ".>"}, Storage: jetstream.FileStorage,
+			Retention: jetstream.LimitsPolicy, MaxAge: orDur(o.MetricsMaxAge, 24*time.Hour),
+			Duplicates: 2 * time.Minute, Replicas: r, Description: "host metrics and capture statistics"},
+	}
+}
+
+// ConsumerDef is a durable consumer and the stream it reads.
+type ConsumerDef struct {
+	Stream string
+	Config jetstream.ConsumerConfig
+}
+
+// ConsumerConfigs returns the durable consumers of the pipeline. The
+// enricher's AckWait is short because it holds messages until the flows they
+// feed are published and keeps them alive with InProgress (STYLE.md: ack
+// only once the output is published).
+func ConsumerConfigs(o StreamOptions) []ConsumerDef {
+	r := o.Replicas
+	if r == 0 {
+		r = 1
+	}
+	c := func(stream, name string, ackWait time.Duration, maxPending int) ConsumerDef {
+		return ConsumerDef{Stream: stream, Config: jetstream.ConsumerConfig{
+			Durable: name, AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckWait: ackWait, MaxAckPending: maxPending, MaxDeliver: -1, Replicas: r,
+			MaxRequestBatch: 0,
+		}}
+	}
+	return []ConsumerDef{
+		c(StreamPackets, ConsumerEnricher, 2*time.Minute, 1_000_000),
+		c(StreamFlows, ConsumerDetector, time.Minute, 100_000),
+		c(StreamFlows, ConsumerSinkFlows, time.Minute, 100_000),
+		c(StreamAlerts, ConsumerSinkAlerts, time.Minute, 10_000),
+		c(StreamMetrics, ConsumerSinkMetrics, time.Minute, 10_000),
+	}
+}
+
+// Provision creates or updates every stream and durable consumer; calling it
+// again with the same options changes nothing. Errors name the stream or
+// consumer that failed.
+func Provision(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
+	for _, sc := range StreamConfigs(o) {
+		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
+		}
+	}
+	for _, cd := range ConsumerConfigs(o) {
+		if _, err := js.CreateOrUpdateConsumer(ctx, cd.Stream, cd.Config); err != nil {
+			return fmt.Errorf("provision consumer %s on %s: %w", cd.Config.Durable, cd.Stream, err)
+		}
+	}
+	return nil
+}
+
+// ProvisionRetry calls Provision until it succeeds or ctx ends, backing off
+// from 200 ms to 5 s: a stage started before NATS (or during a cluster
+// election) waits for it instead of failing.
+func ProvisionRetry(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
+	wait := 200 * time.Millisecond
+	for {
+		err := Provision(ctx, js, o)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
