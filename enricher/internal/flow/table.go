@@ -1,0 +1,467 @@
+package flow
+
+import (
+	"container/list"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"netwatch/enricher/internal/communityid"
+	"netwatch/schema/pb"
+)
+
+// TCP flag bits of pb.PacketSummary.TcpFlags.
+const (
+	flagFIN = 0x01
+	flagSYN = 0x02
+	flagRST = 0x04
+	flagACK = 0x10
+)
+
+// Ref is the input message a packet came from. The table calls Retain once
+// for every flow record that holds packets from it, and hands it back in
+// that Record's Refs, so the caller can release (and finally acknowledge)
+// the message once the record is published.
+type Ref interface{ Retain() }
+
+// Config tunes a Table. Timeouts are in packet time.
+type Config struct {
+	Sensor      string
+	IdleTCP     time.Duration  // idle timeout of TCP flows; Zeek tcp_inactivity_timeout (5 min)
+	IdleUDP     time.Duration  // UDP; Zeek udp_inactivity_timeout (1 min)
+	IdleICMP    time.Duration  // ICMP and ICMPv6; Zeek icmp_inactivity_timeout (1 min)
+	IdleOther   time.Duration  // other IP protocols (1 min)
+	Active      time.Duration  // active timeout: a longer record is cut into interim records (IPFIX, RFC 5470 §5.1.1); 0 disables
+	CloseLinger time.Duration  // how long a TCP flow stays after FIN both ways or RST to absorb the last ACKs (Zeek tcp_close_delay); 0 ends it at once
+	Seed        uint16         // Community ID seed
+	LocalNets   []netip.Prefix // local networks for Flow.Direction; none leaves it empty
+}
+
+// DefaultConfig returns the defaults documented in README.md.
+func DefaultConfig() Config {
+	return Config{IdleTCP: 5 * time.Minute, IdleUDP: time.Minute, IdleICMP: time.Minute, IdleOther: time.Minute,
+		Active: 5 * time.Minute, CloseLinger: 2 * time.Second}
+}
+
+// Validate reports non-positive idle timeouts and negative durations.
+func (c *Config) Validate() error {
+	var errs []error
+	for name, d := range map[string]time.Duration{"tcp": c.IdleTCP, "udp": c.IdleUDP, "icmp": c.IdleICMP, "other": c.IdleOther} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("-flow.idle-timeout.%s %s: must be positive", name, d))
+		}
+	}
+	if c.Active < 0 {
+		errs = append(errs, fmt.Errorf("-flow.active-timeout %s: must not be negative", c.Active))
+	}
+	if c.CloseLinger < 0 {
+		errs = append(errs, fmt.Errorf("-flow.close-linger %s: must not be negative", c.CloseLinger))
+	}
+	return errors.Join(errs...)
+}
+
+// Record is one emitted flow record and the input messages it holds.
+type Record struct {
+	Flow *pb.Flow
+	Refs []Ref
+}
+
+// counts are one direction's counters of the current record.
+type counts struct {
+	pkts, ipBytes, bytes uint64
+	flags                uint32
+}
+
+type entry struct {
+	key       Key
+	origIsA   bool
+	guessed   bool
+	flipped   bool // the first packet came from the responder
+	flowStart int64
+	recStart  int64
+	recLast   int64
+	last      int64
+	recIndex  uint32
+	c         [2]counts // 0 originator, 1 responder; since the previous record
+	allFlags  [2]uint32 // OR of TCP flags over the whole flow
+	letters   [2]uint8  // history letters seen, per direction
+	hist      []byte
+	icmpType  uint8
+	icmpCode  uint8
+	icmpOrig  bool // icmpType/Code come from an originator packet
+	app       string
+	server    string
+	cid       string
+	direction string
+	respAny   bool // the responder sent a packet
+	closing   bool
+	closeAt   int64
+	reason    pb.EndReason
+	refs      []Ref
+	class     int
+	idleElem  *list.Element
+	closeElem *list.Element
+}
+
+// Table is the flow table of one (sensor, bucket). It is not safe for
+// concurrent use. Records are passed to the emit function in a
+// deterministic order given the packet sequence.
+type Table struct {
+	cfg     Config
+	idleNs  [4]int64
+	emit    func(Record)
+	flows   map[Key]*entry
+	idle    [4]list.List // per protocol class, in order of last packet
+	closing list.List    // TCP flows after FIN both ways or RST, by close time
+	clock   int64
+	started bool
+
+	Skipped uint64 // packets without usable addresses
+}
+
+const (
+	classTCP = iota
+	classUDP
+	classICMP
+	classOther
+)
+
+// NewTable returns an empty table; emit receives every record and owns it.
+func NewTable(cfg Config, emit func(Record)) *Table {
+	t := &Table{cfg: cfg, emit: emit, flows: make(map[Key]*entry)}
+	t.idleNs = [4]int64{int64(cfg.IdleTCP), int64(cfg.IdleUDP), int64(cfg.IdleICMP), int64(cfg.IdleOther)}
+	for i := range t.idle {
+		t.idle[i].Init()
+	}
+	t.closing.Init()
+	return t
+}
+
+// Len is the number of open flows.
+func (t *Table) Len() int { return len(t.flows) }
+
+// Clock is the table's packet-time clock, Unix ns: the latest packet time
+// seen or the time given to Advance; 0 before the first packet.
+func (t *Table) Clock() int64 { return t.clock }
+
+func classOf(proto uint8) int {
+	switch proto {
+	case 6:
+		return classTCP
+	case 17:
+		return classUDP
+	case 1, 58:
+		return classICMP
+	}
+	return classOther
+}
+
+// Add accounts one packet. ref (may be nil) is the message it came from.
+// Packets older than the clock are accounted with their own times but do
+// not move the clock back.
+func (t *Table) Add(p *pb.PacketSummary, ref Ref) {
+	k, srcIsA, ok := keyOf(p)
+	if !ok {
+		t.Skipped++
+		return
+	}
+	ts := p.TsNs
+	t.Advance(ts)
+	e := t.flows[k]
+	flags := p.TcpFlags
+	if e != nil && e.closing && k.Proto == 6 && flags&(flagSYN|flagACK) == flagSYN {
+		// A new connection on the same ports after the old one closed.
+		t.finish(e, e.reason)
+		e = nil
+	}
+	if e != nil && t.cfg.Active > 0 && ts-e.recStart >= int64(t.cfg.Active) {
+		t.emitRecord(e, false, pb.EndReason_END_ACTIVE)
+		e.recStart, e.recLast = ts, ts
+	}
+	if e == nil {
+		e = t.newEntry(k, srcIsA, p)
+	}
+	d := 0
+	if srcIsA != e.origIsA {
+		d = 1
+	}
+	if d == 1 {
+		e.respAny = true
+	}
+	c := &e.c[d]
+	c.pkts++
+	c.ipBytes += uint64(p.IpBytes)
+	c.bytes += uint64(p.PayloadBytes)
+	if k.Proto == 6 {
+		c.flags |= flags
+		e.allFlags[d] |= flags
+	}
+	e.history(d, k.Proto, flags, p.PayloadBytes)
+	if ts > e.last {
+		e.last = ts
+	}
+	if ts > e.recLast {
+		e.recLast = ts
+	}
+	if ts < e.recStart {
+		e.recStart = ts
+	}
+	if (k.Proto == 1 || k.Proto == 58) && d == 0 && !e.icmpOrig {
+		e.icmpType, e.icmpCode, e.icmpOrig = uint8(p.IcmpType), uint8(p.IcmpCode), true
+	}
+	e.l7(p)
+	if ref != nil && (len(e.refs) == 0 || e.refs[len(e.refs)-1] != ref) {
+		ref.Retain()
+		e.refs = append(e.refs, ref)
+	}
+	t.idle[e.class].MoveToBack(e.idleElem)
+	if k.Proto == 6 && !e.closing {
+		switch {
+		case flags&flagRST != 0:
+			e.closing, e.reason = true, pb.EndReason_END_RST
+		case e.allFlags[0]&flagFIN != 0 && e.allFlags[1]&flagFIN != 0:
+			e.closing, e.reason = true, pb.EndReason_END_FIN
+		}
+		if e.closing {
+			e.closeAt = ts
+			if t.cfg.CloseLinger == 0 {
+				t.finish(e, e.reason)
+				return
+			}
+			e.closeElem = t.closing.PushBack(e)
+		}
+	}
+}
+
+func (t *Table) newEntry(k Key, srcIsA bool, p *pb.PacketSummary) *entry {
+	ts := p.TsNs
+	e := &entry{key: k, flowStart: ts, recStart: ts, recLast: ts, last: ts, class: classOf(k.Proto)}
+	srcOrig, guessed := originator(k, p)
+	e.origIsA = srcIsA == srcOrig
+	e.guessed = guessed
+	e.flipped = !srcOrig
+	e.icmpType, e.icmpCode, e.icmpOrig = uint8(p.IcmpType), uint8(p.IcmpCode), srcOrig
+	n := k.addrLen()
+	if k.Proto == 1 || k.Proto == 58 {
+		e.cid = communityid.Packet(t.cfg.Seed, k.Proto, p.SrcAddr, p.DstAddr, 0, 0, uint8(p.IcmpType), uint8(p.IcmpCode))
+	} else {
+		e.cid = communityid.ID(t.cfg.Seed, k.Proto, k.A[:n], k.B[:n], k.APort, k.BPort, false)
+	}
+	if len(t.cfg.LocalNets) > 0 {
+		oa, ra := e.addrs()
+		e.direction = direction(t.cfg.LocalNets, oa, ra)
+	}
+	e.idleElem = t.idle[e.class].PushBack(e)
+	t.flows[k] = e
+	return e
+}
+
+// originator decides whether the first packet's sender is the originator:
+// a SYN without ACK says so, a SYN-ACK says the opposite, an ICMP request
+// or one-way message says so, an ICMP reply the opposite (guessed);
+// otherwise the more service-like port (portRank, then the lower port) is
+// the responder, else the sender is the originator (guessed).
+func originator(k Key, p *pb.PacketSummary) (srcOrig, guessed bool) {
+	switch k.Proto {
+	case 6:
+		switch p.TcpFlags & (flagSYN | flagACK) {
+		case flagSYN:
+			return true, false
+		case flagSYN | flagACK:
+			return false, false
+		}
+	case 1, 58:
+		if k.OneWay || communityid.ICMPRequest(k.Proto == 58, uint8(p.IcmpType)) {
+			return true, false
+		}
+		return false, true
+	}
+	if !communityid.HasPorts(k.Proto) || k.Proto == 1 || k.Proto == 58 {
+		return true, true
+	}
+	sp, dp := uint16(p.SrcPort), uint16(p.DstPort)
+	rs, rd := portRank(k.Proto, sp), portRank(k.Proto, dp)
+	switch {
+	case rd > rs:
+		return true, true
+	case rs > rd:
+		return false, true
+	case rs >= 1 && sp != dp:
+		return dp < sp, true
+	}
+	return true, true
+}
+
+// l7 keeps the first application name and server name seen.
+func (e *entry) l7(p *pb.PacketSummary) {
+	if e.app == "" {
+		switch {
+		case p.App != "":
+			e.app = p.App
+		case p.TlsSni != "":
+			e.app = "tls"
+		case p.HttpHost != "" || p.HttpMethod != "":
+			e.app = "http"
+		case p.DnsQuery != "":
+			e.app = "dns"
+		}
+	}
+	if e.server == "" {
+		switch {
+		case p.TlsSni != "":
+			e.server = p.TlsSni
+		case p.HttpHost != "":
+			e.server = p.HttpHost
+		case p.DnsQuery != "":
+			e.server = p.DnsQuery
+		}
+	}
+}
+
+// History letters (Zeek conn.log "history"), first occurrence per direction;
+// originator upper case, responder lower case.
+const (
+	hSYN = 1 << iota
+	hSYNACK
+	hACK
+	hData
+	hFIN
+	hRST
+)
+
+var letters = [...]struct {
+	bit  uint8
+	char byte
+}{{hSYN, 'S'}, {hSYNACK, 'H'}, {hACK, 'A'}, {hData, 'D'}, {hFIN, 'F'}, {hRST, 'R'}}
+
+func (e *entry) history(d int, proto uint8, flags, payload uint32) {
+	var b uint8
+	if proto == 6 {
+		switch {
+		case flags&(flagSYN|flagACK) == flagSYN:
+			b |= hSYN
+		case flags&(flagSYN|flagACK) == flagSYN|flagACK:
+			b |= hSYNACK
+		case flags&(flagACK|flagFIN|flagRST) == flagACK && payload == 0:
+			b |= hACK
+		}
+		if flags&flagFIN != 0 {
+			b |= hFIN
+		}
+		if flags&flagRST != 0 {
+			b |= hRST
+		}
+	}
+	if payload > 0 {
+		b |= hData
+	}
+	nb := b &^ e.letters[d]
+	if nb == 0 {
+		return
+	}
+	e.letters[d] |= nb
+	if e.hist == nil && e.flipped {
+		e.hist = append(e.hist, '^')
+	}
+	for _, l := range letters {
+		if nb&l.bit != 0 {
+			c := l.char
+			if d == 1 {
+				c += 'a' - 'A'
+			}
+			e.hist = append(e.hist, c)
+		}
+	}
+}
+
+// connState is Zeek's conn_state from the flags seen so far.
+func (e *entry) connState() string {
+	if e.key.Proto != 6 {
+		if !e.respAny {
+			return "S0"
+		}
+		return "SF"
+	}
+	o, r := e.letters[0], e.letters[1]
+	oS, rH := o&hSYN != 0, r&hSYNACK != 0
+	oF, rF, oR, rR := o&hFIN != 0, r&hFIN != 0, o&hRST != 0, r&hRST != 0
+	switch {
+	case oS && !rH:
+		switch {
+		case rR:
+			return "REJ"
+		case oR:
+			return "RSTOS0"
+		case oF:
+			return "SH"
+		}
+		return "S0"
+	case rH && !oS:
+		switch {
+		case rR:
+			return "RSTRH"
+		case rF:
+			return "SHR"
+		}
+		return "OTH"
+	case !oS && !rH:
+		return "OTH"
+	}
+	switch {
+	case oR:
+		return "RSTO"
+	case rR:
+		return "RSTR"
+	case oF && rF:
+		return "SF"
+	case oF:
+		return "S2"
+	case rF:
+		return "S3"
+	}
+	return "S1"
+}
+
+// Advance moves the clock to now (never back) and ends the flows whose idle
+// timeout or close linger has passed by then.
+func (t *Table) Advance(now int64) {
+	if now > t.clock {
+		t.clock = now
+	}
+	for c := range t.idle {
+		for el := t.idle[c].Front(); el != nil; el = t.idle[c].Front() {
+			e := el.Value.(*entry)
+			if t.clock-e.last < t.idleNs[c] {
+				break
+			}
+			t.finish(e, pb.EndReason_END_IDLE)
+		}
+	}
+	for el := t.closing.Front(); el != nil; el = t.closing.Front() {
+		e := el.Value.(*entry)
+		if t.clock-e.closeAt < int64(t.cfg.CloseLinger) {
+			break
+		}
+		t.finish(e, e.reason)
+	}
+}
+
+// Flush ends every open flow with reason (END_EOF, END_SHUTDOWN), in a
+// deterministic order.
+func (t *Table) Flush(reason pb.EndReason) {
+	for c := range t.idle {
+		for el := t.idle[c].Front(); el != nil; el = t.idle[c].Front() {
+			t.finish(el.Value.(*entry), reason)
+		}
+	}
+}
+
+func (t *Table) finish(e *entry, reason pb.EndReason) {
+	t.idle[e.class].Remove(e.idleElem)
+	if e.closeElem != nil {
+		t.closing.Remove(e.closeElem)
+	}
+	delete(t.flows, e.key)
+	t.emitRecord(e, true, reason)
+}
