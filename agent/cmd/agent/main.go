@@ -1,0 +1,118 @@
+// Command agent is the netwatch sensor: it captures packets from a file or an
+// interface, decodes them, and publishes batched packet summaries, host
+// metrics and capture statistics to NATS JetStream (see ../../README.md).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"netwatch/agent/internal/pipeline"
+	"netwatch/schema"
+	"netwatch/schema/ops"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg pipeline.Config
+	cfg.Register(fs)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if err := ops.ApplyEnv(fs, getenv); err != nil {
+		fmt.Fprintln(stderr, "agent:", err)
+		return 2
+	}
+	log := cfg.Logger(stderr, "agent")
+	if err := cfg.Validate(); err != nil {
+		if cfg.Summary {
+			printJSON(stdout, map[string]string{"file": cfg.PCAP, "error": err.Error()})
+		}
+		log.Error("invalid configuration", "err", err)
+		return 2
+	}
+	if cfg.CheckOnly {
+		log.Info("configuration valid")
+		return 0
+	}
+	if cfg.Summary {
+		r, err := pipeline.Summarize(cfg.PCAP)
+		printJSON(stdout, r)
+		if err != nil {
+			log.Error("summary failed", "err", err)
+			return 1
+		}
+		return 0
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		// a second signal while draining (e.g. the broker is gone for good) exits at once
+		<-ctx.Done()
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, os.Interrupt, syscall.SIGTERM)
+		<-c
+		log.Error("second signal: exiting without waiting for acks")
+		os.Exit(1)
+	}()
+
+	nc, err := cfg.ConnectNATS(ctx, "netwatch-agent-"+cfg.Sensor, log)
+	if err != nil {
+		log.Error("connect", "err", err)
+		return 1
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4*cfg.MaxInflight),
+		jetstream.WithPublishAsyncTimeout(10*time.Second))
+	if err != nil {
+		log.Error("jetstream", "err", err)
+		return 1
+	}
+	if err := schema.ProvisionRetry(ctx, js, schema.StreamOptions{}); err != nil {
+		log.Error("provision streams", "err", err)
+		return 1
+	}
+	reg := ops.NewRegistry()
+	agent := pipeline.New(cfg, js, reg, log)
+	hctx, hstop := context.WithCancel(context.Background())
+	defer hstop()
+	go func() {
+		if err := ops.Serve(hctx, cfg.HTTPAddr, ops.Handler(reg, func() error {
+			if !nc.IsConnected() {
+				return errors.New("nats not connected")
+			}
+			return nil
+		}), log); err != nil {
+			log.Error("ops http", "err", err)
+		}
+	}()
+	log.Info("agent started", "sensor", cfg.Sensor, "boot", agent.Boot, "pcap", cfg.PCAP, "interface", cfg.Interface)
+	if err := agent.Run(ctx); err != nil {
+		log.Error("agent stopped with an error", "err", err)
+		return 1
+	}
+	log.Info("agent stopped")
+	return 0
+}
+
+func printJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

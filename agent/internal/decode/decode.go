@@ -1,0 +1,641 @@
+// Package decode is the second stage of the agent (capture → decode →
+// fragment → publish): it parses one captured frame, link layer to transport,
+// by hand-written header parsing that allocates nothing, and finds the
+// innermost tunnelled IP header that DESIGN.md ("Accounting") counts.
+package decode
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/gopacket/gopacket/layers"
+)
+
+// Kind classifies a frame.
+type Kind uint8
+
+const (
+	KindIP        Kind = iota // a usable IP header: counted in a flow
+	KindNonIP                 // no IP header (ARP, LLC, ...): counted per sensor
+	KindMalformed             // an IP or link header that does not parse: counted per sensor
+)
+
+// Network is the outermost network-layer protocol of a frame.
+type Network uint8
+
+const (
+	NetOther Network = iota
+	NetIPv4
+	NetIPv6
+	NetARP
+)
+
+// String returns "ipv4", "ipv6", "arp" or "other".
+func (n Network) String() string {
+	switch n {
+	case NetIPv4:
+		return "ipv4"
+	case NetIPv6:
+		return "ipv6"
+	case NetARP:
+		return "arp"
+	}
+	return "other"
+}
+
+// Tunnel values match pb.Tunnel.
+const (
+	TunnelNone   = 0
+	TunnelGRE    = 1
+	TunnelERSPAN = 2
+	TunnelVXLAN  = 3
+	TunnelGeneve = 4
+	TunnelIPIP   = 5
+)
+
+// Reasons a frame is malformed; constant strings so that counting them
+// allocates nothing.
+const (
+	ReasonShortLink     = "short_link_header"
+	ReasonShortIPv4     = "short_ipv4_header"
+	ReasonBadIPv4Header = "bad_ipv4_header_length"
+	ReasonBadIPv4Total  = "bad_ipv4_total_length"
+	ReasonBadIPVersion  = "bad_ip_version"
+	ReasonShortIPv6     = "short_ipv6_header"
+	ReasonBadIPv6Ext    = "bad_ipv6_extension_header"
+)
+
+// Packet is the decoded summary of one frame. Payload and the L7 input
+// alias the frame's buffer and are valid only until the next read.
+type Packet struct {
+	Kind    Kind
+	Reason  string  // why the frame is malformed; "" otherwise
+	Network Network // outermost network header
+	TsNs    int64   // packet time, Unix ns (set by the caller)
+
+	Src, Dst         [16]byte // innermost IP addresses; the first AddrLen bytes are used
+	AddrLen          uint8    // 4 or 16
+	SrcPort, DstPort uint16   // 0 without ports (ICMP, non-first fragments)
+	Proto            uint8    // IP protocol number of the innermost header
+	IPBytes          uint32   // IPv4 total length or IPv6 payload length + 40
+	PayloadBytes     uint32   // transport payload bytes from the length fields
+	TCPFlags         uint16   // flags byte, NS as 0x100
+	ICMPType         uint8
+	ICMPCode         uint8
+	VLAN, InnerVLAN  uint16 // outermost frame's 802.1Q IDs, 0 when untagged
+	Tunnel           uint8  // TunnelNone..TunnelIPIP: the innermost tunnel removed
+	TunnelID         uint32 // VNI, GRE key or ERSPAN session
+	IPID             uint32 // IPv4 id or IPv6 fragment id
+	Fragment         bool   // the innermost header is a fragment (first or not)
+	FragOffset       uint16 // fragment offset in bytes; > 0 for non-first fragments
+	TTL              uint8
+	Seq, Ack         uint32
+	Window           uint16
+	Payload          []byte // captured transport payload (TCP/UDP), for light L7
+}
+
+// Decoder parses frames of one link type. The zero value is not usable:
+// call New.
+type Decoder struct {
+	link layers.LinkType
+}
+
+// New returns a decoder for link, or an error naming an unsupported link type.
+func New(link layers.LinkType) (*Decoder, error) {
+	if !Supported(link) {
+		return nil, fmt.Errorf("unsupported link type %d (%s): want Ethernet, Linux SLL/SLL2, raw IP or BSD loopback", int(link), link)
+	}
+	return &Decoder{link: link}, nil
+}
+
+// Supported reports whether link can be decoded.
+func Supported(link layers.LinkType) bool {
+	switch link {
+	case layers.LinkTypeEthernet, layers.LinkTypeLinuxSLL, layers.LinkTypeLinuxSLL2,
+		layers.LinkTypeRaw, 12, 14, layers.LinkTypeIPv4, layers.LinkTypeIPv6,
+		layers.LinkTypeNull, layers.LinkTypeLoop:
+		return true
+	}
+	return false
+}
+
+// LinkType is the link type this decoder reads.
+func (d *Decoder) LinkType() layers.LinkType { return d.link }
+
+// maxDepth bounds tunnel nesting, so that crafted frames cannot loop.
+const maxDepth = 8
+
+// Decode parses data into p (overwriting it, except TsNs) and returns p.Kind.
+// It never panics on any input.
+func (d *Decoder) Decode(data []byte, p *Packet) Kind {
+	ts := p.TsNs
+	*p = Packet{TsNs: ts}
+	switch d.link {
+	case layers.LinkTypeEthernet:
+		d.ether(data, p, 0, true)
+	case layers.LinkTypeLinuxSLL:
+		if len(data) < 16 {
+			return p.malformed(ReasonShortLink)
+		}
+		d.ethertype(binary.BigEndian.Uint16(data[14:16]), data[16:], p, 0, true)
+	case layers.LinkTypeLinuxSLL2:
+		if len(data) < 20 {
+			return p.malformed(ReasonShortLink)
+		}
+		d.ethertype(binary.BigEndian.Uint16(data[0:2]), data[20:], p, 0, true)
+	case layers.LinkTypeRaw, 12, 14:
+		d.rawIP(data, p)
+	case layers.LinkTypeIPv4:
+		p.Network = NetIPv4
+		d.ipv4(data, p, 0)
+	case layers.LinkTypeIPv6:
+		p.Network = NetIPv6
+		d.ipv6(data, p, 0)
+	case layers.LinkTypeNull, layers.LinkTypeLoop:
+		if len(data) < 4 {
+			return p.malformed(ReasonShortLink)
+		}
+		fam := binary.LittleEndian.Uint32(data)
+		if d.link == layers.LinkTypeLoop || fam > 0xffff {
+			fam = binary.BigEndian.Uint32(data)
+		}
+		switch fam {
+		case 2:
+			p.Network = NetIPv4
+			d.ipv4(data[4:], p, 0)
+		case 10, 23, 24, 26, 28, 30:
+			p.Network = NetIPv6
+			d.ipv6(data[4:], p, 0)
+		default:
+			p.Kind = KindNonIP
+		}
+	default:
+		return p.malformed(ReasonShortLink)
+	}
+	return p.Kind
+}
+
+func (p *Packet) malformed(reason string) Kind {
+	p.Kind = KindMalformed
+	p.Reason = reason
+	return p.Kind
+}
+
+func (d *Decoder) rawIP(data []byte, p *Packet) {
+	if len(data) < 1 {
+		p.malformed(ReasonShortLink)
+		return
+	}
+	switch data[0] >> 4 {
+	case 4:
+		p.Network = NetIPv4
+		d.ipv4(data, p, 0)
+	case 6:
+		p.Network = NetIPv6
+		d.ipv6(data, p, 0)
+	default:
+		p.malformed(ReasonBadIPVersion)
+	}
+}
+
+// ether parses an Ethernet frame; outer is true for the captured frame
+// (whose VLAN tags and network header are recorded) and false inside tunnels.
+func (d *Decoder) ether(data []byte, p *Packet, depth int, outer bool) bool {
+	if len(data) < 14 {
+		if outer {
+			p.malformed(ReasonShortLink)
+		}
+		return false
+	}
+	return d.ethertype(binary.BigEndian.Uint16(data[12:14]), data[14:], p, depth, outer)
+}
+
+// ethertype parses what follows an EtherType, including 802.1Q/802.1ad tags.
+// It returns whether a usable IP header was found.
+func (d *Decoder) ethertype(et uint16, data []byte, p *Packet, depth int, outer bool) bool {
+	tags := 0
+	for et == 0x8100 || et == 0x88a8 || et == 0x9100 {
+		if len(data) < 4 {
+			if outer {
+				p.malformed(ReasonShortLink)
+			}
+			return false
+		}
+		if outer {
+			id := binary.BigEndian.Uint16(data[0:2]) & 0x0fff
+			if tags == 0 {
+				p.VLAN = id
+			} else if tags == 1 {
+				p.InnerVLAN = id
+			}
+		}
+		tags++
+		et = binary.BigEndian.Uint16(data[2:4])
+		data = data[4:]
+	}
+	switch et {
+	case 0x0800:
+		if outer {
+			p.Network = NetIPv4
+			return d.ipv4(data, p, depth)
+		}
+		return d.inner(data, p, depth, 4)
+	case 0x86dd:
+		if outer {
+			p.Network = NetIPv6
+			return d.ipv6(data, p, depth)
+		}
+		return d.inner(data, p, depth, 6)
+	case 0x0806, 0x8035:
+		if outer {
+			p.Network = NetARP
+			p.Kind = KindNonIP
+		}
+	default:
+		if outer {
+			p.Kind = KindNonIP
+		}
+	}
+	return false
+}
+
+// inner decodes a tunnelled IP header into a scratch copy of p, and commits
+// it only when it is usable, so that an unusable inner header leaves the
+// frame counted at its outer header.
+func (d *Decoder) inner(data []byte, p *Packet, depth int, version int) bool {
+	if depth >= maxDepth || len(data) < 1 || int(data[0]>>4) != version {
+		return false
+	}
+	q := *p
+	var ok bool
+	if version == 4 {
+		ok = d.ipv4(data, &q, depth+1)
+	} else {
+		ok = d.ipv6(data, &q, depth+1)
+	}
+	if ok {
+		*p = q
+	}
+	return ok
+}
+
+// ipv4 parses an IPv4 header (RFC 791) and what follows.
+func (d *Decoder) ipv4(data []byte, p *Packet, depth int) bool {
+	if len(data) < 20 {
+		p.malformed(ReasonShortIPv4)
+		return false
+	}
+	if data[0]>>4 != 4 {
+		p.malformed(ReasonBadIPVersion)
+		return false
+	}
+	ihl := int(data[0]&0x0f) * 4
+	if ihl < 20 || len(data) < ihl {
+		p.malformed(ReasonBadIPv4Header)
+		return false
+	}
+	total := int(binary.BigEndian.Uint16(data[2:4]))
+	if total < ihl {
+		p.malformed(ReasonBadIPv4Total)
+		return false
+	}
+	p.Kind = KindIP
+	p.Reason = ""
+	p.AddrLen = 4
+	p.Src = [16]byte{}
+	p.Dst = [16]byte{}
+	copy(p.Src[:4], data[12:16])
+	copy(p.Dst[:4], data[16:20])
+	p.Proto = data[9]
+	p.TTL = data[8]
+	p.IPBytes = uint32(total)
+	p.SrcPort, p.DstPort, p.TCPFlags, p.ICMPType, p.ICMPCode = 0, 0, 0, 0, 0
+	p.Seq, p.Ack, p.Window, p.Payload = 0, 0, 0, nil
+	ff := binary.BigEndian.Uint16(data[6:8])
+	mf := ff&0x2000 != 0
+	off := (ff & 0x1fff) * 8
+	p.IPID = uint32(binary.BigEndian.Uint16(data[4:6]))
+	p.Fragment = mf || off != 0
+	p.FragOffset = off
+	plen := total - ihl
+	p.PayloadBytes = uint32(plen)
+	body := data[ihl:]
+	if len(body) > plen {
+		body = body[:plen] // Ethernet padding
+	}
+	if off != 0 {
+		return true // never read ports out of a non-first fragment
+	}
+	if !p.Fragment {
+		switch p.Proto {
+		case 4:
+			if d.inner(body, p, depth, 4) {
+				p.Tunnel = TunnelIPIP
+			}
+			return true
+		case 41:
+			if d.inner(body, p, depth, 6) {
+				p.Tunnel = TunnelIPIP
+			}
+			return true
+		case 47:
+			d.gre(body, p, depth)
+			return true
+		}
+	}
+	d.transport(body, plen, p, depth)
+	return true
+}
+
+// ipv6 parses an IPv6 header (RFC 8200), its extension headers and what follows.
+func (d *Decoder) ipv6(data []byte, p *Packet, depth int) bool {
+	if len(data) < 40 {
+		p.malformed(ReasonShortIPv6)
+		return false
+	}
+	if data[0]>>4 != 6 {
+		p.malformed(ReasonBadIPVersion)
+		return false
+	}
+	p.Kind = KindIP
+	p.Reason = ""
+	p.AddrLen = 16
+	copy(p.Src[:], data[8:24])
+	copy(p.Dst[:], data[24:40])
+	plen := int(binary.BigEndian.Uint16(data[4:6]))
+	p.IPBytes = uint32(plen) + 40
+	p.TTL = data[7]
+	p.SrcPort, p.DstPort, p.TCPFlags, p.ICMPType, p.ICMPCode = 0, 0, 0, 0, 0
+	p.Seq, p.Ack, p.Window, p.Payload = 0, 0, 0, nil
+	p.IPID, p.Fragment, p.FragOffset = 0, false, 0
+	nh := data[6]
+	body := data[40:]
+	if len(body) > plen {
+		body = body[:plen]
+	}
+	rest := plen // bytes after the headers parsed so far, by the length field
+	for i := 0; i < 16; i++ {
+		switch nh {
+		case 0, 43, 60, 135, 139, 140: // hop-by-hop, routing, destination, mobility, HIP, shim6
+			if len(body) < 2 {
+				p.Proto = nh
+				p.PayloadBytes = uint32(max(rest, 0))
+				return true // truncated by the snaplen: the IP header itself is usable
+			}
+			n := (int(body[1]) + 1) * 8
+			if n > rest {
+				p.malformed(ReasonBadIPv6Ext)
+				return false
+			}
+			nh = body[0]
+			rest -= n
+			if n > len(body) {
+				body = nil
+			} else {
+				body = body[n:]
+			}
+			if nh == 59 {
+				p.Proto = 59
+				p.PayloadBytes = uint32(rest)
+				return true
+			}
+		case 51: // AH, RFC 4302: length in 4-octet units minus 2
+			if len(body) < 2 {
+				p.Proto = nh
+				p.PayloadBytes = uint32(max(rest, 0))
+				return true
+			}
+			n := (int(body[1]) + 2) * 4
+			if n > rest {
+				p.malformed(ReasonBadIPv6Ext)
+				return false
+			}
+			nh = body[0]
+			rest -= n
+			if n > len(body) {
+				body = nil
+			} else {
+				body = body[n:]
+			}
+		case 44: // fragment
+			if rest < 8 {
+				p.malformed(ReasonBadIPv6Ext)
+				return false
+			}
+			if len(body) < 8 {
+				p.Proto = 44
+				p.PayloadBytes = uint32(rest)
+				return true
+			}
+			nh = body[0]
+			fo := binary.BigEndian.Uint16(body[2:4])
+			p.FragOffset = fo &^ 7
+			p.Fragment = true // an atomic fragment (offset 0, M 0) is still a fragment header
+			p.IPID = binary.BigEndian.Uint32(body[4:8])
+			rest -= 8
+			body = body[8:]
+			if p.FragOffset != 0 {
+				p.Proto = nh
+				p.PayloadBytes = uint32(rest)
+				return true
+			}
+		default:
+			p.Proto = nh
+			if !p.Fragment {
+				switch nh {
+				case 4:
+					p.PayloadBytes = uint32(rest)
+					if d.inner(body, p, depth, 4) {
+						p.Tunnel = TunnelIPIP
+					}
+					return true
+				case 41:
+					p.PayloadBytes = uint32(rest)
+					if d.inner(body, p, depth, 6) {
+						p.Tunnel = TunnelIPIP
+					}
+					return true
+				case 47:
+					p.PayloadBytes = uint32(rest)
+					d.gre(body, p, depth)
+					return true
+				}
+			}
+			d.transport(body, rest, p, depth)
+			return true
+		}
+	}
+	p.Proto = nh
+	p.PayloadBytes = uint32(max(rest, 0))
+	return true
+}
+
+// transport parses TCP, UDP, ICMP or ICMPv6 in body (captured bytes) of an IP
+// payload that is plen bytes long by the IP length fields. It decapsulates
+// VXLAN and Geneve.
+func (d *Decoder) transport(body []byte, plen int, p *Packet, depth int) {
+	p.PayloadBytes = uint32(max(plen, 0))
+	switch p.Proto {
+	case 6:
+		if len(body) >= 4 {
+			p.SrcPort = binary.BigEndian.Uint16(body[0:2])
+			p.DstPort = binary.BigEndian.Uint16(body[2:4])
+		}
+		hl := 20
+		if len(body) >= 16 {
+			p.Seq = binary.BigEndian.Uint32(body[4:8])
+			p.Ack = binary.BigEndian.Uint32(body[8:12])
+			hl = int(body[12]>>4) * 4
+			p.TCPFlags = uint16(body[13]) | uint16(body[12]&1)<<8
+			p.Window = binary.BigEndian.Uint16(body[14:16])
+		}
+		if hl < 20 {
+			hl = 20
+		}
+		p.PayloadBytes = uint32(max(plen-hl, 0))
+		if len(body) > hl {
+			p.Payload = body[hl:]
+		}
+	case 17, 136: // UDP, UDP-Lite
+		if len(body) >= 4 {
+			p.SrcPort = binary.BigEndian.Uint16(body[0:2])
+			p.DstPort = binary.BigEndian.Uint16(body[2:4])
+		}
+		ulen := plen
+		if len(body) >= 6 && p.Proto == 17 {
+			if l := int(binary.BigEndian.Uint16(body[4:6])); l >= 8 && l <= plen {
+				ulen = l
+			}
+		}
+		p.PayloadBytes = uint32(max(ulen-8, 0))
+		if len(body) > 8 {
+			p.Payload = body[8:]
+			if len(p.Payload) > ulen-8 && ulen >= 8 {
+				p.Payload = p.Payload[:ulen-8]
+			}
+			if depth < maxDepth && p.Proto == 17 && !p.Fragment {
+				switch p.DstPort {
+				case 4789:
+					d.vxlan(p.Payload, p, depth)
+				case 6081:
+					d.geneve(p.Payload, p, depth)
+				}
+			}
+		}
+	case 1, 58:
+		if len(body) >= 2 {
+			p.ICMPType = body[0]
+			p.ICMPCode = body[1]
+		}
+		p.PayloadBytes = uint32(max(plen-8, 0))
+	}
+}
+
+// vxlan decapsulates a VXLAN header (RFC 7348) and the inner Ethernet frame.
+func (d *Decoder) vxlan(b []byte, p *Packet, depth int) {
+	if len(b) < 8 || b[0]&0x08 == 0 {
+		return
+	}
+	vni := uint32(b[4])<<16 | uint32(b[5])<<8 | uint32(b[6])
+	if d.ether(b[8:], p, depth+1, false) {
+		p.Tunnel = TunnelVXLAN
+		p.TunnelID = vni
+	}
+}
+
+// geneve decapsulates a Geneve header (RFC 8926).
+func (d *Decoder) geneve(b []byte, p *Packet, depth int) {
+	if len(b) < 8 || b[0]>>6 != 0 {
+		return
+	}
+	hl := 8 + int(b[0]&0x3f)*4
+	if len(b) < hl {
+		return
+	}
+	vni := uint32(b[4])<<16 | uint32(b[5])<<8 | uint32(b[6])
+	pt := binary.BigEndian.Uint16(b[2:4])
+	var ok bool
+	switch pt {
+	case 0x6558:
+		ok = d.ether(b[hl:], p, depth+1, false)
+	case 0x0800:
+		ok = d.inner(b[hl:], p, depth, 4)
+	case 0x86dd:
+		ok = d.inner(b[hl:], p, depth, 6)
+	}
+	if ok {
+		p.Tunnel = TunnelGeneve
+		p.TunnelID = vni
+	}
+}
+
+// gre decapsulates GRE (RFC 2784, 2890) and ERSPAN type I/II/III.
+func (d *Decoder) gre(b []byte, p *Packet, depth int) {
+	if depth >= maxDepth || len(b) < 4 {
+		return
+	}
+	flags := binary.BigEndian.Uint16(b[0:2])
+	if flags&7 != 0 { // version 1 (PPTP) carries PPP: not decapsulated
+		return
+	}
+	pt := binary.BigEndian.Uint16(b[2:4])
+	hl := 4
+	var key uint32
+	if flags&0x8000 != 0 {
+		hl += 4
+	}
+	if flags&0x2000 != 0 {
+		if len(b) < hl+4 {
+			return
+		}
+		key = binary.BigEndian.Uint32(b[hl : hl+4])
+		hl += 4
+	}
+	seq := flags&0x1000 != 0
+	if seq {
+		hl += 4
+	}
+	if len(b) < hl {
+		return
+	}
+	body := b[hl:]
+	tunnel, id := uint8(TunnelGRE), key
+	var ok bool
+	switch pt {
+	case 0x0800:
+		ok = d.inner(body, p, depth, 4)
+	case 0x86dd:
+		ok = d.inner(body, p, depth, 6)
+	case 0x6558:
+		ok = d.ether(body, p, depth+1, false)
+	case 0x88be: // ERSPAN type II (sequence bit set) or type I (no header)
+		tunnel = TunnelERSPAN
+		if seq {
+			if len(body) < 8 {
+				return
+			}
+			id = uint32(binary.BigEndian.Uint16(body[2:4]) & 0x03ff)
+			body = body[8:]
+		}
+		ok = d.ether(body, p, depth+1, false)
+	case 0x22eb: // ERSPAN type III
+		tunnel = TunnelERSPAN
+		if len(body) < 12 {
+			return
+		}
+		id = uint32(binary.BigEndian.Uint16(body[2:4]) & 0x03ff)
+		o := body[11]&1 != 0
+		body = body[12:]
+		if o {
+			if len(body) < 8 {
+				return
+			}
+			body = body[8:]
+		}
+		ok = d.ether(body, p, depth+1, false)
+	}
+	if ok {
+		p.Tunnel = tunnel
+		p.TunnelID = id
+	}
+}

@@ -1,0 +1,292 @@
+package decode
+
+import (
+	"bytes"
+	"encoding/binary"
+)
+
+// Application names of App; constant so that classifying allocates nothing.
+const (
+	AppDNS  = "dns"
+	AppTLS  = "tls"
+	AppHTTP = "http"
+	AppQUIC = "quic"
+	AppSSH  = "ssh"
+	AppDHCP = "dhcp"
+	AppNTP  = "ntp"
+)
+
+// L7 is the light application-layer data of one packet.
+type L7 struct {
+	App         string // AppDNS ... ; "" when not recognised
+	DNSQuery    string // question name without the trailing dot
+	DNSQType    uint16
+	DNSRCode    uint8
+	DNSResponse bool
+	DNSAnswers  []DNSAnswer
+	TLSSNI      string
+	HTTPMethod  string
+	HTTPHost    string
+	HTTPUA      string
+}
+
+// DNSAnswer is one A, AAAA or CNAME record.
+type DNSAnswer struct {
+	Name   string
+	Type   uint16
+	Addr   []byte // 4 or 16 bytes for A / AAAA
+	Target string // CNAME target
+	TTL    uint32 // seconds
+}
+
+var httpMethods = [][]byte{[]byte("GET "), []byte("POST "), []byte("HEAD "), []byte("PUT "),
+	[]byte("DELETE "), []byte("OPTIONS "), []byte("PATCH "), []byte("CONNECT "), []byte("TRACE ")}
+
+// App classifies p's payload without allocating: DNS on port 53, TLS
+// handshake records, HTTP/1 requests and responses, QUIC long headers on
+// UDP 443, SSH banners, DHCP and NTP by port. It returns "" when unknown.
+func App(p *Packet) string {
+	if p.Kind != KindIP || (p.Proto != 6 && p.Proto != 17) {
+		return ""
+	}
+	b := p.Payload
+	sp, dp := p.SrcPort, p.DstPort
+	if sp == 53 || dp == 53 {
+		if p.Proto == 17 || len(b) > 0 {
+			return AppDNS
+		}
+		return ""
+	}
+	if p.Proto == 17 {
+		switch {
+		case (sp == 443 || dp == 443) && len(b) >= 5 && b[0]&0x80 != 0:
+			return AppQUIC
+		case sp == 67 || dp == 67 || sp == 68 || dp == 68:
+			return AppDHCP
+		case sp == 123 && dp == 123 || dp == 123 || sp == 123:
+			return AppNTP
+		}
+		return ""
+	}
+	if len(b) == 0 {
+		return ""
+	}
+	if len(b) >= 6 && b[0] == 0x16 && b[1] == 3 {
+		return AppTLS
+	}
+	if bytes.HasPrefix(b, []byte("SSH-")) {
+		return AppSSH
+	}
+	if bytes.HasPrefix(b, []byte("HTTP/1.")) {
+		return AppHTTP
+	}
+	for _, m := range httpMethods {
+		if bytes.HasPrefix(b, m) {
+			return AppHTTP
+		}
+	}
+	return ""
+}
+
+// ParseL7 fills l with what App recognised plus the DNS question and answers,
+// TLS SNI and HTTP request line and headers. It allocates only the strings
+// it returns; malformed input leaves the fields it could not read empty.
+func ParseL7(p *Packet, l *L7) {
+	*l = L7{App: App(p)}
+	switch l.App {
+	case AppDNS:
+		b := p.Payload
+		if p.Proto == 6 {
+			if len(b) < 2 {
+				return
+			}
+			b = b[2:]
+		}
+		parseDNS(b, l)
+	case AppTLS:
+		l.TLSSNI = clientHelloSNI(p.Payload)
+	case AppHTTP:
+		parseHTTP(p.Payload, l)
+	}
+}
+
+func parseHTTP(b []byte, l *L7) {
+	if len(b) > 4096 {
+		b = b[:4096]
+	}
+	line, rest, _ := bytes.Cut(b, []byte("\r\n"))
+	if sp := bytes.IndexByte(line, ' '); sp > 0 && !bytes.HasPrefix(line, []byte("HTTP/")) {
+		l.HTTPMethod = string(line[:sp])
+	}
+	for len(rest) > 0 {
+		var h []byte
+		h, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		if len(h) == 0 {
+			break
+		}
+		k, v, ok := bytes.Cut(h, []byte(":"))
+		if !ok {
+			continue
+		}
+		v = bytes.TrimSpace(v)
+		switch {
+		case bytes.EqualFold(k, []byte("host")):
+			l.HTTPHost = string(v)
+		case bytes.EqualFold(k, []byte("user-agent")):
+			l.HTTPUA = string(v)
+		}
+	}
+}
+
+// clientHelloSNI returns the server_name of a TLS ClientHello (RFC 8446
+// 4.1.2, RFC 6066 3), or "".
+func clientHelloSNI(b []byte) string {
+	if len(b) < 9 || b[0] != 0x16 || b[5] != 1 {
+		return ""
+	}
+	b = b[9:] // record header 5, handshake type 1, length 3
+	if len(b) < 34 {
+		return ""
+	}
+	b = b[34:] // version, random
+	skip := func(n int) bool {
+		if len(b) < n {
+			return false
+		}
+		b = b[n:]
+		return true
+	}
+	if len(b) < 1 || !skip(1+int(b[0])) { // session id
+		return ""
+	}
+	if len(b) < 2 || !skip(2+int(binary.BigEndian.Uint16(b))) { // cipher suites
+		return ""
+	}
+	if len(b) < 1 || !skip(1+int(b[0])) { // compression
+		return ""
+	}
+	if len(b) < 2 {
+		return ""
+	}
+	ext := b[2:]
+	if n := int(binary.BigEndian.Uint16(b)); n < len(ext) {
+		ext = ext[:n]
+	}
+	for len(ext) >= 4 {
+		typ := binary.BigEndian.Uint16(ext)
+		n := int(binary.BigEndian.Uint16(ext[2:]))
+		ext = ext[4:]
+		if n > len(ext) {
+			return ""
+		}
+		if typ == 0 {
+			e := ext[:n]
+			if len(e) < 5 || e[2] != 0 {
+				return ""
+			}
+			l := int(binary.BigEndian.Uint16(e[3:]))
+			if 5+l > len(e) {
+				return ""
+			}
+			return string(e[5 : 5+l])
+		}
+		ext = ext[n:]
+	}
+	return ""
+}
+
+// parseDNS reads the header, first question and A/AAAA/CNAME answers of a
+// DNS message (RFC 1035 4.1).
+func parseDNS(b []byte, l *L7) {
+	if len(b) < 12 {
+		return
+	}
+	l.DNSResponse = b[2]&0x80 != 0
+	l.DNSRCode = b[3] & 0x0f
+	qd := int(binary.BigEndian.Uint16(b[4:]))
+	an := int(binary.BigEndian.Uint16(b[6:]))
+	off := 12
+	if qd == 0 {
+		return
+	}
+	name, n, ok := dnsName(b, off)
+	if !ok || n+4 > len(b) {
+		return
+	}
+	l.DNSQuery = name
+	l.DNSQType = binary.BigEndian.Uint16(b[n:])
+	off = n + 4
+	for i := 1; i < qd; i++ {
+		_, n, ok := dnsName(b, off)
+		if !ok || n+4 > len(b) {
+			return
+		}
+		off = n + 4
+	}
+	for i := 0; i < an && i < 32; i++ {
+		name, n, ok := dnsName(b, off)
+		if !ok || n+10 > len(b) {
+			return
+		}
+		typ := binary.BigEndian.Uint16(b[n:])
+		ttl := binary.BigEndian.Uint32(b[n+4:])
+		rdl := int(binary.BigEndian.Uint16(b[n+8:]))
+		rd := n + 10
+		if rd+rdl > len(b) {
+			return
+		}
+		switch {
+		case typ == 1 && rdl == 4, typ == 28 && rdl == 16:
+			l.DNSAnswers = append(l.DNSAnswers, DNSAnswer{Name: name, Type: typ, TTL: ttl,
+				Addr: append([]byte(nil), b[rd:rd+rdl]...)})
+		case typ == 5:
+			t, _, ok := dnsName(b, rd)
+			if ok {
+				l.DNSAnswers = append(l.DNSAnswers, DNSAnswer{Name: name, Type: typ, TTL: ttl, Target: t})
+			}
+		}
+		off = rd + rdl
+	}
+}
+
+// dnsName reads a possibly compressed name at off and returns it without the
+// trailing dot and the offset just after it.
+func dnsName(b []byte, off int) (string, int, bool) {
+	var buf [256]byte
+	name := buf[:0]
+	end := -1
+	for jumps := 0; jumps < 32; {
+		if off >= len(b) {
+			return "", 0, false
+		}
+		c := int(b[off])
+		switch {
+		case c == 0:
+			if end < 0 {
+				end = off + 1
+			}
+			return string(name), end, true
+		case c&0xc0 == 0xc0:
+			if off+1 >= len(b) {
+				return "", 0, false
+			}
+			if end < 0 {
+				end = off + 2
+			}
+			off = (c&0x3f)<<8 | int(b[off+1])
+			jumps++
+		case c&0xc0 != 0:
+			return "", 0, false
+		default:
+			if off+1+c > len(b) || len(name)+c+1 > 255 {
+				return "", 0, false
+			}
+			if len(name) > 0 {
+				name = append(name, '.')
+			}
+			name = append(name, b[off+1:off+1+c]...)
+			off += 1 + c
+		}
+	}
+	return "", 0, false
+}

@@ -1,0 +1,120 @@
+// Package pipeline wires the agent's stages (capture → decode → fragment →
+// publish, plus host metrics) and holds its configuration.
+package pipeline
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"netwatch/agent/internal/capture"
+	"netwatch/schema"
+	"netwatch/schema/ops"
+)
+
+// Config is the agent's configuration (flags, then NETWATCH_* environment).
+type Config struct {
+	ops.Common
+	PCAP              string        // -pcap: capture file to read; exclusive with Interface
+	Interface         string        // -interface: live capture interface
+	BPF               string        // -bpf: pcap-filter(7) expression for live capture
+	Snaplen           int           // -snaplen: bytes kept per frame, live
+	Promisc           bool          // -promisc: promiscuous mode, live
+	Sensor            string        // -sensor: token-safe sensor name
+	ReplaySpeed       float64       // -replay-speed: 0 as fast as possible, 1 recorded pace
+	BatchSize         int           // -batch.size: packets per PACKETS message
+	BatchFlush        time.Duration // -batch.flush: max age (wall clock) of an open batch
+	MetricsInterval   time.Duration // -metrics.interval: METRICS period
+	MaxInflight       int           // -publish.max-inflight: unacked PACKETS messages
+	ExcludePorts      string        // -exclude.ports: TCP ports never captured live
+	CaptureOwnTraffic bool          // -capture.own-traffic: do not exclude the pipeline's ports
+	Summary           bool          // -summary: print a JSON summary of -pcap, no broker
+}
+
+// DefaultSensor is the host name with every character a sensor name may not
+// hold replaced by '-', at most 64 characters.
+func DefaultSensor() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "agent"
+	}
+	b := []byte(h)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			b[i] = '-'
+		}
+	}
+	if len(b) > 64 {
+		b = b[:64]
+	}
+	return string(b)
+}
+
+// Register adds the agent's flags to fs.
+func (c *Config) Register(fs *flag.FlagSet) {
+	c.Common.Register(fs, "127.0.0.1:9101")
+	fs.StringVar(&c.PCAP, "pcap", "", "read this pcap or pcapng file, publish it, and exit")
+	fs.StringVar(&c.Interface, "interface", "", "capture live from this interface (libpcap)")
+	fs.StringVar(&c.BPF, "bpf", "", "BPF filter for live capture (pcap-filter syntax)")
+	fs.IntVar(&c.Snaplen, "snaplen", 262144, "bytes captured per frame (live)")
+	fs.BoolVar(&c.Promisc, "promisc", true, "promiscuous mode (live)")
+	fs.StringVar(&c.Sensor, "sensor", DefaultSensor(), "sensor name (letters, digits, '-', '_')")
+	fs.Float64Var(&c.ReplaySpeed, "replay-speed", 0, "file replay speed: 0 as fast as possible, 1 recorded pace, 2 twice as fast")
+	fs.IntVar(&c.BatchSize, "batch.size", 1024, "packet summaries per PACKETS message")
+	fs.DurationVar(&c.BatchFlush, "batch.flush", 200*time.Millisecond, "send a batch when its first packet is this old")
+	fs.DurationVar(&c.MetricsInterval, "metrics.interval", 10*time.Second, "host metrics and capture statistics period")
+	fs.IntVar(&c.MaxInflight, "publish.max-inflight", 256, "max unacked PACKETS messages")
+	fs.StringVar(&c.ExcludePorts, "exclude.ports", "4222,5432,6222,7422,8222", "TCP ports not captured live (with the -nats.url ports)")
+	fs.BoolVar(&c.CaptureOwnTraffic, "capture.own-traffic", false, "capture the pipeline's own NATS and PostgreSQL traffic too")
+	fs.BoolVar(&c.Summary, "summary", false, "print a JSON summary of -pcap on stdout, without a broker, and exit")
+}
+
+// Validate checks the configuration; the error lists every problem.
+func (c *Config) Validate() error {
+	var errs []error
+	if err := c.Common.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if (c.PCAP == "") == (c.Interface == "") {
+		errs = append(errs, errors.New("want exactly one of -pcap and -interface"))
+	}
+	if c.Summary && c.PCAP == "" {
+		errs = append(errs, errors.New("-summary needs -pcap"))
+	}
+	if err := schema.ValidSensor(c.Sensor); err != nil {
+		errs = append(errs, fmt.Errorf("-sensor: %w", err))
+	}
+	if c.Snaplen < 64 || c.Snaplen > 262144 {
+		errs = append(errs, fmt.Errorf("-snaplen %d: want 64..262144", c.Snaplen))
+	}
+	if c.ReplaySpeed < 0 {
+		errs = append(errs, fmt.Errorf("-replay-speed %g: want >= 0", c.ReplaySpeed))
+	}
+	if c.BatchSize < 1 || c.BatchSize > 65536 {
+		errs = append(errs, fmt.Errorf("-batch.size %d: want 1..65536", c.BatchSize))
+	}
+	if c.BatchFlush <= 0 {
+		errs = append(errs, fmt.Errorf("-batch.flush %s: want > 0", c.BatchFlush))
+	}
+	if c.MetricsInterval <= 0 {
+		errs = append(errs, fmt.Errorf("-metrics.interval %s: want > 0", c.MetricsInterval))
+	}
+	if c.MaxInflight < 1 {
+		errs = append(errs, fmt.Errorf("-publish.max-inflight %d: want >= 1", c.MaxInflight))
+	}
+	if _, err := c.Filter(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Filter is the BPF filter of a live capture: -bpf AND-ed with the exclusion
+// of the pipeline's own ports unless -capture.own-traffic.
+func (c *Config) Filter() (string, error) {
+	if c.CaptureOwnTraffic {
+		return c.BPF, nil
+	}
+	return capture.ExcludeFilter(c.BPF, c.NATSURL, c.ExcludePorts)
+}

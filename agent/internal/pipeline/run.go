@@ -1,0 +1,327 @@
+package pipeline
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gopacket/gopacket/layers"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"netwatch/agent/internal/capture"
+	"netwatch/agent/internal/decode"
+	"netwatch/agent/internal/fragment"
+	"netwatch/agent/internal/hostmetrics"
+	"netwatch/agent/internal/publish"
+	"netwatch/agent/internal/summary"
+	"netwatch/schema"
+	"netwatch/schema/pb"
+)
+
+// Stats are the capture counters since start (pb.CaptureStats).
+type Stats struct {
+	Received, IPPackets, NonIP, Malformed, IPBytes atomic.Uint64
+	Dropped, IfDropped                             atomic.Uint64
+	PublishedBatches                               atomic.Uint64
+}
+
+// Decoders caches one decoder per link type (pcapng interfaces may differ).
+type Decoders struct {
+	m map[layers.LinkType]*decode.Decoder
+}
+
+// Get returns the decoder of link, or nil when the link type is unsupported.
+func (d *Decoders) Get(link layers.LinkType) *decode.Decoder {
+	if dec, ok := d.m[link]; ok {
+		return dec
+	}
+	if d.m == nil {
+		d.m = map[layers.LinkType]*decode.Decoder{}
+	}
+	dec, err := decode.New(link)
+	if err != nil {
+		dec = nil
+	}
+	d.m[link] = dec
+	return dec
+}
+
+// ReasonUnsupportedLink counts frames of a pcapng interface whose link type
+// the decoder does not read.
+const ReasonUnsupportedLink = "unsupported_link_type"
+
+// Summarize reads a capture file without a broker into a report. A read
+// error is returned and also recorded in the report, which then holds every
+// packet before it.
+func Summarize(path string) (*summary.Report, error) {
+	r := summary.New(path)
+	src, err := capture.OpenFile(path)
+	if err != nil {
+		r.Error = err.Error()
+		return r, err
+	}
+	defer src.Close()
+	if !decode.Supported(src.LinkType()) {
+		_, err := decode.New(src.LinkType())
+		r.Error = err.Error()
+		return r, err
+	}
+	var decs Decoders
+	var p decode.Packet
+	for {
+		data, ci, link, err := src.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			r.Error = err.Error()
+			var re *capture.ReadError
+			if errors.As(err, &re) {
+				r.ErrorPacket, r.ErrorOffset = re.Packet, re.Offset
+			}
+			r.Finish()
+			return r, err
+		}
+		p.TsNs = ci.Timestamp.UnixNano()
+		if dec := decs.Get(link); dec != nil {
+			dec.Decode(data, &p)
+		} else {
+			p = decode.Packet{TsNs: p.TsNs, Kind: decode.KindMalformed, Reason: ReasonUnsupportedLink}
+		}
+		r.Add(link, ci.Length, &p)
+	}
+	r.Finish()
+	return r, nil
+}
+
+// NewBoot returns a random boot id: 16 hex characters.
+func NewBoot() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Agent runs one capture and publishes it.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	js    jetstream.JetStream
+	Boot  string
+	Stats Stats
+
+	published prometheus.Counter
+	pubErrors prometheus.Counter
+	metricSeq uint64
+}
+
+// New returns an agent publishing to js, with its metrics registered in reg
+// (nil for none).
+func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slog.Logger) *Agent {
+	a := &Agent{cfg: cfg, log: log, js: js, Boot: NewBoot()}
+	a.published = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_agent_published_batches_total",
+		Help: "PACKETS messages (batches and end-of-input markers) acked by JetStream."})
+	a.pubErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_agent_publish_errors_total",
+		Help: "Failed publish attempts; each one is retried."})
+	if reg != nil {
+		f := func(name, help string, v *atomic.Uint64) prometheus.Collector {
+			return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
+				func() float64 { return float64(v.Load()) })
+		}
+		reg.MustRegister(a.published, a.pubErrors,
+			f("netwatch_agent_packets_total", "Frames read from the capture.", &a.Stats.Received),
+			f("netwatch_agent_ip_packets_total", "Frames with a usable IP header.", &a.Stats.IPPackets),
+			f("netwatch_agent_ip_bytes_total", "IP bytes of those frames (DESIGN.md accounting).", &a.Stats.IPBytes),
+			f("netwatch_agent_non_ip_packets_total", "Frames without an IP header (ARP, ...).", &a.Stats.NonIP),
+			f("netwatch_agent_malformed_packets_total", "Frames that failed to decode.", &a.Stats.Malformed),
+			f("netwatch_agent_kernel_dropped_packets_total", "Frames dropped by the kernel (libpcap ps_drop).", &a.Stats.Dropped),
+			f("netwatch_agent_interface_dropped_packets_total", "Frames dropped by the interface (libpcap ps_ifdrop).", &a.Stats.IfDropped),
+		)
+	}
+	return a
+}
+
+// Run captures until the file ends, ctx ends (SIGINT/SIGTERM) or a read
+// fails; then it flushes, sends end-of-input markers (files only), waits for
+// every ack and publishes final metrics. A corrupt file's *capture.ReadError
+// is returned after everything before it is published.
+func (a *Agent) Run(ctx context.Context) error {
+	var src capture.Source
+	file := a.cfg.PCAP != ""
+	if file {
+		f, err := capture.OpenFile(a.cfg.PCAP)
+		if err != nil {
+			return err
+		}
+		if _, err := decode.New(f.LinkType()); err != nil {
+			f.Close()
+			return fmt.Errorf("read %s: %w", a.cfg.PCAP, err)
+		}
+		src = f
+	} else {
+		filter, err := a.cfg.Filter()
+		if err != nil {
+			return err
+		}
+		l, err := capture.OpenLive(capture.LiveConfig{Interface: a.cfg.Interface, Snaplen: a.cfg.Snaplen,
+			Promisc: a.cfg.Promisc, BPF: filter}, decode.Supported)
+		if err != nil {
+			return err
+		}
+		a.log.Info("capturing", "interface", a.cfg.Interface, "bpf", filter, "link_type", l.LinkType().String())
+		src = l
+	}
+	defer src.Close()
+
+	pub := publish.New(a.js, a.cfg.MaxInflight, a.log, publish.Metrics{Messages: a.published, Errors: a.pubErrors})
+	defer pub.Close()
+	batcher := publish.NewBatcher(pub, a.cfg.Sensor, a.Boot, a.cfg.BatchSize, a.cfg.BatchFlush)
+
+	var metricsMu sync.Mutex
+	mctx, stopMetrics := context.WithCancel(context.Background())
+	var mwg sync.WaitGroup
+	mwg.Add(1)
+	go func() {
+		defer mwg.Done()
+		t := time.NewTicker(a.cfg.MetricsInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-mctx.Done():
+				return
+			case <-t.C:
+				metricsMu.Lock()
+				a.publishMetrics(mctx, src, pub)
+				metricsMu.Unlock()
+			}
+		}
+	}()
+
+	readErr := a.loop(ctx, src, batcher)
+
+	var err error
+	if file {
+		err = batcher.EndOfInput(context.Background())
+	} else {
+		batcher.FlushAll()
+		err = pub.Wait(context.Background())
+	}
+	stopMetrics()
+	mwg.Wait()
+	a.publishMetrics(context.Background(), src, pub)
+	a.log.Info("capture done", "source", src.Name(), "packets", a.Stats.Received.Load(),
+		"ip_packets", a.Stats.IPPackets.Load(), "non_ip", a.Stats.NonIP.Load(),
+		"malformed", a.Stats.Malformed.Load(), "messages", pub.Acked())
+	return errors.Join(readErr, err)
+}
+
+func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.Batcher) error {
+	var decs Decoders
+	frags := fragment.New()
+	pacer := capture.Pacer{Speed: a.cfg.ReplaySpeed}
+	st := &a.Stats
+	emit := func(p *decode.Packet) { batcher.Add(p) }
+	var p decode.Packet
+	done := ctx.Done()
+	var n uint
+	defer frags.Flush(emit)
+	for {
+		n++
+		if n&63 == 0 {
+			select {
+			case <-done:
+				return nil
+			default:
+			}
+			if n&255 == 0 {
+				batcher.Tick(time.Now())
+			}
+		}
+		data, ci, link, err := src.Next()
+		if err == capture.ErrTimeout {
+			batcher.Tick(time.Now())
+			select {
+			case <-done:
+				return nil
+			default:
+			}
+			continue
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			a.log.Error("capture read failed", "err", err)
+			return err
+		}
+		if pacer.Speed > 0 {
+			pacer.Wait(ci.Timestamp, done)
+			batcher.Tick(time.Now())
+		}
+		st.Received.Add(1)
+		p.TsNs = ci.Timestamp.UnixNano()
+		if dec := decs.Get(link); dec != nil {
+			dec.Decode(data, &p)
+		} else {
+			p.Kind, p.Reason = decode.KindMalformed, ReasonUnsupportedLink
+		}
+		switch p.Kind {
+		case decode.KindIP:
+			st.IPPackets.Add(1)
+			st.IPBytes.Add(uint64(p.IPBytes))
+			frags.Process(&p, emit)
+		case decode.KindNonIP:
+			st.NonIP.Add(1)
+		default:
+			st.Malformed.Add(1)
+		}
+	}
+}
+
+func (a *Agent) publishMetrics(ctx context.Context, src capture.Source, pub *publish.Publisher) {
+	if d, ifd, ok := src.Stats(); ok {
+		a.Stats.Dropped.Store(d)
+		a.Stats.IfDropped.Store(ifd)
+	}
+	a.metricSeq++
+	m := &pb.Metrics{Sensor: a.cfg.Sensor, Boot: a.Boot, Seq: a.metricSeq}
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	hostmetrics.Sample(sctx, m)
+	cancel()
+	st := &a.Stats
+	m.Captures = []*pb.CaptureStats{{Source: src.Name(), Received: st.Received.Load(), Dropped: st.Dropped.Load(),
+		IfDropped: st.IfDropped.Load(), IpPackets: st.IPPackets.Load(), NonIp: st.NonIP.Load(),
+		Malformed: st.Malformed.Load(), PublishedBatches: pub.Acked(), IpBytes: st.IPBytes.Load()}}
+	data, err := proto.Marshal(m)
+	if err != nil {
+		a.log.Error("marshal metrics", "err", err)
+		return
+	}
+	id := a.cfg.Sensor + "." + a.Boot + ".metrics." + strconv.FormatUint(a.metricSeq, 10)
+	wait := 100 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := a.js.Publish(pctx, schema.MetricsSubject(a.cfg.Sensor), data, jetstream.WithMsgID(id))
+		cancel()
+		if err == nil {
+			return
+		}
+		a.pubErrors.Inc()
+		a.log.Warn("publish metrics failed", "err", err, "attempt", attempt)
+		// periodic metrics give up when the agent stops; the final ones retry a while
+		if ctx.Err() != nil || attempt >= 20 {
+			return
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 2*time.Second)
+	}
+}
