@@ -1,0 +1,178 @@
+// Package store is the sink's end of the pipeline: it migrates the netwatch
+// PostgreSQL schema, creates one partition per UTC day on demand, writes
+// batches of flows, alerts and host metrics with COPY into a staging table
+// and INSERT … ON CONFLICT DO NOTHING (so a redelivered message never
+// duplicates a row), and drops partitions past their retention.
+//
+// Every object is created unqualified, in the connection's current_schema(),
+// so the store works in any schema named by the DSN's search_path.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io/fs"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Migrate applies every pending migration in migrations/ to the schema the
+// DSN selects (goose, versioned, embedded) and returns the versions applied.
+// Several sinks starting together serialise on a session advisory lock keyed
+// by the schema name. Running it again applies nothing.
+func Migrate(ctx context.Context, dsn string, log *slog.Logger) ([]int64, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	db := stdlib.OpenDB(*cfg)
+	defer db.Close()
+	var schemaName sql.NullString
+	if err := db.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schemaName); err != nil {
+		return nil, fmt.Errorf("migrate: query current schema: %w", err)
+	}
+	if !schemaName.Valid {
+		return nil, errors.New("migrate: no current schema: the search_path names no existing schema")
+	}
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(lockKey("goose:"+schemaName.String)),
+		lock.WithLockTimeout(1, 600))
+	if err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, db, sub, goose.WithSessionLocker(locker),
+		goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	res, err := p.Up(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	var applied []int64
+	for _, r := range res {
+		applied = append(applied, r.Source.Version)
+		log.Info("migration applied", "version", r.Source.Version, "file", r.Source.Path, "duration", r.Duration)
+	}
+	return applied, nil
+}
+
+// lockKey is a 63-bit advisory-lock key for name (FNV-1a 64).
+func lockKey(name string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	return int64(h.Sum64() >> 1)
+}
+
+// Metrics are the store's Prometheus metrics.
+type Metrics struct {
+	PartitionsCreated *prometheus.CounterVec // by table
+	PartitionsDropped *prometheus.CounterVec // by table
+}
+
+// NewMetrics registers the store's metrics in reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		PartitionsCreated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "netwatch_sink_partitions_created_total", Help: "Day partitions created, by table."}, []string{"table"}),
+		PartitionsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "netwatch_sink_partitions_dropped_total", Help: "Day partitions dropped by retention, by table."}, []string{"table"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.PartitionsCreated, m.PartitionsDropped)
+	}
+	return m
+}
+
+// Store writes to one PostgreSQL schema through a connection pool. It is safe
+// for concurrent use; several Stores (several sink processes) may share a
+// database.
+type Store struct {
+	pool    *pgxpool.Pool
+	log     *slog.Logger
+	metrics *Metrics
+
+	mu    sync.Mutex
+	parts map[string]bool // partitions known to exist, by name
+}
+
+// Open connects a pool to dsn. The schema must already be migrated (Migrate):
+// every connection creates its session's staging tables from the live
+// tables. Open does not fail when the database is down; the first write does.
+// m may be nil.
+func Open(ctx context.Context, dsn string, log *slog.Logger, m *Metrics) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		for _, t := range []*table{flowsTable, alertsTable, metricsTable} {
+			q := fmt.Sprintf("CREATE TEMP TABLE IF NOT EXISTS %s (LIKE %s INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+				t.stage, t.name)
+			if _, err := c.Exec(ctx, q); err != nil {
+				return fmt.Errorf("create staging table %s: %w", t.stage, err)
+			}
+		}
+		return nil
+	}
+	cfg.MaxConnIdleTime = time.Minute
+	cfg.HealthCheckPeriod = 5 * time.Second
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("open database pool: %w", err)
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	return &Store{pool: pool, log: log, metrics: m, parts: map[string]bool{}}, nil
+}
+
+// Close closes the pool, waiting for connections in use.
+func (s *Store) Close() { s.pool.Close() }
+
+// Ping checks that the database answers within ctx.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("ping database: %w", err)
+	}
+	return nil
+}
+
+// Pool is the store's connection pool (tests and tools).
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// IsDataError reports whether err is PostgreSQL rejecting the data itself
+// (SQLSTATE class 22 data exception or 23 integrity violation), which no
+// retry of the same rows can fix, as opposed to an outage.
+func IsDataError(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || len(pe.Code) != 5 {
+		return false
+	}
+	switch pe.Code[:2] {
+	case "22", "23":
+		// 23514 check_violation is also what a missing partition raises
+		// ("no partition of relation found for row"): that is retryable.
+		return pe.Code != "23514"
+	}
+	return false
+}

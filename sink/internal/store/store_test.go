@@ -1,0 +1,341 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"netwatch/schema"
+	"netwatch/schema/pb"
+	"netwatch/testkit"
+)
+
+func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// open migrates a fresh schema and opens a store on it.
+func open(t testing.TB) (*Store, string) {
+	t.Helper()
+	dsn := testkit.Postgres(t)
+	ctx := context.Background()
+	if _, err := Migrate(ctx, dsn, quiet()); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, dsn, quiet(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s, dsn
+}
+
+func TestMigrateFreshAndIdempotent(t *testing.T) {
+	dsn := testkit.Postgres(t)
+	ctx := context.Background()
+	v, err := Migrate(ctx, dsn, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v) < 2 || v[0] != 1 || v[1] != 2 {
+		t.Fatalf("first run applied %v, want 1, 2, ...", v)
+	}
+	v, err = Migrate(ctx, dsn, quiet())
+	if err != nil || len(v) != 0 {
+		t.Fatalf("second run applied %v, %v; want nothing", v, err)
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var schemaName string
+	var n int
+	if err := conn.QueryRow(ctx, `SELECT current_schema(), count(*) FROM pg_tables
+		WHERE schemaname = current_schema() AND tablename IN ('flows','alerts','host_metrics','sensors','partitions','goose_db_version')
+		GROUP BY 1`).Scan(&schemaName, &n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 6 || schemaName == "public" {
+		t.Fatalf("%d tables in schema %s, want 6 in the test schema", n, schemaName)
+	}
+}
+
+// flow is a hand-built flow; its id is computed like the enricher does.
+func flow(sensor string, start time.Time, origPort uint32, idx uint32) *pb.Flow {
+	oa, ra := []byte{10, 0, 0, 1}, []byte{192, 0, 2, 7}
+	return &pb.Flow{
+		Id:     schema.FlowID(sensor, 6, oa, origPort, ra, 443, 0, 0, 0, start.UnixNano(), idx),
+		Sensor: sensor, CommunityId: "1:abc=", Proto: 6,
+		OrigAddr: oa, OrigPort: origPort, RespAddr: ra, RespPort: 443,
+		StartNs: start.UnixNano(), EndNs: start.Add(1500 * time.Millisecond).UnixNano(),
+		FlowStartNs: start.UnixNano(),
+		OrigPkts:    3, OrigIpBytes: 180, OrigBytes: 60, RespPkts: 2, RespIpBytes: 1540, RespBytes: 1460,
+		OrigTcpFlags: 0x1b, RespTcpFlags: 0x12, RecordIndex: idx, Final: true, EndReason: pb.EndReason_END_FIN,
+		App: "tls", ConnState: "SF", History: "ShADadFf", ServerName: "example.org", Direction: "outbound",
+		OrigName: "me.lan", RespName: "example.org",
+	}
+}
+
+func TestWriteFlowsExactValues(t *testing.T) {
+	s, _ := open(t)
+	ctx := context.Background()
+	start := time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.UTC)
+	f := flow("s1", start, 51000, 0)
+	f.Tunnel, f.TunnelId, f.Vlan, f.InnerVlan = pb.Tunnel_TUNNEL_VXLAN, 4242, 100, 7
+	v6 := flow("s1", start, 51001, 0)
+	v6.OrigAddr = netip.MustParseAddr("2001:db8::1").AsSlice()
+	v6.RespAddr = netip.MustParseAddr("2001:db8::2").AsSlice()
+	v6.Proto, v6.IcmpType, v6.IcmpCode, v6.OrigPort, v6.RespPort = 58, 128, 0, 0, 0
+	v6.EndReason, v6.Final, v6.RecordIndex = pb.EndReason_END_ACTIVE, false, 3
+	v6.FlowStartNs = start.Add(-time.Minute).UnixNano()
+	bad := flow("s1", start, 1, 0)
+	bad.OrigAddr = []byte{1, 2, 3}
+
+	res, err := s.WriteFlows(ctx, []*pb.FlowBatch{{Sensor: "s1", Flows: []*pb.Flow{f, v6, bad}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Rows != 2 || res.Inserted != 2 || res.Invalid != 1 {
+		t.Fatalf("result %+v, want 2 rows, 2 inserted, 1 invalid", res)
+	}
+	type row struct {
+		ID, Sensor, CommunityID                             string
+		Proto                                               int16
+		OrigAddr                                            netip.Prefix
+		OrigPort                                            int32
+		RespAddr                                            netip.Prefix
+		RespPort, Vlan, InnerVlan                           int32
+		IcmpType, IcmpCode                                  int16
+		Start, End, FlowStart                               time.Time
+		OrigPkts, OrigIPBytes, OrigBytes                    int64
+		RespPkts, RespIPBytes, RespBytes                    int64
+		OrigFlags, RespFlags                                int16
+		RecordIndex                                         int32
+		Final                                               bool
+		EndReason                                           string
+		Guessed                                             bool
+		App, ConnState, History, Tunnel                     string
+		TunnelID                                            int64
+		ServerName, Direction, OrigName, RespName           string
+	}
+	var r row
+	get := func(id string) row {
+		t.Helper()
+		err := s.pool.QueryRow(ctx, `SELECT id, sensor, community_id, proto, orig_addr, orig_port, resp_addr, resp_port,
+			vlan, inner_vlan, icmp_type, icmp_code, start, "end", flow_start, orig_pkts, orig_ip_bytes, orig_bytes,
+			resp_pkts, resp_ip_bytes, resp_bytes, orig_tcp_flags, resp_tcp_flags, record_index, final, end_reason,
+			direction_guessed, app, conn_state, history, tunnel, tunnel_id, server_name, direction, orig_name, resp_name
+			FROM flows WHERE id = $1`, id).Scan(&r.ID, &r.Sensor, &r.CommunityID, &r.Proto, &r.OrigAddr, &r.OrigPort,
+			&r.RespAddr, &r.RespPort, &r.Vlan, &r.InnerVlan, &r.IcmpType, &r.IcmpCode, &r.Start, &r.End, &r.FlowStart,
+			&r.OrigPkts, &r.OrigIPBytes, &r.OrigBytes, &r.RespPkts, &r.RespIPBytes, &r.RespBytes, &r.OrigFlags,
+			&r.RespFlags, &r.RecordIndex, &r.Final, &r.EndReason, &r.Guessed, &r.App, &r.ConnState, &r.History,
+			&r.Tunnel, &r.TunnelID, &r.ServerName, &r.Direction, &r.OrigName, &r.RespName)
+		if err != nil {
+			t.Fatalf("select %s: %v", id, err)
+		}
+		return r
+	}
+	got := get(f.Id)
+	// PostgreSQL keeps microseconds: 123456789 ns is stored as 123456 µs.
+	wantStart := time.Date(2024, 5, 6, 7, 8, 9, 123456000, time.UTC)
+	want := row{ID: f.Id, Sensor: "s1", CommunityID: "1:abc=", Proto: 6,
+		OrigAddr: netip.MustParsePrefix("10.0.0.1/32"), OrigPort: 51000,
+		RespAddr: netip.MustParsePrefix("192.0.2.7/32"), RespPort: 443, Vlan: 100, InnerVlan: 7,
+		Start: wantStart, End: wantStart.Add(1500 * time.Millisecond), FlowStart: wantStart,
+		OrigPkts: 3, OrigIPBytes: 180, OrigBytes: 60, RespPkts: 2, RespIPBytes: 1540, RespBytes: 1460,
+		OrigFlags: 0x1b, RespFlags: 0x12, Final: true, EndReason: "fin", App: "tls", ConnState: "SF",
+		History: "ShADadFf", Tunnel: "vxlan", TunnelID: 4242, ServerName: "example.org", Direction: "outbound",
+		OrigName: "me.lan", RespName: "example.org"}
+	got.Start, got.End, got.FlowStart = got.Start.UTC(), got.End.UTC(), got.FlowStart.UTC()
+	if got != want {
+		t.Errorf("flow row\n got %+v\nwant %+v", got, want)
+	}
+	got = get(v6.Id)
+	if got.OrigAddr != netip.MustParsePrefix("2001:db8::1/128") || got.Proto != 58 || got.IcmpType != 128 ||
+		got.EndReason != "active" || got.Final || got.RecordIndex != 3 || got.Tunnel != "" ||
+		!got.FlowStart.Equal(wantStart.Add(-time.Minute)) {
+		t.Errorf("v6 flow row %+v", got)
+	}
+
+	var host string
+	var lastFlow time.Time
+	if err := s.pool.QueryRow(ctx, "SELECT host, last_flow FROM sensors WHERE sensor = 's1'").Scan(&host, &lastFlow); err != nil {
+		t.Fatal(err)
+	}
+	if !lastFlow.Equal(wantStart.Add(1500 * time.Millisecond)) {
+		t.Errorf("sensors.last_flow %v, want %v", lastFlow, wantStart.Add(1500*time.Millisecond))
+	}
+}
+
+func TestOldCapturePartitionAndIdempotence(t *testing.T) {
+	s, _ := open(t)
+	ctx := context.Background()
+	start := time.Date(2010, 3, 15, 23, 59, 59, 0, time.UTC)
+	fb := &pb.FlowBatch{Sensor: "s1", Flows: []*pb.Flow{flow("s1", start, 1000, 0), flow("s1", start.Add(2*time.Second), 1001, 0)}}
+	for i := range 3 {
+		res, err := s.WriteFlows(ctx, []*pb.FlowBatch{fb, fb})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if wantIns := map[bool]int{true: 2, false: 0}[i == 0]; res.Rows != 4 || res.Inserted != wantIns {
+			t.Fatalf("write %d: %+v, want 4 rows, %d inserted", i, res, wantIns)
+		}
+	}
+	rows, err := s.pool.Query(ctx, `SELECT tableoid::regclass::text, count(*) FROM flows GROUP BY 1 ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type part struct {
+		Name string
+		N    int64
+	}
+	parts, err := pgx.CollectRows(rows, pgx.RowToStructByPos[part])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []part{{"flows_p20100315", 1}, {"flows_p20100316", 1}}
+	if len(parts) != 2 || parts[0] != want[0] || parts[1] != want[1] {
+		t.Fatalf("partitions %v, want %v", parts, want)
+	}
+	var rs, re time.Time
+	if err := s.pool.QueryRow(ctx, "SELECT range_start, range_end FROM partitions WHERE name = 'flows_p20100315'").Scan(&rs, &re); err != nil {
+		t.Fatal(err)
+	}
+	if !rs.Equal(time.Date(2010, 3, 15, 0, 0, 0, 0, time.UTC)) || !re.Equal(time.Date(2010, 3, 16, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("range %v – %v", rs, re)
+	}
+}
+
+// TestConcurrentPartitionCreation: several stores (sinks) writing the same
+// new day at once all succeed and create the partition once.
+func TestConcurrentPartitionCreation(t *testing.T) {
+	_, dsn := open(t)
+	ctx := context.Background()
+	start := time.Date(2011, 1, 2, 3, 4, 5, 0, time.UTC)
+	errc := make(chan error, 8)
+	for i := range 8 {
+		s, err := Open(ctx, dsn, quiet(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		go func() {
+			_, err := s.WriteFlows(ctx, []*pb.FlowBatch{{Flows: []*pb.Flow{flow("s1", start, uint32(i), 0)}}})
+			errc <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, _ := Open(ctx, dsn, quiet(), nil)
+	defer s.Close()
+	var n, p int
+	if err := s.pool.QueryRow(ctx, "SELECT (SELECT count(*) FROM flows), (SELECT count(*) FROM partitions)").Scan(&n, &p); err != nil {
+		t.Fatal(err)
+	}
+	if n != 8 || p != 1 {
+		t.Fatalf("%d flows in %d partitions, want 8 in 1", n, p)
+	}
+}
+
+func TestWriteAlertsAndMetrics(t *testing.T) {
+	s, _ := open(t)
+	ctx := context.Background()
+	at := time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)
+	a := &pb.Alert{Id: schema.AlertID("portscan", "10.0.0.9", "", at.UnixNano()), TimeNs: at.UnixNano(), Sensor: "s2",
+		Severity: pb.Severity_SEVERITY_HIGH, Category: "portscan", Technique: "T1046", OrigAddr: "10.0.0.9",
+		Summary: "10.0.0.9 scanned 120 ports", Evidence: []byte(`{"ports":120}`), Rule: "portscan",
+		WindowStartNs: at.Add(-time.Minute).UnixNano(), WindowEndNs: at.UnixNano(), Score: 0.9}
+	b := &pb.Alert{Id: "b", TimeNs: at.UnixNano(), Sensor: "s2", Severity: pb.Severity_SEVERITY_CRITICAL,
+		Category: "syn_flood", Summary: "flood", Evidence: []byte(`not json`)}
+	for range 2 {
+		if _, err := s.WriteAlerts(ctx, []*pb.Alert{a, b}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var n int
+	var sev, ev, ev2 string
+	var orig, resp *netip.Prefix
+	var ws *time.Time
+	if err := s.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM alerts), severity, evidence::text, orig_addr, resp_addr, window_start,
+		(SELECT evidence::text FROM alerts WHERE id = 'b') FROM alerts WHERE id = $1`, a.Id).
+		Scan(&n, &sev, &ev, &orig, &resp, &ws, &ev2); err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 || sev != "high" || ev != `{"ports": 120}` || orig == nil || orig.Addr() != netip.MustParseAddr("10.0.0.9") ||
+		resp != nil || ws == nil || !ws.Equal(at.Add(-time.Minute)) || ev2 != `{"raw": "not json"}` {
+		t.Errorf("alerts: n=%d sev=%s ev=%s orig=%v resp=%v ws=%v ev2=%s", n, sev, ev, orig, resp, ws, ev2)
+	}
+
+	m := &pb.Metrics{Sensor: "s2", Host: "h2", TimeNs: at.UnixNano(), CpuPercent: 12.5, MemTotalBytes: 8 << 30,
+		MemUsedBytes: 2 << 30, Load1: 0.75, Boot: "b1", Seq: 9, UptimeS: 3600,
+		Disks:      []*pb.DiskUsage{{Mount: "/", TotalBytes: 100, UsedBytes: 40}},
+		Interfaces: []*pb.InterfaceCounters{{Name: "eth0", RxBytes: 1, TxBytes: 2, RxPackets: 3, TxPackets: 4}},
+		Captures:   []*pb.CaptureStats{{Source: "eth0", Received: 10, Dropped: 1, IpPackets: 9, NonIp: 1}}}
+	for range 2 {
+		if _, err := s.WriteMetrics(ctx, []*pb.Metrics{m}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var disks, ifs, caps []byte
+	var cpu float64
+	if err := s.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM host_metrics), cpu_percent, disks, interfaces, captures
+		FROM host_metrics`).Scan(&n, &cpu, &disks, &ifs, &caps); err != nil {
+		t.Fatal(err)
+	}
+	var d []map[string]any
+	var c []map[string]any
+	_ = json.Unmarshal(disks, &d)
+	_ = json.Unmarshal(caps, &c)
+	if n != 1 || cpu != 12.5 || len(d) != 1 || d[0]["mount"] != "/" || d[0]["used_bytes"] != 40.0 ||
+		len(c) != 1 || c[0]["non_ip"] != 1.0 || c[0]["ip_packets"] != 9.0 {
+		t.Errorf("metrics: n=%d cpu=%v disks=%s caps=%s ifs=%s", n, cpu, disks, caps, ifs)
+	}
+	var host string
+	if err := s.pool.QueryRow(ctx, "SELECT host FROM sensors WHERE sensor = 's2'").Scan(&host); err != nil || host != "h2" {
+		t.Errorf("sensors host %q, %v; want h2", host, err)
+	}
+}
+
+func TestRetentionDropsOnlyExpired(t *testing.T) {
+	s, _ := open(t)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	old := now.Add(-40 * 24 * time.Hour)
+	replayed := time.Date(2010, 1, 1, 12, 0, 0, 0, time.UTC)
+	for _, st := range []time.Time{old, replayed, now} {
+		if _, err := s.WriteFlows(ctx, []*pb.FlowBatch{{Flows: []*pb.Flow{flow("s1", st, 1, 0)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The old partition was last written 35 days ago; the replayed 2010 one
+	// was written just now, so it stays although its range is old.
+	if _, err := s.pool.Exec(ctx, "UPDATE partitions SET last_write = $1 WHERE name = $2",
+		now.Add(-35*24*time.Hour), partitionName("flows", dayOf(old))); err != nil {
+		t.Fatal(err)
+	}
+	dropped, err := s.DropExpired(ctx, Retention{Flows: 30 * 24 * time.Hour}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dropped) != 1 || dropped[0] != partitionName("flows", dayOf(old)) {
+		t.Fatalf("dropped %v, want only %s", dropped, partitionName("flows", dayOf(old)))
+	}
+	var n int
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM flows").Scan(&n); err != nil || n != 2 {
+		t.Fatalf("%d flows left (%v), want 2", n, err)
+	}
+	// Writing to the dropped day again recreates it.
+	if _, err := s.WriteFlows(ctx, []*pb.FlowBatch{{Flows: []*pb.Flow{flow("s1", old, 2, 0)}}}); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := s.DropExpired(ctx, Retention{Flows: 30 * 24 * time.Hour}, now); len(d) != 0 {
+		t.Fatalf("dropped %v right after a write", d)
+	}
+}
