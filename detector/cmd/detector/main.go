@@ -1,0 +1,253 @@
+// Command detector is the netwatch detection stage: it consumes flow records
+// from FLOWS, runs the per-originator rules and the golearn flow model, and
+// publishes alerts to ALERTS. `detector train` and `detector evaluate` build
+// and check the model file (README.md).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"netwatch/detector/internal/model"
+	"netwatch/detector/internal/rules"
+	"netwatch/detector/internal/stage"
+	"netwatch/detector/models"
+	"netwatch/schema"
+	"netwatch/schema/ops"
+)
+
+func main() {
+	args := os.Args[1:]
+	var err error
+	switch {
+	case len(args) > 0 && args[0] == "train":
+		err = train(args[1:], os.Stdout, os.Getenv)
+	case len(args) > 0 && args[0] == "evaluate":
+		err = evaluate(args[1:], os.Stdout, os.Getenv)
+	default:
+		err = run(args, os.Stderr, os.Getenv)
+	}
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "detector:", err)
+		os.Exit(1)
+	}
+}
+
+// Config is the detector service configuration.
+type Config struct {
+	ops.Common
+	Model          string        // -model: model file; empty means the shipped model built into the binary
+	ModelAlerts    bool          // -model.alerts
+	ModelThreshold float64       // -model.threshold
+	ModelWindow    time.Duration // -model.window
+	Rules          rules.Config
+	FetchBatch     int
+	Replicas       int
+}
+
+func (c *Config) register(fs *flag.FlagSet) {
+	c.Common.Register(fs, "127.0.0.1:9103")
+	d := rules.DefaultConfig()
+	fs.StringVar(&c.Model, "model", "", "model file written by `detector train` (empty: the shipped "+models.FlowID3Name+" built into the binary)")
+	fs.BoolVar(&c.ModelAlerts, "model.alerts", false, "publish category \"anomaly\" alerts for flows the model scores at or above -model.threshold")
+	fs.Float64Var(&c.ModelThreshold, "model.threshold", 0.95, "model score (attack probability, 0..1) that makes a flow anomalous")
+	fs.DurationVar(&c.ModelWindow, "model.window", time.Minute, "at most one anomaly alert per originator, responder and window (packet time)")
+	fs.IntVar(&c.Rules.PortscanPorts, "portscan.ports", d.PortscanPorts, "distinct probed ports from one originator to one responder in a window that make a port scan")
+	fs.DurationVar(&c.Rules.PortscanWindow, "portscan.window", d.PortscanWindow, "port scan tumbling window (packet time, aligned to the Unix epoch)")
+	fs.DurationVar(&c.Rules.PortscanFast, "portscan.fast", d.PortscanFast, "a scan that reaches -portscan.ports within this time of its first probe is severity high, else medium")
+	fs.IntVar(&c.Rules.SweepHosts, "hostsweep.hosts", d.SweepHosts, "distinct probed responders on one port (or ICMP echo) from one originator in a window that make a host sweep")
+	fs.DurationVar(&c.Rules.SweepWindow, "hostsweep.window", d.SweepWindow, "host sweep tumbling window (packet time)")
+	fs.DurationVar(&c.Rules.SweepFast, "hostsweep.fast", d.SweepFast, "a sweep that reaches -hostsweep.hosts within this time is severity high, else medium")
+	fs.IntVar(&c.Rules.MaxKeys, "rules.max-keys", d.MaxKeys, "most open rule windows kept in memory; beyond it the oldest are dropped")
+	fs.IntVar(&c.FetchBatch, "consume.batch", 256, "FLOWS messages per pull request")
+	fs.IntVar(&c.Replicas, "stream.replicas", 1, "stream and consumer replicas when provisioning (1 on one node, 3 on a cluster)")
+}
+
+// Validate reports every invalid field.
+func (c *Config) Validate() error {
+	errs := []error{c.Common.Validate(), c.Rules.Validate()}
+	if c.ModelThreshold < 0 || c.ModelThreshold > 1 {
+		errs = append(errs, fmt.Errorf("-model.threshold %v: want 0..1", c.ModelThreshold))
+	}
+	if c.ModelWindow < time.Second {
+		errs = append(errs, fmt.Errorf("-model.window %s: want at least 1s", c.ModelWindow))
+	}
+	if c.FetchBatch < 1 {
+		errs = append(errs, fmt.Errorf("-consume.batch %d: want at least 1", c.FetchBatch))
+	}
+	if c.Replicas != 1 && c.Replicas != 3 {
+		errs = append(errs, fmt.Errorf("-stream.replicas %d: want 1 or 3", c.Replicas))
+	}
+	return errors.Join(errs...)
+}
+
+// loadModel loads path, or the shipped model when path is empty.
+func loadModel(path string) (*model.Tree, error) {
+	if path != "" {
+		return model.Load(path)
+	}
+	f, err := os.CreateTemp("", "netwatch-model-*")
+	if err != nil {
+		return nil, fmt.Errorf("load shipped model: %w", err)
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(models.FlowID3); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("load shipped model: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("load shipped model: %w", err)
+	}
+	return model.Load(f.Name())
+}
+
+func run(args []string, stderr io.Writer, getenv func(string) string) error {
+	var cfg Config
+	fs := flag.NewFlagSet("detector", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := ops.ApplyEnv(fs, getenv); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
+	tree, err := loadModel(cfg.Model)
+	if err != nil {
+		return err
+	}
+	if cfg.CheckOnly {
+		fmt.Fprintf(stderr, "configuration ok; model %s (%s)\n", tree.Name(), tree.Meta.Eval)
+		return nil
+	}
+	log := cfg.Logger(stderr, "detector")
+	log.Info("model loaded", "model", tree.Name(), "path", cfg.Model, "eval_accuracy", tree.Meta.Eval.Accuracy)
+
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+
+	nc, err := cfg.ConnectNATS(ctx, "netwatch-detector", log.With("component", "nats"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	if err := schema.ProvisionRetry(ctx, js, schema.StreamOptions{Replicas: cfg.Replicas}); err != nil {
+		return fmt.Errorf("provision: %w", err)
+	}
+
+	reg := ops.NewRegistry()
+	st := stage.New(stage.Config{Rules: cfg.Rules, ModelAlerts: cfg.ModelAlerts, ModelThreshold: cfg.ModelThreshold,
+		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch}, js, tree, stage.NewMetrics(reg), log.With("component", "stage"))
+
+	httpCtx, stopHTTP := context.WithCancel(context.Background())
+	defer stopHTTP()
+	httpErr := make(chan error, 1)
+	go func() { httpErr <- ops.Serve(httpCtx, cfg.HTTPAddr, ops.Handler(reg, st.Ready), log.With("component", "http")) }()
+
+	runErr := make(chan error, 1)
+	go func() { runErr <- st.Run(ctx) }()
+	select {
+	case err = <-runErr:
+	case err = <-httpErr:
+		cancel()
+		<-runErr
+	}
+	// Data-flow order: intake stopped (Run returned, alerts published
+	// synchronously), then flush NATS, then stop HTTP.
+	if derr := nc.Drain(); derr != nil {
+		log.Warn("drain nats", "err", derr)
+	}
+	stopHTTP()
+	log.Info("stopped")
+	return err
+}
+
+func train(args []string, stdout io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("detector train", flag.ContinueOnError)
+	data := fs.String("data", "../shared/data/labeled/nsl-kdd/KDDTrain+_20Percent.txt", "NSL-KDD training file (CSV)")
+	test := fs.String("test", "", "NSL-KDD test file (e.g. KDDTest+.txt); empty: hold out every fifth record of -data")
+	out := fs.String("out", filepath.Join("models", models.FlowID3Name), "model file to write")
+	prune := fs.Float64("prune", 0, "golearn ID3 prune ratio (0: no pruning, deterministic)")
+	name := fs.String("name", "flow-id3", "model name (the rule of its alerts)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := ops.ApplyEnv(fs, getenv); err != nil {
+		return err
+	}
+	recs, err := model.ReadKDDFile(*data)
+	if err != nil {
+		return err
+	}
+	trainSet, testSet := recs, []model.Record(nil)
+	source := filepath.Base(*data)
+	if *test == "" {
+		trainSet, testSet = model.Split(recs)
+		source += " (records with index%5 != 4)"
+	} else if testSet, err = model.ReadKDDFile(*test); err != nil {
+		return err
+	}
+	t, err := model.Train(trainSet, *prune, *name)
+	if err != nil {
+		return err
+	}
+	t.Meta.TrainSource = source
+	if t.Meta.Eval, err = model.Evaluate(t, testSet); err != nil {
+		return err
+	}
+	if err := t.Save(*out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "trained %s on %d records, wrote %s\ntest split: %s\n", *name, len(trainSet), *out, t.Meta.Eval)
+	return nil
+}
+
+func evaluate(args []string, stdout io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("detector evaluate", flag.ContinueOnError)
+	path := fs.String("model", "", "model file (empty: the shipped model)")
+	data := fs.String("data", "../shared/data/labeled/nsl-kdd/KDDTrain+_20Percent.txt", "NSL-KDD file to evaluate on")
+	split := fs.Bool("split", true, "evaluate only the held-out fifth of -data (index%5 == 4); false: every record")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := ops.ApplyEnv(fs, getenv); err != nil {
+		return err
+	}
+	t, err := loadModel(*path)
+	if err != nil {
+		return err
+	}
+	recs, err := model.ReadKDDFile(*data)
+	if err != nil {
+		return err
+	}
+	if *split {
+		_, recs = model.Split(recs)
+	}
+	e, err := model.Evaluate(t, recs)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "model %s on %s: %s\n", t.Name(), filepath.Base(*data), e)
+	return nil
+}

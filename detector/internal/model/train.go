@@ -1,0 +1,187 @@
+package model
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/sjwhitworth/golearn/trees"
+)
+
+// Record is one labelled training or test row.
+type Record struct {
+	X      Features
+	Attack bool
+	Label  string // the NSL-KDD label, e.g. "normal", "neptune"
+}
+
+// ReadKDD reads NSL-KDD records (CSV, no header, 41 features, label,
+// difficulty; see shared/data/labeled/README.md) and keeps the Features a
+// flow can supply. Every label but "normal" is an attack.
+func ReadKDD(r io.Reader) ([]Record, error) {
+	var out []Record
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	line := 0
+	for sc.Scan() {
+		line++
+		s := strings.TrimSpace(sc.Text())
+		if s == "" {
+			continue
+		}
+		c := strings.Split(s, ",")
+		if len(c) < 42 {
+			return nil, fmt.Errorf("nsl-kdd line %d: %d columns, want 42 or 43", line, len(c))
+		}
+		num := func(i int) (float64, error) {
+			v, err := strconv.ParseFloat(c[i], 64)
+			if err != nil {
+				return 0, fmt.Errorf("nsl-kdd line %d column %d: %w", line, i+1, err)
+			}
+			return v, nil
+		}
+		var rec Record
+		var err error
+		if rec.X.Duration, err = num(0); err != nil {
+			return nil, err
+		}
+		if rec.X.SrcBytes, err = num(4); err != nil {
+			return nil, err
+		}
+		if rec.X.DstBytes, err = num(5); err != nil {
+			return nil, err
+		}
+		rec.X.Protocol, rec.X.Service, rec.X.Flag = c[1], c[2], c[3]
+		if !contains(Services, rec.X.Service) {
+			rec.X.Service = "other"
+		}
+		if !contains(Protocols, rec.X.Protocol) || !contains(Flags, rec.X.Flag) {
+			return nil, fmt.Errorf("nsl-kdd line %d: unknown protocol %q or flag %q", line, c[1], c[3])
+		}
+		rec.Label = c[41]
+		rec.Attack = rec.Label != "normal"
+		out = append(out, rec)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read nsl-kdd: %w", err)
+	}
+	return out, nil
+}
+
+// ReadKDDFile is ReadKDD on a file.
+func ReadKDDFile(path string) ([]Record, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read nsl-kdd: %w", err)
+	}
+	defer f.Close()
+	recs, err := ReadKDD(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return recs, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Split is the deterministic train/test split used when no separate test
+// file is given: every fifth record (index % 5 == 4) is held out, so 80 % /
+// 20 % with the class mix of the file.
+func Split(recs []Record) (train, test []Record) {
+	for i, r := range recs {
+		if i%5 == 4 {
+			test = append(test, r)
+		} else {
+			train = append(train, r)
+		}
+	}
+	return train, test
+}
+
+// Train fits golearn's ID3 decision tree (information gain, numeric splits
+// for the float attributes) on recs. prune is golearn's held-out prune ratio
+// (0 disables pruning; pruning draws a random split, so 0 keeps training
+// deterministic).
+func Train(recs []Record, prune float64, name string) (*Tree, error) {
+	if len(recs) == 0 {
+		return nil, fmt.Errorf("train: no records")
+	}
+	a := newAttrs()
+	g := a.newGrid(len(recs))
+	for i, r := range recs {
+		class := ClassNormal
+		if r.Attack {
+			class = ClassAttack
+		}
+		g.set(i, r.X, class)
+	}
+	id3 := trees.NewID3DecisionTree(prune)
+	if err := id3.Fit(g.inst); err != nil {
+		return nil, fmt.Errorf("train id3: %w", err)
+	}
+	return &Tree{id3: id3, a: a, Meta: Meta{Name: name, FeatureSet: FeatureSet, TrainRows: len(recs), Prune: prune}}, nil
+}
+
+// Evaluation is a binary confusion matrix with attack as the positive class.
+type Evaluation struct {
+	N, TP, FP, TN, FN int
+	Accuracy          float64
+	Precision         float64 // TP / (TP + FP)
+	Recall            float64 // TP / (TP + FN)
+	F1                float64
+}
+
+// Evaluate predicts every record with t and counts the outcomes.
+func Evaluate(t *Tree, recs []Record) (Evaluation, error) {
+	xs := make([]Features, len(recs))
+	for i, r := range recs {
+		xs[i] = r.X
+	}
+	pred, err := t.Predict(xs)
+	if err != nil {
+		return Evaluation{}, err
+	}
+	var e Evaluation
+	e.N = len(recs)
+	for i, r := range recs {
+		p := pred[i] == ClassAttack
+		switch {
+		case p && r.Attack:
+			e.TP++
+		case p && !r.Attack:
+			e.FP++
+		case !p && r.Attack:
+			e.FN++
+		default:
+			e.TN++
+		}
+	}
+	div := func(a, b int) float64 {
+		if b == 0 {
+			return 0
+		}
+		return float64(a) / float64(b)
+	}
+	e.Accuracy = div(e.TP+e.TN, e.N)
+	e.Precision = div(e.TP, e.TP+e.FP)
+	e.Recall = div(e.TP, e.TP+e.FN)
+	if e.Precision+e.Recall > 0 {
+		e.F1 = 2 * e.Precision * e.Recall / (e.Precision + e.Recall)
+	}
+	return e, nil
+}
+
+func (e Evaluation) String() string {
+	return fmt.Sprintf("n=%d accuracy=%.4f precision=%.4f recall=%.4f f1=%.4f (tp=%d fp=%d tn=%d fn=%d)",
+		e.N, e.Accuracy, e.Precision, e.Recall, e.F1, e.TP, e.FP, e.TN, e.FN)
+}

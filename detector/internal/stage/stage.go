@@ -1,0 +1,281 @@
+// Package stage is the detector's data path: it pulls FlowBatch messages
+// from FLOWS through the durable consumer schema.ConsumerDetector, scores
+// every flow with the model, runs the rules, publishes alerts to
+// ALERTS (netwatch.alerts.<sensor>, Nats-Msg-Id = alert id) and acks a
+// message only once every alert it triggered has a PubAck.
+package stage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"netwatch/detector/internal/model"
+	"netwatch/detector/internal/rules"
+	"netwatch/schema"
+	"netwatch/schema/pb"
+)
+
+// Config of the stage.
+type Config struct {
+	Rules          rules.Config
+	ModelAlerts    bool          // publish "anomaly" alerts from the model
+	ModelThreshold float64       // score at or above which a flow is anomalous, 0..1
+	ModelWindow    time.Duration // one anomaly alert per (originator, responder, window)
+	FetchBatch     int           // messages per pull request
+	NakDelay       time.Duration // redelivery delay after a failed publish
+}
+
+// Metrics of the stage, registered on one registry.
+type Metrics struct {
+	Messages      prometheus.Counter
+	Flows         prometheus.Counter
+	Scored        prometheus.Counter
+	ScoreErrors   prometheus.Counter
+	Score         prometheus.Histogram
+	Alerts        *prometheus.CounterVec
+	PublishErrors prometheus.Counter
+	Terminated    prometheus.Counter
+	RuleKeys      prometheus.Gauge
+	Lag           prometheus.Histogram
+}
+
+// NewMetrics creates and registers the netwatch_detector_* metrics.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Messages: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_messages_total",
+			Help: "FLOWS messages processed and acked."}),
+		Flows: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_flows_total",
+			Help: "Flow records evaluated by the rules."}),
+		Scored: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_flows_scored_total",
+			Help: "Flow records scored by the model."}),
+		ScoreErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_score_errors_total",
+			Help: "Flow records the model failed to score."}),
+		Score: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netwatch_detector_flow_score",
+			Help: "Model attack probability of each scored flow (0..1).", Buckets: prometheus.LinearBuckets(0.1, 0.1, 10)}),
+		Alerts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netwatch_detector_alerts_total",
+			Help: "Alerts published (PubAck received), by category."}, []string{"category"}),
+		PublishErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_publish_errors_total",
+			Help: "Alert publishes that failed; the FLOWS message is nak'ed and redelivered."}),
+		Terminated: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_messages_terminated_total",
+			Help: "FLOWS messages that did not decode and were terminated."}),
+		RuleKeys: prometheus.NewGauge(prometheus.GaugeOpts{Name: "netwatch_detector_rule_windows",
+			Help: "Open (rule, originator, target, window) states."}),
+		Lag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netwatch_detector_process_seconds",
+			Help: "Time to process one FLOWS message, publish its alerts and ack it.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
+	}
+	reg.MustRegister(m.Messages, m.Flows, m.Scored, m.ScoreErrors, m.Score, m.Alerts, m.PublishErrors, m.Terminated, m.RuleKeys, m.Lag)
+	for _, c := range []string{"portscan", "hostsweep", "anomaly"} {
+		m.Alerts.WithLabelValues(c)
+	}
+	return m
+}
+
+// Stage is one detector instance.
+type Stage struct {
+	cfg     Config
+	js      jetstream.JetStream
+	scorer  model.Scorer
+	engine  *rules.Engine
+	anomaly map[anomalyKey]bool
+	m       *Metrics
+	log     *slog.Logger
+	ready   atomic.Bool
+}
+
+type anomalyKey struct {
+	sensor     string
+	orig, resp netip.Addr
+	win        int64
+}
+
+// New returns a stage. scorer may be nil (no model).
+func New(cfg Config, js jetstream.JetStream, scorer model.Scorer, m *Metrics, log *slog.Logger) *Stage {
+	if cfg.FetchBatch <= 0 {
+		cfg.FetchBatch = 256
+	}
+	if cfg.NakDelay <= 0 {
+		cfg.NakDelay = time.Second
+	}
+	if cfg.ModelWindow <= 0 {
+		cfg.ModelWindow = time.Minute
+	}
+	return &Stage{cfg: cfg, js: js, scorer: scorer, engine: rules.New(cfg.Rules),
+		anomaly: map[anomalyKey]bool{}, m: m, log: log}
+}
+
+// Ready reports whether the stage is consuming.
+func (s *Stage) Ready() error {
+	if !s.ready.Load() {
+		return errors.New("detector not consuming yet")
+	}
+	return nil
+}
+
+// Run consumes until ctx ends. Messages in flight when ctx ends are neither
+// acked nor lost: JetStream redelivers them after AckWait.
+func (s *Stage) Run(ctx context.Context) error {
+	cons, err := s.js.Consumer(ctx, schema.StreamFlows, schema.ConsumerDetector)
+	if err != nil {
+		return fmt.Errorf("bind consumer %s: %w", schema.ConsumerDetector, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.FetchBatch))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", schema.ConsumerDetector, err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	defer it.Stop()
+	s.ready.Store(true)
+	defer s.ready.Store(false)
+	s.log.Info("consuming", "stream", schema.StreamFlows, "consumer", schema.ConsumerDetector)
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			s.log.Warn("next message", "err", err)
+			continue
+		}
+		s.Handle(ctx, msg)
+	}
+}
+
+// Handle processes one FLOWS message: decode, score, rules, publish, ack.
+func (s *Stage) Handle(ctx context.Context, msg jetstream.Msg) {
+	start := time.Now()
+	var batch pb.FlowBatch
+	if err := proto.Unmarshal(msg.Data(), &batch); err != nil {
+		s.m.Terminated.Inc()
+		meta, _ := msg.Metadata()
+		seq := uint64(0)
+		if meta != nil {
+			seq = meta.Sequence.Stream
+		}
+		s.log.Warn("terminate undecodable message", "subject", msg.Subject(), "stream_seq", seq, "err", err)
+		_ = msg.Term()
+		return
+	}
+	sensor := batch.GetSensor()
+	if sensor == "" {
+		sensor = schema.SensorFromSubject(msg.Subject())
+	}
+	var alerts []*pb.Alert
+	for _, f := range batch.GetFlows() {
+		fs := sensor
+		if f.GetSensor() != "" {
+			fs = f.GetSensor()
+		}
+		s.m.Flows.Inc()
+		alerts = append(alerts, s.engine.Observe(fs, f)...)
+		if a := s.score(fs, f); a != nil {
+			alerts = append(alerts, a)
+		}
+	}
+	s.m.RuleKeys.Set(float64(s.engine.Keys()))
+	for i, a := range alerts {
+		if err := s.publish(ctx, a); err != nil {
+			s.m.PublishErrors.Inc()
+			s.log.Error("publish alert", "alert_id", a.GetId(), "subject", schema.AlertsSubject(a.GetSensor()), "err", err)
+			for _, r := range alerts[i:] {
+				s.retract(r)
+			}
+			_ = msg.NakWithDelay(s.cfg.NakDelay)
+			return
+		}
+		s.m.Alerts.WithLabelValues(a.GetCategory()).Inc()
+		s.log.Info("alert", "alert_id", a.GetId(), "category", a.GetCategory(), "sensor", a.GetSensor(),
+			"orig", a.GetOrigAddr(), "resp", a.GetRespAddr(), "severity", a.GetSeverity().String())
+	}
+	if err := msg.Ack(); err != nil {
+		s.log.Warn("ack", "err", err)
+	}
+	s.m.Messages.Inc()
+	s.m.Lag.Observe(time.Since(start).Seconds())
+}
+
+func (s *Stage) retract(a *pb.Alert) {
+	if a.GetCategory() == "anomaly" {
+		o, _ := netip.ParseAddr(a.GetOrigAddr())
+		r, _ := netip.ParseAddr(a.GetRespAddr())
+		delete(s.anomaly, anomalyKey{a.GetSensor(), o, r, a.GetWindowStartNs()})
+		return
+	}
+	s.engine.Retract(a)
+}
+
+func (s *Stage) publish(ctx context.Context, a *pb.Alert) error {
+	data, err := proto.Marshal(a)
+	if err != nil {
+		return fmt.Errorf("encode alert: %w", err)
+	}
+	m := &nats.Msg{Subject: schema.AlertsSubject(a.GetSensor()), Data: data, Header: nats.Header{}}
+	m.Header.Set(jetstream.MsgIDHeader, a.GetId())
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := s.js.PublishMsg(pctx, m); err != nil {
+		return fmt.Errorf("publish alert %s: %w", a.GetId(), err)
+	}
+	return nil
+}
+
+// score runs the model on f and returns an anomaly alert when model alerts
+// are on, the score reaches the threshold and this (originator, responder,
+// window) has not alerted yet.
+func (s *Stage) score(sensor string, f *pb.Flow) *pb.Alert {
+	if s.scorer == nil {
+		return nil
+	}
+	p, err := s.scorer.Score(f)
+	if err != nil {
+		s.m.ScoreErrors.Inc()
+		return nil
+	}
+	s.m.Scored.Inc()
+	s.m.Score.Observe(p)
+	if !s.cfg.ModelAlerts || p < s.cfg.ModelThreshold {
+		return nil
+	}
+	o, ok1 := netip.AddrFromSlice(f.GetOrigAddr())
+	r, ok2 := netip.AddrFromSlice(f.GetRespAddr())
+	if !ok1 || !ok2 {
+		return nil
+	}
+	o, r = o.Unmap(), r.Unmap()
+	w := int64(s.cfg.ModelWindow)
+	win := f.GetStartNs() - f.GetStartNs()%w
+	if f.GetStartNs() < 0 && f.GetStartNs()%w != 0 {
+		win -= w
+	}
+	k := anomalyKey{sensor, o, r, win}
+	if s.anomaly[k] {
+		return nil
+	}
+	if len(s.anomaly) > 100_000 { // bounded: forget old keys; a repeat alert has the same id and is deduplicated
+		clear(s.anomaly)
+	}
+	s.anomaly[k] = true
+	x := model.Extract(f)
+	ev, _ := json.Marshal(map[string]any{
+		"model": s.scorer.Name(), "score": p, "threshold": s.cfg.ModelThreshold, "flow_id": f.GetId(),
+		"features": x, "window_start_ns": win, "window_end_ns": win + w,
+	})
+	name := s.scorer.Name()
+	return &pb.Alert{
+		Id: schema.AlertID(name, o.String(), r.String(), win), TimeNs: f.GetEndNs(), Sensor: sensor,
+		Severity: pb.Severity_SEVERITY_LOW, Category: "anomaly", OrigAddr: o.String(), RespAddr: r.String(),
+		Summary:  fmt.Sprintf("model %s scored a %s flow %s -> %s:%d at %.2f", name, x.Protocol, o, r, f.GetRespPort(), p),
+		Evidence: ev, Rule: name, WindowStartNs: win, WindowEndNs: win + w, Score: p,
+	}
+}

@@ -1,0 +1,15 @@
+// Package models ships the detector's trained model files inside the binary
+// (the -model default), so a deployment needs no extra file. Rebuild them
+// with `detector train` (README.md).
+package models
+
+import _ "embed"
+
+// FlowID3 is flow-id3.model: golearn's ID3 tree trained on NSL-KDD
+// (KDDTrain+_20Percent, 80 % split) over the six flow-computable features.
+//
+//go:embed flow-id3.model
+var FlowID3 []byte
+
+// FlowID3Name is the file name of FlowID3.
+const FlowID3Name = "flow-id3.model"
