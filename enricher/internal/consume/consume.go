@@ -1,0 +1,379 @@
+// Package consume is the enricher stage's driver (consume → flow → publish
+// → ack): it pulls PacketBatches from the PACKETS durable consumer, feeds one
+// flow.Table per (sensor, bucket), hands records to the publisher and acks a
+// PACKETS message once every record it contributed to is published.
+package consume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"netwatch/enricher/internal/flow"
+	"netwatch/enricher/internal/publish"
+	"netwatch/schema"
+	"netwatch/schema/pb"
+)
+
+// Config tunes the stage.
+type Config struct {
+	Flow          flow.Config    // Sensor is set per table
+	Publish       publish.Config //
+	PullBatch     int            // messages per pull request (500)
+	WallTick      time.Duration  // how often idle buckets' clocks follow the wall clock (5 s)
+	KeepAlive     time.Duration  // InProgress interval for held messages (30 s; AckWait is 2 min)
+	ShutdownFlush bool           // on shutdown, end open flows as END_SHUTDOWN and ack (see README)
+	DrainTimeout  time.Duration  // longest wait for publish acks at shutdown (30 s)
+}
+
+// Metrics of the stage (README "Metrics").
+type Metrics struct {
+	Packets     prometheus.Counter
+	Batches     *prometheus.CounterVec // result: ok, undecodable, redelivered
+	Flows       *prometheus.CounterVec // reason
+	ActiveFlows prometheus.Gauge
+	Held        prometheus.Gauge
+	PubBatches  prometheus.Counter
+	PubErrors   prometheus.Counter
+	Skipped     prometheus.Counter
+}
+
+// NewMetrics registers the stage's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Packets: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_enricher_packets_total",
+			Help: "Packet summaries accounted into flows."}),
+		Batches: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netwatch_enricher_batches_total",
+			Help: "PACKETS messages received, by result (ok, undecodable, redelivered)."}, []string{"result"}),
+		Flows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netwatch_enricher_flows_emitted_total",
+			Help: "Flow records emitted, by end reason (idle, active, fin, rst, eof, shutdown)."}, []string{"reason"}),
+		ActiveFlows: prometheus.NewGauge(prometheus.GaugeOpts{Name: "netwatch_enricher_active_flows",
+			Help: "Open flows in all flow tables."}),
+		Held: prometheus.NewGauge(prometheus.GaugeOpts{Name: "netwatch_enricher_held_messages",
+			Help: "PACKETS messages not yet acked because open or unpublished flows hold their packets."}),
+		PubBatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_enricher_flow_batches_published_total",
+			Help: "FlowBatch messages acknowledged by the FLOWS stream."}),
+		PubErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_enricher_publish_errors_total",
+			Help: "Failed FlowBatch publish attempts (each is retried until acknowledged)."}),
+		Skipped: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_enricher_packets_skipped_total",
+			Help: "Packet summaries without usable addresses."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Packets, m.Batches, m.Flows, m.ActiveFlows, m.Held, m.PubBatches, m.PubErrors, m.Skipped)
+	}
+	return m
+}
+
+// held is one PACKETS message kept unacked while flows hold its packets.
+type held struct {
+	s   *Stage
+	seq uint64 // stream sequence
+	n   atomic.Int32
+	mu  sync.Mutex
+	msg jetstream.Msg
+}
+
+func (h *held) Retain() { h.n.Add(1) }
+
+func (h *held) release() {
+	if h.n.Add(-1) != 0 {
+		return
+	}
+	h.mu.Lock()
+	m := h.msg
+	h.mu.Unlock()
+	if err := m.Ack(); err != nil {
+		h.s.log.Warn("ack packets", "stream_seq", h.seq, "err", err)
+	}
+	h.s.unhold(h)
+}
+
+type tableKey struct {
+	sensor string
+	bucket uint32
+}
+
+type table struct {
+	t        *flow.Table
+	wallMark time.Time // wall time the clock last followed (a packet or a tick)
+}
+
+// Stage is the enricher's consumer loop. Create it with New and call Run once.
+type Stage struct {
+	js     jetstream.JetStream
+	cfg    Config
+	log    *slog.Logger
+	m      *Metrics
+	tables map[tableKey]*table
+	pub    *publish.Publisher
+
+	mu   sync.Mutex
+	held map[uint64]*held
+
+	ready atomic.Bool
+}
+
+// New returns a stage reading schema.ConsumerEnricher on PACKETS.
+func New(js jetstream.JetStream, cfg Config, log *slog.Logger, m *Metrics) *Stage {
+	if cfg.PullBatch <= 0 {
+		cfg.PullBatch = 500
+	}
+	if cfg.WallTick <= 0 {
+		cfg.WallTick = 5 * time.Second
+	}
+	if cfg.KeepAlive <= 0 {
+		cfg.KeepAlive = 30 * time.Second
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 30 * time.Second
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	return &Stage{js: js, cfg: cfg, log: log, m: m, tables: map[tableKey]*table{}, held: map[uint64]*held{}}
+}
+
+// Ready reports nil once the stage consumes.
+func (s *Stage) Ready() error {
+	if !s.ready.Load() {
+		return errors.New("enricher not consuming yet")
+	}
+	return nil
+}
+
+func (s *Stage) unhold(h *held) {
+	s.mu.Lock()
+	delete(s.held, h.seq)
+	n := len(s.held)
+	s.mu.Unlock()
+	s.m.Held.Set(float64(n))
+}
+
+// Run consumes until ctx ends, then shuts down in data-flow order: stop
+// intake, flush (ShutdownFlush) or keep open flows, wait for publish acks.
+func (s *Stage) Run(ctx context.Context) error {
+	cons, err := s.js.Consumer(ctx, schema.StreamPackets, schema.ConsumerEnricher)
+	if err != nil {
+		return fmt.Errorf("bind consumer %s: %w", schema.ConsumerEnricher, err)
+	}
+	// Publishing outlives ctx by up to DrainTimeout so the last records get out.
+	pctx, pcancel := context.WithCancel(context.Background())
+	defer pcancel()
+	s.pub = publish.New(pctx, s.js, s.cfg.Publish, s.log.With("component", "publish"),
+		publish.Metrics{Batches: s.m.PubBatches, Errors: s.m.PubErrors}, func(refs []flow.Ref) {
+			for _, r := range refs {
+				r.(*held).release()
+			}
+		})
+	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.PullBatch))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", schema.ConsumerEnricher, err)
+	}
+	msgs := make(chan jetstream.Msg, s.cfg.PullBatch)
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		for {
+			m, err := it.Next()
+			if err != nil {
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					return
+				}
+				continue
+			}
+			select {
+			case msgs <- m:
+			case <-ctx.Done():
+				_ = m.Nak()
+				return
+			}
+		}
+	}()
+	s.ready.Store(true)
+	wall := time.NewTicker(s.cfg.WallTick)
+	defer wall.Stop()
+	linger := max(s.cfg.Publish.Linger/2, 10*time.Millisecond)
+	flushT := time.NewTicker(linger)
+	defer flushT.Stop()
+	keep := time.NewTicker(s.cfg.KeepAlive)
+	defer keep.Stop()
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case m := <-msgs:
+			s.handle(m)
+		case now := <-wall.C:
+			s.tick(now)
+		case now := <-flushT.C:
+			s.pub.FlushDue(now)
+		case <-keep.C:
+			s.keepAlive()
+		}
+	}
+	// Stop intake; unprocessed messages go back for redelivery.
+	s.ready.Store(false)
+	it.Stop()
+	<-readDone
+	for done := false; !done; {
+		select {
+		case m := <-msgs:
+			_ = m.Nak()
+		default:
+			done = true
+		}
+	}
+	if s.cfg.ShutdownFlush {
+		for k, t := range s.tables {
+			t.t.Flush(pb.EndReason_END_SHUTDOWN)
+			delete(s.tables, k)
+		}
+	}
+	s.pub.FlushAll()
+	closed := make(chan struct{})
+	go func() { s.pub.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(s.cfg.DrainTimeout):
+		s.log.Warn("shutdown: flow batches not acknowledged in time; their packets will be redelivered")
+		pcancel()
+		<-closed
+	}
+	s.m.ActiveFlows.Set(float64(s.activeFlows()))
+	s.mu.Lock()
+	n := len(s.held)
+	s.mu.Unlock()
+	s.log.Info("enricher stopped", "held_messages", n, "open_flows", s.activeFlows())
+	return nil
+}
+
+func (s *Stage) activeFlows() int {
+	n := 0
+	for _, t := range s.tables {
+		n += t.t.Len()
+	}
+	return n
+}
+
+func (s *Stage) handle(m jetstream.Msg) {
+	meta, err := m.Metadata()
+	if err != nil {
+		s.m.Batches.WithLabelValues("undecodable").Inc()
+		_ = m.Term()
+		return
+	}
+	seq := meta.Sequence.Stream
+	s.mu.Lock()
+	if h, ok := s.held[seq]; ok {
+		// Redelivered while we still hold it (its AckWait passed): keep the
+		// newest handle, its packets are already in the tables.
+		h.mu.Lock()
+		h.msg = m
+		h.mu.Unlock()
+		s.mu.Unlock()
+		s.m.Batches.WithLabelValues("redelivered").Inc()
+		return
+	}
+	s.mu.Unlock()
+	var b pb.PacketBatch
+	if err := proto.Unmarshal(m.Data(), &b); err != nil {
+		s.m.Batches.WithLabelValues("undecodable").Inc()
+		s.log.Warn("undecodable packet batch", "subject", m.Subject(), "stream_seq", seq, "err", err)
+		_ = m.TermWithReason("undecodable PacketBatch")
+		return
+	}
+	s.m.Batches.WithLabelValues("ok").Inc()
+	sensor := schema.SensorFromSubject(m.Subject()) // authoritative: sensors may publish only under their own subjects
+	if sensor == "" {
+		sensor = b.Sensor
+	}
+	h := &held{s: s, seq: seq, msg: m}
+	h.n.Store(1) // held while this message is processed
+	s.mu.Lock()
+	s.held[seq] = h
+	nh := len(s.held)
+	s.mu.Unlock()
+	s.m.Held.Set(float64(nh))
+
+	k := tableKey{sensor, b.Bucket}
+	t := s.tables[k]
+	if t == nil {
+		cfg := s.cfg.Flow
+		cfg.Sensor = sensor
+		t = &table{t: flow.NewTable(cfg, s.emit)}
+		s.tables[k] = t
+	}
+	t.wallMark = time.Now()
+	skipped := t.t.Skipped
+	for _, p := range b.Packets {
+		t.t.Add(p, h)
+	}
+	s.m.Packets.Add(float64(len(b.Packets)))
+	s.m.Skipped.Add(float64(t.t.Skipped - skipped))
+	if b.EndOfInput {
+		t.t.Flush(pb.EndReason_END_EOF)
+		delete(s.tables, k)
+		s.pub.FlushAll()
+	}
+	h.release()
+}
+
+func (s *Stage) emit(r flow.Record) {
+	s.m.Flows.WithLabelValues(reasonLabel(r.Flow.EndReason)).Inc()
+	s.pub.Add(r)
+}
+
+// tick lets the clock of every bucket that got no packets for a WallTick
+// follow the wall clock, so live flows expire when traffic stops.
+func (s *Stage) tick(now time.Time) {
+	for _, t := range s.tables {
+		if d := now.Sub(t.wallMark); d >= s.cfg.WallTick && t.t.Clock() != 0 {
+			t.t.Advance(t.t.Clock() + int64(d))
+			t.wallMark = now
+		}
+	}
+	s.pub.FlushDue(now)
+	s.m.ActiveFlows.Set(float64(s.activeFlows()))
+}
+
+func (s *Stage) keepAlive() {
+	s.mu.Lock()
+	hs := make([]*held, 0, len(s.held))
+	for _, h := range s.held {
+		hs = append(hs, h)
+	}
+	s.mu.Unlock()
+	for _, h := range hs {
+		h.mu.Lock()
+		m := h.msg
+		h.mu.Unlock()
+		_ = m.InProgress()
+	}
+}
+
+func reasonLabel(r pb.EndReason) string {
+	switch r {
+	case pb.EndReason_END_IDLE:
+		return "idle"
+	case pb.EndReason_END_ACTIVE:
+		return "active"
+	case pb.EndReason_END_FIN:
+		return "fin"
+	case pb.EndReason_END_RST:
+		return "rst"
+	case pb.EndReason_END_EOF:
+		return "eof"
+	case pb.EndReason_END_SHUTDOWN:
+		return "shutdown"
+	}
+	return "unknown"
+}
