@@ -1,0 +1,284 @@
+// Package record is the api's JSON edge (DESIGN.md: "JSON only at the API
+// edge"): the flow, alert and host-metrics objects that the REST endpoints
+// read from PostgreSQL and the live feed decodes from protobuf, with one JSON
+// shape for both. Field names are the PostgreSQL column names.
+package record
+
+import (
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"time"
+
+	"netwatch/schema/pb"
+)
+
+// TimeLayout is how every time in the api's JSON is written: RFC 3339 in UTC
+// with nanoseconds (PostgreSQL keeps microseconds, so stored times end in 000).
+const TimeLayout = "2006-01-02T15:04:05.000000000Z07:00"
+
+// Time is a time.Time that marshals as TimeLayout in UTC.
+type Time time.Time
+
+// MarshalJSON writes t as a TimeLayout string in UTC.
+func (t Time) MarshalJSON() ([]byte, error) {
+	b := make([]byte, 0, len(TimeLayout)+2)
+	b = append(b, '"')
+	b = time.Time(t).UTC().AppendFormat(b, TimeLayout)
+	return append(b, '"'), nil
+}
+
+// UnmarshalJSON reads any RFC 3339 time.
+func (t *Time) UnmarshalJSON(b []byte) error {
+	var tt time.Time
+	if err := tt.UnmarshalJSON(b); err != nil {
+		return err
+	}
+	*t = Time(tt)
+	return nil
+}
+
+// Flow is one flow record (a row of the flows table; Zeek conn.log names).
+// Counters are those of this record only: interim records of one flow sum to
+// its totals (DESIGN.md "Accounting").
+type Flow struct {
+	ID               string  `json:"id"`
+	CommunityID      string  `json:"community_id"`
+	Sensor           string  `json:"sensor"`
+	Proto            int     `json:"proto"` // IP protocol number
+	OrigAddr         string  `json:"orig_addr"`
+	OrigPort         int     `json:"orig_port"`
+	RespAddr         string  `json:"resp_addr"`
+	RespPort         int     `json:"resp_port"`
+	Vlan             int     `json:"vlan"`
+	InnerVlan        int     `json:"inner_vlan"`
+	IcmpType         int     `json:"icmp_type"`
+	IcmpCode         int     `json:"icmp_code"`
+	Start            Time    `json:"start"`      // first packet of this record (packet time)
+	End              Time    `json:"end"`        // last packet of this record
+	FlowStart        Time    `json:"flow_start"` // first packet of the whole flow
+	Duration         float64 `json:"duration"`   // end - start, seconds
+	OrigPkts         int64   `json:"orig_pkts"`
+	OrigIPBytes      int64   `json:"orig_ip_bytes"` // IP-layer bytes, headers included
+	OrigBytes        int64   `json:"orig_bytes"`    // transport payload bytes
+	RespPkts         int64   `json:"resp_pkts"`
+	RespIPBytes      int64   `json:"resp_ip_bytes"`
+	RespBytes        int64   `json:"resp_bytes"`
+	OrigTCPFlags     int     `json:"orig_tcp_flags"`
+	RespTCPFlags     int     `json:"resp_tcp_flags"`
+	RecordIndex      int     `json:"record_index"`
+	Final            bool    `json:"final"`
+	EndReason        string  `json:"end_reason"` // idle, active, fin, rst, eof, shutdown; "" unknown
+	DirectionGuessed bool    `json:"direction_guessed"`
+	App              string  `json:"app"`
+	ConnState        string  `json:"conn_state"`
+	History          string  `json:"history"`
+	Tunnel           string  `json:"tunnel"` // gre, erspan, vxlan, geneve, ipip, other; "" none
+	TunnelID         int64   `json:"tunnel_id"`
+	ServerName       string  `json:"server_name"`
+	Direction        string  `json:"direction"`
+	OrigName         string  `json:"orig_name"` // names learned from DNS answers
+	RespName         string  `json:"resp_name"`
+}
+
+// Alert is one alert (a row of the alerts table).
+type Alert struct {
+	ID          string          `json:"id"`
+	Time        Time            `json:"time"` // packet time of the evidence
+	Sensor      string          `json:"sensor"`
+	Severity    string          `json:"severity"` // info, low, medium, high, critical
+	Category    string          `json:"category"`
+	Technique   string          `json:"technique"`           // MITRE ATT&CK id
+	OrigAddr    *string         `json:"orig_addr,omitempty"` // absent when spoofed or many
+	RespAddr    *string         `json:"resp_addr,omitempty"` // absent when many
+	Summary     string          `json:"summary"`
+	Evidence    json.RawMessage `json:"evidence"` // a JSON object
+	Rule        string          `json:"rule"`
+	Score       float64         `json:"score"` // 0..1
+	WindowStart *Time           `json:"window_start,omitempty"`
+	WindowEnd   *Time           `json:"window_end,omitempty"`
+}
+
+// Metrics is one host-metrics sample of a sensor (a row of host_metrics).
+// Disks, Interfaces and Captures are JSON arrays of DiskUsage,
+// InterfaceCounters and CaptureStats objects with the protobuf field names.
+type Metrics struct {
+	Sensor        string          `json:"sensor"`
+	Host          string          `json:"host"`
+	Time          Time            `json:"time"` // wall clock of the sample
+	Boot          string          `json:"boot"`
+	Seq           int64           `json:"seq"`
+	CPUPercent    float64         `json:"cpu_percent"` // all cores, 0..100
+	MemTotalBytes int64           `json:"mem_total_bytes"`
+	MemUsedBytes  int64           `json:"mem_used_bytes"`
+	Load1         float64         `json:"load1"`
+	UptimeS       int64           `json:"uptime_s"`
+	Disks         json.RawMessage `json:"disks"`
+	Interfaces    json.RawMessage `json:"interfaces"`
+	Captures      json.RawMessage `json:"captures"`
+}
+
+// Severities in increasing order; an alert's Severity is one of them.
+var Severities = []string{"info", "low", "medium", "high", "critical"}
+
+// SeverityName is the JSON name of s, "unknown" for SEVERITY_UNKNOWN (as
+// the sink stores it).
+func SeverityName(s pb.Severity) string {
+	if s >= pb.Severity_SEVERITY_INFO && s <= pb.Severity_SEVERITY_CRITICAL {
+		return Severities[s-1]
+	}
+	return "unknown"
+}
+
+// SeverityRank is 1 (info) to 5 (critical), 0 for an unknown name.
+func SeverityRank(name string) int {
+	for i, s := range Severities {
+		if s == name {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+// EndReasonName is the text form of r: the enum name without END_, lower
+// case ("idle", "fin", ...), "" for END_UNKNOWN.
+func EndReasonName(r pb.EndReason) string {
+	if r == pb.EndReason_END_UNKNOWN {
+		return ""
+	}
+	return strings.ToLower(strings.TrimPrefix(r.String(), "END_"))
+}
+
+// TunnelName is the text form of t: "gre", "vxlan", ..., "" for none.
+func TunnelName(t pb.Tunnel) string {
+	if t == pb.Tunnel_TUNNEL_NONE {
+		return ""
+	}
+	return strings.ToLower(strings.TrimPrefix(t.String(), "TUNNEL_"))
+}
+
+// AddrString is the text form of a 4- or 16-byte address ("" otherwise).
+func AddrString(b []byte) string {
+	a, ok := netip.AddrFromSlice(b)
+	if !ok {
+		return ""
+	}
+	return a.Unmap().String()
+}
+
+func nsTime(ns int64) Time { return Time(time.Unix(0, ns).UTC()) }
+
+// FlowFromPB converts a protobuf flow record to its JSON form.
+func FlowFromPB(f *pb.Flow) Flow {
+	fs := f.GetFlowStartNs()
+	if fs == 0 {
+		fs = f.GetStartNs()
+	}
+	return Flow{
+		ID: f.GetId(), CommunityID: f.GetCommunityId(), Sensor: f.GetSensor(), Proto: int(f.GetProto()),
+		OrigAddr: AddrString(f.GetOrigAddr()), OrigPort: int(f.GetOrigPort()),
+		RespAddr: AddrString(f.GetRespAddr()), RespPort: int(f.GetRespPort()),
+		Vlan: int(f.GetVlan()), InnerVlan: int(f.GetInnerVlan()),
+		IcmpType: int(f.GetIcmpType()), IcmpCode: int(f.GetIcmpCode()),
+		Start: nsTime(f.GetStartNs()), End: nsTime(f.GetEndNs()), FlowStart: nsTime(fs),
+		Duration: float64(f.GetEndNs()-f.GetStartNs()) / 1e9,
+		OrigPkts: int64(f.GetOrigPkts()), OrigIPBytes: int64(f.GetOrigIpBytes()), OrigBytes: int64(f.GetOrigBytes()),
+		RespPkts: int64(f.GetRespPkts()), RespIPBytes: int64(f.GetRespIpBytes()), RespBytes: int64(f.GetRespBytes()),
+		OrigTCPFlags: int(f.GetOrigTcpFlags()), RespTCPFlags: int(f.GetRespTcpFlags()),
+		RecordIndex: int(f.GetRecordIndex()), Final: f.GetFinal(), EndReason: EndReasonName(f.GetEndReason()),
+		DirectionGuessed: f.GetDirectionGuessed(), App: f.GetApp(), ConnState: f.GetConnState(),
+		History: f.GetHistory(), Tunnel: TunnelName(f.GetTunnel()), TunnelID: int64(f.GetTunnelId()),
+		ServerName: f.GetServerName(), Direction: f.GetDirection(),
+		OrigName: f.GetOrigName(), RespName: f.GetRespName(),
+	}
+}
+
+// AlertFromPB converts a protobuf alert to its JSON form. Evidence that is
+// not a JSON object becomes {}.
+func AlertFromPB(a *pb.Alert) Alert {
+	out := Alert{
+		ID: a.GetId(), Time: nsTime(a.GetTimeNs()), Sensor: a.GetSensor(), Severity: SeverityName(a.GetSeverity()),
+		Category: a.GetCategory(), Technique: a.GetTechnique(), Summary: a.GetSummary(),
+		Evidence: json.RawMessage("{}"), Rule: a.GetRule(), Score: a.GetScore(),
+	}
+	if v := a.GetOrigAddr(); v != "" {
+		out.OrigAddr = &v
+	}
+	if v := a.GetRespAddr(); v != "" {
+		out.RespAddr = &v
+	}
+	if ev := a.GetEvidence(); len(ev) > 0 && json.Valid(ev) && strings.HasPrefix(strings.TrimSpace(string(ev)), "{") {
+		out.Evidence = json.RawMessage(ev)
+	}
+	if a.GetWindowStartNs() != 0 {
+		t := nsTime(a.GetWindowStartNs())
+		out.WindowStart = &t
+	}
+	if a.GetWindowEndNs() != 0 {
+		t := nsTime(a.GetWindowEndNs())
+		out.WindowEnd = &t
+	}
+	return out
+}
+
+type disk struct {
+	Mount      string `json:"mount"`
+	TotalBytes uint64 `json:"total_bytes"`
+	UsedBytes  uint64 `json:"used_bytes"`
+}
+
+type iface struct {
+	Name      string `json:"name"`
+	RxBytes   uint64 `json:"rx_bytes"`
+	TxBytes   uint64 `json:"tx_bytes"`
+	RxPackets uint64 `json:"rx_packets"`
+	TxPackets uint64 `json:"tx_packets"`
+	RxErrors  uint64 `json:"rx_errors"`
+	TxErrors  uint64 `json:"tx_errors"`
+	RxDropped uint64 `json:"rx_dropped"`
+	TxDropped uint64 `json:"tx_dropped"`
+}
+
+type capture struct {
+	Source           string `json:"source"`
+	Received         uint64 `json:"received"`
+	Dropped          uint64 `json:"dropped"`
+	IfDropped        uint64 `json:"if_dropped"`
+	IPPackets        uint64 `json:"ip_packets"`
+	NonIP            uint64 `json:"non_ip"`
+	Malformed        uint64 `json:"malformed"`
+	PublishedBatches uint64 `json:"published_batches"`
+	IPBytes          uint64 `json:"ip_bytes"`
+}
+
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return json.RawMessage("[]")
+	}
+	return b
+}
+
+// MetricsFromPB converts a protobuf host-metrics sample to its JSON form.
+func MetricsFromPB(m *pb.Metrics) Metrics {
+	disks := make([]disk, 0, len(m.GetDisks()))
+	for _, d := range m.GetDisks() {
+		disks = append(disks, disk{d.GetMount(), d.GetTotalBytes(), d.GetUsedBytes()})
+	}
+	ifs := make([]iface, 0, len(m.GetInterfaces()))
+	for _, i := range m.GetInterfaces() {
+		ifs = append(ifs, iface{i.GetName(), i.GetRxBytes(), i.GetTxBytes(), i.GetRxPackets(), i.GetTxPackets(),
+			i.GetRxErrors(), i.GetTxErrors(), i.GetRxDropped(), i.GetTxDropped()})
+	}
+	caps := make([]capture, 0, len(m.GetCaptures()))
+	for _, c := range m.GetCaptures() {
+		caps = append(caps, capture{c.GetSource(), c.GetReceived(), c.GetDropped(), c.GetIfDropped(), c.GetIpPackets(),
+			c.GetNonIp(), c.GetMalformed(), c.GetPublishedBatches(), c.GetIpBytes()})
+	}
+	return Metrics{
+		Sensor: m.GetSensor(), Host: m.GetHost(), Time: nsTime(m.GetTimeNs()), Boot: m.GetBoot(), Seq: int64(m.GetSeq()),
+		CPUPercent: m.GetCpuPercent(), MemTotalBytes: int64(m.GetMemTotalBytes()), MemUsedBytes: int64(m.GetMemUsedBytes()),
+		Load1: m.GetLoad1(), UptimeS: m.GetUptimeS(),
+		Disks: mustJSON(disks), Interfaces: mustJSON(ifs), Captures: mustJSON(caps),
+	}
+}

@@ -1,0 +1,93 @@
+package rest
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"netwatch/api/internal/record"
+	"netwatch/schema"
+)
+
+// Consumer is one consumer's backlog.
+type Consumer struct {
+	Name        string `json:"name"`
+	Durable     bool   `json:"durable"`
+	Pending     uint64 `json:"pending"`     // num_pending + ack_pending: not yet processed
+	NumPending  uint64 `json:"num_pending"` // not yet delivered
+	AckPending  int    `json:"ack_pending"` // delivered, not yet acked
+	Redelivered int    `json:"redelivered"`
+	Waiting     int    `json:"waiting"` // pull requests waiting
+	Delivered   uint64 `json:"delivered_seq"`
+	AckFloor    uint64 `json:"ack_floor_seq"`
+}
+
+// Stream is one stream's state and its consumers.
+type Stream struct {
+	Name      string       `json:"name"`
+	Messages  uint64       `json:"messages"`
+	Bytes     uint64       `json:"bytes"`
+	FirstSeq  uint64       `json:"first_seq"`
+	LastSeq   uint64       `json:"last_seq"`
+	FirstTime *record.Time `json:"first_time,omitempty"`
+	LastTime  *record.Time `json:"last_time,omitempty"`
+	Pending   uint64       `json:"pending"` // sum over durable consumers
+	Consumers []Consumer   `json:"consumers"`
+	Error     string       `json:"error,omitempty"`
+}
+
+// Pipeline is the body of GET /api/v1/pipeline. Pending sums the pending
+// messages of every durable consumer: 0 means the pipeline has drained.
+type Pipeline struct {
+	Streams []Stream `json:"streams"`
+	Pending uint64   `json:"pending"`
+}
+
+func (a *API) pipeline(w http.ResponseWriter, r *http.Request) {
+	if a.JS == nil {
+		WriteError(w, http.StatusServiceUnavailable, "no NATS connection")
+		return
+	}
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	out := Pipeline{Streams: []Stream{}}
+	for _, name := range []string{schema.StreamPackets, schema.StreamFlows, schema.StreamAlerts, schema.StreamMetrics} {
+		st := Stream{Name: name, Consumers: []Consumer{}}
+		s, err := a.JS.Stream(ctx, name)
+		if err != nil {
+			if !errors.Is(err, jetstream.ErrStreamNotFound) {
+				a.fail(w, r, "stream "+name, err)
+				return
+			}
+			st.Error = "stream not found"
+			out.Streams = append(out.Streams, st)
+			continue
+		}
+		si := s.CachedInfo()
+		st.Messages, st.Bytes = si.State.Msgs, si.State.Bytes
+		st.FirstSeq, st.LastSeq = si.State.FirstSeq, si.State.LastSeq
+		if !si.State.FirstTime.IsZero() && si.State.Msgs > 0 {
+			ft, lt := record.Time(si.State.FirstTime), record.Time(si.State.LastTime)
+			st.FirstTime, st.LastTime = &ft, &lt
+		}
+		lister := s.ListConsumers(ctx)
+		for ci := range lister.Info() {
+			c := Consumer{Name: ci.Name, Durable: ci.Config.Durable != "",
+				NumPending: ci.NumPending, AckPending: ci.NumAckPending, Redelivered: ci.NumRedelivered,
+				Waiting: ci.NumWaiting, Delivered: ci.Delivered.Stream, AckFloor: ci.AckFloor.Stream}
+			c.Pending = c.NumPending + uint64(max(c.AckPending, 0))
+			if c.Durable {
+				st.Pending += c.Pending
+			}
+			st.Consumers = append(st.Consumers, c)
+		}
+		if err := lister.Err(); err != nil {
+			a.fail(w, r, "list consumers of "+name, err)
+			return
+		}
+		out.Pending += st.Pending
+		out.Streams = append(out.Streams, st)
+	}
+	WriteJSON(w, http.StatusOK, out)
+}

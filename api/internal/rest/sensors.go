@@ -1,0 +1,120 @@
+package rest
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"netwatch/api/internal/record"
+)
+
+const metricsColumns = `sensor, host, time, boot, seq, cpu_percent, mem_total_bytes, mem_used_bytes, load1, uptime_s,
+	disks, interfaces, captures`
+
+func scanMetrics(row pgx.Row) (record.Metrics, error) {
+	var m record.Metrics
+	var t time.Time
+	var disks, ifs, caps []byte
+	err := row.Scan(&m.Sensor, &m.Host, &t, &m.Boot, &m.Seq, &m.CPUPercent, &m.MemTotalBytes, &m.MemUsedBytes,
+		&m.Load1, &m.UptimeS, &disks, &ifs, &caps)
+	m.Time, m.Disks, m.Interfaces, m.Captures = record.Time(t), disks, ifs, caps
+	return m, err
+}
+
+// Sensor is one sensor with its latest host metrics.
+type Sensor struct {
+	Sensor    string          `json:"sensor"`
+	Host      string          `json:"host"`
+	FirstSeen record.Time     `json:"first_seen"`          // wall clock
+	LastSeen  record.Time     `json:"last_seen"`           // wall clock
+	LastFlow  *record.Time    `json:"last_flow,omitempty"` // packet time of the newest stored flow
+	Metrics   *record.Metrics `json:"metrics"`             // latest sample; null when none
+}
+
+func (a *API) sensors(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	rows, err := a.Pool.Query(ctx, `SELECT s.sensor, s.host, s.first_seen, s.last_seen, s.last_flow, m.time IS NOT NULL,
+		coalesce(m.sensor, ''), coalesce(m.host, ''), coalesce(m.time, 'epoch'), coalesce(m.boot, ''), coalesce(m.seq, 0),
+		coalesce(m.cpu_percent, 0), coalesce(m.mem_total_bytes, 0), coalesce(m.mem_used_bytes, 0), coalesce(m.load1, 0),
+		coalesce(m.uptime_s, 0), coalesce(m.disks, '[]'), coalesce(m.interfaces, '[]'), coalesce(m.captures, '[]')
+		FROM sensors s LEFT JOIN LATERAL (
+			SELECT `+metricsColumns+` FROM host_metrics h WHERE h.sensor = s.sensor ORDER BY h.time DESC LIMIT 1
+		) m ON true ORDER BY s.sensor`)
+	if err != nil {
+		a.fail(w, r, "query sensors", err)
+		return
+	}
+	defer rows.Close()
+	out := []Sensor{}
+	for rows.Next() {
+		var s Sensor
+		var first, last time.Time
+		var lastFlow *time.Time
+		var has bool
+		var m record.Metrics
+		var mt time.Time
+		var disks, ifs, caps []byte
+		if err := rows.Scan(&s.Sensor, &s.Host, &first, &last, &lastFlow, &has,
+			&m.Sensor, &m.Host, &mt, &m.Boot, &m.Seq, &m.CPUPercent, &m.MemTotalBytes, &m.MemUsedBytes,
+			&m.Load1, &m.UptimeS, &disks, &ifs, &caps); err != nil {
+			a.fail(w, r, "scan sensor", err)
+			return
+		}
+		s.FirstSeen, s.LastSeen = record.Time(first), record.Time(last)
+		if lastFlow != nil {
+			v := record.Time(*lastFlow)
+			s.LastFlow = &v
+		}
+		if has {
+			m.Time, m.Disks, m.Interfaces, m.Captures = record.Time(mt), disks, ifs, caps
+			s.Metrics = &m
+		}
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		a.fail(w, r, "query sensors", err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, map[string]any{"sensors": out})
+}
+
+func (a *API) hostMetrics(w http.ResponseWriter, r *http.Request) {
+	p := &params{r: r}
+	from, to := p.time("from"), p.time("to")
+	sensor := p.str("sensor")
+	limit := p.limit()
+	if p.err != nil {
+		WriteError(w, http.StatusBadRequest, p.err.Error())
+		return
+	}
+	q := &where{}
+	q.timeRange("time", from, to)
+	if sensor != "" {
+		q.add("sensor = " + q.arg(sensor))
+	}
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	rows, err := a.Pool.Query(ctx, "SELECT "+metricsColumns+" FROM host_metrics"+q.sql()+
+		" ORDER BY time DESC, sensor, boot, seq LIMIT "+q.arg(limit), q.args...)
+	if err != nil {
+		a.fail(w, r, "query host metrics", err)
+		return
+	}
+	defer rows.Close()
+	out := []record.Metrics{}
+	for rows.Next() {
+		m, err := scanMetrics(rows)
+		if err != nil {
+			a.fail(w, r, "scan host metrics", err)
+			return
+		}
+		out = append(out, m)
+	}
+	if err := rows.Err(); err != nil {
+		a.fail(w, r, "query host metrics", err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, map[string]any{"metrics": out})
+}

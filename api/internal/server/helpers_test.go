@@ -1,0 +1,128 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"netwatch/api/internal/server"
+	"netwatch/schema/ops"
+	"netwatch/testkit"
+)
+
+// env is a running api on a fresh database schema and JetStream server.
+type env struct {
+	url  string // http://127.0.0.1:port
+	pool *pgxpool.Pool
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	srv  *server.Server
+}
+
+// migrate applies the sink's migrations (their Up sections, in order) and
+// default partitions, so rows of any time can be inserted.
+func migrate(t testing.TB, pool *pgxpool.Pool) {
+	t.Helper()
+	dir := filepath.Join(testkit.Root(t), "sink", "internal", "store", "migrations")
+	files, err := filepath.Glob(filepath.Join(dir, "*.sql"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no migrations in %s: %v", dir, err)
+	}
+	sort.Strings(files)
+	ctx := context.Background()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		up := string(b)
+		if i := strings.Index(up, "-- +goose Down"); i >= 0 {
+			up = up[:i]
+		}
+		up = strings.NewReplacer("-- +goose StatementBegin", "", "-- +goose StatementEnd", "").Replace(up)
+		if _, err := pool.Exec(ctx, up); err != nil {
+			t.Fatalf("apply %s: %v", filepath.Base(f), err)
+		}
+	}
+	for _, tbl := range []string{"flows", "alerts", "host_metrics"} {
+		if _, err := pool.Exec(ctx, "CREATE TABLE "+tbl+"_default PARTITION OF "+tbl+" DEFAULT"); err != nil {
+			t.Fatalf("default partition of %s: %v", tbl, err)
+		}
+	}
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	dsn := testkit.Postgres(t)
+	_, nc, js := testkit.JetStream(t)
+	pool, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatalf("pool: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	migrate(t, pool)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := server.New(pool, nc, ops.NewRegistry(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Hub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler)
+	t.Cleanup(func() {
+		srv.Hub.Close()
+		hs.Close()
+	})
+	return &env{url: hs.URL, pool: pool, nc: nc, js: js, srv: srv}
+}
+
+func (e *env) exec(t testing.TB, sql string, args ...any) {
+	t.Helper()
+	if _, err := e.pool.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// get fetches path and decodes the JSON body into v (when not nil),
+// returning the status code.
+func (e *env) get(t testing.TB, path string, v any) int {
+	t.Helper()
+	resp, err := http.Get(e.url + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if ct := resp.Header.Get("Content-Type"); strings.HasPrefix(path, "/api/v1/") && !strings.HasPrefix(ct, "application/json") {
+		t.Fatalf("GET %s: Content-Type %q, body %s", path, ct, b)
+	}
+	if v != nil {
+		if err := json.Unmarshal(b, v); err != nil {
+			t.Fatalf("GET %s: decode %s: %v", path, b, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+func mustTime(t testing.TB, s string) time.Time {
+	t.Helper()
+	v, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}

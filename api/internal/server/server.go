@@ -1,0 +1,120 @@
+// Package server assembles the api's one HTTP server: REST (package rest),
+// the WebSocket live feed (package live), the dashboard (package web) and the
+// operational endpoints /metrics, /healthz and /readyz.
+package server
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"netwatch/api/internal/live"
+	"netwatch/api/internal/rest"
+	"netwatch/api/internal/web"
+	"netwatch/schema/ops"
+)
+
+// Server is the api's HTTP handler and its live hub.
+type Server struct {
+	Handler http.Handler
+	Hub     *live.Hub
+	API     *rest.API
+}
+
+// New builds the server. pool and nc are required; reg receives the
+// netwatch_api_* metrics and is served on /metrics.
+func New(pool *pgxpool.Pool, nc *nats.Conn, reg *prometheus.Registry, log *slog.Logger) (*Server, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	ready := func() error {
+		if !nc.IsConnected() {
+			return errors.New("nats not connected")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return pool.Ping(ctx)
+	}
+	mux := ops.Handler(reg, ready)
+	api := &rest.API{Pool: pool, JS: js, Log: log.With("component", "rest")}
+	api.Register(mux)
+	hub := live.New(nc, pool, log.With("component", "live"), reg)
+	mux.Handle("GET /api/v1/live", hub)
+	mux.Handle("/", web.Handler())
+	return &Server{Handler: instrument(mux, reg), Hub: hub, API: api}, nil
+}
+
+// instrument counts requests by route pattern and status code, and times
+// them by route. The route is the ServeMux pattern (no addresses, bounded).
+func instrument(mux *http.ServeMux, reg prometheus.Registerer) http.Handler {
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netwatch_api_requests_total",
+		Help: "HTTP requests by route and status code."}, []string{"route", "code"})
+	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "netwatch_api_request_duration_seconds",
+		Help: "HTTP request duration by route (WebSocket: connection lifetime).", Buckets: prometheus.DefBuckets},
+		[]string{"route"})
+	reg.MustRegister(requests, duration)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &recorder{ResponseWriter: w, code: http.StatusOK}
+		mux.ServeHTTP(rec, r)
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		code := rec.code
+		if rec.hijacked {
+			code = http.StatusSwitchingProtocols
+		}
+		requests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+		duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+// recorder keeps the status code and still lets WebSocket upgrades hijack
+// the connection.
+type recorder struct {
+	http.ResponseWriter
+	code     int
+	wrote    bool
+	hijacked bool
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if !r.wrote {
+		r.code, r.wrote = code, true
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	r.wrote = true
+	return r.ResponseWriter.Write(b)
+}
+
+func (r *recorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	h, ok := r.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("hijack not supported")
+	}
+	r.hijacked = true
+	return h.Hijack()
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
