@@ -248,11 +248,19 @@ loop:
 		pcancel()
 		<-closed
 	}
-	s.m.ActiveFlows.Set(float64(s.activeFlows()))
+	// Messages still held (open flows without -shutdown.flush, or
+	// unacknowledged publishes) go back at once instead of after AckWait,
+	// so the next instance rebuilds their flows.
 	s.mu.Lock()
 	n := len(s.held)
+	for _, h := range s.held {
+		h.mu.Lock()
+		_ = h.msg.Nak()
+		h.mu.Unlock()
+	}
 	s.mu.Unlock()
-	s.log.Info("enricher stopped", "held_messages", n, "open_flows", s.activeFlows())
+	s.m.ActiveFlows.Set(0)
+	s.log.Info("enricher stopped", "returned_messages", n, "open_flows", s.activeFlows())
 	return nil
 }
 

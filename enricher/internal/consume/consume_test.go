@@ -1,0 +1,269 @@
+package consume
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	"netwatch/enricher/internal/flow"
+	"netwatch/enricher/internal/publish"
+	"netwatch/schema"
+	"netwatch/schema/pb"
+	"netwatch/testkit"
+)
+
+var (
+	hostA = netip.MustParseAddr("10.1.0.1").AsSlice()
+	hostB = netip.MustParseAddr("10.1.0.2").AsSlice()
+	t0    = time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC).UnixNano()
+)
+
+func udp(sec float64, src []byte, sp uint32, dst []byte, dp uint32, payload uint32) *pb.PacketSummary {
+	return &pb.PacketSummary{TsNs: t0 + int64(sec*1e9), SrcAddr: src, DstAddr: dst, SrcPort: sp, DstPort: dp,
+		Proto: 17, IpBytes: 28 + payload, PayloadBytes: payload}
+}
+
+func publishBatch(t *testing.T, js jetstream.JetStream, b *pb.PacketBatch) {
+	t.Helper()
+	data, err := proto.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg(schema.PacketsSubject(b.Sensor, b.Bucket))
+	msg.Data = data
+	msg.Header.Set(jetstream.MsgIDHeader, schema.PacketBatchID(b.Sensor, b.Boot, b.Seq))
+	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func startStage(t *testing.T, js jetstream.JetStream) (stop func()) {
+	t.Helper()
+	cfg := Config{Flow: flow.DefaultConfig(), Publish: publish.Config{MaxFlows: 256, Linger: 20 * time.Millisecond},
+		WallTick: time.Hour, ShutdownFlush: true}
+	s := New(js, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	testkit.Eventually(t, 5*time.Second, func() bool { return s.Ready() == nil }, "stage not ready")
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}
+}
+
+// readFlows fetches every FLOWS message and returns the flows and msg ids.
+func readFlows(t *testing.T, js jetstream.JetStream) (flows []*pb.Flow, subjects, ids []string) {
+	t.Helper()
+	ctx := context.Background()
+	c, err := js.OrderedConsumer(ctx, schema.StreamFlows, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		batch, err := c.FetchNoWait(100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			var fb pb.FlowBatch
+			if err := proto.Unmarshal(m.Data(), &fb); err != nil {
+				t.Fatal(err)
+			}
+			var fids []string
+			for _, f := range fb.Flows {
+				fids = append(fids, f.Id)
+			}
+			if got, want := m.Headers().Get(jetstream.MsgIDHeader), schema.BatchID(fids); got != want {
+				t.Errorf("msg id %s, want BatchID %s", got, want)
+			}
+			flows = append(flows, fb.Flows...)
+			subjects = append(subjects, m.Subject())
+			ids = append(ids, m.Headers().Get(jetstream.MsgIDHeader))
+		}
+		if n == 0 {
+			return
+		}
+	}
+}
+
+func flowsCount(t *testing.T, js jetstream.JetStream) uint64 {
+	st, err := js.Stream(context.Background(), schema.StreamFlows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+func packetsDone(t *testing.T, js jetstream.JetStream) bool {
+	c, err := js.Consumer(context.Background(), schema.StreamPackets, schema.ConsumerEnricher)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.NumPending == 0 && info.NumAckPending == 0
+}
+
+func TestStage(t *testing.T) {
+	_, _, js := testkit.JetStream(t)
+	stop := startStage(t, js)
+	defer stop()
+	b1 := schema.PacketBucket(hostA, 50000, hostB, 53, 17, 0)
+	b2 := schema.PacketBucket(hostA, 50001, hostB, 123, 17, 0)
+	// Bucket b1: a DNS exchange split across two messages; bucket b2: one NTP packet.
+	publishBatch(t, js, &pb.PacketBatch{Sensor: "s1", Boot: "boot1", Seq: 1, Bucket: b1, Packets: []*pb.PacketSummary{
+		udp(0, hostA, 50000, hostB, 53, 30)}})
+	publishBatch(t, js, &pb.PacketBatch{Sensor: "s1", Boot: "boot1", Seq: 2, Bucket: b2, Packets: []*pb.PacketSummary{
+		udp(0.5, hostA, 50001, hostB, 123, 48)}})
+	publishBatch(t, js, &pb.PacketBatch{Sensor: "s1", Boot: "boot1", Seq: 3, Bucket: b1, Packets: []*pb.PacketSummary{
+		udp(1, hostB, 53, hostA, 50000, 90)}})
+	// Undecodable: terminated, not retried.
+	bad := nats.NewMsg(schema.PacketsSubject("s1", b1))
+	bad.Data = []byte{0xff, 0xff, 0xff}
+	bad.Header.Set(jetstream.MsgIDHeader, "s1.boot1.bad")
+	if _, err := js.PublishMsg(context.Background(), bad); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing is emitted and nothing acked before end of input.
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		c, _ := js.Consumer(context.Background(), schema.StreamPackets, schema.ConsumerEnricher)
+		info, _ := c.Info(context.Background())
+		return info.NumPending == 0 && info.NumAckPending == 3
+	}, "3 messages should be held")
+	if n := flowsCount(t, js); n != 0 {
+		t.Fatalf("%d FLOWS messages before EOF", n)
+	}
+	for i, b := range []uint32{b1, b2} {
+		publishBatch(t, js, &pb.PacketBatch{Sensor: "s1", Boot: "boot1", Seq: uint64(10 + i), Bucket: b, EndOfInput: true})
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return packetsDone(t, js) }, "PACKETS consumer still has pending or ack-pending messages")
+	flows, subjects, _ := readFlows(t, js)
+	if len(flows) != 2 {
+		t.Fatalf("%d flows, want 2", len(flows))
+	}
+	for i, f := range flows {
+		if want := schema.FlowsSubject("s1", schema.AddrBucket(f.OrigAddr), schema.AddrBucket(f.RespAddr)); subjects[i] != want {
+			t.Errorf("subject %s, want %s", subjects[i], want)
+		}
+		if !f.Final || f.EndReason != pb.EndReason_END_EOF || f.Sensor != "s1" {
+			t.Errorf("flow %d: final %v reason %v sensor %q", i, f.Final, f.EndReason, f.Sensor)
+		}
+		switch f.RespPort {
+		case 53:
+			if f.OrigPkts != 1 || f.RespPkts != 1 || f.OrigIpBytes != 58 || f.RespIpBytes != 118 || f.App != "dns" {
+				t.Errorf("dns flow %+v", f)
+			}
+		case 123:
+			if f.OrigPkts != 1 || f.RespPkts != 0 || f.OrigBytes != 48 {
+				t.Errorf("ntp flow %+v", f)
+			}
+		default:
+			t.Errorf("unexpected flow %+v", f)
+		}
+	}
+}
+
+// TestRedelivery publishes the same batch twice with the same msg id: the
+// stream drops the copy, so the flow is counted once.
+func TestRedelivery(t *testing.T) {
+	_, _, js := testkit.JetStream(t)
+	stop := startStage(t, js)
+	defer stop()
+	b := schema.PacketBucket(hostA, 40000, hostB, 5004, 17, 0)
+	batch := &pb.PacketBatch{Sensor: "s2", Boot: "b", Seq: 1, Bucket: b, Packets: []*pb.PacketSummary{
+		udp(0, hostA, 40000, hostB, 5004, 100), udp(1, hostB, 5004, hostA, 40000, 100)}}
+	publishBatch(t, js, batch)
+	publishBatch(t, js, batch)
+	publishBatch(t, js, &pb.PacketBatch{Sensor: "s2", Boot: "b", Seq: 2, Bucket: b, EndOfInput: true})
+	testkit.Eventually(t, 5*time.Second, func() bool { return packetsDone(t, js) && flowsCount(t, js) == 1 },
+		"want all PACKETS acked and one FLOWS message")
+	flows, _, _ := readFlows(t, js)
+	if len(flows) != 1 || flows[0].OrigPkts+flows[0].RespPkts != 2 {
+		t.Fatalf("flows %v", flows)
+	}
+}
+
+// TestRestartKeepsUnacked stops the stage with an open flow and
+// ShutdownFlush off: the held message goes back to the stream, and a new
+// stage rebuilds the same flow (same id) from it.
+func TestRestartKeepsUnacked(t *testing.T) {
+	_, _, js := testkit.JetStream(t)
+	cfg := Config{Flow: flow.DefaultConfig(), Publish: publish.Config{Linger: 10 * time.Millisecond}, WallTick: time.Hour}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	b := schema.PacketBucket(hostA, 40000, hostB, 5004, 17, 0)
+	publishBatch(t, js, &pb.PacketBatch{Sensor: "s3", Boot: "b", Seq: 1, Bucket: b, Packets: []*pb.PacketSummary{
+		udp(0, hostA, 40000, hostB, 5004, 100)}})
+	ackPending := func(want int) func() bool {
+		return func() bool {
+			c, err := js.Consumer(context.Background(), schema.StreamPackets, schema.ConsumerEnricher)
+			if err != nil {
+				return false
+			}
+			info, err := c.Info(context.Background())
+			return err == nil && info.NumAckPending == want && info.NumPending == 0
+		}
+	}
+	for round := range 2 {
+		s := New(js, cfg, log, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- s.Run(ctx) }()
+		testkit.Eventually(t, 5*time.Second, ackPending(1), "round %d: message not held", round)
+		if round == 1 {
+			publishBatch(t, js, &pb.PacketBatch{Sensor: "s3", Boot: "b", Seq: 2, Bucket: b, EndOfInput: true})
+			testkit.Eventually(t, 5*time.Second, func() bool { return packetsDone(t, js) && flowsCount(t, js) == 1 },
+				"want the rebuilt flow and every message acked")
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if round == 0 {
+			if n := flowsCount(t, js); n != 0 {
+				t.Fatalf("%d FLOWS messages after shutdown without flush", n)
+			}
+		}
+	}
+	flows, _, _ := readFlows(t, js)
+	if len(flows) != 1 || flows[0].OrigPkts != 1 || flows[0].StartNs != t0 {
+		t.Fatalf("flows %v", flows)
+	}
+}
+
+// TestShutdownFlush ends open flows as END_SHUTDOWN and acks their input.
+func TestShutdownFlush(t *testing.T) {
+	_, _, js := testkit.JetStream(t)
+	stop := startStage(t, js)
+	b := schema.PacketBucket(hostA, 40000, hostB, 5004, 17, 0)
+	publishBatch(t, js, &pb.PacketBatch{Sensor: "s4", Boot: "b", Seq: 1, Bucket: b, Packets: []*pb.PacketSummary{
+		udp(0, hostA, 40000, hostB, 5004, 100)}})
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		c, _ := js.Consumer(context.Background(), schema.StreamPackets, schema.ConsumerEnricher)
+		info, err := c.Info(context.Background())
+		return err == nil && info.NumAckPending == 1
+	}, "message not held")
+	stop()
+	testkit.Eventually(t, 5*time.Second, func() bool { return packetsDone(t, js) }, "input not acked after flush")
+	flows, _, _ := readFlows(t, js)
+	if len(flows) != 1 || flows[0].EndReason != pb.EndReason_END_SHUTDOWN || !flows[0].Final {
+		t.Fatalf("flows %v", flows)
+	}
+}
