@@ -126,3 +126,13 @@ func mustTime(t testing.TB, s string) time.Time {
 	}
 	return v
 }
+
+func httpGet(u string) (string, error) {
+	resp, err := http.Get(u)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
