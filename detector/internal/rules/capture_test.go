@@ -1,0 +1,189 @@
+package rules
+
+import (
+	"bufio"
+	"bytes"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"netwatch/schema/pb"
+	"netwatch/testkit"
+)
+
+// tsharkFlows builds one flow record per bidirectional 5-tuple from tshark's
+// own dissection of a capture (independent of the enricher): the
+// originator is the sender of the tuple's first packet, payload bytes are
+// tcp.len or udp.length - 8, TCP flags are OR'ed per direction. ICMP
+// packets keep their type and no ports (the header quoted in an ICMP error
+// is not used: -E occurrence=f takes the outer fields).
+func tsharkFlows(t *testing.T, path string) []*pb.Flow {
+	t.Helper()
+	tshark := testkit.Tool(t, "tshark")
+	fields := []string{"frame.time_epoch", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "ip.proto", "ipv6.nxt",
+		"tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport", "tcp.flags", "tcp.len", "udp.length", "icmp.type", "icmpv6.type"}
+	args := []string{"-r", path, "-n", "-T", "fields", "-E", "occurrence=f", "-E", "separator=\t"}
+	for _, f := range fields {
+		args = append(args, "-e", f)
+	}
+	out, err := exec.Command(tshark, args...).Output()
+	if err != nil {
+		t.Fatalf("tshark %s: %v", path, err)
+	}
+	type fkey struct {
+		proto  uint32
+		a, b   netip.Addr
+		ap, bp uint32
+	}
+	flows := map[fkey]*pb.Flow{}
+	var order []*pb.Flow
+	u := func(s string) uint32 {
+		if s == "" {
+			return 0
+		}
+		v, err := strconv.ParseUint(s, 0, 32)
+		if err != nil {
+			t.Fatalf("tshark field %q: %v", s, err)
+		}
+		return uint32(v)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		c := strings.Split(sc.Text(), "\t")
+		if len(c) < len(fields) {
+			continue
+		}
+		src, dst, proto := c[1], c[2], c[5]
+		if src == "" {
+			src, dst, proto = c[3], c[4], c[6]
+		}
+		sa, err1 := netip.ParseAddr(src)
+		da, err2 := netip.ParseAddr(dst)
+		if err1 != nil || err2 != nil || proto == "" {
+			continue // not IP
+		}
+		ts, _ := strconv.ParseFloat(c[0], 64)
+		ns := int64(ts * 1e9)
+		p := u(proto)
+		var sp, dp, flags, payload, icmpType uint32
+		switch p {
+		case 6:
+			sp, dp, flags, payload = u(c[7]), u(c[8]), u(c[11]), u(c[12])
+		case 17:
+			sp, dp = u(c[9]), u(c[10])
+			if l := u(c[13]); l >= 8 {
+				payload = l - 8
+			}
+		case 1:
+			icmpType = u(c[14])
+		case 58:
+			icmpType = u(c[15])
+		}
+		k, rk := fkey{p, sa, da, sp, dp}, fkey{p, da, sa, dp, sp}
+		f, fromOrig := flows[k], true
+		if f == nil {
+			if f = flows[rk]; f != nil {
+				fromOrig = false
+			}
+		}
+		if f == nil {
+			f = &pb.Flow{Proto: p, OrigAddr: sa.AsSlice(), OrigPort: sp, RespAddr: da.AsSlice(), RespPort: dp,
+				IcmpType: icmpType, StartNs: ns, Final: true}
+			flows[k] = f
+			order = append(order, f)
+		}
+		f.EndNs = max(f.EndNs, ns)
+		if fromOrig {
+			f.OrigPkts++
+			f.OrigBytes += uint64(payload)
+			f.OrigTcpFlags |= flags
+		} else {
+			f.RespPkts++
+			f.RespBytes += uint64(payload)
+			f.RespTcpFlags |= flags
+		}
+	}
+	return order
+}
+
+// TestCaptures runs the rules with their default thresholds on flows built
+// by tshark. Scanners and victims are from shared/data/labeled/pcap-labels.csv
+// and pcaps/lab/labels.csv.
+func TestCaptures(t *testing.T) {
+	pcaps := testkit.Pcaps(t)
+	cases := []struct {
+		file     string
+		scanner  string // "" for benign: no alert at all
+		victim   string
+		minFlows int
+	}{
+		{"attack-portscan-nmap-syn.pcapng", "172.16.0.8", "64.13.134.52", 1000},
+		{"attack-portscan-masscan-udp-0-1000.pcap", "172.31.15.102", "198.124.152.15", 1000},
+		{"lab/lab-nmap-syn-scan.pcap", "10.99.1.10", "10.99.1.20", 1000},
+		{"lab/lab-nmap-udp-scan.pcap", "10.99.1.10", "10.99.1.20", 100},
+		{"eth-ipv4-dns-http-browsing-wikipedia.pcap", "", "", 1},
+		{"lab/lab-benign-mixed.pcap", "", "", 1},
+		{"dns-over-tcp-tcpdump-org.pcap", "", "", 1},
+		{"tls12-clienthello-sni-google-de.pcap", "", "", 1},
+	}
+	for _, c := range cases {
+		t.Run(c.file, func(t *testing.T) {
+			flows := tsharkFlows(t, filepath.Join(pcaps, c.file))
+			if len(flows) < c.minFlows {
+				t.Fatalf("tshark gave %d flows, want at least %d", len(flows), c.minFlows)
+			}
+			e := New(DefaultConfig())
+			var alerts []*pb.Alert
+			for _, f := range flows {
+				alerts = append(alerts, e.Observe("cap", f)...)
+			}
+			for _, a := range alerts {
+				t.Logf("%s: %s", a.Category, a.Summary)
+			}
+			t.Logf("%d flows; largest window: %d probed ports (portscan), %d probed hosts on one port (hostsweep)",
+				len(flows), maxPorts(flows, RulePortscan), maxPorts(flows, RuleHostsweep))
+			if c.scanner == "" {
+				if len(alerts) != 0 {
+					t.Fatalf("%d alerts on a benign capture", len(alerts))
+				}
+				return
+			}
+			found := false
+			for _, a := range alerts {
+				if a.Category == "portscan" && a.OrigAddr == c.scanner && a.RespAddr == c.victim {
+					found = true
+				} else if a.OrigAddr != c.scanner {
+					t.Errorf("alert names %s, not the scanner %s: %s", a.OrigAddr, c.scanner, a.Summary)
+				}
+			}
+			if !found {
+				t.Fatalf("no portscan alert %s -> %s among %d alerts (%d flows)", c.scanner, c.victim, len(alerts), len(flows))
+			}
+		})
+	}
+}
+
+// maxPorts is the largest distinct-port (portscan) or distinct-host
+// (hostsweep) count of any window, to document the margin to the thresholds.
+func maxPorts(flows []*pb.Flow, rule string) int {
+	cfg := DefaultConfig()
+	cfg.PortscanPorts, cfg.SweepHosts = 1<<30, 1<<30
+	e := New(cfg)
+	best := 0
+	for _, f := range flows {
+		e.Observe("cap", f)
+		for k, s := range e.state {
+			if k.rule != rule {
+				continue
+			}
+			best = max(best, len(s.ports))
+			for _, hs := range s.hosts {
+				best = max(best, len(hs))
+			}
+		}
+	}
+	return best
+}
