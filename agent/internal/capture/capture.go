@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/gopacket/gopacket"
@@ -132,14 +131,11 @@ func (c *File) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
 	off := c.Offset()
 	data, ci, err := c.r.ZeroCopyReadPacketData()
 	if err != nil {
-		if err == io.EOF && c.Offset() == off {
-			return nil, ci, 0, io.EOF
-		}
+		// pcapgo returns io.EOF only when a block or record header starts at
+		// the end of the file (after any trailing statistics blocks); a cut
+		// record is io.ErrUnexpectedEOF.
 		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		if strings.Contains(err.Error(), "EOF") && !errors.Is(err, io.ErrUnexpectedEOF) {
-			err = fmt.Errorf("%w: %v", io.ErrUnexpectedEOF, err)
+			return nil, ci, 0, io.EOF
 		}
 		return nil, ci, 0, &ReadError{Path: c.path, Packet: c.n + 1, Offset: off, Err: err}
 	}

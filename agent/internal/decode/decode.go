@@ -384,8 +384,11 @@ func (d *Decoder) ipv6(data []byte, p *Packet, depth int) bool {
 			}
 			n := (int(body[1]) + 1) * 8
 			if n > rest {
-				p.malformed(ReasonBadIPv6Ext)
-				return false
+				// the extension header overruns the payload length: the IPv6
+				// header is usable, the chain after it is not (as tshark counts it)
+				p.Proto = nh
+				p.PayloadBytes = uint32(max(rest, 0))
+				return true
 			}
 			nh = body[0]
 			rest -= n
@@ -407,8 +410,11 @@ func (d *Decoder) ipv6(data []byte, p *Packet, depth int) bool {
 			}
 			n := (int(body[1]) + 2) * 4
 			if n > rest {
-				p.malformed(ReasonBadIPv6Ext)
-				return false
+				// the extension header overruns the payload length: the IPv6
+				// header is usable, the chain after it is not (as tshark counts it)
+				p.Proto = nh
+				p.PayloadBytes = uint32(max(rest, 0))
+				return true
 			}
 			nh = body[0]
 			rest -= n
@@ -419,8 +425,9 @@ func (d *Decoder) ipv6(data []byte, p *Packet, depth int) bool {
 			}
 		case 44: // fragment
 			if rest < 8 {
-				p.malformed(ReasonBadIPv6Ext)
-				return false
+				p.Proto = nh
+				p.PayloadBytes = uint32(max(rest, 0))
+				return true
 			}
 			if len(body) < 8 {
 				p.Proto = 44

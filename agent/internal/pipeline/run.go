@@ -325,3 +325,48 @@ func (a *Agent) publishMetrics(ctx context.Context, src capture.Source, pub *pub
 		wait = min(2*wait, 2*time.Second)
 	}
 }
+
+// ReadFile runs capture → decode → fragment over a capture file without a
+// broker, passing every IP packet (with its first fragment's ports) to emit,
+// and returns the capture counters. It is the decode path of Run.
+func ReadFile(path string, emit func(*decode.Packet)) (*Stats, error) {
+	src, err := capture.OpenFile(path)
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+	if _, err := decode.New(src.LinkType()); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	a := &Agent{log: slog.New(slog.DiscardHandler)}
+	frags := fragment.New()
+	var decs Decoders
+	var p decode.Packet
+	defer frags.Flush(emit)
+	for {
+		data, ci, link, err := src.Next()
+		if err == io.EOF {
+			return &a.Stats, nil
+		}
+		if err != nil {
+			return &a.Stats, err
+		}
+		a.Stats.Received.Add(1)
+		p.TsNs = ci.Timestamp.UnixNano()
+		if dec := decs.Get(link); dec != nil {
+			dec.Decode(data, &p)
+		} else {
+			p.Kind = decode.KindMalformed
+		}
+		switch p.Kind {
+		case decode.KindIP:
+			a.Stats.IPPackets.Add(1)
+			a.Stats.IPBytes.Add(uint64(p.IPBytes))
+			frags.Process(&p, emit)
+		case decode.KindNonIP:
+			a.Stats.NonIP.Add(1)
+		default:
+			a.Stats.Malformed.Add(1)
+		}
+	}
+}
