@@ -162,7 +162,9 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	httpCtx, stopHTTP := context.WithCancel(context.Background())
 	defer stopHTTP()
 	httpErr := make(chan error, 1)
-	go func() { httpErr <- ops.Serve(httpCtx, cfg.HTTPAddr, ops.Handler(reg, st.Ready), log.With("component", "http")) }()
+	go func() {
+		httpErr <- ops.Serve(httpCtx, cfg.HTTPAddr, ops.Handler(reg, st.Ready), log.With("component", "http"))
+	}()
 
 	runErr := make(chan error, 1)
 	go func() { runErr <- st.Run(ctx) }()

@@ -1,0 +1,36 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func TestCheckConfig(t *testing.T) {
+	env := map[string]string{"NETWATCH_PORTSCAN_PORTS": "80"}
+	getenv := func(k string) string { return env[k] }
+	var out bytes.Buffer
+	if err := run([]string{"-check-config"}, &out, getenv); err != nil {
+		t.Fatalf("check-config: %v", err)
+	}
+	if !strings.Contains(out.String(), "flow-id3") {
+		t.Errorf("output %q does not name the shipped model", out.String())
+	}
+	for _, args := range [][]string{
+		{"-check-config", "-portscan.ports", "1"},
+		{"-check-config", "-model.threshold", "2"},
+		{"-check-config", "-model", "/nonexistent/model"},
+	} {
+		if err := run(args, &out, getenv); err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
+	// The environment loses to an explicit flag, and a bad environment value is an error.
+	env["NETWATCH_PORTSCAN_PORTS"] = "x"
+	if err := run([]string{"-check-config"}, &out, getenv); err == nil {
+		t.Error("bad NETWATCH_PORTSCAN_PORTS accepted")
+	}
+	if err := run([]string{"-check-config", "-portscan.ports", "60"}, &out, getenv); err != nil {
+		t.Errorf("flag should win over env: %v", err)
+	}
+}
