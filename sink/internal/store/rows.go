@@ -318,4 +318,3 @@ func (b *rowBatch) addMetrics(m *pb.Metrics) {
 	b.days[dayOf(t)] = struct{}{}
 	b.sensor(text(m.GetSensor())).host = text(m.GetHost())
 }
-

@@ -103,24 +103,24 @@ func TestWriteFlowsExactValues(t *testing.T) {
 		t.Fatalf("result %+v, want 2 rows, 2 inserted, 1 invalid", res)
 	}
 	type row struct {
-		ID, Sensor, CommunityID                             string
-		Proto                                               int16
-		OrigAddr                                            netip.Prefix
-		OrigPort                                            int32
-		RespAddr                                            netip.Prefix
-		RespPort, Vlan, InnerVlan                           int32
-		IcmpType, IcmpCode                                  int16
-		Start, End, FlowStart                               time.Time
-		OrigPkts, OrigIPBytes, OrigBytes                    int64
-		RespPkts, RespIPBytes, RespBytes                    int64
-		OrigFlags, RespFlags                                int16
-		RecordIndex                                         int32
-		Final                                               bool
-		EndReason                                           string
-		Guessed                                             bool
-		App, ConnState, History, Tunnel                     string
-		TunnelID                                            int64
-		ServerName, Direction, OrigName, RespName           string
+		ID, Sensor, CommunityID                   string
+		Proto                                     int16
+		OrigAddr                                  netip.Prefix
+		OrigPort                                  int32
+		RespAddr                                  netip.Prefix
+		RespPort, Vlan, InnerVlan                 int32
+		IcmpType, IcmpCode                        int16
+		Start, End, FlowStart                     time.Time
+		OrigPkts, OrigIPBytes, OrigBytes          int64
+		RespPkts, RespIPBytes, RespBytes          int64
+		OrigFlags, RespFlags                      int16
+		RecordIndex                               int32
+		Final                                     bool
+		EndReason                                 string
+		Guessed                                   bool
+		App, ConnState, History, Tunnel           string
+		TunnelID                                  int64
+		ServerName, Direction, OrigName, RespName string
 	}
 	var r row
 	get := func(id string) row {
