@@ -144,6 +144,9 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 
 	nc, err := cfg.ConnectNATS(ctx, "netwatch-detector", log.With("component", "nats"))
 	if err != nil {
+		if ctx.Err() != nil { // signalled before NATS came up: a clean stop
+			return nil
+		}
 		return err
 	}
 	defer nc.Close()
@@ -152,6 +155,9 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	if err := schema.ProvisionRetry(ctx, js, schema.StreamOptions{Replicas: cfg.Replicas}); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("provision: %w", err)
 	}
 
