@@ -103,6 +103,9 @@ func TestTsharkFragments(t *testing.T) {
 // every frame shape (it fails on one it cannot account for), and every frame
 // is either in a flow or counted as non-IP.
 func TestTsharkAllCaptures(t *testing.T) {
+	if testing.Short() {
+		t.Skip("every capture through tshark: skipped in -short mode")
+	}
 	ts := testkit.Tool(t, "tshark")
 	for _, f := range Captures(t) {
 		t.Run(filepath.Base(f), func(t *testing.T) {
