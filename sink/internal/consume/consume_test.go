@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +23,8 @@ import (
 )
 
 type env struct {
+	app string // application_name of the sink's connections
+	dsn string
 	js  jetstream.JetStream
 	st  *store.Store
 	m   *Metrics
@@ -32,7 +36,8 @@ type env struct {
 func start(t *testing.T) *env {
 	t.Helper()
 	_, _, js := testkit.JetStream(t)
-	dsn := testkit.Postgres(t)
+	app := fmt.Sprintf("sinktest_%d", time.Now().UnixNano())
+	dsn := testkit.Postgres(t) + "&application_name=" + app
 	log := slog.New(slog.DiscardHandler)
 	ctx := context.Background()
 	if _, err := store.Migrate(ctx, dsn, log); err != nil {
@@ -65,7 +70,7 @@ func start(t *testing.T) *env {
 		})
 	}
 	t.Cleanup(func() { cancel(); wg.Wait(); st.Close() })
-	return &env{js: js, st: st, m: m, ctx: ctx}
+	return &env{app: app, dsn: dsn, js: js, st: st, m: m, ctx: ctx}
 }
 
 func (e *env) publish(t *testing.T, subject, id string, m proto.Message) {
@@ -96,8 +101,8 @@ func flowBatch(sensor string, from, n int, start time.Time) *pb.FlowBatch {
 		oa, ra := []byte{10, 0, byte(i >> 8), byte(i)}, []byte{192, 0, 2, 1}
 		st := start.Add(time.Duration(i) * time.Second)
 		fb.Flows = append(fb.Flows, &pb.Flow{
-			Id:      schema.FlowID(sensor, 17, oa, uint32(i), ra, 53, 0, 0, 0, st.UnixNano(), 0),
-			Sensor:  sensor, Proto: 17, OrigAddr: oa, OrigPort: uint32(i), RespAddr: ra, RespPort: 53,
+			Id:     schema.FlowID(sensor, 17, oa, uint32(i), ra, 53, 0, 0, 0, st.UnixNano(), 0),
+			Sensor: sensor, Proto: 17, OrigAddr: oa, OrigPort: uint32(i), RespAddr: ra, RespPort: 53,
 			StartNs: st.UnixNano(), EndNs: st.Add(time.Millisecond).UnixNano(), FlowStartNs: st.UnixNano(),
 			OrigPkts: 1, OrigIpBytes: uint64(60 + i), RespPkts: 1, RespIpBytes: 120, Final: true,
 			EndReason: pb.EndReason_END_IDLE, App: "dns",
@@ -189,5 +194,55 @@ func TestAlertsAndMetricsStored(t *testing.T) {
 	}
 	if n := e.count(t, "SELECT count(*) FROM sensors WHERE sensor = 's1' AND host = 'h1'"); n != 1 {
 		t.Fatalf("sensors row missing")
+	}
+}
+
+// TestDatabaseOutage: while the database refuses the writes (the sink's
+// connections are killed and the table is missing) nothing is acked; once it
+// is back every row is stored exactly once.
+func TestDatabaseOutage(t *testing.T) {
+	e := start(t)
+	day := time.Date(2024, 2, 29, 12, 0, 0, 0, time.UTC)
+	pub := func(i int) {
+		fb := flowBatch("s1", i*50, 50, day)
+		e.publish(t, schema.FlowsSubject("s1", 0, 0), schema.BatchID(ids(fb)), fb)
+	}
+	pub(0)
+	testkit.Eventually(t, 10*time.Second, func() bool { return e.count(t, "SELECT count(*) FROM flows") == 50 }, "first batch")
+
+	admin, err := pgx.Connect(e.ctx, strings.Replace(e.dsn, e.app, "admin", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(e.ctx)
+	exec := func(q string, args ...any) {
+		t.Helper()
+		if _, err := admin.Exec(e.ctx, q, args...); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	exec("ALTER TABLE flows RENAME TO flows_away")
+	exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", e.app)
+	for i := 1; i < 6; i++ {
+		pub(i)
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return testutil.ToFloat64(e.m.DBErrors.WithLabelValues("flows")) >= 2
+	}, "no db errors during the outage")
+	c, _ := e.js.Consumer(e.ctx, schema.StreamFlows, schema.ConsumerSinkFlows)
+	if ci, err := c.Info(e.ctx); err != nil || ci.AckFloor.Stream != 1 {
+		t.Fatalf("ack floor %+v (%v), want 1: nothing acked during the outage", ci.AckFloor, err)
+	}
+	exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", e.app)
+	exec("ALTER TABLE flows_away RENAME TO flows")
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		ci, err := c.Info(e.ctx)
+		return err == nil && ci.NumPending == 0 && ci.NumAckPending == 0
+	}, "messages still pending after the outage")
+	if n := e.count(t, "SELECT count(*) FROM flows"); n != 300 {
+		t.Fatalf("%d flows, want 300", n)
+	}
+	if n := e.count(t, "SELECT count(DISTINCT id) FROM flows"); n != 300 {
+		t.Fatalf("%d distinct flows, want 300", n)
 	}
 }
