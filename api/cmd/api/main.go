@@ -109,7 +109,7 @@ func run(ctx context.Context, cfg *Config) error {
 	defer nc.Close()
 
 	reg := ops.NewRegistry()
-	srv, err := server.New(pool, nc, reg, log)
+	srv, err := server.New(pool, nc, reg, log, server.Options{})
 	if err != nil {
 		return err
 	}

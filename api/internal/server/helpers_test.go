@@ -64,7 +64,9 @@ func migrate(t testing.TB, pool *pgxpool.Pool) {
 	}
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB) *env { return newEnvWith(t, server.Options{}) }
+
+func newEnvWith(t testing.TB, opts server.Options) *env {
 	t.Helper()
 	dsn := testkit.Postgres(t)
 	_, nc, js := testkit.JetStream(t)
@@ -75,7 +77,7 @@ func newEnv(t testing.TB) *env {
 	t.Cleanup(pool.Close)
 	migrate(t, pool)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv, err := server.New(pool, nc, ops.NewRegistry(), log)
+	srv, err := server.New(pool, nc, ops.NewRegistry(), log, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,9 +31,15 @@ type Server struct {
 	API     *rest.API
 }
 
+// Options are the optional parts of New.
+type Options struct {
+	// Web serves the dashboard; nil means the build embedded in the binary.
+	Web http.Handler
+}
+
 // New builds the server. pool and nc are required; reg receives the
 // netwatch_api_* metrics and is served on /metrics.
-func New(pool *pgxpool.Pool, nc *nats.Conn, reg *prometheus.Registry, log *slog.Logger) (*Server, error) {
+func New(pool *pgxpool.Pool, nc *nats.Conn, reg *prometheus.Registry, log *slog.Logger, opts Options) (*Server, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
@@ -51,7 +57,10 @@ func New(pool *pgxpool.Pool, nc *nats.Conn, reg *prometheus.Registry, log *slog.
 	api.Register(mux)
 	hub := live.New(nc, pool, log.With("component", "live"), reg)
 	mux.Handle("GET /api/v1/live", hub)
-	mux.Handle("/", web.Handler())
+	if opts.Web == nil {
+		opts.Web = web.Handler()
+	}
+	mux.Handle("/", opts.Web)
 	return &Server{Handler: instrument(mux, reg), Hub: hub, API: api}, nil
 }
 

@@ -23,11 +23,17 @@ func Built() bool {
 	return err == nil
 }
 
-// Handler serves the dashboard: /, and the build's files (assets are
-// immutable, hashed names); any other path that is not a file gets
-// index.html, so client-side routes work.
+// Handler serves the embedded dashboard (see FSHandler).
 func Handler() http.Handler {
 	sub, _ := fs.Sub(dist, "dist")
+	return FSHandler(sub)
+}
+
+// FSHandler serves a dashboard build held in sub: /, and the build's files
+// (assets are immutable, hashed names); any other path that is not a file
+// gets index.html, so client-side routes work. Without index.html it serves
+// the "not built" page.
+func FSHandler(sub fs.FS) http.Handler {
 	files := http.FileServerFS(sub)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := strings.TrimPrefix(path.Clean(r.URL.Path), "/")
