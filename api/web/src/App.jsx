@@ -289,8 +289,8 @@ function snapshot(a) {
     throughput: {
       animation: false,
       tooltip: { trigger: 'axis' },
-      legend: { data: ['bits/s', 'packets/s'] },
-      grid: { left: 70, right: 70, top: 40, bottom: 30 },
+      legend: { data: ['bits/s', 'packets/s'], top: 0 },
+      grid: { left: 70, right: 70, top: 50, bottom: 30 },
       xAxis: { type: 'time' },
       yAxis: [
         { type: 'value', name: 'bits/s', axisLabel: { formatter: (v) => rate(v, 'b') } },
