@@ -230,7 +230,18 @@ func checkAlerts(t *testing.T, p *Pipeline, ts string, ran *sync.Map) {
 				}
 			}
 			if !found {
-				t.Errorf("no portscan alert naming scanner %s among %d alerts of %s: %s", sc.scanner, len(alerts), sensor, describe(alerts))
+				// Say where such an alert went, if anywhere (e.g. stored
+				// under another sensor that saw the same packets).
+				var elsewhere []string
+				if all, err := p.Alerts(""); err == nil {
+					for _, a := range all {
+						if a.Category == "portscan" && a.OrigAddr != nil && *a.OrigAddr == sc.scanner {
+							elsewhere = append(elsewhere, a.Sensor+" (id "+a.ID+")")
+						}
+					}
+				}
+				t.Errorf("no portscan alert naming scanner %s among %d alerts of %s: %s\n  portscan alerts naming %s under any sensor: %v",
+					sc.scanner, len(alerts), sensor, describe(alerts), sc.scanner, elsewhere)
 			}
 		})
 	}

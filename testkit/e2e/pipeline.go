@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -373,6 +372,7 @@ func (p *Pipeline) Flows(sensor string) ([]Flow, error) {
 // Alert is the part of the api's alert JSON the test reads.
 type Alert struct {
 	ID       string  `json:"id"`
+	Sensor   string  `json:"sensor"`
 	Category string  `json:"category"`
 	OrigAddr *string `json:"orig_addr"`
 	RespAddr *string `json:"resp_addr"`
@@ -580,16 +580,4 @@ func FindRoot() (string, error) {
 		}
 		dir = parent
 	}
-}
-
-// lines returns the non-empty lines of s.
-func lines(s string) []string {
-	var out []string
-	sc := bufio.NewScanner(strings.NewReader(s))
-	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); l != "" {
-			out = append(out, l)
-		}
-	}
-	return out
 }
