@@ -41,6 +41,7 @@ type config struct {
 	RetentionFlows    time.Duration // 0 keeps forever
 	RetentionAlerts   time.Duration
 	RetentionMetrics  time.Duration
+	RetentionRollups  time.Duration
 	RetentionInterval time.Duration // period of the retention job
 }
 
@@ -89,7 +90,7 @@ func parseDays(s string) (time.Duration, error) {
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
 	c := &config{RetentionFlows: 30 * 24 * time.Hour, RetentionAlerts: 90 * 24 * time.Hour,
-		RetentionMetrics: 7 * 24 * time.Hour}
+		RetentionMetrics: 7 * 24 * time.Hour, RetentionRollups: 90 * 24 * time.Hour}
 	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c.Common.Register(fs, "127.0.0.1:9104")
@@ -101,6 +102,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.Var(days{&c.RetentionFlows}, "retention.flows", "keep flows partitions this long, e.g. 30d (0: forever)")
 	fs.Var(days{&c.RetentionAlerts}, "retention.alerts", "keep alerts partitions this long (0: forever)")
 	fs.Var(days{&c.RetentionMetrics}, "retention.metrics", "keep host_metrics partitions this long (0: forever)")
+	fs.Var(days{&c.RetentionRollups}, "retention.rollups", "keep flows_1m (per-minute rollup) partitions this long (0: forever)")
 	fs.DurationVar(&c.RetentionInterval, "retention.interval", time.Hour, "how often expired partitions are dropped")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -134,7 +136,7 @@ func (c *config) Validate() error {
 	for _, r := range []struct {
 		name string
 		d    time.Duration
-	}{{"flows", c.RetentionFlows}, {"alerts", c.RetentionAlerts}, {"metrics", c.RetentionMetrics}} {
+	}{{"flows", c.RetentionFlows}, {"alerts", c.RetentionAlerts}, {"metrics", c.RetentionMetrics}, {"rollups", c.RetentionRollups}} {
 		if r.d < 0 {
 			errs = append(errs, fmt.Errorf("-retention.%s %s: want >= 0", r.name, r.d))
 		} else if r.d > 0 && r.d < 24*time.Hour {
@@ -273,7 +275,7 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	}
 	wg.Go(func() {
 		retention(ctx, s, store.Retention{Flows: cfg.RetentionFlows, Alerts: cfg.RetentionAlerts,
-			Metrics: cfg.RetentionMetrics}, cfg.RetentionInterval, log.With("component", "retention"))
+			Metrics: cfg.RetentionMetrics, Rollups: cfg.RetentionRollups}, cfg.RetentionInterval, log.With("component", "retention"))
 	})
 	log.Info("sink running", "batch_size", cfg.BatchSize, "batch_flush", cfg.BatchFlush, "http_addr", cfg.HTTPAddr)
 	wg.Wait()

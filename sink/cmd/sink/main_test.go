@@ -250,6 +250,16 @@ func TestSIGKILLMidRun(t *testing.T) {
 		t.Fatalf("count %d, pkts %d, orig_ip_bytes %d, resp_ip_bytes %d", n, pkts, ipBytes, respBytes)
 	}
 
+	// The per-minute rollups were added to exactly once per stored record.
+	var recs, rpkts, ripBytes int64
+	if err := pool.QueryRow(ctx, `SELECT sum(records), sum(orig_pkts + resp_pkts), sum(orig_ip_bytes)
+		FROM flows_1m`).Scan(&recs, &rpkts, &ripBytes); err != nil {
+		t.Fatal(err)
+	}
+	if recs != total || rpkts != pkts || ripBytes != ipBytes {
+		t.Fatalf("flows_1m: records %d, pkts %d, orig_ip_bytes %d; want %d, %d, %d", recs, rpkts, ripBytes, total, pkts, ipBytes)
+	}
+
 	// The restarted sink is ready and shuts down cleanly on SIGTERM.
 	resp, err := http.Get("http://" + httpAddr + "/readyz")
 	if err != nil {

@@ -118,6 +118,7 @@ type Retention struct {
 	Flows   time.Duration
 	Alerts  time.Duration
 	Metrics time.Duration
+	Rollups time.Duration // flows_1m
 }
 
 // DropExpired drops every partition recorded in the partitions table whose
@@ -129,7 +130,7 @@ func (s *Store) DropExpired(ctx context.Context, r Retention, now time.Time) ([]
 	for _, tw := range []struct {
 		t *table
 		w time.Duration
-	}{{flowsTable, r.Flows}, {alertsTable, r.Alerts}, {metricsTable, r.Metrics}} {
+	}{{flowsTable, r.Flows}, {alertsTable, r.Alerts}, {metricsTable, r.Metrics}, {rollupTable, r.Rollups}} {
 		if tw.w <= 0 {
 			continue
 		}

@@ -19,6 +19,10 @@ type table struct {
 	stage string   // TEMP staging table of the same shape
 	cols  []string // columns copied, in row order
 	ins   string   // INSERT … SELECT … ON CONFLICT DO NOTHING from stage
+	// counted means ins is a query returning the number of rows inserted
+	// (it also feeds rollup); otherwise its RowsAffected is that number.
+	counted bool
+	rollup  *table // partitioned alongside, written by ins; nil for none
 }
 
 func newTable(name string, cols ...string) *table {
@@ -39,6 +43,29 @@ var flowsTable = newTable("flows",
 	"orig_tcp_flags", "resp_tcp_flags", "record_index", "final", "end_reason", "direction_guessed",
 	"app", "conn_state", "history", "tunnel", "tunnel_id", "server_name", "direction",
 	"orig_name", "resp_name")
+
+// rollupTable is flows_1m: not staged, written by flowsTable.ins.
+var rollupTable = &table{name: "flows_1m"}
+
+func init() {
+	t := flowsTable
+	t.rollup, t.counted = rollupTable, true
+	t.ins = `WITH ins AS (` + t.ins + `
+	RETURNING start, sensor, proto, app, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, orig_bytes, resp_bytes
+), up AS (
+	INSERT INTO flows_1m AS r (minute, sensor, proto, app, records, orig_pkts, resp_pkts,
+		orig_ip_bytes, resp_ip_bytes, orig_bytes, resp_bytes)
+	SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00'), sensor, proto, app, count(*),
+		sum(orig_pkts), sum(resp_pkts), sum(orig_ip_bytes), sum(resp_ip_bytes), sum(orig_bytes), sum(resp_bytes)
+	FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+	ON CONFLICT (minute, sensor, proto, app) DO UPDATE SET
+		records = r.records + EXCLUDED.records,
+		orig_pkts = r.orig_pkts + EXCLUDED.orig_pkts, resp_pkts = r.resp_pkts + EXCLUDED.resp_pkts,
+		orig_ip_bytes = r.orig_ip_bytes + EXCLUDED.orig_ip_bytes, resp_ip_bytes = r.resp_ip_bytes + EXCLUDED.resp_ip_bytes,
+		orig_bytes = r.orig_bytes + EXCLUDED.orig_bytes, resp_bytes = r.resp_bytes + EXCLUDED.resp_bytes
+)
+SELECT count(*) FROM ins`
+}
 
 var alertsTable = newTable("alerts",
 	"id", "time", "sensor", "severity", "category", "technique", "orig_addr", "resp_addr",

@@ -6,6 +6,7 @@ import (
 	"sort"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"netwatch/schema/pb"
 )
@@ -64,10 +65,20 @@ func (s *Store) write(ctx context.Context, t *table, b *rowBatch) (Result, error
 	if err != nil {
 		return res, err
 	}
+	if t.rollup != nil {
+		more, err := s.ensurePartitions(ctx, t.rollup, b.days)
+		if err != nil {
+			return res, err
+		}
+		names = append(names, more...)
+	}
 	res.Inserted, err = s.commit(ctx, t, b, names)
 	if err != nil {
 		// A partition may have been dropped under the cache: re-check next time.
 		s.forget(t)
+		if t.rollup != nil {
+			s.forget(t.rollup)
+		}
 		return res, err
 	}
 	return res, nil
@@ -94,11 +105,17 @@ func (s *Store) commit(ctx context.Context, t *table, b *rowBatch, parts []strin
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{t.stage}, t.cols, pgx.CopyFromRows(b.rows)); err != nil {
 		return 0, fmt.Errorf("write %d %s: copy: %w", len(b.rows), t.name, err)
 	}
-	tag, err := tx.Exec(ctx, t.ins)
+	var inserted int
+	if t.counted {
+		err = tx.QueryRow(ctx, t.ins).Scan(&inserted)
+	} else {
+		var tag pgconn.CommandTag
+		tag, err = tx.Exec(ctx, t.ins)
+		inserted = int(tag.RowsAffected())
+	}
 	if err != nil {
 		return 0, fmt.Errorf("write %d %s: insert: %w", len(b.rows), t.name, err)
 	}
-	inserted := int(tag.RowsAffected())
 	// Lock order: partitions rows (sorted names), then sensors rows (sorted),
 	// so that concurrent sinks never deadlock on each other.
 	if _, err := tx.Exec(ctx, "UPDATE partitions SET last_write = now() WHERE name = ANY($1)", parts); err != nil {
