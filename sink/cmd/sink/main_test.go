@@ -55,6 +55,45 @@ func TestConfig(t *testing.T) {
 	}
 }
 
+// buildSink builds the binary into a temporary directory.
+func buildSink(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "sink")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func TestMigrateOnlyAndCheckConfig(t *testing.T) {
+	dsn := testkit.Postgres(t)
+	bin := buildSink(t)
+	run := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), "NETWATCH_DATABASE_URL="+dsn)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("sink %v: %v\n%s", args, err, out)
+		}
+	}
+	run("-check-config")
+	if err := exec.Command(bin, "-check-config", "-batch.size", "0").Run(); err == nil {
+		t.Error("-check-config accepted -batch.size 0")
+	}
+	run("-migrate-only", "-http.addr", "")
+	run("-migrate-only", "-http.addr", "") // idempotent
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var v int64
+	if err := pool.QueryRow(ctx, "SELECT max(version_id) FROM goose_db_version").Scan(&v); err != nil || v != 3 {
+		t.Fatalf("goose version %d, %v; want 3", v, err)
+	}
+}
+
 // sinkProc is the sink binary running against the test servers.
 type sinkProc struct {
 	cmd *exec.Cmd
@@ -139,10 +178,7 @@ func TestSIGKILLMidRun(t *testing.T) {
 	)
 	natsURL, _, js := testkit.JetStream(t)
 	dsn := testkit.Postgres(t)
-	bin := filepath.Join(t.TempDir(), "sink")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildSink(t)
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, dsn)
 	if err != nil {

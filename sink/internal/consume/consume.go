@@ -25,7 +25,7 @@ import (
 type Config struct {
 	BatchSize       int           // rows per write; 0 means 5000
 	FlushInterval   time.Duration // longest a record waits in a batch; 0 means 250 ms
-	Prefetch        int           // messages buffered from the server; 0 means 1000
+	Prefetch        int           // messages buffered from the server; 0 means 256
 	ShutdownTimeout time.Duration // how long a stopping loop keeps retrying its last batch; 0 means 30 s
 	RetryMax        time.Duration // longest pause between retries of a failed write; 0 means 5 s
 }
@@ -38,7 +38,7 @@ func (c Config) withDefaults() Config {
 		c.FlushInterval = 250 * time.Millisecond
 	}
 	if c.Prefetch <= 0 {
-		c.Prefetch = 1000
+		c.Prefetch = 256
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 30 * time.Second
