@@ -1,0 +1,54 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"strings"
+	"testing"
+	"time"
+
+	"netwatch/schema/ops"
+)
+
+func parse(t *testing.T, args []string, env map[string]string) (*Config, error) {
+	t.Helper()
+	fs := flag.NewFlagSet("enricher", flag.ContinueOnError)
+	var cfg Config
+	cfg.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if err := ops.ApplyEnv(fs, func(k string) string { return env[k] }); err != nil {
+		return nil, err
+	}
+	return &cfg, cfg.Validate()
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	cfg, err := parse(t, []string{"-flow.idle-timeout.udp=30s"}, map[string]string{
+		"NETWATCH_FLOW_IDLE_TIMEOUT_UDP": "45s", "NETWATCH_FLOW_ACTIVE_TIMEOUT": "2m", "NETWATCH_LOCAL_NETS": "192.0.2.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := cfg.Stage.Flow
+	if f.IdleUDP != 30*time.Second || f.Active != 2*time.Minute || f.IdleTCP != 5*time.Minute || len(f.LocalNets) != 1 {
+		t.Errorf("config %+v", f)
+	}
+	if cfg.HTTPAddr != "127.0.0.1:9102" {
+		t.Errorf("http addr %s", cfg.HTTPAddr)
+	}
+}
+
+func TestConfigInvalid(t *testing.T) {
+	if _, err := parse(t, []string{"-local-nets=10.0.0.0/33", "-community-id.seed=70000"}, nil); err == nil ||
+		!strings.Contains(err.Error(), "local-nets") || !strings.Contains(err.Error(), "seed") {
+		t.Errorf("err %v", err)
+	}
+}
+
+func TestCheckConfig(t *testing.T) {
+	var out bytes.Buffer
+	if err := run([]string{"-check-config"}, func(string) string { return "" }, &out); err != nil || !strings.Contains(out.String(), "ok") {
+		t.Errorf("err %v out %q", err, out.String())
+	}
+}
