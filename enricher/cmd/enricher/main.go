@@ -121,7 +121,8 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(cfg.Stage.Publish.MaxInflight*2))
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(cfg.Stage.Publish.MaxInflight*2),
+		jetstream.WithPublishAsyncTimeout(10*time.Second)) // a lost PubAck surfaces as an error and is retried
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
