@@ -97,7 +97,9 @@ func (p *Publisher) Add(r flow.Record) {
 }
 
 // FlushDue sends the batches older than the linger at now.
-func (p *Publisher) FlushDue(now time.Time) { p.flush(func(b *batch) bool { return now.Sub(b.since) >= p.cfg.Linger }) }
+func (p *Publisher) FlushDue(now time.Time) {
+	p.flush(func(b *batch) bool { return now.Sub(b.since) >= p.cfg.Linger })
+}
 
 // FlushAll sends every pending batch.
 func (p *Publisher) FlushAll() { p.flush(func(*batch) bool { return true }) }
