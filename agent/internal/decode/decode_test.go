@@ -1,0 +1,159 @@
+package decode
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+)
+
+// frames reads up to max frames of a classic pcap file, for seeds and benchmarks.
+func frames(tb testing.TB, file string, max int) ([][]byte, layers.LinkType) {
+	f, err := os.Open(file)
+	if err != nil {
+		tb.Skipf("capture not available: %v", err)
+	}
+	defer f.Close()
+	r, err := pcapgo.NewReader(f)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var out [][]byte
+	for len(out) < max {
+		data, _, err := r.ReadPacketData()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			tb.Fatal(err)
+		}
+		out = append(out, data)
+	}
+	return out, r.LinkType()
+}
+
+var pcaps = filepath.Join("..", "..", "..", "..", "shared", "data", "pcaps")
+
+// FuzzDecode feeds arbitrary frames to every link type's decoder and L7
+// parser: no input may panic, and the invariants of a KindIP packet hold.
+// Seeds: the first frames of real captures with tunnels, fragments, VLANs,
+// extension headers, DNS, TLS and HTTP from ../shared/data/pcaps.
+func FuzzDecode(f *testing.F) {
+	for _, name := range []string{"tunnel-vxlan-http.pcap", "tunnel-gre-icmp-ping.pcap", "tunnel-6in4-ping6.pcap",
+		"tunnel-4in4-ipip-udp.pcap", "ipv4-fragments-tcp-5-frags.pcap", "ipv6-fragments-dns.pcap",
+		"vlan-qinq-double-8021q-http-get.pcap", "ipv6-exthdr-hopbyhop-routing0.pcap", "tls12-clienthello-sni-google-de.pcap",
+		"eth-ipv4-dns-http-browsing-wikipedia.pcap", "malformed-ipv6-39-byte-header.pcap", "malformed-ipv4-bogus-header-length.pcap"} {
+		fr, _ := frames(f, filepath.Join(pcaps, name), 8)
+		for _, d := range fr {
+			f.Add(uint8(0), d)
+		}
+	}
+	links := []layers.LinkType{layers.LinkTypeEthernet, layers.LinkTypeLinuxSLL, layers.LinkTypeLinuxSLL2,
+		layers.LinkTypeRaw, layers.LinkTypeNull, layers.LinkTypeLoop, layers.LinkTypeIPv4, layers.LinkTypeIPv6}
+	f.Fuzz(func(t *testing.T, link uint8, data []byte) {
+		d, err := New(links[int(link)%len(links)])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p Packet
+		if d.Decode(data, &p) == KindIP {
+			if p.AddrLen != 4 && p.AddrLen != 16 {
+				t.Fatalf("address length %d", p.AddrLen)
+			}
+			if p.FragOffset != 0 && (p.SrcPort != 0 || p.DstPort != 0) {
+				t.Fatal("ports read out of a non-first fragment")
+			}
+		}
+		var l L7
+		ParseL7(&p, &l)
+	})
+}
+
+func TestUnsupportedLinkType(t *testing.T) {
+	if _, err := New(layers.LinkTypeIEEE802_11); err == nil {
+		t.Fatal("802.11 accepted")
+	}
+}
+
+// TestCrafted checks hand-built frames: values counted by hand from the bytes.
+func TestCrafted(t *testing.T) {
+	d, _ := New(layers.LinkTypeEthernet)
+	eth := func(et uint16, payload ...byte) []byte {
+		return append([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, byte(et >> 8), byte(et)}, payload...)
+	}
+	ipv4 := func(proto byte, flagsOff uint16, total int, payload ...byte) []byte {
+		h := []byte{0x45, 0, byte(total >> 8), byte(total), 0x12, 0x34, byte(flagsOff >> 8), byte(flagsOff), 64, proto, 0, 0,
+			10, 0, 0, 1, 10, 0, 0, 2}
+		return append(h, payload...)
+	}
+	udp := []byte{0x30, 0x39, 0x00, 0x35, 0, 12, 0, 0, 'a', 'b', 'c', 'd'}
+	var p Packet
+	// first fragment, UDP 12345 -> 53, total 32 (20 + 12)
+	if d.Decode(eth(0x0800, ipv4(17, 0x2000, 32, udp...)...), &p) != KindIP || p.SrcPort != 12345 || p.DstPort != 53 ||
+		!p.Fragment || p.IPBytes != 32 || p.PayloadBytes != 4 {
+		t.Errorf("first fragment: %+v", p)
+	}
+	// non-first fragment (offset 8 bytes): bytes that look like ports are not read
+	if d.Decode(eth(0x0800, ipv4(17, 0x0001, 32, udp...)...), &p) != KindIP || p.SrcPort != 0 || p.FragOffset != 8 {
+		t.Errorf("non-first fragment: %+v", p)
+	}
+	// QinQ: 802.1ad 100, 802.1Q 200
+	qinq := eth(0x88a8, append([]byte{0, 100, 0x81, 0, 0, 200, 0x08, 0}, ipv4(17, 0, 32, udp...)...)...)
+	if d.Decode(qinq, &p) != KindIP || p.VLAN != 100 || p.InnerVLAN != 200 {
+		t.Errorf("qinq: %+v", p)
+	}
+	// ICMP error quoting a UDP header: counted as ICMP, type 3 code 3, no ports
+	icmp := append([]byte{3, 3, 0, 0, 0, 0, 0, 0}, ipv4(17, 0, 32, udp...)...)
+	if d.Decode(eth(0x0800, ipv4(1, 0, 20+len(icmp), icmp...)...), &p) != KindIP || p.Proto != 1 || p.ICMPType != 3 ||
+		p.SrcPort != 0 || p.Dst[3] != 2 {
+		t.Errorf("icmp error: %+v", p)
+	}
+	// IPv4 header length 4 words: malformed
+	bad := ipv4(17, 0, 32, udp...)
+	bad[0] = 0x44
+	if d.Decode(eth(0x0800, bad...), &p) != KindMalformed {
+		t.Errorf("bad ihl: %+v", p)
+	}
+	// ARP
+	if d.Decode(eth(0x0806, make([]byte, 28)...), &p) != KindNonIP || p.Network != NetARP {
+		t.Errorf("arp: %+v", p)
+	}
+}
+
+func BenchmarkDecode(b *testing.B) {
+	for _, name := range []string{"attack-synflood-spoofed-sources.pcap", "eth-ipv4-dns-http-browsing-wikipedia.pcap", "tunnel-vxlan-http.pcap"} {
+		b.Run(name, func(b *testing.B) {
+			fr, link := frames(b, filepath.Join(pcaps, name), 100000)
+			d, _ := New(link)
+			var total int
+			for _, f := range fr {
+				total += len(f)
+			}
+			b.SetBytes(int64(total / len(fr)))
+			b.ReportAllocs()
+			var p Packet
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				d.Decode(fr[i%len(fr)], &p)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pkts/s")
+		})
+	}
+}
+
+// TestDecodeAllocs guards the allocation-free decode path.
+func TestDecodeAllocs(t *testing.T) {
+	fr, link := frames(t, filepath.Join(pcaps, "tunnel-vxlan-http.pcap"), 100)
+	d, _ := New(link)
+	var p Packet
+	if n := testing.AllocsPerRun(100, func() {
+		for _, f := range fr {
+			d.Decode(f, &p)
+		}
+	}); n != 0 {
+		t.Errorf("%v allocations per run, want 0", n)
+	}
+}
