@@ -186,6 +186,7 @@ func (l *Loop[T]) Run(ctx context.Context) error {
 					return
 				}
 				log.Warn("pull messages", "err", err)
+				time.Sleep(100 * time.Millisecond) // a persistent error must not spin
 				continue
 			}
 			msgs <- m
