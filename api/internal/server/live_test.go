@@ -200,7 +200,7 @@ func TestLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	mt := &pb.Metrics{Sensor: "s1", Host: "h1", TimeNs: base.UnixNano(), CpuPercent: 42, MemTotalBytes: 100,
-		Disks: []*pb.DiskUsage{{Mount: "/", TotalBytes: 10, UsedBytes: 5}},
+		Disks:    []*pb.DiskUsage{{Mount: "/", TotalBytes: 10, UsedBytes: 5}},
 		Captures: []*pb.CaptureStats{{Source: "eth0", Received: 7, Dropped: 1}}}
 	b, _ = proto.Marshal(mt)
 	if _, err := e.js.Publish(context.Background(), schema.MetricsSubject("s1"), b); err != nil {
@@ -273,4 +273,3 @@ func TestLiveSlowClientDrops(t *testing.T) {
 			!strings.Contains(metrics, "netwatch_api_ws_dropped_messages_total 0\n")
 	}, "drop metric not counted")
 }
-
