@@ -3,12 +3,20 @@
 # which `go build ./cmd/api` embeds. Run before building the api binary;
 # without it the api serves a "dashboard not built" page at /.
 # Set NETWATCH_WEB_SKIP_INSTALL=1 to reuse an existing node_modules.
+#
+# Vite writes into a fresh directory that then replaces dist by rename, so a
+# concurrent `go build` never sees dist empty (go:embed needs its .gitkeep).
 set -eu
 cd "$(dirname "$0")"
 if [ "${NETWATCH_WEB_SKIP_INSTALL:-}" != 1 ] || [ ! -d node_modules ]; then
 	npm ci --no-audit --no-fund --loglevel=error
 fi
-npx --no-install vite build --logLevel warn
-# Keep the placeholder that lets `go build` embed dist without a build.
-touch ../internal/web/dist/.gitkeep
+webdir=../internal/web
+tmp=$(mktemp -d "$webdir/.dist-XXXXXX")
+trap 'rm -rf "$tmp" "$tmp.old"' EXIT
+npx --no-install vite build --logLevel warn --outDir "$tmp" --emptyOutDir
+touch "$tmp/.gitkeep"
+chmod 755 "$tmp"
+if [ -d "$webdir/dist" ]; then mv "$webdir/dist" "$tmp.old"; fi
+mv "$tmp" "$webdir/dist"
 echo "dashboard built into api/internal/web/dist"

@@ -273,3 +273,24 @@ func TestLiveSlowClientDrops(t *testing.T) {
 			!strings.Contains(metrics, "netwatch_api_ws_dropped_messages_total 0\n")
 	}, "drop metric not counted")
 }
+
+// TestLiveKeepalive: a client that answers pings stays, one that does not
+// (it never reads, so never sends a pong) is closed after two intervals.
+func TestLiveKeepalive(t *testing.T) {
+	e := newEnv(t)
+	e.srv.Hub.PingInterval = 100 * time.Millisecond
+	alive := dial(t, e, "")
+	go func() {
+		for {
+			if _, _, err := alive.ReadMessage(); err != nil { // answers pings
+				return
+			}
+		}
+	}()
+	_ = dial(t, e, "") // never reads
+	testkit.Eventually(t, 5*time.Second, func() bool { return e.srv.Hub.Clients() == 1 }, "silent client not closed")
+	publishFlows(t, e, "s1", testFlow("s1", 1, 6, 80))
+	if n := e.srv.Hub.Clients(); n != 1 {
+		t.Errorf("%d clients, want the responsive one", n)
+	}
+}

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"fmt"
+	"strings"
 	"net/url"
 	"testing"
 	"time"
@@ -367,6 +368,22 @@ func TestOpenAPIAndDashboard(t *testing.T) {
 	for _, p := range []string{"/", "/api/docs", "/healthz", "/readyz", "/metrics"} {
 		if code := e.get(t, p, nil); code != 200 {
 			t.Errorf("GET %s: %d", p, code)
+		}
+	}
+	e.get(t, "/api/v1/flows?limit=1001", nil)
+	metrics, err := httpGet(e.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`netwatch_api_requests_total{code="200",route="GET /api/v1/openapi.json"} 1`,
+		`netwatch_api_requests_total{code="400",route="GET /api/v1/flows"} 1`,
+		`netwatch_api_request_duration_seconds_count{route="GET /api/docs"} 1`,
+		`netwatch_api_ws_clients 0`,
+		`netwatch_api_ws_dropped_messages_total 0`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
 		}
 	}
 }
