@@ -40,10 +40,14 @@ pg:
 	@scripts/pg.sh
 
 ## web: the dashboard (api/web/build.sh: npm ci + vite build into api/internal/web/dist)
+# Skipped when dist is newer than every source file; npm ci only when the lock file changed.
+WEB_DIST := api/internal/web/dist/index.html
 web:
-	@if [ -x api/web/build.sh ] || [ -f api/web/build.sh ]; then \
-	  echo "build: dashboard (api/web/build.sh)"; bash api/web/build.sh; \
-	else echo "build: no api/web/build.sh yet, dashboard skipped"; fi
+	@if [ ! -f api/web/build.sh ]; then echo "build: no api/web/build.sh yet, dashboard skipped"; exit 0; fi; \
+	if [ -f $(WEB_DIST) ] && [ -z "$$(find api/web -path api/web/node_modules -prune -o -type f -newer $(WEB_DIST) -print | head -1)" ]; then \
+	  echo "build: dashboard up to date"; exit 0; fi; \
+	skip=; [ -f api/web/node_modules/.package-lock.json ] && [ api/web/node_modules/.package-lock.json -nt api/web/package-lock.json ] && skip=1; \
+	echo "build: dashboard (api/web/build.sh)"; NETWATCH_WEB_SKIP_INSTALL=$$skip bash api/web/build.sh
 
 ## build: every binary into bin/
 build: web
