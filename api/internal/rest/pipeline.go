@@ -3,6 +3,7 @@ package rest
 import (
 	"errors"
 	"net/http"
+	"sort"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -86,6 +87,7 @@ func (a *API) pipeline(w http.ResponseWriter, r *http.Request) {
 			a.fail(w, r, "list consumers of "+name, err)
 			return
 		}
+		sort.Slice(st.Consumers, func(i, j int) bool { return st.Consumers[i].Name < st.Consumers[j].Name })
 		out.Pending += st.Pending
 		out.Streams = append(out.Streams, st)
 	}

@@ -48,7 +48,10 @@ func TestBrowserDashboard(t *testing.T) {
 		opts.Web = web.FSHandler(os.DirFS(dist))
 	}
 	if _, err := os.Stat(filepath.Join(webDir, "node_modules", "playwright-core")); err != nil {
-		testkit.Unavailable(t, "playwright-core not installed (run api/web/build.sh): %v", err)
+		// build.sh runs npm ci, which installs playwright-core (a dev dependency).
+		if out, err := exec.Command(filepath.Join(webDir, "build.sh")).CombinedOutput(); err != nil {
+			testkit.Unavailable(t, "install the dashboard's packages: %v\n%s", err, out)
+		}
 	}
 	e := newEnvWith(t, opts)
 
