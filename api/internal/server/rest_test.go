@@ -2,8 +2,8 @@ package server_test
 
 import (
 	"fmt"
-	"strings"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 )
