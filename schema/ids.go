@@ -35,10 +35,12 @@ func FlowID(sensor string, proto uint32, origAddr []byte, origPort uint32, respA
 }
 
 // AlertID is an alert's id and primary key (DESIGN.md: "an alert: rule,
-// originator, target, window"): 32 hex characters of SHA-256. Addresses are
-// in text form, empty when many; the window is in Unix nanoseconds.
-func AlertID(rule, orig, target string, windowStartNs int64) string {
-	sum := sha256.Sum256([]byte(fmt.Sprintf("%s|%s|%s|%d", rule, orig, target, windowStartNs)))
+// originator, target, window", plus the sensor, so that two sensors that see
+// the same attack each keep their alert): 32 hex characters of SHA-256.
+// Addresses are in text form, empty when many; the window is in Unix
+// nanoseconds.
+func AlertID(sensor, rule, orig, target string, windowStartNs int64) string {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%s|%s|%s|%s|%d", sensor, rule, orig, target, windowStartNs)))
 	return hex.EncodeToString(sum[:16])
 }
 

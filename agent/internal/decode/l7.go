@@ -116,7 +116,7 @@ func parseHTTP(b []byte, l *L7) {
 	}
 	line, rest, _ := bytes.Cut(b, []byte("\r\n"))
 	if sp := bytes.IndexByte(line, ' '); sp > 0 && !bytes.HasPrefix(line, []byte("HTTP/")) {
-		l.HTTPMethod = string(line[:sp])
+		l.HTTPMethod = text(line[:sp])
 	}
 	for len(rest) > 0 {
 		var h []byte
@@ -131,9 +131,9 @@ func parseHTTP(b []byte, l *L7) {
 		v = bytes.TrimSpace(v)
 		switch {
 		case bytes.EqualFold(k, []byte("host")):
-			l.HTTPHost = string(v)
+			l.HTTPHost = text(v)
 		case bytes.EqualFold(k, []byte("user-agent")):
-			l.HTTPUA = string(v)
+			l.HTTPUA = text(v)
 		}
 	}
 }
@@ -188,7 +188,7 @@ func clientHelloSNI(b []byte) string {
 			if 5+l > len(e) {
 				return ""
 			}
-			return string(e[5 : 5+l])
+			return text(e[5 : 5+l])
 		}
 		ext = ext[n:]
 	}
@@ -265,7 +265,7 @@ func dnsName(b []byte, off int) (string, int, bool) {
 			if end < 0 {
 				end = off + 1
 			}
-			return string(name), end, true
+			return text(name), end, true
 		case c&0xc0 == 0xc0:
 			if off+1 >= len(b) {
 				return "", 0, false
@@ -289,4 +289,31 @@ func dnsName(b []byte, off int) (string, int, bool) {
 		}
 	}
 	return "", 0, false
+}
+
+// text returns b as a printable string: bytes outside printable ASCII are
+// written as \xNN, the escaping Zeek uses in its logs, so binary DNS labels
+// (tunnels) and hostile header values survive as valid UTF-8 and stay
+// distinguishable. Protobuf string fields must hold valid UTF-8.
+func text(b []byte) string {
+	clean := true
+	for _, c := range b {
+		if c < 0x20 || c > 0x7e || c == '\\' {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return string(b)
+	}
+	const hex = "0123456789abcdef"
+	out := make([]byte, 0, len(b)+16)
+	for _, c := range b {
+		if c < 0x20 || c > 0x7e || c == '\\' {
+			out = append(out, '\\', 'x', hex[c>>4], hex[c&15])
+			continue
+		}
+		out = append(out, c)
+	}
+	return string(out)
 }

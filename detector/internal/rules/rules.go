@@ -299,7 +299,7 @@ func (e *Engine) portscanAlert(k key, s *state, f *pb.Flow) *pb.Alert {
 	})
 	o, t := k.orig.String(), k.target.String()
 	return &pb.Alert{
-		Id:            schema.AlertID(RulePortscan, o, t, k.win),
+		Id:            schema.AlertID(k.sensor, RulePortscan, o, t, k.win),
 		TimeNs:        f.GetEndNs(),
 		Sensor:        k.sensor,
 		Severity:      severity(elapsed, e.cfg.PortscanFast),
@@ -357,7 +357,7 @@ func (e *Engine) sweepAlert(k key, s *state, f *pb.Flow, port uint32) *pb.Alert 
 	})
 	o := k.orig.String()
 	return &pb.Alert{
-		Id:            schema.AlertID(RuleHostsweep, o, "", k.win),
+		Id:            schema.AlertID(k.sensor, RuleHostsweep, o, "", k.win),
 		TimeNs:        f.GetEndNs(),
 		Sensor:        k.sensor,
 		Severity:      severity(elapsed, e.cfg.SweepFast),

@@ -81,7 +81,7 @@ func TestPortscan(t *testing.T) {
 			}
 			a := got[0]
 			win := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
-			if want := schema.AlertID("portscan", "10.0.0.66", "10.0.0.20", win); a.Id != want {
+			if want := schema.AlertID("s1", "portscan", "10.0.0.66", "10.0.0.20", win); a.Id != want {
 				t.Errorf("id = %s, want %s", a.Id, want)
 			}
 			if a.Severity != c.severity || a.Category != "portscan" || a.Technique != "T1046" ||

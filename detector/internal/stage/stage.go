@@ -273,7 +273,7 @@ func (s *Stage) score(sensor string, f *pb.Flow) *pb.Alert {
 	})
 	name := s.scorer.Name()
 	return &pb.Alert{
-		Id: schema.AlertID(name, o.String(), r.String(), win), TimeNs: f.GetEndNs(), Sensor: sensor,
+		Id: schema.AlertID(sensor, name, o.String(), r.String(), win), TimeNs: f.GetEndNs(), Sensor: sensor,
 		Severity: pb.Severity_SEVERITY_LOW, Category: "anomaly", OrigAddr: o.String(), RespAddr: r.String(),
 		Summary:  fmt.Sprintf("model %s scored a %s flow %s -> %s:%d at %.2f", name, x.Protocol, o, r, f.GetRespPort(), p),
 		Evidence: ev, Rule: name, WindowStartNs: win, WindowEndNs: win + w, Score: p,

@@ -120,7 +120,7 @@ func TestStage(t *testing.T) {
 	if err := proto.Unmarshal(raw.Data, &a); err != nil {
 		t.Fatal(err)
 	}
-	wantID := schema.AlertID("portscan", "10.0.0.66", "10.0.0.20", win)
+	wantID := schema.AlertID("s1", "portscan", "10.0.0.66", "10.0.0.20", win)
 	if raw.Subject != schema.AlertsSubject("s1") || raw.Header.Get(jetstream.MsgIDHeader) != wantID || a.Id != wantID {
 		t.Errorf("subject %s, msg id %s, alert id %s; want %s", raw.Subject, raw.Header.Get(jetstream.MsgIDHeader), a.Id, wantID)
 	}

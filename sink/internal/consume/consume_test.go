@@ -176,7 +176,7 @@ func TestAlertsAndMetricsStored(t *testing.T) {
 	e := start(t)
 	now := time.Now().UTC()
 	for i := range 5 {
-		a := &pb.Alert{Id: schema.AlertID("portscan", fmt.Sprintf("10.0.0.%d", i), "", now.UnixNano()),
+		a := &pb.Alert{Id: schema.AlertID("s1", "portscan", fmt.Sprintf("10.0.0.%d", i), "", now.UnixNano()),
 			TimeNs: now.UnixNano(), Sensor: "s1", Severity: pb.Severity_SEVERITY_MEDIUM, Category: "portscan",
 			OrigAddr: fmt.Sprintf("10.0.0.%d", i), Summary: "scan", Rule: "portscan"}
 		e.publish(t, schema.AlertsSubject("s1"), a.Id, a)

@@ -256,7 +256,7 @@ func TestWriteAlertsAndMetrics(t *testing.T) {
 	s, _ := open(t)
 	ctx := context.Background()
 	at := time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)
-	a := &pb.Alert{Id: schema.AlertID("portscan", "10.0.0.9", "", at.UnixNano()), TimeNs: at.UnixNano(), Sensor: "s2",
+	a := &pb.Alert{Id: schema.AlertID("s2", "portscan", "10.0.0.9", "", at.UnixNano()), TimeNs: at.UnixNano(), Sensor: "s2",
 		Severity: pb.Severity_SEVERITY_HIGH, Category: "portscan", Technique: "T1046", OrigAddr: "10.0.0.9",
 		Summary: "10.0.0.9 scanned 120 ports", Evidence: []byte(`{"ports":120}`), Rule: "portscan",
 		WindowStartNs: at.Add(-time.Minute).UnixNano(), WindowEndNs: at.UnixNano(), Score: 0.9}
