@@ -42,7 +42,7 @@ func TestE2E(t *testing.T) {
 		t.Fatalf("build binaries: %v", err)
 	}
 	t.Cleanup(cleanup)
-	t.Logf("phase build: binaries in %s (built now: %v) took %s", bin, built, time.Since(t0).Round(time.Millisecond))
+	t.Logf("phase build: binaries in %s (built now: %v, else copied from %s/bin) took %s", bin, built, root, time.Since(t0).Round(time.Millisecond))
 
 	t1 := time.Now()
 	p := StartPipeline(t, bin)
@@ -63,7 +63,7 @@ func TestE2E(t *testing.T) {
 			})
 		}
 	})
-	t.Logf("phase flows: %d captures in %s", len(files), time.Since(t2).Round(time.Millisecond))
+	t.Logf("phase flows: %d captures (minus those -run filtered out) in %s", len(files), time.Since(t2).Round(time.Millisecond))
 
 	t3 := time.Now()
 	t.Run("alerts", func(t *testing.T) { checkAlerts(t, p, ts, &ran) })

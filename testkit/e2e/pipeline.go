@@ -299,33 +299,39 @@ func (p *Pipeline) Pending() (uint64, error) {
 
 // WaitSettled waits until the sensor's stored flows stop changing: either
 // they hold wantPkts packets and nothing changed for 1 s, or the pipeline
-// had nothing pending and nothing changed for 3 s. It fails after timeout.
+// had nothing pending and nothing changed for 3 s. It gives up (with an
+// error) after timeout, or sooner when neither the sensor's flows nor the
+// pipeline's pending count moved for 30 s (a stuck pipeline).
 func (p *Pipeline) WaitSettled(t testing.TB, sensor string, wantPkts int64, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	start := time.Now()
+	deadline := start.Add(timeout)
 	var lastRows, lastPkts int64 = -1, -1
-	changed := time.Now()
+	var lastPending uint64
+	changed, moved := time.Now(), time.Now()
 	for {
 		rows, pkts, err := p.dbTotals(sensor)
 		if err != nil {
 			t.Fatalf("read flow totals: %v", err)
 		}
 		if rows != lastRows || pkts != lastPkts {
-			lastRows, lastPkts, changed = rows, pkts, time.Now()
+			lastRows, lastPkts, changed, moved = rows, pkts, time.Now(), time.Now()
+		}
+		pending, perr := p.Pending()
+		if perr == nil && pending != lastPending {
+			lastPending, moved = pending, time.Now()
 		}
 		quiet := time.Since(changed)
 		if pkts == wantPkts && quiet >= time.Second {
 			return
 		}
-		if quiet >= 3*time.Second {
-			if n, err := p.Pending(); err == nil && n == 0 {
-				return
-			}
+		if quiet >= 3*time.Second && perr == nil && pending == 0 {
+			return
 		}
-		if time.Now().After(deadline) {
-			n, err := p.Pending()
-			t.Errorf("after %s: sensor %s has %d flow records with %d packets (want %d), pipeline pending %d (%v); comparing what is stored",
-				timeout, sensor, rows, pkts, wantPkts, n, err)
+		stuck := time.Since(moved) >= 30*time.Second
+		if time.Now().After(deadline) || stuck {
+			t.Errorf("after %s (stuck: %v): sensor %s has %d flow records with %d packets (want %d), pipeline pending %d (%v); comparing what is stored",
+				time.Since(start).Round(time.Second), stuck, sensor, rows, pkts, wantPkts, pending, perr)
 			return
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -528,10 +534,11 @@ func (c *LiveClient) Close() {
 	<-c.done
 }
 
-// FindBinaries returns a folder holding every binary: <root>/bin when it
-// has them all (built by `make build`), otherwise a temporary folder they
-// are built into with `go build` from the go.work workspace. The returned
-// func removes the temporary folder.
+// FindBinaries returns a folder holding every binary: NETWATCH_E2E_BIN when
+// set; else a copy of <root>/bin when it has them all (built by `make
+// build`) and NETWATCH_E2E_BUILD is not 1; else a temporary folder they are
+// built into with `go build` from the go.work workspace. The returned func
+// removes the temporary folder.
 func FindBinaries(root string) (dir string, built bool, cleanup func(), err error) {
 	if v := os.Getenv("NETWATCH_E2E_BIN"); v != "" {
 		return v, false, func() {}, nil
@@ -543,12 +550,24 @@ func FindBinaries(root string) (dir string, built bool, cleanup func(), err erro
 			all = false
 		}
 	}
-	if all && os.Getenv("NETWATCH_E2E_BUILD") != "1" {
-		return bin, false, func() {}, nil
-	}
 	tmp, err := os.MkdirTemp("", "netwatch-e2e-bin-")
 	if err != nil {
 		return "", false, nil, err
+	}
+	if all && os.Getenv("NETWATCH_E2E_BUILD") != "1" {
+		// Copy them, so that a `make build` during the run cannot swap
+		// binaries under the test.
+		for _, b := range Binaries {
+			data, err := os.ReadFile(filepath.Join(bin, b))
+			if err == nil {
+				err = os.WriteFile(filepath.Join(tmp, b), data, 0o755)
+			}
+			if err != nil {
+				os.RemoveAll(tmp)
+				return "", false, nil, fmt.Errorf("copy %s: %w", b, err)
+			}
+		}
+		return tmp, false, func() { os.RemoveAll(tmp) }, nil
 	}
 	args := []string{"build", "-o", tmp + string(filepath.Separator)}
 	for _, b := range Binaries {
