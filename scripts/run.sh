@@ -122,8 +122,8 @@ announce_replay() {
   nw_say "replay of $PCAP finished; the rest keeps running (dashboard at $url)"
   drained=
 }
-[ -n "$replay_done" ] && announce_replay
 drained=1
+[ -n "$replay_done" ] && announce_replay
 while :; do
   sleep 1 & wait $! || true
   for n in "${NW_ORDER[@]}"; do
