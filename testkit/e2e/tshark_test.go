@@ -52,11 +52,12 @@ func TestTsharkHandCounts(t *testing.T) {
 		{"ipv6-exthdr-hopbyhop-routing0.pcap", map[Tuple]Count{
 			tup("2001:4f8:4:7:2e0:81ff:fe52:ffff", 53, "2001:4f8:4:7:2e0:81ff:fe52:9a6b", 53, 17): {1, 99},
 		}, 0},
-		// See portOverrides and malformedFrames: payload length 36 in all
-		// three frames; frame 2 is malformed.
+		// See portOverrides and truncatedChain: payload length 36 in all
+		// three frames; frame 2's extension header overruns the payload.
 		{"ipv6-exthdr-destination-options-udp.pcap", map[Tuple]Count{
 			tup("2001:4f8:4:7:2e0:81ff:fe52:ffff", 30000, "2001:4f8:4:7:2e0:81ff:fe52:9a6b", 13000, 17): {2, 152},
-		}, 1},
+			tup("2001:4f8:4:7:2e0:81ff:fe52:ffff", 0, "2001:4f8:4:7:2e0:81ff:fe52:9a6b", 0, 60):         {1, 76},
+		}, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.file, func(t *testing.T) {
