@@ -64,7 +64,7 @@ add() { results+=("$1|$2|$3|$(pps "$frames" "$3")"); }
 
 # 2. netwatch end to end.
 netwatch_e2e() {
-  local b a nats s t0 t1 agent_end deadline last_report e2e nflows nalerts check
+  local b a nats s t0 t1 agent_end agent_cpu=? deadline last_report e2e nflows nalerts check
   for b in agent sink detector enricher api; do [ -x "bin/$b" ] || { nw_err "bin/$b missing: make build"; return 1; }; done
   for a in 127.0.0.1:$nats_port $mon $api 127.0.0.1:19101 127.0.0.1:19102 127.0.0.1:19103 127.0.0.1:19104; do
     nw_port_busy "$a" && { nw_err "$a is in use (another make bench?)"; return 1; }
@@ -90,6 +90,7 @@ netwatch_e2e() {
   nw_wait_ready api "http://$api/readyz" || return 1
 
   nw_say "netwatch: replaying the capture (agent -pcap, as fast as possible)"
+  local pg0; pg0=$(pg_cpu)
   t0=$(now)
   nw_start agent bin/agent "${c[@]}" -http.addr 127.0.0.1:19101 -pcap "$pcap" -sensor bench -replay-speed 0
   agent_end=
@@ -97,6 +98,7 @@ netwatch_e2e() {
   last_report=$SECONDS
   while :; do
     if [ -z "$agent_end" ] && ! nw_alive "${NW_PID[agent]}"; then
+      agent_cpu=$(cpu_of "${NW_PID[agent]}")
       nw_reap agent
       agent_end=$(now)
       [ "$NW_RC" = 0 ] || { nw_err "agent exited with status $NW_RC"; nw_tail agent; return 1; }
@@ -120,6 +122,10 @@ netwatch_e2e() {
     sleep 0.25
   done
   e2e=$(secs "$t0" "$t1")
+  cpu_line="CPU seconds during the run: agent $agent_cpu"
+  for n in enricher detector sink api nats; do cpu_line+=", $n $(cpu_of "${NW_PID[$n]}")"; done
+  cpu_line+=", postgres $(awk -v a="$pg0" -v b="$(pg_cpu)" -v t="$tck" 'BEGIN { printf "%.1f", (b - a) / t }') (wall $e2e s, $(nproc) cores)"
+  nw_say "$cpu_line"
   s=$(stored)
   nflows=$(psql "$db_url" -XAtqc "select count(*) from flows where sensor = 'bench'")
   nalerts=$(psql "$db_url" -XAtqc "select count(*) from alerts" 2>/dev/null || echo '?')
@@ -129,10 +135,22 @@ netwatch_e2e() {
   add "netwatch end to end" "agent → JetStream → enricher → detector + sink → PostgreSQL, until every packet is in a stored flow ($check)" "$e2e"
   add "netwatch agent (same run)" "read, decode, publish to JetStream with acks" "$(secs "$t0" "$agent_end")"
 }
+# CPU seconds (user + system) of a process, and of every postgres process together.
+tck=$(getconf CLK_TCK)
+cpu_of() { awk -v t="$tck" '{ sub(/^.*\) /, ""); split($0, f, " "); printf "%.1f", (f[12] + f[13]) / t }' "/proc/$1/stat" 2>/dev/null || echo '?'; }
+pg_cpu() {
+  local f tot=0
+  for f in /proc/[0-9]*/stat; do
+    read -r line <"$f" 2>/dev/null || continue
+    case $line in *'(postgres)'*) tot=$((tot + $(awk '{ sub(/^.*\) /, ""); split($0, f, " "); print f[12] + f[13] }' <<<"$line"))) ;; esac
+  done
+  echo "$tot"
+}
 stored() { psql "$db_url" -XAtqc "select coalesce(sum(orig_pkts + resp_pkts), 0) from flows where sensor = 'bench'" 2>/dev/null || echo 0; }
 pending() { curl -fsS -m 5 "http://$api/api/v1/pipeline" 2>/dev/null | grep -oE '"pending"[[:space:]]*:[[:space:]]*[0-9]+' | tail -1 | grep -oE '[0-9]+$' || echo '?'; }
 
 status=0
+cpu_line=
 if [ "${BENCH_NETWATCH:-1}" != 0 ]; then
   if ! netwatch_e2e; then
     status=1
@@ -163,5 +181,6 @@ fi
   echo "| tool | what it does | seconds | packets/s |"
   echo "|---|---|---:|---:|"
   for r in "${results[@]}"; do IFS='|' read -r a b s p <<<"$r"; echo "| $a | $b | $s | $p |"; done
+  [ -n "$cpu_line" ] && { echo; echo "netwatch $cpu_line"; }
 } | tee "$out/results.md"
 exit $status
