@@ -162,6 +162,7 @@ func (p *Pipeline) start(t *testing.T, name string, args ...string) {
 	cmd := exec.Command(filepath.Join(p.Bin, name), args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = cleanEnv()
+	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -271,6 +272,7 @@ func (p *Pipeline) RunAgent(t testing.TB, sensor, file string) AgentResult {
 	cmd := exec.CommandContext(ctx, filepath.Join(p.Bin, "agent"), "-pcap", file, "-sensor", sensor,
 		"-nats.url", p.NATSURL, "-http.addr", "", "-log.level", "info")
 	cmd.Env = cleanEnv()
+	dieWithParent(cmd)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
