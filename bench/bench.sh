@@ -15,7 +15,7 @@
 # $NETWATCH_SHARED/tools/make-bench-pcap), BENCH_ROUNDS (rounds of that tool, default 18),
 # DATABASE_URL (its server and role; the database used is netwatch_bench),
 # DRAIN_TIMEOUT (seconds, default 900), BENCH_PEERS=0 skips the other tools, BENCH_NETWATCH=0
-# skips the pipeline.
+# skips the pipeline; AGENT_ARGS, ENRICHER_ARGS, DETECTOR_ARGS, SINK_ARGS add flags (tuning).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -80,11 +80,11 @@ netwatch_e2e() {
   nw_start nats "$nats" -c "$out/nats.conf"
   nw_wait_ready nats "http://$mon/healthz?js-enabled-only=true" || return 1
   local c=(-nats.url "$nats_url" -log.level warn)
-  nw_start sink bin/sink "${c[@]}" -http.addr 127.0.0.1:19104 -database.url "$db_url"
+  nw_start sink bin/sink "${c[@]}" -http.addr 127.0.0.1:19104 -database.url "$db_url" ${SINK_ARGS:-}
   nw_wait_ready sink http://127.0.0.1:19104/readyz || return 1
-  nw_start detector bin/detector "${c[@]}" -http.addr 127.0.0.1:19103
+  nw_start detector bin/detector "${c[@]}" -http.addr 127.0.0.1:19103 ${DETECTOR_ARGS:-}
   nw_wait_ready detector http://127.0.0.1:19103/readyz || return 1
-  nw_start enricher bin/enricher "${c[@]}" -http.addr 127.0.0.1:19102
+  nw_start enricher bin/enricher "${c[@]}" -http.addr 127.0.0.1:19102 ${ENRICHER_ARGS:-}
   nw_wait_ready enricher http://127.0.0.1:19102/readyz || return 1
   nw_start api bin/api "${c[@]}" -http.addr $api -database.url "$db_url"
   nw_wait_ready api "http://$api/readyz" || return 1
@@ -96,7 +96,7 @@ netwatch_e2e() {
   # times, cutime + cstime), which this shell cannot read after bash has reaped it.
   rm -f "$out/agent.cpu"
   nw_start agent bash -c '"$@"; rc=$?; awk -v t="$(getconf CLK_TCK)" '"'"'{ sub(/^.*\) /, ""); split($0, f, " "); printf "%.1f\n", (f[14] + f[15]) / t }'"'"' /proc/$$/stat >"'"$out"'/agent.cpu"; exit $rc' \
-    agent bin/agent "${c[@]}" -http.addr 127.0.0.1:19101 -pcap "$pcap" -sensor bench -replay-speed 0
+    agent bin/agent "${c[@]}" -http.addr 127.0.0.1:19101 -pcap "$pcap" -sensor bench -replay-speed 0 ${AGENT_ARGS:-}
   agent_end=
   deadline=$((SECONDS + ${DRAIN_TIMEOUT:-900}))
   last_report=$SECONDS
@@ -121,7 +121,7 @@ netwatch_e2e() {
       return 1
     fi
     if [ $((SECONDS - last_report)) -ge 10 ]; then
-      nw_say "  ... $(stored) of $ipframes IP packets stored, pending $(pending)"
+      nw_say "  ... $(stored) of $ipframes IP packets stored, pending: $(pending_by)"
       last_report=$SECONDS
     fi
     sleep 0.25
@@ -152,6 +152,8 @@ pg_cpu() {
   echo "$tot"
 }
 stored() { psql "$db_url" -XAtqc "select coalesce(sum(orig_pkts + resp_pkts), 0) from flows where sensor = 'bench'" 2>/dev/null || echo 0; }
+# per-consumer pending, "enricher=12 detector=0 ...", from the same endpoint
+pending_by() { curl -fsS -m 5 "http://$api/api/v1/pipeline" 2>/dev/null | grep -oE '"name":"[a-z-]+","durable":true,"pending":[0-9]+' | sed -E 's/"name":"([a-z-]+)".*"pending":([0-9]+)/\1=\2/' | tr '\n' ' ' || true; }
 pending() { curl -fsS -m 5 "http://$api/api/v1/pipeline" 2>/dev/null | grep -oE '"pending"[[:space:]]*:[[:space:]]*[0-9]+' | tail -1 | grep -oE '[0-9]+$' || echo '?'; }
 
 status=0
