@@ -20,7 +20,16 @@ func quiet() *slog.Logger { return slog.New(slog.DiscardHandler) }
 // open migrates a fresh schema and opens a store on it.
 func open(t testing.TB) (*Store, string) {
 	t.Helper()
+	return openApp(t, "")
+}
+
+// openApp is open with the connections' application_name set to app.
+func openApp(t testing.TB, app string) (*Store, string) {
+	t.Helper()
 	dsn := testkit.Postgres(t)
+	if app != "" {
+		dsn += "&application_name=" + app
+	}
 	ctx := context.Background()
 	if _, err := Migrate(ctx, dsn, quiet()); err != nil {
 		t.Fatal(err)
