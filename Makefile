@@ -71,7 +71,7 @@ lint:
 	@rc=0; for m in $(MODULES); do echo "vet: $$m"; (cd $$m && $(GO) vet ./...) || rc=1; done; exit $$rc
 
 ## run: the whole system on this machine; Ctrl-C stops it in order
-run: build
+run: setup build
 	@NOBUILD=1 scripts/run.sh
 
 ## bench: end-to-end packets/s on the benchmark capture, with nfpcapd, argus and tshark
