@@ -29,7 +29,7 @@ PROTOC_GEN_GO_VERSION := v1.36.12
 all: build
 
 help:
-	@sed -n '1,9p' Makefile | sed 's/^# \{0,1\}//'
+	@awk '/^#/ { sub(/^# ?/, ""); print; next } { exit }' Makefile
 
 ## setup: install what this machine lacks (Debian packages, bin/nats-server)
 setup:
