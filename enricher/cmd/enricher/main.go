@@ -46,6 +46,7 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.IdleOther, "flow.idle-timeout.other", d.IdleOther, "idle timeout of other IP protocols")
 	fs.DurationVar(&f.Active, "flow.active-timeout", d.Active, "active timeout: longer flows emit interim records (0: off)")
 	fs.DurationVar(&f.CloseLinger, "flow.close-linger", d.CloseLinger, "time a TCP flow stays after FIN both ways or RST, for the last ACKs (0: end at once)")
+	fs.BoolVar(&f.Features, "flow.features", false, "fill the features map of flow records (the detector does not need it)")
 	fs.DurationVar(&c.Stage.WallTick, "flow.wall-tick", 5*time.Second, "how often an idle bucket's clock follows the wall clock")
 	fs.StringVar(&c.LocalNets, "local-nets", defaultLocalNets, "local networks (CIDRs, comma-separated) for flow direction")
 	fs.UintVar(&c.Seed, "community-id.seed", 0, "Community ID seed (0..65535)")

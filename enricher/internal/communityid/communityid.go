@@ -37,18 +37,42 @@ var icmp6Pairs = map[uint8]uint8{128: 129, 129: 128, 130: 131, 131: 130, 133: 13
 var icmp4Requests = map[uint8]bool{8: true, 13: true, 15: true, 10: true, 17: true}
 var icmp6Requests = map[uint8]bool{128: true, 130: true, 133: true, 135: true, 139: true, 144: true}
 
+// icmpTable is the per-type lookup built from the maps above (index 0
+// ICMPv4, 1 ICMPv6): the counterpart type + 1 (0: none) and the request bit,
+// so that the per-packet path does no map lookups.
+var icmpTable [2][256]struct {
+	pair    uint16 // counterpart + 1, 0 when the type has none
+	request bool
+}
+
+func init() {
+	for v, pairs := range []map[uint8]uint8{icmp4Pairs, icmp6Pairs} {
+		for t, c := range pairs {
+			icmpTable[v][t].pair = uint16(c) + 1
+		}
+	}
+	for v, reqs := range []map[uint8]bool{icmp4Requests, icmp6Requests} {
+		for t := range reqs {
+			icmpTable[v][t].request = true
+		}
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // ICMPPorts maps an ICMP (v6 false) or ICMPv6 (v6 true) type and code to the
 // port equivalents the spec hashes: for a type with a counterpart (echo
 // request/reply ...) sport is the type and dport the counterpart type;
 // otherwise sport is the type, dport the code and oneWay is true (such
 // messages are hashed without reordering the endpoints).
 func ICMPPorts(v6 bool, typ, code uint8) (sport, dport uint16, oneWay bool) {
-	pairs := icmp4Pairs
-	if v6 {
-		pairs = icmp6Pairs
-	}
-	if c, ok := pairs[typ]; ok {
-		return uint16(typ), uint16(c), false
+	if c := icmpTable[b2i(v6)][typ].pair; c != 0 {
+		return uint16(typ), c - 1, false
 	}
 	return uint16(typ), uint16(code), true
 }
@@ -56,10 +80,7 @@ func ICMPPorts(v6 bool, typ, code uint8) (sport, dport uint16, oneWay bool) {
 // ICMPRequest reports whether typ is the request half of an ICMP exchange
 // (echo request, solicitations, queries).
 func ICMPRequest(v6 bool, typ uint8) bool {
-	if v6 {
-		return icmp6Requests[typ]
-	}
-	return icmp4Requests[typ]
+	return icmpTable[b2i(v6)][typ].request
 }
 
 // HasPorts reports whether the hash of proto includes ports: TCP, UDP,
@@ -107,6 +128,26 @@ func ID(seed uint16, proto uint8, saddr, daddr []byte, sport, dport uint16, oneW
 func HexID(seed uint16, proto uint8, saddr, daddr []byte, sport, dport uint16, oneWay bool) string {
 	d := Sum(seed, proto, saddr, daddr, sport, dport, oneWay)
 	return "1:" + hex.EncodeToString(d[:])
+}
+
+// PacketSum is the digest of one packet's Community ID (see Packet); it
+// does not allocate.
+func PacketSum(seed uint16, proto uint8, saddr, daddr []byte, sport, dport uint16, icmpType, icmpCode uint8) [sha1.Size]byte {
+	oneWay := false
+	if proto == ProtoICMP || proto == ProtoICMPv6 {
+		sport, dport, oneWay = ICMPPorts(proto == ProtoICMPv6, icmpType, icmpCode)
+	}
+	return Sum(seed, proto, saddr, daddr, sport, dport, oneWay)
+}
+
+// EncodedLen is the length of a Community ID v1 string in base64 form.
+const EncodedLen = 2 + 28
+
+// AppendID appends the Community ID v1 string of digest d ("1:<base64>",
+// EncodedLen bytes) to dst.
+func AppendID(dst []byte, d *[sha1.Size]byte) []byte {
+	dst = append(dst, '1', ':')
+	return base64.StdEncoding.AppendEncode(dst, d[:])
 }
 
 // Packet returns the Community ID of one packet: ports for TCP/UDP/SCTP, the

@@ -118,6 +118,10 @@ type Stage struct {
 	mu   sync.Mutex
 	held map[uint64]*held
 
+	flowsBy [7]prometheus.Counter // Metrics.Flows by pb.EndReason
+	okBatch prometheus.Counter    // Metrics.Batches{result="ok"}
+	eof     bool                  // an end-of-input was handled: flush all batches once intake pauses
+
 	ready atomic.Bool
 }
 
@@ -138,7 +142,12 @@ func New(js jetstream.JetStream, cfg Config, log *slog.Logger, m *Metrics) *Stag
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Stage{js: js, cfg: cfg, log: log, m: m, tables: map[tableKey]*table{}, held: map[uint64]*held{}}
+	s := &Stage{js: js, cfg: cfg, log: log, m: m, tables: map[tableKey]*table{}, held: map[uint64]*held{}}
+	for r := range s.flowsBy {
+		s.flowsBy[r] = m.Flows.WithLabelValues(reasonLabel(pb.EndReason(r)))
+	}
+	s.okBatch = m.Batches.WithLabelValues("ok")
+	return s
 }
 
 // Ready reports nil once the stage consumes.
@@ -212,6 +221,13 @@ loop:
 			break loop
 		case m := <-msgs:
 			s.handle(m)
+			if s.eof && len(msgs) == 0 {
+				// The end-of-input markers of a sensor come together (one
+				// per bucket): flush the pending batches once after them,
+				// not once per marker.
+				s.pub.FlushAll()
+				s.eof = false
+			}
 		case now := <-wall.C:
 			s.tick(now)
 		case now := <-flushT.C:
@@ -299,7 +315,7 @@ func (s *Stage) handle(m jetstream.Msg) {
 		_ = m.TermWithReason("undecodable PacketBatch")
 		return
 	}
-	s.m.Batches.WithLabelValues("ok").Inc()
+	s.okBatch.Inc()
 	sensor := schema.SensorFromSubject(m.Subject()) // authoritative: sensors may publish only under their own subjects
 	if sensor == "" {
 		sensor = b.Sensor
@@ -330,13 +346,17 @@ func (s *Stage) handle(m jetstream.Msg) {
 	if b.EndOfInput {
 		t.t.Flush(pb.EndReason_END_EOF)
 		delete(s.tables, k)
-		s.pub.FlushAll()
+		s.eof = true
 	}
 	h.release()
 }
 
 func (s *Stage) emit(r flow.Record) {
-	s.m.Flows.WithLabelValues(reasonLabel(r.Flow.EndReason)).Inc()
+	if r := int(r.Flow.EndReason); r >= 0 && r < len(s.flowsBy) {
+		s.flowsBy[r].Inc()
+	} else {
+		s.m.Flows.WithLabelValues("unknown").Inc()
+	}
 	s.pub.Add(r)
 }
 

@@ -1,10 +1,25 @@
 package flow
 
 import (
+	"syscall"
 	"testing"
+	"time"
 
 	"netwatch/schema/pb"
 )
+
+// cpuTime is the process's user + system CPU time. Benchmarks report it per
+// op ("cpu-ns/op") next to the wall-clock ns/op, which on a loaded machine
+// counts time spent waiting for a core.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func reportCPU(b *testing.B, start time.Duration) {
+	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
+}
 
 // benchPackets are n packets over 1000 concurrent UDP flows, 1 µs apart.
 func benchPackets(n int) []*pb.PacketSummary {
@@ -25,6 +40,7 @@ func BenchmarkAddExisting(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(128) // per packet summary, for a throughput figure
 	i := 0
+	defer reportCPU(b, cpuTime())
 	for b.Loop() {
 		p := ps[i%len(ps)]
 		p.TsNs = t0 + int64(10000+i)*1000
@@ -41,6 +57,7 @@ func BenchmarkFlows(b *testing.B) {
 	i := 0
 	q := udp(0, hostA, 0, hostB, 53, 100)
 	r := udp(0, hostB, 53, hostA, 0, 100)
+	defer reportCPU(b, cpuTime())
 	for b.Loop() {
 		port := uint32(1024 + i%60000)
 		q.TsNs, q.SrcPort = t0+int64(i)*1e6, port // 1 ms apart: 60 s idle ends ~60000 flows later

@@ -1,9 +1,12 @@
 package flow
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"net/netip"
 
-	"netwatch/schema"
+	"netwatch/enricher/internal/communityid"
 	"netwatch/schema/pb"
 )
 
@@ -49,6 +52,12 @@ func direction(local []netip.Prefix, orig, resp []byte) string {
 	return "external"
 }
 
+// flowAlloc is a record and its address bytes in one allocation.
+type flowAlloc struct {
+	f    pb.Flow
+	addr [32]byte
+}
+
 // emitRecord passes the current record of e to the table's emit function
 // and starts a new record (counts zero, record index + 1).
 func (t *Table) emitRecord(e *entry, final bool, reason pb.EndReason) {
@@ -59,30 +68,86 @@ func (t *Table) emitRecord(e *entry, final bool, reason pb.EndReason) {
 	if app == "" {
 		app = portApp(e.key.Proto, rp)
 	}
-	f := &pb.Flow{
-		Sensor: t.cfg.Sensor, CommunityId: e.cid, Proto: uint32(e.key.Proto),
-		OrigAddr: append([]byte(nil), oa...), OrigPort: uint32(op),
-		RespAddr: append([]byte(nil), ra...), RespPort: uint32(rp),
-		Vlan: e.key.VLAN, InnerVlan: e.key.InnerVLAN,
-		StartNs: e.recStart, EndNs: e.recLast,
-		OrigPkts: o.pkts, OrigIpBytes: o.ipBytes, OrigBytes: o.bytes, OrigTcpFlags: o.flags,
-		RespPkts: r.pkts, RespIpBytes: r.ipBytes, RespBytes: r.bytes, RespTcpFlags: r.flags,
-		RecordIndex: e.recIndex, Final: final, EndReason: reason, DirectionGuessed: e.guessed,
-		App: app, ConnState: e.connState(), History: string(e.hist),
-		Tunnel: pb.Tunnel(e.key.Tunnel), TunnelId: e.key.TunnelID, FlowStartNs: e.flowStart,
-		ServerName: e.server, Direction: e.direction,
-	}
+	fa := new(flowAlloc)
+	n := copy(fa.addr[:16], oa)
+	copy(fa.addr[16:], ra)
+	f := &fa.f
+	f.Sensor, f.Proto = t.cfg.Sensor, uint32(e.key.Proto)
+	f.OrigAddr, f.OrigPort = fa.addr[:n:n], uint32(op)
+	f.RespAddr, f.RespPort = fa.addr[16:16+n:16+n], uint32(rp)
+	f.Vlan, f.InnerVlan = e.key.VLAN, e.key.InnerVLAN
+	f.StartNs, f.EndNs = e.recStart, e.recLast
+	f.OrigPkts, f.OrigIpBytes, f.OrigBytes, f.OrigTcpFlags = o.pkts, o.ipBytes, o.bytes, o.flags
+	f.RespPkts, f.RespIpBytes, f.RespBytes, f.RespTcpFlags = r.pkts, r.ipBytes, r.bytes, r.flags
+	f.RecordIndex, f.Final, f.EndReason, f.DirectionGuessed = e.recIndex, final, reason, e.guessed
+	f.App, f.ConnState, f.History = app, e.connState(), t.history(e)
+	f.Tunnel, f.TunnelId, f.FlowStartNs = pb.Tunnel(e.key.Tunnel), e.key.TunnelID, e.flowStart
+	f.ServerName, f.Direction = e.server, e.direction
 	if e.key.Proto == 1 || e.key.Proto == 58 {
 		f.IcmpType, f.IcmpCode = uint32(e.icmpType), uint32(e.icmpCode)
 	}
-	f.Id = schema.FlowID(t.cfg.Sensor, f.Proto, f.OrigAddr, f.OrigPort, f.RespAddr, f.RespPort,
+	// The id (and, at the first record, the Community ID) in one string.
+	b := appendFlowID(t.buf[:0], t.cfg.Sensor, f.Proto, f.OrigAddr, f.OrigPort, f.RespAddr, f.RespPort,
 		f.Vlan, f.InnerVlan, f.TunnelId, f.FlowStartNs, f.RecordIndex)
-	f.Features = features(f)
+	if e.cid == "" {
+		b = communityid.AppendID(b, &e.cidSum)
+		s := string(b)
+		f.Id, e.cid = s[:flowIDLen], s[flowIDLen:]
+	} else {
+		f.Id = string(b)
+	}
+	t.buf = b
+	f.CommunityId = e.cid
+	if t.cfg.Features {
+		f.Features = features(f)
+	}
 	refs := e.refs
 	e.refs = nil
 	e.c = [2]counts{}
 	e.recIndex++
 	t.emit(Record{Flow: f, Refs: refs})
+}
+
+// history is e's history string, interned: flows share few distinct ones.
+func (t *Table) history(e *entry) string {
+	h := e.hist[:e.histLen]
+	if s, ok := t.hists[string(h)]; ok {
+		return s
+	}
+	s := string(h)
+	if len(t.hists) < 4096 {
+		t.hists[s] = s
+	}
+	return s
+}
+
+// flowIDLen is the length of schema.FlowID's hex string.
+const flowIDLen = 32
+
+// appendFlowID appends schema.FlowID of these fields to dst without
+// allocating (dst permitting): the same SHA-256 input, hashed in one piece.
+// TestFlowIDMatchesSchema keeps the two equal.
+func appendFlowID(dst []byte, sensor string, proto uint32, origAddr []byte, origPort uint32, respAddr []byte, respPort uint32,
+	vlan, innerVlan, tunnelID uint32, flowStartNs int64, recordIndex uint32) []byte {
+	var in [64 + 3 + 16 + 4 + 1 + 16 + 4 + 16 + 8]byte
+	b := in[:0]
+	if len(sensor) > 64 { // not a valid sensor name; hash it all the same
+		b = make([]byte, 0, len(sensor)+len(in))
+	}
+	b = append(b, sensor...)
+	b = append(b, 0, byte(proto), byte(len(origAddr)))
+	b = append(b, origAddr...)
+	b = binary.BigEndian.AppendUint32(b, origPort)
+	b = append(b, byte(len(respAddr)))
+	b = append(b, respAddr...)
+	b = binary.BigEndian.AppendUint32(b, respPort)
+	b = binary.BigEndian.AppendUint32(b, vlan)
+	b = binary.BigEndian.AppendUint32(b, innerVlan)
+	b = binary.BigEndian.AppendUint32(b, tunnelID)
+	b = binary.BigEndian.AppendUint32(b, recordIndex)
+	b = binary.BigEndian.AppendUint64(b, uint64(flowStartNs))
+	sum := sha256.Sum256(b)
+	return hex.AppendEncode(dst, sum[:flowIDLen/2])
 }
 
 // features are the detector's per-record numbers: duration in seconds,

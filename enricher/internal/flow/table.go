@@ -1,7 +1,7 @@
 package flow
 
 import (
-	"container/list"
+	"crypto/sha1"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -36,6 +36,11 @@ type Config struct {
 	CloseLinger time.Duration  // how long a TCP flow stays after FIN both ways or RST to absorb the last ACKs (Zeek tcp_close_delay); 0 ends it at once
 	Seed        uint16         // Community ID seed
 	LocalNets   []netip.Prefix // local networks for Flow.Direction; none leaves it empty
+	// Features fills pb.Flow.Features (a map of derived numbers). Off by
+	// default: the map costs more than the rest of the record to build and
+	// to marshal, and the detector computes its features from the flow's
+	// fields (detector/internal/model.Extract), not from this map.
+	Features bool
 }
 
 // DefaultConfig returns the defaults documented in README.md.
@@ -86,13 +91,15 @@ type entry struct {
 	c         [2]counts // 0 originator, 1 responder; since the previous record
 	allFlags  [2]uint32 // OR of TCP flags over the whole flow
 	letters   [2]uint8  // history letters seen, per direction
-	hist      []byte
+	hist      [14]byte  // '^' and at most 6 letters per direction
+	histLen   uint8
 	icmpType  uint8
 	icmpCode  uint8
 	icmpOrig  bool // icmpType/Code come from an originator packet
 	app       string
 	server    string
-	cid       string
+	cidSum    [sha1.Size]byte // Community ID digest of the first packet
+	cid       string          // its string form, made at the first record
 	direction string
 	respAny   bool // the responder sent a packet
 	closing   bool
@@ -100,8 +107,8 @@ type entry struct {
 	reason    pb.EndReason
 	refs      []Ref
 	class     int
-	idleElem  *list.Element
-	closeElem *list.Element
+	idle      links // in Table.idle[class]
+	close     links // in Table.closing while closing
 }
 
 // Table is the flow table of one (sensor, bucket). It is not safe for
@@ -112,10 +119,12 @@ type Table struct {
 	idleNs  [4]int64
 	emit    func(Record)
 	flows   map[Key]*entry
-	idle    [4]list.List // per protocol class, in order of last packet
-	closing list.List    // TCP flows after FIN both ways or RST, by close time
+	idle    [4]list // per protocol class, in order of last packet
+	closing list    // TCP flows after FIN both ways or RST, by close time
 	clock   int64
-	started bool
+	free    []*entry          // ended entries for reuse
+	buf     []byte            // scratch for ids
+	hists   map[string]string // interned history strings
 
 	Skipped uint64 // packets without usable addresses
 }
@@ -129,12 +138,12 @@ const (
 
 // NewTable returns an empty table; emit receives every record and owns it.
 func NewTable(cfg Config, emit func(Record)) *Table {
-	t := &Table{cfg: cfg, emit: emit, flows: make(map[Key]*entry)}
+	t := &Table{cfg: cfg, emit: emit, flows: make(map[Key]*entry), hists: map[string]string{}}
 	t.idleNs = [4]int64{int64(cfg.IdleTCP), int64(cfg.IdleUDP), int64(cfg.IdleICMP), int64(cfg.IdleOther)}
 	for i := range t.idle {
-		t.idle[i].Init()
+		t.idle[i].off = idleLinks
 	}
-	t.closing.Init()
+	t.closing.off = closeLinks
 	return t
 }
 
@@ -215,7 +224,7 @@ func (t *Table) Add(p *pb.PacketSummary, ref Ref) {
 		ref.Retain()
 		e.refs = append(e.refs, ref)
 	}
-	t.idle[e.class].MoveToBack(e.idleElem)
+	t.idle[e.class].moveToBack(e)
 	if k.Proto == 6 && !e.closing {
 		switch {
 		case flags&flagRST != 0:
@@ -229,14 +238,21 @@ func (t *Table) Add(p *pb.PacketSummary, ref Ref) {
 				t.finish(e, e.reason)
 				return
 			}
-			e.closeElem = t.closing.PushBack(e)
+			t.closing.pushBack(e)
 		}
 	}
 }
 
 func (t *Table) newEntry(k Key, srcIsA bool, p *pb.PacketSummary) *entry {
 	ts := p.TsNs
-	e := &entry{key: k, flowStart: ts, recStart: ts, recLast: ts, last: ts, class: classOf(k.Proto)}
+	var e *entry
+	if n := len(t.free); n > 0 {
+		e = t.free[n-1]
+		t.free = t.free[:n-1]
+	} else {
+		e = new(entry)
+	}
+	*e = entry{key: k, flowStart: ts, recStart: ts, recLast: ts, last: ts, class: classOf(k.Proto)}
 	srcOrig, guessed := originator(k, p)
 	e.origIsA = srcIsA == srcOrig
 	e.guessed = guessed
@@ -244,15 +260,15 @@ func (t *Table) newEntry(k Key, srcIsA bool, p *pb.PacketSummary) *entry {
 	e.icmpType, e.icmpCode, e.icmpOrig = uint8(p.IcmpType), uint8(p.IcmpCode), srcOrig
 	n := k.addrLen()
 	if k.Proto == 1 || k.Proto == 58 {
-		e.cid = communityid.Packet(t.cfg.Seed, k.Proto, p.SrcAddr, p.DstAddr, 0, 0, uint8(p.IcmpType), uint8(p.IcmpCode))
+		e.cidSum = communityid.PacketSum(t.cfg.Seed, k.Proto, p.SrcAddr, p.DstAddr, 0, 0, uint8(p.IcmpType), uint8(p.IcmpCode))
 	} else {
-		e.cid = communityid.ID(t.cfg.Seed, k.Proto, k.A[:n], k.B[:n], k.APort, k.BPort, false)
+		e.cidSum = communityid.Sum(t.cfg.Seed, k.Proto, k.A[:n], k.B[:n], k.APort, k.BPort, false)
 	}
 	if len(t.cfg.LocalNets) > 0 {
 		oa, ra := e.addrs()
 		e.direction = direction(t.cfg.LocalNets, oa, ra)
 	}
-	e.idleElem = t.idle[e.class].PushBack(e)
+	t.idle[e.class].pushBack(e)
 	t.flows[k] = e
 	return e
 }
@@ -360,17 +376,18 @@ func (e *entry) history(d int, proto uint8, flags, payload uint32) {
 	if nb == 0 {
 		return
 	}
-	e.letters[d] |= nb
-	if e.hist == nil && e.flipped {
-		e.hist = append(e.hist, '^')
+	if e.histLen == 0 && e.flipped {
+		e.hist[0], e.histLen = '^', 1
 	}
+	e.letters[d] |= nb
 	for _, l := range letters {
 		if nb&l.bit != 0 {
 			c := l.char
 			if d == 1 {
 				c += 'a' - 'A'
 			}
-			e.hist = append(e.hist, c)
+			e.hist[e.histLen] = c
+			e.histLen++
 		}
 	}
 }
@@ -430,16 +447,14 @@ func (t *Table) Advance(now int64) {
 		t.clock = now
 	}
 	for c := range t.idle {
-		for el := t.idle[c].Front(); el != nil; el = t.idle[c].Front() {
-			e := el.Value.(*entry)
+		for e := t.idle[c].head; e != nil; e = t.idle[c].head {
 			if t.clock-e.last < t.idleNs[c] {
 				break
 			}
 			t.finish(e, pb.EndReason_END_IDLE)
 		}
 	}
-	for el := t.closing.Front(); el != nil; el = t.closing.Front() {
-		e := el.Value.(*entry)
+	for e := t.closing.head; e != nil; e = t.closing.head {
 		if t.clock-e.closeAt < int64(t.cfg.CloseLinger) {
 			break
 		}
@@ -451,17 +466,83 @@ func (t *Table) Advance(now int64) {
 // deterministic order.
 func (t *Table) Flush(reason pb.EndReason) {
 	for c := range t.idle {
-		for el := t.idle[c].Front(); el != nil; el = t.idle[c].Front() {
-			t.finish(el.Value.(*entry), reason)
+		for e := t.idle[c].head; e != nil; e = t.idle[c].head {
+			t.finish(e, reason)
 		}
 	}
 }
 
 func (t *Table) finish(e *entry, reason pb.EndReason) {
-	t.idle[e.class].Remove(e.idleElem)
-	if e.closeElem != nil {
-		t.closing.Remove(e.closeElem)
+	t.idle[e.class].remove(e)
+	if e.close.in {
+		t.closing.remove(e)
 	}
 	delete(t.flows, e.key)
 	t.emitRecord(e, true, reason)
+	if len(t.free) < maxFree {
+		*e = entry{}
+		t.free = append(t.free, e)
+	}
+}
+
+// maxFree bounds the entries kept for reuse per table.
+const maxFree = 4096
+
+// links are an entry's place in one list.
+type links struct {
+	prev, next *entry
+	in         bool
+}
+
+const (
+	idleLinks = iota
+	closeLinks
+)
+
+// list is an intrusive doubly linked list of entries (no allocation per
+// element, unlike container/list); off selects which links it uses.
+type list struct {
+	head, tail *entry
+	off        int
+}
+
+func (l *list) links(e *entry) *links {
+	if l.off == idleLinks {
+		return &e.idle
+	}
+	return &e.close
+}
+
+func (l *list) pushBack(e *entry) {
+	k := l.links(e)
+	k.prev, k.next, k.in = l.tail, nil, true
+	if l.tail != nil {
+		l.links(l.tail).next = e
+	} else {
+		l.head = e
+	}
+	l.tail = e
+}
+
+func (l *list) remove(e *entry) {
+	k := l.links(e)
+	if k.prev != nil {
+		l.links(k.prev).next = k.next
+	} else {
+		l.head = k.next
+	}
+	if k.next != nil {
+		l.links(k.next).prev = k.prev
+	} else {
+		l.tail = k.prev
+	}
+	*k = links{}
+}
+
+func (l *list) moveToBack(e *entry) {
+	if l.tail == e {
+		return
+	}
+	l.remove(e)
+	l.pushBack(e)
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"netwatch/enricher/internal/communityid"
 	"netwatch/schema"
 	"netwatch/schema/pb"
 )
@@ -174,8 +175,11 @@ func TestTCPMidConnection(t *testing.T) {
 
 func TestTCPSynOnlyIdle(t *testing.T) {
 	// Three SYN retransmissions, no answer: S0, ended by the 5 min TCP idle
-	// timeout counted from the last SYN (at 3 s).
-	recs := run(DefaultConfig(), []*pb.PacketSummary{
+	// timeout counted from the last SYN (at 3 s). Features on: they are
+	// checked below.
+	cfg := DefaultConfig()
+	cfg.Features = true
+	recs := run(cfg, []*pb.PacketSummary{
 		tcp(sec(0), hostA, 40002, hostB, 8080, syn, 0),
 		tcp(sec(1), hostA, 40002, hostB, 8080, syn, 0),
 		tcp(sec(3), hostA, 40002, hostB, 8080, syn, 0),
@@ -367,6 +371,61 @@ func TestDeterministic(t *testing.T) {
 	for i := range a {
 		if a[i].Id != b[i].Id {
 			t.Fatalf("record %d: %s vs %s", i, a[i].Id, b[i].Id)
+		}
+	}
+}
+
+// TestFeaturesOff checks the default: no features map.
+func TestFeaturesOff(t *testing.T) {
+	recs := run(DefaultConfig(), handshake(), eof)
+	if len(recs) == 0 || recs[0].Features != nil {
+		t.Fatalf("features %v in %d records, want none", recs[0].Features, len(recs))
+	}
+}
+
+// TestFlowIDMatchesSchema checks the table's allocation-free id against
+// schema.FlowID (the definition) and the record's Community ID against
+// communityid.Packet of its first packet, over IPv4 and IPv6, ICMP and
+// interim records.
+func TestFlowIDMatchesSchema(t *testing.T) {
+	v6a := netip.MustParseAddr("2001:db8::1").AsSlice()
+	v6b := netip.MustParseAddr("2001:db8::2").AsSlice()
+	first := []*pb.PacketSummary{
+		tcp(sec(0), hostA, 40000, hostB, 443, syn, 0),
+		tcp(sec(0), v6b, 443, v6a, 40000, syn|ack, 0),
+		icmp(sec(0), hostB, hostA, 0, 0),
+		icmp(sec(0), hostA, hostB, 3, 1),
+		{TsNs: sec(0), SrcAddr: hostA, DstAddr: hostB, Proto: 47, IpBytes: 100, Vlan: 7, InnerVlan: 9, TunnelId: 5, Tunnel: pb.Tunnel_TUNNEL_VXLAN},
+	}
+	pkts := append([]*pb.PacketSummary(nil), first...)
+	pkts = append(pkts, tcp(sec(400), hostA, 40000, hostB, 443, ack, 10)) // active timeout: an interim record
+	for _, seed := range []uint16{0, 1} {
+		cfg := DefaultConfig()
+		cfg.Seed = seed
+		cfg.Sensor = "sensor-1"
+		var recs []*pb.Flow
+		tb := NewTable(cfg, func(r Record) { recs = append(recs, r.Flow) })
+		for _, p := range pkts {
+			tb.Add(p, nil)
+		}
+		tb.Flush(pb.EndReason_END_EOF)
+		if len(recs) != len(first)+1 {
+			t.Fatalf("%d records", len(recs))
+		}
+		cids := map[string]bool{}
+		for _, p := range first {
+			cids[communityid.Packet(seed, uint8(p.Proto), p.SrcAddr, p.DstAddr, uint16(p.SrcPort), uint16(p.DstPort),
+				uint8(p.IcmpType), uint8(p.IcmpCode))] = true
+		}
+		for i, f := range recs {
+			want := schema.FlowID(f.Sensor, f.Proto, f.OrigAddr, f.OrigPort, f.RespAddr, f.RespPort,
+				f.Vlan, f.InnerVlan, f.TunnelId, f.FlowStartNs, f.RecordIndex)
+			if f.Id != want {
+				t.Errorf("seed %d record %d: id %s, schema.FlowID %s", seed, i, f.Id, want)
+			}
+			if !cids[f.CommunityId] {
+				t.Errorf("seed %d record %d: community id %s not among the packets' %v", seed, i, f.CommunityId, cids)
+			}
 		}
 	}
 }

@@ -6,6 +6,8 @@ package publish
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"log/slog"
 	"sync"
 	"time"
@@ -33,17 +35,27 @@ type Metrics struct {
 	Errors  prometheus.Counter // failed publish attempts (each is retried)
 }
 
+// batch is the open FlowBatch of one subject. Batches stay in the pending
+// map when sent (empty), so a subject's string is built once.
 type batch struct {
+	subj   string
 	sensor string
 	flows  []*pb.Flow
 	refs   []flow.Ref
 	since  time.Time
 }
 
+// subjectKey identifies a FLOWS subject.
+type subjectKey struct {
+	sensor     string
+	orig, resp uint32
+}
+
 type inflight struct {
 	msg    *nats.Msg
 	future jetstream.PubAckFuture
 	refs   []flow.Ref
+	buf    *[]byte // msg.Data's buffer, reused once the batch is acknowledged
 }
 
 // Publisher groups records that share a subject into FlowBatch messages
@@ -56,11 +68,14 @@ type Publisher struct {
 	log     *slog.Logger
 	m       Metrics
 	release func([]flow.Ref)
-	pending map[string]*batch
-	order   []string // subjects in order of their first pending record (deterministic flush)
+	pending map[subjectKey]*batch
+	order   []*batch // non-empty batches in order of their first record (deterministic flush)
 	queue   chan inflight
 	wg      sync.WaitGroup
 	ctx     context.Context
+	ids     []byte    // scratch: BatchID input
+	bufs    sync.Pool // *[]byte marshal buffers
+	fb      pb.FlowBatch
 }
 
 // New starts a publisher; ctx bounds retries (cancel it to give up on
@@ -72,7 +87,7 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logg
 	if cfg.MaxInflight <= 0 {
 		cfg.MaxInflight = 256
 	}
-	p := &Publisher{js: js, cfg: cfg, log: log, m: m, release: release, pending: map[string]*batch{},
+	p := &Publisher{js: js, cfg: cfg, log: log, m: m, release: release, pending: map[subjectKey]*batch{},
 		queue: make(chan inflight, cfg.MaxInflight), ctx: ctx}
 	p.wg.Add(1)
 	go p.wait()
@@ -82,18 +97,33 @@ func New(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logg
 // Add queues one record on its subject and sends the batch when full.
 func (p *Publisher) Add(r flow.Record) {
 	f := r.Flow
-	subj := schema.FlowsSubject(f.Sensor, schema.AddrBucket(f.OrigAddr), schema.AddrBucket(f.RespAddr))
-	b := p.pending[subj]
+	k := subjectKey{f.Sensor, addrBucket(f.OrigAddr), addrBucket(f.RespAddr)}
+	b := p.pending[k]
 	if b == nil {
-		b = &batch{sensor: f.Sensor, since: time.Now()}
-		p.pending[subj] = b
-		p.order = append(p.order, subj)
+		b = &batch{subj: schema.FlowsSubject(k.sensor, k.orig, k.resp), sensor: k.sensor}
+		p.pending[k] = b
+	}
+	if len(b.flows) == 0 {
+		b.since = time.Now()
+		p.order = append(p.order, b)
 	}
 	b.flows = append(b.flows, f)
 	b.refs = append(b.refs, r.Refs...)
 	if len(b.flows) >= p.cfg.MaxFlows {
-		p.send(subj, b)
+		p.send(b)
 	}
+}
+
+// addrBucket is schema.AddrBucket (FNV-1a 32 of the address, modulo
+// schema.Buckets) without the hash.Hash allocation; TestAddrBucket keeps
+// them equal.
+func addrBucket(addr []byte) uint32 {
+	h := uint32(2166136261)
+	for _, c := range addr {
+		h ^= uint32(c)
+		h *= 16777619
+	}
+	return h % schema.Buckets
 }
 
 // FlushDue sends the batches older than the linger at now.
@@ -107,7 +137,7 @@ func (p *Publisher) FlushAll() { p.flush(func(*batch) bool { return true }) }
 // Pending is the number of records not yet sent.
 func (p *Publisher) Pending() int {
 	n := 0
-	for _, b := range p.pending {
+	for _, b := range p.order {
 		n += len(b.flows)
 	}
 	return n
@@ -115,36 +145,54 @@ func (p *Publisher) Pending() int {
 
 func (p *Publisher) flush(due func(*batch) bool) {
 	keep := p.order[:0]
-	for _, subj := range p.order {
-		b := p.pending[subj]
-		if b == nil {
+	for _, b := range p.order {
+		if len(b.flows) == 0 { // sent when it filled up
 			continue
 		}
 		if due(b) {
-			p.send(subj, b)
+			p.send(b)
 			continue
 		}
-		keep = append(keep, subj)
+		keep = append(keep, b)
 	}
 	clear(p.order[len(keep):])
 	p.order = keep
 }
 
-func (p *Publisher) send(subj string, b *batch) {
-	delete(p.pending, subj)
-	ids := make([]string, len(b.flows))
-	for i, f := range b.flows {
-		ids[i] = f.Id
+// batchID is schema.BatchID of the flows' ids, hashed from a reused buffer;
+// TestBatchID keeps the two equal.
+func (p *Publisher) batchID(flows []*pb.Flow) string {
+	b := p.ids[:0]
+	for _, f := range flows {
+		b = append(b, f.Id...)
+		b = append(b, 0)
 	}
-	data, err := proto.Marshal(&pb.FlowBatch{Sensor: b.sensor, Flows: b.flows})
+	p.ids = b
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}
+
+func (p *Publisher) send(b *batch) {
+	subj := b.subj
+	id := p.batchID(b.flows)
+	bp, _ := p.bufs.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	p.fb.Sensor, p.fb.Flows = b.sensor, b.flows
+	data, err := proto.MarshalOptions{}.MarshalAppend((*bp)[:0], &p.fb)
+	p.fb.Flows = nil
+	clear(b.flows)
+	b.flows = b.flows[:0]
+	refs := b.refs
+	b.refs = nil
 	if err != nil { // cannot happen for well-formed messages
 		p.log.Error("marshal flow batch", "subject", subj, "err", err)
 		return
 	}
-	msg := nats.NewMsg(subj)
-	msg.Data = data
-	msg.Header.Set(jetstream.MsgIDHeader, schema.BatchID(ids))
-	in := inflight{msg: msg, refs: b.refs}
+	*bp = data
+	msg := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{jetstream.MsgIDHeader: []string{id}}}
+	in := inflight{msg: msg, refs: refs, buf: bp}
 	in.future, err = p.js.PublishMsgAsync(msg)
 	if err != nil {
 		p.count(p.m.Errors)
@@ -152,6 +200,9 @@ func (p *Publisher) send(subj string, b *batch) {
 	}
 	p.queue <- in // blocks when MaxInflight batches are unacknowledged
 }
+
+// maxReusedBuf bounds the marshal buffers kept for reuse.
+const maxReusedBuf = 1 << 20
 
 // Close waits until every sent batch is acknowledged (or the publisher's
 // context ends). Add must not be called afterwards.
@@ -180,6 +231,10 @@ func (p *Publisher) wait() {
 		if ok {
 			p.count(p.m.Batches)
 			p.release(in.refs)
+			in.msg.Data = nil
+			if cap(*in.buf) <= maxReusedBuf {
+				p.bufs.Put(in.buf)
+			}
 		}
 	}
 }
