@@ -133,3 +133,86 @@ func TestLoadErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestCompiledMatchesGolearn checks Score's compiled walk against golearn's
+// PredictProba on every held-out NSL-KDD record and on the feature grid of
+// every protocol, service and flag with a few durations and byte counts.
+// Where golearn meets a value no child has, it picks a child in map order,
+// so such rows may legitimately differ: at most 1 in 1000.
+func TestCompiledMatchesGolearn(t *testing.T) {
+	m, err := Load(shipped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var xs []Features
+	for _, p := range Protocols {
+		for _, s := range Services {
+			for _, f := range Flags {
+				for _, n := range []float64{0, 1, 45, 300, 5000} {
+					xs = append(xs, Features{Protocol: p, Service: s, Flag: f, Duration: n / 100, SrcBytes: n, DstBytes: n * 3})
+				}
+			}
+		}
+	}
+	recs, err := ReadKDDFile(kdd(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, test := Split(recs)
+	for _, r := range test {
+		xs = append(xs, r.X)
+	}
+	diff, fallback := 0, 0
+	for _, x := range xs {
+		want, err := m.scoreGolearn(x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := m.ScoreFeatures(x)
+		if !m.root.exact(&x) {
+			fallback++
+			continue // golearn's choice is random here
+		}
+		if got != want {
+			diff++
+			if diff < 5 {
+				t.Errorf("%+v: compiled %v, golearn %v", x, got, want)
+			}
+		}
+	}
+	t.Logf("%d rows, %d reach a value no child has", len(xs), fallback)
+	if diff > 0 {
+		t.Errorf("compiled tree and golearn disagree on %d of %d rows", diff, len(xs)-fallback)
+	}
+	if n := testing.AllocsPerRun(100, func() { m.Score(benchFlows[0]) }); n != 0 {
+		t.Errorf("Score allocates %v times per flow, want 0", n)
+	}
+}
+
+// exact reports whether x reaches a leaf without golearn's fallback for a
+// value that no child has.
+func (n *node) exact(x *Features) bool {
+	for n.feature != leaf {
+		var v string
+		switch n.feature {
+		case fProtocol:
+			v = x.Protocol
+		case fService:
+			v = x.Service
+		case fFlag:
+			v = x.Flag
+		default:
+			f := map[int]float64{fDuration: x.Duration, fSrcBytes: x.SrcBytes, fDstBytes: x.DstBytes}[n.feature]
+			v = "0"
+			if f > n.split {
+				v = "1"
+			}
+		}
+		next, ok := n.children[v]
+		if !ok {
+			return false
+		}
+		n = next
+	}
+	return true
+}

@@ -129,7 +129,11 @@ func Train(recs []Record, prune float64, name string) (*Tree, error) {
 	if err := id3.Fit(g.inst); err != nil {
 		return nil, fmt.Errorf("train id3: %w", err)
 	}
-	return &Tree{id3: id3, a: a, Meta: Meta{Name: name, FeatureSet: FeatureSet, TrainRows: len(recs), Prune: prune}}, nil
+	t := &Tree{id3: id3, a: a, Meta: Meta{Name: name, FeatureSet: FeatureSet, TrainRows: len(recs), Prune: prune}}
+	if err := t.prepare(); err != nil {
+		return nil, fmt.Errorf("train id3: %w", err)
+	}
+	return t, nil
 }
 
 // Evaluation is a binary confusion matrix with attack as the positive class.

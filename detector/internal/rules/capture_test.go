@@ -176,10 +176,10 @@ func maxPorts(flows []*pb.Flow, rule string) int {
 	for _, f := range flows {
 		e.Observe("cap", f)
 		for k, s := range e.state {
-			if k.rule != rule {
+			if ruleNames[k.rule] != rule {
 				continue
 			}
-			best = max(best, len(s.ports))
+			best = max(best, s.nports, s.nhosts)
 			for _, hs := range s.hosts {
 				best = max(best, len(hs))
 			}

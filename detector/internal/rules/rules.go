@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"sort"
 	"time"
@@ -104,21 +105,109 @@ func isEchoRequest(f *pb.Flow) bool {
 	return (f.GetProto() == 1 && f.GetIcmpType() == 8) || (f.GetProto() == 58 && f.GetIcmpType() == 128)
 }
 
+// rule identifies a rule in a key (its name is in ruleNames).
+type rule uint8
+
+const (
+	portscan rule = iota
+	hostsweep
+)
+
+var ruleNames = [...]string{portscan: RulePortscan, hostsweep: RuleHostsweep}
+
 type key struct {
-	rule   string
+	rule   rule
 	sensor string
 	orig   netip.Addr
 	target netip.Addr // invalid (zero) for hostsweep
 	win    int64      // window start, Unix ns
 }
 
+// state is one (rule, sensor, originator, target, window). Most keys see a
+// single probe (a SYN from a spoofed source, one host of a sweep), so the
+// first port or (service, host) is held inline and the maps are made only
+// for a second one: an unseen key costs no allocation beyond its map slot.
 type state struct {
 	firstNs  int64
-	ports    map[uint32]struct{}                // portscan: distinct probed ports (proto<<16 | port)
-	hosts    map[uint32]map[netip.Addr]struct{} // hostsweep: port key -> responders
+	winEndNs int64
 	flows    int
 	fired    bool
-	winEndNs int64
+	// portscan: distinct probed ports (proto<<16 | port).
+	nports int
+	port0  uint32              // the first port
+	ports  map[uint32]struct{} // every port (port0 included) once there are two
+	// hostsweep: responders per service key (proto<<16 | port or ICMP type).
+	nhosts int // 0, or 1 while only (svc0, host0) was seen; then hosts is used
+	svc0   uint32
+	host0  netip.Addr
+	hosts  map[uint32]map[netip.Addr]struct{}
+}
+
+// addPort records a probed port and returns the number of distinct ports.
+func (s *state) addPort(p uint32) int {
+	switch {
+	case s.nports == 0:
+		s.port0, s.nports = p, 1
+	case s.ports == nil:
+		if p != s.port0 {
+			s.ports = map[uint32]struct{}{s.port0: {}, p: {}}
+			s.nports = 2
+		}
+	default:
+		s.ports[p] = struct{}{}
+		s.nports = len(s.ports)
+	}
+	return s.nports
+}
+
+// forPorts calls fn for every distinct port.
+func (s *state) forPorts(fn func(uint32)) {
+	if s.ports == nil {
+		if s.nports > 0 {
+			fn(s.port0)
+		}
+		return
+	}
+	for p := range s.ports {
+		fn(p)
+	}
+}
+
+// addHost records a probed responder of service svc and returns the number
+// of distinct responders of svc.
+func (s *state) addHost(svc uint32, h netip.Addr) int {
+	if s.hosts == nil {
+		if s.nhosts == 0 {
+			s.svc0, s.host0, s.nhosts = svc, h, 1
+			return 1
+		}
+		if svc == s.svc0 && h == s.host0 {
+			return 1
+		}
+		s.hosts = map[uint32]map[netip.Addr]struct{}{s.svc0: {s.host0: {}}}
+	}
+	hs := s.hosts[svc]
+	if hs == nil {
+		hs = map[netip.Addr]struct{}{}
+		s.hosts[svc] = hs
+	}
+	hs[h] = struct{}{}
+	return len(hs)
+}
+
+// hostsOf returns the distinct responders of service svc.
+func (s *state) hostsOf(svc uint32) []netip.Addr {
+	if s.hosts == nil {
+		if s.nhosts > 0 && svc == s.svc0 {
+			return []netip.Addr{s.host0}
+		}
+		return nil
+	}
+	out := make([]netip.Addr, 0, len(s.hosts[svc]))
+	for h := range s.hosts[svc] {
+		out = append(out, h)
+	}
+	return out
 }
 
 // Engine evaluates the rules on a stream of flows. It is not safe for
@@ -129,11 +218,16 @@ type Engine struct {
 	// watermark is the latest flow end time seen (packet time); windows
 	// that ended more than one window length before it are dropped.
 	watermark int64
+	// nextExpiry is a lower bound of the watermark at which some state
+	// expires: expire scans the states only once the watermark passes it
+	// (once per window boundary, not per flow).
+	nextExpiry int64
+	free       []*state // states of expired windows, for reuse
 }
 
 // New returns an engine with cfg (which must be valid).
 func New(cfg Config) *Engine {
-	return &Engine{cfg: cfg, state: map[key]*state{}}
+	return &Engine{cfg: cfg, state: map[key]*state{}, nextExpiry: math.MaxInt64}
 }
 
 // Keys is the number of (rule, originator, target, window) states held.
@@ -154,8 +248,9 @@ func windowStart(ns int64, w time.Duration) int64 {
 }
 
 // Observe feeds one flow record of sensor to every rule and returns the
-// alerts it triggers (usually none). An alert fires once per key; if its
-// publish fails, call Retract so that the redelivered flow fires it again.
+// alerts it triggers (usually none: then it does not allocate, except for
+// a key not seen before). An alert fires once per key; if its publish
+// fails, call Retract so that the redelivered flow fires it again.
 func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 	orig, ok1 := addr(f.GetOrigAddr())
 	resp, ok2 := addr(f.GetRespAddr())
@@ -165,37 +260,35 @@ func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 	t := f.GetStartNs()
 	if f.GetEndNs() > e.watermark {
 		e.watermark = f.GetEndNs()
-		e.expire()
+		if e.watermark > e.nextExpiry {
+			e.expire()
+		}
+	}
+	probe := IsProbe(f)
+	if !probe && !isEchoRequest(f) {
+		return nil
 	}
 	var out []*pb.Alert
-	if IsProbe(f) {
-		k := key{RulePortscan, sensor, orig, resp, windowStart(t, e.cfg.PortscanWindow)}
+	proto := f.GetProto()
+	if probe {
+		k := key{portscan, sensor, orig, resp, windowStart(t, e.cfg.PortscanWindow)}
 		s := e.get(k, t, e.cfg.PortscanWindow)
 		s.flows++
-		s.ports[f.GetProto()<<16|f.GetRespPort()] = struct{}{}
-		if !s.fired && len(s.ports) >= e.cfg.PortscanPorts {
+		if n := s.addPort(proto<<16 | f.GetRespPort()); !s.fired && n >= e.cfg.PortscanPorts {
 			s.fired = true
 			out = append(out, e.portscanAlert(k, s, f))
 		}
 	}
-	if IsProbe(f) || isEchoRequest(f) {
-		port := f.GetProto()<<16 | f.GetRespPort()
-		if f.GetProto() == 1 || f.GetProto() == 58 {
-			port = f.GetProto()<<16 | f.GetIcmpType()
-		}
-		k := key{RuleHostsweep, sensor, orig, netip.Addr{}, windowStart(t, e.cfg.SweepWindow)}
-		s := e.get(k, t, e.cfg.SweepWindow)
-		s.flows++
-		hs := s.hosts[port]
-		if hs == nil {
-			hs = map[netip.Addr]struct{}{}
-			s.hosts[port] = hs
-		}
-		hs[resp] = struct{}{}
-		if !s.fired && len(hs) >= e.cfg.SweepHosts {
-			s.fired = true
-			out = append(out, e.sweepAlert(k, s, f, port))
-		}
+	port := proto<<16 | f.GetRespPort()
+	if proto == 1 || proto == 58 {
+		port = proto<<16 | f.GetIcmpType()
+	}
+	k := key{hostsweep, sensor, orig, netip.Addr{}, windowStart(t, e.cfg.SweepWindow)}
+	s := e.get(k, t, e.cfg.SweepWindow)
+	s.flows++
+	if n := s.addHost(port, resp); !s.fired && n >= e.cfg.SweepHosts {
+		s.fired = true
+		out = append(out, e.sweepAlert(k, s, f, port))
 	}
 	return out
 }
@@ -204,9 +297,17 @@ func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 // window fired, so the next matching flow fires it again (after a failed
 // publish). Unknown alerts are ignored.
 func (e *Engine) Retract(a *pb.Alert) {
+	r := portscan
+	switch a.GetRule() {
+	case RulePortscan:
+	case RuleHostsweep:
+		r = hostsweep
+	default:
+		return
+	}
 	orig, _ := netip.ParseAddr(a.GetOrigAddr())
 	target, _ := netip.ParseAddr(a.GetRespAddr())
-	if s, ok := e.state[key{a.GetRule(), a.GetSensor(), orig, target, a.GetWindowStartNs()}]; ok {
+	if s, ok := e.state[key{r, a.GetSensor(), orig, target, a.GetWindowStartNs()}]; ok {
 		s.fired = false
 	}
 }
@@ -217,8 +318,16 @@ func (e *Engine) get(k key, t int64, w time.Duration) *state {
 		if len(e.state) >= e.cfg.MaxKeys {
 			e.evictOldest()
 		}
-		s = &state{firstNs: t, winEndNs: k.win + int64(w), ports: map[uint32]struct{}{}, hosts: map[uint32]map[netip.Addr]struct{}{}}
+		if n := len(e.free); n > 0 {
+			s, e.free = e.free[n-1], e.free[:n-1]
+		} else {
+			s = &state{}
+		}
+		*s = state{firstNs: t, winEndNs: k.win + int64(w)}
 		e.state[k] = s
+		if x := expiry(k, s); x < e.nextExpiry {
+			e.nextExpiry = x
+		}
 	}
 	if t < s.firstNs {
 		s.firstNs = t
@@ -226,12 +335,24 @@ func (e *Engine) get(k key, t int64, w time.Duration) *state {
 	return s
 }
 
+// expiry is the watermark beyond which the state of k is dropped: one
+// window length after the window's end.
+func expiry(k key, s *state) int64 { return s.winEndNs + (s.winEndNs - k.win) }
+
 // expire drops windows that ended more than one window length before the
 // watermark (one window of lateness for flows that arrive out of order).
 func (e *Engine) expire() {
+	e.nextExpiry = math.MaxInt64
 	for k, s := range e.state {
-		if s.winEndNs+(s.winEndNs-k.win) < e.watermark {
+		x := expiry(k, s)
+		if x < e.watermark {
 			delete(e.state, k)
+			if len(e.free) < 4096 {
+				*s = state{}
+				e.free = append(e.free, s)
+			}
+		} else if x < e.nextExpiry {
+			e.nextExpiry = x
 		}
 	}
 }
@@ -247,15 +368,15 @@ func (e *Engine) evictOldest() {
 	delete(e.state, oldest)
 }
 
-func samplePorts(m map[uint32]struct{}, n int) (tcp, udp []uint32) {
-	for p := range m {
+func samplePorts(s *state, n int) (tcp, udp []uint32) {
+	s.forPorts(func(p uint32) {
 		switch p >> 16 {
 		case 6:
 			tcp = append(tcp, p&0xffff)
 		case 17:
 			udp = append(udp, p&0xffff)
 		}
-	}
+	})
 	sort.Slice(tcp, func(i, j int) bool { return tcp[i] < tcp[j] })
 	sort.Slice(udp, func(i, j int) bool { return udp[i] < udp[j] })
 	if len(tcp) > n {
@@ -281,13 +402,13 @@ func strength(n, threshold int) float64 {
 }
 
 func (e *Engine) portscanAlert(k key, s *state, f *pb.Flow) *pb.Alert {
-	tcp, udp := samplePorts(s.ports, 20)
+	tcp, udp := samplePorts(s, 20)
 	elapsed := time.Duration(f.GetEndNs() - s.firstNs)
 	if elapsed < 0 {
 		elapsed = 0
 	}
 	ev, _ := json.Marshal(map[string]any{
-		"distinct_ports":   len(s.ports),
+		"distinct_ports":   s.nports,
 		"probe_flows":      s.flows,
 		"threshold":        e.cfg.PortscanPorts,
 		"sample_tcp_ports": tcp,
@@ -307,12 +428,12 @@ func (e *Engine) portscanAlert(k key, s *state, f *pb.Flow) *pb.Alert {
 		Technique:     "T1046",
 		OrigAddr:      o,
 		RespAddr:      t,
-		Summary:       fmt.Sprintf("%s probed %d distinct ports on %s within %.1fs", o, len(s.ports), t, elapsed.Seconds()),
+		Summary:       fmt.Sprintf("%s probed %d distinct ports on %s within %.1fs", o, s.nports, t, elapsed.Seconds()),
 		Evidence:      ev,
 		Rule:          RulePortscan,
 		WindowStartNs: k.win,
 		WindowEndNs:   s.winEndNs,
-		Score:         strength(len(s.ports), e.cfg.PortscanPorts),
+		Score:         strength(s.nports, e.cfg.PortscanPorts),
 	}
 }
 
@@ -331,9 +452,9 @@ func portName(p uint32) string {
 }
 
 func (e *Engine) sweepAlert(k key, s *state, f *pb.Flow, port uint32) *pb.Alert {
-	hs := s.hosts[port]
+	hs := s.hostsOf(port)
 	sample := make([]string, 0, len(hs))
-	for h := range hs {
+	for _, h := range hs {
 		sample = append(sample, h.String())
 	}
 	sort.Strings(sample)
