@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,11 +15,30 @@ import (
 	"netwatch/testkit"
 )
 
+// cpuTime is the process's user + system CPU time; benchmarks report it per
+// packet ("cpu-ns/pkt"), which a loaded machine does not inflate the way it
+// does wall-clock figures. BenchmarkRunFile's includes the in-process
+// nats-server.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// benchFile is the capture of the pipeline benchmarks: NETWATCH_BENCH_PCAP
+// (e.g. ../.cache/bench.pcap from make bench) or the shared SYN flood.
+func benchFile(b *testing.B) string {
+	if f := os.Getenv("NETWATCH_BENCH_PCAP"); f != "" {
+		return f
+	}
+	return filepath.Join(testkit.Pcaps(b), "attack-synflood-spoofed-sources.pcap")
+}
+
 // BenchmarkRunFile measures the whole agent on a file: read, decode,
 // fragment table, batch, marshal and async publish to an in-process
 // JetStream with every ack awaited (37,841 frames per op).
 func BenchmarkRunFile(b *testing.B) {
-	file := filepath.Join(testkit.Pcaps(b), "attack-synflood-spoofed-sources.pcap")
+	file := benchFile(b)
 	st, err := os.Stat(file)
 	if err != nil {
 		b.Skip(err)
@@ -30,6 +50,7 @@ func BenchmarkRunFile(b *testing.B) {
 	b.SetBytes(st.Size())
 	b.ReportAllocs()
 	var pkts uint64
+	cpu0 := cpuTime()
 	for i := 0; i < b.N; i++ {
 		a := New(cfg, js, nil, slog.New(slog.DiscardHandler))
 		if err := a.Run(context.Background()); err != nil {
@@ -38,11 +59,12 @@ func BenchmarkRunFile(b *testing.B) {
 		pkts += a.Stats.Received.Load()
 	}
 	b.ReportMetric(float64(pkts)/b.Elapsed().Seconds(), "pkts/s")
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(pkts), "cpu-ns/pkt")
 }
 
 // BenchmarkReadFile is capture → decode → fragment without a broker.
 func BenchmarkReadFile(b *testing.B) {
-	file := filepath.Join(testkit.Pcaps(b), "attack-synflood-spoofed-sources.pcap")
+	file := benchFile(b)
 	b.ReportAllocs()
 	var pkts uint64
 	for i := 0; i < b.N; i++ {

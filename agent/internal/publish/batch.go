@@ -3,8 +3,10 @@ package publish
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"netwatch/agent/internal/decode"
@@ -12,8 +14,12 @@ import (
 	"netwatch/schema/pb"
 )
 
-// Batcher keeps one open pb.PacketBatch per bucket of schema.PacketsSubject
-// and hands full or old batches to a Publisher. Not safe for concurrent use.
+// Batcher keeps one open PacketBatch per bucket of schema.PacketsSubject
+// and hands full or old batches to a Publisher. Packet summaries are
+// encoded as they arrive (encode.go), so a batch needs no intermediate
+// pb.PacketSummary values and no reflection-based marshalling, and the
+// message buffers are reused once the stream acknowledges them. Not safe for
+// concurrent use.
 type Batcher struct {
 	Size  int           // packets per batch; a batch is sent when full
 	Flush time.Duration // a batch is sent when its first packet is this old (wall clock)
@@ -24,15 +30,21 @@ type Batcher struct {
 	buckets      [schema.Buckets]bucket
 	l7           decode.L7
 	subjects     [schema.Buckets]string
+	sum          []byte    // scratch: one encoded summary
+	bufs         sync.Pool // *[]byte message buffers
 }
 
 type bucket struct {
-	sums   []pb.PacketSummary
-	addrs  [][32]byte
-	ptrs   []*pb.PacketSummary
-	n      int
-	opened time.Time
+	packets []byte // encoded PacketBatch.packets fields of the open batch
+	n       int
+	opened  time.Time
 }
+
+// MaxBatchBytes bounds the encoded packets of one batch: a batch is sent
+// when it reaches this size even if it holds fewer than Size packets, so
+// that messages stay well below the NATS max_payload (1 MiB by default;
+// nats.conf sets 8 MiB) whatever the L7 fields.
+const MaxBatchBytes = 512 << 10
 
 // NewBatcher returns a batcher of size packets per batch (1024 when 0) and
 // flush age (200 ms when 0) for sensor and boot id.
@@ -57,48 +69,41 @@ func (b *Batcher) Seq() uint64 { return b.seq }
 // when the payload looks like DNS, TLS or HTTP, and sends the batch when full.
 func (b *Batcher) Add(p *decode.Packet) {
 	src, dst := p.Src[:p.AddrLen], p.Dst[:p.AddrLen]
-	sport, dport := uint32(p.SrcPort), uint32(p.DstPort)
-	bi := schema.PacketBucket(src, sport, dst, dport, uint32(p.Proto), uint32(p.VLAN))
+	bi := schema.PacketBucket(src, uint32(p.SrcPort), dst, uint32(p.DstPort), uint32(p.Proto), uint32(p.VLAN))
 	bk := &b.buckets[bi]
-	if bk.sums == nil {
-		bk.sums = make([]pb.PacketSummary, b.Size)
-		bk.addrs = make([][32]byte, b.Size)
-		bk.ptrs = make([]*pb.PacketSummary, 0, b.Size)
-	}
 	if bk.n == 0 {
 		bk.opened = time.Now()
+		if bk.packets == nil {
+			bk.packets = make([]byte, 0, 128*b.Size)
+		}
 	}
-	i := bk.n
-	bk.n++
-	s := &bk.sums[i]
-	a := &bk.addrs[i]
-	copy(a[:16], src)
-	copy(a[16:], dst)
-	s.TsNs = p.TsNs
-	s.SrcAddr = a[:p.AddrLen:p.AddrLen]
-	s.DstAddr = a[16 : 16+p.AddrLen : 16+p.AddrLen]
-	s.SrcPort, s.DstPort, s.Proto = sport, dport, uint32(p.Proto)
-	s.IpBytes, s.PayloadBytes = p.IPBytes, p.PayloadBytes
-	s.TcpFlags = uint32(p.TCPFlags)
-	s.IcmpType, s.IcmpCode = uint32(p.ICMPType), uint32(p.ICMPCode)
-	s.Vlan, s.InnerVlan = uint32(p.VLAN), uint32(p.InnerVLAN)
-	s.Tunnel, s.TunnelId = pb.Tunnel(p.Tunnel), p.TunnelID
-	s.IpId, s.Fragment, s.Ttl = p.IPID, p.Fragment, uint32(p.TTL)
-	s.TcpSeq, s.TcpAck, s.TcpWindow = p.Seq, p.Ack, uint32(p.Window)
-	s.DnsQuery, s.DnsQtype, s.DnsRcode, s.DnsResponse, s.DnsAnswers = "", 0, 0, false, nil
-	s.TlsSni, s.HttpHost, s.HttpMethod, s.HttpUserAgent, s.App = "", "", "", "", ""
+	var l7 *decode.L7
 	if decode.App(p) != "" {
 		decode.ParseL7(p, &b.l7)
-		l := &b.l7
-		s.App = l.App
-		s.DnsQuery, s.DnsQtype, s.DnsRcode, s.DnsResponse = l.DNSQuery, uint32(l.DNSQType), uint32(l.DNSRCode), l.DNSResponse
-		for _, an := range l.DNSAnswers {
-			s.DnsAnswers = append(s.DnsAnswers, &pb.DNSAnswer{Name: an.Name, Type: uint32(an.Type), Addr: an.Addr, Target: an.Target, Ttl: an.TTL})
-		}
-		s.TlsSni, s.HttpHost, s.HttpMethod, s.HttpUserAgent = l.TLSSNI, l.HTTPHost, l.HTTPMethod, l.HTTPUA
+		l7 = &b.l7
 	}
-	if bk.n >= b.Size {
+	b.sum = appendSummary(b.sum[:0], p, l7)
+	bk.packets = protowire.AppendTag(bk.packets, batchPackets, protowire.BytesType)
+	bk.packets = protowire.AppendBytes(bk.packets, b.sum)
+	bk.n++
+	if bk.n >= b.Size || len(bk.packets) >= MaxBatchBytes {
 		b.send(bi)
+	}
+}
+
+// message returns a buffer for one message, reused after its ack.
+func (b *Batcher) message(size int) *[]byte {
+	bp, _ := b.bufs.Get().(*[]byte)
+	if bp == nil || cap(*bp) < size {
+		s := make([]byte, 0, size)
+		bp = &s
+	}
+	return bp
+}
+
+func (b *Batcher) recycle(bp *[]byte) {
+	if cap(*bp) <= 2*MaxBatchBytes {
+		b.bufs.Put(bp)
 	}
 }
 
@@ -107,20 +112,15 @@ func (b *Batcher) send(bi uint32) {
 	if bk.n == 0 {
 		return
 	}
-	bk.ptrs = bk.ptrs[:0]
-	for i := 0; i < bk.n; i++ {
-		bk.ptrs = append(bk.ptrs, &bk.sums[i])
-	}
 	b.seq++
-	batch := pb.PacketBatch{Sensor: b.sensor, Boot: b.boot, Seq: b.seq, Bucket: bi,
-		Packets: bk.ptrs, SentNs: time.Now().UnixNano()}
-	data, err := proto.Marshal(&batch)
-	if err != nil {
-		panic(fmt.Sprintf("marshal packet batch: %v", err)) // cannot happen for these fields
-	}
+	bp := b.message(len(bk.packets) + 128 + len(b.sensor) + len(b.boot))
+	data := appendBatchHeader((*bp)[:0], b.sensor, b.boot, b.seq, bi)
+	data = append(data, bk.packets...)
+	data = appendBatchTrailer(data, false, time.Now().UnixNano())
+	*bp = data
 	bk.n = 0
-	clear(bk.ptrs)
-	b.pub.Publish(b.subjects[bi], schema.PacketBatchID(b.sensor, b.boot, b.seq), data)
+	bk.packets = bk.packets[:0]
+	b.pub.publish(b.subjects[bi], schema.PacketBatchID(b.sensor, b.boot, b.seq), data, func() { b.recycle(bp) })
 }
 
 // Tick sends every batch whose first packet is older than Flush at now.

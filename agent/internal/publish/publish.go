@@ -33,6 +33,7 @@ type inflight struct {
 	subject, id string
 	data        []byte
 	f           jetstream.PubAckFuture
+	acked       func() // data may be reused; nil for none
 }
 
 // Publisher publishes messages asynchronously and retries each one until the
@@ -65,8 +66,12 @@ func New(js jetstream.JetStream, maxInflight int, log *slog.Logger, m Metrics) *
 // Publish sends data to subject with Nats-Msg-Id id. It blocks while
 // maxInflight messages are unacked, and retries (with backoff) while the
 // client refuses the message. data must not be modified afterwards.
-func (p *Publisher) Publish(subject, id string, data []byte) {
-	it := &inflight{subject: subject, id: id, data: data}
+func (p *Publisher) Publish(subject, id string, data []byte) { p.publish(subject, id, data, nil) }
+
+// publish is Publish that calls acked (when not nil), from the ack loop,
+// once the stream has acknowledged the message and data is no longer used.
+func (p *Publisher) publish(subject, id string, data []byte, acked func()) {
+	it := &inflight{subject: subject, id: id, data: data, acked: acked}
 	p.wg.Add(1)
 	p.send(it)
 	p.pending <- it
@@ -75,8 +80,7 @@ func (p *Publisher) Publish(subject, id string, data []byte) {
 func (p *Publisher) send(it *inflight) {
 	wait := 50 * time.Millisecond
 	for {
-		m := &nats.Msg{Subject: it.subject, Data: it.data, Header: nats.Header{}}
-		m.Header.Set(jetstream.MsgIDHeader, it.id)
+		m := &nats.Msg{Subject: it.subject, Data: it.data, Header: nats.Header{jetstream.MsgIDHeader: []string{it.id}}}
 		f, err := p.js.PublishMsgAsync(m)
 		if err == nil {
 			it.f = f
@@ -107,6 +111,9 @@ func (p *Publisher) ackLoop() {
 			break
 		}
 		it.data = nil
+		if it.acked != nil {
+			it.acked()
+		}
 		p.acked.Add(1)
 		inc(p.m.Messages)
 		p.wg.Done()

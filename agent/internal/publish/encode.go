@@ -1,0 +1,141 @@
+package publish
+
+import (
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"netwatch/agent/internal/decode"
+)
+
+// Field numbers of pb.PacketBatch, pb.PacketSummary and pb.DNSAnswer
+// (schema/proto/netwatch/v1/netwatch.proto). The batcher encodes these
+// messages by hand, in field-number order with proto3 zero values omitted,
+// which is what proto.Marshal produces; TestEncodeMatchesProto checks the
+// bytes against proto.Marshal.
+const (
+	batchSensor, batchBoot, batchSeq, batchBucket, batchPackets, batchEOF, batchSentNs = 1, 2, 3, 4, 5, 6, 7
+
+	sumTsNs, sumSrcAddr, sumDstAddr, sumSrcPort, sumDstPort, sumProto    = 1, 2, 3, 4, 5, 6
+	sumIPBytes, sumPayloadBytes, sumTCPFlags, sumICMPType, sumICMPCode   = 7, 8, 9, 10, 11
+	sumVLAN, sumInnerVLAN, sumTunnel, sumTunnelID, sumIPID, sumFragment  = 12, 13, 14, 15, 16, 17
+	sumTTL, sumTCPSeq, sumTCPAck, sumTCPWindow                           = 18, 19, 20, 21
+	sumDNSQuery, sumDNSQType, sumDNSRCode, sumDNSResponse, sumDNSAnswers = 30, 31, 32, 33, 34
+	sumTLSSNI, sumHTTPHost, sumHTTPMethod, sumHTTPUserAgent, sumApp      = 35, 36, 37, 38, 39
+	ansName, ansType, ansAddr, ansTarget, ansTTL                         = 1, 2, 3, 4, 5
+)
+
+func appendUint(b []byte, num protowire.Number, v uint64) []byte {
+	if v == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.VarintType)
+	return protowire.AppendVarint(b, v)
+}
+
+func appendBool(b []byte, num protowire.Number, v bool) []byte {
+	if !v {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.VarintType)
+	return append(b, 1)
+}
+
+func appendBytes(b []byte, num protowire.Number, v []byte) []byte {
+	if len(v) == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, v)
+}
+
+func appendString(b []byte, num protowire.Number, v string) []byte {
+	if v == "" {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, v)
+}
+
+// appendSummary appends the pb.PacketSummary of p to b: the fields the
+// batcher always had (addresses, ports, lengths, flags, tunnel, IP id, TTL,
+// TCP sequence numbers), plus l7's when l7 is not nil. Strings from the
+// decoder are valid UTF-8 (it escapes other bytes as \xNN).
+func appendSummary(b []byte, p *decode.Packet, l7 *decode.L7) []byte {
+	b = appendUint(b, sumTsNs, uint64(p.TsNs))
+	b = appendBytes(b, sumSrcAddr, p.Src[:p.AddrLen])
+	b = appendBytes(b, sumDstAddr, p.Dst[:p.AddrLen])
+	b = appendUint(b, sumSrcPort, uint64(p.SrcPort))
+	b = appendUint(b, sumDstPort, uint64(p.DstPort))
+	b = appendUint(b, sumProto, uint64(p.Proto))
+	b = appendUint(b, sumIPBytes, uint64(p.IPBytes))
+	b = appendUint(b, sumPayloadBytes, uint64(p.PayloadBytes))
+	b = appendUint(b, sumTCPFlags, uint64(p.TCPFlags))
+	b = appendUint(b, sumICMPType, uint64(p.ICMPType))
+	b = appendUint(b, sumICMPCode, uint64(p.ICMPCode))
+	b = appendUint(b, sumVLAN, uint64(p.VLAN))
+	b = appendUint(b, sumInnerVLAN, uint64(p.InnerVLAN))
+	b = appendUint(b, sumTunnel, uint64(p.Tunnel))
+	b = appendUint(b, sumTunnelID, uint64(p.TunnelID))
+	b = appendUint(b, sumIPID, uint64(p.IPID))
+	b = appendBool(b, sumFragment, p.Fragment)
+	b = appendUint(b, sumTTL, uint64(p.TTL))
+	b = appendUint(b, sumTCPSeq, uint64(p.Seq))
+	b = appendUint(b, sumTCPAck, uint64(p.Ack))
+	b = appendUint(b, sumTCPWindow, uint64(p.Window))
+	if l7 == nil {
+		return b
+	}
+	b = appendString(b, sumDNSQuery, l7.DNSQuery)
+	b = appendUint(b, sumDNSQType, uint64(l7.DNSQType))
+	b = appendUint(b, sumDNSRCode, uint64(l7.DNSRCode))
+	b = appendBool(b, sumDNSResponse, l7.DNSResponse)
+	for i := range l7.DNSAnswers {
+		an := &l7.DNSAnswers[i]
+		b = protowire.AppendTag(b, sumDNSAnswers, protowire.BytesType)
+		n := sizeString(an.Name) + sizeUint(ansType, uint64(an.Type)) + sizeBytes(len(an.Addr)) +
+			sizeString(an.Target) + sizeUint(ansTTL, uint64(an.TTL))
+		b = protowire.AppendVarint(b, uint64(n))
+		b = appendString(b, ansName, an.Name)
+		b = appendUint(b, ansType, uint64(an.Type))
+		b = appendBytes(b, ansAddr, an.Addr)
+		b = appendString(b, ansTarget, an.Target)
+		b = appendUint(b, ansTTL, uint64(an.TTL))
+	}
+	b = appendString(b, sumTLSSNI, l7.TLSSNI)
+	b = appendString(b, sumHTTPHost, l7.HTTPHost)
+	b = appendString(b, sumHTTPMethod, l7.HTTPMethod)
+	b = appendString(b, sumHTTPUserAgent, l7.HTTPUA)
+	b = appendString(b, sumApp, l7.App)
+	return b
+}
+
+// sizeUint, sizeBytes and sizeString are the encoded sizes of a DNSAnswer
+// field (all its field numbers take a one-byte tag).
+func sizeUint(_ protowire.Number, v uint64) int {
+	if v == 0 {
+		return 0
+	}
+	return 1 + protowire.SizeVarint(v)
+}
+
+func sizeBytes(n int) int {
+	if n == 0 {
+		return 0
+	}
+	return 1 + protowire.SizeBytes(n)
+}
+
+func sizeString(s string) int { return sizeBytes(len(s)) }
+
+// appendBatchHeader appends the PacketBatch fields that precede its packets.
+func appendBatchHeader(b []byte, sensor, boot string, seq uint64, bucket uint32) []byte {
+	b = appendString(b, batchSensor, sensor)
+	b = appendString(b, batchBoot, boot)
+	b = appendUint(b, batchSeq, seq)
+	return appendUint(b, batchBucket, uint64(bucket))
+}
+
+// appendBatchTrailer appends the PacketBatch fields that follow its packets.
+func appendBatchTrailer(b []byte, eof bool, sentNs int64) []byte {
+	b = appendBool(b, batchEOF, eof)
+	return appendUint(b, batchSentNs, uint64(sentNs))
+}
