@@ -56,15 +56,37 @@ type Hub struct {
 	mu      sync.Mutex
 	clients map[*client]struct{}
 	closed  bool
-	subs    []*nats.Subscription
 	wg      sync.WaitGroup
+
+	// Subscriptions exist only while a live client wants their type: with
+	// no client the api neither receives nor decodes the FLOWS traffic.
+	subMu      sync.Mutex
+	started    bool          // Start was called
+	subsClosed bool          // Close was called
+	want       [numTypes]int // live clients that want each type
+	subs       [numTypes]*nats.Subscription
 
 	mClients  prometheus.Gauge
 	mDropped  prometheus.Counter
 	mSent     *prometheus.CounterVec
 	mReceived *prometheus.CounterVec
 	mBad      *prometheus.CounterVec
+	sent      [numTypes]prometheus.Counter // mSent by type
+	received  [numTypes]prometheus.Counter // mReceived by type
 }
+
+// Message types of the live feed, as bits of a client's type mask.
+const (
+	typeFlow = iota
+	typeAlert
+	typeMetrics
+	numTypes
+)
+
+var typeNames = [numTypes]string{"flow", "alert", "metrics"}
+
+// allTypes is the mask of a client without a types filter.
+const allTypes = 1<<numTypes - 1
 
 // New returns a hub reading from nc; pool (may be nil) serves replays.
 // Its metrics are registered on reg.
@@ -86,40 +108,111 @@ func New(nc *nats.Conn, pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Reg
 	if reg != nil {
 		reg.MustRegister(h.mClients, h.mDropped, h.mSent, h.mReceived, h.mBad)
 	}
+	for i, n := range typeNames {
+		h.sent[i] = h.mSent.WithLabelValues(n)
+		h.received[i] = h.mReceived.WithLabelValues(n)
+	}
 	return h
 }
 
-// Start subscribes to the FLOWS, ALERTS and METRICS subjects (core NATS:
-// the feed shows new messages only).
+// Start lets live clients subscribe the hub to the FLOWS, ALERTS and
+// METRICS subjects (core NATS: the feed shows new messages only). The hub
+// holds a subject's subscription only while at least one live client wants
+// its type, so with no client the feed costs nothing.
 func (h *Hub) Start() error {
-	for _, s := range []struct {
-		subject string
-		fn      nats.MsgHandler
-	}{
-		{schema.FlowsPrefix + ".>", h.onFlows},
-		{schema.AlertsPrefix + ".>", h.onAlert},
-		{schema.MetricsPrefix + ".>", h.onMetrics},
-	} {
-		sub, err := h.nc.Subscribe(s.subject, s.fn)
-		if err != nil {
-			h.unsubscribe()
-			return fmt.Errorf("subscribe %s: %w", s.subject, err)
-		}
-		_ = sub.SetPendingLimits(1<<20, 512<<20)
-		h.mu.Lock()
-		h.subs = append(h.subs, sub)
-		h.mu.Unlock()
+	h.subMu.Lock()
+	h.started = true
+	h.subMu.Unlock()
+	if h.nc == nil {
+		return nil
 	}
 	return h.nc.Flush()
 }
 
+// acquire counts a live client wanting the types of mask, subscribes to the
+// subjects no client wanted so far and waits until the server has the new
+// subscriptions (so that the client gets every message published once it is
+// connected). On error nothing stays acquired.
+func (h *Hub) acquire(mask uint8) error {
+	h.subMu.Lock()
+	var err error
+	added := false
+	for i := range numTypes {
+		if mask&(1<<i) == 0 {
+			continue
+		}
+		h.want[i]++
+		if h.subs[i] != nil || h.nc == nil || !h.started || h.subsClosed {
+			continue
+		}
+		subject, fn := h.subject(i)
+		sub, serr := h.nc.Subscribe(subject, fn)
+		if serr != nil {
+			err = fmt.Errorf("subscribe %s: %w", subject, serr)
+			break
+		}
+		_ = sub.SetPendingLimits(1<<20, 512<<20)
+		h.subs[i], added = sub, true
+	}
+	h.subMu.Unlock()
+	if err == nil && added {
+		err = h.nc.Flush()
+	}
+	if err != nil {
+		h.release(mask) // a type whose want++ was skipped by the break has want 0 and is skipped too
+	}
+	return err
+}
+
+// release undoes acquire(mask), unsubscribing from subjects no client wants.
+func (h *Hub) release(mask uint8) {
+	h.subMu.Lock()
+	defer h.subMu.Unlock()
+	for i := range numTypes {
+		if mask&(1<<i) == 0 || h.want[i] == 0 {
+			continue
+		}
+		h.want[i]--
+		if h.want[i] == 0 && h.subs[i] != nil {
+			_ = h.subs[i].Unsubscribe()
+			h.subs[i] = nil
+		}
+	}
+}
+
+func (h *Hub) subject(typ int) (string, nats.MsgHandler) {
+	switch typ {
+	case typeFlow:
+		return schema.FlowsPrefix + ".>", h.onFlows
+	case typeAlert:
+		return schema.AlertsPrefix + ".>", h.onAlert
+	}
+	return schema.MetricsPrefix + ".>", h.onMetrics
+}
+
+// Subscribed reports whether the hub holds a subscription for messages of
+// type typ (flow, alert or metrics).
+func (h *Hub) Subscribed(typ string) bool {
+	h.subMu.Lock()
+	defer h.subMu.Unlock()
+	for i, n := range typeNames {
+		if n == typ {
+			return h.subs[i] != nil
+		}
+	}
+	return false
+}
+
+// unsubscribe drops every subscription for good (Close).
 func (h *Hub) unsubscribe() {
-	h.mu.Lock()
-	subs := h.subs
-	h.subs = nil
-	h.mu.Unlock()
-	for _, s := range subs {
-		_ = s.Unsubscribe()
+	h.subMu.Lock()
+	defer h.subMu.Unlock()
+	h.subsClosed = true
+	for i, s := range h.subs {
+		if s != nil {
+			_ = s.Unsubscribe()
+			h.subs[i] = nil
+		}
 	}
 }
 
@@ -181,22 +274,93 @@ func flowEvent(f record.Flow) event {
 		ports: [2]int{f.OrigPort, f.RespPort}, proto: f.Proto, data: marshal(message{Type: "flow", Flow: &f})}
 }
 
+func pbAddr(b []byte) netip.Addr {
+	a, _ := netip.AddrFromSlice(b)
+	return a.Unmap()
+}
+
+// appendFlowMessage appends {"type":"flow","flow":<f>}, what marshal writes
+// for a flow message, without reflection.
+func appendFlowMessage(b []byte, f *pb.Flow, sensor string) []byte {
+	b = append(b, `{"type":"flow","flow":`...)
+	b = record.AppendFlowJSON(b, f, sensor)
+	return append(b, '}')
+}
+
+// listeners appends to buf the live clients that want messages of type typ.
+func (h *Hub) listeners(typ int, buf []*client) []*client {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for c := range h.clients {
+		if c.live && c.mask&(1<<typ) != 0 {
+			buf = append(buf, c)
+		}
+	}
+	return buf
+}
+
+// onFlows fans a FlowBatch out: decoded once, each flow matched against
+// the filters of the clients that want flows and encoded to JSON once, only
+// when one of them wants it; those clients share the bytes.
 func (h *Hub) onFlows(m *nats.Msg) {
+	var stack [8]*client
+	cs := h.listeners(typeFlow, stack[:0])
+	if len(cs) == 0 {
+		return // the last client just left; its subscription is going
+	}
 	var b pb.FlowBatch
 	if err := proto.Unmarshal(m.Data, &b); err != nil {
 		h.mBad.WithLabelValues("flow").Inc()
 		return
 	}
-	h.mReceived.WithLabelValues("flow").Add(float64(len(b.GetFlows())))
-	if h.Clients() == 0 {
-		return
-	}
-	for _, f := range b.GetFlows() {
-		if f.GetSensor() == "" {
-			f.Sensor = b.GetSensor()
+	flows := b.GetFlows()
+	h.received[typeFlow].Add(float64(len(flows)))
+	var match [8]*client
+	var buf []byte
+	sent := 0
+	for _, f := range flows {
+		sensor := f.GetSensor()
+		if sensor == "" {
+			sensor = b.GetSensor()
 		}
-		h.broadcast(flowEvent(record.FlowFromPB(f)))
+		e := event{typ: "flow", sensor: sensor, addrs: [2]netip.Addr{pbAddr(f.GetOrigAddr()), pbAddr(f.GetRespAddr())},
+			ports: [2]int{int(f.GetOrigPort()), int(f.GetRespPort())}, proto: int(f.GetProto())}
+		to := match[:0]
+		for _, c := range cs {
+			if c.filter.matchFields(&e) {
+				to = append(to, c)
+			}
+		}
+		if len(to) == 0 {
+			continue
+		}
+		if buf == nil {
+			buf = make([]byte, 0, 1024*len(flows))
+		}
+		start := len(buf)
+		buf = appendFlowMessage(buf, f, sensor)
+		sent += h.send(to, buf[start:len(buf):len(buf)]) // later appends never touch these bytes
 	}
+	if sent > 0 {
+		h.sent[typeFlow].Add(float64(sent))
+	}
+}
+
+// send queues data to every client of to without blocking and returns how
+// many took it; a full queue drops the message (counted, and reported to
+// the client).
+func (h *Hub) send(to []*client, data []byte) int {
+	n := 0
+	for _, c := range to {
+		select {
+		case c.send <- data:
+			n++
+		default:
+			c.dropped.Add(1)
+			h.mDropped.Inc()
+		}
+	}
+	return n
 }
 
 func (h *Hub) onAlert(m *nats.Msg) {
@@ -205,16 +369,16 @@ func (h *Hub) onAlert(m *nats.Msg) {
 		h.mBad.WithLabelValues("alert").Inc()
 		return
 	}
-	h.mReceived.WithLabelValues("alert").Inc()
-	if h.Clients() == 0 {
-		return
-	}
+	h.received[typeAlert].Inc()
 	if a.GetSensor() == "" {
 		a.Sensor = schema.SensorFromSubject(m.Subject)
 	}
-	al := record.AlertFromPB(&a)
-	h.broadcast(event{typ: "alert", sensor: al.Sensor, addrs: [2]netip.Addr{parseAddr(a.GetOrigAddr()), parseAddr(a.GetRespAddr())},
-		proto: -1, ports: [2]int{-1, -1}, data: marshal(message{Type: "alert", Alert: &al})})
+	e := event{typ: "alert", sensor: a.GetSensor(), addrs: [2]netip.Addr{parseAddr(a.GetOrigAddr()), parseAddr(a.GetRespAddr())},
+		proto: -1, ports: [2]int{-1, -1}}
+	h.broadcast(typeAlert, &e, func() []byte {
+		al := record.AlertFromPB(&a)
+		return marshal(message{Type: "alert", Alert: &al})
+	})
 }
 
 func (h *Hub) onMetrics(m *nats.Msg) {
@@ -223,32 +387,35 @@ func (h *Hub) onMetrics(m *nats.Msg) {
 		h.mBad.WithLabelValues("metrics").Inc()
 		return
 	}
-	h.mReceived.WithLabelValues("metrics").Inc()
-	if h.Clients() == 0 {
-		return
-	}
+	h.received[typeMetrics].Inc()
 	if x.GetSensor() == "" {
 		x.Sensor = schema.SensorFromSubject(m.Subject)
 	}
-	mt := record.MetricsFromPB(&x)
-	h.broadcast(event{typ: "metrics", sensor: mt.Sensor, proto: -1, ports: [2]int{-1, -1},
-		data: marshal(message{Type: "metrics", Metrics: &mt})})
+	e := event{typ: "metrics", sensor: x.GetSensor(), proto: -1, ports: [2]int{-1, -1}}
+	h.broadcast(typeMetrics, &e, func() []byte {
+		mt := record.MetricsFromPB(&x)
+		return marshal(message{Type: "metrics", Metrics: &mt})
+	})
 }
 
-func (h *Hub) broadcast(e event) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for c := range h.clients {
-		if !c.live || !c.filter.match(e) {
-			continue
+// broadcast sends e to the clients wanting typ whose filter matches it;
+// e.data, when nil, is encoded once and only if one does.
+func (h *Hub) broadcast(typ int, e *event, encode func() []byte) {
+	var stack, match [8]*client
+	to := match[:0]
+	for _, c := range h.listeners(typ, stack[:0]) {
+		if c.filter.matchFields(e) {
+			to = append(to, c)
 		}
-		select {
-		case c.send <- e.data:
-			h.mSent.WithLabelValues(e.typ).Inc()
-		default:
-			c.dropped.Add(1)
-			h.mDropped.Inc()
-		}
+	}
+	if len(to) == 0 {
+		return
+	}
+	if e.data == nil {
+		e.data = encode()
+	}
+	if n := h.send(to, e.data); n > 0 {
+		h.sent[typ].Add(float64(n))
 	}
 }
 
@@ -301,10 +468,30 @@ func ParseFilter(r *http.Request) (Filter, error) {
 	return f, nil
 }
 
+// mask is the set of message types f wants, as type bits.
+func (f *Filter) mask() uint8 {
+	if f.Types == nil {
+		return allTypes
+	}
+	var m uint8
+	for i, n := range typeNames {
+		if f.Types[n] {
+			m |= 1 << i
+		}
+	}
+	return m
+}
+
 func (f *Filter) match(e event) bool {
 	if f.Types != nil && !f.Types[e.typ] {
 		return false
 	}
+	return f.matchFields(&e)
+}
+
+// matchFields is match without the type check (the hub picks clients by
+// type once per message).
+func (f *Filter) matchFields(e *event) bool {
 	if f.Sensor != "" && f.Sensor != e.sensor {
 		return false
 	}
@@ -327,6 +514,7 @@ type client struct {
 	conn     *websocket.Conn
 	send     chan []byte
 	filter   Filter
+	mask     uint8         // filter.mask(); 0 for a replay
 	live     bool          // false for a replay, which gets no live messages
 	dropped  atomic.Uint64 // dropped since the last report
 	done     chan struct{}
@@ -367,11 +555,27 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.wg.Done()
+	var mask uint8
+	if rp == nil {
+		// Subscribe before the handshake completes, so that the client
+		// gets everything published once it is connected.
+		mask = f.mask()
+		if err := h.acquire(mask); err != nil {
+			h.log.Warn("live subscribe", "err", err)
+			rest.WriteError(w, http.StatusServiceUnavailable, "live feed unavailable")
+			return
+		}
+		defer h.release(mask)
+	}
 	conn, err := h.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		return // the upgrader answered the client
 	}
-	c := &client{conn: conn, send: make(chan []byte, max(h.Buffer, 1)), filter: f, live: rp == nil, done: make(chan struct{})}
+	// No per-message deflate on writes: compressing every message for
+	// every client (a new deflate stream per message, no context
+	// takeover) costs more CPU than the rest of the feed.
+	conn.EnableWriteCompression(false)
+	c := &client{conn: conn, send: make(chan []byte, max(h.Buffer, 1)), filter: f, mask: mask, live: rp == nil, done: make(chan struct{})}
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()

@@ -5,6 +5,9 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+
 	"netwatch/api/internal/record"
 	"netwatch/schema/pb"
 )
@@ -43,30 +46,98 @@ func TestFilter(t *testing.T) {
 	}
 }
 
-// BenchmarkFlowEvent is the per-flow cost of the live feed: protobuf to the
-// JSON message, once per flow whatever the number of clients.
-func BenchmarkFlowEvent(b *testing.B) {
-	f := &pb.Flow{Id: "0123456789abcdef0123456789abcdef", Sensor: "s1", CommunityId: "1:LQU9qZlK+B5F3KDmev6m5PMibrg=",
-		Proto: 6, OrigAddr: []byte{10, 0, 0, 1}, OrigPort: 51234, RespAddr: []byte{192, 0, 2, 1}, RespPort: 443,
-		StartNs: 1e18, EndNs: 1e18 + 5e8, OrigPkts: 10, OrigIpBytes: 1200, RespPkts: 8, RespIpBytes: 9000, App: "tls"}
-	e := flowEvent(record.FlowFromPB(f))
-	b.SetBytes(int64(len(e.data)))
-	b.ReportAllocs()
-	for b.Loop() {
-		flowEvent(record.FlowFromPB(f))
+func benchFlow(i int) *pb.Flow {
+	return &pb.Flow{Id: "0123456789abcdef0123456789abcdef", Sensor: "s1", CommunityId: "1:LQU9qZlK+B5F3KDmev6m5PMibrg=",
+		Proto: 6, OrigAddr: []byte{10, 0, byte(i >> 8), byte(i)}, OrigPort: 51234, RespAddr: []byte{192, 0, 2, 1}, RespPort: 443,
+		StartNs: 1e18, EndNs: 1e18 + 5e8, OrigPkts: 10, OrigIpBytes: 1200, RespPkts: 8, RespIpBytes: 9000, App: "tls",
+		Final: true, EndReason: pb.EndReason_END_FIN}
+}
+
+// TestFlowMessage: the live feed's flow message is what marshal writes.
+func TestFlowMessage(t *testing.T) {
+	f := benchFlow(1)
+	f.Sensor = ""
+	r := record.FlowFromPB(f)
+	r.Sensor = "batch"
+	if got, want := appendFlowMessage(nil, f, "batch"), marshal(message{Type: "flow", Flow: &r}); string(got) != string(want) {
+		t.Errorf("got  %s\nwant %s", got, want)
 	}
 }
 
-// BenchmarkBroadcast fans one flow out to 100 filtered clients.
+// BenchmarkFlowEvent is the per-flow cost of the live feed: protobuf flow to
+// the JSON message, once per flow whatever the number of clients.
+func BenchmarkFlowEvent(b *testing.B) {
+	f := benchFlow(1)
+	buf := appendFlowMessage(nil, f, "")
+	b.SetBytes(int64(len(buf)))
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = appendFlowMessage(buf[:0], f, "")
+	}
+}
+
+// BenchmarkBroadcast fans one alert-sized event out to 100 filtered clients.
 func BenchmarkBroadcast(b *testing.B) {
 	h := New(nil, nil, nil, nil)
 	for i := 0; i < 100; i++ {
-		c := &client{send: make(chan []byte, 1), live: true, filter: Filter{Port: i, Proto: -1}}
+		c := &client{send: make(chan []byte, 1), live: true, filter: Filter{Port: i, Proto: -1}, mask: allTypes}
 		h.clients[c] = struct{}{}
 	}
 	e := flowEvent(record.Flow{Sensor: "s1", Proto: 6, OrigAddr: "10.0.0.1", OrigPort: 5000, RespAddr: "192.0.2.1", RespPort: 1})
 	b.ReportAllocs()
 	for b.Loop() {
-		h.broadcast(e)
+		h.broadcast(typeFlow, &e, nil)
+	}
+}
+
+// BenchmarkOnFlows is the cost of one FLOWS message of 256 flows: with no
+// client wanting flows (the hub is not even subscribed then; this is the
+// cost if a message still arrives), with one client filtering on a port no
+// flow has (decode and match only), and with one and with ten unfiltered
+// clients (decode, one JSON encoding per flow, fan-out).
+func BenchmarkOnFlows(b *testing.B) {
+	batch := &pb.FlowBatch{Sensor: "s1"}
+	for i := 0; i < 256; i++ {
+		batch.Flows = append(batch.Flows, benchFlow(i))
+	}
+	data, err := proto.Marshal(batch)
+	if err != nil {
+		b.Fatal(err)
+	}
+	msg := &nats.Msg{Subject: "netwatch.flows.s1.0.0", Data: data}
+	for _, c := range []struct {
+		name    string
+		clients int
+		filter  Filter
+	}{
+		{"clients=0", 0, Filter{}},
+		{"clients=1/filtered-out", 1, Filter{Port: 9, Proto: -1}},
+		{"clients=1", 1, Filter{Port: -1, Proto: -1}},
+		{"clients=10", 10, Filter{Port: -1, Proto: -1}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			h := New(nil, nil, nil, nil)
+			done := make(chan struct{})
+			defer close(done)
+			for i := 0; i < c.clients; i++ {
+				cl := &client{send: make(chan []byte, 1024), live: true, filter: c.filter, mask: allTypes}
+				h.clients[cl] = struct{}{}
+				go func() {
+					for {
+						select {
+						case <-cl.send:
+						case <-done:
+							return
+						}
+					}
+				}()
+			}
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			for b.Loop() {
+				h.onFlows(msg)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/256, "ns/flow")
+		})
 	}
 }

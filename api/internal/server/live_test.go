@@ -294,3 +294,33 @@ func TestLiveKeepalive(t *testing.T) {
 		t.Errorf("%d clients, want the responsive one", n)
 	}
 }
+
+// TestLiveSubscribesOnDemand: with no live client the api holds no
+// subscription (the FLOWS traffic costs it nothing); a client subscribes
+// the types it wants, and leaving unsubscribes them.
+func TestLiveSubscribesOnDemand(t *testing.T) {
+	e := newEnv(t)
+	h := e.srv.Hub
+	subscribed := func() string {
+		return fmt.Sprint(h.Subscribed("flow"), h.Subscribed("alert"), h.Subscribed("metrics"))
+	}
+	if s := subscribed(); s != "false false false" {
+		t.Fatalf("no client: subscribed %s", s)
+	}
+	c := dial(t, e, "?types=alert")
+	if s := subscribed(); s != "false true false" {
+		t.Fatalf("alert client: subscribed %s", s)
+	}
+	all := dial(t, e, "")
+	if s := subscribed(); s != "true true true" {
+		t.Fatalf("alert and unfiltered clients: subscribed %s", s)
+	}
+	publishFlows(t, e, "s1", testFlow("s1", 1, 6, 80))
+	if m := next(t, all); m.Type != "flow" {
+		t.Fatalf("got %+v", m)
+	}
+	all.Close()
+	testkit.Eventually(t, 5*time.Second, func() bool { return subscribed() == "false true false" }, "unfiltered client left, flows still subscribed")
+	c.Close()
+	testkit.Eventually(t, 5*time.Second, func() bool { return subscribed() == "false false false" }, "every client left, still subscribed")
+}
