@@ -111,7 +111,7 @@ func BenchmarkOnFlows(b *testing.B) {
 		filter  Filter
 	}{
 		{"clients=0", 0, Filter{}},
-		{"clients=1/filtered-out", 1, Filter{Port: 9, Proto: -1}},
+		{"clients=1-filtered-out", 1, Filter{Port: 9, Proto: -1}},
 		{"clients=1", 1, Filter{Port: -1, Proto: -1}},
 		{"clients=10", 10, Filter{Port: -1, Proto: -1}},
 	} {
