@@ -18,11 +18,10 @@ type table struct {
 	name  string   // partitioned table, e.g. "flows"
 	stage string   // TEMP staging table of the same shape
 	cols  []string // columns copied, in row order
-	ins   string   // INSERT … SELECT … ON CONFLICT DO NOTHING from stage
-	// counted means ins is a query returning the number of rows inserted
-	// (it also feeds rollup); otherwise its RowsAffected is that number.
-	counted bool
-	rollup  *table // partitioned alongside, written by ins; nil for none
+	// ins is INSERT … SELECT … ON CONFLICT DO NOTHING from stage; its
+	// RowsAffected is the number of rows inserted. flowsTable's is a query
+	// that also adds the rows it inserts to flows_1m and returns their number.
+	ins string
 }
 
 func newTable(name string, cols ...string) *table {
@@ -44,12 +43,12 @@ var flowsTable = newTable("flows",
 	"app", "conn_state", "history", "tunnel", "tunnel_id", "server_name", "direction",
 	"orig_name", "resp_name")
 
-// rollupTable is flows_1m: not staged, written by flowsTable.ins.
+// rollupTable is flows_1m: not staged, written by flowsTable.ins (or, on
+// WriteFlows' fast path, by upsertRollup).
 var rollupTable = &table{name: "flows_1m"}
 
 func init() {
 	t := flowsTable
-	t.rollup, t.counted = rollupTable, true
 	t.ins = `WITH ins AS (` + t.ins + `
 	RETURNING start, sensor, proto, app, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, orig_bytes, resp_bytes
 ), up AS (
@@ -176,46 +175,6 @@ func (b *rowBatch) sensor(name string) *sensorSeen {
 		b.sensors[name] = s
 	}
 	return s
-}
-
-// addFlows appends fb's flows. A flow without id or with an address that is
-// not 4 or 16 bytes is skipped and counted in invalid.
-func (b *rowBatch) addFlows(fb *pb.FlowBatch) {
-	for _, f := range fb.GetFlows() {
-		oa, ok1 := netip.AddrFromSlice(f.GetOrigAddr())
-		ra, ok2 := netip.AddrFromSlice(f.GetRespAddr())
-		if !ok1 || !ok2 || f.GetId() == "" {
-			b.invalid++
-			continue
-		}
-		sensor := f.GetSensor()
-		if sensor == "" {
-			sensor = fb.GetSensor()
-		}
-		start, end := ts(f.GetStartNs()), ts(f.GetEndNs())
-		flowStart := start
-		if f.GetFlowStartNs() != 0 {
-			flowStart = ts(f.GetFlowStartNs())
-		}
-		b.rows = append(b.rows, []any{
-			text(f.GetId()), text(sensor), text(f.GetCommunityId()), int16(f.GetProto()),
-			oa, int32(f.GetOrigPort()), ra, int32(f.GetRespPort()),
-			int32(f.GetVlan()), int32(f.GetInnerVlan()), int16(f.GetIcmpType()), int16(f.GetIcmpCode()),
-			start, end, flowStart,
-			i64(f.GetOrigPkts()), i64(f.GetOrigIpBytes()), i64(f.GetOrigBytes()),
-			i64(f.GetRespPkts()), i64(f.GetRespIpBytes()), i64(f.GetRespBytes()),
-			int16(f.GetOrigTcpFlags()), int16(f.GetRespTcpFlags()), int32(f.GetRecordIndex()),
-			f.GetFinal(), EndReasonText(f.GetEndReason()), f.GetDirectionGuessed(),
-			text(f.GetApp()), text(f.GetConnState()), text(f.GetHistory()),
-			TunnelText(f.GetTunnel()), int64(f.GetTunnelId()), text(f.GetServerName()), text(f.GetDirection()),
-			text(f.GetOrigName()), text(f.GetRespName()),
-		})
-		b.days[dayOf(start)] = struct{}{}
-		s := b.sensor(text(sensor))
-		if end.After(s.lastFlow) {
-			s.lastFlow = end
-		}
-	}
 }
 
 // addAlert appends a. An alert without id is skipped and counted in invalid.

@@ -18,6 +18,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -113,6 +114,11 @@ type Store struct {
 
 	mu    sync.Mutex
 	parts map[string]bool // partitions known to exist, by name
+
+	// flowDups is set while flow batches carry rows already stored
+	// (redeliveries): WriteFlows then skips its fast path.
+	flowDups atomic.Bool
+	flowBufs chan *flowBatch // encoding buffers for reuse
 }
 
 // Open connects a pool to dsn. The schema must already be migrated (Migrate):
@@ -143,7 +149,7 @@ func Open(ctx context.Context, dsn string, log *slog.Logger, m *Metrics) (*Store
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Store{pool: pool, log: log, metrics: m, parts: map[string]bool{}}, nil
+	return &Store{pool: pool, log: log, metrics: m, parts: map[string]bool{}, flowBufs: make(chan *flowBatch, 4)}, nil
 }
 
 // Close closes the pool, waiting for connections in use.

@@ -356,3 +356,86 @@ func TestRetentionDropsOnlyExpired(t *testing.T) {
 		t.Fatalf("dropped %v right after a write", d)
 	}
 }
+
+// TestFastPathFallbackRollups: a batch of new rows goes the direct COPY way,
+// a batch that repeats some of them falls back to the staging table, and in
+// every case flows_1m equals a GROUP BY over flows. Times before 1970 and
+// 2000 (the two epochs of the encoding) and text PostgreSQL would reject are
+// included.
+func TestFastPathFallbackRollups(t *testing.T) {
+	s, _ := open(t)
+	ctx := context.Background()
+	mk := func(from, to int) *pb.FlowBatch {
+		fb := &pb.FlowBatch{Sensor: "s1"}
+		for i := from; i < to; i++ {
+			st := []time.Time{time.Date(1969, 12, 31, 23, 59, 30, 999, time.UTC),
+				time.Date(1999, 12, 31, 23, 59, 59, 999999999, time.UTC),
+				time.Date(2024, 2, 29, 12, 0, 0, 0, time.UTC)}[i%3].Add(time.Duration(i) * time.Second)
+			f := flow("s1", st, uint32(i), 0)
+			f.App = []string{"dns", "tls\x00x", "h\xfftp", ""}[i%4]
+			f.OrigPkts = uint64(i)
+			fb.Flows = append(fb.Flows, f)
+		}
+		return fb
+	}
+	check := func(step string, wantRows int) {
+		t.Helper()
+		var n, bad int
+		if err := s.pool.QueryRow(ctx, `WITH g AS (
+			SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00') AS minute, sensor, proto, app,
+				count(*) AS records, sum(orig_pkts) AS orig_pkts, sum(resp_pkts) AS resp_pkts,
+				sum(orig_ip_bytes) AS orig_ip_bytes, sum(resp_ip_bytes) AS resp_ip_bytes,
+				sum(orig_bytes) AS orig_bytes, sum(resp_bytes) AS resp_bytes
+			FROM flows GROUP BY 1, 2, 3, 4)
+			SELECT (SELECT count(*) FROM flows), (SELECT count(*) FROM (
+				(SELECT * FROM g EXCEPT SELECT minute, sensor, proto, app, records, orig_pkts, resp_pkts,
+					orig_ip_bytes, resp_ip_bytes, orig_bytes, resp_bytes FROM flows_1m)
+				UNION ALL
+				(SELECT minute, sensor, proto, app, records, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes,
+					orig_bytes, resp_bytes FROM flows_1m EXCEPT SELECT * FROM g)) d)`).Scan(&n, &bad); err != nil {
+			t.Fatal(err)
+		}
+		if n != wantRows || bad != 0 {
+			t.Fatalf("%s: %d flows (want %d), %d rollup rows differ from GROUP BY over flows", step, n, wantRows, bad)
+		}
+	}
+	write := func(step string, fb *pb.FlowBatch, wantIns int) {
+		t.Helper()
+		res, err := s.WriteFlows(ctx, []*pb.FlowBatch{fb})
+		if err != nil || res.Inserted != wantIns || res.Rows != len(fb.Flows) {
+			t.Fatalf("%s: %+v, %v; want %d inserted of %d", step, res, err, wantIns, len(fb.Flows))
+		}
+	}
+	write("new", mk(0, 40), 40)
+	check("new", 40)
+	if s.flowDups.Load() {
+		t.Fatal("duplicates flagged after a batch of new rows")
+	}
+	write("overlap", mk(20, 60), 20) // fast path fails, staging path inserts 20
+	check("overlap", 60)
+	if !s.flowDups.Load() {
+		t.Fatal("no duplicates flagged after a batch that had some")
+	}
+	write("new after overlap", mk(60, 70), 10) // staging path, no duplicates: fast again
+	check("new after overlap", 70)
+	if s.flowDups.Load() {
+		t.Fatal("still flagged after a batch without duplicates")
+	}
+	write("repeat", mk(0, 70), 0)
+	check("repeat", 70)
+	var app string
+	var start time.Time
+	if err := s.pool.QueryRow(ctx, "SELECT app, start FROM flows WHERE orig_pkts = 1").Scan(&app, &start); err != nil {
+		t.Fatal(err)
+	}
+	want := time.Date(1999, 12, 31, 23, 59, 59, 999999000, time.UTC).Add(time.Second)
+	if app != "tlsx" || !start.Equal(want) {
+		t.Errorf("flow 1: app %q start %v, want %q %v", app, start, "tlsx", want)
+	}
+	if err := s.pool.QueryRow(ctx, "SELECT start FROM flows WHERE orig_pkts = 0").Scan(&start); err != nil {
+		t.Fatal(err)
+	}
+	if want := time.Date(1969, 12, 31, 23, 59, 30, 0, time.UTC); !start.Equal(want) {
+		t.Errorf("flow 0: start %v, want %v (microseconds, rounded down)", start, want)
+	}
+}

@@ -1,9 +1,12 @@
 package store
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -19,15 +22,136 @@ type Result struct {
 }
 
 // WriteFlows stores the flows of batches in one transaction: partitions for
-// their start days, COPY into the staging table, INSERT … ON CONFLICT DO
-// NOTHING on (start, id), last_write of the partitions and the sensors rows.
-// When it returns nil everything is committed; otherwise nothing is.
+// their start days, the rows, their per-minute rollups (flows_1m), last_write
+// of the partitions and the sensors rows. When it returns nil everything is
+// committed; otherwise nothing is.
+//
+// The rows are encoded straight into a binary COPY stream. The fast path
+// copies them directly into flows and adds the batch's rollups, summed here,
+// in one statement; a redelivered row makes that COPY fail with
+// unique_violation, and the batch is then written again through the staging
+// table with INSERT … ON CONFLICT DO NOTHING, which adds to the rollups only
+// the rows it inserts. After a batch with duplicates the next batch goes the
+// staging way directly, until one has none again (a redelivery comes in runs).
 func (s *Store) WriteFlows(ctx context.Context, batches []*pb.FlowBatch) (Result, error) {
-	b := newRowBatch()
+	b := s.getFlowBatch()
+	defer s.putFlowBatch(b)
 	for _, fb := range batches {
 		b.addFlows(fb)
 	}
-	return s.write(ctx, flowsTable, b)
+	res := Result{Rows: b.rows, Invalid: b.invalid}
+	if b.rows == 0 {
+		return res, nil
+	}
+	b.copy.trailer()
+	names, err := s.ensurePartitions(ctx, flowsTable, b.days)
+	if err != nil {
+		return res, err
+	}
+	more, err := s.ensurePartitions(ctx, rollupTable, b.days)
+	if err != nil {
+		return res, err
+	}
+	names = append(names, more...)
+	if !s.flowDups.Load() {
+		res.Inserted, err = s.commitFlows(ctx, b, names, true)
+		if err == nil {
+			return res, nil
+		}
+		if !isUniqueViolation(err) {
+			// A partition may have been dropped under the cache: re-check next time.
+			s.forget(flowsTable)
+			s.forget(rollupTable)
+			return res, err
+		}
+		s.flowDups.Store(true)
+	}
+	res.Inserted, err = s.commitFlows(ctx, b, names, false)
+	if err != nil {
+		s.forget(flowsTable)
+		s.forget(rollupTable)
+		return res, err
+	}
+	s.flowDups.Store(res.Inserted < res.Rows)
+	return res, nil
+}
+
+// getFlowBatch is an empty flowBatch, reusing the buffers of an earlier
+// one. (A sync.Pool would lose them at every garbage collection.)
+func (s *Store) getFlowBatch() *flowBatch {
+	select {
+	case b := <-s.flowBufs:
+		b.reset()
+		return b
+	default:
+		b := newFlowBatch()
+		b.reset()
+		return b
+	}
+}
+
+func (s *Store) putFlowBatch(b *flowBatch) {
+	select {
+	case s.flowBufs <- b:
+	default:
+	}
+}
+
+// isUniqueViolation reports whether err is SQLSTATE 23505.
+func isUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}
+
+var (
+	copyFlows      = "COPY flows (" + quotedCols(flowsTable.cols) + ") FROM STDIN (FORMAT binary)"
+	copyFlowsStage = "COPY " + flowsTable.stage + " (" + quotedCols(flowsTable.cols) + ") FROM STDIN (FORMAT binary)"
+)
+
+func quotedCols(cols []string) string {
+	q := make([]string, len(cols))
+	for i, c := range cols {
+		q[i] = `"` + c + `"`
+	}
+	return strings.Join(q, ", ")
+}
+
+// commitFlows writes b in one transaction, directly (fast: every row must be
+// new, else unique_violation) or through the staging table, and returns the
+// number of rows inserted.
+func (s *Store) commitFlows(ctx context.Context, b *flowBatch, parts []string, fast bool) (int, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("write %d flows: begin: %w", b.rows, err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if err := lockPartitions(ctx, tx, parts); err != nil {
+		return 0, fmt.Errorf("write %d flows: %w", b.rows, err)
+	}
+	var inserted int
+	if fast {
+		tag, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(b.copy.b), copyFlows)
+		if err != nil {
+			return 0, fmt.Errorf("write %d flows: copy: %w", b.rows, err)
+		}
+		if inserted = int(tag.RowsAffected()); inserted != b.rows {
+			return 0, fmt.Errorf("write %d flows: copy stored %d rows", b.rows, inserted)
+		}
+		if _, err := tx.Exec(ctx, upsertRollup, b.rollupRows()...); err != nil {
+			return 0, fmt.Errorf("write %d flows: rollup: %w", b.rows, err)
+		}
+	} else {
+		if _, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(b.copy.b), copyFlowsStage); err != nil {
+			return 0, fmt.Errorf("write %d flows: copy: %w", b.rows, err)
+		}
+		if err := tx.QueryRow(ctx, flowsTable.ins).Scan(&inserted); err != nil {
+			return 0, fmt.Errorf("write %d flows: insert: %w", b.rows, err)
+		}
+	}
+	if err := finish(ctx, tx, parts, b.sensors); err != nil {
+		return 0, fmt.Errorf("write %d flows: %w", b.rows, err)
+	}
+	return inserted, nil
 }
 
 // WriteAlerts stores alerts like WriteFlows, keyed on (time, id).
@@ -65,20 +189,10 @@ func (s *Store) write(ctx context.Context, t *table, b *rowBatch) (Result, error
 	if err != nil {
 		return res, err
 	}
-	if t.rollup != nil {
-		more, err := s.ensurePartitions(ctx, t.rollup, b.days)
-		if err != nil {
-			return res, err
-		}
-		names = append(names, more...)
-	}
 	res.Inserted, err = s.commit(ctx, t, b, names)
 	if err != nil {
 		// A partition may have been dropped under the cache: re-check next time.
 		s.forget(t)
-		if t.rollup != nil {
-			s.forget(t.rollup)
-		}
 		return res, err
 	}
 	return res, nil
@@ -90,39 +204,48 @@ func (s *Store) commit(ctx context.Context, t *table, b *rowBatch, parts []strin
 		return 0, fmt.Errorf("write %d %s: begin: %w", len(b.rows), t.name, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	// Hold the partitions rows (KEY SHARE: writers do not block each other)
-	// so that retention cannot drop a partition this batch writes to; a
-	// partition dropped before is missing here and the batch is retried.
-	var held int
-	if err := tx.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM partitions
-		WHERE name = ANY($1) FOR KEY SHARE) p`, parts).Scan(&held); err != nil {
-		return 0, fmt.Errorf("write %d %s: lock partitions: %w", len(b.rows), t.name, err)
-	}
-	if held != len(parts) {
-		return 0, fmt.Errorf("write %d %s: %d of partitions %v are not recorded (dropped concurrently?)",
-			len(b.rows), t.name, len(parts)-held, parts)
+	if err := lockPartitions(ctx, tx, parts); err != nil {
+		return 0, fmt.Errorf("write %d %s: %w", len(b.rows), t.name, err)
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{t.stage}, t.cols, pgx.CopyFromRows(b.rows)); err != nil {
 		return 0, fmt.Errorf("write %d %s: copy: %w", len(b.rows), t.name, err)
 	}
-	var inserted int
-	if t.counted {
-		err = tx.QueryRow(ctx, t.ins).Scan(&inserted)
-	} else {
-		var tag pgconn.CommandTag
-		tag, err = tx.Exec(ctx, t.ins)
-		inserted = int(tag.RowsAffected())
-	}
+	tag, err := tx.Exec(ctx, t.ins)
 	if err != nil {
 		return 0, fmt.Errorf("write %d %s: insert: %w", len(b.rows), t.name, err)
 	}
+	inserted := int(tag.RowsAffected())
+	if err := finish(ctx, tx, parts, b.sensors); err != nil {
+		return 0, fmt.Errorf("write %d %s: %w", len(b.rows), t.name, err)
+	}
+	return inserted, nil
+}
+
+// lockPartitions holds the partitions rows of parts (KEY SHARE: writers do
+// not block each other) so that retention cannot drop a partition this
+// transaction writes to; a partition dropped before is missing here and the
+// batch is retried.
+func lockPartitions(ctx context.Context, tx pgx.Tx, parts []string) error {
+	var held int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM partitions
+		WHERE name = ANY($1) FOR KEY SHARE) p`, parts).Scan(&held); err != nil {
+		return fmt.Errorf("lock partitions: %w", err)
+	}
+	if held != len(parts) {
+		return fmt.Errorf("%d of partitions %v are not recorded (dropped concurrently?)", len(parts)-held, parts)
+	}
+	return nil
+}
+
+// finish sets last_write of parts, upserts the sensors rows and commits.
+func finish(ctx context.Context, tx pgx.Tx, parts []string, seen map[string]*sensorSeen) error {
 	// Lock order: partitions rows (sorted names), then sensors rows (sorted),
 	// so that concurrent sinks never deadlock on each other.
 	if _, err := tx.Exec(ctx, "UPDATE partitions SET last_write = now() WHERE name = ANY($1)", parts); err != nil {
-		return 0, fmt.Errorf("write %d %s: partitions last_write: %w", len(b.rows), t.name, err)
+		return fmt.Errorf("partitions last_write: %w", err)
 	}
-	sensors := make([]string, 0, len(b.sensors))
-	for name := range b.sensors {
+	sensors := make([]string, 0, len(seen))
+	for name := range seen {
 		if name != "" {
 			sensors = append(sensors, name)
 		}
@@ -131,19 +254,19 @@ func (s *Store) commit(ctx context.Context, t *table, b *rowBatch, parts []strin
 	if len(sensors) > 0 {
 		var batch pgx.Batch
 		for _, name := range sensors {
-			seen := b.sensors[name]
+			sn := seen[name]
 			var lastFlow any
-			if !seen.lastFlow.IsZero() {
-				lastFlow = seen.lastFlow
+			if !sn.lastFlow.IsZero() {
+				lastFlow = sn.lastFlow
 			}
-			batch.Queue(upsertSensor, name, seen.host, lastFlow)
+			batch.Queue(upsertSensor, name, sn.host, lastFlow)
 		}
 		if err := tx.SendBatch(ctx, &batch).Close(); err != nil {
-			return 0, fmt.Errorf("write %d %s: sensors: %w", len(b.rows), t.name, err)
+			return fmt.Errorf("sensors: %w", err)
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return 0, fmt.Errorf("write %d %s: commit: %w", len(b.rows), t.name, err)
+		return fmt.Errorf("commit: %w", err)
 	}
-	return inserted, nil
+	return nil
 }
