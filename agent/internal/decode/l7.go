@@ -3,6 +3,7 @@ package decode
 import (
 	"bytes"
 	"encoding/binary"
+	"unsafe"
 )
 
 // Application names of App; constant so that classifying allocates nothing.
@@ -28,6 +29,8 @@ type L7 struct {
 	HTTPMethod  string
 	HTTPHost    string
 	HTTPUA      string
+
+	arena []byte // the bytes of the strings above (see ParseL7)
 }
 
 // DNSAnswer is one A, AAAA or CNAME record.
@@ -89,10 +92,13 @@ func App(p *Packet) string {
 }
 
 // ParseL7 fills l with what App recognised plus the DNS question and answers,
-// TLS SNI and HTTP request line and headers. It allocates only the strings
-// it returns; malformed input leaves the fields it could not read empty.
+// TLS SNI and HTTP request line and headers; malformed input leaves the
+// fields it could not read empty. The strings and answer addresses point
+// into buffers that l keeps and reuses: they are valid until the next
+// ParseL7 on l (copy them with strings.Clone / bytes.Clone to keep them), so
+// that a busy sensor's DNS traffic costs no allocations.
 func ParseL7(p *Packet, l *L7) {
-	*l = L7{App: App(p)}
+	*l = L7{App: App(p), arena: l.arena[:0], DNSAnswers: l.DNSAnswers[:0]}
 	switch l.App {
 	case AppDNS:
 		b := p.Payload
@@ -104,7 +110,7 @@ func ParseL7(p *Packet, l *L7) {
 		}
 		parseDNS(b, l)
 	case AppTLS:
-		l.TLSSNI = clientHelloSNI(p.Payload)
+		l.TLSSNI = clientHelloSNI(p.Payload, l)
 	case AppHTTP:
 		parseHTTP(p.Payload, l)
 	}
@@ -116,7 +122,7 @@ func parseHTTP(b []byte, l *L7) {
 	}
 	line, rest, _ := bytes.Cut(b, []byte("\r\n"))
 	if sp := bytes.IndexByte(line, ' '); sp > 0 && !bytes.HasPrefix(line, []byte("HTTP/")) {
-		l.HTTPMethod = text(line[:sp])
+		l.HTTPMethod = l.text(line[:sp])
 	}
 	for len(rest) > 0 {
 		var h []byte
@@ -131,16 +137,16 @@ func parseHTTP(b []byte, l *L7) {
 		v = bytes.TrimSpace(v)
 		switch {
 		case bytes.EqualFold(k, []byte("host")):
-			l.HTTPHost = text(v)
+			l.HTTPHost = l.text(v)
 		case bytes.EqualFold(k, []byte("user-agent")):
-			l.HTTPUA = text(v)
+			l.HTTPUA = l.text(v)
 		}
 	}
 }
 
 // clientHelloSNI returns the server_name of a TLS ClientHello (RFC 8446
 // 4.1.2, RFC 6066 3), or "".
-func clientHelloSNI(b []byte) string {
+func clientHelloSNI(b []byte, a *L7) string {
 	if len(b) < 9 || b[0] != 0x16 || b[5] != 1 {
 		return ""
 	}
@@ -188,7 +194,7 @@ func clientHelloSNI(b []byte) string {
 			if 5+l > len(e) {
 				return ""
 			}
-			return text(e[5 : 5+l])
+			return a.text(e[5 : 5+l])
 		}
 		ext = ext[n:]
 	}
@@ -209,7 +215,7 @@ func parseDNS(b []byte, l *L7) {
 	if qd == 0 {
 		return
 	}
-	name, n, ok := dnsName(b, off)
+	name, n, ok := dnsName(b, off, l)
 	if !ok || n+4 > len(b) {
 		return
 	}
@@ -217,14 +223,14 @@ func parseDNS(b []byte, l *L7) {
 	l.DNSQType = binary.BigEndian.Uint16(b[n:])
 	off = n + 4
 	for i := 1; i < qd; i++ {
-		_, n, ok := dnsName(b, off)
+		_, n, ok := dnsName(b, off, nil)
 		if !ok || n+4 > len(b) {
 			return
 		}
 		off = n + 4
 	}
 	for i := 0; i < an && i < 32; i++ {
-		name, n, ok := dnsName(b, off)
+		name, n, ok := dnsName(b, off, l)
 		if !ok || n+10 > len(b) {
 			return
 		}
@@ -238,9 +244,9 @@ func parseDNS(b []byte, l *L7) {
 		switch {
 		case typ == 1 && rdl == 4, typ == 28 && rdl == 16:
 			l.DNSAnswers = append(l.DNSAnswers, DNSAnswer{Name: name, Type: typ, TTL: ttl,
-				Addr: append([]byte(nil), b[rd:rd+rdl]...)})
+				Addr: l.bytes(b[rd : rd+rdl])})
 		case typ == 5:
-			t, _, ok := dnsName(b, rd)
+			t, _, ok := dnsName(b, rd, l)
 			if ok {
 				l.DNSAnswers = append(l.DNSAnswers, DNSAnswer{Name: name, Type: typ, TTL: ttl, Target: t})
 			}
@@ -251,7 +257,7 @@ func parseDNS(b []byte, l *L7) {
 
 // dnsName reads a possibly compressed name at off and returns it without the
 // trailing dot and the offset just after it.
-func dnsName(b []byte, off int) (string, int, bool) {
+func dnsName(b []byte, off int, a *L7) (string, int, bool) {
 	var buf [256]byte
 	name := buf[:0]
 	end := -1
@@ -265,7 +271,10 @@ func dnsName(b []byte, off int) (string, int, bool) {
 			if end < 0 {
 				end = off + 1
 			}
-			return text(name), end, true
+			if a == nil {
+				return "", end, true
+			}
+			return a.text(name), end, true
 		case c&0xc0 == 0xc0:
 			if off+1 >= len(b) {
 				return "", 0, false
@@ -295,25 +304,31 @@ func dnsName(b []byte, off int) (string, int, bool) {
 // written as \xNN, the escaping Zeek uses in its logs, so binary DNS labels
 // (tunnels) and hostile header values survive as valid UTF-8 and stay
 // distinguishable. Protobuf string fields must hold valid UTF-8.
-func text(b []byte) string {
-	clean := true
-	for _, c := range b {
-		if c < 0x20 || c > 0x7e || c == '\\' {
-			clean = false
-			break
-		}
-	}
-	if clean {
-		return string(b)
+//
+// The string is kept in l's arena (valid until the next ParseL7 on l).
+func (l *L7) text(b []byte) string {
+	if len(b) == 0 {
+		return ""
 	}
 	const hex = "0123456789abcdef"
-	out := make([]byte, 0, len(b)+16)
+	start := len(l.arena)
 	for _, c := range b {
 		if c < 0x20 || c > 0x7e || c == '\\' {
-			out = append(out, '\\', 'x', hex[c>>4], hex[c&15])
+			l.arena = append(l.arena, '\\', 'x', hex[c>>4], hex[c&15])
 			continue
 		}
-		out = append(out, c)
+		l.arena = append(l.arena, c)
 	}
-	return string(out)
+	s := l.arena[start:len(l.arena):len(l.arena)]
+	// The arena only grows until the next ParseL7 (a reallocation leaves
+	// these bytes in the old array), so the bytes under s do not change
+	// while the string is valid.
+	return unsafe.String(unsafe.SliceData(s), len(s))
+}
+
+// bytes copies b into l's arena.
+func (l *L7) bytes(b []byte) []byte {
+	start := len(l.arena)
+	l.arena = append(l.arena, b...)
+	return l.arena[start:len(l.arena):len(l.arena)]
 }

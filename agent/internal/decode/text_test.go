@@ -18,10 +18,14 @@ func TestTextEscapesBinary(t *testing.T) {
 		{[]byte(`back\slash`), `back\x5cslash`},
 		{[]byte{0}, `\x00`},
 	}
-	for _, c := range cases {
-		got := text(c.in)
-		if got != c.want || !utf8.ValidString(got) {
-			t.Errorf("text(%q) = %q, want %q", c.in, got, c.want)
+	var l L7 // one arena for every case: earlier strings must survive its growth
+	got := make([]string, len(cases))
+	for i, c := range cases {
+		got[i] = l.text(c.in)
+	}
+	for i, c := range cases {
+		if got[i] != c.want || !utf8.ValidString(got[i]) {
+			t.Errorf("text(%q) = %q, want %q", c.in, got[i], c.want)
 		}
 	}
 }

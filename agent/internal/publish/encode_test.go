@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -34,6 +35,19 @@ func reference(p *decode.Packet, l7 *decode.L7) *pb.PacketSummary {
 		s.TlsSni, s.HttpHost, s.HttpMethod, s.HttpUserAgent = l7.TLSSNI, l7.HTTPHost, l7.HTTPMethod, l7.HTTPUA
 	}
 	return s
+}
+
+// keep copies s deeply: its strings and bytes point into the reused
+// decode.Packet and decode.L7.
+func keep(s *pb.PacketSummary) *pb.PacketSummary {
+	c := proto.Clone(s).(*pb.PacketSummary)
+	for _, f := range []*string{&c.DnsQuery, &c.TlsSni, &c.HttpHost, &c.HttpMethod, &c.HttpUserAgent, &c.App} {
+		*f = strings.Clone(*f)
+	}
+	for _, a := range c.DnsAnswers {
+		a.Name, a.Target = strings.Clone(a.Name), strings.Clone(a.Target)
+	}
+	return c
 }
 
 // TestEncodeMatchesProto encodes every IP packet of every shared capture by
@@ -83,7 +97,7 @@ func TestEncodeMatchesProto(t *testing.T) {
 			if !bytes.Equal(sum, want) {
 				t.Fatalf("%s packet %d: encoded\n%x\nproto.Marshal\n%x", filepath.Base(file), total, sum, want)
 			}
-			ref.Packets = append(ref.Packets, proto.Clone(reference(p, l)).(*pb.PacketSummary)) // p and l7 are reused
+			ref.Packets = append(ref.Packets, keep(reference(p, l))) // p and l7 are reused
 			enc = protowire.AppendTag(enc, batchPackets, protowire.BytesType)
 			enc = protowire.AppendBytes(enc, sum)
 			total++
