@@ -37,6 +37,7 @@ type config struct {
 	MigrateOnly       bool
 	BatchSize         int           // rows per write
 	BatchFlush        time.Duration // longest a row waits in a batch
+	BatchWriters      int           // batches of one table written at once
 	ShutdownTimeout   time.Duration // how long shutdown keeps retrying the last batches
 	RetentionFlows    time.Duration // 0 keeps forever
 	RetentionAlerts   time.Duration
@@ -98,6 +99,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.BoolVar(&c.MigrateOnly, "migrate-only", false, "apply the migrations and exit")
 	fs.IntVar(&c.BatchSize, "batch.size", 5000, "rows per database write")
 	fs.DurationVar(&c.BatchFlush, "batch.flush", 250*time.Millisecond, "longest a row waits before its batch is written")
+	fs.IntVar(&c.BatchWriters, "batch.writers", 2, "batches of one table written at once (one connection each) while the next fills")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown.timeout", 30*time.Second, "how long shutdown keeps retrying the last batches before nak'ing them")
 	fs.Var(days{&c.RetentionFlows}, "retention.flows", "keep flows partitions this long, e.g. 30d (0: forever)")
 	fs.Var(days{&c.RetentionAlerts}, "retention.alerts", "keep alerts partitions this long (0: forever)")
@@ -126,6 +128,9 @@ func (c *config) Validate() error {
 	}
 	if c.BatchSize < 1 {
 		errs = append(errs, fmt.Errorf("-batch.size %d: want at least 1", c.BatchSize))
+	}
+	if c.BatchWriters < 1 {
+		errs = append(errs, fmt.Errorf("-batch.writers %d: want at least 1", c.BatchWriters))
 	}
 	if c.BatchFlush <= 0 {
 		errs = append(errs, fmt.Errorf("-batch.flush %s: want > 0", c.BatchFlush))
@@ -260,7 +265,8 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 		return err
 	}
 
-	ccfg := consume.Config{BatchSize: cfg.BatchSize, FlushInterval: cfg.BatchFlush, ShutdownTimeout: cfg.ShutdownTimeout}
+	ccfg := consume.Config{BatchSize: cfg.BatchSize, FlushInterval: cfg.BatchFlush, ShutdownTimeout: cfg.ShutdownTimeout,
+		Writers: cfg.BatchWriters}
 	m := consume.NewMetrics(reg)
 	clog := log.With("component", "consume")
 	loops := []interface{ Run(context.Context) error }{
@@ -277,7 +283,8 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 		retention(ctx, s, store.Retention{Flows: cfg.RetentionFlows, Alerts: cfg.RetentionAlerts,
 			Metrics: cfg.RetentionMetrics, Rollups: cfg.RetentionRollups}, cfg.RetentionInterval, log.With("component", "retention"))
 	})
-	log.Info("sink running", "batch_size", cfg.BatchSize, "batch_flush", cfg.BatchFlush, "http_addr", cfg.HTTPAddr)
+	log.Info("sink running", "batch_size", cfg.BatchSize, "batch_flush", cfg.BatchFlush, "batch_writers", cfg.BatchWriters,
+		"http_addr", cfg.HTTPAddr)
 	wg.Wait()
 	log.Info("sink stopped: batches flushed, closing database and nats")
 	return errors.Join(errs...)

@@ -31,7 +31,7 @@ func TestConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.DatabaseURL != DefaultDatabaseURL || c.BatchSize != 5000 || c.BatchFlush != 250*time.Millisecond ||
+	if c.DatabaseURL != DefaultDatabaseURL || c.BatchSize != 5000 || c.BatchFlush != 250*time.Millisecond || c.BatchWriters != 2 ||
 		c.RetentionFlows != 30*24*time.Hour || c.RetentionAlerts != 90*24*time.Hour ||
 		c.RetentionMetrics != 7*24*time.Hour || c.HTTPAddr != "127.0.0.1:9104" {
 		t.Fatalf("defaults: %+v", c)
@@ -48,7 +48,7 @@ func TestConfig(t *testing.T) {
 	if err != nil || c.DatabaseURL != "postgres://f" {
 		t.Fatalf("flag wins: %+v, %v", c, err)
 	}
-	for _, bad := range [][]string{{"-batch.size", "0"}, {"-retention.alerts", "2h"}, {"-retention.metrics", "x"}, {"-log.format", "xml"}} {
+	for _, bad := range [][]string{{"-batch.size", "0"}, {"-batch.writers", "0"}, {"-retention.alerts", "2h"}, {"-retention.metrics", "x"}, {"-log.format", "xml"}} {
 		if _, err := parseConfig(bad, env(nil), io.Discard); err == nil {
 			t.Errorf("%v accepted", bad)
 		}

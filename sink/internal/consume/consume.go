@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +29,9 @@ type Config struct {
 	Prefetch        int           // messages buffered from the server; 0 means 256
 	ShutdownTimeout time.Duration // how long a stopping loop keeps retrying its last batch; 0 means 30 s
 	RetryMax        time.Duration // longest pause between retries of a failed write; 0 means 5 s
+	// Writers is how many batches are written at once (each in its own
+	// transaction and connection) while the next one fills; 0 means 2.
+	Writers int
 }
 
 func (c Config) withDefaults() Config {
@@ -45,6 +49,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RetryMax <= 0 {
 		c.RetryMax = 5 * time.Second
+	}
+	if c.Writers <= 0 {
+		c.Writers = 2
 	}
 	return c
 }
@@ -152,7 +159,7 @@ func HostMetrics(st *store.Store, c jetstream.Consumer, cfg Config, m *Metrics, 
 }
 
 // Run consumes until ctx ends, then stops pulling, writes and acks what it
-// holds (retrying for up to Config.ShutdownTimeout; what is still unwritten
+// holds (Config.Writers batches are written at once, acked as each commits) (retrying for up to Config.ShutdownTimeout; what is still unwritten
 // is nak'ed for redelivery) and returns nil. It returns an error only when
 // the consumer cannot be read at all.
 func (l *Loop[T]) Run(ctx context.Context) error {
@@ -193,6 +200,19 @@ func (l *Loop[T]) Run(ctx context.Context) error {
 		}
 	}()
 
+	// Writers take full batches, so that the next batch is decoded and
+	// filled while earlier ones are written; the hand-over blocks while all
+	// are busy (the client buffers up to Prefetch messages meanwhile).
+	work := make(chan []item[T])
+	var writers sync.WaitGroup
+	for range cfg.Writers {
+		writers.Go(func() {
+			for items := range work {
+				l.flush(hard, log, cfg, items)
+			}
+		})
+	}
+
 	var (
 		pend  []item[T]
 		rows  int
@@ -220,7 +240,7 @@ func (l *Loop[T]) Run(ctx context.Context) error {
 	flush := func() {
 		timer.Stop()
 		if len(pend) > 0 {
-			l.flush(hard, log, cfg, pend)
+			work <- pend
 		}
 		pend, rows = nil, 0
 	}
@@ -251,6 +271,8 @@ loop:
 		}
 	}
 	flush()
+	close(work)
+	writers.Wait()
 	return nil
 }
 

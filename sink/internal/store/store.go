@@ -17,6 +17,7 @@ import (
 	"hash/fnv"
 	"io/fs"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -139,6 +140,11 @@ func Open(ctx context.Context, dsn string, log *slog.Logger, m *Metrics) (*Store
 			}
 		}
 		return nil
+	}
+	// Three tables with two writers each, retention and readiness checks:
+	// more than pgxpool's default of max(4, cores), unless the URL says.
+	if !strings.Contains(dsn, "pool_max_conns") {
+		cfg.MaxConns = max(cfg.MaxConns, 8)
 	}
 	cfg.MaxConnIdleTime = time.Minute
 	cfg.HealthCheckPeriod = 5 * time.Second
