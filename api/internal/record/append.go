@@ -7,6 +7,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"netwatch/schema"
 	"netwatch/schema/pb"
 )
 
@@ -109,7 +110,7 @@ var endReasonNames, tunnelNames = func() (e, t []string) {
 		}
 	}
 	for i := range e {
-		e[i] = EndReasonName(pb.EndReason(i))
+		e[i] = schema.EndReasonName(pb.EndReason(i))
 	}
 	for i := range pb.Tunnel_name {
 		if i >= 0 && int(i) >= len(t) {
@@ -117,7 +118,7 @@ var endReasonNames, tunnelNames = func() (e, t []string) {
 		}
 	}
 	for i := range t {
-		t[i] = TunnelName(pb.Tunnel(i))
+		t[i] = schema.TunnelName(pb.Tunnel(i))
 	}
 	return e, t
 }()
@@ -126,14 +127,14 @@ func endReasonName(r pb.EndReason) string {
 	if r >= 0 && int(r) < len(endReasonNames) {
 		return endReasonNames[r]
 	}
-	return EndReasonName(r)
+	return schema.EndReasonName(r)
 }
 
 func tunnelName(t pb.Tunnel) string {
 	if t >= 0 && int(t) < len(tunnelNames) {
 		return tunnelNames[t]
 	}
-	return TunnelName(t)
+	return schema.TunnelName(t)
 }
 
 // appendAddr appends AddrString(a) as a JSON string (addresses need no

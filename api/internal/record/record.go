@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"netwatch/schema"
 	"netwatch/schema/pb"
 )
 
@@ -118,43 +119,14 @@ type Metrics struct {
 	Captures      json.RawMessage `json:"captures"`
 }
 
-// Severities in increasing order; an alert's Severity is one of them.
-var Severities = []string{"info", "low", "medium", "high", "critical"}
-
-// SeverityName is the JSON name of s, "unknown" for SEVERITY_UNKNOWN (as
-// the sink stores it).
-func SeverityName(s pb.Severity) string {
-	if s >= pb.Severity_SEVERITY_INFO && s <= pb.Severity_SEVERITY_CRITICAL {
-		return Severities[s-1]
-	}
-	return "unknown"
-}
-
 // SeverityRank is 1 (info) to 5 (critical), 0 for an unknown name.
 func SeverityRank(name string) int {
-	for i, s := range Severities {
+	for i, s := range schema.Severities {
 		if s == name {
 			return i + 1
 		}
 	}
 	return 0
-}
-
-// EndReasonName is the text form of r: the enum name without END_, lower
-// case ("idle", "fin", ...), "" for END_UNKNOWN.
-func EndReasonName(r pb.EndReason) string {
-	if r == pb.EndReason_END_UNKNOWN {
-		return ""
-	}
-	return strings.ToLower(strings.TrimPrefix(r.String(), "END_"))
-}
-
-// TunnelName is the text form of t: "gre", "vxlan", ..., "" for none.
-func TunnelName(t pb.Tunnel) string {
-	if t == pb.Tunnel_TUNNEL_NONE {
-		return ""
-	}
-	return strings.ToLower(strings.TrimPrefix(t.String(), "TUNNEL_"))
 }
 
 // AddrString is the text form of a 4- or 16-byte address ("" otherwise).
@@ -185,9 +157,9 @@ func FlowFromPB(f *pb.Flow) Flow {
 		OrigPkts: int64(f.GetOrigPkts()), OrigIPBytes: int64(f.GetOrigIpBytes()), OrigBytes: int64(f.GetOrigBytes()),
 		RespPkts: int64(f.GetRespPkts()), RespIPBytes: int64(f.GetRespIpBytes()), RespBytes: int64(f.GetRespBytes()),
 		OrigTCPFlags: int(f.GetOrigTcpFlags()), RespTCPFlags: int(f.GetRespTcpFlags()),
-		RecordIndex: int(f.GetRecordIndex()), Final: f.GetFinal(), EndReason: EndReasonName(f.GetEndReason()),
+		RecordIndex: int(f.GetRecordIndex()), Final: f.GetFinal(), EndReason: schema.EndReasonName(f.GetEndReason()),
 		DirectionGuessed: f.GetDirectionGuessed(), App: f.GetApp(), ConnState: f.GetConnState(),
-		History: f.GetHistory(), Tunnel: TunnelName(f.GetTunnel()), TunnelID: int64(f.GetTunnelId()),
+		History: f.GetHistory(), Tunnel: schema.TunnelName(f.GetTunnel()), TunnelID: int64(f.GetTunnelId()),
 		ServerName: f.GetServerName(), Direction: f.GetDirection(),
 		OrigName: f.GetOrigName(), RespName: f.GetRespName(),
 	}
@@ -197,7 +169,7 @@ func FlowFromPB(f *pb.Flow) Flow {
 // not a JSON object becomes {}.
 func AlertFromPB(a *pb.Alert) Alert {
 	out := Alert{
-		ID: a.GetId(), Time: nsTime(a.GetTimeNs()), Sensor: a.GetSensor(), Severity: SeverityName(a.GetSeverity()),
+		ID: a.GetId(), Time: nsTime(a.GetTimeNs()), Sensor: a.GetSensor(), Severity: schema.SeverityName(a.GetSeverity()),
 		Category: a.GetCategory(), Technique: a.GetTechnique(), Summary: a.GetSummary(),
 		Evidence: json.RawMessage("{}"), Rule: a.GetRule(), Score: a.GetScore(),
 	}

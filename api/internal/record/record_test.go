@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"netwatch/schema"
 	"netwatch/schema/pb"
 )
 
@@ -29,8 +30,8 @@ func TestFlowFromPB(t *testing.T) {
 	if FlowFromPB(&pb.Flow{OrigAddr: []byte{1, 2, 3}}).OrigAddr != "" {
 		t.Error("3-byte address accepted")
 	}
-	if EndReasonName(pb.EndReason_END_UNKNOWN) != "" || TunnelName(pb.Tunnel_TUNNEL_NONE) != "" ||
-		TunnelName(pb.Tunnel_TUNNEL_OTHER) != "other" || EndReasonName(pb.EndReason_END_SHUTDOWN) != "shutdown" {
+	if schema.EndReasonName(pb.EndReason_END_UNKNOWN) != "" || schema.TunnelName(pb.Tunnel_TUNNEL_NONE) != "" ||
+		schema.TunnelName(pb.Tunnel_TUNNEL_OTHER) != "other" || schema.EndReasonName(pb.EndReason_END_SHUTDOWN) != "shutdown" {
 		t.Error("enum names")
 	}
 }
@@ -43,7 +44,7 @@ func TestAlertFromPB(t *testing.T) {
 		strings.Contains(s, `"orig_addr"`) || !strings.Contains(s, `"resp_addr":"10.0.0.1"`) || strings.Contains(s, "window_start") {
 		t.Errorf("%s", s)
 	}
-	if SeverityName(pb.Severity_SEVERITY_UNKNOWN) != "unknown" || SeverityRank("medium") != 3 || SeverityRank("x") != 0 {
+	if schema.SeverityName(pb.Severity_SEVERITY_UNKNOWN) != "unknown" || SeverityRank("medium") != 3 || SeverityRank("x") != 0 {
 		t.Error("severity names")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"netwatch/api/internal/record"
+	"netwatch/schema"
 )
 
 const alertColumns = `id, time, sensor, severity, category, technique, host(orig_addr), host(resp_addr),
@@ -40,7 +41,7 @@ func (a *API) alerts(w http.ResponseWriter, r *http.Request) {
 		q.add("category = " + q.arg(category))
 	}
 	if sev != "" {
-		q.add("severity = ANY(" + q.arg(record.Severities[record.SeverityRank(sev)-1:]) + ")")
+		q.add("severity = ANY(" + q.arg(schema.Severities[record.SeverityRank(sev)-1:]) + ")")
 	}
 	if hasAddr {
 		q.addrCond(pf, "orig_addr", "resp_addr")

@@ -389,19 +389,8 @@ func (s *Stage) keepAlive() {
 }
 
 func reasonLabel(r pb.EndReason) string {
-	switch r {
-	case pb.EndReason_END_IDLE:
-		return "idle"
-	case pb.EndReason_END_ACTIVE:
-		return "active"
-	case pb.EndReason_END_FIN:
-		return "fin"
-	case pb.EndReason_END_RST:
-		return "rst"
-	case pb.EndReason_END_EOF:
-		return "eof"
-	case pb.EndReason_END_SHUTDOWN:
-		return "shutdown"
+	if n := schema.EndReasonName(r); n != "" {
+		return n
 	}
 	return "unknown"
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"netwatch/schema"
 	"netwatch/schema/pb"
 )
 
@@ -130,12 +131,12 @@ func (c *copyBuf) flowRow(f *pb.Flow, sensor string, start, end, flowStart int64
 	c.int16(int16(f.GetRespTcpFlags()))
 	c.int32(int32(f.GetRecordIndex()))
 	c.bool(f.GetFinal())
-	c.text(EndReasonText(f.GetEndReason()))
+	c.text(schema.EndReasonName(f.GetEndReason()))
 	c.bool(f.GetDirectionGuessed())
 	c.text(f.GetApp())
 	c.text(f.GetConnState())
 	c.text(f.GetHistory())
-	c.text(TunnelText(f.GetTunnel()))
+	c.text(schema.TunnelName(f.GetTunnel()))
 	c.int64(int64(f.GetTunnelId()))
 	c.text(f.GetServerName())
 	c.text(f.GetDirection())

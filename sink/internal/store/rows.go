@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"netwatch/schema"
 	"netwatch/schema/pb"
 )
 
@@ -93,64 +94,6 @@ func text(s string) string {
 	return strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "\uFFFD")
 }
 
-// EndReasonText is the flows.end_reason of r: "idle", "active", "fin",
-// "rst", "eof", "shutdown", or "" when unknown.
-func EndReasonText(r pb.EndReason) string {
-	switch r {
-	case pb.EndReason_END_IDLE:
-		return "idle"
-	case pb.EndReason_END_ACTIVE:
-		return "active"
-	case pb.EndReason_END_FIN:
-		return "fin"
-	case pb.EndReason_END_RST:
-		return "rst"
-	case pb.EndReason_END_EOF:
-		return "eof"
-	case pb.EndReason_END_SHUTDOWN:
-		return "shutdown"
-	}
-	return ""
-}
-
-// TunnelText is the flows.tunnel of t: "gre", "erspan", "vxlan", "geneve",
-// "ipip", "other", or "" for none.
-func TunnelText(t pb.Tunnel) string {
-	switch t {
-	case pb.Tunnel_TUNNEL_NONE:
-		return ""
-	case pb.Tunnel_TUNNEL_GRE:
-		return "gre"
-	case pb.Tunnel_TUNNEL_ERSPAN:
-		return "erspan"
-	case pb.Tunnel_TUNNEL_VXLAN:
-		return "vxlan"
-	case pb.Tunnel_TUNNEL_GENEVE:
-		return "geneve"
-	case pb.Tunnel_TUNNEL_IPIP:
-		return "ipip"
-	}
-	return "other"
-}
-
-// SeverityText is the alerts.severity of v: "info", "low", "medium", "high",
-// "critical", or "unknown".
-func SeverityText(v pb.Severity) string {
-	switch v {
-	case pb.Severity_SEVERITY_INFO:
-		return "info"
-	case pb.Severity_SEVERITY_LOW:
-		return "low"
-	case pb.Severity_SEVERITY_MEDIUM:
-		return "medium"
-	case pb.Severity_SEVERITY_HIGH:
-		return "high"
-	case pb.Severity_SEVERITY_CRITICAL:
-		return "critical"
-	}
-	return "unknown"
-}
-
 // rowBatch is rows for one table plus what the write needs besides them.
 type rowBatch struct {
 	rows    [][]any
@@ -196,7 +139,7 @@ func (b *rowBatch) addAlert(a *pb.Alert) {
 		score = 0
 	}
 	b.rows = append(b.rows, []any{
-		text(a.GetId()), t, text(a.GetSensor()), SeverityText(a.GetSeverity()), text(a.GetCategory()),
+		text(a.GetId()), t, text(a.GetSensor()), schema.SeverityName(a.GetSeverity()), text(a.GetCategory()),
 		text(a.GetTechnique()), addrOrNil(a.GetOrigAddr()), addrOrNil(a.GetRespAddr()),
 		text(a.GetSummary()), evidenceJSON(a.GetEvidence()), text(a.GetRule()), ws, we, score,
 	})
