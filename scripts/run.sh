@@ -10,7 +10,8 @@
 #   SENSOR=name             the agent's sensor name (default: the agent's, the host name)
 #   API_ADDR=host:port      the api and dashboard (default 127.0.0.1:8080)
 #   READY_TIMEOUT=60        seconds each part may take to become ready
-#   STOP_TIMEOUT=60         seconds each part may take to drain at Ctrl-C
+#   STOP_TIMEOUT=60         seconds each part may take to exit after SIGTERM at Ctrl-C
+#   DRAIN_TIMEOUT=30        seconds to wait at Ctrl-C for a stage's input to drain before stopping it
 #   NOBUILD=1               skip `make build` (make run has just built)
 #
 # A part that exits or is not ready in time stops the run with its log and exit status 1.
@@ -35,9 +36,38 @@ shutdown() { # shutdown EXIT_STATUS
   [ -n "$stopping" ] && return
   stopping=1
   [ ${#NW_ORDER[@]} -gt 0 ] && nw_say "stopping in data-flow order: ${stop_order[*]}"
+  # Each stage stops only once what feeds it has drained (its consumers have
+  # nothing pending), so what is in flight reaches PostgreSQL now, not on the
+  # next start. A stage that died is not waited for.
+  nw_stop agent
+  drain_wait enricher
+  nw_stop enricher
+  drain_wait detector sink-flows
+  nw_stop detector
+  drain_wait sink-flows sink-alerts sink-metrics
   nw_stop_all "${stop_order[@]}"
   [ ${#NW_ORDER[@]} -gt 0 ] && nw_say "stopped (logs in .run/logs)"
   exit "$1"
+}
+# drain_wait CONSUMER...: waits up to DRAIN_TIMEOUT seconds (30) until every
+# named durable consumer has nothing pending, per the api's /api/v1/pipeline.
+drain_wait() {
+  local deadline=$((SECONDS + ${DRAIN_TIMEOUT:-30})) body c n left
+  [ -n "${NW_PID[api]:-}" ] || return 0
+  while :; do
+    body=$(curl -fsS -m 2 "http://$API_ADDR/api/v1/pipeline" 2>/dev/null) || return 0
+    left=
+    for c in "$@"; do
+      n=$(grep -oE "\"name\":\"$c\",\"durable\":(true|false),\"pending\":[0-9]+" <<<"$body" | grep -oE '[0-9]+$' || true)
+      [ -n "$n" ] && [ "$n" != 0 ] && left+=" $c=$n"
+    done
+    [ -z "$left" ] && return 0
+    if [ $SECONDS -ge $deadline ]; then
+      nw_say "still pending after ${DRAIN_TIMEOUT:-30}s:$left (kept in JetStream for the next start)"
+      return 0
+    fi
+    sleep 0.5
+  done
 }
 trap 'echo; shutdown 0' INT TERM
 trap 'rc=$?; [ -z "$stopping" ] && shutdown $rc' EXIT

@@ -122,12 +122,18 @@ func (c *Common) ConnectNATS(ctx context.Context, name string, log *slog.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("connect to nats %s: %w", c.NATSURL, err)
 	}
+	start := time.Now()
+	nextLog := start.Add(2 * time.Second)
 	for !nc.IsConnected() {
 		select {
 		case <-ctx.Done():
 			nc.Close()
 			return nil, fmt.Errorf("connect to nats %s: %w", c.NATSURL, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
+		case now := <-time.After(100 * time.Millisecond):
+			if now.After(nextLog) {
+				log.Warn("waiting for nats", "url", c.NATSURL, "waited_s", int(now.Sub(start).Seconds()))
+				nextLog = now.Add(10 * time.Second)
+			}
 		}
 	}
 	return nc, nil

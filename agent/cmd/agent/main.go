@@ -72,6 +72,15 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		os.Exit(1)
 	}()
 
+	// Fail fast on what needs no broker: a missing file or interface, an
+	// unsupported link type.
+	src, err := cfg.Open()
+	if err != nil {
+		log.Error("open capture", "err", err)
+		return 1
+	}
+	src.Close()
+
 	nc, err := cfg.ConnectNATS(ctx, "netwatch-agent-"+cfg.Sensor, log)
 	if err != nil {
 		log.Error("connect", "err", err)

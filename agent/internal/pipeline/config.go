@@ -9,6 +9,9 @@ import (
 	"os"
 	"time"
 
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcap"
+
 	"netwatch/agent/internal/capture"
 	"netwatch/schema"
 	"netwatch/schema/ops"
@@ -104,8 +107,12 @@ func (c *Config) Validate() error {
 	if c.MaxInflight < 1 {
 		errs = append(errs, fmt.Errorf("-publish.max-inflight %d: want >= 1", c.MaxInflight))
 	}
-	if _, err := c.Filter(); err != nil {
+	if f, err := c.Filter(); err != nil {
 		errs = append(errs, err)
+	} else if c.Interface != "" && f != "" {
+		if _, err := pcap.CompileBPFFilter(layers.LinkTypeEthernet, c.Snaplen, f); err != nil {
+			errs = append(errs, fmt.Errorf("-bpf %q: %w", c.BPF, err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -150,35 +150,42 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slo
 	return a
 }
 
+// Open opens the configured capture file or live interface, checking that
+// its link type can be decoded: an unreadable file, a missing interface, a
+// bad BPF filter or an unsupported link type is an error here.
+func (c *Config) Open() (capture.Source, error) {
+	if c.PCAP != "" {
+		f, err := capture.OpenFile(c.PCAP)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := decode.New(f.LinkType()); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("read %s: %w", c.PCAP, err)
+		}
+		return f, nil
+	}
+	filter, err := c.Filter()
+	if err != nil {
+		return nil, err
+	}
+	return capture.OpenLive(capture.LiveConfig{Interface: c.Interface, Snaplen: c.Snaplen,
+		Promisc: c.Promisc, BPF: filter}, decode.Supported)
+}
+
 // Run captures until the file ends, ctx ends (SIGINT/SIGTERM) or a read
 // fails; then it flushes, sends end-of-input markers (files only), waits for
 // every ack and publishes final metrics. A corrupt file's *capture.ReadError
 // is returned after everything before it is published.
 func (a *Agent) Run(ctx context.Context) error {
-	var src capture.Source
 	file := a.cfg.PCAP != ""
-	if file {
-		f, err := capture.OpenFile(a.cfg.PCAP)
-		if err != nil {
-			return err
-		}
-		if _, err := decode.New(f.LinkType()); err != nil {
-			f.Close()
-			return fmt.Errorf("read %s: %w", a.cfg.PCAP, err)
-		}
-		src = f
-	} else {
-		filter, err := a.cfg.Filter()
-		if err != nil {
-			return err
-		}
-		l, err := capture.OpenLive(capture.LiveConfig{Interface: a.cfg.Interface, Snaplen: a.cfg.Snaplen,
-			Promisc: a.cfg.Promisc, BPF: filter}, decode.Supported)
-		if err != nil {
-			return err
-		}
-		a.log.Info("capturing", "interface", a.cfg.Interface, "bpf", filter, "link_type", l.LinkType().String())
-		src = l
+	src, err := a.cfg.Open()
+	if err != nil {
+		return err
+	}
+	if !file {
+		filter, _ := a.cfg.Filter()
+		a.log.Info("capturing", "interface", a.cfg.Interface, "bpf", filter, "link_type", src.LinkType().String())
 	}
 	defer src.Close()
 
@@ -208,7 +215,6 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	readErr := a.loop(ctx, src, batcher)
 
-	var err error
 	if file {
 		err = batcher.EndOfInput(context.Background())
 	} else {

@@ -36,16 +36,18 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs := flag.NewFlagSet("api", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c.Common.Register(fs, "127.0.0.1:8080")
-	fs.StringVar(&c.DatabaseURL, "database.url", "", "PostgreSQL URL (env NETWATCH_DATABASE_URL, else DATABASE_URL)")
+	fs.StringVar(&c.DatabaseURL, "database.url", defaultDatabaseURL, "PostgreSQL URL (env NETWATCH_DATABASE_URL, else DATABASE_URL)")
 	fs.IntVar(&c.LiveBuffer, "live.buffer", 1024, "messages queued per live WebSocket client before dropping")
 	fs.DurationVar(&c.QueryTimeout, "query.timeout", 30*time.Second, "time limit of one request's database work")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "database.url" })
 	if err := ops.ApplyEnv(fs, getenv); err != nil {
 		return nil, err
 	}
-	if c.DatabaseURL == "" {
+	if !given && getenv(ops.EnvName("database.url")) == "" && getenv("DATABASE_URL") != "" {
 		c.DatabaseURL = getenv("DATABASE_URL")
 	}
 	return &c, c.Validate()
@@ -73,6 +75,9 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// defaultDatabaseURL is the PostgreSQL of a one-machine install (the sink's default).
+const defaultDatabaseURL = "postgres://netwatch:netwatch@127.0.0.1:5432/netwatch?sslmode=disable"
 
 func main() {
 	cfg, err := parseConfig(os.Args[1:], os.Getenv, os.Stderr)

@@ -122,8 +122,9 @@ func (s *Stage) Ready() error {
 	return nil
 }
 
-// Run consumes until ctx ends. Messages in flight when ctx ends are neither
-// acked nor lost: JetStream redelivers them after AckWait.
+// Run consumes until ctx ends. Then it drains: messages the client has
+// already pulled are still processed and acked (their alerts published), so
+// none waits out AckWait on the server.
 func (s *Stage) Run(ctx context.Context) error {
 	cons, err := s.js.Consumer(ctx, schema.StreamFlows, schema.ConsumerDetector)
 	if err != nil {
@@ -133,22 +134,24 @@ func (s *Stage) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", schema.ConsumerDetector, err)
 	}
-	stop := context.AfterFunc(ctx, it.Stop)
+	stop := context.AfterFunc(ctx, it.Drain)
 	defer stop()
 	defer it.Stop()
+	// Alerts of drained messages are still published after ctx ends.
+	hctx := context.WithoutCancel(ctx)
 	s.ready.Store(true)
 	defer s.ready.Store(false)
 	s.log.Info("consuming", "stream", schema.StreamFlows, "consumer", schema.ConsumerDetector)
 	for {
 		msg, err := it.Next()
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
 				return nil
 			}
 			s.log.Warn("next message", "err", err)
 			continue
 		}
-		s.Handle(ctx, msg)
+		s.Handle(hctx, msg)
 	}
 }
 

@@ -236,9 +236,11 @@ loop:
 			s.keepAlive()
 		}
 	}
-	// Stop intake; unprocessed messages go back for redelivery.
+	// Stop intake; unprocessed messages go back for redelivery. Drain (not
+	// Stop) hands over what the client already pulled, so those messages are
+	// nak'ed now instead of waiting out AckWait on the server.
 	s.ready.Store(false)
-	it.Stop()
+	it.Drain()
 	<-readDone
 	for done := false; !done; {
 		select {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"io"
 	"log/slog"
 	"os"
@@ -125,6 +126,8 @@ func (c *config) Validate() error {
 	errs := []error{c.Common.Validate()}
 	if c.DatabaseURL == "" {
 		errs = append(errs, errors.New("-database.url is empty"))
+	} else if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
+		errs = append(errs, fmt.Errorf("-database.url: %w", err))
 	}
 	if c.BatchSize < 1 {
 		errs = append(errs, fmt.Errorf("-batch.size %d: want at least 1", c.BatchSize))

@@ -312,3 +312,10 @@ func TestSIGKILLMidRun(t *testing.T) {
 		t.Errorf("exit after SIGTERM: %v", err)
 	}
 }
+
+func TestValidateRejectsUnparseableDatabaseURL(t *testing.T) {
+	_, err := parseConfig([]string{"-database.url", "notaurl"}, func(string) string { return "" }, io.Discard)
+	if err == nil {
+		t.Fatal("-database.url notaurl: no error")
+	}
+}
