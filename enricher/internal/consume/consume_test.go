@@ -2,6 +2,7 @@ package consume
 
 import (
 	"context"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -251,16 +252,22 @@ func TestRestartKeepsUnacked(t *testing.T) {
 // TestShutdownFlush ends open flows as END_SHUTDOWN and acks their input.
 func TestShutdownFlush(t *testing.T) {
 	_, _, js := testkit.JetStream(t)
-	stop := startStage(t, js)
+	cfg := Config{Flow: flow.DefaultConfig(), Publish: publish.Config{MaxFlows: 256, Linger: 20 * time.Millisecond},
+		WallTick: time.Hour, ShutdownFlush: true}
+	s := New(js, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
 	b := schema.PacketBucket(hostA, 40000, hostB, 5004, 17, 0)
 	publishBatch(t, js, &pb.PacketBatch{Sensor: "s4", Boot: "b", Seq: 1, Bucket: b, Packets: []*pb.PacketSummary{
 		udp(0, hostA, 40000, hostB, 5004, 100)}})
-	testkit.Eventually(t, 5*time.Second, func() bool {
-		c, _ := js.Consumer(context.Background(), schema.StreamPackets, schema.ConsumerEnricher)
-		info, err := c.Info(context.Background())
-		return err == nil && info.NumAckPending == 1
-	}, "message not held")
-	stop()
+	// Delivered is not enough (ack pending is 1 while the message still sits
+	// in the client's pull buffer): wait until the flow is open.
+	testkit.Eventually(t, 5*time.Second, func() bool { return testutil.ToFloat64(s.m.Packets) == 1 }, "packet not processed")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 	testkit.Eventually(t, 5*time.Second, func() bool { return packetsDone(t, js) }, "input not acked after flush")
 	flows, _, _ := readFlows(t, js)
 	if len(flows) != 1 || flows[0].EndReason != pb.EndReason_END_SHUTDOWN || !flows[0].Final {
