@@ -34,6 +34,9 @@ type Config struct {
 	ExcludePorts      string        // -exclude.ports: TCP ports never captured live
 	CaptureOwnTraffic bool          // -capture.own-traffic: do not exclude the pipeline's ports
 	Summary           bool          // -summary: print a JSON summary of -pcap, no broker
+	CaptureMethod     string        // -capture.method: "libpcap" (default) or "afpacket", live
+	Fanout            int           // -afpacket.fanout: sockets (and decode workers) in one PACKET_FANOUT_HASH group
+	RingMB            int           // -afpacket.ring-mb: ring size per socket, MiB
 }
 
 // DefaultSensor is the host name with every character a sensor name may not
@@ -72,6 +75,9 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.ExcludePorts, "exclude.ports", "4222,5432,6222,7422,8222", "TCP ports not captured live (with the -nats.url ports)")
 	fs.BoolVar(&c.CaptureOwnTraffic, "capture.own-traffic", false, "capture the pipeline's own NATS and PostgreSQL traffic too")
 	fs.BoolVar(&c.Summary, "summary", false, "print a JSON summary of -pcap on stdout, without a broker, and exit")
+	fs.StringVar(&c.CaptureMethod, "capture.method", "libpcap", "live capture method: libpcap or afpacket (TPACKET_V3)")
+	fs.IntVar(&c.Fanout, "afpacket.fanout", 1, "afpacket: sockets in one PACKET_FANOUT_HASH group, each read and decoded by its own goroutine")
+	fs.IntVar(&c.RingMB, "afpacket.ring-mb", 32, "afpacket: ring size of each socket, MiB")
 }
 
 // Validate checks the configuration; the error lists every problem.
@@ -106,6 +112,19 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxInflight < 1 {
 		errs = append(errs, fmt.Errorf("-publish.max-inflight %d: want >= 1", c.MaxInflight))
+	}
+	switch c.CaptureMethod {
+	case "", "libpcap", "afpacket":
+	default:
+		errs = append(errs, fmt.Errorf("-capture.method %q: want libpcap or afpacket", c.CaptureMethod))
+	}
+	if c.Fanout < 1 || c.Fanout > 64 {
+		errs = append(errs, fmt.Errorf("-afpacket.fanout %d: want 1..64", c.Fanout))
+	} else if c.Fanout > 1 && c.CaptureMethod != "afpacket" {
+		errs = append(errs, fmt.Errorf("-afpacket.fanout %d needs -capture.method afpacket", c.Fanout))
+	}
+	if c.RingMB < 1 || c.RingMB > 4096 {
+		errs = append(errs, fmt.Errorf("-afpacket.ring-mb %d: want 1..4096", c.RingMB))
 	}
 	if f, err := c.Filter(); err != nil {
 		errs = append(errs, err)

@@ -33,6 +33,10 @@ type Stats struct {
 	Received, IPPackets, NonIP, Malformed, IPBytes atomic.Uint64
 	Dropped, IfDropped                             atomic.Uint64
 	PublishedBatches                               atomic.Uint64
+	// AF_PACKET socket statistics (PACKET_STATISTICS, all sockets): frames
+	// the kernel handed to the rings, frames dropped on a full ring (also in
+	// Dropped), times a TPACKET_V3 ring queue was frozen.
+	RingPackets, RingDrops, RingFreezes atomic.Uint64
 }
 
 // Decoders caches one decoder per link type (pcapng interfaces may differ).
@@ -145,6 +149,9 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slo
 			f("netwatch_agent_malformed_packets_total", "Frames that failed to decode.", &a.Stats.Malformed),
 			f("netwatch_agent_kernel_dropped_packets_total", "Frames dropped by the kernel (libpcap ps_drop).", &a.Stats.Dropped),
 			f("netwatch_agent_interface_dropped_packets_total", "Frames dropped by the interface (libpcap ps_ifdrop).", &a.Stats.IfDropped),
+			f("netwatch_agent_ring_packets_total", "Frames the kernel delivered to the AF_PACKET rings (PACKET_STATISTICS tp_packets).", &a.Stats.RingPackets),
+			f("netwatch_agent_ring_dropped_packets_total", "Frames dropped on a full AF_PACKET ring (tp_drops).", &a.Stats.RingDrops),
+			f("netwatch_agent_ring_queue_freezes_total", "Times an AF_PACKET TPACKET_V3 ring queue froze (tp_freeze_q_cnt).", &a.Stats.RingFreezes),
 		)
 	}
 	return a
@@ -169,6 +176,10 @@ func (c *Config) Open() (capture.Source, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c.CaptureMethod == "afpacket" {
+		return capture.OpenAFPacket(capture.AFPacketConfig{Interface: c.Interface, Snaplen: c.Snaplen,
+			Promisc: c.Promisc, BPF: filter, RingBytes: c.RingMB << 20, Fanout: c.Fanout}, decode.Supported)
+	}
 	return capture.OpenLive(capture.LiveConfig{Interface: c.Interface, Snaplen: c.Snaplen,
 		Promisc: c.Promisc, BPF: filter}, decode.Supported)
 }
@@ -185,7 +196,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if !file {
 		filter, _ := a.cfg.Filter()
-		a.log.Info("capturing", "interface", a.cfg.Interface, "bpf", filter, "link_type", src.LinkType().String())
+		a.log.Info("capturing", "interface", a.cfg.Interface, "method", a.cfg.CaptureMethod, "fanout", a.cfg.Fanout,
+			"bpf", filter, "link_type", src.LinkType().String())
 	}
 	defer src.Close()
 
@@ -213,7 +225,31 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 
-	readErr := a.loop(ctx, src, batcher)
+	var readErr error
+	if par, ok := src.(capture.Parallel); ok && len(par.Members()) > 1 {
+		// one worker per fanout socket, each with its own decoders, fragment
+		// table and open batches (the kernel sends every frame of a flow,
+		// and every fragment of a datagram, to the same socket)
+		members := par.Members()
+		errs := make([]error, len(members))
+		var wg sync.WaitGroup
+		for i, m := range members {
+			b := batcher
+			if i > 0 {
+				b = batcher.Fork()
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = a.loop(ctx, m, b)
+				b.FlushAll()
+			}()
+		}
+		wg.Wait()
+		readErr = errors.Join(errs...)
+	} else {
+		readErr = a.loop(ctx, src, batcher)
+	}
 
 	if file {
 		err = batcher.EndOfInput(context.Background())
@@ -297,6 +333,12 @@ func (a *Agent) publishMetrics(ctx context.Context, src capture.Source, pub *pub
 	if d, ifd, ok := src.Stats(); ok {
 		a.Stats.Dropped.Store(d)
 		a.Stats.IfDropped.Store(ifd)
+	}
+	if rs, ok := src.(capture.RingStater); ok {
+		p, d, f := rs.RingStats()
+		a.Stats.RingPackets.Store(p)
+		a.Stats.RingDrops.Store(d)
+		a.Stats.RingFreezes.Store(f)
 	}
 	a.metricSeq++
 	m := &pb.Metrics{Sensor: a.cfg.Sensor, Boot: a.Boot, Seq: a.metricSeq}

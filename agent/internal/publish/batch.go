@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -19,14 +20,14 @@ import (
 // encoded as they arrive (encode.go), so a batch needs no intermediate
 // pb.PacketSummary values and no reflection-based marshalling, and the
 // message buffers are reused once the stream acknowledges them. Not safe for
-// concurrent use.
+// concurrent use: each capture worker uses its own Batcher from Fork.
 type Batcher struct {
 	Size  int           // packets per batch; a batch is sent when full
 	Flush time.Duration // a batch is sent when its first packet is this old (wall clock)
 
 	sensor, boot string
 	pub          *Publisher
-	seq          uint64
+	seq          *atomic.Uint64 // shared by the forks of one batcher
 	buckets      [schema.Buckets]bucket
 	l7           decode.L7
 	subjects     [schema.Buckets]string
@@ -55,15 +56,25 @@ func NewBatcher(pub *Publisher, sensor, boot string, size int, flush time.Durati
 	if flush <= 0 {
 		flush = 200 * time.Millisecond
 	}
-	b := &Batcher{Size: size, Flush: flush, sensor: sensor, boot: boot, pub: pub}
+	b := &Batcher{Size: size, Flush: flush, sensor: sensor, boot: boot, pub: pub, seq: new(atomic.Uint64)}
 	for i := range b.subjects {
 		b.subjects[i] = schema.PacketsSubject(sensor, uint32(i))
 	}
 	return b
 }
 
-// Seq is the sequence number of the last message sent.
-func (b *Batcher) Seq() uint64 { return b.seq }
+// Fork returns a batcher with its own open batches that shares b's
+// publisher, sensor, boot and message sequence (so Nats-Msg-Ids stay
+// unique): one per capture worker. b and its forks may be used from
+// different goroutines, each by one.
+func (b *Batcher) Fork() *Batcher {
+	f := &Batcher{Size: b.Size, Flush: b.Flush, sensor: b.sensor, boot: b.boot, pub: b.pub, seq: b.seq,
+		subjects: b.subjects}
+	return f
+}
+
+// Seq is the sequence number of the last message sent by b or its forks.
+func (b *Batcher) Seq() uint64 { return b.seq.Load() }
 
 // Add appends p (a KindIP packet) to its bucket's batch, decoding light L7
 // when the payload looks like DNS, TLS or HTTP, and sends the batch when full.
@@ -112,15 +123,15 @@ func (b *Batcher) send(bi uint32) {
 	if bk.n == 0 {
 		return
 	}
-	b.seq++
+	seq := b.seq.Add(1)
 	bp := b.message(len(bk.packets) + 128 + len(b.sensor) + len(b.boot))
-	data := appendBatchHeader((*bp)[:0], b.sensor, b.boot, b.seq, bi)
+	data := appendBatchHeader((*bp)[:0], b.sensor, b.boot, seq, bi)
 	data = append(data, bk.packets...)
 	data = appendBatchTrailer(data, false, time.Now().UnixNano())
 	*bp = data
 	bk.n = 0
 	bk.packets = bk.packets[:0]
-	b.pub.publish(b.subjects[bi], schema.PacketBatchID(b.sensor, b.boot, b.seq), data, func() { b.recycle(bp) })
+	b.pub.publish(b.subjects[bi], schema.PacketBatchID(b.sensor, b.boot, seq), data, func() { b.recycle(bp) })
 }
 
 // Tick sends every batch whose first packet is older than Flush at now.
@@ -148,14 +159,14 @@ func (b *Batcher) EndOfInput(ctx context.Context) error {
 		return fmt.Errorf("wait for packet batch acks: %w", err)
 	}
 	for i := uint32(0); i < schema.Buckets; i++ {
-		b.seq++
-		m := pb.PacketBatch{Sensor: b.sensor, Boot: b.boot, Seq: b.seq, Bucket: i, EndOfInput: true,
+		seq := b.seq.Add(1)
+		m := pb.PacketBatch{Sensor: b.sensor, Boot: b.boot, Seq: seq, Bucket: i, EndOfInput: true,
 			SentNs: time.Now().UnixNano()}
 		data, err := proto.Marshal(&m)
 		if err != nil {
 			return fmt.Errorf("marshal end-of-input marker: %w", err)
 		}
-		b.pub.Publish(b.subjects[i], schema.PacketBatchID(b.sensor, b.boot, b.seq), data)
+		b.pub.Publish(b.subjects[i], schema.PacketBatchID(b.sensor, b.boot, seq), data)
 	}
 	if err := b.pub.Wait(ctx); err != nil {
 		return fmt.Errorf("wait for end-of-input acks: %w", err)
