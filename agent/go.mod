@@ -12,6 +12,7 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/shirou/gopsutil/v4 v4.26.10
+	golang.org/x/term v0.48.0
 	google.golang.org/protobuf v1.36.12
 	netwatch/schema v0.0.0-00010101000000-000000000000
 )

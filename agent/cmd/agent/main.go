@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/term"
 
 	"netwatch/agent/internal/pipeline"
 	"netwatch/schema"
@@ -51,7 +52,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 0
 	}
 	if cfg.Summary {
-		r, err := pipeline.Summarize(cfg.PCAP)
+		r, err := pipeline.Summarize(cfg.PCAP, progressTo(stderr))
 		printJSON(stdout, r)
 		if err != nil {
 			log.Error("summary failed", "err", err)
@@ -99,6 +100,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	reg := ops.NewRegistry()
 	agent := pipeline.New(cfg, js, reg, log)
+	agent.Progress = progressTo(stderr)
 	hctx, hstop := context.WithCancel(context.Background())
 	defer hstop()
 	go func() {
@@ -118,6 +120,15 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	log.Info("agent stopped")
 	return 0
+}
+
+// progressTo returns stderr when it is a terminal (reading a file then
+// shows a progress line), else nil.
+func progressTo(stderr io.Writer) io.Writer {
+	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return f
+	}
+	return nil
 }
 
 func printJSON(w io.Writer, v any) {

@@ -6,11 +6,13 @@ package capture
 
 import (
 	"bufio"
+	"compress/gzip"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/gopacket/gopacket"
@@ -40,26 +42,32 @@ type Source interface {
 // ReadError is a failure to read a record of a capture file.
 type ReadError struct {
 	Path   string
-	Packet uint64 // 1-based number of the record that failed
-	Offset int64  // byte offset in the file where that record starts
+	Packet uint64 // 1-based number of the record that failed, counted within Path
+	Offset int64  // byte offset where that record starts: in the file, or in the decompressed data when Gzip
+	Gzip   bool   // the file is gzip-compressed
 	Err    error
 }
 
 func (e *ReadError) Error() string {
-	return fmt.Sprintf("read %s: packet %d at byte offset %d: %v", e.Path, e.Packet, e.Offset, e.Err)
+	where := "byte offset"
+	if e.Gzip {
+		where = "decompressed byte offset"
+	}
+	return fmt.Sprintf("read %s: packet %d at %s %d: %v", e.Path, e.Packet, where, e.Offset, e.Err)
 }
 
 func (e *ReadError) Unwrap() error { return e.Err }
 
-// countingReader counts the bytes handed to the bufio.Reader above it.
+// countingReader counts the bytes read through it. n is atomic so that a
+// progress meter may read it while another goroutine reads the file.
 type countingReader struct {
 	r io.Reader
-	n int64
+	n atomic.Int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }
 
@@ -68,12 +76,16 @@ type packetReader interface {
 }
 
 // File reads a pcap (µs or ns, either byte order) or pcapng file (several
-// interfaces, each with its own link type and time resolution).
+// interfaces, each with its own link type and time resolution), plain or
+// gzip-compressed.
 type File struct {
 	path string
+	size int64 // file size in bytes (compressed size for gzip)
 	f    *os.File
-	cr   *countingReader
+	raw  *countingReader // bytes read from the file
+	cr   *countingReader // bytes handed to br (decompressed for gzip)
 	br   *bufio.Reader
+	gz   *gzip.Reader
 	r    packetReader
 	ng   bool
 	link layers.LinkType
@@ -81,31 +93,45 @@ type File struct {
 }
 
 // OpenFile opens a capture file and reads its header. The format comes from
-// the magic number, not the file name.
+// the magic number, not the file name: gzip (1f 8b) is decompressed on the
+// fly, then pcap or pcapng is read.
 func OpenFile(path string) (*File, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open capture: %w", err)
 	}
-	cr := &countingReader{r: f}
+	c := &File{path: path, f: f, raw: &countingReader{r: f}}
+	if st, err := f.Stat(); err == nil {
+		c.size = st.Size()
+	}
+	c.cr = c.raw
 	// pcapgo wraps its input in bufio.NewReader, which returns this reader
-	// unchanged, so counted minus buffered is the exact file offset.
-	br := bufio.NewReaderSize(cr, 1<<20)
-	c := &File{path: path, f: f, cr: cr, br: br}
-	magic, err := br.Peek(4)
+	// unchanged, so counted minus buffered is the exact offset.
+	c.br = bufio.NewReaderSize(c.cr, 1<<20)
+	if m, err := c.br.Peek(2); err == nil && m[0] == 0x1f && m[1] == 0x8b {
+		gz, err := gzip.NewReader(c.br)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("read %s: gzip header: %w", path, noEOF(err))
+		}
+		c.gz = gz
+		c.cr = &countingReader{r: gz}
+		c.br = bufio.NewReaderSize(c.cr, 1<<20)
+	}
+	magic, err := c.br.Peek(4)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("read %s: file header: %w", path, noEOF(err))
 	}
 	if binary.LittleEndian.Uint32(magic) == 0x0a0d0d0a {
-		ng, err := pcapgo.NewNgReader(br, pcapgo.NgReaderOptions{WantMixedLinkType: true})
+		ng, err := pcapgo.NewNgReader(c.br, pcapgo.NgReaderOptions{WantMixedLinkType: true})
 		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("read %s: pcapng header: %w", path, noEOF(err))
 		}
 		c.r, c.ng, c.link = ng, true, ng.LinkType()
 	} else {
-		r, err := pcapgo.NewReader(br)
+		r, err := pcapgo.NewReader(c.br)
 		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("read %s: pcap header: %w", path, noEOF(err))
@@ -124,7 +150,13 @@ func noEOF(err error) error {
 
 // Offset is the byte offset of the next unread record (for pcapng, of the
 // next block).
-func (c *File) Offset() int64 { return c.cr.n - int64(c.br.Buffered()) }
+// For a gzip file it is an offset in the decompressed data.
+func (c *File) Offset() int64 { return c.cr.n.Load() - int64(c.br.Buffered()) }
+
+// Progress returns the bytes of the file read so far (compressed bytes for
+// gzip, read ahead by up to the buffer size) and the file's size. It may be
+// called from any goroutine.
+func (c *File) Progress() (done, total int64) { return min(c.raw.n.Load(), c.size), c.size }
 
 // Next implements Source.
 func (c *File) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
@@ -137,7 +169,7 @@ func (c *File) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
 		if err == io.EOF {
 			return nil, ci, 0, io.EOF
 		}
-		return nil, ci, 0, &ReadError{Path: c.path, Packet: c.n + 1, Offset: off, Err: err}
+		return nil, ci, 0, &ReadError{Path: c.path, Packet: c.n + 1, Offset: off, Gzip: c.gz != nil, Err: err}
 	}
 	c.n++
 	link := c.link

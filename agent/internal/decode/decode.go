@@ -77,7 +77,7 @@ type Packet struct {
 	AddrLen          uint8    // 4 or 16
 	SrcPort, DstPort uint16   // 0 without ports (ICMP, non-first fragments)
 	Proto            uint8    // IP protocol number of the innermost header
-	IPBytes          uint32   // IPv4 total length or IPv6 payload length + 40
+	IPBytes          uint32   // IPv4 total length (the captured length when it is 0: TSO) or IPv6 payload length + 40
 	PayloadBytes     uint32   // transport payload bytes from the length fields
 	TCPFlags         uint16   // flags byte, NS as 0x100
 	ICMPType         uint8
@@ -295,6 +295,12 @@ func (d *Decoder) ipv4(data []byte, p *Packet, depth int) bool {
 		return false
 	}
 	total := int(binary.BigEndian.Uint16(data[2:4]))
+	if total == 0 {
+		// TCP segmentation offload: a locally captured segment larger than
+		// 64 KiB, or not yet split by the NIC, has total length 0; count it
+		// from the captured length, as tshark does (issue 3).
+		total = len(data)
+	}
 	if total < ihl {
 		p.malformed(ReasonBadIPv4Total)
 		return false

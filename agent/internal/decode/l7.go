@@ -29,9 +29,20 @@ type L7 struct {
 	HTTPMethod  string
 	HTTPHost    string
 	HTTPUA      string
+	// Undecodable is why the application layer named by App did not parse
+	// (ReasonDNS...), "" when it did. A fragment or a payload cut by the
+	// snaplen is never marked: it is incomplete, not malformed.
+	Undecodable string
 
 	arena []byte // the bytes of the strings above (see ParseL7)
 }
+
+// Reasons a DNS message is undecodable (L7.Undecodable).
+const (
+	ReasonDNSShort       = "dns_short_message" // fewer than the 12 header bytes (RFC 1035 4.1.1)
+	ReasonDNSBadQuestion = "dns_bad_question"  // the header counts a question that does not parse
+	ReasonDNSBadRecord   = "dns_bad_answer"    // the header counts an answer that does not parse
+)
 
 // DNSAnswer is one A, AAAA or CNAME record.
 type DNSAnswer struct {
@@ -104,11 +115,15 @@ func ParseL7(p *Packet, l *L7) {
 		b := p.Payload
 		if p.Proto == 6 {
 			if len(b) < 2 {
+				l.Undecodable = ReasonDNSShort
 				return
 			}
 			b = b[2:]
 		}
 		parseDNS(b, l)
+		if l.Undecodable != "" && (p.Fragment || len(p.Payload) < int(p.PayloadBytes)) {
+			l.Undecodable = ""
+		}
 	case AppTLS:
 		l.TLSSNI = clientHelloSNI(p.Payload, l)
 	case AppHTTP:
@@ -205,6 +220,7 @@ func clientHelloSNI(b []byte, a *L7) string {
 // DNS message (RFC 1035 4.1).
 func parseDNS(b []byte, l *L7) {
 	if len(b) < 12 {
+		l.Undecodable = ReasonDNSShort
 		return
 	}
 	l.DNSResponse = b[2]&0x80 != 0
@@ -217,6 +233,7 @@ func parseDNS(b []byte, l *L7) {
 	}
 	name, n, ok := dnsName(b, off, l)
 	if !ok || n+4 > len(b) {
+		l.Undecodable = ReasonDNSBadQuestion
 		return
 	}
 	l.DNSQuery = name
@@ -225,6 +242,7 @@ func parseDNS(b []byte, l *L7) {
 	for i := 1; i < qd; i++ {
 		_, n, ok := dnsName(b, off, nil)
 		if !ok || n+4 > len(b) {
+			l.Undecodable = ReasonDNSBadQuestion
 			return
 		}
 		off = n + 4
@@ -232,6 +250,7 @@ func parseDNS(b []byte, l *L7) {
 	for i := 0; i < an && i < 32; i++ {
 		name, n, ok := dnsName(b, off, l)
 		if !ok || n+10 > len(b) {
+			l.Undecodable = ReasonDNSBadRecord
 			return
 		}
 		typ := binary.BigEndian.Uint16(b[n:])
@@ -239,6 +258,7 @@ func parseDNS(b []byte, l *L7) {
 		rdl := int(binary.BigEndian.Uint16(b[n+8:]))
 		rd := n + 10
 		if rd+rdl > len(b) {
+			l.Undecodable = ReasonDNSBadRecord
 			return
 		}
 		switch {

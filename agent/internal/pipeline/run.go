@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
@@ -23,7 +22,6 @@ import (
 	"netwatch/agent/internal/fragment"
 	"netwatch/agent/internal/hostmetrics"
 	"netwatch/agent/internal/publish"
-	"netwatch/agent/internal/summary"
 	"netwatch/schema"
 	"netwatch/schema/pb"
 )
@@ -64,50 +62,6 @@ func (d *Decoders) Get(link layers.LinkType) *decode.Decoder {
 // the decoder does not read.
 const ReasonUnsupportedLink = "unsupported_link_type"
 
-// Summarize reads a capture file without a broker into a report. A read
-// error is returned and also recorded in the report, which then holds every
-// packet before it.
-func Summarize(path string) (*summary.Report, error) {
-	r := summary.New(path)
-	src, err := capture.OpenFile(path)
-	if err != nil {
-		r.Error = err.Error()
-		return r, err
-	}
-	defer src.Close()
-	if !decode.Supported(src.LinkType()) {
-		_, err := decode.New(src.LinkType())
-		r.Error = err.Error()
-		return r, err
-	}
-	var decs Decoders
-	var p decode.Packet
-	for {
-		data, ci, link, err := src.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			r.Error = err.Error()
-			var re *capture.ReadError
-			if errors.As(err, &re) {
-				r.ErrorPacket, r.ErrorOffset = re.Packet, re.Offset
-			}
-			r.Finish()
-			return r, err
-		}
-		p.TsNs = ci.Timestamp.UnixNano()
-		if dec := decs.Get(link); dec != nil {
-			dec.Decode(data, &p)
-		} else {
-			p = decode.Packet{TsNs: p.TsNs, Kind: decode.KindMalformed, Reason: ReasonUnsupportedLink}
-		}
-		r.Add(link, ci.Length, &p)
-	}
-	r.Finish()
-	return r, nil
-}
-
 // NewBoot returns a random boot id: 16 hex characters.
 func NewBoot() string {
 	var b [8]byte
@@ -122,6 +76,9 @@ type Agent struct {
 	js    jetstream.JetStream
 	Boot  string
 	Stats Stats
+	// Progress, when not nil (a terminal), gets a progress line while a
+	// file is read.
+	Progress io.Writer
 
 	published prometheus.Counter
 	pubErrors prometheus.Counter
@@ -162,15 +119,7 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slo
 // bad BPF filter or an unsupported link type is an error here.
 func (c *Config) Open() (capture.Source, error) {
 	if c.PCAP != "" {
-		f, err := capture.OpenFile(c.PCAP)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := decode.New(f.LinkType()); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("read %s: %w", c.PCAP, err)
-		}
-		return f, nil
+		return OpenFiles(c.PCAP)
 	}
 	filter, err := c.Filter()
 	if err != nil {
@@ -225,6 +174,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 
+	stopMeter := func() {}
+	if r, ok := src.(capture.Reader); ok && file {
+		stopMeter = meter(a.Progress, r, &a.Stats.Received)
+	}
 	var readErr error
 	if par, ok := src.(capture.Parallel); ok && len(par.Members()) > 1 {
 		// one worker per fanout socket, each with its own decoders, fragment
@@ -251,6 +204,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		readErr = a.loop(ctx, src, batcher)
 	}
 
+	stopMeter()
 	if file {
 		err = batcher.EndOfInput(context.Background())
 	} else {
@@ -371,50 +325,5 @@ func (a *Agent) publishMetrics(ctx context.Context, src capture.Source, pub *pub
 		}
 		time.Sleep(wait)
 		wait = min(2*wait, 2*time.Second)
-	}
-}
-
-// ReadFile runs capture → decode → fragment over a capture file without a
-// broker, passing every IP packet (with its first fragment's ports) to emit,
-// and returns the capture counters. It is the decode path of Run.
-func ReadFile(path string, emit func(*decode.Packet)) (*Stats, error) {
-	src, err := capture.OpenFile(path)
-	if err != nil {
-		return nil, err
-	}
-	defer src.Close()
-	if _, err := decode.New(src.LinkType()); err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	a := &Agent{log: slog.New(slog.DiscardHandler)}
-	frags := fragment.New()
-	var decs Decoders
-	var p decode.Packet
-	defer frags.Flush(emit)
-	for {
-		data, ci, link, err := src.Next()
-		if err == io.EOF {
-			return &a.Stats, nil
-		}
-		if err != nil {
-			return &a.Stats, err
-		}
-		a.Stats.Received.Add(1)
-		p.TsNs = ci.Timestamp.UnixNano()
-		if dec := decs.Get(link); dec != nil {
-			dec.Decode(data, &p)
-		} else {
-			p.Kind = decode.KindMalformed
-		}
-		switch p.Kind {
-		case decode.KindIP:
-			a.Stats.IPPackets.Add(1)
-			a.Stats.IPBytes.Add(uint64(p.IPBytes))
-			frags.Process(&p, emit)
-		case decode.KindNonIP:
-			a.Stats.NonIP.Add(1)
-		default:
-			a.Stats.Malformed.Add(1)
-		}
 	}
 }

@@ -181,7 +181,7 @@ func TestTruncatedFile(t *testing.T) {
 // walked by hand) claims 2147483647 captured bytes; tshark calls the file
 // damaged.
 func TestCorruptRecordLength(t *testing.T) {
-	r, err := Summarize("../../testdata/corrupt-record-length.pcap")
+	r, err := Summarize("../../testdata/corrupt-record-length.pcap", nil)
 	var re *capture.ReadError
 	if !errors.As(err, &re) || re.Packet != 10 || re.Offset != 1866 {
 		t.Fatalf("error %v, want a ReadError at packet 10, offset 1866", err)
@@ -203,7 +203,7 @@ func TestSummaryNetwork(t *testing.T) {
 		}
 		return uint64(strings.Count(string(out), "\n"))
 	}
-	r, err := Summarize(file)
+	r, err := Summarize(file, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,7 @@ type LinkCount struct {
 type Report struct {
 	File         string                `json:"file"`
 	Error        string                `json:"error,omitempty"`
+	ErrorFile    string                `json:"error_file,omitempty"`   // the file of a read error (File may be a directory)
 	ErrorPacket  uint64                `json:"error_packet,omitempty"` // 1-based record number of a read error
 	ErrorOffset  int64                 `json:"error_offset,omitempty"` // byte offset of that record
 	Packets      uint64                `json:"packets"`
@@ -69,8 +70,10 @@ func New(file string) *Report {
 var tunnelNames = [...]string{decode.TunnelGRE: "gre", decode.TunnelERSPAN: "erspan",
 	decode.TunnelVXLAN: "vxlan", decode.TunnelGeneve: "geneve", decode.TunnelIPIP: "ipip"}
 
-// Add counts one frame of link type link and wire length wireLen, decoded into p.
-func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet) {
+// Add counts one frame of link type link and wire length wireLen, decoded
+// into p; l7 is scratch space for parsing DNS, whose undecodable messages
+// are counted in Undecodable by reason (the frame stays counted as IP).
+func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet, l7 *decode.L7) {
 	r.Packets++
 	if r.first == 0 || p.TsNs < r.first {
 		r.first = p.TsNs
@@ -123,6 +126,13 @@ func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet) {
 	}
 	a.Packets++
 	a.Bytes += uint64(p.IPBytes)
+	if app == decode.AppDNS && p.Proto == 17 {
+		// DNS over TCP is a stream: a segment need not start a message
+		decode.ParseL7(p, l7)
+		if l7.Undecodable != "" {
+			r.Undecodable[l7.Undecodable]++
+		}
+	}
 	if p.Tunnel != decode.TunnelNone && int(p.Tunnel) < len(tunnelNames) {
 		r.Tunnels[tunnelNames[p.Tunnel]]++
 	}

@@ -1,0 +1,65 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"netwatch/testkit"
+)
+
+// summaryRun runs `agent -summary -pcap file` and decodes stdout, which must
+// hold exactly one JSON object.
+func summaryRun(t *testing.T, file string) (int, map[string]any) {
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-summary", "-pcap", file}, func(string) string { return "" }, &stdout, &stderr)
+	dec := json.NewDecoder(&stdout)
+	var obj map[string]any
+	if err := dec.Decode(&obj); err != nil {
+		t.Fatalf("stdout %q: %v", stdout.String(), err)
+	}
+	if dec.More() {
+		t.Fatalf("more than one JSON value on stdout: %q", stdout.String())
+	}
+	return code, obj
+}
+
+func TestSummaryJSON(t *testing.T) {
+	code, obj := summaryRun(t, filepath.Join(testkit.Pcaps(t), "linux-sll2-icmp-icmpv6-arp.pcap"))
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	// tshark: 2 frames each of arp, ip:icmp, ipv6:icmpv6
+	net, _ := obj["network"].(map[string]any)
+	for _, n := range []string{"ipv4", "ipv6", "arp", "other"} {
+		c, ok := net[n].(map[string]any)
+		if !ok || c["packets"] == nil || c["bytes"] == nil {
+			t.Fatalf("network.%s missing packets/bytes: %v", n, net)
+		}
+		if want := map[string]float64{"ipv4": 2, "ipv6": 2, "arp": 2, "other": 0}[n]; c["packets"] != want {
+			t.Errorf("network.%s.packets %v, want %v", n, c["packets"], want)
+		}
+	}
+	tr, _ := obj["transport"].(map[string]any)
+	for _, n := range []string{"tcp", "udp", "icmp", "icmpv6", "other"} {
+		if _, ok := tr[n].(map[string]any); !ok {
+			t.Errorf("transport.%s missing: %v", n, tr)
+		}
+	}
+}
+
+func TestSummaryJSONUnreadable(t *testing.T) {
+	code, obj := summaryRun(t, filepath.Join(t.TempDir(), "missing.pcap"))
+	if code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	if e, _ := obj["error"].(string); !strings.Contains(e, "missing.pcap") {
+		t.Errorf("error %q does not name the file", e)
+	}
+	code, obj = summaryRun(t, "../../testdata/linktype-147-user0.pcap")
+	if e, _ := obj["error"].(string); code != 1 || !strings.Contains(e, "unsupported link type 147") {
+		t.Errorf("exit %d error %q", code, e)
+	}
+}

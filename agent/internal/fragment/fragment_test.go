@@ -1,0 +1,68 @@
+package fragment
+
+import (
+	"encoding/binary"
+	"testing"
+
+	"github.com/gopacket/gopacket/layers"
+
+	"netwatch/agent/internal/decode"
+)
+
+// frag is an Ethernet frame with an IPv4 fragment 10.0.0.1 -> 10.0.0.2,
+// IP id 0x4242, UDP, fragment offset off bytes, n payload bytes.
+func frag(off, n int, more bool, payload []byte) []byte {
+	f := make([]byte, 14+20+n)
+	binary.BigEndian.PutUint16(f[12:], 0x0800)
+	ip := f[14:]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+n))
+	binary.BigEndian.PutUint16(ip[4:], 0x4242)
+	fo := uint16(off / 8)
+	if more {
+		fo |= 0x2000
+	}
+	binary.BigEndian.PutUint16(ip[6:], fo)
+	ip[8], ip[9] = 64, 17
+	copy(ip[12:], []byte{10, 0, 0, 1, 10, 0, 0, 2})
+	copy(ip[20:], payload)
+	return f
+}
+
+// TestReverseOrderWithDuplicate: a 4,000-byte UDP datagram (8-byte header
+// 5000 -> 6000 and 3,992 data bytes) in three fragments of 1480, 1480 and
+// 1040 bytes (offsets 0, 1480, 2960; IP totals 1500, 1500, 1060), sent last
+// first with the middle one twice. Every frame counts (DESIGN.md: each IP
+// frame once), all four with the first fragment's ports in one datagram:
+// 1060 + 1500 + 1500 + 1500 = 5560 IP bytes.
+func TestReverseOrderWithDuplicate(t *testing.T) {
+	udp := make([]byte, 1480)
+	binary.BigEndian.PutUint16(udp[0:], 5000)
+	binary.BigEndian.PutUint16(udp[2:], 6000)
+	binary.BigEndian.PutUint16(udp[4:], 4000)
+	frames := [][]byte{frag(2960, 1040, false, nil), frag(1480, 1480, true, nil), frag(1480, 1480, true, nil), frag(0, 1480, true, udp)}
+	d, _ := decode.New(layers.LinkTypeEthernet)
+	tab := New()
+	var n, bytes int
+	ids := map[uint32]bool{}
+	emit := func(p *decode.Packet) {
+		n++
+		bytes += int(p.IPBytes)
+		ids[p.IPID] = true
+		if p.SrcPort != 5000 || p.DstPort != 6000 || p.Proto != 17 {
+			t.Errorf("fragment at %d: ports %d -> %d proto %d, want 5000 -> 6000 udp", p.FragOffset, p.SrcPort, p.DstPort, p.Proto)
+		}
+	}
+	var p decode.Packet
+	for i, f := range frames {
+		p.TsNs = int64(i) * 1e6 // 1 ms apart, well within Hold
+		if d.Decode(f, &p) != decode.KindIP {
+			t.Fatalf("frame %d: %+v", i, p)
+		}
+		tab.Process(&p, emit)
+	}
+	tab.Flush(emit)
+	if n != 4 || bytes != 5560 || len(ids) != 1 {
+		t.Errorf("%d packets, %d IP bytes, %d datagrams; want 4, 5560, 1", n, bytes, len(ids))
+	}
+}
