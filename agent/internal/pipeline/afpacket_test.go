@@ -118,7 +118,7 @@ func runAFPacket(t *testing.T, iface string, peer net.IP, bpf string, fanout, wa
 	}
 	cfg := Config{Interface: iface, BPF: bpf, Sensor: "afpacket-test", BatchSize: 16,
 		BatchFlush: 50 * time.Millisecond, MetricsInterval: time.Hour, MaxInflight: 16, Snaplen: 262144,
-		CaptureMethod: "afpacket", Fanout: fanout, RingMB: 4, Promisc: true}
+		CaptureMethod: "afpacket", Fanout: fanout, RingMB: 4, Promisc: true, BufferMB: 16}
 	cfg.NATSURL = nc.ConnectedUrl()
 	a := New(cfg, js, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	ctx, cancel := context.WithCancel(context.Background())

@@ -37,6 +37,7 @@ type Config struct {
 	CaptureMethod     string        // -capture.method: "libpcap" (default) or "afpacket", live
 	Fanout            int           // -afpacket.fanout: sockets (and decode workers) in one PACKET_FANOUT_HASH group
 	RingMB            int           // -afpacket.ring-mb: ring size per socket, MiB
+	BufferMB          int           // -buffer.max-mb: unacked PACKETS bytes held while NATS is slow or away, MiB
 }
 
 // DefaultSensor is the host name with every character a sensor name may not
@@ -78,6 +79,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.CaptureMethod, "capture.method", "libpcap", "live capture method: libpcap or afpacket (TPACKET_V3)")
 	fs.IntVar(&c.Fanout, "afpacket.fanout", 1, "afpacket: sockets in one PACKET_FANOUT_HASH group, each read and decoded by its own goroutine")
 	fs.IntVar(&c.RingMB, "afpacket.ring-mb", 32, "afpacket: ring size of each socket, MiB")
+	fs.IntVar(&c.BufferMB, "buffer.max-mb", DefaultBufferMB, "unacked PACKETS messages held while NATS is slow or unreachable, MiB (live: beyond it batches are dropped and counted; files wait)")
 }
 
 // Validate checks the configuration; the error lists every problem.
@@ -125,6 +127,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RingMB < 1 || c.RingMB > 4096 {
 		errs = append(errs, fmt.Errorf("-afpacket.ring-mb %d: want 1..4096", c.RingMB))
+	}
+	if c.BufferMB < 1 {
+		errs = append(errs, fmt.Errorf("-buffer.max-mb %d: want >= 1", c.BufferMB))
 	}
 	if f, err := c.Filter(); err != nil {
 		errs = append(errs, err)

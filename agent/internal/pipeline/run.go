@@ -82,7 +82,24 @@ type Agent struct {
 
 	published prometheus.Counter
 	pubErrors prometheus.Counter
-	metricSeq uint64
+	// batches (and their packet summaries) dropped on a full -buffer.max-mb
+	bufDropped, bufDroppedPkts prometheus.Counter
+	buffered                   atomic.Int64 // bytes of unacked PACKETS messages, sampled
+	metricSeq                  uint64
+	pub                        atomic.Pointer[publish.Publisher] // of the running capture
+}
+
+// DefaultBufferMB is -buffer.max-mb's default.
+const DefaultBufferMB = 128
+
+// BufferDropped is the number of batches, and of packet summaries in them,
+// dropped so far because the publish buffer was full.
+func (a *Agent) BufferDropped() (batches, packets uint64) {
+	pub := a.pub.Load()
+	if pub == nil {
+		return 0, 0
+	}
+	return pub.Dropped()
 }
 
 // New returns an agent publishing to js, with its metrics registered in reg
@@ -93,12 +110,19 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slo
 		Help: "PACKETS messages (batches and end-of-input markers) acked by JetStream."})
 	a.pubErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_agent_publish_errors_total",
 		Help: "Failed publish attempts; each one is retried."})
+	a.bufDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_agent_buffer_dropped_batches_total",
+		Help: "PACKETS batches dropped because -buffer.max-mb of unacked messages was full (live capture only)."})
+	a.bufDroppedPkts = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_agent_buffer_dropped_packets_total",
+		Help: "Packet summaries in the batches dropped on a full buffer."})
 	if reg != nil {
 		f := func(name, help string, v *atomic.Uint64) prometheus.Collector {
 			return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help},
 				func() float64 { return float64(v.Load()) })
 		}
-		reg.MustRegister(a.published, a.pubErrors,
+		reg.MustRegister(a.published, a.pubErrors, a.bufDropped, a.bufDroppedPkts,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "netwatch_agent_buffer_bytes",
+				Help: "Bytes of PACKETS messages not yet acked (queued or in flight), at the last metrics interval."},
+				func() float64 { return float64(a.buffered.Load()) }),
 			f("netwatch_agent_packets_total", "Frames read from the capture.", &a.Stats.Received),
 			f("netwatch_agent_ip_packets_total", "Frames with a usable IP header.", &a.Stats.IPPackets),
 			f("netwatch_agent_ip_bytes_total", "IP bytes of those frames (DESIGN.md accounting).", &a.Stats.IPBytes),
@@ -150,8 +174,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer src.Close()
 
-	pub := publish.New(a.js, a.cfg.MaxInflight, a.log, publish.Metrics{Messages: a.published, Errors: a.pubErrors})
+	pub := publish.New(a.js, a.cfg.MaxInflight, a.log, publish.Metrics{Messages: a.published, Errors: a.pubErrors,
+		DroppedMessages: a.bufDropped, DroppedPackets: a.bufDroppedPkts})
 	defer pub.Close()
+	// While NATS is slow or away unacked batches wait in memory, up to
+	// -buffer.max-mb; beyond it a live capture drops batches (counted and
+	// logged), a file waits.
+	pub.MaxBytes = a.cfg.BufferMB << 20
+	if pub.MaxBytes <= 0 {
+		pub.MaxBytes = DefaultBufferMB << 20
+	}
+	pub.DropWhenFull = !file
+	a.pub.Store(pub)
 	batcher := publish.NewBatcher(pub, a.cfg.Sensor, a.Boot, a.cfg.BatchSize, a.cfg.BatchFlush)
 
 	var metricsMu sync.Mutex
@@ -214,9 +248,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	stopMetrics()
 	mwg.Wait()
 	a.publishMetrics(context.Background(), src, pub)
+	dropped, droppedPkts := pub.Dropped()
 	a.log.Info("capture done", "source", src.Name(), "packets", a.Stats.Received.Load(),
 		"ip_packets", a.Stats.IPPackets.Load(), "non_ip", a.Stats.NonIP.Load(),
-		"malformed", a.Stats.Malformed.Load(), "messages", pub.Acked())
+		"malformed", a.Stats.Malformed.Load(), "messages", pub.Acked(),
+		"buffer_dropped_batches", dropped, "buffer_dropped_packets", droppedPkts)
 	return errors.Join(readErr, err)
 }
 
@@ -294,6 +330,7 @@ func (a *Agent) publishMetrics(ctx context.Context, src capture.Source, pub *pub
 		a.Stats.RingDrops.Store(d)
 		a.Stats.RingFreezes.Store(f)
 	}
+	a.buffered.Store(int64(pub.Buffered()))
 	a.metricSeq++
 	m := &pb.Metrics{Sensor: a.cfg.Sensor, Boot: a.Boot, Seq: a.metricSeq}
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -129,9 +129,10 @@ func (b *Batcher) send(bi uint32) {
 	data = append(data, bk.packets...)
 	data = appendBatchTrailer(data, false, time.Now().UnixNano())
 	*bp = data
+	n := bk.n
 	bk.n = 0
 	bk.packets = bk.packets[:0]
-	b.pub.publish(b.subjects[bi], schema.PacketBatchID(b.sensor, b.boot, seq), data, func() { b.recycle(bp) })
+	b.pub.publish(b.subjects[bi], schema.PacketBatchID(b.sensor, b.boot, seq), data, n, func() { b.recycle(bp) })
 }
 
 // Tick sends every batch whose first packet is older than Flush at now.

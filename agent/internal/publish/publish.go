@@ -1,8 +1,10 @@
 // Package publish is the last stage of the agent (capture → decode →
 // fragment → publish): it batches packet summaries per PACKETS bucket and
 // publishes them to JetStream asynchronously, with bounded in-flight
-// messages, a Nats-Msg-Id on every message, and retries until acked (a
-// broker outage is survived; nothing is dropped).
+// messages, a Nats-Msg-Id on every message, and retries until acked. While
+// the broker is slow or away, unacked messages wait in a buffer bounded in
+// bytes; when it is full a live capture drops new batches (counted and
+// logged, never silently) and a file waits.
 package publish
 
 import (
@@ -19,8 +21,10 @@ import (
 
 // Metrics are the publisher's counters; any may be nil.
 type Metrics struct {
-	Messages prometheus.Counter // messages acked by the stream
-	Errors   prometheus.Counter // failed publish attempts (each is retried)
+	Messages        prometheus.Counter // messages acked by the stream
+	Errors          prometheus.Counter // failed publish attempts (each is retried)
+	DroppedMessages prometheus.Counter // batches dropped because the buffer was full
+	DroppedPackets  prometheus.Counter // packet summaries in those batches
 }
 
 func inc(c prometheus.Counter) {
@@ -32,49 +36,136 @@ func inc(c prometheus.Counter) {
 type inflight struct {
 	subject, id string
 	data        []byte
+	size        int // len(data) when queued, counted in Publisher.bytes
 	f           jetstream.PubAckFuture
 	acked       func() // data may be reused; nil for none
 }
 
 // Publisher publishes messages asynchronously and retries each one until the
-// stream acks it. Publish and Wait must be called from one goroutine.
+// stream acks it. Messages wait in a FIFO buffer of at most MaxBytes
+// (queued and in flight together); at most maxInflight of them are handed
+// to the client at once. A retried message keeps its Nats-Msg-Id, so the
+// stream's duplicate window drops a copy that was stored before its ack was
+// lost. Publish may be called from several goroutines, but not concurrently
+// with Wait.
 type Publisher struct {
-	js      jetstream.JetStream
-	log     *slog.Logger
-	m       Metrics
-	pending chan *inflight
-	wg      sync.WaitGroup
-	acked   atomic.Uint64
-	done    chan struct{}
+	// MaxBytes bounds the bytes of unacked messages; 0 for no bound. A
+	// single message larger than MaxBytes is accepted when the buffer is
+	// empty. Set before the first Publish.
+	MaxBytes int
+	// DropWhenFull makes a batch that does not fit in MaxBytes be dropped
+	// (counted in Dropped and Metrics, logged once per episode) instead of
+	// waiting for room: for live captures, which cannot pause the wire.
+	DropWhenFull bool
+
+	js  jetstream.JetStream
+	log *slog.Logger
+	m   Metrics
+
+	mu       sync.Mutex
+	cond     *sync.Cond // queue grew, bytes shrank, or closing
+	queue    []*inflight
+	bytes    int
+	closed   bool
+	dropping bool // in a drop episode: logged at its start and end
+	epMsgs   uint64
+	epPkts   uint64
+
+	window      chan *inflight // handed to the client, awaiting the ack
+	wg          sync.WaitGroup
+	acked       atomic.Uint64
+	droppedMsgs atomic.Uint64
+	droppedPkts atomic.Uint64
+	done        chan struct{}
 }
 
-// MaxInflight is the default bound on unacked messages.
+// MaxInflight is the default bound on messages handed to the client and not
+// yet acked.
 const MaxInflight = 256
 
-// New starts a publisher on js with at most maxInflight unacked messages
-// (MaxInflight when 0). js should be created with
+// New starts a publisher on js with at most maxInflight messages handed to
+// the client and unacked (MaxInflight when 0), and no bound on buffered
+// bytes until MaxBytes is set. js should be created with
 // jetstream.WithPublishAsyncTimeout so that a lost ack turns into a retry.
 func New(js jetstream.JetStream, maxInflight int, log *slog.Logger, m Metrics) *Publisher {
 	if maxInflight <= 0 {
 		maxInflight = MaxInflight
 	}
-	p := &Publisher{js: js, log: log, m: m, pending: make(chan *inflight, maxInflight), done: make(chan struct{})}
+	p := &Publisher{js: js, log: log, m: m, window: make(chan *inflight, maxInflight), done: make(chan struct{})}
+	p.cond = sync.NewCond(&p.mu)
+	go p.sendLoop()
 	go p.ackLoop()
 	return p
 }
 
-// Publish sends data to subject with Nats-Msg-Id id. It blocks while
-// maxInflight messages are unacked, and retries (with backoff) while the
-// client refuses the message. data must not be modified afterwards.
-func (p *Publisher) Publish(subject, id string, data []byte) { p.publish(subject, id, data, nil) }
+// Publish sends data to subject with Nats-Msg-Id id. It never drops: when
+// the buffer is full it waits for room. data must not be modified afterwards.
+func (p *Publisher) Publish(subject, id string, data []byte) { p.publish(subject, id, data, 0, nil) }
 
-// publish is Publish that calls acked (when not nil), from the ack loop,
-// once the stream has acknowledged the message and data is no longer used.
-func (p *Publisher) publish(subject, id string, data []byte, acked func()) {
-	it := &inflight{subject: subject, id: id, data: data, acked: acked}
+// publish buffers a message of packets summaries and calls acked (when not
+// nil), from another goroutine, once the stream has acknowledged it or it
+// was dropped, when data is no longer used. packets > 0 marks a batch that
+// may be dropped under DropWhenFull.
+func (p *Publisher) publish(subject, id string, data []byte, packets int, acked func()) {
+	p.mu.Lock()
+	for p.MaxBytes > 0 && p.bytes > 0 && p.bytes+len(data) > p.MaxBytes && !p.closed {
+		if packets > 0 && p.DropWhenFull {
+			if !p.dropping {
+				p.dropping, p.epMsgs, p.epPkts = true, 0, 0
+				p.log.Warn("publish buffer full, dropping packet batches until the broker catches up",
+					"buffer_bytes", p.bytes, "max_bytes", p.MaxBytes)
+			}
+			p.epMsgs++
+			p.epPkts += uint64(packets)
+			p.mu.Unlock()
+			p.droppedMsgs.Add(1)
+			p.droppedPkts.Add(uint64(packets))
+			inc(p.m.DroppedMessages)
+			if p.m.DroppedPackets != nil {
+				p.m.DroppedPackets.Add(float64(packets))
+			}
+			if acked != nil {
+				acked()
+			}
+			return
+		}
+		p.cond.Wait()
+	}
+	if p.dropping {
+		p.dropping = false
+		p.log.Warn("publish buffer has room again", "dropped_batches", p.epMsgs, "dropped_packets", p.epPkts,
+			"dropped_packets_total", p.droppedPkts.Load())
+	}
+	p.bytes += len(data)
+	p.queue = append(p.queue, &inflight{subject: subject, id: id, data: data, size: len(data), acked: acked})
 	p.wg.Add(1)
-	p.send(it)
-	p.pending <- it
+	p.cond.Broadcast()
+	p.mu.Unlock()
+}
+
+// sendLoop hands queued messages to the client in order, at most
+// cap(window) unacked at once.
+func (p *Publisher) sendLoop() {
+	for {
+		p.mu.Lock()
+		for len(p.queue) == 0 && !p.closed {
+			p.cond.Wait()
+		}
+		if len(p.queue) == 0 {
+			p.mu.Unlock()
+			close(p.window)
+			return
+		}
+		it := p.queue[0]
+		p.queue[0] = nil
+		p.queue = p.queue[1:]
+		if len(p.queue) == 0 {
+			p.queue = p.queue[:0:0]
+		}
+		p.mu.Unlock()
+		p.send(it)
+		p.window <- it
+	}
 }
 
 func (p *Publisher) send(it *inflight) {
@@ -95,7 +186,7 @@ func (p *Publisher) send(it *inflight) {
 
 func (p *Publisher) ackLoop() {
 	defer close(p.done)
-	for it := range p.pending {
+	for it := range p.window {
 		wait := 50 * time.Millisecond
 		for {
 			select {
@@ -110,6 +201,10 @@ func (p *Publisher) ackLoop() {
 			}
 			break
 		}
+		p.mu.Lock()
+		p.bytes -= it.size
+		p.cond.Broadcast()
+		p.mu.Unlock()
 		it.data = nil
 		if it.acked != nil {
 			it.acked()
@@ -135,8 +230,26 @@ func (p *Publisher) Wait(ctx context.Context) error {
 // Acked is the number of messages acked so far.
 func (p *Publisher) Acked() uint64 { return p.acked.Load() }
 
-// Close stops the ack loop after Wait; call it once, last.
+// Dropped is the number of batches, and of packet summaries in them, dropped
+// so far because the buffer was full.
+func (p *Publisher) Dropped() (batches, packets uint64) {
+	return p.droppedMsgs.Load(), p.droppedPkts.Load()
+}
+
+// Buffered is the number of bytes of unacked messages (queued or in flight).
+func (p *Publisher) Buffered() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.bytes
+}
+
+// Close stops the publisher after Wait; call it once, last. Messages still
+// queued are abandoned.
 func (p *Publisher) Close() {
-	close(p.pending)
+	p.mu.Lock()
+	p.closed = true
+	p.queue = nil
+	p.cond.Broadcast()
+	p.mu.Unlock()
 	<-p.done
 }
