@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -52,10 +53,13 @@ func openChecked(path string, check LinkCheck) (*File, error) {
 	return f, nil
 }
 
-// Dir reads the regular files of a directory (or symbolic links to them;
-// names starting with '.' and subdirectories are skipped) in name order as one stream of frames. A file that cannot be
-// opened or read is an error naming it, returned after every frame of the
-// files before it.
+// Dir reads the capture files of a directory in name order as one stream of
+// frames. A capture file is a regular file (or a symbolic link to one) whose
+// name does not start with '.' and which is named like a capture (.pcap,
+// .pcapng, .cap, .dmp, .gz) or starts with a pcap, pcapng or gzip magic
+// number; other files (a README, checksums) are skipped (Skipped). A capture
+// file that cannot be opened or read is an error naming it, returned after
+// every frame of the files before it.
 type Dir struct {
 	path  string
 	files []string
@@ -67,7 +71,42 @@ type Dir struct {
 	done  atomic.Int64 // total size of the files before cur
 	total int64
 	err   error
+
+	skipped []string
 }
+
+// captureExt are the names taken as capture files whatever their content,
+// so that a damaged capture is an error, not skipped.
+var captureExt = []string{".pcap", ".pcapng", ".cap", ".dmp", ".pcap.gz", ".pcapng.gz", ".cap.gz", ".gz"}
+
+// isCapture reports whether path is named like a capture file or starts
+// with a pcap (either byte order, µs or ns), pcapng or gzip magic number.
+func isCapture(path string) bool {
+	low := strings.ToLower(path)
+	for _, e := range captureExt {
+		if strings.HasSuffix(low, e) {
+			return true
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return true // let the open in order report it
+	}
+	defer f.Close()
+	var m [4]byte
+	if _, err := io.ReadFull(f, m[:]); err != nil {
+		return false
+	}
+	switch binary.BigEndian.Uint32(m[:]) {
+	case 0xa1b2c3d4, 0xd4c3b2a1, 0xa1b23c4d, 0x4d3cb2a1, 0x0a0d0d0a:
+		return true
+	}
+	return m[0] == 0x1f && m[1] == 0x8b
+}
+
+// Skipped lists the names of the files skipped as not captures (neither a
+// capture name nor a capture magic number), such as a README.
+func (d *Dir) Skipped() []string { return d.skipped }
 
 // OpenDir lists dir and opens its first file. An empty directory is an error.
 func OpenDir(dir string, check LinkCheck) (*Dir, error) {
@@ -85,6 +124,10 @@ func OpenDir(dir string, check LinkCheck) (*Dir, error) {
 			return nil, fmt.Errorf("open capture directory: %w", err)
 		}
 		if !info.Mode().IsRegular() {
+			continue
+		}
+		if !isCapture(filepath.Join(dir, e.Name())) {
+			d.skipped = append(d.skipped, e.Name())
 			continue
 		}
 		d.files = append(d.files, filepath.Join(dir, e.Name()))

@@ -46,6 +46,9 @@ func Summarize(path string, progress io.Writer) (*summary.Report, error) {
 		return r, err
 	}
 	defer src.Close()
+	if d, ok := src.(*capture.Dir); ok {
+		r.SkippedFiles = d.Skipped()
+	}
 	var n atomic.Uint64
 	stop := meter(progress, src, &n)
 	defer stop()

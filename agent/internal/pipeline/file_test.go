@@ -74,6 +74,12 @@ func TestDirectory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// not captures: skipped
+	os.WriteFile(filepath.Join(dir, "MANIFEST.md"), []byte("# captures\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "SHA256SUMS"), []byte("00  0-x.pcap\n"), 0o644)
+	if r, err := Summarize(dir, nil); err != nil || len(r.SkippedFiles) != 2 {
+		t.Errorf("summary: %v, skipped %v", err, r.SkippedFiles)
+	}
 	got, _, err := runAgent(t, dir)
 	if err != nil {
 		t.Fatal(err)
@@ -284,5 +290,42 @@ func TestPcapngSLLAndEthernet(t *testing.T) {
 	}
 	if len(links) != 2 || len(ifaces) != 2 {
 		t.Errorf("link types %v, interfaces %v: want two of each", links, ifaces)
+	}
+}
+
+// TestSummarizeProgress reads a directory with a progress writer (run with
+// -race: the meter reads the byte counters while the reader advances): the
+// last line is 100 % of the two files' bytes and the right packet count
+// (capinfos: 10 + 6 frames), ended by a newline.
+func TestSummarizeProgress(t *testing.T) {
+	pc := testkit.Pcaps(t)
+	dir := t.TempDir()
+	os.Symlink(filepath.Join(pc, "eth-ipv4-icmp-echo-5-pings.pcap"), filepath.Join(dir, "a.pcap"))
+	gzipTo(t, filepath.Join(pc, "linux-sll2-icmp-icmpv6-arp.pcap"), filepath.Join(dir, "b.pcap.gz"))
+	var buf bytes.Buffer
+	r, err := Summarize(dir, &buf)
+	if err != nil || r.Packets != 16 {
+		t.Fatalf("summary: %v, %d packets", err, r.Packets)
+	}
+	out := buf.String()
+	last := out[strings.LastIndex(strings.TrimSuffix(out, "\n"), "\r")+1:]
+	if !strings.HasPrefix(last, "100.0% of ") || !strings.Contains(last, " 16 packets ") || !strings.HasSuffix(out, "\n") {
+		t.Errorf("progress output %q", out)
+	}
+}
+
+// TestGzipTruncated: a gzip stream cut in half is a read error at a record
+// of the decompressed data, after the whole records before it.
+func TestGzipTruncated(t *testing.T) {
+	orig := filepath.Join(testkit.Pcaps(t), "eth-ipv4-dns-http-browsing-wikipedia.pcap")
+	gz := filepath.Join(t.TempDir(), "cut.pcap.gz")
+	gzipTo(t, orig, gz)
+	b, _ := os.ReadFile(gz)
+	os.WriteFile(gz, b[:len(b)/2], 0o644)
+	r, err := Summarize(gz, nil)
+	var re *capture.ReadError
+	if !errors.As(err, &re) || !re.Gzip || re.Packet != r.Packets+1 || r.Packets == 0 ||
+		!strings.Contains(err.Error(), "decompressed byte offset") {
+		t.Errorf("error %v after %d packets", err, r.Packets)
 	}
 }

@@ -31,6 +31,7 @@ type LinkCount struct {
 // "Accounting").
 type Report struct {
 	File         string                `json:"file"`
+	SkippedFiles []string              `json:"skipped_files,omitempty"` // files of a directory skipped as not captures
 	Error        string                `json:"error,omitempty"`
 	ErrorFile    string                `json:"error_file,omitempty"`   // the file of a read error (File may be a directory)
 	ErrorPacket  uint64                `json:"error_packet,omitempty"` // 1-based record number of a read error
