@@ -65,6 +65,8 @@ func Summarize(path string, progress io.Writer) (*summary.Report, error) {
 			var re *capture.ReadError
 			if errors.As(err, &re) {
 				r.ErrorFile, r.ErrorPacket, r.ErrorOffset = re.Path, re.Packet, re.Offset
+			} else if d, ok := src.(*capture.Dir); ok {
+				r.ErrorFile = d.File() // a later file that does not open
 			}
 			r.Finish()
 			return r, err

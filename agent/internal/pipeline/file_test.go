@@ -329,3 +329,19 @@ func TestGzipTruncated(t *testing.T) {
 		t.Errorf("error %v after %d packets", err, r.Packets)
 	}
 }
+
+// TestDirectoryUnsupportedLink: a later file of a directory whose link type
+// is not decoded (LINKTYPE 147) stops the input at that file, named, after
+// the 10 frames (capinfos) of the first.
+func TestDirectoryUnsupportedLink(t *testing.T) {
+	dir := t.TempDir()
+	os.Symlink(filepath.Join(testkit.Pcaps(t), "eth-ipv4-icmp-echo-5-pings.pcap"), filepath.Join(dir, "a.pcap"))
+	user0, _ := filepath.Abs("../../testdata/linktype-147-user0.pcap")
+	os.Symlink(user0, filepath.Join(dir, "b.pcap"))
+	r, err := Summarize(dir, nil)
+	b := filepath.Join(dir, "b.pcap")
+	if err == nil || !strings.Contains(err.Error(), b) || !strings.Contains(err.Error(), "unsupported link type 147") ||
+		r.ErrorFile != b || r.Packets != 10 {
+		t.Errorf("error %v, report file %q packets %d", err, r.ErrorFile, r.Packets)
+	}
+}
