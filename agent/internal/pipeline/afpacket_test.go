@@ -2,12 +2,14 @@ package pipeline
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"netwatch/agent/internal/capture"
+	"netwatch/agent/internal/decode"
 	"netwatch/schema"
 	"netwatch/schema/pb"
 	"netwatch/testkit"
@@ -220,5 +224,90 @@ func TestAFPacketFanout(t *testing.T) {
 			t.Errorf("Nats-Msg-Id %s twice", id)
 		}
 		seen[id] = true
+	}
+}
+
+// TestAFPacketFanoutHash reads the four sockets of a fanout group directly:
+// every datagram of flows × per (hand count) is read exactly once, all the
+// datagrams of a flow by the same socket (PACKET_FANOUT_HASH), and the
+// flows are spread over more than one socket.
+func TestAFPacketFanoutHash(t *testing.T) {
+	iface, peer := veth(t)
+	const flows, per, port = 32, 10, 42001
+	// resolve the peer's MAC first, so that no datagram waits in (or
+	// overflows) the neighbour queue
+	ipPath := testkit.Tool(t, "ip")
+	testkit.Eventually(t, 5*time.Second, func() bool {
+		sendUDP(t, peer, port+1, 1, 1)
+		out, _ := exec.Command(ipPath, "neigh", "show", peer.String(), "dev", iface).Output()
+		return strings.Contains(string(out), "lladdr")
+	}, "no ARP reply from %s", peer)
+	src, err := capture.OpenAFPacket(capture.AFPacketConfig{Interface: iface, Snaplen: 262144,
+		BPF: fmt.Sprintf("udp dst port %d", port), RingBytes: 4 << 20, Fanout: 4}, decode.Supported)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	members := src.Members()
+	if len(members) != 4 {
+		t.Fatalf("%d members, want 4", len(members))
+	}
+	var total atomic.Int64
+	bySock := make([]map[uint16]int, len(members)) // source port -> datagrams, per socket
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, m := range members {
+		bySock[i] = map[uint16]int{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				data, _, _, err := m.Next()
+				if err == capture.ErrTimeout {
+					continue
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(data) < 14+20+8 {
+					continue
+				}
+				bySock[i][binary.BigEndian.Uint16(data[14+20:])]++
+				total.Add(1)
+			}
+		}()
+	}
+	want := map[uint16]bool{}
+	for i := 0; i < flows; i++ {
+		want[uint16(sendUDP(t, peer, port, per, 32))] = true
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return total.Load() >= flows*per },
+		"read %d of %d datagrams", total.Load(), flows*per)
+	close(stop)
+	wg.Wait()
+	if total.Load() != flows*per {
+		t.Errorf("read %d datagrams, want %d", total.Load(), flows*per)
+	}
+	used := 0
+	for i := range bySock {
+		if len(bySock[i]) > 0 {
+			used++
+		}
+		for sp, n := range bySock[i] {
+			if !want[sp] {
+				t.Errorf("socket %d read a datagram from unexpected port %d", i, sp)
+			} else if n != per {
+				t.Errorf("flow from port %d: socket %d read %d of its %d datagrams (a flow must stay on one socket)", sp, i, n, per)
+			}
+		}
+	}
+	if used < 2 {
+		t.Errorf("%d flows all went to %d socket(s)", flows, used)
 	}
 }
