@@ -20,11 +20,16 @@ import (
 // tcp.len or udp.length - 8, TCP flags are OR'ed per direction. ICMP
 // packets keep their type and no ports (the header quoted in an ICMP error
 // is not used: -E occurrence=f takes the outer fields).
-func tsharkFlows(t *testing.T, path string) []*pb.Flow {
+//
+// DNS: the flow's server_name is its first query name (dns.qry.name), as
+// the enricher sets it. With perQuery, every DNS query name gets a flow of
+// its own (as from a resolver that uses a fresh source port per query), so
+// the per-name criteria of dns_tunnel are exercised too.
+func tsharkFlows(t *testing.T, path string, perQuery ...bool) []*pb.Flow {
 	t.Helper()
 	tshark := testkit.Tool(t, "tshark")
 	fields := []string{"frame.time_epoch", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "ip.proto", "ipv6.nxt",
-		"tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport", "tcp.flags", "tcp.len", "udp.length", "icmp.type", "icmpv6.type"}
+		"tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport", "tcp.flags", "tcp.len", "udp.length", "icmp.type", "icmpv6.type", "dns.qry.name"}
 	args := []string{"-r", path, "-n", "-T", "fields", "-E", "occurrence=f", "-E", "separator=\t"}
 	for _, f := range fields {
 		args = append(args, "-e", f)
@@ -37,6 +42,7 @@ func tsharkFlows(t *testing.T, path string) []*pb.Flow {
 		proto  uint32
 		a, b   netip.Addr
 		ap, bp uint32
+		qname  string
 	}
 	flows := map[fkey]*pb.Flow{}
 	var order []*pb.Flow
@@ -82,7 +88,12 @@ func tsharkFlows(t *testing.T, path string) []*pb.Flow {
 		case 58:
 			icmpType = u(c[15])
 		}
-		k, rk := fkey{p, sa, da, sp, dp}, fkey{p, da, sa, dp, sp}
+		qname := c[16]
+		kq := ""
+		if len(perQuery) > 0 && perQuery[0] {
+			kq = qname
+		}
+		k, rk := fkey{p, sa, da, sp, dp, kq}, fkey{p, da, sa, dp, sp, kq}
 		f, fromOrig := flows[k], true
 		if f == nil {
 			if f = flows[rk]; f != nil {
@@ -94,6 +105,9 @@ func tsharkFlows(t *testing.T, path string) []*pb.Flow {
 				IcmpType: icmpType, StartNs: ns, Final: true}
 			flows[k] = f
 			order = append(order, f)
+		}
+		if f.ServerName == "" && qname != "" && (sp == 53 || dp == 53) {
+			f.ServerName = qname
 		}
 		f.EndNs = max(f.EndNs, ns)
 		if fromOrig {
@@ -114,24 +128,43 @@ func tsharkFlows(t *testing.T, path string) []*pb.Flow {
 // and pcaps/lab/labels.csv.
 func TestCaptures(t *testing.T) {
 	pcaps := testkit.Pcaps(t)
+	type want struct{ category, orig, resp string }
 	cases := []struct {
 		file     string
-		scanner  string // "" for benign: no alert at all
-		victim   string
+		want     []want // nil for benign: no alert at all
 		minFlows int
+		perQuery bool // one flow per DNS query name
 	}{
-		{"attack-portscan-nmap-syn.pcapng", "172.16.0.8", "64.13.134.52", 1000},
-		{"attack-portscan-masscan-udp-0-1000.pcap", "172.31.15.102", "198.124.152.15", 1000},
-		{"lab/lab-nmap-syn-scan.pcap", "10.99.1.10", "10.99.1.20", 1000},
-		{"lab/lab-nmap-udp-scan.pcap", "10.99.1.10", "10.99.1.20", 100},
-		{"eth-ipv4-dns-http-browsing-wikipedia.pcap", "", "", 1},
-		{"lab/lab-benign-mixed.pcap", "", "", 1},
-		{"dns-over-tcp-tcpdump-org.pcap", "", "", 1},
-		{"tls12-clienthello-sni-google-de.pcap", "", "", 1},
+		{"attack-portscan-nmap-syn.pcapng", []want{{"portscan", "172.16.0.8", "64.13.134.52"}}, 1000, false},
+		{"attack-portscan-masscan-udp-0-1000.pcap", []want{{"portscan", "172.31.15.102", "198.124.152.15"}}, 1000, false},
+		{"lab/lab-nmap-syn-scan.pcap", []want{{"portscan", "10.99.1.10", "10.99.1.20"}}, 1000, false},
+		{"lab/lab-nmap-udp-scan.pcap", []want{{"portscan", "10.99.1.10", "10.99.1.20"}}, 100, false},
+		// lab/labels.csv: one flood from 10.99.1.10, one from spoofed sources.
+		{"lab/lab-hping3-syn-flood.pcap", []want{{"syn_flood", "10.99.1.10", "10.99.1.20"}, {"syn_flood", "", "10.99.1.20"}}, 1000, false},
+		{"attack-synflood-spoofed-sources.pcap", []want{{"syn_flood", "", "10.10.10.10"}}, 1000, false},
+		{"lab/lab-hping3-icmp-flood.pcap", []want{{"icmp_flood", "10.99.1.10", "10.99.1.20"}}, 1, false},
+		{"lab/lab-hydra-ssh-bruteforce.pcap", []want{{"bruteforce", "10.99.1.10", "10.99.1.20"}}, 9, false},
+		{"lab/lab-hydra-http-basic-bruteforce.pcap", []want{{"bruteforce", "10.99.1.10", "10.99.1.20"}}, 40, false},
+		{"attack-ssh-bruteforce-password-guessing.pcap", []want{{"bruteforce", "192.168.56.1", "192.168.56.103"}}, 11, false},
+		{"attack-ftp-bruteforce.pcap", []want{{"bruteforce", "192.168.56.1", "192.168.56.101"}}, 30, false},
+		{"lab/lab-dns-tunnel-iodine.pcap", []want{{"dns_tunnel", "10.99.1.10", "10.99.1.20"}}, 1, false},
+		{"lab/lab-dns-tunnel-iodine.pcap", []want{{"dns_tunnel", "10.99.1.10", "10.99.1.20"}}, 1, true},
+		{"attack-dns-tunnel-iodine.pcap", []want{{"dns_tunnel", "10.0.2.30", "10.0.2.20"}}, 1, false},
+		{"attack-dns-tunnel-iodine.pcap", []want{{"dns_tunnel", "10.0.2.30", "10.0.2.20"}}, 1, true},
+		{"eth-ipv4-dns-http-browsing-wikipedia.pcap", nil, 1, false},
+		{"eth-ipv4-dns-http-browsing-wikipedia.pcap", nil, 1, true},
+		{"lab/lab-benign-mixed.pcap", nil, 1, false},
+		{"lab/lab-benign-mixed.pcap", nil, 1, true},
+		{"dns-over-tcp-tcpdump-org.pcap", nil, 1, false},
+		{"tls12-clienthello-sni-google-de.pcap", nil, 1, false},
 	}
 	for _, c := range cases {
-		t.Run(c.file, func(t *testing.T) {
-			flows := tsharkFlows(t, filepath.Join(pcaps, c.file))
+		name := c.file
+		if c.perQuery {
+			name += "/per-query"
+		}
+		t.Run(name, func(t *testing.T) {
+			flows := tsharkFlows(t, filepath.Join(pcaps, c.file), c.perQuery)
 			if len(flows) < c.minFlows {
 				t.Fatalf("tshark gave %d flows, want at least %d", len(flows), c.minFlows)
 			}
@@ -141,26 +174,37 @@ func TestCaptures(t *testing.T) {
 				alerts = append(alerts, e.Observe("cap", f)...)
 			}
 			for _, a := range alerts {
-				t.Logf("%s: %s", a.Category, a.Summary)
+				t.Logf("%s orig=%q resp=%s: %s %s", a.Category, a.OrigAddr, a.RespAddr, a.Summary, a.Evidence)
 			}
-			t.Logf("%d flows; largest window: %d probed ports (portscan), %d probed hosts on one port (hostsweep)",
-				len(flows), maxPorts(flows, RulePortscan), maxPorts(flows, RuleHostsweep))
-			if c.scanner == "" {
+			if len(flows) <= 5000 { // maxPorts is quadratic
+				t.Logf("%d flows; largest window: %d probed ports (portscan), %d probed hosts on one port (hostsweep)",
+					len(flows), maxPorts(flows, RulePortscan), maxPorts(flows, RuleHostsweep))
+			}
+			if c.want == nil {
 				if len(alerts) != 0 {
 					t.Fatalf("%d alerts on a benign capture", len(alerts))
 				}
 				return
 			}
-			found := false
-			for _, a := range alerts {
-				if a.Category == "portscan" && a.OrigAddr == c.scanner && a.RespAddr == c.victim {
-					found = true
-				} else if a.OrigAddr != c.scanner {
-					t.Errorf("alert names %s, not the scanner %s: %s", a.OrigAddr, c.scanner, a.Summary)
+			for _, w := range c.want {
+				found := false
+				for _, a := range alerts {
+					found = found || (a.Category == w.category && a.OrigAddr == w.orig && a.RespAddr == w.resp)
+				}
+				if !found {
+					t.Errorf("no %s alert %q -> %s among %d alerts (%d flows)", w.category, w.orig, w.resp, len(alerts), len(flows))
 				}
 			}
-			if !found {
-				t.Fatalf("no portscan alert %s -> %s among %d alerts (%d flows)", c.scanner, c.victim, len(alerts), len(flows))
+			// Every alert names a labelled attacker (or no one: spoofed) and victim.
+			for _, a := range alerts {
+				ok := false
+				for _, w := range c.want {
+					ok = ok || (a.OrigAddr == w.orig && a.RespAddr == w.resp) || (a.OrigAddr == "" && a.RespAddr == w.resp) ||
+						(a.Category == "hostsweep" && a.OrigAddr == w.orig)
+				}
+				if !ok {
+					t.Errorf("alert names %q -> %s, not a labelled attacker and victim: %s", a.OrigAddr, a.RespAddr, a.Summary)
+				}
 			}
 		})
 	}

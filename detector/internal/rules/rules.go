@@ -28,6 +28,29 @@ type Config struct {
 	SweepWindow    time.Duration
 	SweepFast      time.Duration
 	MaxKeys        int // most (originator, target, window) states kept; beyond it the oldest windows are dropped
+
+	// Floods (per target: the responder). Counts are originator packets
+	// of matching flows in one window, all sources together.
+	FloodWindow   time.Duration // tumbling window length of syn_flood, udp_flood and icmp_flood, packet time
+	SynFloodPkts  int           // SYNs of half-open TCP flows to one responder per window
+	UDPFloodPkts  int           // UDP packets to one responder per window
+	ICMPFloodPkts int           // ICMP/ICMPv6 packets (errors excluded) to one responder per window
+
+	// Brute force (per originator, responder and service port).
+	BruteWindow   time.Duration // tumbling window length, packet time
+	BruteSessions int           // sessions to one SSH/FTP/Telnet/RDP/SMB/database/mail/VNC port per window
+	BruteHTTP     int           // sessions to one HTTP port (80, 8000, 8008, 8080, 8888) per window
+
+	// DNS tunnelling (per originator and parent domain of the query name).
+	DNSWindow time.Duration // tumbling window length, packet time
+	DNSLong   int           // queries per window whose subdomain part is long and high-entropy (IsTunnelName)
+	DNSUnique int           // distinct subdomains of one parent domain per window
+	// DNSQueries is the number of query packets (originator packets of DNS
+	// flows) for names under one parent domain per window. A flow carries
+	// only its first query name (enricher), and a tunnel client such as
+	// iodine sends every query from one socket: one flow, one name, many
+	// packets; this is what catches it.
+	DNSQueries int
 }
 
 // DefaultConfig returns the thresholds documented in README.md.
@@ -35,7 +58,10 @@ func DefaultConfig() Config {
 	return Config{
 		PortscanPorts: 50, PortscanWindow: time.Minute, PortscanFast: 10 * time.Second,
 		SweepHosts: 32, SweepWindow: time.Minute, SweepFast: 10 * time.Second,
-		MaxKeys: 1_000_000,
+		MaxKeys:     1_000_000,
+		FloodWindow: 10 * time.Second, SynFloodPkts: 1000, UDPFloodPkts: 10000, ICMPFloodPkts: 1000,
+		BruteWindow: time.Minute, BruteSessions: 4, BruteHTTP: 30,
+		DNSWindow: time.Minute, DNSLong: 20, DNSUnique: 100, DNSQueries: 150,
 	}
 }
 
@@ -54,6 +80,24 @@ func (c Config) Validate() error {
 	if c.SweepWindow < time.Second {
 		errs = append(errs, fmt.Errorf("-hostsweep.window %s: want at least 1s", c.SweepWindow))
 	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"-flood.window", c.FloodWindow}, {"-bruteforce.window", c.BruteWindow}, {"-dnstunnel.window", c.DNSWindow}} {
+		if d.v < time.Second {
+			errs = append(errs, fmt.Errorf("%s %s: want at least 1s", d.name, d.v))
+		}
+	}
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"-synflood.pkts", c.SynFloodPkts}, {"-udpflood.pkts", c.UDPFloodPkts}, {"-icmpflood.pkts", c.ICMPFloodPkts},
+		{"-bruteforce.sessions", c.BruteSessions}, {"-bruteforce.http-sessions", c.BruteHTTP},
+		{"-dnstunnel.long", c.DNSLong}, {"-dnstunnel.unique", c.DNSUnique}, {"-dnstunnel.queries", c.DNSQueries}} {
+		if n.v < 2 {
+			errs = append(errs, fmt.Errorf("%s %d: want at least 2", n.name, n.v))
+		}
+	}
 	if c.MaxKeys < 1 {
 		errs = append(errs, fmt.Errorf("-rules.max-keys %d: want at least 1", c.MaxKeys))
 	}
@@ -64,6 +108,11 @@ func (c Config) Validate() error {
 const (
 	RulePortscan  = "portscan"
 	RuleHostsweep = "hostsweep"
+	RuleSynFlood  = "syn_flood"
+	RuleUDPFlood  = "udp_flood"
+	RuleICMPFlood = "icmp_flood"
+	RuleBrute     = "bruteforce"
+	RuleDNSTunnel = "dns_tunnel"
 )
 
 // TCP flag bits (RFC 9293).
@@ -111,15 +160,23 @@ type rule uint8
 const (
 	portscan rule = iota
 	hostsweep
+	synFlood
+	udpFlood
+	icmpFlood
+	brute
+	dnsTunnel
 )
 
-var ruleNames = [...]string{portscan: RulePortscan, hostsweep: RuleHostsweep}
+var ruleNames = [...]string{portscan: RulePortscan, hostsweep: RuleHostsweep, synFlood: RuleSynFlood,
+	udpFlood: RuleUDPFlood, icmpFlood: RuleICMPFlood, brute: RuleBrute, dnsTunnel: RuleDNSTunnel}
 
 type key struct {
 	rule   rule
 	sensor string
-	orig   netip.Addr
-	target netip.Addr // invalid (zero) for hostsweep
+	orig   netip.Addr // invalid (zero) for floods (per-target rules)
+	target netip.Addr // invalid (zero) for hostsweep and dns_tunnel
+	port   uint32     // bruteforce: the service port
+	domain string     // dns_tunnel: the parent domain
 	win    int64      // window start, Unix ns
 }
 
@@ -141,6 +198,19 @@ type state struct {
 	svc0   uint32
 	host0  netip.Addr
 	hosts  map[uint32]map[netip.Addr]struct{}
+	// floods, bruteforce, dns_tunnel: packets, sessions or queries.
+	count int
+	// floods: the first source, and whether another one was seen.
+	src0    netip.Addr
+	manySrc bool
+	// dns_tunnel: long high-entropy queries, distinct subdomains (FNV-1a
+	// hashes; the first inline, the set made for a second one and not grown
+	// past the threshold).
+	nlong  int
+	nnames int
+	name0  uint64
+	names  map[uint64]struct{}
+	sample string // dns_tunnel: the longest query name seen
 }
 
 // addPort records a probed port and returns the number of distinct ports.
@@ -264,14 +334,15 @@ func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 			e.expire()
 		}
 	}
+	var out []*pb.Alert
+	out = e.observeMore(out, sensor, f, orig, resp)
 	probe := IsProbe(f)
 	if !probe && !isEchoRequest(f) {
-		return nil
+		return out
 	}
-	var out []*pb.Alert
 	proto := f.GetProto()
 	if probe {
-		k := key{portscan, sensor, orig, resp, windowStart(t, e.cfg.PortscanWindow)}
+		k := key{rule: portscan, sensor: sensor, orig: orig, target: resp, win: windowStart(t, e.cfg.PortscanWindow)}
 		s := e.get(k, t, e.cfg.PortscanWindow)
 		s.flows++
 		if n := s.addPort(proto<<16 | f.GetRespPort()); !s.fired && n >= e.cfg.PortscanPorts {
@@ -283,7 +354,7 @@ func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 	if proto == 1 || proto == 58 {
 		port = proto<<16 | f.GetIcmpType()
 	}
-	k := key{hostsweep, sensor, orig, netip.Addr{}, windowStart(t, e.cfg.SweepWindow)}
+	k := key{rule: hostsweep, sensor: sensor, orig: orig, win: windowStart(t, e.cfg.SweepWindow)}
 	s := e.get(k, t, e.cfg.SweepWindow)
 	s.flows++
 	if n := s.addHost(port, resp); !s.fired && n >= e.cfg.SweepHosts {
@@ -303,11 +374,12 @@ func (e *Engine) Retract(a *pb.Alert) {
 	case RuleHostsweep:
 		r = hostsweep
 	default:
+		e.retractMore(a)
 		return
 	}
 	orig, _ := netip.ParseAddr(a.GetOrigAddr())
 	target, _ := netip.ParseAddr(a.GetRespAddr())
-	if s, ok := e.state[key{r, a.GetSensor(), orig, target, a.GetWindowStartNs()}]; ok {
+	if s, ok := e.state[key{rule: r, sensor: a.GetSensor(), orig: orig, target: target, win: a.GetWindowStartNs()}]; ok {
 		s.fired = false
 	}
 }

@@ -151,8 +151,8 @@ func TestWindowsSplitAndExpire(t *testing.T) {
 	}
 	// A flow three windows later expires both windows (one window of lateness).
 	run(e, []*pb.Flow{synProbe(1, win+int64(3*time.Minute))})
-	if e.Keys() != 2 { // the new portscan and hostsweep states
-		t.Fatalf("keys = %d, want 2", e.Keys())
+	if e.Keys() != 3 { // the new portscan, hostsweep and syn_flood states
+		t.Fatalf("keys = %d, want 3", e.Keys())
 	}
 }
 

@@ -1,0 +1,204 @@
+package rules
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"netwatch/schema"
+	"netwatch/schema/pb"
+)
+
+// halfOpen is a SYN from src answered by SYN-ACK and reset by the
+// originator's kernel (hping3 -S): no ACK from the originator.
+func halfOpen(src []byte, at int64) *pb.Flow {
+	return &pb.Flow{Proto: 6, OrigAddr: src, OrigPort: 1024, RespAddr: victim, RespPort: 80,
+		StartNs: at, EndNs: at + 1e5, OrigPkts: 1, RespPkts: 1,
+		OrigTcpFlags: flagSYN | flagRST, RespTcpFlags: flagSYN | flagACK, Final: true}
+}
+
+func spoofed(i int) []byte { return []byte{byte(1 + i>>16), byte(i >> 8), byte(i), 7} }
+
+func icmpEcho(pkts uint64, at int64) *pb.Flow {
+	return &pb.Flow{Proto: 1, OrigAddr: scanner, RespAddr: victim, IcmpType: 8, StartNs: at, EndNs: at + 1e6,
+		OrigPkts: pkts, RespPkts: pkts, Final: true}
+}
+
+func udpPkts(pkts uint64, at int64) *pb.Flow {
+	return &pb.Flow{Proto: 17, OrigAddr: scanner, OrigPort: 5000, RespAddr: victim, RespPort: 9, StartNs: at, EndNs: at + 1e6,
+		OrigPkts: pkts, OrigBytes: pkts * 100, Final: true}
+}
+
+// session is one login attempt: handshake, payload both ways, respBytes back.
+func session(port uint32, respBytes uint64, at int64) *pb.Flow {
+	return &pb.Flow{Proto: 6, OrigAddr: scanner, OrigPort: 40000, RespAddr: victim, RespPort: port,
+		StartNs: at, EndNs: at + 5e8, OrigPkts: 10, OrigBytes: 600, RespPkts: 8, RespBytes: respBytes,
+		OrigTcpFlags: flagSYN | flagACK | flagFIN, RespTcpFlags: flagSYN | flagACK | flagFIN, Final: true}
+}
+
+func dnsQuery(name string, at int64) *pb.Flow {
+	return &pb.Flow{Proto: 17, OrigAddr: scanner, OrigPort: 33333, RespAddr: victim, RespPort: 53, App: "dns",
+		StartNs: at, EndNs: at + 1e6, OrigPkts: 1, OrigBytes: uint64(len(name) + 20), RespPkts: 1, RespBytes: 100,
+		ServerName: name, Final: true}
+}
+
+func TestMoreRules(t *testing.T) {
+	ms := int64(time.Millisecond)
+	n := func(count int, mk func(i int) *pb.Flow) []*pb.Flow {
+		var fs []*pb.Flow
+		for i := 0; i < count; i++ {
+			fs = append(fs, mk(i))
+		}
+		return fs
+	}
+	// 40 hand-made high-entropy labels (base32-like, 32 characters).
+	tunnel := func(i int) string {
+		const a = "abcdefghijklmnopqrstuvwxyz234567"
+		b := make([]byte, 32)
+		for j := range b {
+			b[j] = a[(i*7+j*13+j*j)%32]
+		}
+		return string(b) + ".t.example.org."
+	}
+	win := windowStart(t0, time.Minute)
+	cases := []struct {
+		name     string
+		flows    []*pb.Flow
+		category string // "" for none
+		orig     string
+		target   string // the alert id's target
+		severity pb.Severity
+	}{
+		{"999 spoofed half-open SYNs", n(999, func(i int) *pb.Flow { return halfOpen(spoofed(i), t0+int64(i)*ms/10) }), "", "", "", 0},
+		{"1000 spoofed half-open SYNs", n(1000, func(i int) *pb.Flow { return halfOpen(spoofed(i), t0+int64(i)*ms/10) }), "syn_flood", "", "10.0.0.20", pb.Severity_SEVERITY_HIGH},
+		{"1500 half-open SYNs from one source", n(1500, func(i int) *pb.Flow { return halfOpen(scanner, t0+int64(i)*ms/10) }), "syn_flood", "10.0.0.66", "10.0.0.20", pb.Severity_SEVERITY_HIGH},
+		{"1500 SYN probes to 1500 ports (a scan, not a flood)", n(1500, func(i int) *pb.Flow {
+			f := halfOpen(scanner, t0+int64(i)*ms/10)
+			f.RespPort = uint32(1 + i)
+			return f
+		}), "portscan", "10.0.0.66", "10.0.0.20", pb.Severity_SEVERITY_HIGH},
+		{"1500 completed connections", n(1500, func(i int) *pb.Flow { return conversation(443, t0+int64(i)*ms/10) }), "", "", "", 0},
+		{"ICMP echo 999 packets", []*pb.Flow{icmpEcho(999, t0)}, "", "", "", 0},
+		{"ICMP echo 1000 packets", []*pb.Flow{icmpEcho(1000, t0)}, "icmp_flood", "10.0.0.66", "10.0.0.20", pb.Severity_SEVERITY_HIGH},
+		{"ICMP echo 500+600 packets (interim records)", []*pb.Flow{icmpEcho(500, t0), icmpEcho(600, t0+ms)}, "icmp_flood", "10.0.0.66", "10.0.0.20", pb.Severity_SEVERITY_HIGH},
+		{"UDP 9999 packets", []*pb.Flow{udpPkts(9999, t0)}, "", "", "", 0},
+		{"UDP 10000 packets", []*pb.Flow{udpPkts(10000, t0)}, "udp_flood", "10.0.0.66", "10.0.0.20", pb.Severity_SEVERITY_HIGH},
+		{"3 SSH sessions", n(3, func(i int) *pb.Flow { return session(22, 2700, t0+int64(i)*ms) }), "", "", "", 0},
+		{"4 SSH sessions", n(4, func(i int) *pb.Flow { return session(22, 2700, t0+int64(i)*ms) }), "bruteforce", "10.0.0.66", "10.0.0.20:22", pb.Severity_SEVERITY_MEDIUM},
+		{"9 FTP sessions", n(9, func(i int) *pb.Flow { return session(21, 900, t0+int64(i)*ms) }), "bruteforce", "10.0.0.66", "10.0.0.20:21", pb.Severity_SEVERITY_MEDIUM},
+		{"9 SSH port probes (no payload)", n(9, func(i int) *pb.Flow { return synProbe(22, t0+int64(i)*ms) }), "", "", "", 0},
+		{"20 HTTPS sessions (not a login port)", n(20, func(i int) *pb.Flow { return session(443, 2700, t0+int64(i)*ms) }), "", "", "", 0},
+		{"29 HTTP 401s", n(29, func(i int) *pb.Flow { return session(8080, 230, t0+int64(i)*ms) }), "", "", "", 0},
+		{"30 HTTP 401s", n(30, func(i int) *pb.Flow { return session(8080, 230, t0+int64(i)*ms) }), "bruteforce", "10.0.0.66", "10.0.0.20:8080", pb.Severity_SEVERITY_MEDIUM},
+		{"60 HTTP pages of different sizes", n(60, func(i int) *pb.Flow { return session(80, uint64(1000+100*i), t0+int64(i)*ms) }), "", "", "", 0},
+		{"19 tunnel names", n(19, func(i int) *pb.Flow { return dnsQuery(tunnel(i), t0+int64(i)*ms) }), "", "", "", 0},
+		{"20 tunnel names", n(20, func(i int) *pb.Flow { return dnsQuery(tunnel(i), t0+int64(i)*ms) }), "dns_tunnel", "10.0.0.66", "example.org", pb.Severity_SEVERITY_HIGH},
+		{"99 distinct short subdomains", n(99, func(i int) *pb.Flow { return dnsQuery(fmt.Sprintf("h%d.example.org.", i), t0+int64(i)*ms) }), "", "", "", 0},
+		{"100 distinct short subdomains", n(100, func(i int) *pb.Flow { return dnsQuery(fmt.Sprintf("h%d.example.org.", i), t0+int64(i)*ms) }), "dns_tunnel", "10.0.0.66", "example.org", pb.Severity_SEVERITY_MEDIUM},
+		{"149 queries for one name", n(149, func(i int) *pb.Flow { return dnsQuery("www.example.org.", t0+int64(i)*ms) }), "", "", "", 0},
+		{"150 queries for one name", n(150, func(i int) *pb.Flow { return dnsQuery("www.example.org.", t0+int64(i)*ms) }), "dns_tunnel", "10.0.0.66", "example.org", pb.Severity_SEVERITY_MEDIUM},
+		{"200 reverse lookups", n(200, func(i int) *pb.Flow { return dnsQuery(fmt.Sprintf("%d.1.0.10.in-addr.arpa.", i), t0+int64(i)*ms) }), "", "", "", 0},
+		{"60 bare names under co.uk", n(60, func(i int) *pb.Flow { return dnsQuery(fmt.Sprintf("site%d.co.uk.", i), t0+int64(i)*ms) }), "", "", "", 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := run(New(DefaultConfig()), c.flows)
+			if c.category == "" {
+				if len(got) != 0 {
+					t.Fatalf("alerts = %d (%s), want 0", len(got), got[0].Summary)
+				}
+				return
+			}
+			var a *pb.Alert
+			for _, x := range got {
+				if x.Category == c.category {
+					if a != nil {
+						t.Fatalf("two %s alerts in one window", c.category)
+					}
+					a = x
+				} else if x.Category != "portscan" && x.Category != "hostsweep" {
+					t.Errorf("unexpected %s alert: %s", x.Category, x.Summary)
+				}
+			}
+			if a == nil {
+				t.Fatalf("no %s alert among %d", c.category, len(got))
+			}
+			win := win
+			if strings.HasSuffix(c.category, "_flood") {
+				win = windowStart(t0, DefaultConfig().FloodWindow) // 10 s windows
+			}
+			wantID := schema.AlertID("s1", a.Rule, c.orig, c.target, win)
+			if a.Id != wantID || a.OrigAddr != c.orig || a.Severity != c.severity || a.WindowStartNs != win || a.Technique == "" {
+				t.Errorf("alert %+v, want id %s orig %q severity %v", a, wantID, c.orig, c.severity)
+			}
+			var ev map[string]any
+			if err := json.Unmarshal(a.Evidence, &ev); err != nil {
+				t.Fatalf("evidence: %v", err)
+			}
+			// Replay on a fresh engine: same alert; redelivery on the same engine: none.
+			e := New(DefaultConfig())
+			again := run(e, c.flows)
+			if len(again) != len(got) || again[len(again)-1].Id != got[len(got)-1].Id || string(again[len(again)-1].Evidence) != string(got[len(got)-1].Evidence) {
+				t.Errorf("replay differs")
+			}
+			if n := len(run(e, c.flows)); n != 0 {
+				t.Errorf("redelivery: %d alerts, want 0", n)
+			}
+			// Retract (failed publish): the next matching flow fires it again.
+			e.Retract(a)
+			refire := run(e, c.flows[len(c.flows)-1:])
+			if len(refire) != 1 || refire[0].Id != a.Id {
+				t.Errorf("after retract: %d alerts", len(refire))
+			}
+		})
+	}
+}
+
+func TestSplitQName(t *testing.T) {
+	for q, want := range map[string][2]string{
+		"www.example.org.":       {"www", "example.org"},
+		"a.b.t.lab.test":         {"a.b.t", "lab.test"},
+		"example.org.":           {"", "example.org"},
+		"huffingtonpost.co.uk.":  {"", "huffingtonpost.co.uk"},
+		"news.bbc.co.uk":         {"news", "bbc.co.uk"},
+		"localhost":              {"", "localhost"},
+		"x.mercadolivre.com.br.": {"x", "mercadolivre.com.br"},
+		"":                       {"", ""},
+	} {
+		sub, parent := SplitQName(q)
+		if sub != want[0] || parent != want[1] {
+			t.Errorf("SplitQName(%q) = %q, %q, want %q, %q", q, sub, parent, want[0], want[1])
+		}
+	}
+	// Hand-checked: "aabb" has 1 bit per character; 16 distinct characters 4.
+	if h, n := Entropy("aa.bb"); h != 1 || n != 4 {
+		t.Errorf("Entropy(aa.bb) = %v, %d", h, n)
+	}
+	if h, _ := Entropy("0123456789abcdef"); h != 4 {
+		t.Errorf("Entropy(hex) = %v", h)
+	}
+}
+
+// TestMoreAllocs guards the per-flow path of the new rules on keys
+// already held: a SYN flood flow, a login session, a DNS query.
+func TestMoreAllocs(t *testing.T) {
+	e := New(DefaultConfig())
+	fs := map[string]*pb.Flow{
+		"half-open SYN":    halfOpen(netip.MustParseAddr("1.2.3.4").AsSlice(), t0),
+		"ICMP echo":        icmpEcho(1, t0),
+		"ssh session":      session(22, 2700, t0),
+		"dns tunnel query": dnsQuery("gezdgnbvgy3tqojqgezdgnbvgy3tqojq.t.example.org.", t0),
+	}
+	for _, f := range fs {
+		e.Observe("s1", f)
+		e.Observe("s1", f)
+	}
+	for name, f := range fs {
+		if n := testing.AllocsPerRun(1000, func() { e.Observe("s1", f) }); n != 0 {
+			t.Errorf("%s: %v allocations per flow, want 0", name, n)
+		}
+	}
+}
