@@ -4,12 +4,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"netwatch/schema"
 	"netwatch/schema/pb"
+	"netwatch/testkit"
 )
 
 // halfOpen is a SYN from src answered by SYN-ACK and reset by the
@@ -199,6 +202,50 @@ func TestMoreAllocs(t *testing.T) {
 	for name, f := range fs {
 		if n := testing.AllocsPerRun(1000, func() { e.Observe("s1", f) }); n != 0 {
 			t.Errorf("%s: %v allocations per flow, want 0", name, n)
+		}
+	}
+}
+
+// TestTunnelNamesDataset checks IsTunnelName on the labelled query names
+// (shared/data/labeled/dns-tunnel-qnames). The expected counts were
+// computed independently (a Python script: last two labels as parent,
+// Shannon entropy of the rest without dots, length ≥ 24 and ≥ 3.5 bits).
+func TestTunnelNamesDataset(t *testing.T) {
+	dir := filepath.Join(testkit.Shared(t), "data", "labeled", "dns-tunnel-qnames")
+	for _, c := range []struct {
+		file           string
+		tunnel, benign int // rows
+		tp, fp         int
+	}{
+		{"train.csv", 12000, 3000, 8872, 0},
+		{"validate.csv", 4000, 1000, 2972, 0},
+	} {
+		b, err := os.ReadFile(filepath.Join(dir, c.file))
+		if err != nil {
+			testkit.Unavailable(t, "labelled query names: %v", err)
+		}
+		var tunnel, benign, tp, fp int
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			label, q, ok := strings.Cut(strings.TrimSpace(line), ",")
+			if !ok {
+				t.Fatalf("%s: bad line %q", c.file, line)
+			}
+			hit := IsTunnelName(q)
+			if label == "1" {
+				tunnel++
+				if hit {
+					tp++
+				}
+			} else {
+				benign++
+				if hit {
+					fp++
+				}
+			}
+		}
+		t.Logf("%s: %d of %d tunnel names, %d of %d benign", c.file, tp, tunnel, fp, benign)
+		if tunnel != c.tunnel || benign != c.benign || tp != c.tp || fp != c.fp {
+			t.Errorf("%s: tunnel %d benign %d tp %d fp %d, want %d %d %d %d", c.file, tunnel, benign, tp, fp, c.tunnel, c.benign, c.tp, c.fp)
 		}
 	}
 }
