@@ -157,6 +157,12 @@ func TestCaptures(t *testing.T) {
 		{"lab/lab-benign-mixed.pcap", nil, 1, true},
 		{"dns-over-tcp-tcpdump-org.pcap", nil, 1, false},
 		{"tls12-clienthello-sni-google-de.pcap", nil, 1, false},
+		{"eth-ipv4-icmp-echo-5-pings.pcap", nil, 1, false},
+		{"dualstack-http-ipv4-and-ipv6.pcapng", nil, 1, false},
+		{"pcapng-2-interfaces-nsec-and-usec-dns.pcapng", nil, 1, true},
+		{"ipv6-fragments-dns.pcap", nil, 1, true},
+		{"quic-v1-chromium-sni-api-cirrus-ci-com.pcap", nil, 1, false},
+		{"rawip-linktype101-tcp-syn-hourly.pcap", nil, 1, false},
 	}
 	for _, c := range cases {
 		name := c.file

@@ -292,12 +292,18 @@ type Engine struct {
 	// expires: expire scans the states only once the watermark passes it
 	// (once per window boundary, not per flow).
 	nextExpiry int64
-	free       []*state // states of expired windows, for reuse
+	// lastScan is the watermark of the last expire scan; scans are at
+	// least scanGap (the longest window) apart, so the 10 s flood windows
+	// do not make every state be scanned every 10 s: a window's state
+	// may outlive its expiry by up to scanGap.
+	lastScan, scanGap int64
+	free              []*state // states of expired windows, for reuse
 }
 
 // New returns an engine with cfg (which must be valid).
 func New(cfg Config) *Engine {
-	return &Engine{cfg: cfg, state: map[key]*state{}, nextExpiry: math.MaxInt64}
+	gap := max(cfg.PortscanWindow, cfg.SweepWindow, cfg.FloodWindow, cfg.BruteWindow, cfg.DNSWindow)
+	return &Engine{cfg: cfg, state: map[key]*state{}, nextExpiry: math.MaxInt64, lastScan: math.MinInt64, scanGap: int64(gap)}
 }
 
 // Keys is the number of (rule, originator, target, window) states held.
@@ -330,7 +336,8 @@ func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 	t := f.GetStartNs()
 	if f.GetEndNs() > e.watermark {
 		e.watermark = f.GetEndNs()
-		if e.watermark > e.nextExpiry {
+		if e.watermark > e.nextExpiry && e.watermark-e.scanGap >= e.lastScan {
+			e.lastScan = e.watermark
 			e.expire()
 		}
 	}
