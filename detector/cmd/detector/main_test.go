@@ -20,11 +20,21 @@ func TestCheckConfig(t *testing.T) {
 		{"-check-config", "-portscan.ports", "1"},
 		{"-check-config", "-model.threshold", "2"},
 		{"-check-config", "-model", "/nonexistent/model"},
+		{"-check-config", "-synflood.pkts", "1"},
+		{"-check-config", "-bruteforce.sessions", "0"},
+		{"-check-config", "-dnstunnel.window", "10ms"},
+		{"-check-config", "-flood.window", "0s"},
 	} {
 		if err := run(args, &out, getenv); err == nil {
 			t.Errorf("%v: no error", args)
 		}
 	}
+	// The new rules' thresholds come from the environment too.
+	env["NETWATCH_DNSTUNNEL_QUERIES"] = "1"
+	if err := run([]string{"-check-config"}, &out, getenv); err == nil {
+		t.Error("NETWATCH_DNSTUNNEL_QUERIES=1 accepted")
+	}
+	delete(env, "NETWATCH_DNSTUNNEL_QUERIES")
 	// The environment loses to an explicit flag, and a bad environment value is an error.
 	env["NETWATCH_PORTSCAN_PORTS"] = "x"
 	if err := run([]string{"-check-config"}, &out, getenv); err == nil {
