@@ -244,7 +244,11 @@ type PacketSummary struct {
 	HttpHost      string       `protobuf:"bytes,36,opt,name=http_host,json=httpHost,proto3" json:"http_host,omitempty"` // HTTP/1 Host header
 	HttpMethod    string       `protobuf:"bytes,37,opt,name=http_method,json=httpMethod,proto3" json:"http_method,omitempty"`
 	HttpUserAgent string       `protobuf:"bytes,38,opt,name=http_user_agent,json=httpUserAgent,proto3" json:"http_user_agent,omitempty"`
-	App           string       `protobuf:"bytes,39,opt,name=app,proto3" json:"app,omitempty"` // application protocol the agent recognised (dns, tls, http, quic, ...)
+	App           string       `protobuf:"bytes,39,opt,name=app,proto3" json:"app,omitempty"`                                     // application protocol the agent recognised (dns, tls, http, quic, ...)
+	TlsAlpn       []string     `protobuf:"bytes,40,rep,name=tls_alpn,json=tlsAlpn,proto3" json:"tls_alpn,omitempty"`              // TLS ClientHello ALPN protocol names, in offered order (RFC 7301)
+	Ja3           string       `protobuf:"bytes,41,opt,name=ja3,proto3" json:"ja3,omitempty"`                                     // JA3 of the ClientHello: 32 lowercase hex digits (MD5), GREASE removed
+	Ja4           string       `protobuf:"bytes,42,opt,name=ja4,proto3" json:"ja4,omitempty"`                                     // JA4 (TLS client) of the ClientHello, e.g. "t13d1516h2_8daaf6152771_b186095e22b6"
+	QuicVersion   uint32       `protobuf:"varint,43,opt,name=quic_version,json=quicVersion,proto3" json:"quic_version,omitempty"` // QUIC long-header version (1 = RFC 9000, 0x6b3343cf = RFC 9369 v2); 0 otherwise
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -496,6 +500,144 @@ func (x *PacketSummary) GetApp() string {
 	return ""
 }
 
+func (x *PacketSummary) GetTlsAlpn() []string {
+	if x != nil {
+		return x.TlsAlpn
+	}
+	return nil
+}
+
+func (x *PacketSummary) GetJa3() string {
+	if x != nil {
+		return x.Ja3
+	}
+	return ""
+}
+
+func (x *PacketSummary) GetJa4() string {
+	if x != nil {
+		return x.Ja4
+	}
+	return ""
+}
+
+func (x *PacketSummary) GetQuicVersion() uint32 {
+	if x != nil {
+		return x.QuicVersion
+	}
+	return 0
+}
+
+// ArpSummary is one ARP frame (RFC 826) for Ethernet/IPv4: an IP <-> MAC
+// binding claimed by the sender. ARP frames are not in flows (DESIGN.md).
+type ArpSummary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TsNs          int64                  `protobuf:"varint,1,opt,name=ts_ns,json=tsNs,proto3" json:"ts_ns,omitempty"`               // packet time, Unix nanoseconds
+	Op            uint32                 `protobuf:"varint,2,opt,name=op,proto3" json:"op,omitempty"`                               // 1 request, 2 reply (RFC 826 ar$op); 3/4 RARP
+	SenderMac     []byte                 `protobuf:"bytes,3,opt,name=sender_mac,json=senderMac,proto3" json:"sender_mac,omitempty"` // 6 bytes, ar$sha
+	SenderIp      []byte                 `protobuf:"bytes,4,opt,name=sender_ip,json=senderIp,proto3" json:"sender_ip,omitempty"`    // 4 bytes, ar$spa
+	TargetMac     []byte                 `protobuf:"bytes,5,opt,name=target_mac,json=targetMac,proto3" json:"target_mac,omitempty"` // 6 bytes, ar$tha
+	TargetIp      []byte                 `protobuf:"bytes,6,opt,name=target_ip,json=targetIp,proto3" json:"target_ip,omitempty"`    // 4 bytes, ar$tpa
+	Vlan          uint32                 `protobuf:"varint,7,opt,name=vlan,proto3" json:"vlan,omitempty"`                           // outer 802.1Q VLAN ID, 0 when untagged
+	Gratuitous    bool                   `protobuf:"varint,8,opt,name=gratuitous,proto3" json:"gratuitous,omitempty"`               // sender IP == target IP (RFC 5227 announcement)
+	EthSrc        []byte                 `protobuf:"bytes,9,opt,name=eth_src,json=ethSrc,proto3" json:"eth_src,omitempty"`          // Ethernet source address of the frame (6 bytes; empty on cooked captures)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArpSummary) Reset() {
+	*x = ArpSummary{}
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArpSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArpSummary) ProtoMessage() {}
+
+func (x *ArpSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArpSummary.ProtoReflect.Descriptor instead.
+func (*ArpSummary) Descriptor() ([]byte, []int) {
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ArpSummary) GetTsNs() int64 {
+	if x != nil {
+		return x.TsNs
+	}
+	return 0
+}
+
+func (x *ArpSummary) GetOp() uint32 {
+	if x != nil {
+		return x.Op
+	}
+	return 0
+}
+
+func (x *ArpSummary) GetSenderMac() []byte {
+	if x != nil {
+		return x.SenderMac
+	}
+	return nil
+}
+
+func (x *ArpSummary) GetSenderIp() []byte {
+	if x != nil {
+		return x.SenderIp
+	}
+	return nil
+}
+
+func (x *ArpSummary) GetTargetMac() []byte {
+	if x != nil {
+		return x.TargetMac
+	}
+	return nil
+}
+
+func (x *ArpSummary) GetTargetIp() []byte {
+	if x != nil {
+		return x.TargetIp
+	}
+	return nil
+}
+
+func (x *ArpSummary) GetVlan() uint32 {
+	if x != nil {
+		return x.Vlan
+	}
+	return 0
+}
+
+func (x *ArpSummary) GetGratuitous() bool {
+	if x != nil {
+		return x.Gratuitous
+	}
+	return false
+}
+
+func (x *ArpSummary) GetEthSrc() []byte {
+	if x != nil {
+		return x.EthSrc
+	}
+	return nil
+}
+
 // DNSAnswer is one A/AAAA/CNAME record of a DNS response.
 type DNSAnswer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -510,7 +652,7 @@ type DNSAnswer struct {
 
 func (x *DNSAnswer) Reset() {
 	*x = DNSAnswer{}
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[1]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -522,7 +664,7 @@ func (x *DNSAnswer) String() string {
 func (*DNSAnswer) ProtoMessage() {}
 
 func (x *DNSAnswer) ProtoReflect() protoreflect.Message {
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[1]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -535,7 +677,7 @@ func (x *DNSAnswer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DNSAnswer.ProtoReflect.Descriptor instead.
 func (*DNSAnswer) Descriptor() ([]byte, []int) {
-	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{1}
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *DNSAnswer) GetName() string {
@@ -584,13 +726,14 @@ type PacketBatch struct {
 	Packets       []*PacketSummary       `protobuf:"bytes,5,rep,name=packets,proto3" json:"packets,omitempty"`
 	EndOfInput    bool                   `protobuf:"varint,6,opt,name=end_of_input,json=endOfInput,proto3" json:"end_of_input,omitempty"` // the capture file ended; flush this sensor's flows
 	SentNs        int64                  `protobuf:"varint,7,opt,name=sent_ns,json=sentNs,proto3" json:"sent_ns,omitempty"`               // wall-clock time of publishing, Unix nanoseconds (latency)
+	Arp           []*ArpSummary          `protobuf:"bytes,8,rep,name=arp,proto3" json:"arp,omitempty"`                                    // ARP frames of this sensor (bucket = schema.AddrBucket of the sender IP)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PacketBatch) Reset() {
 	*x = PacketBatch{}
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[2]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -602,7 +745,7 @@ func (x *PacketBatch) String() string {
 func (*PacketBatch) ProtoMessage() {}
 
 func (x *PacketBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[2]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -615,7 +758,7 @@ func (x *PacketBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PacketBatch.ProtoReflect.Descriptor instead.
 func (*PacketBatch) Descriptor() ([]byte, []int) {
-	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{2}
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PacketBatch) GetSensor() string {
@@ -667,6 +810,13 @@ func (x *PacketBatch) GetSentNs() int64 {
 	return 0
 }
 
+func (x *PacketBatch) GetArp() []*ArpSummary {
+	if x != nil {
+		return x.Arp
+	}
+	return nil
+}
+
 // Flow is one bidirectional flow record (Zeek conn.log names).
 type Flow struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
@@ -713,7 +863,7 @@ type Flow struct {
 
 func (x *Flow) Reset() {
 	*x = Flow{}
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[3]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +875,7 @@ func (x *Flow) String() string {
 func (*Flow) ProtoMessage() {}
 
 func (x *Flow) ProtoReflect() protoreflect.Message {
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[3]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +888,7 @@ func (x *Flow) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Flow.ProtoReflect.Descriptor instead.
 func (*Flow) Descriptor() ([]byte, []int) {
-	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{3}
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Flow) GetId() string {
@@ -1011,7 +1161,7 @@ type FlowBatch struct {
 
 func (x *FlowBatch) Reset() {
 	*x = FlowBatch{}
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[4]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1023,7 +1173,7 @@ func (x *FlowBatch) String() string {
 func (*FlowBatch) ProtoMessage() {}
 
 func (x *FlowBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[4]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1036,7 +1186,7 @@ func (x *FlowBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlowBatch.ProtoReflect.Descriptor instead.
 func (*FlowBatch) Descriptor() ([]byte, []int) {
-	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{4}
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *FlowBatch) GetSensor() string {
@@ -1077,7 +1227,7 @@ type Alert struct {
 
 func (x *Alert) Reset() {
 	*x = Alert{}
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[5]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1239,7 @@ func (x *Alert) String() string {
 func (*Alert) ProtoMessage() {}
 
 func (x *Alert) ProtoReflect() protoreflect.Message {
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[5]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1252,7 @@ func (x *Alert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alert.ProtoReflect.Descriptor instead.
 func (*Alert) Descriptor() ([]byte, []int) {
-	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{5}
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Alert) GetId() string {
@@ -1215,7 +1365,7 @@ type DiskUsage struct {
 
 func (x *DiskUsage) Reset() {
 	*x = DiskUsage{}
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[6]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1227,7 +1377,7 @@ func (x *DiskUsage) String() string {
 func (*DiskUsage) ProtoMessage() {}
 
 func (x *DiskUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[6]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1240,7 +1390,7 @@ func (x *DiskUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskUsage.ProtoReflect.Descriptor instead.
 func (*DiskUsage) Descriptor() ([]byte, []int) {
-	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{6}
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DiskUsage) GetMount() string {
@@ -1282,7 +1432,7 @@ type InterfaceCounters struct {
 
 func (x *InterfaceCounters) Reset() {
 	*x = InterfaceCounters{}
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[7]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1444,7 @@ func (x *InterfaceCounters) String() string {
 func (*InterfaceCounters) ProtoMessage() {}
 
 func (x *InterfaceCounters) ProtoReflect() protoreflect.Message {
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[7]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1457,7 @@ func (x *InterfaceCounters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterfaceCounters.ProtoReflect.Descriptor instead.
 func (*InterfaceCounters) Descriptor() ([]byte, []int) {
-	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{7}
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *InterfaceCounters) GetName() string {
@@ -1385,13 +1535,17 @@ type CaptureStats struct {
 	Malformed        uint64                 `protobuf:"varint,7,opt,name=malformed,proto3" json:"malformed,omitempty"`                  // frames that failed to decode
 	PublishedBatches uint64                 `protobuf:"varint,8,opt,name=published_batches,json=publishedBatches,proto3" json:"published_batches,omitempty"`
 	IpBytes          uint64                 `protobuf:"varint,9,opt,name=ip_bytes,json=ipBytes,proto3" json:"ip_bytes,omitempty"`
+	RingPackets      uint64                 `protobuf:"varint,10,opt,name=ring_packets,json=ringPackets,proto3" json:"ring_packets,omitempty"`       // AF_PACKET: frames the kernel placed in the rings (tp_packets); 0 otherwise
+	RingFreezes      uint64                 `protobuf:"varint,11,opt,name=ring_freezes,json=ringFreezes,proto3" json:"ring_freezes,omitempty"`       // AF_PACKET TPACKET_V3: ring queue freezes (tp_freeze_q_cnt)
+	BufferDropped    uint64                 `protobuf:"varint,12,opt,name=buffer_dropped,json=bufferDropped,proto3" json:"buffer_dropped,omitempty"` // packet summaries dropped on a full agent publish buffer (NATS unreachable)
+	Arp              uint64                 `protobuf:"varint,13,opt,name=arp,proto3" json:"arp,omitempty"`                                          // ARP frames summarized
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
 
 func (x *CaptureStats) Reset() {
 	*x = CaptureStats{}
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[8]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1557,7 @@ func (x *CaptureStats) String() string {
 func (*CaptureStats) ProtoMessage() {}
 
 func (x *CaptureStats) ProtoReflect() protoreflect.Message {
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[8]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1570,7 @@ func (x *CaptureStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureStats.ProtoReflect.Descriptor instead.
 func (*CaptureStats) Descriptor() ([]byte, []int) {
-	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{8}
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CaptureStats) GetSource() string {
@@ -1482,6 +1636,34 @@ func (x *CaptureStats) GetIpBytes() uint64 {
 	return 0
 }
 
+func (x *CaptureStats) GetRingPackets() uint64 {
+	if x != nil {
+		return x.RingPackets
+	}
+	return 0
+}
+
+func (x *CaptureStats) GetRingFreezes() uint64 {
+	if x != nil {
+		return x.RingFreezes
+	}
+	return 0
+}
+
+func (x *CaptureStats) GetBufferDropped() uint64 {
+	if x != nil {
+		return x.BufferDropped
+	}
+	return 0
+}
+
+func (x *CaptureStats) GetArp() uint64 {
+	if x != nil {
+		return x.Arp
+	}
+	return 0
+}
+
 // Metrics is one METRICS message: a sensor's host metrics and capture
 // statistics at one time. Nats-Msg-Id = sensor.boot.metrics.seq.
 type Metrics struct {
@@ -1505,7 +1687,7 @@ type Metrics struct {
 
 func (x *Metrics) Reset() {
 	*x = Metrics{}
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[9]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1699,7 @@ func (x *Metrics) String() string {
 func (*Metrics) ProtoMessage() {}
 
 func (x *Metrics) ProtoReflect() protoreflect.Message {
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[9]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1712,7 @@ func (x *Metrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Metrics.ProtoReflect.Descriptor instead.
 func (*Metrics) Descriptor() ([]byte, []int) {
-	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{9}
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Metrics) GetSensor() string {
@@ -1628,7 +1810,7 @@ var File_netwatch_v1_netwatch_proto protoreflect.FileDescriptor
 
 const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\n" +
-	"\x1anetwatch/v1/netwatch.proto\x12\vnetwatch.v1\"\x92\a\n" +
+	"\x1anetwatch/v1/netwatch.proto\x12\vnetwatch.v1\"\xf4\a\n" +
 	"\rPacketSummary\x12\x13\n" +
 	"\x05ts_ns\x18\x01 \x01(\x03R\x04tsNs\x12\x19\n" +
 	"\bsrc_addr\x18\x02 \x01(\fR\asrcAddr\x12\x19\n" +
@@ -1665,13 +1847,32 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\vhttp_method\x18% \x01(\tR\n" +
 	"httpMethod\x12&\n" +
 	"\x0fhttp_user_agent\x18& \x01(\tR\rhttpUserAgent\x12\x10\n" +
-	"\x03app\x18' \x01(\tR\x03app\"q\n" +
+	"\x03app\x18' \x01(\tR\x03app\x12\x19\n" +
+	"\btls_alpn\x18( \x03(\tR\atlsAlpn\x12\x10\n" +
+	"\x03ja3\x18) \x01(\tR\x03ja3\x12\x10\n" +
+	"\x03ja4\x18* \x01(\tR\x03ja4\x12!\n" +
+	"\fquic_version\x18+ \x01(\rR\vquicVersion\"\xf6\x01\n" +
+	"\n" +
+	"ArpSummary\x12\x13\n" +
+	"\x05ts_ns\x18\x01 \x01(\x03R\x04tsNs\x12\x0e\n" +
+	"\x02op\x18\x02 \x01(\rR\x02op\x12\x1d\n" +
+	"\n" +
+	"sender_mac\x18\x03 \x01(\fR\tsenderMac\x12\x1b\n" +
+	"\tsender_ip\x18\x04 \x01(\fR\bsenderIp\x12\x1d\n" +
+	"\n" +
+	"target_mac\x18\x05 \x01(\fR\ttargetMac\x12\x1b\n" +
+	"\ttarget_ip\x18\x06 \x01(\fR\btargetIp\x12\x12\n" +
+	"\x04vlan\x18\a \x01(\rR\x04vlan\x12\x1e\n" +
+	"\n" +
+	"gratuitous\x18\b \x01(\bR\n" +
+	"gratuitous\x12\x17\n" +
+	"\aeth_src\x18\t \x01(\fR\x06ethSrc\"q\n" +
 	"\tDNSAnswer\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\rR\x04type\x12\x12\n" +
 	"\x04addr\x18\x03 \x01(\fR\x04addr\x12\x16\n" +
 	"\x06target\x18\x04 \x01(\tR\x06target\x12\x10\n" +
-	"\x03ttl\x18\x05 \x01(\rR\x03ttl\"\xd4\x01\n" +
+	"\x03ttl\x18\x05 \x01(\rR\x03ttl\"\xff\x01\n" +
 	"\vPacketBatch\x12\x16\n" +
 	"\x06sensor\x18\x01 \x01(\tR\x06sensor\x12\x12\n" +
 	"\x04boot\x18\x02 \x01(\tR\x04boot\x12\x10\n" +
@@ -1680,7 +1881,8 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\apackets\x18\x05 \x03(\v2\x1a.netwatch.v1.PacketSummaryR\apackets\x12 \n" +
 	"\fend_of_input\x18\x06 \x01(\bR\n" +
 	"endOfInput\x12\x17\n" +
-	"\asent_ns\x18\a \x01(\x03R\x06sentNs\"\xcf\t\n" +
+	"\asent_ns\x18\a \x01(\x03R\x06sentNs\x12)\n" +
+	"\x03arp\x18\b \x03(\v2\x17.netwatch.v1.ArpSummaryR\x03arp\"\xcf\t\n" +
 	"\x04Flow\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06sensor\x18\x02 \x01(\tR\x06sensor\x12!\n" +
@@ -1767,7 +1969,7 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\n" +
 	"rx_dropped\x18\b \x01(\x04R\trxDropped\x12\x1d\n" +
 	"\n" +
-	"tx_dropped\x18\t \x01(\x04R\ttxDropped\"\x97\x02\n" +
+	"tx_dropped\x18\t \x01(\x04R\ttxDropped\"\x96\x03\n" +
 	"\fCaptureStats\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x1a\n" +
 	"\breceived\x18\x02 \x01(\x04R\breceived\x12\x18\n" +
@@ -1779,7 +1981,12 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\x06non_ip\x18\x06 \x01(\x04R\x05nonIp\x12\x1c\n" +
 	"\tmalformed\x18\a \x01(\x04R\tmalformed\x12+\n" +
 	"\x11published_batches\x18\b \x01(\x04R\x10publishedBatches\x12\x19\n" +
-	"\bip_bytes\x18\t \x01(\x04R\aipBytes\"\xb9\x03\n" +
+	"\bip_bytes\x18\t \x01(\x04R\aipBytes\x12!\n" +
+	"\fring_packets\x18\n" +
+	" \x01(\x04R\vringPackets\x12!\n" +
+	"\fring_freezes\x18\v \x01(\x04R\vringFreezes\x12%\n" +
+	"\x0ebuffer_dropped\x18\f \x01(\x04R\rbufferDropped\x12\x10\n" +
+	"\x03arp\x18\r \x01(\x04R\x03arp\"\xb9\x03\n" +
 	"\aMetrics\x12\x16\n" +
 	"\x06sensor\x18\x01 \x01(\tR\x06sensor\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x17\n" +
@@ -1837,40 +2044,42 @@ func file_netwatch_v1_netwatch_proto_rawDescGZIP() []byte {
 }
 
 var file_netwatch_v1_netwatch_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_netwatch_v1_netwatch_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_netwatch_v1_netwatch_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_netwatch_v1_netwatch_proto_goTypes = []any{
 	(Tunnel)(0),               // 0: netwatch.v1.Tunnel
 	(EndReason)(0),            // 1: netwatch.v1.EndReason
 	(Severity)(0),             // 2: netwatch.v1.Severity
 	(*PacketSummary)(nil),     // 3: netwatch.v1.PacketSummary
-	(*DNSAnswer)(nil),         // 4: netwatch.v1.DNSAnswer
-	(*PacketBatch)(nil),       // 5: netwatch.v1.PacketBatch
-	(*Flow)(nil),              // 6: netwatch.v1.Flow
-	(*FlowBatch)(nil),         // 7: netwatch.v1.FlowBatch
-	(*Alert)(nil),             // 8: netwatch.v1.Alert
-	(*DiskUsage)(nil),         // 9: netwatch.v1.DiskUsage
-	(*InterfaceCounters)(nil), // 10: netwatch.v1.InterfaceCounters
-	(*CaptureStats)(nil),      // 11: netwatch.v1.CaptureStats
-	(*Metrics)(nil),           // 12: netwatch.v1.Metrics
-	nil,                       // 13: netwatch.v1.Flow.FeaturesEntry
+	(*ArpSummary)(nil),        // 4: netwatch.v1.ArpSummary
+	(*DNSAnswer)(nil),         // 5: netwatch.v1.DNSAnswer
+	(*PacketBatch)(nil),       // 6: netwatch.v1.PacketBatch
+	(*Flow)(nil),              // 7: netwatch.v1.Flow
+	(*FlowBatch)(nil),         // 8: netwatch.v1.FlowBatch
+	(*Alert)(nil),             // 9: netwatch.v1.Alert
+	(*DiskUsage)(nil),         // 10: netwatch.v1.DiskUsage
+	(*InterfaceCounters)(nil), // 11: netwatch.v1.InterfaceCounters
+	(*CaptureStats)(nil),      // 12: netwatch.v1.CaptureStats
+	(*Metrics)(nil),           // 13: netwatch.v1.Metrics
+	nil,                       // 14: netwatch.v1.Flow.FeaturesEntry
 }
 var file_netwatch_v1_netwatch_proto_depIdxs = []int32{
 	0,  // 0: netwatch.v1.PacketSummary.tunnel:type_name -> netwatch.v1.Tunnel
-	4,  // 1: netwatch.v1.PacketSummary.dns_answers:type_name -> netwatch.v1.DNSAnswer
+	5,  // 1: netwatch.v1.PacketSummary.dns_answers:type_name -> netwatch.v1.DNSAnswer
 	3,  // 2: netwatch.v1.PacketBatch.packets:type_name -> netwatch.v1.PacketSummary
-	1,  // 3: netwatch.v1.Flow.end_reason:type_name -> netwatch.v1.EndReason
-	0,  // 4: netwatch.v1.Flow.tunnel:type_name -> netwatch.v1.Tunnel
-	13, // 5: netwatch.v1.Flow.features:type_name -> netwatch.v1.Flow.FeaturesEntry
-	6,  // 6: netwatch.v1.FlowBatch.flows:type_name -> netwatch.v1.Flow
-	2,  // 7: netwatch.v1.Alert.severity:type_name -> netwatch.v1.Severity
-	9,  // 8: netwatch.v1.Metrics.disks:type_name -> netwatch.v1.DiskUsage
-	10, // 9: netwatch.v1.Metrics.interfaces:type_name -> netwatch.v1.InterfaceCounters
-	11, // 10: netwatch.v1.Metrics.captures:type_name -> netwatch.v1.CaptureStats
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	4,  // 3: netwatch.v1.PacketBatch.arp:type_name -> netwatch.v1.ArpSummary
+	1,  // 4: netwatch.v1.Flow.end_reason:type_name -> netwatch.v1.EndReason
+	0,  // 5: netwatch.v1.Flow.tunnel:type_name -> netwatch.v1.Tunnel
+	14, // 6: netwatch.v1.Flow.features:type_name -> netwatch.v1.Flow.FeaturesEntry
+	7,  // 7: netwatch.v1.FlowBatch.flows:type_name -> netwatch.v1.Flow
+	2,  // 8: netwatch.v1.Alert.severity:type_name -> netwatch.v1.Severity
+	10, // 9: netwatch.v1.Metrics.disks:type_name -> netwatch.v1.DiskUsage
+	11, // 10: netwatch.v1.Metrics.interfaces:type_name -> netwatch.v1.InterfaceCounters
+	12, // 11: netwatch.v1.Metrics.captures:type_name -> netwatch.v1.CaptureStats
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_netwatch_v1_netwatch_proto_init() }
@@ -1884,7 +2093,7 @@ func file_netwatch_v1_netwatch_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netwatch_v1_netwatch_proto_rawDesc), len(file_netwatch_v1_netwatch_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
