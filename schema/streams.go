@@ -15,6 +15,9 @@ const (
 	StreamFlows   = "FLOWS"
 	StreamAlerts  = "ALERTS"
 	StreamMetrics = "METRICS"
+	// StreamCounters holds pb.TrafficCounters, one message per sensor,
+	// enricher instance and second of packet time.
+	StreamCounters = "COUNTERS"
 )
 
 // Durable consumer names. Every instance of a stage binds to the same durable,
@@ -36,6 +39,7 @@ type StreamOptions struct {
 	FlowsMaxAge     time.Duration // 0 means 24 h
 	AlertsMaxAge    time.Duration // 0 means 30 days
 	MetricsMaxAge   time.Duration // 0 means 24 h
+	CountersMaxAge  time.Duration // 0 means 24 h
 }
 
 func orDur(v, d time.Duration) time.Duration {
@@ -45,7 +49,7 @@ func orDur(v, d time.Duration) time.Duration {
 	return v
 }
 
-// StreamConfigs returns the four stream definitions.
+// StreamConfigs returns the stream definitions: DESIGN.md's four and COUNTERS.
 func StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 	r := o.Replicas
 	if r == 0 {
@@ -69,6 +73,9 @@ func StreamConfigs(o StreamOptions) []jetstream.StreamConfig {
 		{Name: StreamMetrics, Subjects: []string{MetricsPrefix + ".>"}, Storage: jetstream.FileStorage,
 			Retention: jetstream.LimitsPolicy, MaxAge: orDur(o.MetricsMaxAge, 24*time.Hour),
 			Duplicates: 2 * time.Minute, Replicas: r, Description: "host metrics and capture statistics"},
+		{Name: StreamCounters, Subjects: []string{CountersPrefix + ".>"}, Storage: jetstream.FileStorage,
+			Retention: jetstream.LimitsPolicy, MaxAge: orDur(o.CountersMaxAge, 24*time.Hour),
+			Duplicates: 2 * time.Minute, Replicas: r, Description: "per-second traffic counters from enrichers"},
 	}
 }
 

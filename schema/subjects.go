@@ -16,6 +16,9 @@ const (
 	FlowsPrefix   = "netwatch.flows"
 	AlertsPrefix  = "netwatch.alerts"
 	MetricsPrefix = "netwatch.metrics"
+	// CountersPrefix is the subject prefix of the COUNTERS stream
+	// (per-second traffic counters from the enricher; added to DESIGN.md's four).
+	CountersPrefix = "netwatch.counters"
 )
 
 // PacketsSubject is netwatch.packets.<sensor>.<bucket>.
@@ -33,6 +36,9 @@ func AlertsSubject(sensor string) string { return AlertsPrefix + "." + sensor }
 
 // MetricsSubject is netwatch.metrics.<sensor>.
 func MetricsSubject(sensor string) string { return MetricsPrefix + "." + sensor }
+
+// CountersSubject is netwatch.counters.<sensor>: pb.TrafficCounters messages.
+func CountersSubject(sensor string) string { return CountersPrefix + "." + sensor }
 
 // ValidSensor reports whether name can be a sensor name: a single NATS
 // subject token of letters, digits, '-' and '_', 1 to 64 characters.

@@ -857,8 +857,22 @@ type Flow struct {
 	RespName         string                 `protobuf:"bytes,35,opt,name=resp_name,json=respName,proto3" json:"resp_name,omitempty"`
 	Direction        string                 `protobuf:"bytes,36,opt,name=direction,proto3" json:"direction,omitempty"`                                                                           // inbound, outbound, internal, external
 	Features         map[string]float64     `protobuf:"bytes,40,rep,name=features,proto3" json:"features,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"fixed64,2,opt,name=value"` // flow features for the detector
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// GeoIP / ASN of each address (MaxMind GeoLite2/GeoIP2 City and ASN
+	// databases); empty / 0 when no database is configured or no record.
+	OrigCountry   string `protobuf:"bytes,42,opt,name=orig_country,json=origCountry,proto3" json:"orig_country,omitempty"` // ISO 3166-1 alpha-2, e.g. "SE"
+	OrigCity      string `protobuf:"bytes,43,opt,name=orig_city,json=origCity,proto3" json:"orig_city,omitempty"`          // English city name
+	OrigAsn       uint32 `protobuf:"varint,44,opt,name=orig_asn,json=origAsn,proto3" json:"orig_asn,omitempty"`            // autonomous system number
+	OrigAsOrg     string `protobuf:"bytes,45,opt,name=orig_as_org,json=origAsOrg,proto3" json:"orig_as_org,omitempty"`     // autonomous system organisation
+	RespCountry   string `protobuf:"bytes,46,opt,name=resp_country,json=respCountry,proto3" json:"resp_country,omitempty"`
+	RespCity      string `protobuf:"bytes,47,opt,name=resp_city,json=respCity,proto3" json:"resp_city,omitempty"`
+	RespAsn       uint32 `protobuf:"varint,48,opt,name=resp_asn,json=respAsn,proto3" json:"resp_asn,omitempty"`
+	RespAsOrg     string `protobuf:"bytes,49,opt,name=resp_as_org,json=respAsOrg,proto3" json:"resp_as_org,omitempty"`
+	AppFromPort   bool   `protobuf:"varint,50,opt,name=app_from_port,json=appFromPort,proto3" json:"app_from_port,omitempty"`      // app named from the responder port, not seen in the payload
+	Ja3           string `protobuf:"bytes,51,opt,name=ja3,proto3" json:"ja3,omitempty"`                                            // JA3 of the flow's TLS ClientHello (originator), MD5 hex
+	Ja4           string `protobuf:"bytes,52,opt,name=ja4,proto3" json:"ja4,omitempty"`                                            // JA4 of the flow's TLS ClientHello
+	HttpUserAgent string `protobuf:"bytes,53,opt,name=http_user_agent,json=httpUserAgent,proto3" json:"http_user_agent,omitempty"` // first HTTP/1 User-Agent the originator sent
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Flow) Reset() {
@@ -1150,6 +1164,90 @@ func (x *Flow) GetFeatures() map[string]float64 {
 	return nil
 }
 
+func (x *Flow) GetOrigCountry() string {
+	if x != nil {
+		return x.OrigCountry
+	}
+	return ""
+}
+
+func (x *Flow) GetOrigCity() string {
+	if x != nil {
+		return x.OrigCity
+	}
+	return ""
+}
+
+func (x *Flow) GetOrigAsn() uint32 {
+	if x != nil {
+		return x.OrigAsn
+	}
+	return 0
+}
+
+func (x *Flow) GetOrigAsOrg() string {
+	if x != nil {
+		return x.OrigAsOrg
+	}
+	return ""
+}
+
+func (x *Flow) GetRespCountry() string {
+	if x != nil {
+		return x.RespCountry
+	}
+	return ""
+}
+
+func (x *Flow) GetRespCity() string {
+	if x != nil {
+		return x.RespCity
+	}
+	return ""
+}
+
+func (x *Flow) GetRespAsn() uint32 {
+	if x != nil {
+		return x.RespAsn
+	}
+	return 0
+}
+
+func (x *Flow) GetRespAsOrg() string {
+	if x != nil {
+		return x.RespAsOrg
+	}
+	return ""
+}
+
+func (x *Flow) GetAppFromPort() bool {
+	if x != nil {
+		return x.AppFromPort
+	}
+	return false
+}
+
+func (x *Flow) GetJa3() string {
+	if x != nil {
+		return x.Ja3
+	}
+	return ""
+}
+
+func (x *Flow) GetJa4() string {
+	if x != nil {
+		return x.Ja4
+	}
+	return ""
+}
+
+func (x *Flow) GetHttpUserAgent() string {
+	if x != nil {
+		return x.HttpUserAgent
+	}
+	return ""
+}
+
 // FlowBatch is one FLOWS message. Nats-Msg-Id = schema.BatchID of the flow ids.
 type FlowBatch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1203,6 +1301,240 @@ func (x *FlowBatch) GetFlows() []*Flow {
 	return nil
 }
 
+// TrafficCounters is one second of a sensor's traffic, published by the
+// enricher on netwatch.counters.<sensor> (stream COUNTERS) as packet time
+// passes: totals and the responder addresses with the most packets, so live
+// charts and flood rules see traffic within a second, not when a flow ends.
+type TrafficCounters struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sensor        string                 `protobuf:"bytes,1,opt,name=sensor,proto3" json:"sensor,omitempty"`
+	SecondNs      int64                  `protobuf:"varint,2,opt,name=second_ns,json=secondNs,proto3" json:"second_ns,omitempty"` // start of the one-second bin, packet time, Unix ns
+	Total         *CounterSet            `protobuf:"bytes,3,opt,name=total,proto3" json:"total,omitempty"`
+	Responders    []*AddrCounters        `protobuf:"bytes,4,rep,name=responders,proto3" json:"responders,omitempty"`        // per destination address, busiest first (bounded)
+	SentNs        int64                  `protobuf:"varint,5,opt,name=sent_ns,json=sentNs,proto3" json:"sent_ns,omitempty"` // wall clock when published
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrafficCounters) Reset() {
+	*x = TrafficCounters{}
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficCounters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficCounters) ProtoMessage() {}
+
+func (x *TrafficCounters) ProtoReflect() protoreflect.Message {
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficCounters.ProtoReflect.Descriptor instead.
+func (*TrafficCounters) Descriptor() ([]byte, []int) {
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *TrafficCounters) GetSensor() string {
+	if x != nil {
+		return x.Sensor
+	}
+	return ""
+}
+
+func (x *TrafficCounters) GetSecondNs() int64 {
+	if x != nil {
+		return x.SecondNs
+	}
+	return 0
+}
+
+func (x *TrafficCounters) GetTotal() *CounterSet {
+	if x != nil {
+		return x.Total
+	}
+	return nil
+}
+
+func (x *TrafficCounters) GetResponders() []*AddrCounters {
+	if x != nil {
+		return x.Responders
+	}
+	return nil
+}
+
+func (x *TrafficCounters) GetSentNs() int64 {
+	if x != nil {
+		return x.SentNs
+	}
+	return 0
+}
+
+// CounterSet counts packets of one second.
+type CounterSet struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Packets       uint64                 `protobuf:"varint,1,opt,name=packets,proto3" json:"packets,omitempty"`
+	IpBytes       uint64                 `protobuf:"varint,2,opt,name=ip_bytes,json=ipBytes,proto3" json:"ip_bytes,omitempty"`
+	Syn           uint64                 `protobuf:"varint,3,opt,name=syn,proto3" json:"syn,omitempty"` // TCP SYN without ACK
+	SynAck        uint64                 `protobuf:"varint,4,opt,name=syn_ack,json=synAck,proto3" json:"syn_ack,omitempty"`
+	Rst           uint64                 `protobuf:"varint,5,opt,name=rst,proto3" json:"rst,omitempty"`
+	Icmp          uint64                 `protobuf:"varint,6,opt,name=icmp,proto3" json:"icmp,omitempty"` // ICMP and ICMPv6
+	DnsResponses  uint64                 `protobuf:"varint,7,opt,name=dns_responses,json=dnsResponses,proto3" json:"dns_responses,omitempty"`
+	Sources       uint64                 `protobuf:"varint,8,opt,name=sources,proto3" json:"sources,omitempty"` // distinct source addresses (bounded count)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CounterSet) Reset() {
+	*x = CounterSet{}
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CounterSet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CounterSet) ProtoMessage() {}
+
+func (x *CounterSet) ProtoReflect() protoreflect.Message {
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CounterSet.ProtoReflect.Descriptor instead.
+func (*CounterSet) Descriptor() ([]byte, []int) {
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CounterSet) GetPackets() uint64 {
+	if x != nil {
+		return x.Packets
+	}
+	return 0
+}
+
+func (x *CounterSet) GetIpBytes() uint64 {
+	if x != nil {
+		return x.IpBytes
+	}
+	return 0
+}
+
+func (x *CounterSet) GetSyn() uint64 {
+	if x != nil {
+		return x.Syn
+	}
+	return 0
+}
+
+func (x *CounterSet) GetSynAck() uint64 {
+	if x != nil {
+		return x.SynAck
+	}
+	return 0
+}
+
+func (x *CounterSet) GetRst() uint64 {
+	if x != nil {
+		return x.Rst
+	}
+	return 0
+}
+
+func (x *CounterSet) GetIcmp() uint64 {
+	if x != nil {
+		return x.Icmp
+	}
+	return 0
+}
+
+func (x *CounterSet) GetDnsResponses() uint64 {
+	if x != nil {
+		return x.DnsResponses
+	}
+	return 0
+}
+
+func (x *CounterSet) GetSources() uint64 {
+	if x != nil {
+		return x.Sources
+	}
+	return 0
+}
+
+// AddrCounters is a CounterSet for one destination address.
+type AddrCounters struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Addr          []byte                 `protobuf:"bytes,1,opt,name=addr,proto3" json:"addr,omitempty"` // 4 or 16 bytes
+	Counters      *CounterSet            `protobuf:"bytes,2,opt,name=counters,proto3" json:"counters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddrCounters) Reset() {
+	*x = AddrCounters{}
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddrCounters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddrCounters) ProtoMessage() {}
+
+func (x *AddrCounters) ProtoReflect() protoreflect.Message {
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddrCounters.ProtoReflect.Descriptor instead.
+func (*AddrCounters) Descriptor() ([]byte, []int) {
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AddrCounters) GetAddr() []byte {
+	if x != nil {
+		return x.Addr
+	}
+	return nil
+}
+
+func (x *AddrCounters) GetCounters() *CounterSet {
+	if x != nil {
+		return x.Counters
+	}
+	return nil
+}
+
 // Alert is one ALERTS message. Nats-Msg-Id = id.
 type Alert struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -1227,7 +1559,7 @@ type Alert struct {
 
 func (x *Alert) Reset() {
 	*x = Alert{}
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[6]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +1571,7 @@ func (x *Alert) String() string {
 func (*Alert) ProtoMessage() {}
 
 func (x *Alert) ProtoReflect() protoreflect.Message {
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[6]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +1584,7 @@ func (x *Alert) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Alert.ProtoReflect.Descriptor instead.
 func (*Alert) Descriptor() ([]byte, []int) {
-	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{6}
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Alert) GetId() string {
@@ -1365,7 +1697,7 @@ type DiskUsage struct {
 
 func (x *DiskUsage) Reset() {
 	*x = DiskUsage{}
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[7]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1709,7 @@ func (x *DiskUsage) String() string {
 func (*DiskUsage) ProtoMessage() {}
 
 func (x *DiskUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[7]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1722,7 @@ func (x *DiskUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskUsage.ProtoReflect.Descriptor instead.
 func (*DiskUsage) Descriptor() ([]byte, []int) {
-	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{7}
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DiskUsage) GetMount() string {
@@ -1432,7 +1764,7 @@ type InterfaceCounters struct {
 
 func (x *InterfaceCounters) Reset() {
 	*x = InterfaceCounters{}
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[8]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1776,7 @@ func (x *InterfaceCounters) String() string {
 func (*InterfaceCounters) ProtoMessage() {}
 
 func (x *InterfaceCounters) ProtoReflect() protoreflect.Message {
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[8]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1789,7 @@ func (x *InterfaceCounters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterfaceCounters.ProtoReflect.Descriptor instead.
 func (*InterfaceCounters) Descriptor() ([]byte, []int) {
-	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{8}
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *InterfaceCounters) GetName() string {
@@ -1545,7 +1877,7 @@ type CaptureStats struct {
 
 func (x *CaptureStats) Reset() {
 	*x = CaptureStats{}
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[9]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1557,7 +1889,7 @@ func (x *CaptureStats) String() string {
 func (*CaptureStats) ProtoMessage() {}
 
 func (x *CaptureStats) ProtoReflect() protoreflect.Message {
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[9]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1570,7 +1902,7 @@ func (x *CaptureStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CaptureStats.ProtoReflect.Descriptor instead.
 func (*CaptureStats) Descriptor() ([]byte, []int) {
-	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{9}
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CaptureStats) GetSource() string {
@@ -1687,7 +2019,7 @@ type Metrics struct {
 
 func (x *Metrics) Reset() {
 	*x = Metrics{}
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[10]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1699,7 +2031,7 @@ func (x *Metrics) String() string {
 func (*Metrics) ProtoMessage() {}
 
 func (x *Metrics) ProtoReflect() protoreflect.Message {
-	mi := &file_netwatch_v1_netwatch_proto_msgTypes[10]
+	mi := &file_netwatch_v1_netwatch_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1712,7 +2044,7 @@ func (x *Metrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Metrics.ProtoReflect.Descriptor instead.
 func (*Metrics) Descriptor() ([]byte, []int) {
-	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{10}
+	return file_netwatch_v1_netwatch_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Metrics) GetSensor() string {
@@ -1882,7 +2214,7 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\fend_of_input\x18\x06 \x01(\bR\n" +
 	"endOfInput\x12\x17\n" +
 	"\asent_ns\x18\a \x01(\x03R\x06sentNs\x12)\n" +
-	"\x03arp\x18\b \x03(\v2\x17.netwatch.v1.ArpSummaryR\x03arp\"\xcf\t\n" +
+	"\x03arp\x18\b \x03(\v2\x17.netwatch.v1.ArpSummaryR\x03arp\"\xb5\f\n" +
 	"\x04Flow\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06sensor\x18\x02 \x01(\tR\x06sensor\x12!\n" +
@@ -1927,13 +2259,46 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\torig_name\x18\" \x01(\tR\borigName\x12\x1b\n" +
 	"\tresp_name\x18# \x01(\tR\brespName\x12\x1c\n" +
 	"\tdirection\x18$ \x01(\tR\tdirection\x12;\n" +
-	"\bfeatures\x18( \x03(\v2\x1f.netwatch.v1.Flow.FeaturesEntryR\bfeatures\x1a;\n" +
+	"\bfeatures\x18( \x03(\v2\x1f.netwatch.v1.Flow.FeaturesEntryR\bfeatures\x12!\n" +
+	"\forig_country\x18* \x01(\tR\vorigCountry\x12\x1b\n" +
+	"\torig_city\x18+ \x01(\tR\borigCity\x12\x19\n" +
+	"\borig_asn\x18, \x01(\rR\aorigAsn\x12\x1e\n" +
+	"\vorig_as_org\x18- \x01(\tR\torigAsOrg\x12!\n" +
+	"\fresp_country\x18. \x01(\tR\vrespCountry\x12\x1b\n" +
+	"\tresp_city\x18/ \x01(\tR\brespCity\x12\x19\n" +
+	"\bresp_asn\x180 \x01(\rR\arespAsn\x12\x1e\n" +
+	"\vresp_as_org\x181 \x01(\tR\trespAsOrg\x12\"\n" +
+	"\rapp_from_port\x182 \x01(\bR\vappFromPort\x12\x10\n" +
+	"\x03ja3\x183 \x01(\tR\x03ja3\x12\x10\n" +
+	"\x03ja4\x184 \x01(\tR\x03ja4\x12&\n" +
+	"\x0fhttp_user_agent\x185 \x01(\tR\rhttpUserAgent\x1a;\n" +
 	"\rFeaturesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"L\n" +
 	"\tFlowBatch\x12\x16\n" +
 	"\x06sensor\x18\x01 \x01(\tR\x06sensor\x12'\n" +
-	"\x05flows\x18\x02 \x03(\v2\x11.netwatch.v1.FlowR\x05flows\"\x9b\x03\n" +
+	"\x05flows\x18\x02 \x03(\v2\x11.netwatch.v1.FlowR\x05flows\"\xc9\x01\n" +
+	"\x0fTrafficCounters\x12\x16\n" +
+	"\x06sensor\x18\x01 \x01(\tR\x06sensor\x12\x1b\n" +
+	"\tsecond_ns\x18\x02 \x01(\x03R\bsecondNs\x12-\n" +
+	"\x05total\x18\x03 \x01(\v2\x17.netwatch.v1.CounterSetR\x05total\x129\n" +
+	"\n" +
+	"responders\x18\x04 \x03(\v2\x19.netwatch.v1.AddrCountersR\n" +
+	"responders\x12\x17\n" +
+	"\asent_ns\x18\x05 \x01(\x03R\x06sentNs\"\xd1\x01\n" +
+	"\n" +
+	"CounterSet\x12\x18\n" +
+	"\apackets\x18\x01 \x01(\x04R\apackets\x12\x19\n" +
+	"\bip_bytes\x18\x02 \x01(\x04R\aipBytes\x12\x10\n" +
+	"\x03syn\x18\x03 \x01(\x04R\x03syn\x12\x17\n" +
+	"\asyn_ack\x18\x04 \x01(\x04R\x06synAck\x12\x10\n" +
+	"\x03rst\x18\x05 \x01(\x04R\x03rst\x12\x12\n" +
+	"\x04icmp\x18\x06 \x01(\x04R\x04icmp\x12#\n" +
+	"\rdns_responses\x18\a \x01(\x04R\fdnsResponses\x12\x18\n" +
+	"\asources\x18\b \x01(\x04R\asources\"W\n" +
+	"\fAddrCounters\x12\x12\n" +
+	"\x04addr\x18\x01 \x01(\fR\x04addr\x123\n" +
+	"\bcounters\x18\x02 \x01(\v2\x17.netwatch.v1.CounterSetR\bcounters\"\x9b\x03\n" +
 	"\x05Alert\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\atime_ns\x18\x02 \x01(\x03R\x06timeNs\x12\x16\n" +
@@ -2044,7 +2409,7 @@ func file_netwatch_v1_netwatch_proto_rawDescGZIP() []byte {
 }
 
 var file_netwatch_v1_netwatch_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_netwatch_v1_netwatch_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_netwatch_v1_netwatch_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_netwatch_v1_netwatch_proto_goTypes = []any{
 	(Tunnel)(0),               // 0: netwatch.v1.Tunnel
 	(EndReason)(0),            // 1: netwatch.v1.EndReason
@@ -2055,12 +2420,15 @@ var file_netwatch_v1_netwatch_proto_goTypes = []any{
 	(*PacketBatch)(nil),       // 6: netwatch.v1.PacketBatch
 	(*Flow)(nil),              // 7: netwatch.v1.Flow
 	(*FlowBatch)(nil),         // 8: netwatch.v1.FlowBatch
-	(*Alert)(nil),             // 9: netwatch.v1.Alert
-	(*DiskUsage)(nil),         // 10: netwatch.v1.DiskUsage
-	(*InterfaceCounters)(nil), // 11: netwatch.v1.InterfaceCounters
-	(*CaptureStats)(nil),      // 12: netwatch.v1.CaptureStats
-	(*Metrics)(nil),           // 13: netwatch.v1.Metrics
-	nil,                       // 14: netwatch.v1.Flow.FeaturesEntry
+	(*TrafficCounters)(nil),   // 9: netwatch.v1.TrafficCounters
+	(*CounterSet)(nil),        // 10: netwatch.v1.CounterSet
+	(*AddrCounters)(nil),      // 11: netwatch.v1.AddrCounters
+	(*Alert)(nil),             // 12: netwatch.v1.Alert
+	(*DiskUsage)(nil),         // 13: netwatch.v1.DiskUsage
+	(*InterfaceCounters)(nil), // 14: netwatch.v1.InterfaceCounters
+	(*CaptureStats)(nil),      // 15: netwatch.v1.CaptureStats
+	(*Metrics)(nil),           // 16: netwatch.v1.Metrics
+	nil,                       // 17: netwatch.v1.Flow.FeaturesEntry
 }
 var file_netwatch_v1_netwatch_proto_depIdxs = []int32{
 	0,  // 0: netwatch.v1.PacketSummary.tunnel:type_name -> netwatch.v1.Tunnel
@@ -2069,17 +2437,20 @@ var file_netwatch_v1_netwatch_proto_depIdxs = []int32{
 	4,  // 3: netwatch.v1.PacketBatch.arp:type_name -> netwatch.v1.ArpSummary
 	1,  // 4: netwatch.v1.Flow.end_reason:type_name -> netwatch.v1.EndReason
 	0,  // 5: netwatch.v1.Flow.tunnel:type_name -> netwatch.v1.Tunnel
-	14, // 6: netwatch.v1.Flow.features:type_name -> netwatch.v1.Flow.FeaturesEntry
+	17, // 6: netwatch.v1.Flow.features:type_name -> netwatch.v1.Flow.FeaturesEntry
 	7,  // 7: netwatch.v1.FlowBatch.flows:type_name -> netwatch.v1.Flow
-	2,  // 8: netwatch.v1.Alert.severity:type_name -> netwatch.v1.Severity
-	10, // 9: netwatch.v1.Metrics.disks:type_name -> netwatch.v1.DiskUsage
-	11, // 10: netwatch.v1.Metrics.interfaces:type_name -> netwatch.v1.InterfaceCounters
-	12, // 11: netwatch.v1.Metrics.captures:type_name -> netwatch.v1.CaptureStats
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	10, // 8: netwatch.v1.TrafficCounters.total:type_name -> netwatch.v1.CounterSet
+	11, // 9: netwatch.v1.TrafficCounters.responders:type_name -> netwatch.v1.AddrCounters
+	10, // 10: netwatch.v1.AddrCounters.counters:type_name -> netwatch.v1.CounterSet
+	2,  // 11: netwatch.v1.Alert.severity:type_name -> netwatch.v1.Severity
+	13, // 12: netwatch.v1.Metrics.disks:type_name -> netwatch.v1.DiskUsage
+	14, // 13: netwatch.v1.Metrics.interfaces:type_name -> netwatch.v1.InterfaceCounters
+	15, // 14: netwatch.v1.Metrics.captures:type_name -> netwatch.v1.CaptureStats
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_netwatch_v1_netwatch_proto_init() }
@@ -2093,7 +2464,7 @@ func file_netwatch_v1_netwatch_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_netwatch_v1_netwatch_proto_rawDesc), len(file_netwatch_v1_netwatch_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -47,7 +47,7 @@ func TestPipelinePending(t *testing.T) {
 		return
 	}
 	p, pending, _, _ := enricher()
-	if p.Pending != 0 || pending != 0 || len(p.Streams) != 4 {
+	if p.Pending != 0 || pending != 0 || len(p.Streams) != 5 {
 		t.Fatalf("empty pipeline: %+v", p)
 	}
 	for i := 1; i <= 3; i++ {
