@@ -19,7 +19,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"netwatch/enricher/internal/consume"
+	"netwatch/enricher/internal/counters"
 	"netwatch/enricher/internal/flow"
+	"netwatch/enricher/internal/geo"
+	"netwatch/enricher/internal/names"
 	"netwatch/schema"
 	"netwatch/schema/ops"
 )
@@ -34,7 +37,16 @@ type Config struct {
 	LocalNets string // -local-nets, comma-separated CIDRs; empty leaves Flow.Direction empty
 	Seed      uint   // -community-id.seed
 	Replicas  int    // -nats.replicas of the provisioned streams
+	GeoCity   string // -geoip.city, a MaxMind City (or Country) database; empty for none
+	GeoASN    string // -geoip.asn, a MaxMind ASN database; empty for none
+	GeoCache  int    // -geoip.cache, addresses whose lookups are cached
+
+	geo *geo.DB // opened by Validate
 }
+
+// DefaultMaxFlows is the default of -flow.max-flows: about 0.5 GiB of flow
+// state at the measured ~450 bytes per open flow (README "Benchmarks").
+const DefaultMaxFlows = 1_000_000
 
 func (c *Config) register(fs *flag.FlagSet) {
 	c.Common.Register(fs, "127.0.0.1:9102")
@@ -58,6 +70,21 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.Stage.ShutdownFlush, "shutdown.flush", true, "on SIGTERM end open flows as END_SHUTDOWN and ack; false leaves them for redelivery")
 	fs.DurationVar(&c.Stage.DrainTimeout, "shutdown.timeout", 30*time.Second, "longest wait for flow publish acks at shutdown")
 	fs.IntVar(&c.Replicas, "nats.replicas", 1, "stream replicas when provisioning (1 on one node, 3 on a cluster)")
+	fs.IntVar(&c.Stage.MaxFlows, "flow.max-flows", DefaultMaxFlows, "open flows in all flow tables; at the limit the least recently active flow of the table is ended early (0: no bound)")
+	fs.StringVar(&c.GeoCity, "geoip.city", "", "MaxMind GeoIP2/GeoLite2 City (or Country) database file for orig_/resp_country and _city")
+	fs.StringVar(&c.GeoASN, "geoip.asn", "", "MaxMind GeoLite2/GeoIP2 ASN database file for orig_/resp_asn and _as_org")
+	fs.IntVar(&c.GeoCache, "geoip.cache", geo.DefaultCacheSize, "addresses whose GeoIP/ASN lookups are cached")
+	dn := names.DefaultConfig()
+	fs.IntVar(&c.Stage.Names.Max, "dns.names-max", dn.Max, "addresses named from DNS answers kept per sensor")
+	fs.DurationVar(&c.Stage.Names.MinTTL, "dns.names-min-ttl", dn.MinTTL, "shortest time a name from a DNS answer is kept (longer than the record's TTL if needed)")
+	fs.DurationVar(&c.Stage.Names.MaxTTL, "dns.names-max-ttl", dn.MaxTTL, "longest time a name from a DNS answer is kept")
+	fs.BoolVar(&c.Stage.NoNames, "dns.names-off", false, "do not name flow addresses from DNS answers")
+	dc := counters.DefaultConfig()
+	fs.DurationVar(&c.Stage.Counters.Lateness, "counters.lateness", dc.Lateness, "packet time a second of COUNTERS stays open behind the sensor's newest packet")
+	fs.IntVar(&c.Stage.Counters.Top, "counters.top", dc.Top, "responder addresses per second in COUNTERS, busiest first")
+	fs.IntVar(&c.Stage.Counters.MaxAddrs, "counters.max-addrs", dc.MaxAddrs, "distinct addresses tracked per second for COUNTERS (sources, responders)")
+	host, _ := os.Hostname()
+	fs.StringVar(&c.Stage.Instance, "instance", host, "this instance's name in COUNTERS message ids; keep it stable across restarts (default: host name)")
 }
 
 // Validate checks the configuration and parses -local-nets.
@@ -85,7 +112,30 @@ func (c *Config) Validate() error {
 	if c.Replicas != 1 && c.Replicas != 3 {
 		errs = append(errs, fmt.Errorf("-nats.replicas %d: want 1 or 3", c.Replicas))
 	}
-	return errors.Join(errs...)
+	if c.Stage.MaxFlows < 0 {
+		errs = append(errs, fmt.Errorf("-flow.max-flows %d: must not be negative", c.Stage.MaxFlows))
+	}
+	if c.Stage.Names.Max < 0 || c.Stage.Names.MinTTL < 0 || c.Stage.Names.MaxTTL < c.Stage.Names.MinTTL {
+		errs = append(errs, errors.New("-dns.names-max must not be negative and -dns.names-max-ttl must be at least -dns.names-min-ttl"))
+	}
+	if c.Stage.Counters.Lateness < 0 || c.Stage.Counters.Top < 1 || c.Stage.Counters.MaxAddrs < 1 {
+		errs = append(errs, errors.New("-counters.lateness must not be negative, -counters.top and -counters.max-addrs must be positive"))
+	}
+	if c.Stage.Instance == "" || strings.ContainsAny(c.Stage.Instance, " \t\r\n") {
+		errs = append(errs, fmt.Errorf("-instance %q: want a non-empty name without spaces", c.Stage.Instance))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	// Open (and verify) the databases last, so a broken file is reported
+	// with -check-config too.
+	db, err := geo.Open(c.GeoCity, c.GeoASN, c.GeoCache)
+	if err != nil {
+		return err
+	}
+	c.geo = db
+	c.Stage.Flow.Geo = db
+	return nil
 }
 
 func main() {
@@ -109,6 +159,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	defer cfg.geo.Close()
 	if cfg.CheckOnly {
 		fmt.Fprintln(stderr, "configuration ok")
 		return nil
@@ -135,7 +186,8 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	hctx, hcancel := context.WithCancel(context.Background())
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- ops.Serve(hctx, cfg.HTTPAddr, ops.Handler(reg, stage.Ready), log) }()
-	log.Info("enricher started", "nats_url", cfg.NATSURL, "http_addr", cfg.HTTPAddr)
+	log.Info("enricher started", "nats_url", cfg.NATSURL, "http_addr", cfg.HTTPAddr, "instance", cfg.Stage.Instance,
+		"geoip_city", cfg.GeoCity, "geoip_asn", cfg.GeoASN, "max_flows", cfg.Stage.MaxFlows)
 	runErr := stage.Run(ctx) // returns after draining publishes
 	hcancel()
 	if err := <-httpDone; err != nil && !errors.Is(err, context.Canceled) {

@@ -52,3 +52,35 @@ func TestCheckConfig(t *testing.T) {
 		t.Errorf("err %v out %q", err, out.String())
 	}
 }
+
+var geoDir = "../../../../shared/data/geoip/"
+
+// TestGeoIPConfig: a broken database is an error at start (and with
+// -check-config), named by its flag; the environment sets the files too.
+func TestGeoIPConfig(t *testing.T) {
+	var out bytes.Buffer
+	broken := geoDir + "GeoIP2-City-Test-Broken-Double-Format.mmdb"
+	err := run([]string{"-check-config", "-geoip.city", broken}, func(string) string { return "" }, &out)
+	if err == nil || !strings.Contains(err.Error(), "-geoip.city") || !strings.Contains(err.Error(), "Broken-Double-Format") {
+		t.Errorf("broken -geoip.city: err %v", err)
+	}
+	err = run([]string{"-check-config"}, func(k string) string {
+		return map[string]string{"NETWATCH_GEOIP_ASN": broken}[k]
+	}, &out)
+	if err == nil || !strings.Contains(err.Error(), "-geoip.asn") {
+		t.Errorf("broken NETWATCH_GEOIP_ASN: err %v", err)
+	}
+	cfg, err := parse(t, nil, map[string]string{"NETWATCH_GEOIP_CITY": geoDir + "GeoIP2-City-Test.mmdb",
+		"NETWATCH_GEOIP_ASN": geoDir + "GeoLite2-ASN-Test.mmdb", "NETWATCH_FLOW_MAX_FLOWS": "1000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cfg.geo.Close()
+	if cfg.Stage.Flow.Geo == nil || cfg.Stage.MaxFlows != 1000 {
+		t.Errorf("geo %v max flows %d", cfg.Stage.Flow.Geo, cfg.Stage.MaxFlows)
+	}
+	if cfg, err := parse(t, []string{"-flow.max-flows=-1", "-counters.top=0", "-instance="}, nil); err == nil ||
+		!strings.Contains(err.Error(), "max-flows") || !strings.Contains(err.Error(), "counters.top") || !strings.Contains(err.Error(), "-instance") {
+		t.Errorf("cfg %v err %v", cfg, err)
+	}
+}

@@ -17,7 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"netwatch/enricher/internal/counters"
 	"netwatch/enricher/internal/flow"
+	"netwatch/enricher/internal/names"
 	"netwatch/enricher/internal/publish"
 	"netwatch/schema"
 	"netwatch/schema/pb"
@@ -25,7 +27,12 @@ import (
 
 // Config tunes the stage.
 type Config struct {
-	Flow          flow.Config    // Sensor is set per table
+	Flow          flow.Config  // Sensor, Names and Limit are set by the stage
+	MaxFlows      int          // open flows in all tables (-flow.max-flows); ≤ 0 is no bound
+	Names         names.Config // passive DNS cache per sensor
+	NoNames       bool         // do not learn names from DNS answers
+	Counters      counters.Config
+	Instance      string         // this instance's name in COUNTERS message ids (stable across restarts)
 	Publish       publish.Config //
 	PullBatch     int            // messages per pull request (500)
 	WallTick      time.Duration  // how often idle buckets' clocks follow the wall clock (5 s)
@@ -44,6 +51,10 @@ type Metrics struct {
 	PubBatches  prometheus.Counter
 	PubErrors   prometheus.Counter
 	Skipped     prometheus.Counter
+	Evicted     prometheus.Counter
+	Backwards   prometheus.Counter
+	Seconds     prometheus.Counter
+	Late        prometheus.Counter
 }
 
 // NewMetrics registers the stage's metrics on reg.
@@ -65,9 +76,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Failed FlowBatch publish attempts (each is retried until acknowledged)."}),
 		Skipped: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_enricher_packets_skipped_total",
 			Help: "Packet summaries without usable addresses."}),
+		Evicted: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_enricher_flows_evicted_total",
+			Help: "Flows ended early (END_IDLE) because -flow.max-flows flows were open."}),
+		Backwards: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_enricher_packets_backwards_total",
+			Help: "Packet summaries older than their flow table's clock (time went backwards); accounted with their own time."}),
+		Seconds: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_enricher_counters_seconds_total",
+			Help: "TrafficCounters messages (one sensor second each) emitted to COUNTERS."}),
+		Late: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_enricher_counters_late_packets_total",
+			Help: "Packet summaries that arrived after their second's counters were emitted (in flows, not in COUNTERS)."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Packets, m.Batches, m.Flows, m.ActiveFlows, m.Held, m.PubBatches, m.PubErrors, m.Skipped)
+		reg.MustRegister(m.Packets, m.Batches, m.Flows, m.ActiveFlows, m.Held, m.PubBatches, m.PubErrors, m.Skipped,
+			m.Evicted, m.Backwards, m.Seconds, m.Late)
 	}
 	return m
 }
@@ -106,14 +126,23 @@ type table struct {
 	wallMark time.Time // wall time the clock last followed (a packet or a tick)
 }
 
+// sensorState is the state shared by a sensor's tables.
+type sensorState struct {
+	names    *names.Cache
+	counters *counters.Sensor // nil until a packet arrives after the start or an end of input
+	wallMark time.Time        // wall time of the sensor's last packet
+}
+
 // Stage is the enricher's consumer loop. Create it with New and call Run once.
 type Stage struct {
-	js     jetstream.JetStream
-	cfg    Config
-	log    *slog.Logger
-	m      *Metrics
-	tables map[tableKey]*table
-	pub    *publish.Publisher
+	js      jetstream.JetStream
+	cfg     Config
+	log     *slog.Logger
+	m       *Metrics
+	tables  map[tableKey]*table
+	sensors map[string]*sensorState
+	limit   flow.Limit
+	pub     *publish.Publisher
 
 	mu   sync.Mutex
 	held map[uint64]*held
@@ -142,7 +171,11 @@ func New(js jetstream.JetStream, cfg Config, log *slog.Logger, m *Metrics) *Stag
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	s := &Stage{js: js, cfg: cfg, log: log, m: m, tables: map[tableKey]*table{}, held: map[uint64]*held{}}
+	if cfg.Instance == "" {
+		cfg.Instance = "enricher"
+	}
+	s := &Stage{js: js, cfg: cfg, log: log, m: m, tables: map[tableKey]*table{}, sensors: map[string]*sensorState{},
+		held: map[uint64]*held{}, limit: flow.Limit{Max: cfg.MaxFlows}}
 	for r := range s.flowsBy {
 		s.flowsBy[r] = m.Flows.WithLabelValues(reasonLabel(pb.EndReason(r)))
 	}
@@ -255,6 +288,11 @@ loop:
 			t.t.Flush(pb.EndReason_END_SHUTDOWN)
 			delete(s.tables, k)
 		}
+		for _, ss := range s.sensors {
+			if ss.counters != nil {
+				ss.counters.Flush()
+			}
+		}
 	}
 	s.pub.FlushAll()
 	closed := make(chan struct{})
@@ -330,27 +368,76 @@ func (s *Stage) handle(m jetstream.Msg) {
 	s.mu.Unlock()
 	s.m.Held.Set(float64(nh))
 
+	ss := s.sensors[sensor]
+	if ss == nil {
+		ss = &sensorState{}
+		if !s.cfg.NoNames {
+			ss.names = names.New(s.cfg.Names)
+		}
+		s.sensors[sensor] = ss
+	}
+	now := time.Now()
 	k := tableKey{sensor, b.Bucket}
 	t := s.tables[k]
 	if t == nil {
 		cfg := s.cfg.Flow
-		cfg.Sensor = sensor
+		cfg.Sensor, cfg.Names, cfg.Limit = sensor, ss.names, &s.limit
 		t = &table{t: flow.NewTable(cfg, s.emit)}
 		s.tables[k] = t
 	}
-	t.wallMark = time.Now()
-	skipped := t.t.Skipped
+	t.wallMark = now
+	if len(b.Packets) > 0 {
+		ss.wallMark = now
+		if ss.counters == nil {
+			ss.counters = counters.NewSensor(sensor, s.cfg.Counters, func(c *pb.TrafficCounters, refs []flow.Ref) {
+				s.emitCounters(c, refs)
+			})
+		}
+	}
+	skipped, back, evicted, late := t.t.Skipped, t.t.Backwards, t.t.Evicted, uint64(0)
+	if ss.counters != nil {
+		late = ss.counters.Late
+	}
 	for _, p := range b.Packets {
 		t.t.Add(p, h)
+		ss.counters.Add(p, h)
 	}
 	s.m.Packets.Add(float64(len(b.Packets)))
 	s.m.Skipped.Add(float64(t.t.Skipped - skipped))
+	s.m.Backwards.Add(float64(t.t.Backwards - back))
+	s.m.Evicted.Add(float64(t.t.Evicted - evicted))
+	if ss.counters != nil {
+		s.m.Late.Add(float64(ss.counters.Late - late))
+	}
 	if b.EndOfInput {
 		t.t.Flush(pb.EndReason_END_EOF)
 		delete(s.tables, k)
+		if ss.counters != nil {
+			// The agent sends the end-of-input markers after all of the
+			// sensor's packets: the first one closes its counters.
+			ss.counters.Flush()
+			ss.counters = nil
+		}
 		s.eof = true
 	}
+	s.m.ActiveFlows.Set(float64(s.limit.Open))
 	h.release()
+}
+
+// emitCounters publishes one second of a sensor's counters to COUNTERS;
+// refs are released when the stream acknowledges it.
+func (s *Stage) emitCounters(c *pb.TrafficCounters, refs []flow.Ref) {
+	c.SentNs = time.Now().UnixNano()
+	data, err := proto.Marshal(c)
+	if err != nil { // cannot happen for a well-formed message
+		s.log.Error("marshal traffic counters", "sensor", c.Sensor, "err", err)
+		for _, r := range refs {
+			r.(*held).release()
+		}
+		return
+	}
+	s.m.Seconds.Inc()
+	s.pub.Send(schema.CountersSubject(c.Sensor), counters.MsgID(c.Sensor, s.cfg.Instance, c.SecondNs), data, refs)
 }
 
 func (s *Stage) emit(r flow.Record) {
@@ -369,6 +456,11 @@ func (s *Stage) tick(now time.Time) {
 		if d := now.Sub(t.wallMark); d >= s.cfg.WallTick && t.t.Clock() != 0 {
 			t.t.Advance(t.t.Clock() + int64(d))
 			t.wallMark = now
+		}
+	}
+	for _, ss := range s.sensors {
+		if ss.counters != nil && ss.counters.Open() > 0 && now.Sub(ss.wallMark) >= s.cfg.WallTick {
+			ss.counters.Flush() // traffic stopped: publish the last seconds
 		}
 	}
 	s.pub.FlushDue(now)

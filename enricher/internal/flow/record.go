@@ -64,9 +64,10 @@ func (t *Table) emitRecord(e *entry, final bool, reason pb.EndReason) {
 	oa, ra := e.addrs()
 	op, rp := e.ports()
 	o, r := e.c[0], e.c[1]
-	app := e.app
+	app, fromPort := e.app, false
 	if app == "" {
 		app = portApp(e.key.Proto, rp)
+		fromPort = app != ""
 	}
 	fa := new(flowAlloc)
 	n := copy(fa.addr[:16], oa)
@@ -83,6 +84,18 @@ func (t *Table) emitRecord(e *entry, final bool, reason pb.EndReason) {
 	f.App, f.ConnState, f.History = app, e.connState(), t.history(e)
 	f.Tunnel, f.TunnelId, f.FlowStartNs = pb.Tunnel(e.key.Tunnel), e.key.TunnelID, e.flowStart
 	f.ServerName, f.Direction = e.server, e.direction
+	f.AppFromPort, f.Ja3, f.Ja4, f.HttpUserAgent = fromPort, e.ja3, e.ja4, e.userAgent
+	if g := t.cfg.Geo; g != nil {
+		oa, _ := netip.AddrFromSlice(f.OrigAddr)
+		ra, _ := netip.AddrFromSlice(f.RespAddr)
+		o, r := g.Lookup(oa), g.Lookup(ra)
+		f.OrigCountry, f.OrigCity, f.OrigAsn, f.OrigAsOrg = o.Country, o.City, o.ASN, o.ASOrg
+		f.RespCountry, f.RespCity, f.RespAsn, f.RespAsOrg = r.Country, r.City, r.ASN, r.ASOrg
+	}
+	if n := t.cfg.Names; n != nil {
+		f.OrigName = n.Name(f.OrigAddr, f.StartNs, f.EndNs)
+		f.RespName = n.Name(f.RespAddr, f.StartNs, f.EndNs)
+	}
 	if e.key.Proto == 1 || e.key.Proto == 58 {
 		f.IcmpType, f.IcmpCode = uint32(e.icmpType), uint32(e.icmpCode)
 	}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"netwatch/enricher/internal/communityid"
+	"netwatch/enricher/internal/geo"
+	"netwatch/enricher/internal/names"
 	"netwatch/schema/pb"
 )
 
@@ -41,6 +43,26 @@ type Config struct {
 	// to marshal, and the detector computes its features from the flow's
 	// fields (detector/internal/model.Extract), not from this map.
 	Features bool
+	// Geo fills the orig_/resp_ country, city, ASN and AS organisation
+	// fields; nil leaves them empty.
+	Geo *geo.DB
+	// Names is the sensor's passive DNS cache: the table learns from DNS
+	// responses into it and names the flows' addresses (orig_name,
+	// resp_name) from it; nil does neither. Tables of one sensor share it.
+	Names *names.Cache
+	// Limit bounds the open flows of every table that shares it; nil is
+	// no bound.
+	Limit *Limit
+}
+
+// Limit is a bound on open flows shared by tables (from one goroutine: it
+// is not safe for concurrent use). A table that would open a flow while
+// Open ≥ Max first ends its own least recently active flow (END_IDLE, counted
+// in Table.Evicted), so the open flows never exceed Max plus one per
+// table that had none to end.
+type Limit struct {
+	Max  int // at most this many open flows; ≤ 0 is no bound
+	Open int // open flows now
 }
 
 // DefaultConfig returns the defaults documented in README.md.
@@ -98,6 +120,8 @@ type entry struct {
 	icmpOrig  bool // icmpType/Code come from an originator packet
 	app       string
 	server    string
+	ja3, ja4  string          // the originator's first JA3/JA4
+	userAgent string          // the originator's first HTTP User-Agent
 	cidSum    [sha1.Size]byte // Community ID digest of the first packet
 	cid       string          // its string form, made at the first record
 	direction string
@@ -126,7 +150,9 @@ type Table struct {
 	buf     []byte            // scratch for ids
 	hists   map[string]string // interned history strings
 
-	Skipped uint64 // packets without usable addresses
+	Skipped   uint64 // packets without usable addresses
+	Backwards uint64 // packets older than the clock (accounted with their own time)
+	Evicted   uint64 // flows ended early because the Limit was reached
 }
 
 const (
@@ -176,7 +202,13 @@ func (t *Table) Add(p *pb.PacketSummary, ref Ref) {
 		return
 	}
 	ts := p.TsNs
+	if ts < t.clock {
+		t.Backwards++
+	}
 	t.Advance(ts)
+	if t.cfg.Names != nil && p.DnsResponse {
+		t.cfg.Names.Learn(p)
+	}
 	e := t.flows[k]
 	flags := p.TcpFlags
 	if e != nil && e.closing && k.Proto == 6 && flags&(flagSYN|flagACK) == flagSYN {
@@ -220,6 +252,9 @@ func (t *Table) Add(p *pb.PacketSummary, ref Ref) {
 		e.icmpType, e.icmpCode, e.icmpOrig = uint8(p.IcmpType), uint8(p.IcmpCode), true
 	}
 	e.l7(p)
+	if d == 0 && (p.Ja3 != "" || p.Ja4 != "" || p.HttpUserAgent != "") {
+		e.client(p)
+	}
 	if ref != nil && (len(e.refs) == 0 || e.refs[len(e.refs)-1] != ref) {
 		ref.Retain()
 		e.refs = append(e.refs, ref)
@@ -245,6 +280,12 @@ func (t *Table) Add(p *pb.PacketSummary, ref Ref) {
 
 func (t *Table) newEntry(k Key, srcIsA bool, p *pb.PacketSummary) *entry {
 	ts := p.TsNs
+	if l := t.cfg.Limit; l != nil {
+		if l.Max > 0 && l.Open >= l.Max && len(t.flows) > 0 {
+			t.evict()
+		}
+		l.Open++
+	}
 	var e *entry
 	if n := len(t.free); n > 0 {
 		e = t.free[n-1]
@@ -309,12 +350,27 @@ func originator(k Key, p *pb.PacketSummary) (srcOrig, guessed bool) {
 	return true, true
 }
 
+// client keeps the originator's first TLS fingerprints and User-Agent.
+func (e *entry) client(p *pb.PacketSummary) {
+	if e.ja3 == "" {
+		e.ja3 = p.Ja3
+	}
+	if e.ja4 == "" {
+		e.ja4 = p.Ja4
+	}
+	if e.userAgent == "" {
+		e.userAgent = p.HttpUserAgent
+	}
+}
+
 // l7 keeps the first application name and server name seen.
 func (e *entry) l7(p *pb.PacketSummary) {
 	if e.app == "" {
 		switch {
 		case p.App != "":
 			e.app = p.App
+		case p.QuicVersion != 0:
+			e.app = "quic"
 		case p.TlsSni != "":
 			e.app = "tls"
 		case p.HttpHost != "" || p.HttpMethod != "":
@@ -472,7 +528,25 @@ func (t *Table) Flush(reason pb.EndReason) {
 	}
 }
 
+// evict ends the least recently active flow of the table (END_IDLE): the
+// head of the idle list whose last packet is oldest.
+func (t *Table) evict() {
+	var old *entry
+	for c := range t.idle {
+		if e := t.idle[c].head; e != nil && (old == nil || e.last < old.last) {
+			old = e
+		}
+	}
+	if old != nil {
+		t.Evicted++
+		t.finish(old, pb.EndReason_END_IDLE)
+	}
+}
+
 func (t *Table) finish(e *entry, reason pb.EndReason) {
+	if t.cfg.Limit != nil {
+		t.cfg.Limit.Open--
+	}
 	t.idle[e.class].remove(e)
 	if e.close.in {
 		t.closing.remove(e)

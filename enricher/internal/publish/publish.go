@@ -55,7 +55,8 @@ type inflight struct {
 	msg    *nats.Msg
 	future jetstream.PubAckFuture
 	refs   []flow.Ref
-	buf    *[]byte // msg.Data's buffer, reused once the batch is acknowledged
+	buf    *[]byte // msg.Data's buffer, reused once the batch is acknowledged; nil for Send
+	other  bool    // not a FlowBatch (not counted in Metrics.Batches)
 }
 
 // Publisher groups records that share a subject into FlowBatch messages
@@ -201,6 +202,21 @@ func (p *Publisher) send(b *batch) {
 	p.queue <- in // blocks when MaxInflight batches are unacknowledged
 }
 
+// Send publishes one message of another stream (COUNTERS) through the same
+// in-flight window and retries: refs are released once the stream
+// acknowledges it. Call it from the goroutine that calls Add.
+func (p *Publisher) Send(subj, id string, data []byte, refs []flow.Ref) {
+	msg := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{jetstream.MsgIDHeader: []string{id}}}
+	in := inflight{msg: msg, refs: refs, other: true}
+	var err error
+	in.future, err = p.js.PublishMsgAsync(msg)
+	if err != nil {
+		p.count(p.m.Errors)
+		in.future = nil
+	}
+	p.queue <- in
+}
+
 // maxReusedBuf bounds the marshal buffers kept for reuse.
 const maxReusedBuf = 1 << 20
 
@@ -221,7 +237,7 @@ func (p *Publisher) wait() {
 				ok = true
 			case err := <-in.future.Err():
 				p.count(p.m.Errors)
-				p.log.Warn("publish flows", "subject", in.msg.Subject, "err", err)
+				p.log.Warn("publish", "subject", in.msg.Subject, "err", err)
 			case <-p.ctx.Done():
 			}
 		}
@@ -229,10 +245,12 @@ func (p *Publisher) wait() {
 			ok = p.retry(in.msg)
 		}
 		if ok {
-			p.count(p.m.Batches)
+			if !in.other {
+				p.count(p.m.Batches)
+			}
 			p.release(in.refs)
 			in.msg.Data = nil
-			if cap(*in.buf) <= maxReusedBuf {
+			if in.buf != nil && cap(*in.buf) <= maxReusedBuf {
 				p.bufs.Put(in.buf)
 			}
 		}
@@ -253,7 +271,7 @@ func (p *Publisher) retry(msg *nats.Msg) bool {
 			return true
 		}
 		p.count(p.m.Errors)
-		p.log.Warn("publish flows, retrying", "subject", msg.Subject, "err", err, "wait", wait)
+		p.log.Warn("publish, retrying", "subject", msg.Subject, "err", err, "wait", wait)
 		select {
 		case <-p.ctx.Done():
 		case <-time.After(wait):

@@ -1,0 +1,134 @@
+// Package names keeps the names a sensor's DNS responses gave to addresses
+// (passive DNS), so that later flows to those addresses carry them
+// (enricher stage: consume → flow (+names) → publish).
+package names
+
+import (
+	"net/netip"
+	"strings"
+	"time"
+
+	"netwatch/schema/pb"
+)
+
+// Config bounds a Cache.
+type Config struct {
+	Max    int           // addresses remembered per sensor (default 100000); the least recently learned go first
+	MinTTL time.Duration // shortest time a name is kept, whatever the record's TTL (default 5m): clients often connect after a short TTL has passed
+	MaxTTL time.Duration // longest time a name is kept (default 24h)
+}
+
+// DefaultConfig is the default of the enricher's -dns.names-* flags.
+func DefaultConfig() Config {
+	return Config{Max: 100_000, MinTTL: 5 * time.Minute, MaxTTL: 24 * time.Hour}
+}
+
+type entry struct {
+	name           string
+	learned, until int64 // packet time, Unix ns
+}
+
+// Cache maps addresses to the name a DNS answer gave them, in packet time.
+// It holds at most Max addresses in two generations (an address is dropped
+// when it was not learned or used during the last two generations of Max/2
+// insertions), so memory is bounded. It is not safe for concurrent use.
+type Cache struct {
+	cfg      Config
+	cur, old map[netip.Addr]entry
+	Learned  uint64 // A/AAAA answers stored
+}
+
+// New returns an empty cache; zero fields of cfg take DefaultConfig's.
+func New(cfg Config) *Cache {
+	d := DefaultConfig()
+	if cfg.Max <= 0 {
+		cfg.Max = d.Max
+	}
+	if cfg.MinTTL <= 0 {
+		cfg.MinTTL = d.MinTTL
+	}
+	if cfg.MaxTTL <= 0 {
+		cfg.MaxTTL = d.MaxTTL
+	}
+	cfg.Max = max(cfg.Max, 2)
+	return &Cache{cfg: cfg, cur: map[netip.Addr]entry{}}
+}
+
+// Learn stores the addresses of p's A and AAAA answers (RFC 1035 §3.4.1,
+// RFC 3596) when p is a DNS response. An address gets the name the client
+// asked for: the owner name of its record, followed back through the
+// response's CNAME records (RFC 1034 §3.6.2) to the head of the chain, so
+// an address of "dyna.wikimedia.org" reached from "en.wikipedia.org" is
+// named "en.wikipedia.org". The name is kept for the record's TTL, clamped
+// to [MinTTL, MaxTTL], from the packet's time.
+func (c *Cache) Learn(p *pb.PacketSummary) {
+	if c == nil || !p.DnsResponse || len(p.DnsAnswers) == 0 {
+		return
+	}
+	for _, a := range p.DnsAnswers {
+		if (a.Type != 1 && a.Type != 28) || a.Name == "" {
+			continue
+		}
+		addr, ok := netip.AddrFromSlice(a.Addr)
+		if !ok {
+			continue
+		}
+		ttl := min(max(time.Duration(a.Ttl)*time.Second, c.cfg.MinTTL), c.cfg.MaxTTL)
+		c.put(addr.Unmap(), entry{name: head(p.DnsAnswers, a.Name), learned: p.TsNs, until: p.TsNs + int64(ttl)})
+		c.Learned++
+	}
+}
+
+// head follows CNAME records backwards from name (at most 8 steps, RFC 1034
+// gives no limit; resolvers stop around 8-16) and returns the first name of
+// the chain.
+func head(ans []*pb.DNSAnswer, name string) string {
+	for range 8 {
+		prev := ""
+		for _, a := range ans {
+			if a.Type == 5 && strings.EqualFold(a.Target, name) {
+				prev = a.Name
+				break
+			}
+		}
+		if prev == "" || strings.EqualFold(prev, name) {
+			return name
+		}
+		name = prev
+	}
+	return name
+}
+
+func (c *Cache) put(a netip.Addr, e entry) {
+	if len(c.cur) >= c.cfg.Max/2 {
+		c.old, c.cur = c.cur, make(map[netip.Addr]entry, c.cfg.Max/2)
+	}
+	c.cur[a] = e
+}
+
+// Name returns the name learned for addr (4 or 16 bytes) by a response seen
+// at or before end whose lifetime reaches start (Unix ns, a flow record's
+// start and end), or "".
+func (c *Cache) Name(addr []byte, start, end int64) string {
+	if c == nil {
+		return ""
+	}
+	a, ok := netip.AddrFromSlice(addr)
+	if !ok {
+		return ""
+	}
+	a = a.Unmap()
+	e, ok := c.cur[a]
+	if !ok {
+		if e, ok = c.old[a]; ok {
+			c.put(a, e)
+		}
+	}
+	if !ok || e.learned > end || e.until < start {
+		return ""
+	}
+	return e.name
+}
+
+// Len is the number of addresses held.
+func (c *Cache) Len() int { return len(c.cur) + len(c.old) }
