@@ -89,8 +89,8 @@ func TestMigrateOnlyAndCheckConfig(t *testing.T) {
 	}
 	defer pool.Close()
 	var v int64
-	if err := pool.QueryRow(ctx, "SELECT max(version_id) FROM goose_db_version").Scan(&v); err != nil || v != 3 {
-		t.Fatalf("goose version %d, %v; want 3", v, err)
+	if err := pool.QueryRow(ctx, "SELECT max(version_id) FROM goose_db_version").Scan(&v); err != nil || v != 7 {
+		t.Fatalf("goose version %d, %v; want 7", v, err)
 	}
 }
 

@@ -2,10 +2,7 @@ package store
 
 import (
 	"encoding/binary"
-	"math"
-	"slices"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"netwatch/schema"
@@ -100,7 +97,7 @@ func (c *copyBuf) inet(a []byte) {
 }
 
 // flowColumns is the number of columns flowRow writes (flowsTable.cols).
-const flowColumns = 36
+const flowColumns = 48
 
 // flowRow appends f with sensor as one row of flowsTable.cols. f is valid
 // (validFlow).
@@ -142,6 +139,18 @@ func (c *copyBuf) flowRow(f *pb.Flow, sensor string, start, end, flowStart int64
 	c.text(f.GetDirection())
 	c.text(f.GetOrigName())
 	c.text(f.GetRespName())
+	c.text(f.GetOrigCountry())
+	c.text(f.GetOrigCity())
+	c.int64(int64(f.GetOrigAsn()))
+	c.text(f.GetOrigAsOrg())
+	c.text(f.GetRespCountry())
+	c.text(f.GetRespCity())
+	c.int64(int64(f.GetRespAsn()))
+	c.text(f.GetRespAsOrg())
+	c.bool(f.GetAppFromPort())
+	c.text(f.GetJa3())
+	c.text(f.GetJa4())
+	c.text(f.GetHttpUserAgent())
 }
 
 // validFlow reports whether f can be stored: an id and addresses of 4 or 16
@@ -150,177 +159,3 @@ func validFlow(f *pb.Flow) bool {
 	oa, ra := len(f.GetOrigAddr()), len(f.GetRespAddr())
 	return f.GetId() != "" && (oa == 4 || oa == 16) && (ra == 4 || ra == 16)
 }
-
-// rollupKey is one flows_1m row's key.
-type rollupKey struct {
-	minute int64 // Unix microseconds of the UTC minute
-	sensor string
-	proto  int16
-	app    string
-}
-
-// rollupSums is one flows_1m row's counters.
-type rollupSums struct {
-	records, origPkts, respPkts, origIPBytes, respIPBytes, origBytes, respBytes int64
-}
-
-// add is a saturating int64 addition of non-negative counters.
-func add(a, b int64) int64 {
-	if s := a + b; s >= a {
-		return s
-	}
-	return math.MaxInt64
-}
-
-func (s *rollupSums) add(f *pb.Flow) {
-	s.records++
-	s.origPkts = add(s.origPkts, i64(f.GetOrigPkts()))
-	s.respPkts = add(s.respPkts, i64(f.GetRespPkts()))
-	s.origIPBytes = add(s.origIPBytes, i64(f.GetOrigIpBytes()))
-	s.respIPBytes = add(s.respIPBytes, i64(f.GetRespIpBytes()))
-	s.origBytes = add(s.origBytes, i64(f.GetOrigBytes()))
-	s.respBytes = add(s.respBytes, i64(f.GetRespBytes()))
-}
-
-// minuteOf is the start of the UTC minute of us (Unix microseconds), like
-// date_bin('1 minute', t, '2000-01-01'): rounded down, also before 1970.
-func minuteOf(us int64) int64 {
-	const m = 60 * 1e6
-	q := us / m
-	if us%m < 0 {
-		q--
-	}
-	return q * m
-}
-
-// flowBatch is flows encoded for COPY plus what the write needs besides
-// them. Its buffers are reused from batch to batch (Store.flowBufs).
-type flowBatch struct {
-	copy    copyBuf
-	rows    int
-	invalid int
-	days    map[time.Time]struct{}
-	sensors map[string]*sensorSeen
-	rollup  map[rollupKey]*rollupSums
-}
-
-func newFlowBatch() *flowBatch {
-	return &flowBatch{days: map[time.Time]struct{}{}, sensors: map[string]*sensorSeen{},
-		rollup: map[rollupKey]*rollupSums{}}
-}
-
-func (b *flowBatch) reset() {
-	b.copy.reset()
-	b.rows, b.invalid = 0, 0
-	clear(b.days)
-	clear(b.sensors)
-	clear(b.rollup)
-	// A rare huge batch must not pin its buffer forever.
-	if cap(b.copy.b) > 64<<20 {
-		b.copy.b = append([]byte(nil), copySignature...)
-	}
-}
-
-// addFlows appends fb's flows. A flow without id or with an address that is
-// not 4 or 16 bytes is skipped and counted in invalid.
-func (b *flowBatch) addFlows(fb *pb.FlowBatch) {
-	for _, f := range fb.GetFlows() {
-		if !validFlow(f) {
-			b.invalid++
-			continue
-		}
-		sensor := f.GetSensor()
-		if sensor == "" {
-			sensor = fb.GetSensor()
-		}
-		sensor = text(sensor)
-		start, end := micros(f.GetStartNs()), micros(f.GetEndNs())
-		flowStart := start
-		if f.GetFlowStartNs() != 0 {
-			flowStart = micros(f.GetFlowStartNs())
-		}
-		b.copy.flowRow(f, sensor, start, end, flowStart)
-		b.rows++
-
-		st := ts(f.GetStartNs())
-		b.days[dayOf(st)] = struct{}{}
-		s := b.sensors[sensor]
-		if s == nil {
-			s = &sensorSeen{}
-			b.sensors[sensor] = s
-		}
-		if e := ts(f.GetEndNs()); e.After(s.lastFlow) {
-			s.lastFlow = e
-		}
-		k := rollupKey{minute: minuteOf(start), sensor: sensor, proto: int16(f.GetProto())}
-		if app := f.GetApp(); app != "" {
-			k.app = text(app)
-		}
-		r := b.rollup[k]
-		if r == nil {
-			r = &rollupSums{}
-			b.rollup[k] = r
-		}
-		r.add(f)
-	}
-}
-
-// rollupRows is the rollup as column arrays for upsertRollup, sorted by key
-// (the lock order of concurrent writers).
-func (b *flowBatch) rollupRows() []any {
-	keys := make([]rollupKey, 0, len(b.rollup))
-	for k := range b.rollup {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(x, y rollupKey) int {
-		switch {
-		case x.minute != y.minute:
-			return cmpInt(x.minute, y.minute)
-		case x.sensor != y.sensor:
-			return strings.Compare(x.sensor, y.sensor)
-		case x.proto != y.proto:
-			return cmpInt(int64(x.proto), int64(y.proto))
-		}
-		return strings.Compare(x.app, y.app)
-	})
-	n := len(keys)
-	minute := make([]time.Time, n)
-	sensor, app := make([]string, n), make([]string, n)
-	proto := make([]int16, n)
-	cols := make([][]int64, 7)
-	for i := range cols {
-		cols[i] = make([]int64, n)
-	}
-	for i, k := range keys {
-		minute[i] = time.UnixMicro(k.minute).UTC()
-		sensor[i], proto[i], app[i] = k.sensor, k.proto, k.app
-		s := b.rollup[k]
-		for j, v := range []int64{s.records, s.origPkts, s.respPkts, s.origIPBytes, s.respIPBytes, s.origBytes, s.respBytes} {
-			cols[j][i] = v
-		}
-	}
-	return []any{minute, sensor, proto, app, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6]}
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-// upsertRollup adds one batch's per-minute sums ($1…$11: minute, sensor,
-// proto, app, records, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes,
-// orig_bytes, resp_bytes arrays) to flows_1m.
-const upsertRollup = `INSERT INTO flows_1m AS r (minute, sensor, proto, app, records, orig_pkts, resp_pkts,
-	orig_ip_bytes, resp_ip_bytes, orig_bytes, resp_bytes)
-SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::int2[], $4::text[], $5::int8[], $6::int8[], $7::int8[],
-	$8::int8[], $9::int8[], $10::int8[], $11::int8[]) ORDER BY 1, 2, 3, 4
-ON CONFLICT (minute, sensor, proto, app) DO UPDATE SET
-	records = r.records + EXCLUDED.records,
-	orig_pkts = r.orig_pkts + EXCLUDED.orig_pkts, resp_pkts = r.resp_pkts + EXCLUDED.resp_pkts,
-	orig_ip_bytes = r.orig_ip_bytes + EXCLUDED.orig_ip_bytes, resp_ip_bytes = r.resp_ip_bytes + EXCLUDED.resp_ip_bytes,
-	orig_bytes = r.orig_bytes + EXCLUDED.orig_bytes, resp_bytes = r.resp_bytes + EXCLUDED.resp_bytes`

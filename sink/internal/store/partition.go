@@ -118,7 +118,8 @@ type Retention struct {
 	Flows   time.Duration
 	Alerts  time.Duration
 	Metrics time.Duration
-	Rollups time.Duration // flows_1m
+	Rollups time.Duration // flows_1m, talkers_1m, pairs_1m, ports_1m, countries_1m
+	// capture_stats follows Metrics.
 }
 
 // DropExpired drops every partition recorded in the partitions table whose
@@ -130,7 +131,9 @@ func (s *Store) DropExpired(ctx context.Context, r Retention, now time.Time) ([]
 	for _, tw := range []struct {
 		t *table
 		w time.Duration
-	}{{flowsTable, r.Flows}, {alertsTable, r.Alerts}, {metricsTable, r.Metrics}, {rollupTable, r.Rollups}} {
+	}{{flowsTable, r.Flows}, {alertsTable, r.Alerts}, {metricsTable, r.Metrics}, {captureTable, r.Metrics},
+		{rollupTable, r.Rollups}, {talkersTable, r.Rollups}, {pairsTable, r.Rollups}, {portsTable, r.Rollups},
+		{countriesTable, r.Rollups}} {
 		if tw.w <= 0 {
 			continue
 		}

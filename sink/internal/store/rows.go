@@ -42,29 +42,26 @@ var flowsTable = newTable("flows",
 	"orig_pkts", "orig_ip_bytes", "orig_bytes", "resp_pkts", "resp_ip_bytes", "resp_bytes",
 	"orig_tcp_flags", "resp_tcp_flags", "record_index", "final", "end_reason", "direction_guessed",
 	"app", "conn_state", "history", "tunnel", "tunnel_id", "server_name", "direction",
-	"orig_name", "resp_name")
+	"orig_name", "resp_name", "orig_country", "orig_city", "orig_asn", "orig_as_org",
+	"resp_country", "resp_city", "resp_asn", "resp_as_org", "app_from_port", "ja3", "ja4", "http_user_agent")
 
-// rollupTable is flows_1m: not staged, written by flowsTable.ins (or, on
-// WriteFlows' fast path, by upsertRollup).
-var rollupTable = &table{name: "flows_1m"}
+// The rollup tables are not staged: WriteFlows adds to them the sums of the
+// rows it newly inserted (rollup.go).
+var (
+	rollupTable    = &table{name: "flows_1m"}
+	talkersTable   = &table{name: "talkers_1m"}
+	pairsTable     = &table{name: "pairs_1m"}
+	portsTable     = &table{name: "ports_1m"}
+	countriesTable = &table{name: "countries_1m"}
+	// rollupTables are the rollups in the order every transaction writes
+	// them (the lock order between concurrent writers).
+	rollupTables = []*table{rollupTable, talkersTable, pairsTable, portsTable, countriesTable}
+)
 
 func init() {
-	t := flowsTable
-	t.ins = `WITH ins AS (` + t.ins + `
-	RETURNING start, sensor, proto, app, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, orig_bytes, resp_bytes
-), up AS (
-	INSERT INTO flows_1m AS r (minute, sensor, proto, app, records, orig_pkts, resp_pkts,
-		orig_ip_bytes, resp_ip_bytes, orig_bytes, resp_bytes)
-	SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00'), sensor, proto, app, count(*),
-		sum(orig_pkts), sum(resp_pkts), sum(orig_ip_bytes), sum(resp_ip_bytes), sum(orig_bytes), sum(resp_bytes)
-	FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-	ON CONFLICT (minute, sensor, proto, app) DO UPDATE SET
-		records = r.records + EXCLUDED.records,
-		orig_pkts = r.orig_pkts + EXCLUDED.orig_pkts, resp_pkts = r.resp_pkts + EXCLUDED.resp_pkts,
-		orig_ip_bytes = r.orig_ip_bytes + EXCLUDED.orig_ip_bytes, resp_ip_bytes = r.resp_ip_bytes + EXCLUDED.resp_ip_bytes,
-		orig_bytes = r.orig_bytes + EXCLUDED.orig_bytes, resp_bytes = r.resp_bytes + EXCLUDED.resp_bytes
-)
-SELECT count(*) FROM ins`
+	// The staging way returns the ids it inserted; their rollups are then
+	// summed in Go like the fast path's.
+	flowsTable.ins += " RETURNING id"
 }
 
 var alertsTable = newTable("alerts",
@@ -74,6 +71,33 @@ var alertsTable = newTable("alerts",
 var metricsTable = newTable("host_metrics",
 	"sensor", "boot", "seq", "time", "host", "cpu_percent", "mem_total_bytes", "mem_used_bytes",
 	"load1", "uptime_s", "disks", "interfaces", "captures")
+
+// captureTable is capture_stats, written with host_metrics (one row per
+// pb.Metrics.captures entry) in the same transaction.
+var captureTable = newTable("capture_stats",
+	"time", "sensor", "boot", "seq", "source", "received", "dropped", "if_dropped", "ip_packets", "ip_bytes",
+	"non_ip", "malformed", "ring_packets", "ring_freezes", "buffer_dropped", "arp")
+
+// stagedTables are the tables written through a per-session staging table.
+var stagedTables = []*table{flowsTable, alertsTable, metricsTable, captureTable}
+
+func init() {
+	// A new row of an alert id already stored (the same alert at another
+	// time) takes the triage status of that id's newest row: a redelivered
+	// or updated alert never resets what an operator set (00005).
+	t := alertsTable
+	list := quotedCols(t.cols)
+	sel := make([]string, len(t.cols))
+	for i, c := range t.cols {
+		sel[i] = `s."` + c + `"`
+	}
+	t.ins = "INSERT INTO alerts (" + list + `, status, status_by, status_at, status_note)
+SELECT ` + strings.Join(sel, ", ") + `, COALESCE(p.status, 'open'), COALESCE(p.status_by, ''), p.status_at,
+	COALESCE(p.status_note, '')
+FROM ` + t.stage + ` s LEFT JOIN LATERAL (SELECT a.status, a.status_by, a.status_at, a.status_note FROM alerts a
+	WHERE a.id = s.id ORDER BY a.time DESC LIMIT 1) p ON true
+ON CONFLICT DO NOTHING`
+}
 
 // ts is Unix nanoseconds as a UTC time.
 func ts(ns int64) time.Time { return time.Unix(0, ns).UTC() }
@@ -86,20 +110,50 @@ func i64(v uint64) int64 {
 	return int64(v)
 }
 
-// text makes s storable in a PostgreSQL text column: valid UTF-8 without NUL.
+// text makes s storable in a PostgreSQL text column, which takes neither
+// NUL nor invalid UTF-8, by the sink's one rule for text (README "Text"):
+// a NUL byte becomes the four characters \x00 and every byte that is not
+// part of a valid UTF-8 sequence becomes \xNN (lower-case hex), the escaping
+// Zeek uses in its logs and the agent uses for packet strings. Valid text,
+// a U+FFFD in it included, is kept as is. One bad value never fails a batch.
 func text(s string) string {
 	if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 {
 		return s
 	}
-	return strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "\uFFFD")
+	return string(appendText(make([]byte, 0, len(s)+16), s, false))
+}
+
+// appendText appends s to b by text's rule; inJSON writes the backslash of
+// an escape as \\ (a JSON string's escaped backslash).
+func appendText(b []byte, s string, inJSON bool) []byte {
+	const hex = "0123456789abcdef"
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if s[i] == 0 || (r == utf8.RuneError && n <= 1) {
+			if inJSON {
+				b = append(b, '\\')
+			}
+			b = append(b, '\\', 'x', hex[s[i]>>4], hex[s[i]&15])
+			i++
+			continue
+		}
+		b = append(b, s[i:i+n]...)
+		i += n
+	}
+	return b
 }
 
 // rowBatch is rows for one table plus what the write needs besides them.
 type rowBatch struct {
-	rows    [][]any
-	days    map[time.Time]struct{}
-	sensors map[string]*sensorSeen
-	invalid int // records skipped because they can never be stored
+	rows [][]any
+	// child rows go into a second table in the same transaction
+	// (capture_stats of host_metrics), with their own days.
+	child     *table
+	childRows [][]any
+	childDays map[time.Time]struct{}
+	days      map[time.Time]struct{}
+	sensors   map[string]*sensorSeen
+	invalid   int // records skipped because they can never be stored
 }
 
 type sensorSeen struct {
@@ -159,19 +213,59 @@ func addrOrNil(s string) any {
 	return a
 }
 
-// evidenceJSON is the alert evidence as jsonb text: '{}' when empty; JSON
-// that PostgreSQL would reject (invalid, or with a \u0000 escape) is kept as
-// a string under "raw".
+// evidenceJSON is the alert evidence as jsonb text: '{}' when empty. Text
+// follows text's rule: a byte of invalid UTF-8 becomes \\xNN inside the JSON
+// (the string value \xNN) and a \u0000 escape, which jsonb rejects, becomes
+// the string \x00 (the document is decoded and encoded again). Evidence that
+// is not JSON is kept as a string under "raw".
 func evidenceJSON(ev []byte) string {
 	ev = bytes.TrimSpace(ev)
 	if len(ev) == 0 {
 		return "{}"
 	}
-	if json.Valid(ev) && !bytes.Contains(ev, []byte(`\u0000`)) && utf8.Valid(ev) {
-		return string(ev)
+	fixed := ev
+	if !utf8.Valid(ev) {
+		fixed = appendText(nil, string(ev), true)
 	}
-	raw, _ := json.Marshal(map[string]string{"raw": text(string(ev))})
-	return strings.ReplaceAll(string(raw), `\u0000`, "")
+	if !json.Valid(fixed) {
+		raw, _ := json.Marshal(map[string]string{"raw": text(string(ev))})
+		return string(raw)
+	}
+	if !bytes.Contains(fixed, []byte(`\u0000`)) {
+		return string(fixed)
+	}
+	d := json.NewDecoder(bytes.NewReader(fixed))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		raw, _ := json.Marshal(map[string]string{"raw": text(string(ev))})
+		return string(raw)
+	}
+	var out bytes.Buffer
+	e := json.NewEncoder(&out)
+	e.SetEscapeHTML(false)
+	_ = e.Encode(textJSON(v))
+	return string(bytes.TrimSpace(out.Bytes()))
+}
+
+// textJSON applies text to every string (keys too) of a decoded document.
+func textJSON(v any) any {
+	switch x := v.(type) {
+	case string:
+		return text(x)
+	case []any:
+		for i := range x {
+			x[i] = textJSON(x[i])
+		}
+		return x
+	case map[string]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[text(k)] = textJSON(e)
+		}
+		return m
+	}
+	return v
 }
 
 type diskJSON struct {
@@ -202,14 +296,18 @@ type captureJSON struct {
 	Malformed        uint64 `json:"malformed"`
 	PublishedBatches uint64 `json:"published_batches"`
 	IPBytes          uint64 `json:"ip_bytes"`
+	RingPackets      uint64 `json:"ring_packets"`
+	RingFreezes      uint64 `json:"ring_freezes"`
+	BufferDropped    uint64 `json:"buffer_dropped"`
+	ARP              uint64 `json:"arp"`
 }
 
 func jsonArray[T any](v []T) string {
 	if len(v) == 0 {
 		return "[]"
 	}
-	b, _ := json.Marshal(v)
-	return strings.ReplaceAll(string(b), `\u0000`, "")
+	b, _ := json.Marshal(v) // its strings went through text: no NUL
+	return string(b)
 }
 
 // addMetrics appends m. A sample without sensor is skipped and counted.
@@ -229,9 +327,25 @@ func (b *rowBatch) addMetrics(m *pb.Metrics) {
 			i.GetTxPackets(), i.GetRxErrors(), i.GetTxErrors(), i.GetRxDropped(), i.GetTxDropped()})
 	}
 	caps := make([]captureJSON, 0, len(m.GetCaptures()))
+	b.child = captureTable
+	if b.childDays == nil {
+		b.childDays = map[time.Time]struct{}{}
+	}
+	sensor, boot, seq := text(m.GetSensor()), text(m.GetBoot()), i64(m.GetSeq())
+	seen := map[string]bool{}
 	for _, c := range m.GetCaptures() {
-		caps = append(caps, captureJSON{text(c.GetSource()), c.GetReceived(), c.GetDropped(), c.GetIfDropped(),
-			c.GetIpPackets(), c.GetNonIp(), c.GetMalformed(), c.GetPublishedBatches(), c.GetIpBytes()})
+		src := text(c.GetSource())
+		caps = append(caps, captureJSON{src, c.GetReceived(), c.GetDropped(), c.GetIfDropped(),
+			c.GetIpPackets(), c.GetNonIp(), c.GetMalformed(), c.GetPublishedBatches(), c.GetIpBytes(),
+			c.GetRingPackets(), c.GetRingFreezes(), c.GetBufferDropped(), c.GetArp()})
+		if seen[src] { // the key is (time, sensor, boot, seq, source): the first entry of a source wins
+			continue
+		}
+		seen[src] = true
+		b.childRows = append(b.childRows, []any{t, sensor, boot, seq, src, i64(c.GetReceived()), i64(c.GetDropped()),
+			i64(c.GetIfDropped()), i64(c.GetIpPackets()), i64(c.GetIpBytes()), i64(c.GetNonIp()), i64(c.GetMalformed()),
+			i64(c.GetRingPackets()), i64(c.GetRingFreezes()), i64(c.GetBufferDropped()), i64(c.GetArp())})
+		b.childDays[dayOf(t)] = struct{}{}
 	}
 	finite := func(v float64) float64 {
 		if math.IsNaN(v) || math.IsInf(v, 0) {

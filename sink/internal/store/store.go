@@ -132,7 +132,7 @@ func Open(ctx context.Context, dsn string, log *slog.Logger, m *Metrics) (*Store
 		return nil, fmt.Errorf("parse database url: %w", err)
 	}
 	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
-		for _, t := range []*table{flowsTable, alertsTable, metricsTable} {
+		for _, t := range stagedTables {
 			q := fmt.Sprintf("CREATE TEMP TABLE IF NOT EXISTS %s (LIKE %s INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
 				t.stage, t.name)
 			if _, err := c.Exec(ctx, q); err != nil {

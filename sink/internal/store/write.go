@@ -48,11 +48,13 @@ func (s *Store) WriteFlows(ctx context.Context, batches []*pb.FlowBatch) (Result
 	if err != nil {
 		return res, err
 	}
-	more, err := s.ensurePartitions(ctx, rollupTable, b.days)
-	if err != nil {
-		return res, err
+	for _, t := range rollupTables {
+		more, err := s.ensurePartitions(ctx, t, b.days)
+		if err != nil {
+			return res, err
+		}
+		names = append(names, more...)
 	}
-	names = append(names, more...)
 	if !s.flowDups.Load() {
 		res.Inserted, err = s.commitFlows(ctx, b, names, true)
 		if err == nil {
@@ -60,20 +62,26 @@ func (s *Store) WriteFlows(ctx context.Context, batches []*pb.FlowBatch) (Result
 		}
 		if !isUniqueViolation(err) {
 			// A partition may have been dropped under the cache: re-check next time.
-			s.forget(flowsTable)
-			s.forget(rollupTable)
+			s.forgetFlows()
 			return res, err
 		}
 		s.flowDups.Store(true)
 	}
 	res.Inserted, err = s.commitFlows(ctx, b, names, false)
 	if err != nil {
-		s.forget(flowsTable)
-		s.forget(rollupTable)
+		s.forgetFlows()
 		return res, err
 	}
 	s.flowDups.Store(res.Inserted < res.Rows)
 	return res, nil
+}
+
+// forgetFlows forgets the cached partitions of flows and its rollups.
+func (s *Store) forgetFlows() {
+	s.forget(flowsTable)
+	for _, t := range rollupTables {
+		s.forget(t)
+	}
 }
 
 // getFlowBatch is an empty flowBatch, reusing the buffers of an earlier
@@ -137,15 +145,32 @@ func (s *Store) commitFlows(ctx context.Context, b *flowBatch, parts []string, f
 		if inserted = int(tag.RowsAffected()); inserted != b.rows {
 			return 0, fmt.Errorf("write %d flows: copy stored %d rows", b.rows, inserted)
 		}
-		if _, err := tx.Exec(ctx, upsertRollup, b.rollupRows()...); err != nil {
-			return 0, fmt.Errorf("write %d flows: rollup: %w", b.rows, err)
-		}
+		b.sumAll()
 	} else {
 		if _, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(b.copy.b), copyFlowsStage); err != nil {
 			return 0, fmt.Errorf("write %d flows: copy: %w", b.rows, err)
 		}
-		if err := tx.QueryRow(ctx, flowsTable.ins).Scan(&inserted); err != nil {
+		rows, err := tx.Query(ctx, flowsTable.ins)
+		if err != nil {
 			return 0, fmt.Errorf("write %d flows: insert: %w", b.rows, err)
+		}
+		ids := make(map[string]struct{}, b.rows)
+		var id string
+		_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
+			ids[id] = struct{}{}
+			return nil
+		})
+		if err != nil {
+			return 0, fmt.Errorf("write %d flows: insert: %w", b.rows, err)
+		}
+		inserted = len(ids)
+		b.sumInserted(ids)
+	}
+	var rb pgx.Batch
+	b.rollup.queue(&rb)
+	if rb.Len() > 0 {
+		if err := tx.SendBatch(ctx, &rb).Close(); err != nil {
+			return 0, fmt.Errorf("write %d flows: rollups: %w", b.rows, err)
 		}
 	}
 	if err := finish(ctx, tx, parts, b.sensors); err != nil {
@@ -189,10 +214,20 @@ func (s *Store) write(ctx context.Context, t *table, b *rowBatch) (Result, error
 	if err != nil {
 		return res, err
 	}
+	if len(b.childRows) > 0 {
+		more, err := s.ensurePartitions(ctx, b.child, b.childDays)
+		if err != nil {
+			return res, err
+		}
+		names = append(names, more...)
+	}
 	res.Inserted, err = s.commit(ctx, t, b, names)
 	if err != nil {
 		// A partition may have been dropped under the cache: re-check next time.
 		s.forget(t)
+		if b.child != nil {
+			s.forget(b.child)
+		}
 		return res, err
 	}
 	return res, nil
@@ -215,6 +250,15 @@ func (s *Store) commit(ctx context.Context, t *table, b *rowBatch, parts []strin
 		return 0, fmt.Errorf("write %d %s: insert: %w", len(b.rows), t.name, err)
 	}
 	inserted := int(tag.RowsAffected())
+	if len(b.childRows) > 0 {
+		c := b.child
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{c.stage}, c.cols, pgx.CopyFromRows(b.childRows)); err != nil {
+			return 0, fmt.Errorf("write %d %s: copy: %w", len(b.childRows), c.name, err)
+		}
+		if _, err := tx.Exec(ctx, c.ins); err != nil {
+			return 0, fmt.Errorf("write %d %s: insert: %w", len(b.childRows), c.name, err)
+		}
+	}
 	if err := finish(ctx, tx, parts, b.sensors); err != nil {
 		return 0, fmt.Errorf("write %d %s: %w", len(b.rows), t.name, err)
 	}
