@@ -35,7 +35,8 @@ const DefaultDatabaseURL = "postgres://netwatch:netwatch@127.0.0.1:5432/netwatch
 type config struct {
 	ops.Common
 	DatabaseURL       string
-	MigrateOnly       bool
+	MigrateOnly       bool // -migrate-only or the migrate command: apply the migrations and exit
+	MigrateCmd        bool // the migrate command: also print the schema version
 	BatchSize         int           // rows per write
 	BatchFlush        time.Duration // longest a row waits in a batch
 	BatchWriters      int           // batches of one table written at once
@@ -93,7 +94,15 @@ func parseDays(s string) (time.Duration, error) {
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
 	c := &config{RetentionFlows: 30 * 24 * time.Hour, RetentionAlerts: 90 * 24 * time.Hour,
 		RetentionMetrics: 7 * 24 * time.Hour, RetentionRollups: 90 * 24 * time.Hour}
+	migrateCmd := len(args) > 0 && args[0] == "migrate"
+	if migrateCmd {
+		args = args[1:]
+	}
 	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: sink [flags]          run the sink\n       sink migrate [flags]  apply the schema migrations, print the schema version and exit\n")
+		fs.PrintDefaults()
+	}
 	fs.SetOutput(stderr)
 	c.Common.Register(fs, "127.0.0.1:9104")
 	fs.StringVar(&c.DatabaseURL, "database.url", DefaultDatabaseURL, "PostgreSQL URL (env NETWATCH_DATABASE_URL, else DATABASE_URL)")
@@ -109,6 +118,12 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.DurationVar(&c.RetentionInterval, "retention.interval", time.Hour, "how often expired partitions are dropped")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (the only command is migrate, first)", fs.Arg(0))
+	}
+	if migrateCmd {
+		c.MigrateCmd, c.MigrateOnly = true, true
 	}
 	given := false
 	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "database.url" })
@@ -173,28 +188,61 @@ func main() {
 	log := cfg.Logger(os.Stderr, "sink")
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if cfg.MigrateCmd {
+		if err := migrateCommand(ctx, cfg, log, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "sink migrate:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(ctx, cfg, log); err != nil {
 		log.Error("sink failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-// migrate applies the migrations, retrying while the database is unreachable.
-func migrate(ctx context.Context, cfg *config, log *slog.Logger) error {
+// migrate applies the migrations, retrying while the database is
+// unreachable (up to until when not zero). A schema newer than this binary
+// knows is not retried. It returns the schema version and the versions
+// applied.
+func migrate(ctx context.Context, cfg *config, log *slog.Logger, until time.Time) (int64, []int64, error) {
 	wait := 200 * time.Millisecond
 	for {
-		_, err := store.Migrate(ctx, cfg.DatabaseURL, log.With("component", "migrate"))
+		applied, v, err := store.MigrateVersion(ctx, cfg.DatabaseURL, log.With("component", "migrate"))
 		if err == nil {
-			return nil
+			return v, applied, nil
+		}
+		var newer *store.ErrSchemaNewer
+		if errors.As(err, &newer) || (!until.IsZero() && time.Now().After(until)) {
+			return 0, nil, err
 		}
 		log.Warn("migrate failed, retrying", "err", err)
 		select {
 		case <-ctx.Done():
-			return errors.Join(err, ctx.Err())
+			return 0, nil, errors.Join(err, ctx.Err())
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, 5*time.Second)
 	}
+}
+
+// migrateCommand is `sink migrate`: apply the migrations (waiting up to
+// 30 s for the database), print the schema version to out and return.
+func migrateCommand(ctx context.Context, cfg *config, log *slog.Logger, out io.Writer) error {
+	v, applied, err := migrate(ctx, cfg, log, time.Now().Add(30*time.Second))
+	if err != nil {
+		return err
+	}
+	if len(applied) == 0 {
+		fmt.Fprintf(out, "schema version %d (up to date)\n", v)
+		return nil
+	}
+	s := make([]string, len(applied))
+	for i, a := range applied {
+		s[i] = strconv.FormatInt(a, 10)
+	}
+	fmt.Fprintf(out, "schema version %d (applied %s)\n", v, strings.Join(s, ", "))
+	return nil
 }
 
 func run(ctx context.Context, cfg *config, log *slog.Logger) error {
@@ -219,7 +267,7 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 		}
 	}()
 
-	if err := migrate(ctx, cfg, log); err != nil {
+	if _, _, err := migrate(ctx, cfg, log, time.Time{}); err != nil {
 		return err
 	}
 	if cfg.MigrateOnly {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -68,20 +70,29 @@ func buildSink(t *testing.T) string {
 func TestMigrateOnlyAndCheckConfig(t *testing.T) {
 	dsn := testkit.Postgres(t)
 	bin := buildSink(t)
-	run := func(args ...string) {
+	run := func(args ...string) string {
 		t.Helper()
 		cmd := exec.Command(bin, args...)
-		cmd.Env = append(os.Environ(), "NETWATCH_DATABASE_URL="+dsn)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("sink %v: %v\n%s", args, err, out)
+		cmd.Env = append(os.Environ(), "NETWATCH_DATABASE_URL="+dsn, "NETWATCH_LOG_LEVEL=error")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("sink %v: %v\n%s", args, err, stderr.String())
 		}
+		return stdout.String()
 	}
 	run("-check-config")
 	if err := exec.Command(bin, "-check-config", "-batch.size", "0").Run(); err == nil {
 		t.Error("-check-config accepted -batch.size 0")
 	}
-	run("-migrate-only", "-http.addr", "")
-	run("-migrate-only", "-http.addr", "") // idempotent
+	out := run("migrate", "-http.addr", "")
+	if out != "schema version 7 (applied 1, 2, 3, 4, 5, 6, 7)\n" {
+		t.Errorf("sink migrate printed %q", out)
+	}
+	if out := run("migrate"); out != "schema version 7 (up to date)\n" {
+		t.Errorf("sink migrate again printed %q", out)
+	}
+	run("-migrate-only", "-http.addr", "") // the flag form, idempotent
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, dsn)
 	if err != nil {
@@ -91,6 +102,25 @@ func TestMigrateOnlyAndCheckConfig(t *testing.T) {
 	var v int64
 	if err := pool.QueryRow(ctx, "SELECT max(version_id) FROM goose_db_version").Scan(&v); err != nil || v != 7 {
 		t.Fatalf("goose version %d, %v; want 7", v, err)
+	}
+	// A schema migrated by a newer sink: both the command and the service
+	// refuse it at once with a clear error (exit 1), without retrying.
+	if _, err := pool.Exec(ctx, "INSERT INTO goose_db_version (version_id, is_applied) VALUES (8, true)"); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"migrate"}, {"-http.addr", "", "-nats.url", "nats://127.0.0.1:1"}} {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), "NETWATCH_DATABASE_URL="+dsn)
+		t0 := time.Now()
+		b, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 || time.Since(t0) > 20*time.Second ||
+			!strings.Contains(string(b), "database schema version 8 is newer than this sink knows (7)") {
+			t.Errorf("sink %v with schema 8: %v after %v\n%s", args, err, time.Since(t0), b)
+		}
+	}
+	if err := exec.Command(bin, "migrate", "extra").Run(); err == nil {
+		t.Error("sink migrate extra: no error")
 	}
 }
 

@@ -37,45 +37,84 @@ var migrations embed.FS
 // Migrate applies every pending migration in migrations/ to the schema the
 // DSN selects (goose, versioned, embedded) and returns the versions applied.
 // Several sinks starting together serialise on a session advisory lock keyed
-// by the schema name. Running it again applies nothing.
+// by the schema name. Running it again applies nothing. A database whose
+// schema version is newer than this binary knows is an *ErrSchemaNewer.
 func Migrate(ctx context.Context, dsn string, log *slog.Logger) ([]int64, error) {
+	applied, _, err := MigrateVersion(ctx, dsn, log)
+	return applied, err
+}
+
+// ErrSchemaNewer is the error of Migrate when the database was migrated by a
+// newer sink: this binary must not write to a schema it does not know.
+type ErrSchemaNewer struct {
+	Database int64 // goose_db_version's highest version
+	Known    int64 // the highest migration embedded in this binary
+}
+
+func (e *ErrSchemaNewer) Error() string {
+	return fmt.Sprintf("database schema version %d is newer than this sink knows (%d): run a sink built with migration %d or later",
+		e.Database, e.Known, e.Database)
+}
+
+// KnownVersion is the highest migration version embedded in this binary.
+func KnownVersion() int64 {
+	ents, _ := fs.ReadDir(migrations, "migrations")
+	var v int64
+	for _, e := range ents {
+		if n, err := goose.NumericComponent(e.Name()); err == nil && n > v {
+			v = n
+		}
+	}
+	return v
+}
+
+// MigrateVersion is Migrate that also returns the schema version after it.
+func MigrateVersion(ctx context.Context, dsn string, log *slog.Logger) (applied []int64, version int64, err error) {
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("parse database url: %w", err)
+		return nil, 0, fmt.Errorf("parse database url: %w", err)
 	}
 	db := stdlib.OpenDB(*cfg)
 	defer db.Close()
 	var schemaName sql.NullString
 	if err := db.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schemaName); err != nil {
-		return nil, fmt.Errorf("migrate: query current schema: %w", err)
+		return nil, 0, fmt.Errorf("migrate: query current schema: %w", err)
 	}
 	if !schemaName.Valid {
-		return nil, errors.New("migrate: no current schema: the search_path names no existing schema")
+		return nil, 0, errors.New("migrate: no current schema: the search_path names no existing schema")
 	}
 	locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(lockKey("goose:"+schemaName.String)),
 		lock.WithLockTimeout(1, 600))
 	if err != nil {
-		return nil, fmt.Errorf("migrate: %w", err)
+		return nil, 0, fmt.Errorf("migrate: %w", err)
 	}
 	sub, err := fs.Sub(migrations, "migrations")
 	if err != nil {
-		return nil, fmt.Errorf("migrate: %w", err)
+		return nil, 0, fmt.Errorf("migrate: %w", err)
 	}
 	p, err := goose.NewProvider(goose.DialectPostgres, db, sub, goose.WithSessionLocker(locker),
 		goose.WithDisableGlobalRegistry(true))
 	if err != nil {
-		return nil, fmt.Errorf("migrate: %w", err)
+		return nil, 0, fmt.Errorf("migrate: %w", err)
+	}
+	cur, err := p.GetDBVersion(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("migrate: schema version: %w", err)
+	}
+	if known := KnownVersion(); cur > known {
+		return nil, cur, &ErrSchemaNewer{Database: cur, Known: known}
 	}
 	res, err := p.Up(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("migrate: %w", err)
+		return nil, 0, fmt.Errorf("migrate: %w", err)
 	}
-	var applied []int64
+	version = cur
 	for _, r := range res {
 		applied = append(applied, r.Source.Version)
+		version = max(version, r.Source.Version)
 		log.Info("migration applied", "version", r.Source.Version, "file", r.Source.Path, "duration", r.Duration)
 	}
-	return applied, nil
+	return applied, version, nil
 }
 
 // lockKey is a 63-bit advisory-lock key for name (FNV-1a 64).
