@@ -167,6 +167,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if r, ok := src.(capture.Reader); ok && file {
+		// file reading on its own core, ahead of decoding and publishing
+		src = capture.ReadAhead(r)
+	}
 	if !file {
 		filter, _ := a.cfg.Filter()
 		a.log.Info("capturing", "interface", a.cfg.Interface, "method", a.cfg.CaptureMethod, "fanout", a.cfg.Fanout,

@@ -1,6 +1,9 @@
 package publish
 
 import (
+	"encoding/binary"
+	"slices"
+
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"netwatch/agent/internal/decode"
@@ -27,32 +30,57 @@ func appendUint(b []byte, num protowire.Number, v uint64) []byte {
 	if v == 0 {
 		return b
 	}
-	b = protowire.AppendTag(b, num, protowire.VarintType)
-	return protowire.AppendVarint(b, v)
+	return appendVarint(appendTag(b, num, protowire.VarintType), v)
+}
+
+// appendTag appends a field tag; every field number here is below 2048, so
+// the tag takes one or two bytes. Inlined, unlike protowire.AppendTag.
+func appendTag(b []byte, num protowire.Number, typ protowire.Type) []byte {
+	t := uint64(num)<<3 | uint64(typ)
+	if t < 0x80 {
+		return append(b, byte(t))
+	}
+	return append(b, byte(t)|0x80, byte(t>>7))
+}
+
+// appendVarint appends v as a base-128 varint (protobuf encoding spec,
+// "Base 128 Varints"), writing in place after one capacity check.
+func appendVarint(b []byte, v uint64) []byte {
+	n := len(b)
+	if cap(b)-n < binary.MaxVarintLen64 {
+		b = slices.Grow(b, binary.MaxVarintLen64)
+	}
+	b = b[:n+binary.MaxVarintLen64]
+	for v >= 0x80 {
+		b[n] = byte(v) | 0x80
+		v >>= 7
+		n++
+	}
+	b[n] = byte(v)
+	return b[:n+1]
 }
 
 func appendBool(b []byte, num protowire.Number, v bool) []byte {
 	if !v {
 		return b
 	}
-	b = protowire.AppendTag(b, num, protowire.VarintType)
-	return append(b, 1)
+	return append(appendTag(b, num, protowire.VarintType), 1)
 }
 
 func appendBytes(b []byte, num protowire.Number, v []byte) []byte {
 	if len(v) == 0 {
 		return b
 	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendBytes(b, v)
+	b = appendVarint(appendTag(b, num, protowire.BytesType), uint64(len(v)))
+	return append(b, v...)
 }
 
 func appendString(b []byte, num protowire.Number, v string) []byte {
 	if v == "" {
 		return b
 	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendString(b, v)
+	b = appendVarint(appendTag(b, num, protowire.BytesType), uint64(len(v)))
+	return append(b, v...)
 }
 
 // appendSummary appends the pb.PacketSummary of p to b: the fields the

@@ -1,0 +1,84 @@
+package capture
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"path/filepath"
+	"testing"
+
+	"github.com/gopacket/gopacket/layers"
+
+	"netwatch/testkit"
+)
+
+func anyLink(layers.LinkType) error { return nil }
+
+// TestReadAheadSameFrames reads captures directly and through ReadAhead:
+// the same frames, capture info and link types in the same order, and the
+// same final error (io.EOF, or the *ReadError of a truncated file).
+func TestReadAheadSameFrames(t *testing.T) {
+	pcaps := testkit.Pcaps(t)
+	for _, f := range []string{
+		filepath.Join(pcaps, "attack-synflood-spoofed-sources.pcap"), // 37,841 frames: many chunks
+		filepath.Join(pcaps, "pcapng-2-interfaces-nsec-and-usec-dns.pcapng"),
+		filepath.Join("..", "..", "testdata", "truncated-mid-record.pcap"),
+	} {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			direct, err := Open(f, anyLink)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer direct.Close()
+			r, err := Open(f, anyLink)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ra := ReadAhead(r)
+			defer ra.Close()
+			n := 0
+			for {
+				d1, c1, l1, e1 := direct.Next()
+				d2, c2, l2, e2 := ra.Next()
+				if e1 != nil || e2 != nil {
+					var r1, r2 *ReadError
+					if !(e1 == e2 || (errors.As(e1, &r1) && errors.As(e2, &r2) && e1.Error() == e2.Error())) {
+						t.Fatalf("frame %d: errors %v and %v", n, e1, e2)
+					}
+					if e1 != io.EOF && r1 == nil {
+						t.Fatalf("frame %d: unexpected error %v", n, e1)
+					}
+					break
+				}
+				n++
+				if !bytes.Equal(d1, d2) || !c1.Timestamp.Equal(c2.Timestamp) || c1.Length != c2.Length ||
+					c1.CaptureLength != c2.CaptureLength || l1 != l2 {
+					t.Fatalf("frame %d differs", n)
+				}
+			}
+			if n == 0 {
+				t.Fatal("no frames")
+			}
+			// the error repeats
+			if _, _, _, err := ra.Next(); err == nil {
+				t.Fatal("Next after the end returned no error")
+			}
+		})
+	}
+}
+
+// TestReadAheadCloseEarly closes a read-ahead reader that was not drained:
+// the reading goroutine stops and Close returns.
+func TestReadAheadCloseEarly(t *testing.T) {
+	r, err := Open(filepath.Join(testkit.Pcaps(t), "attack-synflood-spoofed-sources.pcap"), anyLink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ra := ReadAhead(r)
+	if _, _, _, err := ra.Next(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ra.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
