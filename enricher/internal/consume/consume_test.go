@@ -2,7 +2,7 @@ package consume
 
 import (
 	"context"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
 	"netwatch/enricher/internal/flow"
@@ -48,7 +49,7 @@ func publishBatch(t *testing.T, js jetstream.JetStream, b *pb.PacketBatch) {
 func startStage(t *testing.T, js jetstream.JetStream) (stop func()) {
 	t.Helper()
 	cfg := Config{Flow: flow.DefaultConfig(), Publish: publish.Config{MaxFlows: 256, Linger: 20 * time.Millisecond},
-		WallTick: time.Hour, ShutdownFlush: true}
+		WallTick: time.Hour, ShutdownFlush: true, Instance: "test"}
 	s := New(js, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -272,5 +273,85 @@ func TestShutdownFlush(t *testing.T) {
 	flows, _, _ := readFlows(t, js)
 	if len(flows) != 1 || flows[0].EndReason != pb.EndReason_END_SHUTDOWN || !flows[0].Final {
 		t.Fatalf("flows %v", flows)
+	}
+}
+
+// readCounters fetches every COUNTERS message and its msg id.
+func readCounters(t *testing.T, js jetstream.JetStream) (msgs []*pb.TrafficCounters, ids []string) {
+	t.Helper()
+	c, err := js.OrderedConsumer(context.Background(), schema.StreamCounters, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		batch, err := c.FetchNoWait(100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			var tc pb.TrafficCounters
+			if err := proto.Unmarshal(m.Data(), &tc); err != nil {
+				t.Fatal(err)
+			}
+			if m.Subject() != schema.CountersSubject(tc.Sensor) {
+				t.Errorf("subject %s for sensor %s", m.Subject(), tc.Sensor)
+			}
+			msgs = append(msgs, &tc)
+			ids = append(ids, m.Headers().Get(jetstream.MsgIDHeader))
+		}
+		if n == 0 {
+			return
+		}
+	}
+}
+
+// TestCountersAndNames: a DNS response in one bucket names the server of a
+// flow in another bucket (the passive DNS cache is per sensor), and the
+// sensor's per-second counters reach COUNTERS with ids from sensor,
+// instance and second (hand counts: second 0 has the DNS query and
+// response, second 1 the SYN and SYN-ACK).
+func TestCountersAndNames(t *testing.T) {
+	_, _, js := testkit.JetStream(t)
+	stop := startStage(t, js)
+	server := netip.MustParseAddr("10.1.0.80").AsSlice()
+	bd := schema.PacketBucket(hostA, 53000, hostB, 53, 17, 0)
+	bt := schema.PacketBucket(hostA, 40000, server, 80, 6, 0)
+	q := udp(0.1, hostA, 53000, hostB, 53, 30)
+	r := udp(0.2, hostB, 53, hostA, 53000, 46)
+	r.DnsResponse, r.DnsQuery = true, "web.example"
+	r.DnsAnswers = []*pb.DNSAnswer{{Name: "web.example", Type: 1, Addr: server, Ttl: 300}}
+	synP := &pb.PacketSummary{TsNs: t0 + 1.1e9, SrcAddr: hostA, DstAddr: server, SrcPort: 40000, DstPort: 80, Proto: 6, IpBytes: 60, TcpFlags: 0x02}
+	synAck := &pb.PacketSummary{TsNs: t0 + 1.2e9, SrcAddr: server, DstAddr: hostA, SrcPort: 80, DstPort: 40000, Proto: 6, IpBytes: 60, TcpFlags: 0x12}
+	publishBatch(t, js, &pb.PacketBatch{Sensor: "s5", Boot: "b", Seq: 1, Bucket: bd, Packets: []*pb.PacketSummary{q, r}})
+	publishBatch(t, js, &pb.PacketBatch{Sensor: "s5", Boot: "b", Seq: 2, Bucket: bt, Packets: []*pb.PacketSummary{synP, synAck}})
+	for i, b := range []uint32{bd, bt} {
+		publishBatch(t, js, &pb.PacketBatch{Sensor: "s5", Boot: "b", Seq: uint64(10 + i), Bucket: b, EndOfInput: true})
+	}
+	testkit.Eventually(t, 5*time.Second, func() bool { return packetsDone(t, js) }, "PACKETS not all acked")
+	stop()
+	flows, _, _ := readFlows(t, js)
+	var named bool
+	for _, f := range flows {
+		if f.RespPort == 80 {
+			named = f.RespName == "web.example" && f.OrigName == ""
+		}
+	}
+	if len(flows) != 2 || !named {
+		t.Errorf("flows %v", flows)
+	}
+	msgs, ids := readCounters(t, js)
+	if len(msgs) != 2 {
+		t.Fatalf("%d COUNTERS messages, want 2", len(msgs))
+	}
+	want := []*pb.CounterSet{{Packets: 2, IpBytes: 58 + 74, DnsResponses: 1, Sources: 2}, {Packets: 2, IpBytes: 120, Syn: 1, SynAck: 1, Sources: 2}}
+	for i, m := range msgs {
+		if m.Sensor != "s5" || m.SecondNs != t0+int64(i)*1e9 || !proto.Equal(m.Total, want[i]) || len(m.Responders) != 2 {
+			t.Errorf("second %d: %v", i, m)
+		}
+		if wantID := fmt.Sprintf("s5.test.%d", t0/1e9+int64(i)); ids[i] != wantID {
+			t.Errorf("msg id %s, want %s", ids[i], wantID)
+		}
 	}
 }

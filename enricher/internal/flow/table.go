@@ -245,8 +245,11 @@ func (t *Table) Add(p *pb.PacketSummary, ref Ref) {
 	if ts > e.recLast {
 		e.recLast = ts
 	}
-	if ts < e.recStart {
+	if ts < e.recStart { // time went backwards: the record (and flow) starts at its earliest packet
 		e.recStart = ts
+		if e.recIndex == 0 {
+			e.flowStart = ts
+		}
 	}
 	if (k.Proto == 1 || k.Proto == 58) && d == 0 && !e.icmpOrig {
 		e.icmpType, e.icmpCode, e.icmpOrig = uint8(p.IcmpType), uint8(p.IcmpCode), true
