@@ -10,7 +10,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"netwatch/api/internal/live"
 	"netwatch/api/internal/server"
 	"netwatch/api/internal/web"
 	"netwatch/schema/ops"
@@ -29,6 +32,12 @@ type Config struct {
 	DatabaseURL  string        // -database.url; NETWATCH_DATABASE_URL, else DATABASE_URL
 	LiveBuffer   int           // -live.buffer: messages queued per WebSocket client
 	QueryTimeout time.Duration // -query.timeout: database work per request
+	ReadTokens   string        // -auth.read-tokens: comma-separated name=secret or secret
+	AdminTokens  string        // -auth.admin-tokens: same, tokens that may also change alerts
+	TokenFile    string        // -auth.token-file: "read|admin name secret" lines
+	StallTimeout time.Duration // -live.stall-timeout
+	// Tokens are all the configured tokens (filled by Validate).
+	Tokens []server.Token
 }
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*Config, error) {
@@ -39,6 +48,10 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&c.DatabaseURL, "database.url", defaultDatabaseURL, "PostgreSQL URL (env NETWATCH_DATABASE_URL, else DATABASE_URL)")
 	fs.IntVar(&c.LiveBuffer, "live.buffer", 1024, "messages queued per live WebSocket client before dropping")
 	fs.DurationVar(&c.QueryTimeout, "query.timeout", 30*time.Second, "time limit of one request's database work")
+	fs.StringVar(&c.ReadTokens, "auth.read-tokens", "", "bearer tokens that may read, comma-separated name=secret (or secret); none and no admin token: loopback only")
+	fs.StringVar(&c.AdminTokens, "auth.admin-tokens", "", "bearer tokens that may also acknowledge and close alerts, comma-separated name=secret")
+	fs.StringVar(&c.TokenFile, "auth.token-file", "", "file of tokens, one a line: read|admin name secret")
+	fs.DurationVar(&c.StallTimeout, "live.stall-timeout", live.DefaultStallTimeout, "disconnect a WebSocket client that keeps losing messages this long (0: never)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -73,7 +86,46 @@ func (c *Config) Validate() error {
 	if c.QueryTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("-query.timeout %s: want > 0", c.QueryTimeout))
 	}
+	if c.StallTimeout < 0 {
+		errs = append(errs, fmt.Errorf("-live.stall-timeout %s: want >= 0", c.StallTimeout))
+	}
+	c.Tokens = nil
+	if ts, err := server.ParseTokens(c.ReadTokens, false); err != nil {
+		errs = append(errs, fmt.Errorf("-auth.read-tokens: %w", err))
+	} else {
+		c.Tokens = append(c.Tokens, ts...)
+	}
+	if ts, err := server.ParseTokens(c.AdminTokens, true); err != nil {
+		errs = append(errs, fmt.Errorf("-auth.admin-tokens: %w", err))
+	} else {
+		c.Tokens = append(c.Tokens, ts...)
+	}
+	if c.TokenFile != "" {
+		if ts, err := server.ReadTokenFile(c.TokenFile); err != nil {
+			errs = append(errs, fmt.Errorf("-auth.token-file: %w", err))
+		} else {
+			c.Tokens = append(c.Tokens, ts...)
+		}
+	}
+	if len(c.Tokens) == 0 && c.HTTPAddr != "" && !loopback(c.HTTPAddr) {
+		errs = append(errs, fmt.Errorf("-http.addr %s is not a loopback address and no token is configured: "+
+			"set -auth.read-tokens / -auth.admin-tokens (or -auth.token-file), or listen on 127.0.0.1", c.HTTPAddr))
+	}
 	return errors.Join(errs...)
+}
+
+// loopback reports whether addr (host:port) listens on loopback only:
+// localhost or a loopback IP; an empty host means every interface.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // defaultDatabaseURL is the PostgreSQL of a one-machine install (the sink's default).
@@ -114,11 +166,12 @@ func run(ctx context.Context, cfg *Config) error {
 	defer nc.Close()
 
 	reg := ops.NewRegistry()
-	srv, err := server.New(pool, nc, reg, log, server.Options{})
+	srv, err := server.New(pool, nc, reg, log, server.Options{Tokens: cfg.Tokens})
 	if err != nil {
 		return err
 	}
 	srv.Hub.Buffer = cfg.LiveBuffer
+	srv.Hub.StallTimeout = cfg.StallTimeout
 	srv.API.QueryTimeout = cfg.QueryTimeout
 	if err := srv.Hub.Start(); err != nil {
 		return err
@@ -126,7 +179,7 @@ func run(ctx context.Context, cfg *Config) error {
 	hs := &http.Server{Addr: cfg.HTTPAddr, Handler: srv.Handler, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.ListenAndServe() }()
-	log.Info("api started", "http_addr", cfg.HTTPAddr, "dashboard_built", web.Built())
+	log.Info("api started", "http_addr", cfg.HTTPAddr, "dashboard_built", web.Built(), "tokens", len(cfg.Tokens))
 
 	select {
 	case err := <-errc:

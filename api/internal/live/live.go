@@ -22,6 +22,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
@@ -35,14 +36,16 @@ import (
 const (
 	DefaultBuffer       = 1024             // messages queued per client before dropping
 	DefaultPingInterval = 20 * time.Second // a client that answers no ping for 2 intervals is closed
-	writeTimeout        = 10 * time.Second
+	DefaultWriteTimeout = 10 * time.Second
+	DefaultStallTimeout = 10 * time.Second
 )
 
 // Hub subscribes to the pipeline's subjects and serves WebSocket clients on
 // /api/v1/live. The zero value is not usable: call New, then Start.
 type Hub struct {
 	nc   *nats.Conn
-	pool *pgxpool.Pool // for replay; nil disables it
+	js   jetstream.JetStream // for /api/v1/replay; nil disables it
+	pool *pgxpool.Pool       // for the flows replay of /api/v1/live; nil disables it
 	log  *slog.Logger
 
 	// Buffer is the number of messages queued per client; a client that
@@ -50,6 +53,14 @@ type Hub struct {
 	Buffer int
 	// PingInterval is how often clients are pinged.
 	PingInterval time.Duration
+	// WriteTimeout bounds one write to a client (a frame, a ping); a
+	// client whose socket stays full that long is disconnected.
+	WriteTimeout time.Duration
+	// StallTimeout: a client that keeps losing messages (its queue full at
+	// every one-second report) for this long is told how many it missed
+	// ({"type":"dropped","dropped":N,"closing":true}) and disconnected
+	// (close 1008). 0 means never.
+	StallTimeout time.Duration
 
 	upgrader websocket.Upgrader
 
@@ -71,6 +82,7 @@ type Hub struct {
 	mSent     *prometheus.CounterVec
 	mReceived *prometheus.CounterVec
 	mBad      *prometheus.CounterVec
+	mStalled  prometheus.Counter
 	sent      [numTypes]prometheus.Counter // mSent by type
 	received  [numTypes]prometheus.Counter // mReceived by type
 }
@@ -80,10 +92,11 @@ const (
 	typeFlow = iota
 	typeAlert
 	typeMetrics
+	typeCounters
 	numTypes
 )
 
-var typeNames = [numTypes]string{"flow", "alert", "metrics"}
+var typeNames = [numTypes]string{"flow", "alert", "metrics", "counters"}
 
 // allTypes is the mask of a client without a types filter.
 const allTypes = 1<<numTypes - 1
@@ -92,6 +105,7 @@ const allTypes = 1<<numTypes - 1
 // Its metrics are registered on reg.
 func New(nc *nats.Conn, pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Registerer) *Hub {
 	h := &Hub{nc: nc, pool: pool, log: log, Buffer: DefaultBuffer, PingInterval: DefaultPingInterval,
+		WriteTimeout: DefaultWriteTimeout, StallTimeout: DefaultStallTimeout,
 		clients:  map[*client]struct{}{},
 		upgrader: websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 16 << 10, EnableCompression: true},
 		mClients: prometheus.NewGauge(prometheus.GaugeOpts{Name: "netwatch_api_ws_clients",
@@ -102,11 +116,16 @@ func New(nc *nats.Conn, pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Reg
 			Help: "Messages queued to WebSocket clients, by type."}, []string{"type"}),
 		mReceived: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netwatch_api_live_received_total",
 			Help: "Records received from NATS for the live feed, by type."}, []string{"type"}),
+		mStalled: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_api_ws_stalled_disconnects_total",
+			Help: "WebSocket clients disconnected for staying too slow (StallTimeout)."}),
 		mBad: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netwatch_api_live_decode_errors_total",
 			Help: "NATS messages of the live feed that did not decode, by type."}, []string{"type"}),
 	}
+	if nc != nil {
+		h.js, _ = jetstream.New(nc)
+	}
 	if reg != nil {
-		reg.MustRegister(h.mClients, h.mDropped, h.mSent, h.mReceived, h.mBad)
+		reg.MustRegister(h.mClients, h.mDropped, h.mSent, h.mReceived, h.mBad, h.mStalled)
 	}
 	for i, n := range typeNames {
 		h.sent[i] = h.mSent.WithLabelValues(n)
@@ -186,6 +205,8 @@ func (h *Hub) subject(typ int) (string, nats.MsgHandler) {
 		return schema.FlowsPrefix + ".>", h.onFlows
 	case typeAlert:
 		return schema.AlertsPrefix + ".>", h.onAlert
+	case typeCounters:
+		return schema.CountersPrefix + ".>", h.onCounters
 	}
 	return schema.MetricsPrefix + ".>", h.onMetrics
 }
@@ -243,20 +264,25 @@ func (h *Hub) Clients() int {
 
 // event is one message for clients with what filters look at.
 type event struct {
-	typ    string // flow, alert, metrics
-	sensor string
-	addrs  [2]netip.Addr // flow or alert; invalid when absent
-	ports  [2]int        // flows only
-	proto  int           // flows only
-	data   []byte        // the JSON message
+	typ      string // flow, alert, metrics
+	sensor   string
+	addrs    [2]netip.Addr // flow or alert; invalid when absent
+	ports    [2]int        // flows only
+	proto    int           // flows only
+	severity int           // alerts only: record.SeverityRank
+	data     []byte        // the JSON message
 }
 
 type message struct {
-	Type    string          `json:"type"`
-	Flow    *record.Flow    `json:"flow,omitempty"`
-	Alert   *record.Alert   `json:"alert,omitempty"`
-	Metrics *record.Metrics `json:"metrics,omitempty"`
-	Dropped uint64          `json:"dropped,omitempty"`
+	Type     string           `json:"type"`
+	Flow     *record.Flow     `json:"flow,omitempty"`
+	Alert    *record.Alert    `json:"alert,omitempty"`
+	Metrics  *record.Metrics  `json:"metrics,omitempty"`
+	Counters *record.Counters `json:"counters,omitempty"`
+	Dropped  uint64           `json:"dropped,omitempty"`
+	// Closing is set on the last dropped report before the server closes a
+	// client that stayed too slow (StallTimeout).
+	Closing bool `json:"closing,omitempty"`
 }
 
 func marshal(m message) []byte {
@@ -374,7 +400,7 @@ func (h *Hub) onAlert(m *nats.Msg) {
 		a.Sensor = schema.SensorFromSubject(m.Subject)
 	}
 	e := event{typ: "alert", sensor: a.GetSensor(), addrs: [2]netip.Addr{parseAddr(a.GetOrigAddr()), parseAddr(a.GetRespAddr())},
-		proto: -1, ports: [2]int{-1, -1}}
+		proto: -1, ports: [2]int{-1, -1}, severity: int(a.GetSeverity())}
 	h.broadcast(typeAlert, &e, func() []byte {
 		al := record.AlertFromPB(&a)
 		return marshal(message{Type: "alert", Alert: &al})
@@ -395,6 +421,23 @@ func (h *Hub) onMetrics(m *nats.Msg) {
 	h.broadcast(typeMetrics, &e, func() []byte {
 		mt := record.MetricsFromPB(&x)
 		return marshal(message{Type: "metrics", Metrics: &mt})
+	})
+}
+
+func (h *Hub) onCounters(m *nats.Msg) {
+	var x pb.TrafficCounters
+	if err := proto.Unmarshal(m.Data, &x); err != nil {
+		h.mBad.WithLabelValues("counters").Inc()
+		return
+	}
+	h.received[typeCounters].Inc()
+	if x.GetSensor() == "" {
+		x.Sensor = schema.SensorFromSubject(m.Subject)
+	}
+	e := event{typ: "counters", sensor: x.GetSensor(), proto: -1, ports: [2]int{-1, -1}}
+	h.broadcast(typeCounters, &e, func() []byte {
+		c := record.CountersFromPB(&x)
+		return marshal(message{Type: "counters", Counters: &c})
 	})
 }
 
@@ -425,9 +468,12 @@ func (h *Hub) broadcast(typ int, e *event, encode func() []byte) {
 type Filter struct {
 	Types  map[string]bool // nil: all
 	Sensor string
-	Addr   netip.Prefix // invalid: any
-	Port   int          // -1 any
-	Proto  int          // -1 any
+	// MinSeverity is the least severity rank (record.SeverityRank) of the
+	// alerts wanted; 0 all.
+	MinSeverity int
+	Addr        netip.Prefix // invalid: any
+	Port        int          // -1 any
+	Proto       int          // -1 any
 }
 
 // ParseFilter reads a Filter from URL query parameters.
@@ -439,12 +485,12 @@ func ParseFilter(r *http.Request) (Filter, error) {
 		for _, t := range strings.Split(v, ",") {
 			t = strings.TrimSpace(t)
 			switch t {
-			case "flow", "alert", "metrics":
+			case "flow", "alert", "metrics", "counters":
 				f.Types[t] = true
 			case "flows", "alerts":
 				f.Types[strings.TrimSuffix(t, "s")] = true
 			default:
-				return f, fmt.Errorf("types: %q is not flow, alert or metrics", t)
+				return f, fmt.Errorf("types: %q is not flow, alert, metrics or counters", t)
 			}
 		}
 	}
@@ -464,6 +510,11 @@ func ParseFilter(r *http.Request) (Filter, error) {
 	}
 	if f.Proto, err = rest.ParseProto(q.Get("proto")); err != nil {
 		return f, err
+	}
+	if v := q.Get("severity"); v != "" {
+		if f.MinSeverity = record.SeverityRank(v); f.MinSeverity == 0 {
+			return f, fmt.Errorf("severity: %q is not one of info, low, medium, high, critical", v)
+		}
 	}
 	return f, nil
 }
@@ -495,14 +546,14 @@ func (f *Filter) matchFields(e *event) bool {
 	if f.Sensor != "" && f.Sensor != e.sensor {
 		return false
 	}
-	if e.typ == "metrics" {
+	if e.typ == "metrics" || e.typ == "counters" {
 		return true
 	}
 	if f.Addr.IsValid() && !f.Addr.Contains(e.addrs[0]) && !f.Addr.Contains(e.addrs[1]) {
 		return false
 	}
 	if e.typ == "alert" {
-		return true
+		return e.severity >= f.MinSeverity
 	}
 	if f.Port >= 0 && f.Port != e.ports[0] && f.Port != e.ports[1] {
 		return false
@@ -544,6 +595,16 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rest.WriteError(w, http.StatusBadRequest, "this endpoint is a WebSocket: send an Upgrade request")
 		return
 	}
+	var run func(ctx context.Context, c *client) error
+	if rp != nil {
+		run = func(ctx context.Context, c *client) error { return h.replay(ctx, c, rp) }
+	}
+	h.serve(w, r, f, run)
+}
+
+// serve runs one WebSocket connection: live messages of f when run is nil,
+// else what run queues (a replay, which gets no live messages).
+func (h *Hub) serve(w http.ResponseWriter, r *http.Request, f Filter, run func(ctx context.Context, c *client) error) {
 	h.mu.Lock()
 	closed := h.closed
 	if !closed {
@@ -556,7 +617,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer h.wg.Done()
 	var mask uint8
-	if rp == nil {
+	if run == nil {
 		// Subscribe before the handshake completes, so that the client
 		// gets everything published once it is connected.
 		mask = f.mask()
@@ -575,7 +636,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// every client (a new deflate stream per message, no context
 	// takeover) costs more CPU than the rest of the feed.
 	conn.EnableWriteCompression(false)
-	c := &client{conn: conn, send: make(chan []byte, max(h.Buffer, 1)), filter: f, mask: mask, live: rp == nil, done: make(chan struct{})}
+	c := &client{conn: conn, send: make(chan []byte, max(h.Buffer, 1)), filter: f, mask: mask, live: run == nil, done: make(chan struct{})}
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
@@ -594,14 +655,14 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	go h.read(c)
-	if rp != nil {
+	if run != nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		go func() {
 			<-c.done
 			cancel()
 		}()
 		go func() {
-			if err := h.replay(ctx, c, rp); err != nil && !errors.Is(err, context.Canceled) {
+			if err := run(ctx, c); err != nil && !errors.Is(err, context.Canceled) {
 				h.log.Warn("replay", "err", err)
 				select {
 				case c.send <- marshalError(err):
@@ -635,16 +696,24 @@ func (h *Hub) read(c *client) {
 	}
 }
 
-// write sends queued messages, pings, and drop reports until c stops.
+// write is the connection's one writer: it sends queued messages, pings
+// and drop reports until c stops, and disconnects a client that stayed too
+// slow for StallTimeout after telling it how many messages it missed.
 func (h *Hub) write(c *client) {
 	ping := time.NewTicker(h.PingInterval)
 	defer ping.Stop()
 	report := time.NewTicker(time.Second)
 	defer report.Stop()
+	wt := h.WriteTimeout
+	if wt <= 0 {
+		wt = DefaultWriteTimeout
+	}
 	send := func(b []byte) bool {
-		_ = c.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+		_ = c.conn.SetWriteDeadline(time.Now().Add(wt))
 		return c.conn.WriteMessage(websocket.TextMessage, b) == nil
 	}
+	var stalled time.Duration // consecutive reports with drops
+	var missed uint64         // dropped during the stall
 	for {
 		select {
 		case b := <-c.send:
@@ -653,14 +722,27 @@ func (h *Hub) write(c *client) {
 				return
 			}
 		case <-report.C:
-			if n := c.dropped.Swap(0); n > 0 {
-				if !send(marshal(message{Type: "dropped", Dropped: n})) {
-					c.stop()
-					return
-				}
+			n := c.dropped.Swap(0)
+			if n == 0 {
+				stalled, missed = 0, 0
+				continue
+			}
+			stalled += time.Second
+			missed += n
+			if h.StallTimeout > 0 && stalled >= h.StallTimeout {
+				h.mStalled.Inc()
+				_ = send(marshal(message{Type: "dropped", Dropped: n, Closing: true}))
+				_ = c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation,
+					fmt.Sprintf("too slow: %d messages dropped", missed)), time.Now().Add(time.Second))
+				c.stop()
+				return
+			}
+			if !send(marshal(message{Type: "dropped", Dropped: n})) {
+				c.stop()
+				return
 			}
 		case <-ping.C:
-			if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {
+			if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(wt)); err != nil {
 				c.stop()
 				return
 			}

@@ -23,6 +23,9 @@ func appendFlowCases() []*pb.Flow {
 			ServerName: "a<b>&\"c\\\n\t\r\b\f\x01\x7f é \u2028\u2029 日本", History: "ShADadFf", ConnState: "SF",
 			OrigName: "\xff\xfe bad utf8", RespName: "x", Direction: "outbound", Vlan: 4095, InnerVlan: 7},
 		{StartNs: 0, EndNs: math.MaxInt64, RecordIndex: math.MaxUint32, OrigPkts: math.MaxUint64},
+		{OrigCountry: "SE", OrigCity: "Malmö", OrigAsn: math.MaxUint32, OrigAsOrg: "Example \"AS\"", RespCountry: "US",
+			RespCity: "<x>", RespAsn: 15169, RespAsOrg: "GOOGLE", AppFromPort: true, Ja3: "e7d705a3286e19ea42f587b344ee6865",
+			Ja4: "t13d1516h2_8daaf6152771_02713d6af862", HttpUserAgent: "curl/8.5.0 \u2028\x00"},
 	}
 }
 

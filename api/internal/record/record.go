@@ -80,6 +80,18 @@ type Flow struct {
 	Direction        string  `json:"direction"`
 	OrigName         string  `json:"orig_name"` // names learned from DNS answers
 	RespName         string  `json:"resp_name"`
+	OrigCountry      string  `json:"orig_country"` // ISO 3166-1 alpha-2; "" unknown
+	OrigCity         string  `json:"orig_city"`
+	OrigASN          int64   `json:"orig_asn"` // autonomous system number; 0 unknown
+	OrigASOrg        string  `json:"orig_as_org"`
+	RespCountry      string  `json:"resp_country"`
+	RespCity         string  `json:"resp_city"`
+	RespASN          int64   `json:"resp_asn"`
+	RespASOrg        string  `json:"resp_as_org"`
+	AppFromPort      bool    `json:"app_from_port"`   // app named from the responder port, not the payload
+	JA3              string  `json:"ja3"`             // JA3 of the originator's TLS ClientHello, MD5 hex
+	JA4              string  `json:"ja4"`             // JA4 of the originator's TLS ClientHello
+	HTTPUserAgent    string  `json:"http_user_agent"` // first HTTP/1 User-Agent the originator sent
 }
 
 // Alert is one alert (a row of the alerts table).
@@ -98,7 +110,18 @@ type Alert struct {
 	Score       float64         `json:"score"` // 0..1
 	WindowStart *Time           `json:"window_start,omitempty"`
 	WindowEnd   *Time           `json:"window_end,omitempty"`
+	Status      string          `json:"status"`              // open, acknowledged, closed
+	StatusBy    string          `json:"status_by"`           // who set the status ("" while open)
+	StatusAt    *Time           `json:"status_at,omitempty"` // when; absent while never changed
+	StatusNote  string          `json:"status_note"`
 }
+
+// Alert statuses (alerts.status).
+const (
+	StatusOpen         = "open"
+	StatusAcknowledged = "acknowledged"
+	StatusClosed       = "closed"
+)
 
 // Metrics is one host-metrics sample of a sensor (a row of host_metrics).
 // Disks, Interfaces and Captures are JSON arrays of DiskUsage,
@@ -162,6 +185,9 @@ func FlowFromPB(f *pb.Flow) Flow {
 		History: f.GetHistory(), Tunnel: schema.TunnelName(f.GetTunnel()), TunnelID: int64(f.GetTunnelId()),
 		ServerName: f.GetServerName(), Direction: f.GetDirection(),
 		OrigName: f.GetOrigName(), RespName: f.GetRespName(),
+		OrigCountry: f.GetOrigCountry(), OrigCity: f.GetOrigCity(), OrigASN: int64(f.GetOrigAsn()), OrigASOrg: f.GetOrigAsOrg(),
+		RespCountry: f.GetRespCountry(), RespCity: f.GetRespCity(), RespASN: int64(f.GetRespAsn()), RespASOrg: f.GetRespAsOrg(),
+		AppFromPort: f.GetAppFromPort(), JA3: f.GetJa3(), JA4: f.GetJa4(), HTTPUserAgent: f.GetHttpUserAgent(),
 	}
 }
 
@@ -171,7 +197,7 @@ func AlertFromPB(a *pb.Alert) Alert {
 	out := Alert{
 		ID: a.GetId(), Time: nsTime(a.GetTimeNs()), Sensor: a.GetSensor(), Severity: schema.SeverityName(a.GetSeverity()),
 		Category: a.GetCategory(), Technique: a.GetTechnique(), Summary: a.GetSummary(),
-		Evidence: json.RawMessage("{}"), Rule: a.GetRule(), Score: a.GetScore(),
+		Evidence: json.RawMessage("{}"), Rule: a.GetRule(), Score: a.GetScore(), Status: StatusOpen,
 	}
 	if v := a.GetOrigAddr(); v != "" {
 		out.OrigAddr = &v
@@ -253,4 +279,47 @@ func MetricsFromPB(m *pb.Metrics) Metrics {
 		Load1: m.GetLoad1(), UptimeS: m.GetUptimeS(),
 		Disks: mustJSON(disks), Interfaces: mustJSON(ifs), Captures: mustJSON(caps),
 	}
+}
+
+// Counters is one second of a sensor's traffic (pb.TrafficCounters from the
+// COUNTERS stream): every packet the enricher saw in that second of packet
+// time.
+type Counters struct {
+	Sensor       string         `json:"sensor"`
+	Time         Time           `json:"time"` // start of the second (packet time)
+	Packets      uint64         `json:"packets"`
+	IPBytes      uint64         `json:"ip_bytes"`
+	BPS          uint64         `json:"bps"` // ip_bytes * 8: the second's bits per second
+	PPS          uint64         `json:"pps"` // packets: the second's packets per second
+	SYN          uint64         `json:"syn"` // TCP SYN without ACK
+	SYNACK       uint64         `json:"syn_ack"`
+	RST          uint64         `json:"rst"`
+	ICMP         uint64         `json:"icmp"`
+	DNSResponses uint64         `json:"dns_responses"`
+	Sources      uint64         `json:"sources"` // distinct source addresses (bounded count)
+	Responders   []AddrCounters `json:"responders"`
+	Sent         Time           `json:"sent"` // wall clock when the enricher published it
+}
+
+// AddrCounters is one destination address's share of a second.
+type AddrCounters struct {
+	Addr    string `json:"addr"`
+	Packets uint64 `json:"packets"`
+	IPBytes uint64 `json:"ip_bytes"`
+	SYN     uint64 `json:"syn"`
+}
+
+// CountersFromPB converts a protobuf TrafficCounters to its JSON form.
+func CountersFromPB(c *pb.TrafficCounters) Counters {
+	t := c.GetTotal()
+	out := Counters{Sensor: c.GetSensor(), Time: nsTime(c.GetSecondNs()), Packets: t.GetPackets(), IPBytes: t.GetIpBytes(),
+		BPS: t.GetIpBytes() * 8, PPS: t.GetPackets(), SYN: t.GetSyn(), SYNACK: t.GetSynAck(), RST: t.GetRst(),
+		ICMP: t.GetIcmp(), DNSResponses: t.GetDnsResponses(), Sources: t.GetSources(), Sent: nsTime(c.GetSentNs()),
+		Responders: make([]AddrCounters, 0, len(c.GetResponders()))}
+	for _, r := range c.GetResponders() {
+		rc := r.GetCounters()
+		out.Responders = append(out.Responders, AddrCounters{Addr: AddrString(r.GetAddr()), Packets: rc.GetPackets(),
+			IPBytes: rc.GetIpBytes(), SYN: rc.GetSyn()})
+	}
+	return out
 }

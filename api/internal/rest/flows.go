@@ -2,7 +2,9 @@ package rest
 
 import (
 	"context"
+	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -12,12 +14,16 @@ import (
 	"netwatch/api/internal/record"
 )
 
-// FlowColumns is the SELECT list that ScanFlow reads, in order.
+// FlowColumns is the SELECT list that ScanFlow reads, in order. The
+// context columns (country … http_user_agent) are those of the sink's
+// migration 00004_flow_context.
 const FlowColumns = `id, community_id, sensor, proto, host(orig_addr), orig_port, host(resp_addr), resp_port,
 	vlan, inner_vlan, icmp_type, icmp_code, start, "end", flow_start,
 	orig_pkts, orig_ip_bytes, orig_bytes, resp_pkts, resp_ip_bytes, resp_bytes,
 	orig_tcp_flags, resp_tcp_flags, record_index, final, end_reason, direction_guessed,
-	app, conn_state, history, tunnel, tunnel_id, server_name, direction, orig_name, resp_name`
+	app, conn_state, history, tunnel, tunnel_id, server_name, direction, orig_name, resp_name,
+	orig_country, orig_city, orig_asn, orig_as_org, resp_country, resp_city, resp_asn, resp_as_org,
+	app_from_port, ja3, ja4, http_user_agent`
 
 // ScanFlow reads one row selected with FlowColumns.
 func ScanFlow(row pgx.Row) (record.Flow, error) {
@@ -27,7 +33,9 @@ func ScanFlow(row pgx.Row) (record.Flow, error) {
 		&f.Vlan, &f.InnerVlan, &f.IcmpType, &f.IcmpCode, &start, &end, &flowStart,
 		&f.OrigPkts, &f.OrigIPBytes, &f.OrigBytes, &f.RespPkts, &f.RespIPBytes, &f.RespBytes,
 		&f.OrigTCPFlags, &f.RespTCPFlags, &f.RecordIndex, &f.Final, &f.EndReason, &f.DirectionGuessed,
-		&f.App, &f.ConnState, &f.History, &f.Tunnel, &f.TunnelID, &f.ServerName, &f.Direction, &f.OrigName, &f.RespName)
+		&f.App, &f.ConnState, &f.History, &f.Tunnel, &f.TunnelID, &f.ServerName, &f.Direction, &f.OrigName, &f.RespName,
+		&f.OrigCountry, &f.OrigCity, &f.OrigASN, &f.OrigASOrg, &f.RespCountry, &f.RespCity, &f.RespASN, &f.RespASOrg,
+		&f.AppFromPort, &f.JA3, &f.JA4, &f.HTTPUserAgent)
 	f.Start, f.End, f.FlowStart = record.Time(start), record.Time(end), record.Time(flowStart)
 	f.Duration = end.Sub(start).Seconds()
 	return f, err
@@ -42,13 +50,46 @@ type FlowFilter struct {
 	Proto       int    // -1 any
 	CommunityID string
 	App         string
+	Direction   string // outbound, inbound, internal, external
+	Country     string // ISO 3166-1 alpha-2, either side, upper case
+	ASN         int64  // either side; 0 any
 }
+
+// Rollupable reports whether the per-minute rollups can answer f: only a
+// time range and a sensor, the range on whole minutes.
+func (f FlowFilter) Rollupable() bool {
+	return f.Addr == "" && f.Port < 0 && f.Proto < 0 && f.CommunityID == "" && f.App == "" && f.Direction == "" &&
+		f.Country == "" && f.ASN == 0 && onMinute(f.From) && onMinute(f.To)
+}
+
+func onMinute(t time.Time) bool { return t.IsZero() || t.Equal(t.Truncate(time.Minute)) }
+
+// directions are the values of flows.direction (the enricher's local-network
+// classification).
+var directions = map[string]bool{"outbound": true, "inbound": true, "internal": true, "external": true}
 
 func (p *params) flowFilter() FlowFilter {
 	f := FlowFilter{From: p.time("from"), To: p.time("to"), Sensor: p.str("sensor"), Port: p.int("port", -1, 0, 65535),
-		Proto: p.proto(), CommunityID: p.str("community_id"), App: strings.ToLower(p.str("app"))}
+		Proto: p.proto(), CommunityID: p.str("community_id"), App: strings.ToLower(p.str("app")),
+		Direction: strings.ToLower(p.str("direction")), Country: strings.ToUpper(p.str("country"))}
 	if pf, ok := p.addr(); ok {
 		f.Addr = pf.String()
+	}
+	if f.Direction != "" && !directions[f.Direction] {
+		p.bad("direction: %q is not outbound, inbound, internal or external", f.Direction)
+	}
+	if f.Country != "" && (len(f.Country) != 2 || f.Country[0] < 'A' || f.Country[0] > 'Z' || f.Country[1] < 'A' || f.Country[1] > 'Z') {
+		p.bad("country: %q is not an ISO 3166-1 alpha-2 code (e.g. SE)", p.str("country"))
+	}
+	if v := p.str("asn"); v != "" {
+		n, err := strconv.ParseUint(strings.TrimPrefix(strings.ToUpper(v), "AS"), 10, 32)
+		if err != nil || n == 0 {
+			p.bad("asn: %q is not an AS number from 1 to 4294967295 (e.g. 15169 or AS15169)", v)
+		}
+		f.ASN = int64(n)
+	}
+	if !f.From.IsZero() && !f.To.IsZero() && !f.From.Before(f.To) {
+		p.bad("from must be before to")
 	}
 	return f
 }
@@ -75,6 +116,33 @@ func (q *where) flows(f FlowFilter) {
 	if f.App != "" {
 		q.add("app = " + q.arg(f.App))
 	}
+	if f.Direction != "" {
+		q.add("direction = " + q.arg(f.Direction))
+	}
+	if f.Country != "" {
+		x := q.arg(f.Country)
+		q.add("(orig_country = " + x + " OR resp_country = " + x + ")")
+	}
+	if f.ASN != 0 {
+		x := q.arg(f.ASN)
+		q.add("(orig_asn = " + x + " OR resp_asn = " + x + ")")
+	}
+}
+
+// flowSort is one order of GET /api/v1/flows: a key expression, whether it
+// is a time, and the direction.
+type flowSort struct {
+	expr string
+	time bool
+	desc bool
+}
+
+// flowSorts are the values of the sort parameter; "-" = descending.
+// The default is -start (newest first).
+var flowSorts = map[string]flowSort{
+	"-start": {"start", true, true}, "start": {"start", true, false},
+	"-bytes": {"(orig_ip_bytes + resp_ip_bytes)", false, true}, "bytes": {"(orig_ip_bytes + resp_ip_bytes)", false, false},
+	"-pkts": {"(orig_pkts + resp_pkts)", false, true}, "pkts": {"(orig_pkts + resp_pkts)", false, false},
 }
 
 // FlowsPage is the body of GET /api/v1/flows.
@@ -88,20 +156,36 @@ func (a *API) flows(w http.ResponseWriter, r *http.Request) {
 	f := p.flowFilter()
 	limit := p.limit()
 	cur, hasCur := p.cursor()
-	if p.err != nil {
-		WriteError(w, http.StatusBadRequest, p.err.Error())
-		return
+	sortName := p.str("sort")
+	if sortName == "" {
+		sortName = "-start"
 	}
-	if !f.From.IsZero() && !f.To.IsZero() && !f.From.Before(f.To) {
-		WriteError(w, http.StatusBadRequest, "from must be before to")
+	srt, ok := flowSorts[sortName]
+	if !ok {
+		p.bad("sort: %q is not one of start, -start, bytes, -bytes, pkts, -pkts", sortName)
+	}
+	if hasCur && cur.S != "" && cur.S != sortName || hasCur && cur.S == "" && sortName != "-start" {
+		p.bad("cursor: it belongs to another sort than %q", sortName)
+	}
+	if p.err != nil {
+		badRequest(w, r, p.err)
 		return
 	}
 	q := &where{}
 	q.flows(f)
-	if hasCur {
-		q.add("(start, id) < (" + q.arg(cur.T) + ", " + q.arg(cur.ID) + ")")
+	op, dir := ">", "ASC"
+	if srt.desc {
+		op, dir = "<", "DESC"
 	}
-	sql := "SELECT " + FlowColumns + " FROM flows" + q.sql() + " ORDER BY start DESC, id DESC LIMIT " + q.arg(limit+1)
+	if hasCur {
+		var key any = cur.V
+		if srt.time {
+			key = cur.T
+		}
+		q.add("(" + srt.expr + ", id) " + op + " (" + q.arg(key) + ", " + q.arg(cur.ID) + ")")
+	}
+	sql := "SELECT " + FlowColumns + " FROM flows" + q.sql() + " ORDER BY " + srt.expr + " " + dir + ", id " + dir +
+		" LIMIT " + q.arg(limit+1)
 	ctx, cancel := a.ctx(r)
 	defer cancel()
 	flows, err := queryFlows(ctx, a.Pool, sql, q.args...)
@@ -113,9 +197,55 @@ func (a *API) flows(w http.ResponseWriter, r *http.Request) {
 	if len(flows) > limit {
 		page.Flows = flows[:limit]
 		last := page.Flows[limit-1]
-		page.Next = cursor{T: time.Time(last.Start), ID: last.ID}.String()
+		c := cursor{T: time.Time(last.Start), ID: last.ID}
+		if sortName != "-start" {
+			c.S = sortName
+		}
+		switch srt.expr {
+		case flowSorts["bytes"].expr:
+			c.V = last.OrigIPBytes + last.RespIPBytes
+		case flowSorts["pkts"].expr:
+			c.V = last.OrigPkts + last.RespPkts
+		}
+		page.Next = c.String()
 	}
 	WriteJSON(w, http.StatusOK, page)
+}
+
+// flow answers GET /api/v1/flows/{id}: every stored record of the flow
+// record id (one row; a flow's interim records have ids of their own).
+func (a *API) flow(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if !isHexID(id) {
+		writeProblem(w, r, http.StatusBadRequest, "id: "+strconv.Quote(id)+" is not a flow id (32 hex digits)")
+		return
+	}
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	f, err := ScanFlow(a.Pool.QueryRow(ctx, "SELECT "+FlowColumns+" FROM flows WHERE id = $1 LIMIT 1", id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		writeProblem(w, r, http.StatusNotFound, "no flow with id "+id)
+		return
+	}
+	if err != nil {
+		a.fail(w, r, "query flow", err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, f)
+}
+
+// isHexID reports whether s looks like a schema.FlowID or AlertID: 1 to 64
+// hex digits (ids are 32; tests use shorter ones too).
+func isHexID(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // QueryFlows runs sql, which selects FlowColumns, and returns the flows

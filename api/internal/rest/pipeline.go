@@ -53,7 +53,7 @@ func (a *API) pipeline(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := a.ctx(r)
 	defer cancel()
 	out := Pipeline{Streams: []Stream{}}
-	for _, name := range []string{schema.StreamPackets, schema.StreamFlows, schema.StreamAlerts, schema.StreamMetrics} {
+	for _, name := range []string{schema.StreamPackets, schema.StreamFlows, schema.StreamAlerts, schema.StreamMetrics, schema.StreamCounters} {
 		st := Stream{Name: name, Consumers: []Consumer{}}
 		s, err := a.JS.Stream(ctx, name)
 		if err != nil {

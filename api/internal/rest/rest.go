@@ -36,21 +36,46 @@ type API struct {
 	QueryTimeout time.Duration
 }
 
-// Register adds the REST routes to mux.
+// Register adds the REST routes to mux. Routes that change state
+// (PATCH /api/v1/alerts/{id}) are listed by AdminRoutes for the
+// authentication middleware.
 func (a *API) Register(mux *http.ServeMux) {
-	mux.HandleFunc("GET /api/v1/flows", a.flows)
-	mux.HandleFunc("GET /api/v1/alerts", a.alerts)
-	mux.HandleFunc("GET /api/v1/sensors", a.sensors)
-	mux.HandleFunc("GET /api/v1/pipeline", a.pipeline)
-	mux.HandleFunc("GET /api/v1/top-talkers", a.topTalkers)
-	mux.HandleFunc("GET /api/v1/protocols", a.protocols)
-	mux.HandleFunc("GET /api/v1/timeseries", a.timeseries)
-	mux.HandleFunc("GET /api/v1/metrics/hosts", a.hostMetrics)
-	mux.HandleFunc("GET /api/v1/openapi.json", serveOpenAPI)
-	mux.HandleFunc("GET /api/docs", serveDocs)
-	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
-		WriteError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
-	})
+	for _, rt := range a.routes() {
+		mux.HandleFunc(rt.Pattern, rt.handler)
+	}
+	mux.HandleFunc("/api/", unmatched(mux))
+}
+
+// Route is one REST route: a ServeMux pattern ("METHOD /path/{name}").
+type Route struct {
+	Pattern string
+	Admin   bool // needs an admin token
+	handler http.HandlerFunc
+}
+
+// Routes lists the REST routes (not the WebSocket ones), for the OpenAPI
+// test and the authentication middleware.
+func (a *API) Routes() []Route { return a.routes() }
+
+func (a *API) routes() []Route {
+	return []Route{
+		{Pattern: "GET /api/v1/flows", handler: a.flows},
+		{Pattern: "GET /api/v1/flows/{id}", handler: a.flow},
+		{Pattern: "GET /api/v1/alerts", handler: a.alerts},
+		{Pattern: "GET /api/v1/alerts/{id}", handler: a.alert},
+		{Pattern: "PATCH /api/v1/alerts/{id}", Admin: true, handler: a.setAlertStatus},
+		{Pattern: "GET /api/v1/sensors", handler: a.sensors},
+		{Pattern: "GET /api/v1/pipeline", handler: a.pipeline},
+		{Pattern: "GET /api/v1/top-talkers", handler: a.topTalkers},
+		{Pattern: "GET /api/v1/protocols", handler: a.protocols},
+		{Pattern: "GET /api/v1/ports", handler: a.ports},
+		{Pattern: "GET /api/v1/countries", handler: a.countries},
+		{Pattern: "GET /api/v1/timeseries", handler: a.timeseries},
+		{Pattern: "GET /api/v1/metrics/hosts", handler: a.hostMetrics},
+		{Pattern: "GET /api/openapi.json", handler: serveOpenAPI},
+		{Pattern: "GET /api/v1/openapi.json", handler: serveOpenAPI},
+		{Pattern: "GET /api/docs", handler: serveDocs},
+	}
 }
 
 func (a *API) ctx(r *http.Request) (context.Context, context.CancelFunc) {
@@ -71,23 +96,23 @@ func WriteJSON(w http.ResponseWriter, code int, v any) {
 	_ = enc.Encode(v)
 }
 
-// WriteError writes {"error": msg} with status code.
-func WriteError(w http.ResponseWriter, code int, msg string) {
-	WriteJSON(w, code, map[string]string{"error": msg})
-}
-
 func (a *API) fail(w http.ResponseWriter, r *http.Request, op string, err error) {
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		return // the client went away
-	}
-	if a.Log != nil {
-		a.Log.Error(op, "path", r.URL.Path, "err", err)
 	}
 	code := http.StatusInternalServerError
 	if errors.Is(err, context.DeadlineExceeded) {
 		code = http.StatusGatewayTimeout
 	}
-	WriteError(w, code, op+": "+err.Error())
+	if a.Log != nil {
+		a.Log.Error(op, "path", r.URL.Path, "err", err)
+	}
+	writeProblem(w, r, code, op+": "+err.Error())
+}
+
+// badRequest answers 400 with err as the detail.
+func badRequest(w http.ResponseWriter, r *http.Request, err error) {
+	writeProblem(w, r, http.StatusBadRequest, err.Error())
 }
 
 // params reads query parameters, collecting the first error.
@@ -254,10 +279,13 @@ func (q *where) timeRange(col string, from, to time.Time) {
 }
 
 // cursor is the position after the last row of a page, for keyset
-// pagination on (time, id) in descending order. On the wire it is opaque:
-// base64url of its JSON.
+// pagination on (sort key, id). On the wire it is opaque: base64url of its
+// JSON. S names the sort it belongs to; T is the key of a time sort, V of a
+// numeric one.
 type cursor struct {
+	S  string    `json:"s,omitempty"` // sort ("" = the default, newest first)
 	T  time.Time `json:"t"`
+	V  int64     `json:"v,omitempty"`
 	ID string    `json:"i"`
 }
 
@@ -281,4 +309,8 @@ func (p *params) cursor() (cursor, bool) {
 		return cursor{}, false
 	}
 	return c, true
+}
+
+func contextWithValue(r *http.Request, k, v any) context.Context {
+	return context.WithValue(r.Context(), k, v)
 }

@@ -86,7 +86,7 @@ func (a *API) hostMetrics(w http.ResponseWriter, r *http.Request) {
 	sensor := p.str("sensor")
 	limit := p.limit()
 	if p.err != nil {
-		WriteError(w, http.StatusBadRequest, p.err.Error())
+		badRequest(w, r, p.err)
 		return
 	}
 	q := &where{}

@@ -7,43 +7,102 @@ import (
 	"netwatch/api/internal/record"
 )
 
-// Talker is one address's traffic over a range, both directions.
+// The statistics endpoints answer from the per-minute rollup tables the sink
+// keeps (flows_1m, talkers_1m, pairs_1m, ports_1m, countries_1m: the
+// database contract, each equal to a GROUP BY over flows) when the request
+// filters only on a time range on whole minutes and a sensor
+// (FlowFilter.Rollupable). Any other filter (address, port, protocol, app,
+// Community ID, direction, country, ASN, or a range that cuts a minute)
+// has no rollup, so those requests fall back to a GROUP BY over flows.
+// Both count IP-layer bytes and packets of both directions, and a flow
+// record wholly in the minute of its start. The answer's "source" says
+// which was used ("rollup" or "flows").
+
+// rollupRange adds the time and sensor conditions of f on a rollup table.
+func (q *where) rollupRange(f FlowFilter) {
+	q.timeRange("minute", f.From, f.To)
+	if f.Sensor != "" {
+		q.add("sensor = " + q.arg(f.Sensor))
+	}
+}
+
+// Talker is one address's traffic over a range (or one pair's, with Peer).
 type Talker struct {
-	Addr      string `json:"addr"`
-	Bytes     int64  `json:"bytes"` // IP-layer bytes sent + received
+	Addr      string `json:"addr"`           // the address; the originator of a pair
+	Peer      string `json:"peer,omitempty"` // side=pair: the responder
+	Bytes     int64  `json:"bytes"`          // IP-layer bytes sent + received
 	Pkts      int64  `json:"pkts"`
-	SentBytes int64  `json:"sent_bytes"`
-	RecvBytes int64  `json:"recv_bytes"`
+	SentBytes int64  `json:"sent_bytes"` // pair: originator → responder
+	RecvBytes int64  `json:"recv_bytes"` // pair: responder → originator
 	SentPkts  int64  `json:"sent_pkts"`
 	RecvPkts  int64  `json:"recv_pkts"`
 	Flows     int64  `json:"flows"` // flow records it appears in
 }
 
+// talkerSides are the values of the side parameter of top talkers: both
+// (ranked by traffic sent + received), src (by traffic the address sent, in
+// either role), dst (by traffic it received), pair (originator, responder).
+var talkerSides = []string{"both", "src", "dst", "pair"}
+
 func (a *API) topTalkers(w http.ResponseWriter, r *http.Request) {
 	p := &params{r: r}
 	f := p.flowFilter()
 	limit := p.int("limit", 10, 1, MaxLimit)
-	by := p.str("by")
+	by, side := p.str("by"), p.str("side")
 	switch by {
-	case "", "bytes":
+	case "":
 		by = "bytes"
-	case "pkts", "flows":
+	case "bytes", "pkts", "flows":
 	default:
 		p.bad("by: %q is not bytes, pkts or flows", by)
 	}
+	if side == "" {
+		side = "both"
+	} else if !contains(talkerSides, side) {
+		p.bad("side: %q is not both, src, dst or pair", side)
+	}
 	if p.err != nil {
-		WriteError(w, http.StatusBadRequest, p.err.Error())
+		badRequest(w, r, p.err)
 		return
 	}
-	q := &where{}
-	q.flows(f)
 	order := map[string]string{"bytes": "sb + rb", "pkts": "sp + rp", "flows": "n"}[by]
-	sql := `WITH f AS (SELECT orig_addr, resp_addr, orig_ip_bytes, resp_ip_bytes, orig_pkts, resp_pkts FROM flows` + q.sql() + `),
-	t AS (SELECT orig_addr AS addr, orig_ip_bytes AS sb, resp_ip_bytes AS rb, orig_pkts AS sp, resp_pkts AS rp FROM f
-		UNION ALL SELECT resp_addr, resp_ip_bytes, orig_ip_bytes, resp_pkts, orig_pkts FROM f),
-	g AS (SELECT host(addr) AS addr, sum(sb)::bigint AS sb, sum(rb)::bigint AS rb, sum(sp)::bigint AS sp,
-		sum(rp)::bigint AS rp, count(*) AS n FROM t GROUP BY addr)
-	SELECT addr, sb, rb, sp, rp, n FROM g ORDER BY ` + order + ` DESC, addr LIMIT ` + q.arg(limit)
+	switch {
+	case side == "src" && by != "flows":
+		order = map[string]string{"bytes": "sb", "pkts": "sp"}[by]
+	case side == "dst" && by != "flows":
+		order = map[string]string{"bytes": "rb", "pkts": "rp"}[by]
+	}
+	q := &where{}
+	var sql, source string
+	switch {
+	case f.Rollupable() && side == "pair":
+		source = "rollup"
+		q.rollupRange(f)
+		sql = `SELECT host(orig_addr), host(resp_addr), sum(orig_ip_bytes)::bigint sb, sum(resp_ip_bytes)::bigint rb,
+			sum(orig_pkts)::bigint sp, sum(resp_pkts)::bigint rp, sum(records)::bigint n FROM pairs_1m` + q.sql() +
+			` GROUP BY orig_addr, resp_addr`
+	case f.Rollupable():
+		source = "rollup"
+		q.rollupRange(f)
+		sql = `SELECT host(addr), '', sum(sent_ip_bytes)::bigint sb, sum(recv_ip_bytes)::bigint rb,
+			sum(sent_pkts)::bigint sp, sum(recv_pkts)::bigint rp, sum(records)::bigint n FROM talkers_1m` + q.sql() +
+			` GROUP BY addr`
+	case side == "pair":
+		source = "flows" // no rollup for these filters: a GROUP BY over flows
+		q.flows(f)
+		sql = `SELECT host(orig_addr), host(resp_addr), sum(orig_ip_bytes)::bigint sb, sum(resp_ip_bytes)::bigint rb,
+			sum(orig_pkts)::bigint sp, sum(resp_pkts)::bigint rp, count(*) n FROM flows` + q.sql() +
+			` GROUP BY orig_addr, resp_addr`
+	default:
+		source = "flows" // no rollup for these filters: a GROUP BY over flows
+		q.flows(f)
+		sql = `WITH f AS (SELECT orig_addr, resp_addr, orig_ip_bytes, resp_ip_bytes, orig_pkts, resp_pkts FROM flows` + q.sql() + `),
+		t AS (SELECT orig_addr AS addr, orig_ip_bytes AS sb, resp_ip_bytes AS rb, orig_pkts AS sp, resp_pkts AS rp FROM f
+			UNION ALL SELECT resp_addr, resp_ip_bytes, orig_ip_bytes, resp_pkts, orig_pkts FROM f)
+		SELECT host(addr), '', sum(sb)::bigint sb, sum(rb)::bigint rb, sum(sp)::bigint sp, sum(rp)::bigint rp, count(*) n
+			FROM t GROUP BY addr`
+	}
+	sql = `SELECT * FROM (` + sql + `) g ORDER BY ` + order + ` DESC, 1, 2 LIMIT ` + q.arg(limit)
 	ctx, cancel := a.ctx(r)
 	defer cancel()
 	rows, err := a.Pool.Query(ctx, sql, q.args...)
@@ -55,7 +114,7 @@ func (a *API) topTalkers(w http.ResponseWriter, r *http.Request) {
 	out := []Talker{}
 	for rows.Next() {
 		var t Talker
-		if err := rows.Scan(&t.Addr, &t.SentBytes, &t.RecvBytes, &t.SentPkts, &t.RecvPkts, &t.Flows); err != nil {
+		if err := rows.Scan(&t.Addr, &t.Peer, &t.SentBytes, &t.RecvBytes, &t.SentPkts, &t.RecvPkts, &t.Flows); err != nil {
 			a.fail(w, r, "scan top talkers", err)
 			return
 		}
@@ -66,7 +125,7 @@ func (a *API) topTalkers(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, "query top talkers", err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, map[string]any{"talkers": out, "by": by})
+	WriteJSON(w, http.StatusOK, map[string]any{"talkers": out, "by": by, "side": side, "source": source})
 }
 
 // Protocol is the traffic of one IP protocol and application.
@@ -83,15 +142,25 @@ func (a *API) protocols(w http.ResponseWriter, r *http.Request) {
 	p := &params{r: r}
 	f := p.flowFilter()
 	if p.err != nil {
-		WriteError(w, http.StatusBadRequest, p.err.Error())
+		badRequest(w, r, p.err)
 		return
 	}
 	q := &where{}
-	q.flows(f)
+	var sql, source string
+	if f.Rollupable() {
+		source = "rollup"
+		q.rollupRange(f)
+		sql = `SELECT proto, app, sum(records)::bigint, sum(orig_pkts + resp_pkts)::bigint,
+			sum(orig_ip_bytes + resp_ip_bytes)::bigint FROM flows_1m` + q.sql() + ` GROUP BY proto, app ORDER BY 5 DESC, 1, 2`
+	} else {
+		source = "flows" // no rollup for these filters
+		q.flows(f)
+		sql = `SELECT proto, app, count(*), sum(orig_pkts + resp_pkts)::bigint,
+			sum(orig_ip_bytes + resp_ip_bytes)::bigint FROM flows` + q.sql() + ` GROUP BY proto, app ORDER BY 5 DESC, 1, 2`
+	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
-	rows, err := a.Pool.Query(ctx, `SELECT proto, app, count(*), sum(orig_pkts + resp_pkts)::bigint,
-		sum(orig_ip_bytes + resp_ip_bytes)::bigint FROM flows`+q.sql()+` GROUP BY proto, app ORDER BY 5 DESC, 1, 2`, q.args...)
+	rows, err := a.Pool.Query(ctx, sql, q.args...)
 	if err != nil {
 		a.fail(w, r, "query protocols", err)
 		return
@@ -111,7 +180,125 @@ func (a *API) protocols(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, "query protocols", err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, map[string]any{"protocols": out})
+	WriteJSON(w, http.StatusOK, map[string]any{"protocols": out, "source": source})
+}
+
+// Port is the traffic to one responder (destination) port of a protocol.
+type Port struct {
+	Proto int    `json:"proto"`
+	Name  string `json:"name"`
+	Port  int    `json:"port"` // resp_port; 0 for protocols without ports
+	Flows int64  `json:"flows"`
+	Pkts  int64  `json:"pkts"`
+	Bytes int64  `json:"bytes"`
+}
+
+func (a *API) ports(w http.ResponseWriter, r *http.Request) {
+	p := &params{r: r}
+	f := p.flowFilter()
+	limit := p.int("limit", 10, 1, MaxLimit)
+	if p.err != nil {
+		badRequest(w, r, p.err)
+		return
+	}
+	q := &where{}
+	var sql, source string
+	if f.Rollupable() {
+		source = "rollup"
+		q.rollupRange(f)
+		sql = `SELECT proto, resp_port, sum(records)::bigint, sum(orig_pkts + resp_pkts)::bigint,
+			sum(orig_ip_bytes + resp_ip_bytes)::bigint FROM ports_1m` + q.sql() + ` GROUP BY proto, resp_port`
+	} else {
+		source = "flows" // no rollup for these filters
+		q.flows(f)
+		sql = `SELECT proto, resp_port, count(*), sum(orig_pkts + resp_pkts)::bigint,
+			sum(orig_ip_bytes + resp_ip_bytes)::bigint FROM flows` + q.sql() + ` GROUP BY proto, resp_port`
+	}
+	sql += ` ORDER BY 5 DESC, 1, 2 LIMIT ` + q.arg(limit)
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	rows, err := a.Pool.Query(ctx, sql, q.args...)
+	if err != nil {
+		a.fail(w, r, "query ports", err)
+		return
+	}
+	defer rows.Close()
+	out := []Port{}
+	for rows.Next() {
+		var pt Port
+		if err := rows.Scan(&pt.Proto, &pt.Port, &pt.Flows, &pt.Pkts, &pt.Bytes); err != nil {
+			a.fail(w, r, "scan ports", err)
+			return
+		}
+		pt.Name = ProtoName(pt.Proto)
+		out = append(out, pt)
+	}
+	if err := rows.Err(); err != nil {
+		a.fail(w, r, "query ports", err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, map[string]any{"ports": out, "source": source})
+}
+
+// Country is the traffic of the addresses of one country, both roles.
+type Country struct {
+	Country   string `json:"country"` // ISO 3166-1 alpha-2; "" unknown
+	Bytes     int64  `json:"bytes"`
+	Pkts      int64  `json:"pkts"`
+	SentBytes int64  `json:"sent_bytes"`
+	RecvBytes int64  `json:"recv_bytes"`
+	SentPkts  int64  `json:"sent_pkts"`
+	RecvPkts  int64  `json:"recv_pkts"`
+	Flows     int64  `json:"flows"` // flow records with an address of the country (counted per side)
+}
+
+func (a *API) countries(w http.ResponseWriter, r *http.Request) {
+	p := &params{r: r}
+	f := p.flowFilter()
+	limit := p.int("limit", 20, 1, MaxLimit)
+	if p.err != nil {
+		badRequest(w, r, p.err)
+		return
+	}
+	q := &where{}
+	var sql, source string
+	if f.Rollupable() {
+		source = "rollup"
+		q.rollupRange(f)
+		sql = `SELECT country, sum(sent_ip_bytes)::bigint sb, sum(recv_ip_bytes)::bigint rb, sum(sent_pkts)::bigint,
+			sum(recv_pkts)::bigint, sum(records)::bigint FROM countries_1m` + q.sql() + ` GROUP BY country`
+	} else {
+		source = "flows" // no rollup for these filters
+		q.flows(f)
+		sql = `WITH f AS (SELECT orig_country, resp_country, orig_ip_bytes, resp_ip_bytes, orig_pkts, resp_pkts FROM flows` + q.sql() + `),
+		t AS (SELECT orig_country c, orig_ip_bytes sb, resp_ip_bytes rb, orig_pkts sp, resp_pkts rp FROM f
+			UNION ALL SELECT resp_country, resp_ip_bytes, orig_ip_bytes, resp_pkts, orig_pkts FROM f)
+		SELECT c, sum(sb)::bigint sb, sum(rb)::bigint rb, sum(sp)::bigint, sum(rp)::bigint, count(*) FROM t GROUP BY c`
+	}
+	sql = `SELECT * FROM (` + sql + `) g ORDER BY sb + rb DESC, 1 LIMIT ` + q.arg(limit)
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	rows, err := a.Pool.Query(ctx, sql, q.args...)
+	if err != nil {
+		a.fail(w, r, "query countries", err)
+		return
+	}
+	defer rows.Close()
+	out := []Country{}
+	for rows.Next() {
+		var c Country
+		if err := rows.Scan(&c.Country, &c.SentBytes, &c.RecvBytes, &c.SentPkts, &c.RecvPkts, &c.Flows); err != nil {
+			a.fail(w, r, "scan countries", err)
+			return
+		}
+		c.Bytes, c.Pkts = c.SentBytes+c.RecvBytes, c.SentPkts+c.RecvPkts
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		a.fail(w, r, "query countries", err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, map[string]any{"countries": out, "source": source})
 }
 
 // Point is one time-series bucket. A flow record counts wholly in the
@@ -141,8 +328,15 @@ func (a *API) timeseries(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if p.err != nil {
-		WriteError(w, http.StatusBadRequest, p.err.Error())
+		badRequest(w, r, p.err)
 		return
+	}
+	// The rollup answers whole-minute steps; the bucket edges are then
+	// whole minutes too (floorStep of a multiple of a minute).
+	rollup := f.Rollupable() && step%time.Minute == 0
+	table, timeCol := "flows", "start"
+	if rollup {
+		table, timeCol = "flows_1m", "minute"
 	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
@@ -150,9 +344,13 @@ func (a *API) timeseries(w http.ResponseWriter, r *http.Request) {
 		// Default: the hour up to the newest matching flow, so that a
 		// replayed capture from any year shows up.
 		q := &where{}
-		q.flows(f)
+		if rollup {
+			q.rollupRange(f)
+		} else {
+			q.flows(f)
+		}
 		var newest *time.Time
-		if err := a.Pool.QueryRow(ctx, "SELECT max(start) FROM flows"+q.sql(), q.args...).Scan(&newest); err != nil {
+		if err := a.Pool.QueryRow(ctx, "SELECT max("+timeCol+") FROM "+table+q.sql(), q.args...).Scan(&newest); err != nil {
 			a.fail(w, r, "query newest flow", err)
 			return
 		}
@@ -167,19 +365,28 @@ func (a *API) timeseries(w http.ResponseWriter, r *http.Request) {
 	}
 	f.From = floorStep(f.From, step)
 	if !f.From.Before(f.To) {
-		WriteError(w, http.StatusBadRequest, "from must be before to")
+		writeProblem(w, r, http.StatusBadRequest, "from must be before to")
 		return
 	}
 	n := int((f.To.Sub(f.From) + step - 1) / step)
 	if n > maxPoints {
-		WriteError(w, http.StatusBadRequest, "too many buckets: widen step or narrow from/to (at most 10000)")
+		writeProblem(w, r, http.StatusBadRequest, "too many buckets: widen step or narrow from/to (at most 10000)")
 		return
 	}
 	q := &where{}
-	q.flows(f)
-	sql := `SELECT date_bin(make_interval(secs => ` + q.arg(step.Seconds()) + `), start, TIMESTAMPTZ 'epoch') AS b,
-		count(*), sum(orig_pkts + resp_pkts)::bigint, sum(orig_ip_bytes + resp_ip_bytes)::bigint
-		FROM flows` + q.sql() + ` GROUP BY b ORDER BY b`
+	var sql, source string
+	bin := `date_bin(make_interval(secs => ` + q.arg(step.Seconds()) + `), ` + timeCol + `, TIMESTAMPTZ 'epoch') AS b`
+	if rollup {
+		source = "rollup"
+		q.rollupRange(f)
+		sql = `SELECT ` + bin + `, sum(records)::bigint, sum(orig_pkts + resp_pkts)::bigint, sum(orig_ip_bytes + resp_ip_bytes)::bigint
+			FROM flows_1m` + q.sql() + ` GROUP BY b ORDER BY b`
+	} else {
+		source = "flows" // no rollup for these filters or a step under a minute
+		q.flows(f)
+		sql = `SELECT ` + bin + `, count(*), sum(orig_pkts + resp_pkts)::bigint, sum(orig_ip_bytes + resp_ip_bytes)::bigint
+			FROM flows` + q.sql() + ` GROUP BY b ORDER BY b`
+	}
 	rows, err := a.Pool.Query(ctx, sql, q.args...)
 	if err != nil {
 		a.fail(w, r, "query time series", err)
@@ -213,7 +420,7 @@ func (a *API) timeseries(w http.ResponseWriter, r *http.Request) {
 		points[i].PPS = float64(points[i].Pkts) / step.Seconds()
 	}
 	WriteJSON(w, http.StatusOK, map[string]any{"from": record.Time(f.From), "to": record.Time(f.To),
-		"step_seconds": step.Seconds(), "points": points})
+		"step_seconds": step.Seconds(), "points": points, "source": source})
 }
 
 // floorStep rounds t down to a multiple of step since the Unix epoch, as

@@ -55,10 +55,10 @@ func TestReplay(t *testing.T) {
 	}
 
 	// Bad replay parameters are 400 before the upgrade.
-	var body map[string]string
+	var body map[string]any
 	for _, q := range []string{"?from=x", "?from=2024-05-01T12:00:00Z&speed=-1", "?to=2024-05-01T12:00:00Z",
 		"?from=2024-05-01T12:00:00Z&to=2024-05-01T11:00:00Z"} {
-		if code := e.get(t, "/api/v1/live"+q, &body); code != 400 || body["error"] == "" {
+		if code := e.get(t, "/api/v1/live"+q, &body); code != 400 || body["detail"] == "" || body["status"] != 400.0 {
 			t.Errorf("%s: %d %v", q, code, body)
 		}
 	}

@@ -1,7 +1,10 @@
 package server_test
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -134,39 +137,86 @@ func TestFlowsPagination(t *testing.T) {
 	}
 }
 
+// TestBadRequests: every client mistake is a 4xx RFC 9457 problem
+// (application/problem+json with type, title, status and a detail naming
+// what was wrong), never a 500.
 func TestBadRequests(t *testing.T) {
 	e := newEnv(t)
-	for _, path := range []string{
-		"/api/v1/flows?limit=1001",
-		"/api/v1/flows?limit=0",
-		"/api/v1/flows?limit=x",
-		"/api/v1/flows?from=yesterday",
-		"/api/v1/flows?to=2024-13-01T00:00:00Z",
-		"/api/v1/flows?from=2024-05-02T00:00:00Z&to=2024-05-01T00:00:00Z",
-		"/api/v1/flows?port=70000",
-		"/api/v1/flows?proto=bogus",
-		"/api/v1/flows?addr=10.0.0.300",
-		"/api/v1/flows?cursor=notacursor",
-		"/api/v1/alerts?severity=extreme",
-		"/api/v1/alerts?limit=1001",
-		"/api/v1/alerts?from=x",
-		"/api/v1/top-talkers?by=colour",
-		"/api/v1/timeseries?step=1ms",
-		"/api/v1/metrics/hosts?limit=5000",
-		"/api/v1/live?types=bogus",
-		"/api/v1/live",
+	seedFlows(t, e)
+	for _, tc := range []struct {
+		method, path string
+		code         int
+		detail       string // a substring of the detail
+	}{
+		{"GET", "/api/v1/flows?limit=1001", 400, "limit"},
+		{"GET", "/api/v1/flows?limit=0", 400, "limit"},
+		{"GET", "/api/v1/flows?limit=x", 400, "limit"},
+		{"GET", "/api/v1/flows?from=yesterday", 400, "from"},
+		{"GET", "/api/v1/flows?to=2024-13-01T00:00:00Z", 400, "to"},
+		{"GET", "/api/v1/flows?from=2024-05-02T00:00:00Z&to=2024-05-01T00:00:00Z", 400, "from must be before to"},
+		{"GET", "/api/v1/flows?port=70000", 400, "port"},
+		{"GET", "/api/v1/flows?port=-1", 400, "port"},
+		{"GET", "/api/v1/flows?proto=bogus", 400, "proto"},
+		{"GET", "/api/v1/flows?addr=10.0.0.300", 400, "addr"},
+		{"GET", "/api/v1/flows?addr=10.0.0.0/33", 400, "addr"},
+		{"GET", "/api/v1/flows?addr=2001:db8::/129", 400, "addr"},
+		{"GET", "/api/v1/flows?cursor=notacursor", 400, "cursor"},
+		{"GET", "/api/v1/flows?sort=colour", 400, "sort"},
+		{"GET", "/api/v1/flows?direction=sideways", 400, "direction"},
+		{"GET", "/api/v1/flows?country=SWE", 400, "country"},
+		{"GET", "/api/v1/flows?asn=ASx", 400, "asn"},
+		{"GET", "/api/v1/flows?asn=4294967296", 400, "asn"},
+		{"GET", "/api/v1/flows/not%20an%20id", 400, "id"},
+		{"GET", "/api/v1/flows/ffffffffffffffffffffffffffffffff", 404, "no flow"},
+		{"GET", "/api/v1/alerts?severity=extreme", 400, "severity"},
+		{"GET", "/api/v1/alerts?status=done", 400, "status"},
+		{"GET", "/api/v1/alerts?limit=1001", 400, "limit"},
+		{"GET", "/api/v1/alerts?from=x", 400, "from"},
+		{"GET", "/api/v1/alerts/ffff", 404, "no alert"},
+		{"GET", "/api/v1/top-talkers?by=colour", 400, "by"},
+		{"GET", "/api/v1/top-talkers?side=left", 400, "side"},
+		{"GET", "/api/v1/top-talkers?limit=0", 400, "limit"},
+		{"GET", "/api/v1/ports?limit=100000", 400, "limit"},
+		{"GET", "/api/v1/countries?from=2024", 400, "from"},
+		{"GET", "/api/v1/protocols?addr=x", 400, "addr"},
+		{"GET", "/api/v1/timeseries?step=1ms", 400, "step"},
+		{"GET", "/api/v1/timeseries?step=1s&from=2000-01-01T00:00:00Z&to=2024-01-01T00:00:00Z", 400, "too many buckets"},
+		{"GET", "/api/v1/metrics/hosts?limit=5000", 400, "limit"},
+		{"GET", "/api/v1/live?types=bogus", 400, "types"},
+		{"GET", "/api/v1/live", 400, "WebSocket"},
+		{"GET", "/api/v1/replay", 400, "from"},
+		{"GET", "/api/v1/replay?from=2024-05-01T00:00:00Z&speed=-2", 400, "speed"},
+		{"GET", "/api/v1/nope", 404, "no such endpoint"},
+		{"GET", "/api/v2/flows", 404, "no such endpoint"},
+		{"POST", "/api/v1/flows", 405, "GET"},
+		{"DELETE", "/api/v1/alerts/a1", 405, "PATCH"},
+		{"PATCH", "/api/v1/alerts/ffff", 400, "body"},
+		{"PUT", "/api/v1/sensors", 405, "GET"},
 	} {
-		var body struct {
-			Error string `json:"error"`
+		req, _ := http.NewRequest(tc.method, e.url+tc.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
 		}
-		code := e.get(t, path, &body)
-		if code != 400 || body.Error == "" {
-			t.Errorf("%s: status %d, error %q; want 400 with a message", path, code, body.Error)
+		var p struct {
+			Type, Title, Detail string
+			Status              int
 		}
-	}
-	var body map[string]string
-	if code := e.get(t, "/api/v1/nope", &body); code != 404 || body["error"] == "" {
-		t.Errorf("unknown endpoint: %d %v", code, body)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		err = json.Unmarshal(b, &p)
+		name := tc.method + " " + tc.path
+		if resp.StatusCode != tc.code || err != nil || p.Status != tc.code || p.Type == "" || p.Title == "" ||
+			!strings.Contains(p.Detail, tc.detail) {
+			t.Errorf("%s: %d %s; want %d with a detail containing %q", name, resp.StatusCode, b, tc.code, tc.detail)
+			continue
+		}
+		if ct := resp.Header.Get("Content-Type"); ct != "application/problem+json" {
+			t.Errorf("%s: Content-Type %q", name, ct)
+		}
+		if tc.code == 405 && !strings.Contains(resp.Header.Get("Allow"), tc.detail) {
+			t.Errorf("%s: Allow %q", name, resp.Header.Get("Allow"))
+		}
 	}
 }
 
@@ -283,6 +333,7 @@ func TestSensorsAndHostMetrics(t *testing.T) {
 func TestAggregates(t *testing.T) {
 	e := newEnv(t)
 	seedFlows(t, e)
+	e.rollup(t)
 	var tt struct {
 		Talkers []struct {
 			Addr  string `json:"addr"`

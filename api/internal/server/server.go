@@ -35,6 +35,9 @@ type Server struct {
 type Options struct {
 	// Web serves the dashboard; nil means the build embedded in the binary.
 	Web http.Handler
+	// Tokens are the bearer tokens accepted; none means no authentication
+	// (the caller keeps the api on loopback).
+	Tokens []Token
 }
 
 // New builds the server. pool and nc are required; reg receives the
@@ -57,16 +60,27 @@ func New(pool *pgxpool.Pool, nc *nats.Conn, reg *prometheus.Registry, log *slog.
 	api.Register(mux)
 	hub := live.New(nc, pool, log.With("component", "live"), reg)
 	mux.Handle("GET /api/v1/live", hub)
+	mux.HandleFunc("GET /api/v1/replay", hub.ServeReplay)
 	if opts.Web == nil {
 		opts.Web = web.Handler()
 	}
 	mux.Handle("/", opts.Web)
-	return &Server{Handler: instrument(mux, reg), Hub: hub, API: api}, nil
+	adminRoutes := map[string]bool{}
+	for _, rt := range api.Routes() {
+		if rt.Admin {
+			adminRoutes[rt.Pattern] = true
+		}
+	}
+	admin := func(r *http.Request) bool {
+		_, pat := mux.Handler(r)
+		return adminRoutes[pat]
+	}
+	return &Server{Handler: instrument(authenticate(mux, opts.Tokens, admin), mux, reg), Hub: hub, API: api}, nil
 }
 
 // instrument counts requests by route pattern and status code, and times
 // them by route. The route is the ServeMux pattern (no addresses, bounded).
-func instrument(mux *http.ServeMux, reg prometheus.Registerer) http.Handler {
+func instrument(next http.Handler, mux *http.ServeMux, reg prometheus.Registerer) http.Handler {
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netwatch_api_requests_total",
 		Help: "HTTP requests by route and status code."}, []string{"route", "code"})
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "netwatch_api_request_duration_seconds",
@@ -76,8 +90,8 @@ func instrument(mux *http.ServeMux, reg prometheus.Registerer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w, code: http.StatusOK}
-		mux.ServeHTTP(rec, r)
-		route := r.Pattern
+		next.ServeHTTP(rec, r)
+		_, route := mux.Handler(r)
 		if route == "" {
 			route = "unmatched"
 		}
