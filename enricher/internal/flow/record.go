@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"math"
 	"net/netip"
 
 	"netwatch/enricher/internal/communityid"
@@ -112,7 +113,8 @@ func (t *Table) emitRecord(e *entry, final bool, reason pb.EndReason) {
 	t.buf = b
 	f.CommunityId = e.cid
 	if t.cfg.Features {
-		f.Features = features(f)
+		f.Features = features(f, e.st)
+		e.st.next()
 	}
 	refs := e.refs
 	e.refs = nil
@@ -163,27 +165,105 @@ func appendFlowID(dst []byte, sensor string, proto uint32, origAddr []byte, orig
 	return hex.AppendEncode(dst, sum[:flowIDLen/2])
 }
 
-// features are the detector's per-record numbers: duration in seconds,
-// packet and byte counts, rates and ratios (0 when undefined).
-func features(f *pb.Flow) map[string]float64 {
+// stats are the distributions of one record, per direction (0 originator,
+// 1 responder), for Config.Features.
+type stats struct {
+	dir [2]dirStats
+}
+
+type dirStats struct {
+	n              uint64  // packets in this record
+	sizeMin        uint32  // IP bytes
+	sizeMax        uint32  //
+	sizeSq         float64 // sum of squared IP bytes
+	iatN           uint64  // inter-arrival times in this record (n - 1)
+	iatMin, iatMax int64   // ns
+	iatSum, iatSq  float64 // ns, ns²
+	last           int64   // time of the previous packet, Unix ns
+	flags          [6]uint32
+	initWin        uint32 // TCP window of the first packet this way in the flow (kept across records)
+	winSet         bool
+}
+
+// flagBits are the TCP flags counted per direction, in feature name order.
+var flagBits = [6]struct {
+	bit  uint32
+	name string
+}{{0x02, "syn"}, {0x10, "ack"}, {0x08, "psh"}, {0x01, "fin"}, {0x04, "rst"}, {0x20, "urg"}}
+
+func (s *stats) add(d int, p *pb.PacketSummary, ts int64) {
+	x := &s.dir[d]
+	size := p.IpBytes
+	if x.n == 0 || size < x.sizeMin {
+		x.sizeMin = size
+	}
+	x.sizeMax = max(x.sizeMax, size)
+	x.sizeSq += float64(size) * float64(size)
+	if x.n > 0 {
+		iat := max(ts-x.last, 0) // time went backwards: 0, never negative
+		if x.iatN == 0 || iat < x.iatMin {
+			x.iatMin = iat
+		}
+		x.iatMax = max(x.iatMax, iat)
+		x.iatSum += float64(iat)
+		x.iatSq += float64(iat) * float64(iat)
+		x.iatN++
+	}
+	if ts > x.last || x.n == 0 {
+		x.last = ts
+	}
+	x.n++
+	if p.Proto == 6 {
+		for i, f := range flagBits {
+			if p.TcpFlags&f.bit != 0 {
+				x.flags[i]++
+			}
+		}
+		if !x.winSet {
+			x.initWin, x.winSet = p.TcpWindow, true
+		}
+	}
+}
+
+// next starts a new record: the distributions restart, the initial windows stay.
+func (s *stats) next() {
+	for d := range s.dir {
+		x := &s.dir[d]
+		*x = dirStats{initWin: x.initWin, winSet: x.winSet}
+	}
+}
+
+// meanStd is the mean and population standard deviation of n values with
+// sum and sum of squares; 0, 0 when n is 0 (never NaN: the variance is
+// clamped at 0 against rounding).
+func meanStd(n uint64, sum, sq float64) (mean, std float64) {
+	if n == 0 {
+		return 0, 0
+	}
+	mean = sum / float64(n)
+	return mean, math.Sqrt(max(sq/float64(n)-mean*mean, 0))
+}
+
+// features are the detector's per-record numbers (README "Flows",
+// features). Units: seconds (duration_s, *_iat_s_*), bytes (IP-layer for
+// *ip_bytes and *_pkt_bytes_*, transport payload for *_bytes), packets,
+// packets or bytes per second, ratios in [0, 1]. A value that is undefined
+// for the record (a rate over 0 s, a mean of no packets, inter-arrival
+// times of fewer than 2 packets) is 0: never NaN or Inf.
+func features(f *pb.Flow, st *stats) map[string]float64 {
 	dur := float64(f.EndNs-f.StartNs) / 1e9
 	pk := float64(f.OrigPkts + f.RespPkts)
 	ipb := float64(f.OrigIpBytes + f.RespIpBytes)
 	pl := float64(f.OrigBytes + f.RespBytes)
-	m := map[string]float64{
-		"duration_s":     dur,
-		"orig_pkts":      float64(f.OrigPkts),
-		"resp_pkts":      float64(f.RespPkts),
-		"orig_bytes":     float64(f.OrigBytes),
-		"resp_bytes":     float64(f.RespBytes),
-		"orig_ip_bytes":  float64(f.OrigIpBytes),
-		"resp_ip_bytes":  float64(f.RespIpBytes),
-		"pkts":           pk,
-		"ip_bytes":       ipb,
-		"mean_pkt_bytes": 0, "orig_bytes_ratio": 0, "orig_pkts_ratio": 0,
-		"pkts_per_s": 0, "bytes_per_s": 0,
-		"resp_replied": 0, "syn_only": 0, "rst": 0,
-	}
+	m := make(map[string]float64, 64)
+	m["duration_s"] = dur
+	m["orig_pkts"], m["resp_pkts"] = float64(f.OrigPkts), float64(f.RespPkts)
+	m["orig_bytes"], m["resp_bytes"] = float64(f.OrigBytes), float64(f.RespBytes)
+	m["orig_ip_bytes"], m["resp_ip_bytes"] = float64(f.OrigIpBytes), float64(f.RespIpBytes)
+	m["pkts"], m["ip_bytes"] = pk, ipb
+	m["mean_pkt_bytes"], m["orig_bytes_ratio"], m["orig_pkts_ratio"] = 0, 0, 0
+	m["pkts_per_s"], m["bytes_per_s"] = 0, 0
+	m["resp_replied"], m["syn_only"], m["rst"] = 0, 0, 0
 	if pk > 0 {
 		m["mean_pkt_bytes"] = ipb / pk
 		m["orig_pkts_ratio"] = float64(f.OrigPkts) / pk
@@ -203,6 +283,23 @@ func features(f *pb.Flow) map[string]float64 {
 	}
 	if (f.OrigTcpFlags|f.RespTcpFlags)&flagRST != 0 {
 		m["rst"] = 1
+	}
+	if st == nil {
+		return m
+	}
+	ipBytes := [2]uint64{f.OrigIpBytes, f.RespIpBytes}
+	for d, pre := range [2]string{"orig_", "resp_"} {
+		x := &st.dir[d]
+		mean, std := meanStd(x.n, float64(ipBytes[d]), x.sizeSq)
+		lo, hi := float64(x.sizeMin), float64(x.sizeMax)
+		m[pre+"pkt_bytes_min"], m[pre+"pkt_bytes_max"], m[pre+"pkt_bytes_mean"], m[pre+"pkt_bytes_std"] = lo, hi, mean, std
+		mean, std = meanStd(x.iatN, x.iatSum, x.iatSq)
+		m[pre+"iat_s_min"], m[pre+"iat_s_max"] = float64(x.iatMin)/1e9, float64(x.iatMax)/1e9
+		m[pre+"iat_s_mean"], m[pre+"iat_s_std"] = mean/1e9, std/1e9
+		for i, fb := range flagBits {
+			m[pre+fb.name] = float64(x.flags[i])
+		}
+		m[pre+"init_win"] = float64(x.initWin)
 	}
 	return m
 }

@@ -130,6 +130,7 @@ type entry struct {
 	closeAt   int64
 	reason    pb.EndReason
 	refs      []Ref
+	st        *stats // per-record distributions, only with Config.Features
 	class     int
 	idle      links // in Table.idle[class]
 	close     links // in Table.closing while closing
@@ -239,6 +240,9 @@ func (t *Table) Add(p *pb.PacketSummary, ref Ref) {
 		e.allFlags[d] |= flags
 	}
 	e.history(d, k.Proto, flags, p.PayloadBytes)
+	if e.st != nil {
+		e.st.add(d, p, ts)
+	}
 	if ts > e.last {
 		e.last = ts
 	}
@@ -297,6 +301,9 @@ func (t *Table) newEntry(k Key, srcIsA bool, p *pb.PacketSummary) *entry {
 		e = new(entry)
 	}
 	*e = entry{key: k, flowStart: ts, recStart: ts, recLast: ts, last: ts, class: classOf(k.Proto)}
+	if t.cfg.Features {
+		e.st = new(stats)
+	}
 	srcOrig, guessed := originator(k, p)
 	e.origIsA = srcIsA == srcOrig
 	e.guessed = guessed
