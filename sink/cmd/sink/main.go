@@ -35,8 +35,8 @@ const DefaultDatabaseURL = "postgres://netwatch:netwatch@127.0.0.1:5432/netwatch
 type config struct {
 	ops.Common
 	DatabaseURL       string
-	MigrateOnly       bool // -migrate-only or the migrate command: apply the migrations and exit
-	MigrateCmd        bool // the migrate command: also print the schema version
+	MigrateOnly       bool          // -migrate-only or the migrate command: apply the migrations and exit
+	MigrateCmd        bool          // the migrate command: also print the schema version
 	BatchSize         int           // rows per write
 	BatchFlush        time.Duration // longest a row waits in a batch
 	BatchWriters      int           // batches of one table written at once

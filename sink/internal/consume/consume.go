@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"netwatch/schema"
 	"netwatch/schema/pb"
 	"netwatch/sink/internal/store"
 )
@@ -67,6 +68,17 @@ type Metrics struct {
 	Batches      *prometheus.CounterVec
 	BatchSeconds *prometheus.HistogramVec
 	DBErrors     *prometheus.CounterVec
+	Parked       *prometheus.CounterVec
+	Repaired     *prometheus.CounterVec
+	// Pending is the durable consumer's messages not yet acked by any sink
+	// instance (num_pending + num_ack_pending, the figure /api/v1/pipeline
+	// shows), polled every 2 s.
+	Pending *prometheus.GaugeVec
+	// Lag is the age (since it was stored in the stream) of the oldest
+	// message this instance holds and has not committed yet; 0 when none.
+	Lag *prometheus.GaugeVec
+	// Failing is 1 while writes fail and are retried (an outage), else 0.
+	Failing *prometheus.GaugeVec
 }
 
 // NewMetrics registers the intake's metrics in reg (nil: unregistered).
@@ -83,13 +95,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Invalid:      c("rows_invalid_total", "Records skipped because they can never be stored (no id, bad address), by table."),
 		Batches:      c("batches_total", "Batches committed, by table."),
 		DBErrors:     c("db_errors_total", "Failed batch writes (each retry counts), by table."),
+		Parked:       c("parked_messages_total", "Messages given up on and stored in parked_messages (rejected as data, repeated statement timeout, undecodable), by table."),
+		Repaired:     c("messages_text_repaired_total", "Messages whose string fields held invalid UTF-8, decoded after escaping it as \\xNN, by table."),
+		Pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "netwatch_sink_consumer_pending_messages",
+			Help: "Messages of the durable consumer not yet acked by any sink instance (pending + ack pending), by table."}, []string{"table"}),
+		Lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "netwatch_sink_lag_seconds",
+			Help: "Age of the oldest message this sink holds and has not committed yet (0 when none), by table."}, []string{"table"}),
+		Failing: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "netwatch_sink_write_failing",
+			Help: "1 while database writes fail and are retried, else 0, by table."}, []string{"table"}),
 		BatchSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "netwatch_sink_batch_duration_seconds",
 			Help:    "Time to write and commit one batch, by table.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)}, []string{"table"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Messages, m.Redeliveries, m.Poison, m.Rows, m.Duplicates, m.Invalid,
-			m.Batches, m.DBErrors, m.BatchSeconds)
+			m.Batches, m.DBErrors, m.BatchSeconds, m.Parked, m.Repaired, m.Pending, m.Lag, m.Failing)
 	}
 	return m
 }
@@ -97,17 +117,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // Loop moves one stream into one table.
 type Loop[T any] struct {
 	Table    string // table label, e.g. "flows"
+	Stream   string // the consumer's stream, for parked messages
 	Consumer jetstream.Consumer
 	// Decode parses a message into a value and its number of rows; an error
 	// means it never will (the message is terminated).
 	Decode func([]byte) (T, int, error)
 	// Write stores values in one transaction.
-	Write   func(context.Context, []T) (store.Result, error)
+	Write func(context.Context, []T) (store.Result, error)
+	// Park keeps a message given up on (parked_messages); nil terminates
+	// it without keeping it.
+	Park    func(context.Context, store.Parked) error
 	Config  Config
 	Metrics *Metrics
 	Log     *slog.Logger
 
 	failing atomic.Bool
+	held    tracker
 }
 
 // Failing reports whether the last write failed and has not yet succeeded.
@@ -121,41 +146,53 @@ type item[T any] struct {
 
 // Flows is the loop of FLOWS into the flows table.
 func Flows(st *store.Store, c jetstream.Consumer, cfg Config, m *Metrics, log *slog.Logger) *Loop[*pb.FlowBatch] {
-	return &Loop[*pb.FlowBatch]{Table: "flows", Consumer: c, Config: cfg, Metrics: m, Log: log,
-		Decode: func(b []byte) (*pb.FlowBatch, int, error) {
-			v := new(pb.FlowBatch)
-			if err := proto.Unmarshal(b, v); err != nil {
-				return nil, 0, err
-			}
-			return v, len(v.GetFlows()), nil
-		},
-		Write: st.WriteFlows}
+	l := &Loop[*pb.FlowBatch]{Table: "flows", Stream: schema.StreamFlows, Consumer: c, Config: cfg, Metrics: m,
+		Log: log, Write: st.WriteFlows, Park: st.Park}
+	l.Decode = func(b []byte) (*pb.FlowBatch, int, error) {
+		v := new(pb.FlowBatch)
+		if err := l.unmarshal(b, v); err != nil {
+			return nil, 0, err
+		}
+		return v, len(v.GetFlows()), nil
+	}
+	return l
 }
 
 // Alerts is the loop of ALERTS into the alerts table.
 func Alerts(st *store.Store, c jetstream.Consumer, cfg Config, m *Metrics, log *slog.Logger) *Loop[*pb.Alert] {
-	return &Loop[*pb.Alert]{Table: "alerts", Consumer: c, Config: cfg, Metrics: m, Log: log,
-		Decode: func(b []byte) (*pb.Alert, int, error) {
-			v := new(pb.Alert)
-			if err := proto.Unmarshal(b, v); err != nil {
-				return nil, 0, err
-			}
-			return v, 1, nil
-		},
-		Write: st.WriteAlerts}
+	l := &Loop[*pb.Alert]{Table: "alerts", Stream: schema.StreamAlerts, Consumer: c, Config: cfg, Metrics: m,
+		Log: log, Write: st.WriteAlerts, Park: st.Park}
+	l.Decode = func(b []byte) (*pb.Alert, int, error) {
+		v := new(pb.Alert)
+		if err := l.unmarshal(b, v); err != nil {
+			return nil, 0, err
+		}
+		return v, 1, nil
+	}
+	return l
 }
 
 // HostMetrics is the loop of METRICS into the host_metrics table.
 func HostMetrics(st *store.Store, c jetstream.Consumer, cfg Config, m *Metrics, log *slog.Logger) *Loop[*pb.Metrics] {
-	return &Loop[*pb.Metrics]{Table: "host_metrics", Consumer: c, Config: cfg, Metrics: m, Log: log,
-		Decode: func(b []byte) (*pb.Metrics, int, error) {
-			v := new(pb.Metrics)
-			if err := proto.Unmarshal(b, v); err != nil {
-				return nil, 0, err
-			}
-			return v, 1, nil
-		},
-		Write: st.WriteMetrics}
+	l := &Loop[*pb.Metrics]{Table: "host_metrics", Stream: schema.StreamMetrics, Consumer: c, Config: cfg, Metrics: m,
+		Log: log, Write: st.WriteMetrics, Park: st.Park}
+	l.Decode = func(b []byte) (*pb.Metrics, int, error) {
+		v := new(pb.Metrics)
+		if err := l.unmarshal(b, v); err != nil {
+			return nil, 0, err
+		}
+		return v, 1, nil
+	}
+	return l
+}
+
+// unmarshal decodes b into v (repairing invalid UTF-8, counted).
+func (l *Loop[T]) unmarshal(b []byte, v proto.Message) error {
+	repaired, err := unmarshal(b, v)
+	if repaired && l.Metrics != nil {
+		l.Metrics.Repaired.WithLabelValues(l.Table).Inc()
+	}
+	return err
 }
 
 // Run consumes until ctx ends, then stops pulling, writes and acks what it
@@ -203,36 +240,55 @@ func (l *Loop[T]) Run(ctx context.Context) error {
 	// Writers take full batches, so that the next batch is decoded and
 	// filled while earlier ones are written; the hand-over blocks while all
 	// are busy (the client buffers up to Prefetch messages meanwhile).
-	work := make(chan []item[T])
+	type batch struct {
+		items []item[T]
+		held  uint64 // tracker id
+	}
+	work := make(chan batch)
 	var writers sync.WaitGroup
 	for range cfg.Writers {
 		writers.Go(func() {
-			for items := range work {
-				l.flush(hard, log, cfg, items)
+			for b := range work {
+				l.flush(hard, log, cfg, b.items)
+				l.held.release(b.held)
 			}
 		})
 	}
+	// The lag and the consumer's pending count, until the writers are done.
+	pollDone := make(chan struct{})
+	var poller sync.WaitGroup
+	poller.Go(func() { l.poll(pollDone, log) })
+	defer func() { close(pollDone); poller.Wait(); l.Metrics.Lag.WithLabelValues(l.Table).Set(0) }()
 
 	var (
-		pend  []item[T]
-		rows  int
-		timer = time.NewTimer(time.Hour)
+		pend   []item[T]
+		pendID uint64
+		rows   int
+		timer  = time.NewTimer(time.Hour)
 	)
 	timer.Stop()
 	add := func(m jetstream.Msg) {
 		l.Metrics.Messages.WithLabelValues(l.Table).Inc()
-		if md, err := m.Metadata(); err == nil && md.NumDelivered > 1 {
-			l.Metrics.Redeliveries.WithLabelValues(l.Table).Inc()
+		stored := time.Now()
+		if md, err := m.Metadata(); err == nil {
+			stored = md.Timestamp
+			if md.NumDelivered > 1 {
+				l.Metrics.Redeliveries.WithLabelValues(l.Table).Inc()
+			}
 		}
 		v, n, err := l.Decode(m.Data())
 		if err != nil {
-			l.Metrics.Poison.WithLabelValues(l.Table).Inc()
-			log.Warn("message does not decode, terminated", "subject", m.Subject(), "err", err)
-			_ = m.Term()
+			log.Warn("message does not decode, parked and terminated", "subject", m.Subject(), "err", err)
+			pctx, cancel := context.WithTimeout(hard, 5*time.Second)
+			l.park(pctx, log, m, fmt.Errorf("does not decode: %w", err), false)
+			cancel()
 			return
 		}
 		if len(pend) == 0 {
 			timer.Reset(cfg.FlushInterval)
+			pendID = l.held.hold(stored)
+		} else {
+			l.held.older(pendID, stored)
 		}
 		pend = append(pend, item[T]{msg: m, val: v, rows: n})
 		rows += n
@@ -240,7 +296,7 @@ func (l *Loop[T]) Run(ctx context.Context) error {
 	flush := func() {
 		timer.Stop()
 		if len(pend) > 0 {
-			work <- pend
+			work <- batch{pend, pendID}
 		}
 		pend, rows = nil, 0
 	}
@@ -277,10 +333,11 @@ loop:
 }
 
 // flush writes items until it succeeds, then acks them. A data error (the
-// database rejects the rows themselves) splits the batch by message and
-// terminates the message that is rejected alone. Other errors are retried
-// with backoff, keeping the messages alive with InProgress; when hard ends
-// the messages are nak'ed for redelivery.
+// database rejects the rows themselves) or a statement timeout splits the
+// batch by message; a message rejected alone, or timing out alone three
+// times, is parked (parked_messages) and terminated. Other errors are
+// retried with backoff, keeping the messages alive with InProgress; when
+// hard ends the messages are nak'ed for redelivery.
 func (l *Loop[T]) flush(hard context.Context, log *slog.Logger, cfg Config, items []item[T]) {
 	vals := make([]T, len(items))
 	for i, it := range items {
@@ -288,6 +345,7 @@ func (l *Loop[T]) flush(hard context.Context, log *slog.Logger, cfg Config, item
 	}
 	wait := 200 * time.Millisecond
 	alive := time.Now()
+	timeouts := 0
 	for {
 		t0 := time.Now()
 		res, err := l.Write(hard, vals)
@@ -304,24 +362,12 @@ func (l *Loop[T]) flush(hard context.Context, log *slog.Logger, cfg Config, item
 				_ = it.msg.Ack()
 			}
 			if l.failing.Swap(false) {
+				l.Metrics.Failing.WithLabelValues(l.Table).Set(0)
 				log.Info("database writes recovered")
 			}
 			return
 		}
 		l.Metrics.DBErrors.WithLabelValues(l.Table).Inc()
-		if store.IsDataError(err) {
-			if len(items) > 1 {
-				log.Warn("batch rejected by the database, retrying message by message", "messages", len(items), "err", err)
-				for i := range items {
-					l.flush(hard, log, cfg, items[i:i+1])
-				}
-				return
-			}
-			l.Metrics.Poison.WithLabelValues(l.Table).Inc()
-			log.Error("message rejected by the database, terminated", "subject", items[0].msg.Subject(), "err", err)
-			_ = items[0].msg.Term()
-			return
-		}
 		if hard.Err() != nil {
 			log.Error("batch not written before shutdown, nak'ed for redelivery", "messages", len(items), "err", err)
 			for _, it := range items {
@@ -329,7 +375,23 @@ func (l *Loop[T]) flush(hard context.Context, log *slog.Logger, cfg Config, item
 			}
 			return
 		}
+		timeout := store.IsStatementTimeout(err)
+		if store.IsDataError(err) || timeout {
+			if len(items) > 1 {
+				log.Warn("batch rejected by the database, retrying message by message", "messages", len(items), "err", err)
+				for i := range items {
+					l.flush(hard, log, cfg, items[i:i+1])
+				}
+				return
+			}
+			if timeouts++; !timeout || timeouts >= 3 {
+				log.Error("message rejected by the database, parked and terminated", "subject", items[0].msg.Subject(), "err", err)
+				l.park(hard, log, items[0].msg, err, true)
+				return
+			}
+		}
 		if !l.failing.Swap(true) {
+			l.Metrics.Failing.WithLabelValues(l.Table).Set(1)
 			log.Error("database write failed, retrying", "messages", len(items), "err", err)
 		} else {
 			log.Debug("database write failed again", "err", err)
@@ -346,4 +408,122 @@ func (l *Loop[T]) flush(hard context.Context, log *slog.Logger, cfg Config, item
 			alive = time.Now()
 		}
 	}
+}
+
+// park stores m in parked_messages with why, counts it and terminates it, so
+// it is kept but never retried. With retry, a failing park is retried until
+// ctx ends (then m is nak'ed: it must not be lost); without, m is terminated
+// anyway (an undecodable message while the database is away).
+func (l *Loop[T]) park(ctx context.Context, log *slog.Logger, m jetstream.Msg, why error, retry bool) {
+	l.Metrics.Poison.WithLabelValues(l.Table).Inc()
+	if l.Park != nil {
+		p := store.Parked{Table: l.Table, Stream: l.Stream, Subject: m.Subject(), Reason: why.Error(),
+			SQLState: store.SQLState(why), Data: m.Data()}
+		if md, err := m.Metadata(); err == nil {
+			p.StreamSeq = md.Sequence.Stream
+			if p.Stream == "" {
+				p.Stream = md.Stream
+			}
+		}
+		if h := m.Headers(); h != nil {
+			p.MsgID = h.Get(jetstream.MsgIDHeader)
+		}
+		wait, alive := 200*time.Millisecond, time.Now()
+		for {
+			err := l.Park(ctx, p)
+			if err == nil {
+				l.Metrics.Parked.WithLabelValues(l.Table).Inc()
+				break
+			}
+			if !retry || ctx.Err() != nil {
+				log.Error("message not parked", "subject", p.Subject, "seq", p.StreamSeq, "err", err)
+				if retry {
+					_ = m.Nak()
+					return
+				}
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 5*time.Second)
+			if time.Since(alive) > 15*time.Second {
+				_ = m.InProgress()
+				alive = time.Now()
+			}
+		}
+	}
+	_ = m.Term()
+}
+
+// poll sets the Lag gauge every second and the Pending gauge every two
+// seconds until done is closed.
+func (l *Loop[T]) poll(done <-chan struct{}, log *slog.Logger) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for i := 0; ; i++ {
+		l.Metrics.Lag.WithLabelValues(l.Table).Set(l.held.age(time.Now()).Seconds())
+		if i%2 == 0 && l.Consumer != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			ci, err := l.Consumer.Info(ctx)
+			cancel()
+			if err == nil {
+				l.Metrics.Pending.WithLabelValues(l.Table).Set(float64(ci.NumPending + uint64(ci.NumAckPending)))
+			} else {
+				log.Debug("consumer info", "err", err)
+			}
+		}
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// tracker knows the oldest message time of each batch held (filling or
+// being written), for the Lag gauge.
+type tracker struct {
+	mu     sync.Mutex
+	next   uint64
+	oldest map[uint64]time.Time
+}
+
+// hold starts tracking a batch whose first message was stored at t.
+func (k *tracker) hold(t time.Time) uint64 {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.oldest == nil {
+		k.oldest = map[uint64]time.Time{}
+	}
+	k.next++
+	k.oldest[k.next] = t
+	return k.next
+}
+
+// older lowers batch id's oldest time to t if t is older.
+func (k *tracker) older(id uint64, t time.Time) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if o, ok := k.oldest[id]; ok && t.Before(o) {
+		k.oldest[id] = t
+	}
+}
+
+func (k *tracker) release(id uint64) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.oldest, id)
+}
+
+// age is how long ago the oldest message held was stored; 0 when none.
+func (k *tracker) age(now time.Time) time.Duration {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var a time.Duration
+	for _, t := range k.oldest {
+		a = max(a, now.Sub(t))
+	}
+	return a
 }

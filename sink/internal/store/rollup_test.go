@@ -2,74 +2,15 @@ package store
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"netwatch/schema"
 	"netwatch/schema/pb"
+	"netwatch/sink/internal/storetest"
 )
-
-// rollupChecks are, per rollup table, its columns and the same rows computed
-// by SQL over flows (the definition in migrations 00003 and 00006, written
-// independently of rollup.go).
-var rollupChecks = []struct{ table, cols, groupBy string }{
-	{"flows_1m", "minute, sensor, proto, app, records, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, orig_bytes, resp_bytes",
-		`SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00'), sensor, proto, app, count(*),
-			sum(orig_pkts), sum(resp_pkts), sum(orig_ip_bytes), sum(resp_ip_bytes), sum(orig_bytes), sum(resp_bytes)
-		FROM flows GROUP BY 1, 2, 3, 4`},
-	{"talkers_1m", "minute, sensor, addr, sent_pkts, sent_ip_bytes, recv_pkts, recv_ip_bytes, records",
-		`SELECT m, sensor, a, sum(sp), sum(sb), sum(rp), sum(rb), count(DISTINCT (start, id)) FROM (
-			SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00') m, sensor, start, id,
-				orig_addr a, orig_pkts sp, orig_ip_bytes sb, resp_pkts rp, resp_ip_bytes rb FROM flows
-			UNION ALL
-			SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00'), sensor, start, id,
-				resp_addr, resp_pkts, resp_ip_bytes, orig_pkts, orig_ip_bytes FROM flows) r GROUP BY 1, 2, 3`},
-	{"pairs_1m", "minute, sensor, orig_addr, resp_addr, proto, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, records",
-		`SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00'), sensor, orig_addr, resp_addr, proto,
-			sum(orig_pkts), sum(resp_pkts), sum(orig_ip_bytes), sum(resp_ip_bytes), count(*)
-		FROM flows GROUP BY 1, 2, 3, 4, 5`},
-	{"ports_1m", "minute, sensor, proto, resp_port, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, records",
-		`SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00'), sensor, proto, resp_port,
-			sum(orig_pkts), sum(resp_pkts), sum(orig_ip_bytes), sum(resp_ip_bytes), count(*)
-		FROM flows GROUP BY 1, 2, 3, 4`},
-	{"countries_1m", "minute, sensor, country, sent_pkts, sent_ip_bytes, recv_pkts, recv_ip_bytes, records",
-		`SELECT m, sensor, c, sum(sp), sum(sb), sum(rp), sum(rb), count(DISTINCT (start, id)) FROM (
-			SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00') m, sensor, start, id,
-				orig_country c, orig_pkts sp, orig_ip_bytes sb, resp_pkts rp, resp_ip_bytes rb FROM flows
-			UNION ALL
-			SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00'), sensor, start, id,
-				resp_country, resp_pkts, resp_ip_bytes, orig_pkts, orig_ip_bytes FROM flows) r GROUP BY 1, 2, 3`},
-}
-
-// CheckRollups fails t unless every rollup table equals its GROUP BY over
-// flows (symmetric difference empty) and the rollups are not empty when
-// flows is not.
-func CheckRollups(t testing.TB, pool *pgxpool.Pool, step string) {
-	t.Helper()
-	ctx := context.Background()
-	var flows int
-	if err := pool.QueryRow(ctx, "SELECT count(*) FROM flows").Scan(&flows); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range rollupChecks {
-		var diff, rows int
-		q := fmt.Sprintf(`WITH g AS (%s), r AS (SELECT %s FROM %s)
-			SELECT (SELECT count(*) FROM ((SELECT * FROM g EXCEPT ALL SELECT * FROM r)
-				UNION ALL (SELECT * FROM r EXCEPT ALL SELECT * FROM g)) d), (SELECT count(*) FROM r)`,
-			c.groupBy, c.cols, c.table)
-		if err := pool.QueryRow(ctx, q).Scan(&diff, &rows); err != nil {
-			t.Fatalf("%s: %s: %v", step, c.table, err)
-		}
-		if diff != 0 || (flows > 0) != (rows > 0) {
-			t.Errorf("%s: %s: %d rows differ from the GROUP BY over %d flows (%d rows)", step, c.table, diff, flows, rows)
-		}
-	}
-}
 
 // TestRollupsEqualGroupBy writes flows with varied keys (IPv4, IPv4-mapped
 // IPv6 and IPv6 addresses, an address talking to itself, countries equal and
@@ -120,7 +61,7 @@ func TestRollupsEqualGroupBy(t *testing.T) {
 		if err != nil || res.Inserted != st.wantIns {
 			t.Fatalf("%s: %+v, %v; want %d inserted", st.name, res, err, st.wantIns)
 		}
-		CheckRollups(t, s.pool, st.name)
+		storetest.CheckRollups(t, s.pool, st.name)
 	}
 	// Two stores (sinks) writing overlapping new batches at once: each row
 	// and its rollups land once.
@@ -133,7 +74,7 @@ func TestRollupsEqualGroupBy(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	CheckRollups(t, s.pool, "concurrent")
+	storetest.CheckRollups(t, s.pool, "concurrent")
 	var n int
 	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM flows").Scan(&n); err != nil || n != 380 {
 		t.Fatalf("%d flows (%v), want 380", n, err)

@@ -222,8 +222,58 @@ func IsDataError(err error) bool {
 	switch pe.Code[:2] {
 	case "22", "23":
 		// 23514 check_violation is also what a missing partition raises
-		// ("no partition of relation found for row"): that is retryable.
-		return pe.Code != "23514"
+		// ("no partition of relation … found for row"): that is retryable.
+		return pe.Code != "23514" || !strings.HasPrefix(pe.Message, "no partition of relation")
 	}
 	return false
 }
+
+// IsStatementTimeout reports whether err is PostgreSQL cancelling a
+// statement that ran longer than statement_timeout (SQLSTATE 57014 with
+// that reason; a cancel request of ours has the same code, another message).
+func IsStatementTimeout(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "57014" && strings.Contains(pe.Message, "statement timeout")
+}
+
+// SQLState is err's SQLSTATE, "" when it is not a PostgreSQL error.
+func SQLState(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
+}
+
+// Parked is a message the sink gave up on, for the parked_messages table.
+type Parked struct {
+	Table     string // flows, alerts, host_metrics
+	Stream    string
+	StreamSeq uint64
+	Subject   string
+	MsgID     string // Nats-Msg-Id, may be empty
+	Reason    string // the error
+	SQLState  string // "" when not a database error (e.g. does not decode)
+	Data      []byte // the payload
+}
+
+// Park stores p in parked_messages (once per stream and sequence: parking a
+// redelivery of it again is a no-op). Text is made storable by text's rule.
+func (s *Store) Park(ctx context.Context, p Parked) error {
+	data := p.Data
+	if data == nil {
+		data = []byte{}
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO parked_messages (tbl, stream, stream_seq, subject, msg_id, reason, sqlstate, data)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (stream, stream_seq) DO NOTHING`,
+		text(p.Table), text(p.Stream), int64(min(p.StreamSeq, 1<<63-1)), text(p.Subject), text(p.MsgID),
+		text(p.Reason), text(p.SQLState), data)
+	if err != nil {
+		return fmt.Errorf("park message %s/%d: %w", p.Stream, p.StreamSeq, err)
+	}
+	return nil
+}
+
+// Text makes s storable in a text column by the sink's rule for text: NUL
+// and each byte of invalid UTF-8 become \xNN (see README "Text").
+func Text(s string) string { return text(s) }
