@@ -35,10 +35,14 @@ type Batcher struct {
 	bufs         sync.Pool // *[]byte message buffers
 }
 
+// bucket is one open batch: buf holds headerRoom bytes kept free for the
+// PacketBatch header, then the encoded packets fields. At send the header is
+// written right before the packets and the message is buf[start:], so a
+// batch is encoded once, in the buffer that is published, and never copied.
 type bucket struct {
-	packets []byte // encoded PacketBatch.packets fields of the open batch
-	n       int
-	opened  time.Time
+	buf    *[]byte
+	n      int
+	opened time.Time
 }
 
 // MaxBatchBytes bounds the encoded packets of one batch: a batch is sent
@@ -84,8 +88,9 @@ func (b *Batcher) Add(p *decode.Packet) {
 	bk := &b.buckets[bi]
 	if bk.n == 0 {
 		bk.opened = time.Now()
-		if bk.packets == nil {
-			bk.packets = make([]byte, 0, 128*b.Size)
+		if bk.buf == nil {
+			bk.buf = b.message(b.headerRoom() + 128*b.Size)
+			*bk.buf = (*bk.buf)[:b.headerRoom()]
 		}
 	}
 	var l7 *decode.L7
@@ -93,14 +98,29 @@ func (b *Batcher) Add(p *decode.Packet) {
 		decode.ParseL7(p, &b.l7)
 		l7 = &b.l7
 	}
-	b.sum = appendSummary(b.sum[:0], p, l7)
-	bk.packets = protowire.AppendTag(bk.packets, batchPackets, protowire.BytesType)
-	bk.packets = protowire.AppendBytes(bk.packets, b.sum)
+	// tag, a one-byte length placeholder, the summary; a summary of 128
+	// bytes or more moves right by the extra length bytes
+	data := append(*bk.buf, batchPackets<<3|byte(protowire.BytesType), 0)
+	at := len(data)
+	data = appendSummary(data, p, l7)
+	if n := len(data) - at; n < 0x80 {
+		data[at-1] = byte(n)
+	} else {
+		extra := protowire.SizeVarint(uint64(n)) - 1
+		data = append(data, make([]byte, extra)...)
+		copy(data[at+extra:], data[at:at+n])
+		protowire.AppendVarint(data[:at-1], uint64(n))
+	}
+	*bk.buf = data
 	bk.n++
-	if bk.n >= b.Size || len(bk.packets) >= MaxBatchBytes {
+	if bk.n >= b.Size || len(data) >= MaxBatchBytes {
 		b.send(bi)
 	}
 }
+
+// headerRoom is the room kept before a batch's packets for its header:
+// sensor, boot, a sequence number of up to 10 bytes and the bucket.
+func (b *Batcher) headerRoom() int { return 2*(2+2) + len(b.sensor) + len(b.boot) + 11 + 3 }
 
 // message returns a buffer for one message, reused after its ack.
 func (b *Batcher) message(size int) *[]byte {
@@ -124,14 +144,17 @@ func (b *Batcher) send(bi uint32) {
 		return
 	}
 	seq := b.seq.Add(1)
-	bp := b.message(len(bk.packets) + 128 + len(b.sensor) + len(b.boot))
-	data := appendBatchHeader((*bp)[:0], b.sensor, b.boot, seq, bi)
-	data = append(data, bk.packets...)
-	data = appendBatchTrailer(data, false, time.Now().UnixNano())
-	*bp = data
+	room := b.headerRoom()
+	var hdr [128]byte
+	h := appendBatchHeader(hdr[:0], b.sensor, b.boot, seq, bi)
+	bp := bk.buf
+	start := room - len(h)
+	copy((*bp)[start:], h)
+	*bp = appendBatchTrailer(*bp, false, time.Now().UnixNano())
+	data := (*bp)[start:]
 	n := bk.n
 	bk.n = 0
-	bk.packets = bk.packets[:0]
+	bk.buf = nil
 	b.pub.publish(b.subjects[bi], schema.PacketBatchID(b.sensor, b.boot, seq), data, n, func() { b.recycle(bp) })
 }
 
