@@ -1,0 +1,297 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	"netwatch/schema"
+	"netwatch/schema/pb"
+	"netwatch/testkit"
+)
+
+type wsMsg struct {
+	Type     string         `json:"type"`
+	Flow     map[string]any `json:"flow"`
+	Alert    map[string]any `json:"alert"`
+	Counters map[string]any `json:"counters"`
+	Dropped  uint64         `json:"dropped"`
+	Closing  bool           `json:"closing"`
+	Messages int            `json:"messages"`
+}
+
+func wsURL(e *env, path string, q url.Values) string {
+	return "ws" + strings.TrimPrefix(e.url, "http") + path + "?" + q.Encode()
+}
+
+func readWS(t *testing.T, c *websocket.Conn) wsMsg {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var m wsMsg
+	if err := c.ReadJSON(&m); err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	return m
+}
+
+func counters(sensor string, sec int64, pkts, bytes uint64) *pb.TrafficCounters {
+	return &pb.TrafficCounters{Sensor: sensor, SecondNs: base.Truncate(time.Second).UnixNano() + sec*1e9,
+		Total:      &pb.CounterSet{Packets: pkts, IpBytes: bytes, Syn: 3, Sources: 2},
+		Responders: []*pb.AddrCounters{{Addr: []byte{192, 0, 2, 9}, Counters: &pb.CounterSet{Packets: pkts, IpBytes: bytes}}}}
+}
+
+func publishPB(t *testing.T, e *env, subject string, m proto.Message) {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.js.Publish(context.Background(), subject, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLiveCounters(t *testing.T) {
+	e := newEnv(t)
+	c := dial(t, e, "?types=counters&sensor=s1")
+	publishPB(t, e, schema.CountersSubject("s2"), counters("s2", 0, 1, 1))
+	publishPB(t, e, schema.CountersSubject("s1"), counters("s1", 1, 1500, 900000))
+	m := readWS(t, c)
+	ct := m.Counters
+	// 900000 bytes in one second: 7.2 Mbit/s.
+	if m.Type != "counters" || ct["sensor"] != "s1" || ct["packets"] != 1500.0 || ct["bps"] != 7.2e6 || ct["pps"] != 1500.0 ||
+		ct["time"] != "2024-05-01T12:00:01.000000000Z" || ct["syn"] != 3.0 ||
+		ct["responders"].([]any)[0].(map[string]any)["addr"] != "192.0.2.9" {
+		t.Fatalf("counters message %+v", m)
+	}
+}
+
+// TestStreamReplay: /api/v1/replay sends what JetStream holds for the range,
+// across streams in publish order, with the records' own timestamps, and
+// stops at to.
+func TestStreamReplay(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	from := time.Now().Add(-time.Second)
+	publishFlows(t, e, "s1", testFlow("s1", 1, 6, 80), testFlow("s1", 2, 17, 53))
+	publishPB(t, e, schema.CountersSubject("s1"), counters("s1", 1, 10, 1000))
+	publishPB(t, e, schema.AlertsSubject("s1"), &pb.Alert{Id: "al1", TimeNs: base.UnixNano(), Sensor: "s1",
+		Severity: pb.Severity_SEVERITY_LOW, Category: "portscan", Summary: "scan"})
+	publishFlows(t, e, "s2", testFlow("s2", 3, 6, 443))
+	publishPB(t, e, schema.CountersSubject("s1"), counters("s1", 2, 20, 2000)) // after "to"
+	st, err := e.js.Stream(ctx, schema.StreamCounters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := st.GetMsg(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	to := last.Time // the last counters message is not replayed: [from, to)
+
+	replay := func(q url.Values) []string {
+		c, _, err := websocket.DefaultDialer.Dial(wsURL(e, "/api/v1/replay", q), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		var got []string
+		for {
+			m := readWS(t, c)
+			switch m.Type {
+			case "flow":
+				got = append(got, "flow "+m.Flow["orig_addr"].(string)+" "+m.Flow["start"].(string))
+			case "alert":
+				got = append(got, "alert "+m.Alert["id"].(string))
+			case "counters":
+				got = append(got, fmt.Sprint("counters ", m.Counters["packets"], " ", m.Counters["time"]))
+			case "replay_end":
+				if m.Messages != len(got) {
+					t.Errorf("replay_end says %d messages, got %d", m.Messages, len(got))
+				}
+				return got
+			default:
+				t.Fatalf("unexpected %+v", m)
+			}
+		}
+	}
+	all := replay(url.Values{"from": {from.Format(time.RFC3339Nano)}, "to": {to.Format(time.RFC3339Nano)}, "speed": {"0"}})
+	want := "[flow 10.1.0.1 2024-05-01T12:00:01.123456000Z flow 10.1.0.2 2024-05-01T12:00:02.123456000Z " +
+		"counters 10 2024-05-01T12:00:01.000000000Z alert al1 flow 10.1.0.3 2024-05-01T12:00:03.123456000Z]"
+	if fmt.Sprint(all) != want {
+		t.Errorf("replay\n got %v\nwant %s", all, want)
+	}
+	filtered := replay(url.Values{"from": {from.Format(time.RFC3339Nano)}, "speed": {"10"}, "types": {"flow"}, "proto": {"tcp"}})
+	if fmt.Sprint(filtered) != "[flow 10.1.0.1 2024-05-01T12:00:01.123456000Z flow 10.1.0.3 2024-05-01T12:00:03.123456000Z]" {
+		t.Errorf("types=flow&proto=tcp replayed %v", filtered)
+	}
+	if got := replay(url.Values{"from": {time.Now().Add(time.Hour).Format(time.RFC3339)}}); len(got) != 0 {
+		t.Errorf("future range replayed %v", got)
+	}
+}
+
+// TestStalledClient (run with -race): 50 live clients, one of which never
+// reads. The other 49 receive every probe flow within 250 ms of its
+// publication while the stalled one's socket and queue are full, and the
+// stalled one is disconnected.
+func TestStalledClient(t *testing.T) {
+	e := newEnv(t)
+	h := e.srv.Hub
+	h.Buffer = 64
+	h.WriteTimeout = time.Second
+	h.StallTimeout = time.Second
+	// The stalled client wants every flow; its receive buffer is small.
+	d := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetReadBuffer(4096)
+		}
+		return c, err
+	}}
+	stalled, _, err := d.Dial(wsURL(e, "/api/v1/live", url.Values{"types": {"flow"}}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	const readers, probes = 49, 40
+	type result struct {
+		got   int
+		worst time.Duration
+		err   error
+	}
+	results := make(chan result, readers)
+	var ready sync.WaitGroup
+	for range readers {
+		c, _, err := websocket.DefaultDialer.Dial(wsURL(e, "/api/v1/live", url.Values{"types": {"flow"}, "port": {"9999"}}), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		ready.Add(1)
+		go func() {
+			ready.Done()
+			var r result
+			for r.got < probes {
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				var m wsMsg
+				if r.err = c.ReadJSON(&m); r.err != nil {
+					break
+				}
+				if m.Type != "flow" {
+					continue
+				}
+				sent, _ := time.Parse(time.RFC3339Nano, m.Flow["start"].(string))
+				r.worst = max(r.worst, time.Since(sent))
+				r.got++
+			}
+			results <- r
+		}()
+	}
+	ready.Wait()
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.Clients() == readers+1 }, "clients not registered")
+	// Each batch: 500 bulk flows (about 500 KB of JSON for the stalled
+	// client) and one probe on port 9999 stamped with the publish time.
+	bulk := make([]*pb.Flow, 500)
+	for i := range bulk {
+		bulk[i] = testFlow("s1", i%250, 6, 80)
+	}
+	for i := range probes {
+		probe := testFlow("s1", i, 6, 9999)
+		probe.StartNs = time.Now().UnixNano()
+		publishFlows(t, e, "s1", append(bulk, probe)...)
+		time.Sleep(25 * time.Millisecond) // a feed at 40 batches/s, not a burst
+	}
+	for range readers {
+		r := <-results
+		if r.err != nil || r.got != probes || r.worst > 250*time.Millisecond {
+			t.Errorf("reader: %d/%d probes, worst latency %s, err %v", r.got, probes, r.worst, r.err)
+		}
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return h.Clients() == readers }, "stalled client not disconnected")
+}
+
+// TestSlowClientToldWhatItMissed: a client that reads slowly gets dropped
+// reports, and what it received plus what it was told it missed is
+// exactly what was published; one that stays too slow for StallTimeout is
+// told a last time ("closing") and closed with 1008.
+func TestSlowClientToldWhatItMissed(t *testing.T) {
+	e := newEnv(t)
+	h := e.srv.Hub
+	h.Buffer = 4
+	h.StallTimeout = 0
+	c := dial(t, e, "?types=flow")
+	const batches, per = 20, 500
+	go func() {
+		for i := range batches {
+			flows := make([]*pb.Flow, per)
+			for j := range flows {
+				flows[j] = testFlow("s1", (i*per+j)%250, 6, 80)
+			}
+			publishFlows(t, e, "s1", flows...)
+		}
+	}()
+	got, told := 0, uint64(0)
+	for got+int(told) < batches*per {
+		m := readWS(t, c)
+		switch m.Type {
+		case "flow":
+			got++
+			if got%50 == 0 {
+				time.Sleep(10 * time.Millisecond) // a slow reader
+			}
+		case "dropped":
+			told += m.Dropped
+		}
+	}
+	if got+int(told) != batches*per || told == 0 {
+		t.Fatalf("received %d + told dropped %d = %d, want %d with some dropped", got, told, got+int(told), batches*per)
+	}
+
+	// Too slow for long: told, then closed with 1008.
+	h.StallTimeout = 2 * time.Second
+	c2 := dial(t, e, "?types=flow")
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			flows := make([]*pb.Flow, 200)
+			for j := range flows {
+				flows[j] = testFlow("s1", j, 6, 80)
+			}
+			b, _ := proto.Marshal(&pb.FlowBatch{Sensor: "s1", Flows: flows})
+			_ = e.nc.Publish(schema.FlowsSubject("s1", 0, 0), b)
+		}
+	}()
+	closing := false
+	for {
+		c2.SetReadDeadline(time.Now().Add(20 * time.Second))
+		var m wsMsg
+		err := c2.ReadJSON(&m)
+		if err != nil {
+			if !closing || !websocket.IsCloseError(err, websocket.ClosePolicyViolation) || !strings.Contains(err.Error(), "messages dropped") {
+				t.Fatalf("closing notice %v, close error %v; want the notice then 1008", closing, err)
+			}
+			break
+		}
+		if m.Type == "dropped" && m.Closing {
+			closing = m.Dropped > 0
+		}
+		time.Sleep(time.Millisecond) // slower than the feed
+	}
+}
+
+var _ = jetstream.ErrStreamNotFound
