@@ -1,10 +1,14 @@
 package flow
 
 import (
+	"net/netip"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
 
+	"netwatch/enricher/internal/geo"
+	"netwatch/enricher/internal/names"
 	"netwatch/schema/pb"
 )
 
@@ -88,4 +92,67 @@ func TestAddAllocFree(t *testing.T) {
 	if allocs > 1 {
 		t.Errorf("%.2f allocs per packet", allocs)
 	}
+}
+
+// BenchmarkFlowsContext is BenchmarkFlows with GeoIP/ASN lookups (the test
+// databases; 4096 distinct client addresses, so the cache mostly hits) and
+// passive DNS names on: the per-flow cost of the context.
+func BenchmarkFlowsContext(b *testing.B) {
+	db, err := geo.Open("../../../../shared/data/geoip/GeoIP2-City-Test.mmdb", "../../../../shared/data/geoip/GeoLite2-ASN-Test.mmdb", 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	cfg := DefaultConfig()
+	cfg.Geo, cfg.Names = db, names.New(names.Config{})
+	server := netip.MustParseAddr("89.160.20.115").AsSlice()
+	cfg.Names.Learn(&pb.PacketSummary{TsNs: t0, DnsResponse: true, DnsAnswers: []*pb.DNSAnswer{{Name: "www.example.se", Type: 1, Addr: server, Ttl: 3600}}})
+	t := NewTable(cfg, func(Record) {})
+	b.ReportAllocs()
+	i := 0
+	client := []byte{81, 2, 0, 0}
+	q := udp(0, client, 0, server, 53, 100)
+	r := udp(0, server, 53, client, 0, 100)
+	defer reportCPU(b, cpuTime())
+	for b.Loop() {
+		port := uint32(1024 + i%60000)
+		client[2], client[3] = byte(i>>8)&0x0f, byte(i)
+		q.TsNs, q.SrcPort = t0+int64(i)*1e6, port
+		r.TsNs, r.DstPort = q.TsNs, port
+		t.Add(q, nil)
+		t.Add(r, nil)
+		i++
+	}
+}
+
+// BenchmarkMemoryPerFlow reports the heap held per open flow ("bytes/flow":
+// table entry, map slot, idle list links, message refs) with 100 000 open
+// TCP flows, each from one SYN and one SYN-ACK carrying a message ref.
+func BenchmarkMemoryPerFlow(b *testing.B) {
+	const n = 100_000
+	ps := make([]*pb.PacketSummary, 0, 2*n)
+	for i := range n {
+		a := []byte{10, 1, byte(i >> 8), byte(i)}
+		ps = append(ps, tcp(t0+int64(i), a, uint32(1024+i%60000), hostB, 443, syn, 0),
+			tcp(t0+int64(i)+1, hostB, 443, a, uint32(1024+i%60000), syn|ack, 0))
+	}
+	ref := &countRef{}
+	var per float64
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		t := NewTable(DefaultConfig(), func(Record) {})
+		for _, p := range ps {
+			t.Add(p, ref)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if t.Len() != n {
+			b.Fatalf("%d flows", t.Len())
+		}
+		per = float64(after.HeapAlloc-before.HeapAlloc) / n
+		runtime.KeepAlive(t)
+	}
+	b.ReportMetric(per, "bytes/flow")
 }
