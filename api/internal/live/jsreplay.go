@@ -32,16 +32,17 @@ type streamReplay struct {
 }
 
 func parseStreamReplay(r *http.Request) (streamReplay, error) {
-	q := r.URL.Query()
+	q := query{r}
 	rp := streamReplay{Speed: 1}
 	var err error
-	if q.Get("from") == "" {
+	from, to, speed := q.Get("from"), q.Get("to"), q.Get("speed")
+	if from == "" {
 		return rp, errors.New("from: required (RFC 3339 start of the range to replay)")
 	}
-	if rp.From, err = time.Parse(time.RFC3339Nano, q.Get("from")); err != nil {
-		return rp, fmt.Errorf("from: %q is not an RFC 3339 time", q.Get("from"))
+	if rp.From, err = time.Parse(time.RFC3339Nano, from); err != nil {
+		return rp, fmt.Errorf("from: %q is not an RFC 3339 time", from)
 	}
-	if v := q.Get("to"); v != "" {
+	if v := to; v != "" {
 		if rp.To, err = time.Parse(time.RFC3339Nano, v); err != nil {
 			return rp, fmt.Errorf("to: %q is not an RFC 3339 time", v)
 		}
@@ -49,7 +50,7 @@ func parseStreamReplay(r *http.Request) (streamReplay, error) {
 			return rp, errors.New("from must be before to")
 		}
 	}
-	if v := q.Get("speed"); v != "" {
+	if v := speed; v != "" {
 		if rp.Speed, err = strconv.ParseFloat(v, 64); err != nil || rp.Speed < 0 || rp.Speed > 1e6 {
 			return rp, fmt.Errorf("speed: %q is not a number from 0 (as fast as possible) to 1000000 (e.g. 1, 10)", v)
 		}

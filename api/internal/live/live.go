@@ -478,7 +478,7 @@ type Filter struct {
 
 // ParseFilter reads a Filter from URL query parameters.
 func ParseFilter(r *http.Request) (Filter, error) {
-	q := r.URL.Query()
+	q := query{r}
 	f := Filter{Sensor: q.Get("sensor"), Port: -1, Proto: -1}
 	if v := q.Get("types"); v != "" {
 		f.Types = map[string]bool{}
@@ -518,6 +518,12 @@ func ParseFilter(r *http.Request) (Filter, error) {
 	}
 	return f, nil
 }
+
+// query reads r's query parameters through rest.QueryParam (traced for
+// the OpenAPI test).
+type query struct{ r *http.Request }
+
+func (q query) Get(name string) string { return rest.QueryParam(q.r, name) }
 
 // mask is the set of message types f wants, as type bits.
 func (f *Filter) mask() uint8 {

@@ -19,7 +19,7 @@ type replay struct {
 }
 
 func parseReplay(r *http.Request) (*replay, error) {
-	q := r.URL.Query()
+	q := query{r}
 	if q.Get("from") == "" {
 		if q.Get("to") != "" || q.Get("speed") != "" {
 			return nil, fmt.Errorf("replay: to and speed need from")

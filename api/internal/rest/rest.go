@@ -127,7 +127,26 @@ func (p *params) bad(format string, args ...any) {
 	}
 }
 
-func (p *params) str(name string) string { return strings.TrimSpace(p.r.URL.Query().Get(name)) }
+func (p *params) str(name string) string { return strings.TrimSpace(QueryParam(p.r, name)) }
+
+// QueryParam is r's query parameter name; every handler reads its
+// parameters through it, so that TraceParams can list them.
+func QueryParam(r *http.Request, name string) string {
+	if tr, ok := r.Context().Value(traceKey{}).(*[]string); ok {
+		*tr = append(*tr, name)
+	}
+	return r.URL.Query().Get(name)
+}
+
+type traceKey struct{}
+
+// TraceParams returns r with a trace of the query parameters its handler
+// reads (QueryParam) and a function that lists them: the OpenAPI test
+// compares them with the document.
+func TraceParams(r *http.Request) (*http.Request, func() []string) {
+	var seen []string
+	return r.WithContext(context.WithValue(r.Context(), traceKey{}, &seen)), func() []string { return seen }
+}
 
 // time reads an RFC 3339 time; zero when absent.
 func (p *params) time(name string) time.Time {

@@ -29,6 +29,9 @@ type Server struct {
 	Handler http.Handler
 	Hub     *live.Hub
 	API     *rest.API
+	// Routes are the ServeMux patterns of the API ("GET /api/v1/flows"),
+	// the WebSocket and operational endpoints (not the dashboard's "/").
+	Routes []string
 }
 
 // Options are the optional parts of New.
@@ -75,7 +78,11 @@ func New(pool *pgxpool.Pool, nc *nats.Conn, reg *prometheus.Registry, log *slog.
 		_, pat := mux.Handler(r)
 		return adminRoutes[pat]
 	}
-	return &Server{Handler: instrument(authenticate(mux, opts.Tokens, admin), mux, reg), Hub: hub, API: api}, nil
+	routes := []string{"GET /metrics", "GET /healthz", "GET /readyz", "GET /api/v1/live", "GET /api/v1/replay"}
+	for _, rt := range api.Routes() {
+		routes = append(routes, rt.Pattern)
+	}
+	return &Server{Handler: instrument(authenticate(mux, opts.Tokens, admin), mux, reg), Hub: hub, API: api, Routes: routes}, nil
 }
 
 // instrument counts requests by route pattern and status code, and times
