@@ -165,6 +165,9 @@ func TestUndecodableIsTerminated(t *testing.T) {
 	testkit.Eventually(t, 10*time.Second, func() bool {
 		return testutil.ToFloat64(e.m.Poison.WithLabelValues("flows")) == 1
 	}, "poison not counted")
+	if n := e.count(t, "SELECT count(*) FROM parked_messages WHERE msg_id = 'garbage' AND data = '\\xffffff'::bytea AND reason LIKE 'does not decode%'"); n != 1 {
+		t.Errorf("%d parked rows for the undecodable message, want 1", n)
+	}
 	c, _ := e.js.Consumer(e.ctx, schema.StreamFlows, schema.ConsumerSinkFlows)
 	testkit.Eventually(t, 10*time.Second, func() bool {
 		ci, err := c.Info(e.ctx)
@@ -244,5 +247,40 @@ func TestDatabaseOutage(t *testing.T) {
 	}
 	if n := e.count(t, "SELECT count(DISTINCT id) FROM flows"); n != 300 {
 		t.Fatalf("%d distinct flows, want 300", n)
+	}
+}
+
+// TestInvalidUTF8OnTheWire: a FlowBatch whose string fields hold invalid
+// UTF-8 (Go's protobuf refuses to decode it) is repaired by the text rule
+// and stored, not lost; the other flows of the message with it.
+func TestInvalidUTF8OnTheWire(t *testing.T) {
+	e := start(t)
+	fb := flowBatch("s1", 0, 5, time.Date(2024, 10, 1, 0, 0, 0, 0, time.UTC))
+	fb.Flows[2].ServerName = "QQQQ.example"
+	fb.Flows[2].HttpUserAgent = "UUUU"
+	b, err := proto.Marshal(fb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = []byte(strings.Replace(string(b), "QQQQ", "\xff\x00\xc3(", 1))
+	b = []byte(strings.Replace(string(b), "UUUU", "ok\xe2\x82", 1))
+	if err := proto.Unmarshal(b, new(pb.FlowBatch)); err == nil {
+		t.Fatal("the crafted message decodes: the test does not test anything")
+	}
+	msg := &nats.Msg{Subject: schema.FlowsSubject("s1", 0, 0), Data: b, Header: nats.Header{}}
+	msg.Header.Set(jetstream.MsgIDHeader, "bad-utf8")
+	if _, err := e.js.PublishMsg(e.ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return e.count(t, "SELECT count(*) FROM flows") == 5 }, "flows not stored")
+	var sn, ua string
+	if err := e.st.Pool().QueryRow(e.ctx, "SELECT server_name, http_user_agent FROM flows WHERE orig_port = 2").Scan(&sn, &ua); err != nil {
+		t.Fatal(err)
+	}
+	if sn != `\xff\x00\xc3(.example` || ua != `ok\xe2\x82` {
+		t.Errorf("server_name %q, user agent %q", sn, ua)
+	}
+	if r, p := testutil.ToFloat64(e.m.Repaired.WithLabelValues("flows")), testutil.ToFloat64(e.m.Poison.WithLabelValues("flows")); r != 1 || p != 0 {
+		t.Errorf("repaired %v poison %v, want 1 and 0", r, p)
 	}
 }
