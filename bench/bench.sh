@@ -7,6 +7,7 @@
 #     of `bin/agent -pcap CAPTURE -sensor bench` until the flows stored in PostgreSQL hold
 #     every IP packet of the capture (sum of orig_pkts + resp_pkts = the IP frames tshark
 #     counts) and every consumer has drained (api /api/v1/pipeline pending 0).
+#   agent → JetStream alone: the agent on the capture into a fresh local JetStream, no consumers.
 #   agent -summary: the agent's decode of the file alone, no broker (upper bound of intake).
 #   nfpcapd -r (nfdump 1.7), argus -r, tshark -q -z conv,ip: flows from the same file.
 #
@@ -164,6 +165,31 @@ if [ "${BENCH_NETWATCH:-1}" != 0 ]; then
     results+=("netwatch end to end|FAILED (bench/out/logs)|-|-")
   fi
   nw_stop_all "${stop_order[@]}"
+fi
+
+# 3a. The agent alone into a fresh local JetStream (no consumers): the sensor's intake.
+agent_alone() {
+  local nats t0 t1 ncpu
+  nats=$(nw_nats_server) || { nw_err "no nats-server: scripts/setup.sh"; return 1; }
+  rm -rf "$out/nats-alone"
+  sed -E -e "s|^port: .*|port: $nats_port|" -e "s|^http: [^ ]*|http: $mon|" \
+    -e "s|store_dir: .*|store_dir: \"$out/nats-alone\"|" -e 's|^server_name: .*|server_name: netwatch-bench|' \
+    nats.conf >"$out/nats-alone.conf"
+  nw_start nats "$nats" -c "$out/nats-alone.conf"
+  nw_wait_ready nats "http://$mon/healthz?js-enabled-only=true" || return 1
+  rm -f "$out/agent-alone.cpu"
+  t0=$(now)
+  bash -c '"$@"; rc=$?; awk -v t="$(getconf CLK_TCK)" '"'"'{ sub(/^.*\) /, ""); split($0, f, " "); printf "%.2f\n", (f[14] + f[15]) / t }'"'"' /proc/$$/stat >"'"$out"'/agent-alone.cpu"; exit $rc' \
+    agent bin/agent -nats.url "$nats_url" -log.level warn -http.addr 127.0.0.1:19101 -pcap "$pcap" -sensor bench \
+    -replay-speed 0 ${AGENT_ARGS:-} 2>"$NW_LOGDIR/agent-alone.log" || { nw_err "agent (alone) failed"; return 1; }
+  t1=$(now)
+  ncpu=$(cpu_of "${NW_PID[nats]}")
+  nw_stop_all nats
+  nw_say "agent alone: $(secs "$t0" "$t1") s, agent CPU $(cat "$out/agent-alone.cpu") s, nats-server CPU $ncpu s"
+  add "netwatch agent → JetStream alone" "read, decode, publish to a local JetStream (file store) with acks, no consumers; agent CPU $(cat "$out/agent-alone.cpu") s, nats-server $ncpu s" "$(secs "$t0" "$t1")"
+}
+if [ "${BENCH_NETWATCH:-1}" != 0 ]; then
+  agent_alone || results+=("netwatch agent → JetStream alone|FAILED (bench/out/logs)|-|-")
 fi
 
 # 3. The agent's decoder alone.
