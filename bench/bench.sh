@@ -180,13 +180,14 @@ agent_alone() {
   rm -f "$out/agent-alone.cpu"
   t0=$(now)
   bash -c '"$@"; rc=$?; awk -v t="$(getconf CLK_TCK)" '"'"'{ sub(/^.*\) /, ""); split($0, f, " "); printf "%.2f\n", (f[14] + f[15]) / t }'"'"' /proc/$$/stat >"'"$out"'/agent-alone.cpu"; exit $rc' \
-    agent bin/agent -nats.url "$nats_url" -log.level warn -http.addr 127.0.0.1:19101 -pcap "$pcap" -sensor bench \
+    agent /usr/bin/time -f %M -o "$out/agent-alone.rss" bin/agent -nats.url "$nats_url" -log.level warn -http.addr 127.0.0.1:19101 -pcap "$pcap" -sensor bench \
     -replay-speed 0 ${AGENT_ARGS:-} 2>"$NW_LOGDIR/agent-alone.log" || { nw_err "agent (alone) failed"; return 1; }
   t1=$(now)
   ncpu=$(cpu_of "${NW_PID[nats]}")
   nw_stop_all nats
-  nw_say "agent alone: $(secs "$t0" "$t1") s, agent CPU $(cat "$out/agent-alone.cpu") s, nats-server CPU $ncpu s"
-  add "netwatch agent → JetStream alone" "read, decode, publish to a local JetStream (file store) with acks, no consumers; agent CPU $(cat "$out/agent-alone.cpu") s, nats-server $ncpu s" "$(secs "$t0" "$t1")"
+  local rss; rss=$(awk '{ printf "%.0f", $1 / 1024 }' "$out/agent-alone.rss" 2>/dev/null || echo '?')
+  nw_say "agent alone: $(secs "$t0" "$t1") s, agent CPU $(cat "$out/agent-alone.cpu") s, max RSS $rss MiB, nats-server CPU $ncpu s"
+  add "netwatch agent → JetStream alone" "read, decode, publish to a local JetStream (file store) with acks, no consumers; agent CPU $(cat "$out/agent-alone.cpu") s, max RSS $rss MiB; nats-server CPU $ncpu s" "$(secs "$t0" "$t1")"
 }
 if [ "${BENCH_NETWATCH:-1}" != 0 ]; then
   agent_alone || results+=("netwatch agent → JetStream alone|FAILED (bench/out/logs)|-|-")

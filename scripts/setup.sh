@@ -5,7 +5,7 @@
 #   Debian packages: libpcap-dev (agent, cgo), tshark tcpdump wireshark-common (tests check
 #   against them; editcap/mergecap/capinfos build the bench capture), postgresql (make run,
 #   make test), chromium (dashboard browser tests), nfdump argus-server argus-client (make
-#   bench peers), curl (readiness probes).
+#   bench peers), curl (readiness probes), time (bench: the agent's max RSS).
 #   bin/nats-server: built from the Go module proxy unless a nats-server >= 2.11 is on PATH.
 #
 # Environment: SKIP_APT=1 skips the Debian packages; WITH_PROTO=1 also installs protoc;
@@ -16,7 +16,7 @@ root=$PWD
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 pkgs=(libpcap-dev tshark tcpdump wireshark-common postgresql chromium nfdump argus-server
-      argus-client curl ca-certificates iproute2)
+      argus-client curl ca-certificates iproute2 time)
 [ "${WITH_PROTO:-0}" = 1 ] && pkgs+=(protobuf-compiler)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
