@@ -92,6 +92,7 @@ type Packet struct {
 	Seq, Ack         uint32
 	Window           uint16
 	Payload          []byte // captured transport payload (TCP/UDP), for light L7
+	ARP              ARP    // the ARP/RARP frame when Network is NetARP (ARP.OK)
 }
 
 // Decoder parses frames of one link type. The zero value is not usable:
@@ -133,6 +134,10 @@ func (d *Decoder) Decode(data []byte, p *Packet) Kind {
 	switch d.link {
 	case layers.LinkTypeEthernet:
 		d.ether(data, p, 0, true)
+		if p.ARP.OK {
+			copy(p.ARP.EthSrc[:], data[6:12])
+			p.ARP.HasEthSrc = true
+		}
 	case layers.LinkTypeLinuxSLL:
 		if len(data) < 16 {
 			return p.malformed(ReasonShortLink)
@@ -250,6 +255,7 @@ func (d *Decoder) ethertype(et uint16, data []byte, p *Packet, depth int, outer 
 		if outer {
 			p.Network = NetARP
 			p.Kind = KindNonIP
+			p.ARP.parse(data)
 		}
 	default:
 		if outer {

@@ -4,7 +4,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
@@ -38,21 +40,40 @@ func frames(tb testing.TB, file string, max int) ([][]byte, layers.LinkType) {
 var pcaps = filepath.Join("..", "..", "..", "..", "shared", "data", "pcaps")
 
 // FuzzDecode feeds arbitrary frames to every link type's decoder and L7
-// parser: no input may panic, and the invariants of a KindIP packet hold.
-// Seeds: the first frames of real captures with tunnels, fragments, VLANs,
-// extension headers, DNS, TLS and HTTP from ../shared/data/pcaps.
+// parser: no input may panic, and the invariants of a KindIP packet and of
+// an ARP summary hold. The input is also handed straight to the TLS
+// ClientHello parser and to the QUIC frame reader that runs after
+// decryption, which random bytes would otherwise never reach (they do not
+// authenticate). Seeds: the first frames of real captures with tunnels,
+// fragments, VLANs, extension headers, DNS, TLS, QUIC, HTTP and ARP
+// (Ethernet, SLL, SLL2) from ../shared/data/pcaps; the RFC 9001 and
+// RFC 9369 sample client Initials in UDP to port 443; the JA4 spec's
+// ClientHello.
 func FuzzDecode(f *testing.F) {
+	links := []layers.LinkType{layers.LinkTypeEthernet, layers.LinkTypeLinuxSLL, layers.LinkTypeLinuxSLL2,
+		layers.LinkTypeRaw, layers.LinkTypeNull, layers.LinkTypeLoop, layers.LinkTypeIPv4, layers.LinkTypeIPv6}
 	for _, name := range []string{"tunnel-vxlan-http.pcap", "tunnel-gre-icmp-ping.pcap", "tunnel-6in4-ping6.pcap",
 		"tunnel-4in4-ipip-udp.pcap", "ipv4-fragments-tcp-5-frags.pcap", "ipv6-fragments-dns.pcap",
 		"vlan-qinq-double-8021q-http-get.pcap", "ipv6-exthdr-hopbyhop-routing0.pcap", "tls12-clienthello-sni-google-de.pcap",
-		"eth-ipv4-dns-http-browsing-wikipedia.pcap", "malformed-ipv6-39-byte-header.pcap", "malformed-ipv4-bogus-header-length.pcap"} {
-		fr, _ := frames(f, filepath.Join(pcaps, name), 8)
+		"eth-ipv4-dns-http-browsing-wikipedia.pcap", "malformed-ipv6-39-byte-header.pcap", "malformed-ipv4-bogus-header-length.pcap",
+		"attack-tls-heartbleed.pcap", "quic-v1-chromium-sni-api-cirrus-ci-com.pcap", "arp-who-has-and-reply.pcap",
+		"linux-sll-arp.pcap", "linux-sll2-icmp-icmpv6-arp.pcap"} {
+		fr, link := frames(f, filepath.Join(pcaps, name), 8)
+		li := slices.Index(links, link)
 		for _, d := range fr {
-			f.Add(uint8(0), d)
+			f.Add(uint8(li), d)
 		}
 	}
-	links := []layers.LinkType{layers.LinkTypeEthernet, layers.LinkTypeLinuxSLL, layers.LinkTypeLinuxSLL2,
-		layers.LinkTypeRaw, layers.LinkTypeNull, layers.LinkTypeLoop, layers.LinkTypeIPv4, layers.LinkTypeIPv6}
+	for _, file := range []string{"rfc9001-a2-client-initial.hex", "rfc9369-a2-client-initial.hex"} {
+		b, err := os.ReadFile("testdata/" + file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(uint8(0), udp4(50000, 443, mustHex(string(b))))
+	}
+	f.Add(uint8(0), cat(ethHdr(0x0800), v4(6, 1, 0, 20+20+len(specHello(0x0403)), cat([]byte{0xc3, 0x50, 1, 0xbb,
+		0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0}, specHello(0x0403)))))
+	f.Add(uint8(0), rfcCryptoFrame)
 	f.Fuzz(func(t *testing.T, link uint8, data []byte) {
 		d, err := New(links[int(link)%len(links)])
 		if err != nil {
@@ -67,9 +88,38 @@ func FuzzDecode(f *testing.F) {
 				t.Fatal("ports read out of a non-first fragment")
 			}
 		}
+		if p.ARP.OK && (p.Network != NetARP || p.Kind != KindNonIP) {
+			t.Fatalf("ARP summary on a %v frame of kind %d", p.Network, p.Kind)
+		}
 		var l L7
 		ParseL7(&p, &l)
+		checkL7(t, &l)
+		// the parsers behind TLS records and QUIC decryption, on raw bytes
+		l = L7{}
+		l.parseClientHello(data, 't')
+		checkL7(t, &l)
+		l = L7{}
+		if hello := l.quicCrypto(data); hello != nil {
+			l.parseClientHello(hello, 'q')
+		}
+		checkL7(t, &l)
 	})
+}
+
+// checkL7 asserts what any parse must give: valid UTF-8 strings (protobuf
+// strings), fingerprints of their fixed shapes, none from a partial hello.
+func checkL7(t *testing.T, l *L7) {
+	for _, s := range append([]string{l.TLSSNI, l.JA3Full, l.JA3, l.JA4, l.DNSQuery, l.HTTPHost, l.HTTPUA}, l.TLSALPN...) {
+		if !utf8.ValidString(s) {
+			t.Fatalf("invalid UTF-8 %q", s)
+		}
+	}
+	if l.JA3 != "" && len(l.JA3) != 32 || l.JA4 != "" && (len(l.JA4) != 36 || l.JA4[10] != '_' || l.JA4[23] != '_') {
+		t.Fatalf("fingerprint shapes: JA3 %q JA4 %q", l.JA3, l.JA4)
+	}
+	if l.HelloPartial && (l.JA3 != "" || l.JA4 != "") {
+		t.Fatal("fingerprint of a partial ClientHello")
+	}
 }
 
 func TestUnsupportedLinkType(t *testing.T) {

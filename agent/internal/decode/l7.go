@@ -26,6 +26,23 @@ type L7 struct {
 	DNSResponse bool
 	DNSAnswers  []DNSAnswer
 	TLSSNI      string
+	// TLSALPN are the ALPN protocol names of a ClientHello in offered order
+	// (RFC 7301 3.1), escaped like the other strings.
+	TLSALPN []string
+	// JA3Full is the JA3 string of a complete ClientHello and JA3 its MD5
+	// (32 lower-case hex digits); JA4 its FoxIO JA4 fingerprint, e.g.
+	// "t13d1516h2_8daaf6152771_e5627efa2ab1" ("q..." over QUIC). Empty when
+	// the ClientHello is not whole in this packet (HelloPartial).
+	JA3Full, JA3, JA4 string
+	// Hello is set when the payload starts a TLS ClientHello (over TCP, or
+	// in a decrypted QUIC client Initial); HelloPartial when that message
+	// continues past this packet, so that only SNI and ALPN found in this
+	// part are set.
+	Hello, HelloPartial bool
+	// QUICVersion is the version field of a QUIC long header (RFC 9000
+	// 17.2): 1 for QUIC v1, 0x6b3343cf for v2 (RFC 9369), 0 for version
+	// negotiation or when the packet is not QUIC.
+	QUICVersion uint32
 	HTTPMethod  string
 	HTTPHost    string
 	HTTPUA      string
@@ -35,6 +52,18 @@ type L7 struct {
 	Undecodable string
 
 	arena []byte // the bytes of the strings above (see ParseL7)
+	s     scratch
+}
+
+// scratch is reusable working space of ParseL7, kept across calls so that
+// TLS and QUIC parsing allocate only when a buffer grows.
+type scratch struct {
+	exts    []byte   // ClientHello extension types
+	u16     []uint16 // sorted ciphers and extensions (JA4)
+	buf     []byte   // JA4 hash input
+	qhdr    []byte   // unprotected QUIC header (AEAD associated data)
+	qplain  []byte   // decrypted QUIC Initial payload
+	qcrypto []byte   // QUIC CRYPTO stream from offset 0
 }
 
 // Reasons a DNS message is undecodable (L7.Undecodable).
@@ -103,13 +132,14 @@ func App(p *Packet) string {
 }
 
 // ParseL7 fills l with what App recognised plus the DNS question and answers,
-// TLS SNI and HTTP request line and headers; malformed input leaves the
-// fields it could not read empty. The strings and answer addresses point
+// the TLS ClientHello's SNI, ALPN, JA3 and JA4 (over TCP, or from a QUIC v1/v2
+// client Initial, decrypted), the QUIC version, and the HTTP request line and
+// headers; malformed input leaves the fields it could not read empty. The strings and answer addresses point
 // into buffers that l keeps and reuses: they are valid until the next
 // ParseL7 on l (copy them with strings.Clone / bytes.Clone to keep them), so
 // that a busy sensor's DNS traffic costs no allocations.
 func ParseL7(p *Packet, l *L7) {
-	*l = L7{App: App(p), arena: l.arena[:0], DNSAnswers: l.DNSAnswers[:0]}
+	*l = L7{App: App(p), arena: l.arena[:0], DNSAnswers: l.DNSAnswers[:0], TLSALPN: l.TLSALPN[:0], s: l.s}
 	switch l.App {
 	case AppDNS:
 		b := p.Payload
@@ -125,7 +155,9 @@ func ParseL7(p *Packet, l *L7) {
 			l.Undecodable = ""
 		}
 	case AppTLS:
-		l.TLSSNI = clientHelloSNI(p.Payload, l)
+		l.parseTLSRecord(p.Payload)
+	case AppQUIC:
+		l.parseQUIC(p.Payload)
 	case AppHTTP:
 		parseHTTP(p.Payload, l)
 	}
@@ -157,63 +189,6 @@ func parseHTTP(b []byte, l *L7) {
 			l.HTTPUA = l.text(v)
 		}
 	}
-}
-
-// clientHelloSNI returns the server_name of a TLS ClientHello (RFC 8446
-// 4.1.2, RFC 6066 3), or "".
-func clientHelloSNI(b []byte, a *L7) string {
-	if len(b) < 9 || b[0] != 0x16 || b[5] != 1 {
-		return ""
-	}
-	b = b[9:] // record header 5, handshake type 1, length 3
-	if len(b) < 34 {
-		return ""
-	}
-	b = b[34:] // version, random
-	skip := func(n int) bool {
-		if len(b) < n {
-			return false
-		}
-		b = b[n:]
-		return true
-	}
-	if len(b) < 1 || !skip(1+int(b[0])) { // session id
-		return ""
-	}
-	if len(b) < 2 || !skip(2+int(binary.BigEndian.Uint16(b))) { // cipher suites
-		return ""
-	}
-	if len(b) < 1 || !skip(1+int(b[0])) { // compression
-		return ""
-	}
-	if len(b) < 2 {
-		return ""
-	}
-	ext := b[2:]
-	if n := int(binary.BigEndian.Uint16(b)); n < len(ext) {
-		ext = ext[:n]
-	}
-	for len(ext) >= 4 {
-		typ := binary.BigEndian.Uint16(ext)
-		n := int(binary.BigEndian.Uint16(ext[2:]))
-		ext = ext[4:]
-		if n > len(ext) {
-			return ""
-		}
-		if typ == 0 {
-			e := ext[:n]
-			if len(e) < 5 || e[2] != 0 {
-				return ""
-			}
-			l := int(binary.BigEndian.Uint16(e[3:]))
-			if 5+l > len(e) {
-				return ""
-			}
-			return a.text(e[5 : 5+l])
-		}
-		ext = ext[n:]
-	}
-	return ""
 }
 
 // parseDNS reads the header, first question and A/AAAA/CNAME answers of a
@@ -332,6 +307,18 @@ func (l *L7) text(b []byte) string {
 	}
 	const hex = "0123456789abcdef"
 	start := len(l.arena)
+	plain := true
+	for _, c := range b {
+		if c < 0x20 || c > 0x7e || c == '\\' {
+			plain = false
+			break
+		}
+	}
+	if plain { // the common case: one copy
+		l.arena = append(l.arena, b...)
+		s := l.arena[start:len(l.arena):len(l.arena)]
+		return unsafe.String(unsafe.SliceData(s), len(s))
+	}
 	for _, c := range b {
 		if c < 0x20 || c > 0x7e || c == '\\' {
 			l.arena = append(l.arena, '\\', 'x', hex[c>>4], hex[c&15])
@@ -343,6 +330,12 @@ func (l *L7) text(b []byte) string {
 	// The arena only grows until the next ParseL7 (a reallocation leaves
 	// these bytes in the old array), so the bytes under s do not change
 	// while the string is valid.
+	return unsafe.String(unsafe.SliceData(s), len(s))
+}
+
+// str returns the arena bytes from start to its end as a string (see text).
+func (l *L7) str(start int) string {
+	s := l.arena[start:len(l.arena):len(l.arena)]
 	return unsafe.String(unsafe.SliceData(s), len(s))
 }
 

@@ -121,6 +121,9 @@ func ReadFile(path string, emit func(*decode.Packet)) (*Stats, error) {
 			frags.Process(&p, emit)
 		case decode.KindNonIP:
 			a.Stats.NonIP.Add(1)
+			if p.ARP.OK {
+				a.Stats.ARP.Add(1)
+			}
 		default:
 			a.Stats.Malformed.Add(1)
 		}

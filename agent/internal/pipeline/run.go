@@ -35,6 +35,9 @@ type Stats struct {
 	// the kernel handed to the rings, frames dropped on a full ring (also in
 	// Dropped), times a TPACKET_V3 ring queue was frozen.
 	RingPackets, RingDrops, RingFreezes atomic.Uint64
+	// ARP is the number of ARP/RARP frames summarized (Ethernet/IPv4,
+	// published in PacketBatch.arp); they are counted in NonIP too.
+	ARP atomic.Uint64
 }
 
 // Decoders caches one decoder per link type (pcapng interfaces may differ).
@@ -133,6 +136,7 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slo
 			f("netwatch_agent_ring_packets_total", "Frames the kernel delivered to the AF_PACKET rings (PACKET_STATISTICS tp_packets).", &a.Stats.RingPackets),
 			f("netwatch_agent_ring_dropped_packets_total", "Frames dropped on a full AF_PACKET ring (tp_drops).", &a.Stats.RingDrops),
 			f("netwatch_agent_ring_queue_freezes_total", "Times an AF_PACKET TPACKET_V3 ring queue froze (tp_freeze_q_cnt).", &a.Stats.RingFreezes),
+			f("netwatch_agent_arp_packets_total", "ARP/RARP frames summarized and published (Ethernet/IPv4; also in non_ip).", &a.Stats.ARP),
 		)
 	}
 	return a
@@ -317,6 +321,10 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 			frags.Process(&p, emit)
 		case decode.KindNonIP:
 			st.NonIP.Add(1)
+			if p.ARP.OK {
+				st.ARP.Add(1)
+				batcher.AddARP(&p)
+			}
 		default:
 			st.Malformed.Add(1)
 		}
@@ -343,7 +351,7 @@ func (a *Agent) publishMetrics(ctx context.Context, src capture.Source, pub *pub
 	st := &a.Stats
 	m.Captures = []*pb.CaptureStats{{Source: src.Name(), Received: st.Received.Load(), Dropped: st.Dropped.Load(),
 		IfDropped: st.IfDropped.Load(), IpPackets: st.IPPackets.Load(), NonIp: st.NonIP.Load(),
-		Malformed: st.Malformed.Load(), PublishedBatches: pub.Acked(), IpBytes: st.IPBytes.Load()}}
+		Malformed: st.Malformed.Load(), PublishedBatches: pub.Acked(), IpBytes: st.IPBytes.Load(), Arp: st.ARP.Load()}}
 	data, err := proto.Marshal(m)
 	if err != nil {
 		a.log.Error("marshal metrics", "err", err)

@@ -43,6 +43,8 @@ type bucket struct {
 	buf    *[]byte
 	n      int
 	opened time.Time
+	arp    []byte // encoded PacketBatch.arp fields (field 8: written after the trailer)
+	arps   int
 }
 
 // MaxBatchBytes bounds the encoded packets of one batch: a batch is sent
@@ -86,7 +88,7 @@ func (b *Batcher) Add(p *decode.Packet) {
 	src, dst := p.Src[:p.AddrLen], p.Dst[:p.AddrLen]
 	bi := schema.PacketBucket(src, uint32(p.SrcPort), dst, uint32(p.DstPort), uint32(p.Proto), uint32(p.VLAN))
 	bk := &b.buckets[bi]
-	if bk.n == 0 {
+	if bk.n == 0 && bk.arps == 0 {
 		bk.opened = time.Now()
 		if bk.buf == nil {
 			bk.buf = b.message(b.headerRoom() + 128*b.Size)
@@ -118,6 +120,26 @@ func (b *Batcher) Add(p *decode.Packet) {
 	}
 }
 
+// AddARP appends the ArpSummary of p (an ARP frame, p.ARP.OK) to the batch
+// of bucket schema.AddrBucket(sender IP), which it may share with packet
+// summaries, and sends the batch when full.
+func (b *Batcher) AddARP(p *decode.Packet) {
+	bi := schema.AddrBucket(p.ARP.SenderIP[:])
+	bk := &b.buckets[bi]
+	if bk.n == 0 && bk.arps == 0 {
+		bk.opened = time.Now()
+		if bk.buf == nil {
+			bk.buf = b.message(b.headerRoom() + 128*b.Size)
+			*bk.buf = (*bk.buf)[:b.headerRoom()]
+		}
+	}
+	bk.arp = appendARP(bk.arp, p)
+	bk.arps++
+	if bk.n+bk.arps >= b.Size || len(*bk.buf)+len(bk.arp) >= MaxBatchBytes {
+		b.send(bi)
+	}
+}
+
 // headerRoom is the room kept before a batch's packets for its header:
 // sensor, boot, a sequence number of up to 10 bytes and the bucket.
 func (b *Batcher) headerRoom() int { return 2*(2+2) + len(b.sensor) + len(b.boot) + 11 + 3 }
@@ -140,7 +162,7 @@ func (b *Batcher) recycle(bp *[]byte) {
 
 func (b *Batcher) send(bi uint32) {
 	bk := &b.buckets[bi]
-	if bk.n == 0 {
+	if bk.n == 0 && bk.arps == 0 {
 		return
 	}
 	seq := b.seq.Add(1)
@@ -151,9 +173,10 @@ func (b *Batcher) send(bi uint32) {
 	start := room - len(h)
 	copy((*bp)[start:], h)
 	*bp = appendBatchTrailer(*bp, false, time.Now().UnixNano())
+	*bp = append(*bp, bk.arp...)
 	data := (*bp)[start:]
-	n := bk.n
-	bk.n = 0
+	n := bk.n + bk.arps // summaries lost if a full buffer drops the batch
+	bk.n, bk.arps, bk.arp = 0, 0, bk.arp[:0]
 	bk.buf = nil
 	b.pub.publish(b.subjects[bi], schema.PacketBatchID(b.sensor, b.boot, seq), data, n, func() { b.recycle(bp) })
 }
@@ -161,7 +184,7 @@ func (b *Batcher) send(bi uint32) {
 // Tick sends every batch whose first packet is older than Flush at now.
 func (b *Batcher) Tick(now time.Time) {
 	for i := range b.buckets {
-		if bk := &b.buckets[i]; bk.n > 0 && now.Sub(bk.opened) >= b.Flush {
+		if bk := &b.buckets[i]; bk.n+bk.arps > 0 && now.Sub(bk.opened) >= b.Flush {
 			b.send(uint32(i))
 		}
 	}

@@ -9,13 +9,14 @@ import (
 	"netwatch/agent/internal/decode"
 )
 
-// Field numbers of pb.PacketBatch, pb.PacketSummary and pb.DNSAnswer
+// Field numbers of pb.PacketBatch, pb.PacketSummary, pb.DNSAnswer and pb.ArpSummary
 // (schema/proto/netwatch/v1/netwatch.proto). The batcher encodes these
 // messages by hand, in field-number order with proto3 zero values omitted,
 // which is what proto.Marshal produces; TestEncodeMatchesProto checks the
 // bytes against proto.Marshal.
 const (
 	batchSensor, batchBoot, batchSeq, batchBucket, batchPackets, batchEOF, batchSentNs = 1, 2, 3, 4, 5, 6, 7
+	batchARP                                                                           = 8
 
 	sumTsNs, sumSrcAddr, sumDstAddr, sumSrcPort, sumDstPort, sumProto    = 1, 2, 3, 4, 5, 6
 	sumIPBytes, sumPayloadBytes, sumTCPFlags, sumICMPType, sumICMPCode   = 7, 8, 9, 10, 11
@@ -23,7 +24,11 @@ const (
 	sumTTL, sumTCPSeq, sumTCPAck, sumTCPWindow                           = 18, 19, 20, 21
 	sumDNSQuery, sumDNSQType, sumDNSRCode, sumDNSResponse, sumDNSAnswers = 30, 31, 32, 33, 34
 	sumTLSSNI, sumHTTPHost, sumHTTPMethod, sumHTTPUserAgent, sumApp      = 35, 36, 37, 38, 39
+	sumTLSALPN, sumJA3, sumJA4, sumQUICVersion                           = 40, 41, 42, 43
 	ansName, ansType, ansAddr, ansTarget, ansTTL                         = 1, 2, 3, 4, 5
+
+	arpTsNs, arpOp, arpSenderMAC, arpSenderIP, arpTargetMAC = 1, 2, 3, 4, 5
+	arpTargetIP, arpVLAN, arpGratuitous, arpEthSrc          = 6, 7, 8, 9
 )
 
 func appendUint(b []byte, num protowire.Number, v uint64) []byte {
@@ -133,7 +138,37 @@ func appendSummary(b []byte, p *decode.Packet, l7 *decode.L7) []byte {
 	b = appendString(b, sumHTTPMethod, l7.HTTPMethod)
 	b = appendString(b, sumHTTPUserAgent, l7.HTTPUA)
 	b = appendString(b, sumApp, l7.App)
+	for _, a := range l7.TLSALPN {
+		// a repeated string: every element is written, even an empty one
+		b = appendVarint(appendTag(b, sumTLSALPN, protowire.BytesType), uint64(len(a)))
+		b = append(b, a...)
+	}
+	b = appendString(b, sumJA3, l7.JA3)
+	b = appendString(b, sumJA4, l7.JA4)
+	b = appendUint(b, sumQUICVersion, uint64(l7.QUICVersion))
 	return b
+}
+
+// appendARP appends p's ARP frame (p.ARP.OK) to b as a PacketBatch.arp
+// field holding a pb.ArpSummary: packet time, op, sender and target MAC
+// and IPv4 address, outer VLAN, gratuitous, and the Ethernet source when
+// the capture has one.
+func appendARP(b []byte, p *decode.Packet) []byte {
+	a := &p.ARP
+	var m [64]byte // at most 11 + 3 + 8 + 6 + 8 + 6 + 4 + 2 + 8 = 56 bytes
+	e := appendUint(m[:0], arpTsNs, uint64(p.TsNs))
+	e = appendUint(e, arpOp, uint64(a.Op))
+	e = appendBytes(e, arpSenderMAC, a.SenderMAC[:])
+	e = appendBytes(e, arpSenderIP, a.SenderIP[:])
+	e = appendBytes(e, arpTargetMAC, a.TargetMAC[:])
+	e = appendBytes(e, arpTargetIP, a.TargetIP[:])
+	e = appendUint(e, arpVLAN, uint64(p.VLAN))
+	e = appendBool(e, arpGratuitous, a.Gratuitous())
+	if a.HasEthSrc {
+		e = appendBytes(e, arpEthSrc, a.EthSrc[:])
+	}
+	b = appendVarint(appendTag(b, batchARP, protowire.BytesType), uint64(len(e)))
+	return append(b, e...)
 }
 
 // sizeUint, sizeBytes and sizeString are the encoded sizes of a DNSAnswer

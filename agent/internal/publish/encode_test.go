@@ -33,6 +33,20 @@ func reference(p *decode.Packet, l7 *decode.L7) *pb.PacketSummary {
 			s.DnsAnswers = append(s.DnsAnswers, &pb.DNSAnswer{Name: an.Name, Type: uint32(an.Type), Addr: an.Addr, Target: an.Target, Ttl: an.TTL})
 		}
 		s.TlsSni, s.HttpHost, s.HttpMethod, s.HttpUserAgent = l7.TLSSNI, l7.HTTPHost, l7.HTTPMethod, l7.HTTPUA
+		s.TlsAlpn, s.Ja3, s.Ja4, s.QuicVersion = l7.TLSALPN, l7.JA3, l7.JA4, l7.QUICVersion
+	}
+	return s
+}
+
+// arpReference is the pb.ArpSummary of an ARP frame, field by field from
+// the schema's comments.
+func arpReference(p *decode.Packet) *pb.ArpSummary {
+	a := p.ARP
+	s := &pb.ArpSummary{TsNs: p.TsNs, Op: uint32(a.Op), SenderMac: bytes.Clone(a.SenderMAC[:]), SenderIp: bytes.Clone(a.SenderIP[:]),
+		TargetMac: bytes.Clone(a.TargetMAC[:]), TargetIp: bytes.Clone(a.TargetIP[:]), Vlan: uint32(p.VLAN),
+		Gratuitous: a.SenderIP == a.TargetIP}
+	if a.HasEthSrc {
+		s.EthSrc = bytes.Clone(a.EthSrc[:])
 	}
 	return s
 }
@@ -41,8 +55,11 @@ func reference(p *decode.Packet, l7 *decode.L7) *pb.PacketSummary {
 // decode.Packet and decode.L7.
 func keep(s *pb.PacketSummary) *pb.PacketSummary {
 	c := proto.Clone(s).(*pb.PacketSummary)
-	for _, f := range []*string{&c.DnsQuery, &c.TlsSni, &c.HttpHost, &c.HttpMethod, &c.HttpUserAgent, &c.App} {
+	for _, f := range []*string{&c.DnsQuery, &c.TlsSni, &c.HttpHost, &c.HttpMethod, &c.HttpUserAgent, &c.App, &c.Ja3, &c.Ja4} {
 		*f = strings.Clone(*f)
+	}
+	for i, a := range c.TlsAlpn {
+		c.TlsAlpn[i] = strings.Clone(a)
 	}
 	for _, a := range c.DnsAnswers {
 		a.Name, a.Target = strings.Clone(a.Name), strings.Clone(a.Target)
@@ -52,7 +69,8 @@ func keep(s *pb.PacketSummary) *pb.PacketSummary {
 
 // TestEncodeMatchesProto encodes every IP packet of every shared capture by
 // hand and compares the bytes with proto.Marshal of the same summary, then
-// does the same for one batch per capture (header, packets, trailer).
+// does the same for one batch per capture (header, packets, trailer, and
+// the capture's ARP frames as ArpSummary fields).
 func TestEncodeMatchesProto(t *testing.T) {
 	dir := testkit.Pcaps(t)
 	var files []string
@@ -63,7 +81,7 @@ func TestEncodeMatchesProto(t *testing.T) {
 	if len(files) == 0 {
 		t.Fatal("no captures")
 	}
-	var total, withL7 int
+	var total, withL7, arps, hellos int
 	for _, file := range files {
 		src, err := capture.OpenFile(file)
 		if err != nil {
@@ -79,6 +97,7 @@ func TestEncodeMatchesProto(t *testing.T) {
 			l7    decode.L7
 			ref   pb.PacketBatch
 			enc   []byte
+			arp   []byte
 			sum   []byte
 			decs  = map[any]*decode.Decoder{src.LinkType(): dec}
 			frags = fragment.New()
@@ -103,6 +122,9 @@ func TestEncodeMatchesProto(t *testing.T) {
 			total++
 			if l != nil {
 				withL7++
+				if l.JA4 != "" || l.QUICVersion != 0 {
+					hellos++
+				}
 			}
 		}
 		for {
@@ -122,6 +144,11 @@ func TestEncodeMatchesProto(t *testing.T) {
 			if p.Kind == decode.KindIP {
 				frags.Process(&p, emit)
 			}
+			if p.ARP.OK {
+				ref.Arp = append(ref.Arp, arpReference(&p))
+				arp = appendARP(arp, &p)
+				arps++
+			}
 		}
 		frags.Flush(emit)
 		src.Close()
@@ -130,14 +157,35 @@ func TestEncodeMatchesProto(t *testing.T) {
 		got := appendBatchHeader(nil, ref.Sensor, ref.Boot, ref.Seq, ref.Bucket)
 		got = append(got, enc...)
 		got = appendBatchTrailer(got, false, ref.SentNs)
+		got = append(got, arp...)
 		if !bytes.Equal(got, want) {
 			t.Fatalf("%s: batch encoding differs from proto.Marshal", filepath.Base(file))
 		}
 	}
-	if withL7 == 0 {
-		t.Fatal("no packet with L7 fields checked")
+	if withL7 == 0 || arps == 0 || hellos == 0 {
+		t.Fatalf("%d packets with L7 fields, %d with a ClientHello or QUIC version, %d ARP frames checked", withL7, hellos, arps)
 	}
-	t.Logf("%d packets (%d with L7) in %d captures", total, withL7, len(files))
+	t.Logf("%d packets (%d with L7, %d with JA4 or a QUIC version), %d ARP frames in %d captures", total, withL7, hellos, arps, len(files))
+}
+
+// TestEncodeL7Fields: ALPN (an empty name included: a repeated string is
+// written even when empty), JA3, JA4 and the QUIC version, and an ARP-only
+// batch, encode as proto.Marshal does.
+func TestEncodeL7Fields(t *testing.T) {
+	p := &decode.Packet{TsNs: 5, AddrLen: 4, Proto: 17, SrcPort: 1, DstPort: 443}
+	l7 := &decode.L7{App: "quic", TLSALPN: []string{"h3", "", "h3-29"}, JA3: "526bdfecc3fb6cf46540d7ff70e88cec",
+		JA4: "q13d0311h3_55b375c5d22e_3512bcbbc9ec", QUICVersion: decode.QUICv2}
+	want, _ := proto.Marshal(reference(p, l7))
+	if got := appendSummary(nil, p, l7); !bytes.Equal(got, want) {
+		t.Errorf("summary %x, proto.Marshal %x", got, want)
+	}
+	a := &decode.Packet{TsNs: 1 << 40, VLAN: 4094, ARP: decode.ARP{OK: true, Op: 2, SenderIP: [4]byte{10, 0, 0, 1},
+		TargetIP: [4]byte{10, 0, 0, 1}, SenderMAC: [6]byte{2, 0, 0, 0, 0, 1}}}
+	want, _ = proto.Marshal(&pb.PacketBatch{Sensor: "s", Seq: 9, Bucket: 3, SentNs: 7, Arp: []*pb.ArpSummary{arpReference(a)}})
+	got := appendARP(appendBatchTrailer(appendBatchHeader(nil, "s", "", 9, 3), false, 7), a)
+	if !bytes.Equal(got, want) {
+		t.Errorf("ARP-only batch %x, proto.Marshal %x", got, want)
+	}
 }
 
 // TestBatchTrailerEOF checks the end-of-input and zero-value fields.

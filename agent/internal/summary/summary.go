@@ -47,11 +47,45 @@ type Report struct {
 	Applications map[string]*Count     `json:"applications"`
 	Tunnels      map[string]uint64     `json:"tunnels"`
 	Undecodable  map[string]uint64     `json:"undecodable"`
+	ARP          ARPCount              `json:"arp"`
+	ClientHellos HelloCount            `json:"client_hellos"`
 	FirstPacket  string                `json:"first_packet,omitempty"` // RFC 3339, UTC
 	LastPacket   string                `json:"last_packet,omitempty"`
 	DurationS    float64               `json:"duration_s"`
 
 	first, last int64
+	bindings    map[[10]byte]bool   // sender IPv4 + MAC pairs seen
+	ipMAC       map[[4]byte][6]byte // the first MAC seen for each sender IP
+	conflicts   map[[4]byte]bool    // sender IPs seen with more than one MAC
+}
+
+// ARPCount counts the ARP and RARP frames summarized (Ethernet hardware and
+// IPv4 protocol addresses, RFC 826 / RFC 903), which network.arp counts
+// among all frames of EtherType 0x0806/0x8035.
+type ARPCount struct {
+	Frames     uint64 `json:"frames"`     // summarized ARP/RARP frames
+	Requests   uint64 `json:"requests"`   // op 1
+	Replies    uint64 `json:"replies"`    // op 2
+	RARP       uint64 `json:"rarp"`       // op 3 and 4 (RFC 903)
+	Gratuitous uint64 `json:"gratuitous"` // sender IP == target IP (announcements, RFC 5227)
+	// Bindings is the number of distinct (sender IP, sender MAC) pairs,
+	// sender IP 0.0.0.0 (RFC 5227 probes) left out.
+	Bindings uint64 `json:"bindings"`
+	// IPsWithSeveralMACs counts sender IPs bound to more than one MAC (a
+	// sign of ARP spoofing, or of a failover).
+	IPsWithSeveralMACs uint64 `json:"ips_with_several_macs"`
+}
+
+// HelloCount counts TLS ClientHellos found at the start of a TCP payload or
+// in a decrypted QUIC client Initial. A partial one continues past its
+// packet (split over TCP segments or QUIC Initials, or cut by the
+// snaplen): the agent reads SNI and ALPN from the first part and publishes
+// no JA3/JA4 for it.
+type HelloCount struct {
+	TLS         uint64 `json:"tls"`          // whole, with JA3 and JA4
+	TLSPartial  uint64 `json:"tls_partial"`  // the first part only
+	QUIC        uint64 `json:"quic"`         // whole, from QUIC Initials
+	QUICPartial uint64 `json:"quic_partial"` // the first part only
 }
 
 // New returns an empty report of file.
@@ -73,7 +107,8 @@ var tunnelNames = [...]string{decode.TunnelGRE: "gre", decode.TunnelERSPAN: "ers
 
 // Add counts one frame of link type link and wire length wireLen, decoded
 // into p; l7 is scratch space for parsing DNS, whose undecodable messages
-// are counted in Undecodable by reason (the frame stays counted as IP).
+// are counted in Undecodable by reason (the frame stays counted as IP), and
+// TLS and QUIC ClientHellos. ARP frames are counted in ARP.
 func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet, l7 *decode.L7) {
 	r.Packets++
 	if r.first == 0 || p.TsNs < r.first {
@@ -94,6 +129,9 @@ func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet, l7 *de
 	switch p.Kind {
 	case decode.KindNonIP:
 		r.NonIP++
+		if p.ARP.OK {
+			r.addARP(&p.ARP)
+		}
 		return
 	case decode.KindMalformed:
 		r.Malformed++
@@ -127,15 +165,67 @@ func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet, l7 *de
 	}
 	a.Packets++
 	a.Bytes += uint64(p.IPBytes)
-	if app == decode.AppDNS && p.Proto == 17 {
+	switch {
+	case app == decode.AppDNS && p.Proto == 17:
 		// DNS over TCP is a stream: a segment need not start a message
 		decode.ParseL7(p, l7)
 		if l7.Undecodable != "" {
 			r.Undecodable[l7.Undecodable]++
 		}
+	case app == decode.AppTLS || app == decode.AppQUIC:
+		decode.ParseL7(p, l7)
+		if l7.Hello {
+			c := &r.ClientHellos
+			switch {
+			case app == decode.AppTLS && l7.HelloPartial:
+				c.TLSPartial++
+			case app == decode.AppTLS:
+				c.TLS++
+			case l7.HelloPartial:
+				c.QUICPartial++
+			default:
+				c.QUIC++
+			}
+		}
 	}
 	if p.Tunnel != decode.TunnelNone && int(p.Tunnel) < len(tunnelNames) {
 		r.Tunnels[tunnelNames[p.Tunnel]]++
+	}
+}
+
+func (r *Report) addARP(a *decode.ARP) {
+	c := &r.ARP
+	c.Frames++
+	switch a.Op {
+	case decode.ARPRequest:
+		c.Requests++
+	case decode.ARPReply:
+		c.Replies++
+	case decode.RARPRequest, decode.RARPReply:
+		c.RARP++
+	}
+	if a.Gratuitous() {
+		c.Gratuitous++
+	}
+	if a.SenderIP == [4]byte{} {
+		return
+	}
+	var k [10]byte
+	copy(k[:4], a.SenderIP[:])
+	copy(k[4:], a.SenderMAC[:])
+	if r.bindings == nil {
+		r.bindings, r.ipMAC, r.conflicts = map[[10]byte]bool{}, map[[4]byte][6]byte{}, map[[4]byte]bool{}
+	}
+	if r.bindings[k] {
+		return
+	}
+	r.bindings[k] = true
+	c.Bindings++
+	if mac, ok := r.ipMAC[a.SenderIP]; !ok {
+		r.ipMAC[a.SenderIP] = a.SenderMAC
+	} else if mac != a.SenderMAC && !r.conflicts[a.SenderIP] {
+		r.conflicts[a.SenderIP] = true
+		c.IPsWithSeveralMACs++
 	}
 }
 

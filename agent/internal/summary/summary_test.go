@@ -1,0 +1,164 @@
+package summary_test
+
+import (
+	"encoding/json"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/gopacket/gopacket/layers"
+
+	"netwatch/agent/internal/decode"
+	"netwatch/agent/internal/pipeline"
+	"netwatch/agent/internal/summary"
+	"netwatch/testkit"
+)
+
+// tsharkLines returns tshark's field rows for a display filter.
+func tsharkLines(t *testing.T, file, filter string, fields ...string) [][]string {
+	t.Helper()
+	args := []string{"-r", file, "-Y", filter, "-T", "fields", "-E", "separator=/t"}
+	for _, f := range fields {
+		args = append(args, "-e", f)
+	}
+	out, err := exec.Command(testkit.Tool(t, "tshark"), args...).Output()
+	if err != nil {
+		t.Fatalf("tshark %s: %v", file, err)
+	}
+	var rows [][]string
+	for _, l := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		if l != "" {
+			rows = append(rows, strings.Split(l, "\t"))
+		}
+	}
+	return rows
+}
+
+// TestARPCounts checks -summary's arp object against counts made from
+// tshark's ARP fields: ops, gratuitous (sender IP == target IP), distinct
+// (sender IP, sender MAC) bindings without 0.0.0.0, IPs with several MACs;
+// network.arp keeps counting every ARP frame.
+func TestARPCounts(t *testing.T) {
+	for _, name := range []string{"arp-who-has-and-reply.pcap", "linux-sll-arp.pcap", "linux-sll2-icmp-icmpv6-arp.pcap",
+		"attack-arp-poisoning-mitm.pcapng", "attack-recon-nmap-arp-sweep-and-version-probe.pcap"} {
+		t.Run(name, func(t *testing.T) {
+			file := filepath.Join(testkit.Pcaps(t), name)
+			rows := tsharkLines(t, file, "arp", "arp.opcode", "arp.src.proto_ipv4", "arp.src.hw_mac", "arp.dst.proto_ipv4")
+			var want summary.ARPCount
+			macs := map[string]map[string]bool{}
+			for _, r := range rows {
+				want.Frames++
+				switch r[0] {
+				case "1":
+					want.Requests++
+				case "2":
+					want.Replies++
+				case "3", "4":
+					want.RARP++
+				}
+				if r[1] == r[3] {
+					want.Gratuitous++
+				}
+				if r[1] != "0.0.0.0" {
+					if macs[r[1]] == nil {
+						macs[r[1]] = map[string]bool{}
+					}
+					macs[r[1]][r[2]] = true
+				}
+			}
+			for _, m := range macs {
+				want.Bindings += uint64(len(m))
+				if len(m) > 1 {
+					want.IPsWithSeveralMACs++
+				}
+			}
+			r, err := pipeline.Summarize(file, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.ARP != want {
+				t.Errorf("arp %+v, from tshark %+v", r.ARP, want)
+			}
+			if r.Network["arp"].Packets != uint64(len(rows)) {
+				t.Errorf("network.arp %d, tshark %d", r.Network["arp"].Packets, len(rows))
+			}
+			t.Logf("%+v", r.ARP)
+		})
+	}
+}
+
+// TestClientHelloCounts: every ClientHello tshark shows in the shared
+// captures is counted whole (none is split there), over TCP or QUIC.
+func TestClientHelloCounts(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		quic bool
+	}{{"tls12-clienthello-sni-google-de.pcap", false}, {"attack-tls-heartbleed.pcap", false},
+		{"quic-v1-chromium-sni-api-cirrus-ci-com.pcap", true}} {
+		file := filepath.Join(testkit.Pcaps(t), c.name)
+		n := uint64(len(tsharkLines(t, file, "tls.handshake.type == 1", "frame.number")))
+		want := summary.HelloCount{TLS: n}
+		if c.quic {
+			want = summary.HelloCount{QUIC: n}
+		}
+		r, err := pipeline.Summarize(file, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.ClientHellos != want || n == 0 {
+			t.Errorf("%s: %+v, tshark %d ClientHellos", c.name, r.ClientHellos, n)
+		}
+	}
+}
+
+// TestJSONKeys: the new objects do not rename any existing key.
+func TestJSONKeys(t *testing.T) {
+	b, err := json.Marshal(summary.New("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"packets", "ip_packets", "ip_bytes", "non_ip", "malformed", "link_types", "network",
+		"transport", "applications", "tunnels", "undecodable", "duration_s", "arp", "client_hellos"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("no key %q in %s", k, b)
+		}
+	}
+	if _, ok := m["network"].(map[string]any)["arp"]; !ok {
+		t.Errorf("network.arp missing: %s", b)
+	}
+	for _, k := range []string{"frames", "requests", "replies", "rarp", "gratuitous", "bindings", "ips_with_several_macs"} {
+		if _, ok := m["arp"].(map[string]any)[k]; !ok {
+			t.Errorf("arp.%s missing: %s", k, b)
+		}
+	}
+}
+
+// TestARPBindingsCrafted: hand-made ARP summaries with a spoofed IP, a
+// repeated binding and an RFC 5227 probe (sender 0.0.0.0).
+func TestARPBindingsCrafted(t *testing.T) {
+	r := summary.New("crafted")
+	add := func(op uint16, ip [4]byte, mac byte, target [4]byte) {
+		p := decode.Packet{Kind: decode.KindNonIP, Network: decode.NetARP,
+			ARP: decode.ARP{OK: true, Op: op, SenderIP: ip, SenderMAC: [6]byte{2, 0, 0, 0, 0, mac}, TargetIP: target}}
+		r.Add(layers.LinkTypeEthernet, 60, &p, nil)
+	}
+	gw, host := [4]byte{10, 0, 0, 1}, [4]byte{10, 0, 0, 2}
+	add(decode.ARPReply, gw, 1, host)                          // the gateway's real MAC
+	add(decode.ARPReply, gw, 1, host)                          // again: same binding
+	add(decode.ARPReply, gw, 9, host)                          // the attacker claims the gateway's IP
+	add(decode.ARPReply, gw, 8, gw)                            // a second attacker, gratuitous
+	add(decode.ARPRequest, host, 2, gw)                        // the host asks
+	add(decode.ARPRequest, [4]byte{}, 3, [4]byte{10, 0, 0, 3}) // a probe: no binding
+	want := summary.ARPCount{Frames: 6, Requests: 2, Replies: 4, Gratuitous: 1, Bindings: 4, IPsWithSeveralMACs: 1}
+	if r.ARP != want {
+		t.Errorf("%+v, want %+v", r.ARP, want)
+	}
+	if r.NonIP != 6 || r.Network["arp"].Packets != 6 {
+		t.Errorf("non_ip %d network.arp %d", r.NonIP, r.Network["arp"].Packets)
+	}
+}
