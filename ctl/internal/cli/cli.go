@@ -1,0 +1,199 @@
+// Package cli is netwatchctl's commands (init, creds, provision), callable
+// from tests with injected arguments, environment and outputs.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"netwatch/ctl/internal/auth"
+	"netwatch/ctl/internal/perms"
+	"netwatch/schema"
+	"netwatch/schema/ops"
+)
+
+const usage = `usage:
+  netwatchctl init      -dir DIR [-operator NAME]
+      create (or load) the operator and the NETWATCH and SYS accounts in DIR and write
+      DIR/resolver.conf for nats-server configs to include
+  netwatchctl creds     -dir DIR -sensor NAME [-o FILE] [-ttl DURATION]
+  netwatchctl creds     -dir DIR -role enricher|detector|sink|api|admin [-name NAME] [-o FILE]
+      write a .creds file for one sensor (publishes only its own subjects) or stage
+  netwatchctl provision [-nats.url URLS] [-nats.creds FILE] [-replicas N] [-timeout D]
+      create or update every stream, durable consumer and the SENSORS registry bucket
+`
+
+// Run executes netwatchctl with args (without the program name) and returns
+// the exit status: 0 success, 1 error, 2 bad usage.
+func Run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "init":
+		err = cmdInit(args[1:], getenv, stdout)
+	case "creds":
+		err = cmdCreds(args[1:], getenv, stdout)
+	case "provision":
+		err = cmdProvision(args[1:], getenv, stdout)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "netwatchctl: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "netwatchctl %s: %v\n", args[0], err)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "netwatchctl %s: %v\n", args[0], err)
+		return 1
+	}
+}
+
+type usageError struct{ error }
+
+func parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Errorf("unexpected arguments %v", fs.Args())}
+	}
+	if err := ops.ApplyEnv(fs, getenv); err != nil {
+		return usageError{err}
+	}
+	return nil
+}
+
+func cmdInit(args []string, getenv func(string) string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("init", flag.ContinueOnError)
+	dir := fs.String("dir", "", "directory for the operator and account keys and resolver.conf")
+	name := fs.String("operator", "netwatch", "operator name")
+	if err := parse(fs, args, getenv); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return usageError{errors.New("-dir is required")}
+	}
+	t, err := auth.Init(*dir, *name)
+	if err != nil {
+		return err
+	}
+	npub, _ := t.Netwatch.PublicKey()
+	fmt.Fprintf(stdout, "operator and accounts in %s; account %s is %s\ninclude %s/%s in every nats-server config\n",
+		*dir, auth.AccountNetwatch, npub, *dir, auth.ResolverFile)
+	return nil
+}
+
+func cmdCreds(args []string, getenv func(string) string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("creds", flag.ContinueOnError)
+	dir := fs.String("dir", "", "directory written by netwatchctl init")
+	sensor := fs.String("sensor", "", "sensor name (the agent's -sensor)")
+	role := fs.String("role", "", "pipeline role instead of a sensor: enricher, detector, sink, api, admin")
+	name := fs.String("name", "", "user name for a role (default: the role)")
+	out := fs.String("o", "", "output file (mode 0600; default: stdout)")
+	ttl := fs.Duration("ttl", 0, "credentials expire after this long (0: never)")
+	if err := parse(fs, args, getenv); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return usageError{errors.New("-dir is required")}
+	}
+	if (*sensor == "") == (*role == "") {
+		return usageError{errors.New("give exactly one of -sensor and -role")}
+	}
+	var p perms.Set
+	var err error
+	user := *sensor
+	if *sensor != "" {
+		p, err = perms.Sensor(*sensor)
+	} else {
+		p, err = perms.Role(*role)
+		user = *role
+		if *name != "" {
+			user = *name
+		}
+	}
+	if err != nil {
+		return usageError{err}
+	}
+	t, err := auth.Load(*dir)
+	if err != nil {
+		return err
+	}
+	creds, err := t.UserCreds(user, p, *ttl)
+	if err != nil {
+		return err
+	}
+	if *out == "" {
+		_, err = stdout.Write(creds)
+		return err
+	}
+	if err := os.WriteFile(*out, creds, 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", *out, err)
+	}
+	return nil
+}
+
+func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("provision", flag.ContinueOnError)
+	url := fs.String("nats.url", "nats://127.0.0.1:4222", "NATS server URLs, comma-separated")
+	creds := fs.String("nats.creds", "", "credentials file of an admin user")
+	replicas := fs.Int("replicas", 1, "replicas of every stream, consumer and the registry bucket (3 on a cluster)")
+	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
+	if err := parse(fs, args, getenv); err != nil {
+		return err
+	}
+	if *replicas < 1 || *replicas > 5 {
+		return usageError{fmt.Errorf("-replicas %d: want 1 to 5", *replicas)}
+	}
+	opts := []nats.Option{nats.Name("netwatchctl")}
+	if *creds != "" {
+		opts = append(opts, nats.UserCredentials(*creds))
+	}
+	nc, err := nats.Connect(*url, opts...)
+	if err != nil {
+		return fmt.Errorf("connect to nats %s: %w", *url, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	o := schema.StreamOptions{Replicas: *replicas}
+	if err := schema.ProvisionRetry(ctx, js, o); err != nil {
+		return err
+	}
+	if _, err := schema.ProvisionRegistry(ctx, js, o); err != nil {
+		return err
+	}
+	for _, sc := range schema.StreamConfigs(o) {
+		fmt.Fprintf(stdout, "stream %s: replicas %d\n", sc.Name, sc.Replicas)
+	}
+	fmt.Fprintf(stdout, "consumers: %d, key-value bucket %s: replicas %d\n", len(schema.ConsumerConfigs(o)), schema.RegistryBucket, *replicas)
+	return nil
+}
