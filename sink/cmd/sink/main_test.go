@@ -24,6 +24,7 @@ import (
 
 	"netwatch/schema"
 	"netwatch/schema/pb"
+	"netwatch/sink/internal/storetest"
 	"netwatch/testkit"
 )
 
@@ -325,6 +326,7 @@ func TestSIGKILLMidRun(t *testing.T) {
 	if recs != total || rpkts != pkts || ripBytes != ipBytes {
 		t.Fatalf("flows_1m: records %d, pkts %d, orig_ip_bytes %d; want %d, %d, %d", recs, rpkts, ripBytes, total, pkts, ipBytes)
 	}
+	storetest.CheckRollups(t, pool, "after SIGKILL and restart")
 
 	// The restarted sink is ready and shuts down cleanly on SIGTERM.
 	resp, err := http.Get("http://" + httpAddr + "/readyz")

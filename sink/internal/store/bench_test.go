@@ -21,13 +21,25 @@ import (
 // generation excluded) and the CPU of the PostgreSQL backends that served
 // it (pg-cpu-ns/row, from /proc/<pid>/schedstat; reported only when the
 // server runs on this machine). SetBytes is the protobuf size of a batch.
+//
+// Addresses are either spread (every flow a new originator, 1024
+// responders: a scan or a flood, where talkers_1m and pairs_1m get about
+// one new row per flow each) or hosts (1000 originators, 5000 responders:
+// an office, where most rollup rows of a minute already exist).
 func BenchmarkWriteFlows(b *testing.B) {
-	for _, perBatch := range []int{5000, 20000} {
-		b.Run(fmt.Sprintf("batch=%d", perBatch), func(b *testing.B) { benchWriteFlows(b, perBatch) })
+	for _, c := range []struct {
+		perBatch int
+		hosts    uint32 // 0: spread
+	}{{5000, 0}, {5000, 1000}, {20000, 0}} {
+		name := fmt.Sprintf("batch=%d/addrs=spread", c.perBatch)
+		if c.hosts > 0 {
+			name = fmt.Sprintf("batch=%d/addrs=hosts%d", c.perBatch, c.hosts)
+		}
+		b.Run(name, func(b *testing.B) { benchWriteFlows(b, c.perBatch, c.hosts) })
 	}
 }
 
-func benchWriteFlows(b *testing.B, perBatch int) {
+func benchWriteFlows(b *testing.B, perBatch int, hosts uint32) {
 	app := fmt.Sprintf("sinkbench_%d", time.Now().UnixNano())
 	s, _ := openApp(b, app)
 	ctx := context.Background()
@@ -41,7 +53,15 @@ func benchWriteFlows(b *testing.B, perBatch int) {
 			h := uint32(n*perBatch+i) * 2654435761
 			f.OrigAddr = []byte{10, byte(h >> 24), byte(h >> 16), byte(h >> 8)}
 			f.RespAddr = []byte{192, 0, byte(h>>4) & 3, byte(h)}
+			if hosts > 0 {
+				o, r := h%hosts, (h>>7)%(5*hosts)
+				f.OrigAddr = []byte{10, 1, byte(o >> 8), byte(o)}
+				f.RespAddr = []byte{198, 51, byte(r >> 8), byte(r)}
+			}
 			f.Proto, f.App = []uint32{6, 17, 1}[i%3], []string{"tls", "dns", "http", ""}[i%4]
+			f.RespPort = []uint32{443, 53, 80, 22, 8080, 123}[h%6]
+			f.OrigCountry, f.RespCountry = countries[h%uint32(len(countries))], countries[(h>>8)%uint32(len(countries))]
+			f.OrigAsn, f.RespAsn = h%5000, (h>>4)%5000
 			fb.Flows = append(fb.Flows, f)
 		}
 		return fb
@@ -70,6 +90,19 @@ func benchWriteFlows(b *testing.B, perBatch int) {
 	}
 	rows := float64(b.N * perBatch)
 	b.ReportMetric(rows/b.Elapsed().Seconds(), "rows/s")
+	// Disk per stored flow, indexes included: flows, and the five rollups.
+	var flowBytes, rollupBytes, stored float64
+	if err := s.pool.QueryRow(ctx, `SELECT
+		(SELECT sum(pg_total_relation_size(c.oid)) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+			WHERE i.inhparent = 'flows'::regclass),
+		(SELECT sum(pg_total_relation_size(c.oid)) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+			WHERE i.inhparent IN ('flows_1m'::regclass, 'talkers_1m'::regclass, 'pairs_1m'::regclass,
+				'ports_1m'::regclass, 'countries_1m'::regclass)),
+		(SELECT count(*) FROM flows)`).Scan(&flowBytes, &rollupBytes, &stored); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(flowBytes/stored, "flow-disk-B/row")
+	b.ReportMetric(rollupBytes/stored, "rollup-disk-B/row")
 	b.ReportMetric(float64(goCPU.Nanoseconds())/rows, "go-cpu-ns/row")
 	if pg0 >= 0 {
 		if pg1 := backendCPU(b, s, app); pg1 >= 0 {
@@ -77,6 +110,9 @@ func benchWriteFlows(b *testing.B, perBatch int) {
 		}
 	}
 }
+
+// countries are GeoIP country codes for the benchmark's flows.
+var countries = []string{"", "SE", "US", "DE", "CN", "RU", "BR", "IN", "FR", "GB", "NL", "JP"}
 
 // processCPU is the user + system time of this process.
 func processCPU() time.Duration {
