@@ -11,6 +11,7 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/oschwald/maxminddb-golang/v2 v2.9.0
 	github.com/prometheus/client_golang v1.25.0
+	github.com/synadia-io/orbit.go/pcgroups v0.2.2
 	google.golang.org/protobuf v1.36.12
 	netwatch/schema v0.0.0-00010101000000-000000000000
 	netwatch/testkit v0.0.0-00010101000000-000000000000

@@ -86,6 +86,12 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.Stage.Counters.MaxAddrs, "counters.max-addrs", dc.MaxAddrs, "distinct addresses tracked per second for COUNTERS (sources, responders)")
 	host, _ := os.Hostname()
 	fs.StringVar(&c.Stage.Instance, "instance", host, "this instance's name in COUNTERS message ids; keep it stable across restarts (default: host name)")
+	g := &c.Stage.Group
+	fs.StringVar(&g.Name, "consume.group", "", "consume PACKETS through this elastic partitioned consumer group (empty: the shared durable, one instance)")
+	fs.StringVar(&g.Member, "consume.member", "", "member name in -consume.group; instances with the same name are hot standbys (default: -instance)")
+	fs.UintVar(&g.Partitions, "consume.partitions", 16, "partitions (max members) of -consume.group when this instance creates it")
+	fs.DurationVar(&g.AckWait, "consume.ack-wait", time.Minute, "AckWait of the group's consumers, also the pinned TTL: how long a standby waits before taking over")
+	fs.BoolVar(&g.Join, "consume.join", true, "add -consume.member to the group's membership at start")
 }
 
 // Validate checks the configuration and parses -local-nets.
@@ -124,6 +130,20 @@ func (c *Config) Validate() error {
 	}
 	if c.Stage.Instance == "" || strings.ContainsAny(c.Stage.Instance, " \t\r\n") {
 		errs = append(errs, fmt.Errorf("-instance %q: want a non-empty name without spaces", c.Stage.Instance))
+	}
+	if g := &c.Stage.Group; g.Name != "" {
+		if g.Member == "" {
+			g.Member = c.Stage.Instance
+		}
+		if err := schema.ValidSensor(g.Name); err != nil { // a NATS name token
+			errs = append(errs, fmt.Errorf("-consume.group: %w", err))
+		}
+		if err := schema.ValidSensor(g.Member); err != nil {
+			errs = append(errs, fmt.Errorf("-consume.member: %w", err))
+		}
+		if g.Partitions < 1 || g.AckWait <= c.Stage.KeepAlive {
+			errs = append(errs, fmt.Errorf("-consume.partitions must be positive and -consume.ack-wait (%s) longer than -consume.keepalive (%s)", g.AckWait, c.Stage.KeepAlive))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err

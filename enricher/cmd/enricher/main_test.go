@@ -84,3 +84,17 @@ func TestGeoIPConfig(t *testing.T) {
 		t.Errorf("cfg %v err %v", cfg, err)
 	}
 }
+
+func TestGroupConfig(t *testing.T) {
+	cfg, err := parse(t, []string{"-consume.group=enricher", "-instance=host-a"}, map[string]string{"NETWATCH_CONSUME_PARTITIONS": "32"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := cfg.Stage.Group; g.Name != "enricher" || g.Member != "host-a" || g.Partitions != 32 || g.AckWait != time.Minute || !g.Join {
+		t.Errorf("group %+v", g)
+	}
+	if _, err := parse(t, []string{"-consume.group=enricher", "-consume.ack-wait=10s", "-consume.member=a.b"}, nil); err == nil ||
+		!strings.Contains(err.Error(), "-consume.ack-wait") || !strings.Contains(err.Error(), "-consume.member") {
+		t.Errorf("err %v", err)
+	}
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/synadia-io/orbit.go/pcgroups"
 	"google.golang.org/protobuf/proto"
 
 	"netwatch/enricher/internal/counters"
@@ -33,12 +34,47 @@ type Config struct {
 	NoNames       bool         // do not learn names from DNS answers
 	Counters      counters.Config
 	Instance      string         // this instance's name in COUNTERS message ids (stable across restarts)
+	Group         Group          // partitioned consumer group; zero: the shared durable (one instance)
 	Publish       publish.Config //
 	PullBatch     int            // messages per pull request (500)
 	WallTick      time.Duration  // how often idle buckets' clocks follow the wall clock (5 s)
 	KeepAlive     time.Duration  // InProgress interval for held messages (30 s; AckWait is 2 min)
 	ShutdownFlush bool           // on shutdown, end open flows as END_SHUTDOWN and ack (see README)
 	DrainTimeout  time.Duration  // longest wait for publish acks at shutdown (30 s)
+}
+
+// Group selects consumption through an elastic partitioned consumer group
+// (github.com/synadia-io/orbit.go/pcgroups) instead of the single durable:
+// PACKETS subjects are partitioned on their <sensor>.<bucket> tokens, so all
+// packets of a flow reach one member; instances that share a member name
+// are hot standbys (one is pinned, the next takes over when it stops
+// pulling for AckWait).
+type Group struct {
+	Name       string        // consumer group name on PACKETS; "" disables
+	Member     string        // this instance's member name
+	Partitions uint          // partitions (the group's max members) when the group is created
+	AckWait    time.Duration // AckWait of the member consumers, also the pinned TTL: the standby failover time
+	Join       bool          // add Member to the group's membership at start
+}
+
+// groupFilter partitions PACKETS on the <sensor> and <bucket> tokens.
+var groupFilter = pcgroups.PartitioningFilter{Filter: schema.PacketsPrefix + ".*.*", PartitioningWildcards: []int{1, 2}}
+
+// JoinGroup creates the elastic consumer group g on PACKETS if it does not
+// exist (an existing group must have the same partitions and filter) and,
+// with g.Join, adds g.Member to its membership. The group keeps a work-queue
+// stream "PACKETS-<name>" sourced from PACKETS.
+func JoinGroup(ctx context.Context, js jetstream.JetStream, g Group) error {
+	if _, err := pcgroups.CreateElastic(ctx, js, schema.StreamPackets, g.Name, g.Partitions,
+		[]pcgroups.PartitioningFilter{groupFilter}, 0, 0); err != nil {
+		return fmt.Errorf("create consumer group %s: %w", g.Name, err)
+	}
+	if g.Join {
+		if _, err := pcgroups.AddMembers(ctx, js, schema.StreamPackets, g.Name, []string{g.Member}); err != nil {
+			return fmt.Errorf("join consumer group %s as %s: %w", g.Name, g.Member, err)
+		}
+	}
+	return nil
 }
 
 // Metrics of the stage (README "Metrics").
@@ -202,9 +238,14 @@ func (s *Stage) unhold(h *held) {
 // Run consumes until ctx ends, then shuts down in data-flow order: stop
 // intake, flush (ShutdownFlush) or keep open flows, wait for publish acks.
 func (s *Stage) Run(ctx context.Context) error {
-	cons, err := s.js.Consumer(ctx, schema.StreamPackets, schema.ConsumerEnricher)
-	if err != nil {
-		return fmt.Errorf("bind consumer %s: %w", schema.ConsumerEnricher, err)
+	var cons jetstream.Consumer
+	if s.cfg.Group.Name == "" {
+		var err error
+		if cons, err = s.js.Consumer(ctx, schema.StreamPackets, schema.ConsumerEnricher); err != nil {
+			return fmt.Errorf("bind consumer %s: %w", schema.ConsumerEnricher, err)
+		}
+	} else if err := JoinGroup(ctx, s.js, s.cfg.Group); err != nil {
+		return err
 	}
 	// Publishing outlives ctx by up to DrainTimeout so the last records get out.
 	pctx, pcancel := context.WithCancel(context.Background())
@@ -215,30 +256,11 @@ func (s *Stage) Run(ctx context.Context) error {
 				r.(*held).release()
 			}
 		})
-	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.PullBatch))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", schema.ConsumerEnricher, err)
-	}
 	msgs := make(chan jetstream.Msg, s.cfg.PullBatch)
-	readDone := make(chan struct{})
-	go func() {
-		defer close(readDone)
-		for {
-			m, err := it.Next()
-			if err != nil {
-				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					return
-				}
-				continue
-			}
-			select {
-			case msgs <- m:
-			case <-ctx.Done():
-				_ = m.Nak()
-				return
-			}
-		}
-	}()
+	stopIntake, err := s.intake(ctx, cons, msgs)
+	if err != nil {
+		return err
+	}
 	s.ready.Store(true)
 	wall := time.NewTicker(s.cfg.WallTick)
 	defer wall.Stop()
@@ -269,12 +291,9 @@ loop:
 			s.keepAlive()
 		}
 	}
-	// Stop intake; unprocessed messages go back for redelivery. Drain (not
-	// Stop) hands over what the client already pulled, so those messages are
-	// nak'ed now instead of waiting out AckWait on the server.
+	// Stop intake; unprocessed messages go back for redelivery.
 	s.ready.Store(false)
-	it.Drain()
-	<-readDone
+	stopIntake()
 	for done := false; !done; {
 		select {
 		case m := <-msgs:
@@ -318,6 +337,60 @@ loop:
 	s.m.ActiveFlows.Set(0)
 	s.log.Info("enricher stopped", "returned_messages", n, "open_flows", s.activeFlows())
 	return nil
+}
+
+// intake delivers PACKETS messages to msgs, from the durable cons or, with
+// Config.Group, from the partitioned consumer group, until ctx ends. The
+// returned stop waits until no more messages come; messages delivered after
+// ctx ended are nak'ed.
+func (s *Stage) intake(ctx context.Context, cons jetstream.Consumer, msgs chan<- jetstream.Msg) (stop func(), err error) {
+	deliver := func(m jetstream.Msg) {
+		select {
+		case msgs <- m:
+		case <-ctx.Done():
+			_ = m.Nak()
+		}
+	}
+	if g := s.cfg.Group; g.Name != "" {
+		cc, err := pcgroups.ElasticConsume(ctx, s.js, schema.StreamPackets, g.Name, g.Member, deliver,
+			jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy, AckWait: g.AckWait, MaxDeliver: -1,
+				MaxAckPending: 1_000_000})
+		if err != nil {
+			return nil, fmt.Errorf("consume group %s as %s: %w", g.Name, g.Member, err)
+		}
+		return func() {
+			cc.Stop()
+			select {
+			case err := <-cc.Done():
+				if err != nil {
+					s.log.Warn("consumer group stopped", "err", err)
+				}
+			case <-time.After(10 * time.Second):
+				s.log.Warn("consumer group did not stop in 10 s")
+			}
+		}, nil
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.PullBatch))
+	if err != nil {
+		return nil, fmt.Errorf("consume %s: %w", schema.ConsumerEnricher, err)
+	}
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		for {
+			m, err := it.Next()
+			if err != nil {
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					return
+				}
+				continue
+			}
+			deliver(m)
+		}
+	}()
+	// Drain (not Stop) hands over what the client already pulled, so those
+	// messages are nak'ed now instead of waiting out AckWait on the server.
+	return func() { it.Drain(); <-readDone }, nil
 }
 
 func (s *Stage) activeFlows() int {

@@ -63,7 +63,8 @@ func startStage(t *testing.T, js jetstream.JetStream) (stop func()) {
 	}
 }
 
-// readFlows fetches every FLOWS message and returns the flows and msg ids.
+// readFlows fetches every FLOWS message and returns the flows, the subject
+// of each flow's message, and the msg ids (one per message).
 func readFlows(t *testing.T, js jetstream.JetStream) (flows []*pb.Flow, subjects, ids []string) {
 	t.Helper()
 	ctx := context.Background()
@@ -91,7 +92,9 @@ func readFlows(t *testing.T, js jetstream.JetStream) (flows []*pb.Flow, subjects
 				t.Errorf("msg id %s, want BatchID %s", got, want)
 			}
 			flows = append(flows, fb.Flows...)
-			subjects = append(subjects, m.Subject())
+			for range fb.Flows {
+				subjects = append(subjects, m.Subject()) // one per flow
+			}
 			ids = append(ids, m.Headers().Get(jetstream.MsgIDHeader))
 		}
 		if n == 0 {
