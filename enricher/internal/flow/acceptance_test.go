@@ -1,6 +1,7 @@
 package flow
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -184,4 +185,31 @@ func TestOneDirection(t *testing.T) {
 	}
 	check(t, 0, recs[0], want{origAddr: hostA, origPort: 40000, respPort: 80, rPkts: 3, rIP: 1120, rBytes: 1000,
 		reason: pb.EndReason_END_EOF, final: true, state: "SHR", history: "^hdf"})
+}
+
+// TestOriginatorLocalNets: when the ports do not tell (both dynamic), the
+// local end is the guessed originator, whichever sent first; with a
+// service port the port decides; without local networks the first sender.
+func TestOriginatorLocalNets(t *testing.T) {
+	remote := []byte{198, 51, 100, 7}
+	cfg := DefaultConfig()
+	cfg.LocalNets = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	for _, c := range []struct {
+		name     string
+		cfg      Config
+		p        *pb.PacketSummary
+		wantOrig []byte
+	}{
+		{"remote first, dynamic ports", cfg, udp(sec(0), remote, 51000, hostA, 60000, 10), hostA},
+		{"local first, dynamic ports", cfg, udp(sec(0), hostA, 60000, remote, 51000, 10), hostA},
+		{"remote first, service port on remote", cfg, udp(sec(0), remote, 53, hostA, 60000, 10), hostA},
+		{"remote first, service port on local", cfg, udp(sec(0), remote, 60000, hostA, 53, 10), remote},
+		{"no local networks", DefaultConfig(), udp(sec(0), remote, 51000, hostA, 60000, 10), remote},
+		{"both local", cfg, udp(sec(0), hostB, 51000, hostA, 60000, 10), hostB},
+	} {
+		recs := run(c.cfg, []*pb.PacketSummary{c.p}, eof)
+		if len(recs) != 1 || string(recs[0].OrigAddr) != string(c.wantOrig) || !recs[0].DirectionGuessed {
+			t.Errorf("%s: orig %v guessed %v, want %v", c.name, recs[0].OrigAddr, recs[0].DirectionGuessed, c.wantOrig)
+		}
+	}
 }

@@ -33,16 +33,7 @@ func (e *entry) ports() (orig, resp uint16) {
 // direction classifies a flow by local networks: outbound (local → remote),
 // inbound, internal (both local) or external (neither).
 func direction(local []netip.Prefix, orig, resp []byte) string {
-	in := func(b []byte) bool {
-		a, _ := netip.AddrFromSlice(b)
-		for _, p := range local {
-			if p.Contains(a.Unmap()) {
-				return true
-			}
-		}
-		return false
-	}
-	switch o, r := in(orig), in(resp); {
+	switch o, r := isLocal(local, orig), isLocal(local, resp); {
 	case o && r:
 		return "internal"
 	case o:
@@ -51,6 +42,18 @@ func direction(local []netip.Prefix, orig, resp []byte) string {
 		return "inbound"
 	}
 	return "external"
+}
+
+// isLocal reports whether addr (4 or 16 bytes) is in one of the local networks.
+func isLocal(local []netip.Prefix, addr []byte) bool {
+	a, _ := netip.AddrFromSlice(addr)
+	a = a.Unmap()
+	for _, p := range local {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // flowAlloc is a record and its address bytes in one allocation.

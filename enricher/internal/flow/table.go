@@ -304,7 +304,7 @@ func (t *Table) newEntry(k Key, srcIsA bool, p *pb.PacketSummary) *entry {
 	if t.cfg.Features {
 		e.st = new(stats)
 	}
-	srcOrig, guessed := originator(k, p)
+	srcOrig, guessed := originator(k, p, t.cfg.LocalNets)
 	e.origIsA = srcIsA == srcOrig
 	e.guessed = guessed
 	e.flipped = !srcOrig
@@ -328,8 +328,11 @@ func (t *Table) newEntry(k Key, srcIsA bool, p *pb.PacketSummary) *entry {
 // a SYN without ACK says so, a SYN-ACK says the opposite, an ICMP request
 // or one-way message says so, an ICMP reply the opposite (guessed);
 // otherwise the more service-like port (portRank, then the lower port) is
-// the responder, else the sender is the originator (guessed).
-func originator(k Key, p *pb.PacketSummary) (srcOrig, guessed bool) {
+// the responder; when the ports do not tell (both dynamic, or equal) and
+// exactly one end is in a local network, the local end is the originator
+// (monitored networks mostly connect out); else the sender is the
+// originator (all guessed).
+func originator(k Key, p *pb.PacketSummary, local []netip.Prefix) (srcOrig, guessed bool) {
 	switch k.Proto {
 	case 6:
 		switch p.TcpFlags & (flagSYN | flagACK) {
@@ -356,6 +359,14 @@ func originator(k Key, p *pb.PacketSummary) (srcOrig, guessed bool) {
 		return false, true
 	case rs >= 1 && sp != dp:
 		return dp < sp, true
+	}
+	if len(local) > 0 {
+		switch sl, dl := isLocal(local, p.SrcAddr), isLocal(local, p.DstAddr); {
+		case sl && !dl:
+			return true, true
+		case dl && !sl:
+			return false, true
+		}
 	}
 	return true, true
 }
