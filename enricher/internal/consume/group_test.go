@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,12 +49,18 @@ type member struct {
 }
 
 // TestGroupStandbyTakesOver runs the stage through a partitioned consumer
-// group with two members (m1, m2) and a hot standby of m1 on one capture;
-// m1's active instance stops in the middle (SIGTERM: flush) and the standby
-// takes its partitions. The stored flows add up exactly to the per-5-tuple
-// packets and IP bytes of tshark's reading of the capture, and each member
-// assembled flows.
+// group with two, then three members and a hot standby of m1 on one
+// capture; m1's active instance stops in the middle (SIGTERM: flush) and the
+// standby takes its partitions. The stored flows add up exactly to the
+// per-5-tuple packets and IP bytes of tshark's reading of the capture, and
+// every member assembled flows.
 func TestGroupStandbyTakesOver(t *testing.T) {
+	for _, members := range [][]string{{"m1", "m2"}, {"m1", "m2", "m3"}} {
+		t.Run(strings.Join(members, "+"), func(t *testing.T) { groupRun(t, members) })
+	}
+}
+
+func groupRun(t *testing.T, members []string) {
 	url, _, js := testkit.JetStream(t)
 	tshark := testkit.Tool(t, "tshark")
 	file := filepath.Join(testkit.Pcaps(t), "eth-ipv4-dns-http-browsing-wikipedia.pcap")
@@ -95,7 +102,7 @@ func TestGroupStandbyTakesOver(t *testing.T) {
 	}
 
 	g := Group{Name: "enricher", Partitions: 8, AckWait: 3 * time.Second}
-	for _, m := range []string{"m1", "m2"} { // membership first: no rebalancing during the test
+	for _, m := range members { // membership first: no rebalancing during the test
 		g.Member, g.Join = m, true
 		if err := JoinGroup(context.Background(), js, g); err != nil {
 			t.Fatal(err)
@@ -135,18 +142,23 @@ func TestGroupStandbyTakesOver(t *testing.T) {
 		}
 		return uint64(n)
 	}
-	m1 := start("m1", "m1-a")
-	m2 := start("m2", "m2-a")
+	var active []*member
+	for _, name := range members {
+		active = append(active, start(name, name+"-a"))
+	}
+	m1, others := active[0], active[1:]
 	half := len(batches) / 2
 	var first uint64
 	for _, b := range batches[:half] {
 		publishBatch(t, js, b)
 		first += uint64(len(b.Packets))
 	}
-	testkit.Eventually(t, 20*time.Second, func() bool { return processed(m1, m2) == first },
-		"first half not processed: %d of %d packets", processed(m1, m2), first)
-	if processed(m1) == 0 || processed(m2) == 0 {
-		t.Fatalf("packets per member: m1 %d m2 %d; want both", processed(m1), processed(m2))
+	testkit.Eventually(t, 20*time.Second, func() bool { return processed(active...) == first },
+		"first half not processed: %d of %d packets", processed(active...), first)
+	for i, m := range active {
+		if processed(m) == 0 {
+			t.Fatalf("member %s processed nothing", members[i])
+		}
 	}
 	standby := start("m1", "m1-b")
 	stop(m1) // SIGTERM in the middle: open flows end as END_SHUTDOWN, the rest goes to the standby
@@ -158,9 +170,12 @@ func TestGroupStandbyTakesOver(t *testing.T) {
 		publishBatch(t, js, &pb.PacketBatch{Sensor: "g1", Boot: "boot", Seq: seq, Bucket: bk, EndOfInput: true})
 	}
 	total := uint64(len(pkts))
-	testkit.Eventually(t, 30*time.Second, func() bool { return processed(m1, m2, standby) == total && groupEmpty(t, js) },
-		"not all processed and acked: %d of %d packets", processed(m1, m2, standby), total)
-	stop(m2)
+	all := append(active, standby)
+	testkit.Eventually(t, 30*time.Second, func() bool { return processed(all...) == total && groupEmpty(t, js) },
+		"not all processed and acked: %d of %d packets", processed(all...), total)
+	for _, m := range others {
+		stop(m)
+	}
 	stop(standby)
 	if processed(standby) == 0 {
 		t.Errorf("the standby processed nothing")
