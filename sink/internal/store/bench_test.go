@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"crypto/sha1"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"strconv"
@@ -60,6 +62,9 @@ func benchWriteFlows(b *testing.B, perBatch int, hosts uint32) {
 			}
 			f.Proto, f.App = []uint32{6, 17, 1}[i%3], []string{"tls", "dns", "http", ""}[i%4]
 			f.RespPort = []uint32{443, 53, 80, 22, 8080, 123}[h%6]
+			// A Community ID v1 is "1:" and the base64 of a SHA-1: 30 characters.
+			sum := sha1.Sum([]byte(f.Id))
+			f.CommunityId = "1:" + base64.StdEncoding.EncodeToString(sum[:])
 			f.OrigCountry, f.RespCountry = countries[h%uint32(len(countries))], countries[(h>>8)%uint32(len(countries))]
 			f.OrigAsn, f.RespAsn = h%5000, (h>>4)%5000
 			fb.Flows = append(fb.Flows, f)
@@ -102,6 +107,22 @@ func benchWriteFlows(b *testing.B, perBatch int, hosts uint32) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(flowBytes/stored, "flow-disk-B/row")
+	// Where the bytes go: the heap and each index of flows' partitions.
+	parts, err := s.pool.Query(ctx, `SELECT coalesce(x.indexrelid::regclass::text, 'heap (+toast)'),
+		sum(CASE WHEN x.indexrelid IS NULL THEN pg_table_size(c.oid) ELSE pg_relation_size(x.indexrelid) END)
+		FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		LEFT JOIN LATERAL (SELECT NULL::oid AS indexrelid UNION ALL SELECT indexrelid FROM pg_index WHERE indrelid = c.oid) x ON true
+		WHERE i.inhparent = 'flows'::regclass GROUP BY 1 ORDER BY 2 DESC`)
+	if err == nil {
+		for parts.Next() {
+			var name string
+			var size float64
+			if parts.Scan(&name, &size) == nil {
+				b.Logf("flows %-40s %6.1f B/row", name, size/stored)
+			}
+		}
+		parts.Close()
+	}
 	b.ReportMetric(rollupBytes/stored, "rollup-disk-B/row")
 	b.ReportMetric(float64(goCPU.Nanoseconds())/rows, "go-cpu-ns/row")
 	if pg0 >= 0 {
