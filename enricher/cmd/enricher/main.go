@@ -1,6 +1,8 @@
-// Command enricher turns PACKETS into FLOWS: it aggregates packet summaries
-// into bidirectional flow records with Community ID, application, direction
-// and features, and publishes them (see ../../README.md).
+// Command enricher turns PACKETS into FLOWS and COUNTERS: it aggregates
+// packet summaries into bidirectional flow records with Community ID,
+// application, direction, GeoIP/ASN, names from DNS answers and features,
+// publishes them, and publishes per-second traffic counters per sensor (see
+// ../../README.md).
 package main
 
 import (

@@ -1,7 +1,9 @@
-// Package consume is the enricher stage's driver (consume → flow → publish
-// → ack): it pulls PacketBatches from the PACKETS durable consumer, feeds one
-// flow.Table per (sensor, bucket), hands records to the publisher and acks a
-// PACKETS message once every record it contributed to is published.
+// Package consume is the enricher stage's driver (consume → flow, counters
+// → publish → ack): it pulls PacketBatches from the PACKETS durable consumer
+// (or a partitioned consumer group), feeds one flow.Table per (sensor,
+// bucket) and one counters.Sensor per sensor, hands records and counters to
+// the publisher and acks a PACKETS message once every record and second it
+// contributed to is published.
 package consume
 
 import (
