@@ -198,8 +198,7 @@ func (e *Engine) observeMore(out []*pb.Alert, sensor string, f *pb.Flow, orig, r
 		if r == synFlood {
 			s.addPort(f.GetRespPort())
 		}
-		if !s.fired && s.count >= threshold && (ok == nil || ok(s)) {
-			s.fired = true
+		if s.count >= threshold && (ok == nil || ok(s)) && e.due(s, threshold, s.count) {
 			out = append(out, e.floodAlert(k, s, f, threshold))
 		}
 	}
@@ -225,12 +224,12 @@ func (e *Engine) observeMore(out []*pb.Alert, sensor string, f *pb.Flow, orig, r
 			s := e.get(k, t, e.cfg.BruteWindow)
 			s.flows++
 			s.count++
-			if !s.fired && s.count >= threshold {
-				s.fired = true
+			if e.due(s, threshold, s.count) {
 				out = append(out, e.bruteAlert(k, s, f, threshold))
 			}
 		}
 	}
+	out = e.observeExtra(out, sensor, f, orig, resp)
 	if isDNS(f) {
 		q := f.GetServerName()
 		sub, parent := SplitQName(q)
@@ -249,8 +248,7 @@ func (e *Engine) observeMore(out []*pb.Alert, sensor string, f *pb.Flow, orig, r
 			if len(q) > len(s.sample) && !s.fired {
 				s.sample = q // evidence only; the flow's string, not copied
 			}
-			if !s.fired && (s.nlong >= e.cfg.DNSLong || s.nnames >= e.cfg.DNSUnique || s.count >= e.cfg.DNSQueries) {
-				s.fired = true
+			if e.dueDNS(s) {
 				out = append(out, e.dnsAlert(k, s, f, resp))
 			}
 		}
@@ -278,10 +276,11 @@ func (e *Engine) retractMore(a *pb.Alert) {
 	case RuleDNSTunnel:
 		k.rule, k.orig, k.domain = dnsTunnel, orig, ev.Domain
 	default:
+		e.retractExtra(a, k)
 		return
 	}
 	if s, ok := e.state[k]; ok {
-		s.fired = false
+		retractState(s, a)
 	}
 }
 
@@ -315,6 +314,7 @@ func (e *Engine) floodAlert(k key, s *state, f *pb.Flow, threshold int) *pb.Aler
 		"first_packet_ns": s.firstNs,
 		"elapsed_seconds": elapsed.Seconds(),
 		"community_id":    f.GetCommunityId(),
+		"update":          s.updates,
 	}
 	if k.rule == synFlood {
 		ev["distinct_ports"] = s.nports
@@ -337,7 +337,7 @@ func (e *Engine) floodAlert(k key, s *state, f *pb.Flow, threshold int) *pb.Aler
 		Technique:     technique,
 		OrigAddr:      o,
 		RespAddr:      t,
-		Summary:       fmt.Sprintf("%s sent %d %s to %s within %.1fs (%.0f/s; alert raised at the threshold)", from, s.count, what, t, elapsed.Seconds(), rate),
+		Summary:       fmt.Sprintf("%s sent %d %s to %s within %.1fs (%.0f/s)", from, s.count, what, t, elapsed.Seconds(), rate),
 		Evidence:      evb,
 		Rule:          name,
 		WindowStartNs: k.win,
@@ -364,6 +364,7 @@ func (e *Engine) bruteAlert(k key, s *state, f *pb.Flow, threshold int) *pb.Aler
 		"first_session_ns":      s.firstNs,
 		"elapsed_seconds":       elapsed.Seconds(),
 		"community_id":          f.GetCommunityId(),
+		"update":                s.updates,
 	})
 	return &pb.Alert{
 		Id:            schema.AlertID(k.sensor, RuleBrute, o, target, k.win),
@@ -374,7 +375,7 @@ func (e *Engine) bruteAlert(k key, s *state, f *pb.Flow, threshold int) *pb.Aler
 		Technique:     "T1110",
 		OrigAddr:      o,
 		RespAddr:      t,
-		Summary:       fmt.Sprintf("%s opened %d sessions to the login service %s within %.1fs%s (alert raised at the threshold)", o, s.count, target, elapsed.Seconds(), extra),
+		Summary:       fmt.Sprintf("%s opened %d sessions to the login service %s within %.1fs%s", o, s.count, target, elapsed.Seconds(), extra),
 		Evidence:      ev,
 		Rule:          RuleBrute,
 		WindowStartNs: k.win,
@@ -409,6 +410,7 @@ func (e *Engine) dnsAlert(k key, s *state, f *pb.Flow, resolver netip.Addr) *pb.
 		"window_start_ns":     k.win,
 		"window_end_ns":       s.winEndNs,
 		"elapsed_seconds":     elapsed.Seconds(),
+		"update":              s.updates,
 	})
 	return &pb.Alert{
 		Id:            schema.AlertID(k.sensor, RuleDNSTunnel, o, k.domain, k.win),
@@ -419,11 +421,26 @@ func (e *Engine) dnsAlert(k key, s *state, f *pb.Flow, resolver netip.Addr) *pb.
 		Technique:     "T1071.004",
 		OrigAddr:      o,
 		RespAddr:      resolver.String(),
-		Summary:       fmt.Sprintf("%s sent %d DNS query packets for names under %s within %.1fs, %s (alert raised at the threshold)", o, s.count, k.domain, elapsed.Seconds(), why),
+		Summary:       fmt.Sprintf("%s sent %d DNS query packets for names under %s within %.1fs, %s", o, s.count, k.domain, elapsed.Seconds(), why),
 		Evidence:      ev,
 		Rule:          RuleDNSTunnel,
 		WindowStartNs: k.win,
 		WindowEndNs:   s.winEndNs,
 		Score:         score,
 	}
+}
+
+// dueDNS is due for dns_tunnel, whose three criteria each have their own
+// threshold: the first publish when any one is reached, an update when the
+// query count doubles.
+func (e *Engine) dueDNS(s *state) bool {
+	if !s.fired {
+		if s.nlong >= e.cfg.DNSLong || s.nnames >= e.cfg.DNSUnique || s.count >= e.cfg.DNSQueries {
+			s.fired = true
+			s.next = 2 * max(s.count, 1)
+			return true
+		}
+		return false
+	}
+	return e.due(s, 1, s.count)
 }

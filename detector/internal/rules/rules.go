@@ -45,6 +45,28 @@ type Config struct {
 	DNSWindow time.Duration // tumbling window length, packet time
 	DNSLong   int           // queries per window whose subdomain part is long and high-entropy (IsTunnelName)
 	DNSUnique int           // distinct subdomains of one parent domain per window
+	// DGA-like lookups (per originator): distinct parent domains whose
+	// registrable label looks machine-generated (IsRandomLabel) per window.
+	DGAWindow  time.Duration
+	DGADomains int
+
+	// Reflection / amplification (per target, the victim the responses go
+	// to): response packets from reflectors (UDP from an amplification
+	// service port, TCP SYN-ACK or RST with no request seen) per
+	// FloodWindow, from at least AmpSources distinct reflectors.
+	AmpPkts    int
+	AmpSources int
+
+	// Beaconing (per originator, responder and service): new connections
+	// at a regular period. BeaconConns connections in one window whose
+	// inter-connection times have a mean of at least BeaconMinPeriod and a
+	// coefficient of variation (standard deviation / mean) of at most
+	// BeaconMaxCV.
+	BeaconWindow    time.Duration
+	BeaconConns     int
+	BeaconMinPeriod time.Duration
+	BeaconMaxCV     float64
+
 	// DNSQueries is the number of query packets (originator packets of DNS
 	// flows) for names under one parent domain per window. A flow carries
 	// only its first query name (enricher), and a tunnel client such as
@@ -62,6 +84,9 @@ func DefaultConfig() Config {
 		FloodWindow: 10 * time.Second, SynFloodPkts: 1000, UDPFloodPkts: 10000, ICMPFloodPkts: 1000,
 		BruteWindow: time.Minute, BruteSessions: 4, BruteHTTP: 30,
 		DNSWindow: time.Minute, DNSLong: 20, DNSUnique: 100, DNSQueries: 150,
+		DGAWindow: time.Minute, DGADomains: 10,
+		AmpPkts: 1000, AmpSources: 10,
+		BeaconWindow: time.Hour, BeaconConns: 8, BeaconMinPeriod: 10 * time.Second, BeaconMaxCV: 0.2,
 	}
 }
 
@@ -83,7 +108,8 @@ func (c Config) Validate() error {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"-flood.window", c.FloodWindow}, {"-bruteforce.window", c.BruteWindow}, {"-dnstunnel.window", c.DNSWindow}} {
+	}{{"-flood.window", c.FloodWindow}, {"-bruteforce.window", c.BruteWindow}, {"-dnstunnel.window", c.DNSWindow},
+		{"-dga.window", c.DGAWindow}, {"-beacon.window", c.BeaconWindow}, {"-beacon.min-period", c.BeaconMinPeriod}} {
 		if d.v < time.Second {
 			errs = append(errs, fmt.Errorf("%s %s: want at least 1s", d.name, d.v))
 		}
@@ -93,10 +119,20 @@ func (c Config) Validate() error {
 		v    int
 	}{{"-synflood.pkts", c.SynFloodPkts}, {"-udpflood.pkts", c.UDPFloodPkts}, {"-icmpflood.pkts", c.ICMPFloodPkts},
 		{"-bruteforce.sessions", c.BruteSessions}, {"-bruteforce.http-sessions", c.BruteHTTP},
-		{"-dnstunnel.long", c.DNSLong}, {"-dnstunnel.unique", c.DNSUnique}, {"-dnstunnel.queries", c.DNSQueries}} {
+		{"-dnstunnel.long", c.DNSLong}, {"-dnstunnel.unique", c.DNSUnique}, {"-dnstunnel.queries", c.DNSQueries},
+		{"-dga.domains", c.DGADomains}, {"-amplification.pkts", c.AmpPkts}} {
 		if n.v < 2 {
 			errs = append(errs, fmt.Errorf("%s %d: want at least 2", n.name, n.v))
 		}
+	}
+	if c.AmpSources < 1 {
+		errs = append(errs, fmt.Errorf("-amplification.sources %d: want at least 1", c.AmpSources))
+	}
+	if c.BeaconConns < 3 {
+		errs = append(errs, fmt.Errorf("-beacon.conns %d: want at least 3 (two intervals)", c.BeaconConns))
+	}
+	if !(c.BeaconMaxCV > 0 && c.BeaconMaxCV <= 1) {
+		errs = append(errs, fmt.Errorf("-beacon.max-cv %v: want 0 < cv <= 1", c.BeaconMaxCV))
 	}
 	if c.MaxKeys < 1 {
 		errs = append(errs, fmt.Errorf("-rules.max-keys %d: want at least 1", c.MaxKeys))
@@ -113,6 +149,9 @@ const (
 	RuleICMPFlood = "icmp_flood"
 	RuleBrute     = "bruteforce"
 	RuleDNSTunnel = "dns_tunnel"
+	RuleAmp       = "amplification"
+	RuleDGA       = "dga"
+	RuleBeacon    = "beaconing"
 )
 
 // TCP flag bits (RFC 9293).
@@ -129,10 +168,14 @@ const (
 // handshake that carried no payload either way (SYN scan to an open port:
 // SYN, SYN-ACK, RST). ICMP is never a port probe. Interim records
 // (final=false) count too: the first record of a probe is all there is.
+// A flow whose originator sent nothing (the enricher made the receiver of
+// an unsolicited SYN-ACK, RST or UDP response the originator) is never a
+// probe: that is backscatter or reflection (amplification), and counting
+// it would name the victim as a scanner.
 func IsProbe(f *pb.Flow) bool {
 	switch f.GetProto() {
 	case 6:
-		if f.GetOrigBytes() != 0 || f.GetRespBytes() != 0 {
+		if f.GetOrigBytes() != 0 || f.GetRespBytes() != 0 || f.GetOrigPkts() == 0 {
 			return false
 		}
 		if f.GetRespPkts() == 0 {
@@ -144,7 +187,7 @@ func IsProbe(f *pb.Flow) bool {
 		// Handshake only: at most SYN + RST/ACK from the originator.
 		return f.GetOrigTcpFlags()&flagSYN != 0 && f.GetOrigPkts() <= 3
 	case 17:
-		return f.GetRespPkts() == 0
+		return f.GetRespPkts() == 0 && f.GetOrigPkts() > 0
 	}
 	return false
 }
@@ -165,10 +208,14 @@ const (
 	icmpFlood
 	brute
 	dnsTunnel
+	amp
+	dga
+	beacon
 )
 
 var ruleNames = [...]string{portscan: RulePortscan, hostsweep: RuleHostsweep, synFlood: RuleSynFlood,
-	udpFlood: RuleUDPFlood, icmpFlood: RuleICMPFlood, brute: RuleBrute, dnsTunnel: RuleDNSTunnel}
+	udpFlood: RuleUDPFlood, icmpFlood: RuleICMPFlood, brute: RuleBrute, dnsTunnel: RuleDNSTunnel,
+	amp: RuleAmp, dga: RuleDGA, beacon: RuleBeacon}
 
 type key struct {
 	rule   rule
@@ -210,7 +257,18 @@ type state struct {
 	nnames int
 	name0  uint64
 	names  map[uint64]struct{}
-	sample string // dns_tunnel: the longest query name seen
+	sample string // dns_tunnel: the longest query name seen; dga: the first random-looking name
+	// beaconing: inter-connection times (Welford's running mean and sum
+	// of squared deviations, ns), the last connection start, the first
+	// and last interval.
+	lastNs   int64
+	nint     int
+	mean, m2 float64
+	// updates: the alert was re-published this many times with grown
+	// counts; next is the count at which it is published again (twice
+	// the count of the last publish).
+	updates int
+	next    int
 }
 
 // addPort records a probed port and returns the number of distinct ports.
@@ -302,7 +360,7 @@ type Engine struct {
 
 // New returns an engine with cfg (which must be valid).
 func New(cfg Config) *Engine {
-	gap := max(cfg.PortscanWindow, cfg.SweepWindow, cfg.FloodWindow, cfg.BruteWindow, cfg.DNSWindow)
+	gap := max(cfg.PortscanWindow, cfg.SweepWindow, cfg.FloodWindow, cfg.BruteWindow, cfg.DNSWindow, cfg.DGAWindow, cfg.BeaconWindow)
 	return &Engine{cfg: cfg, state: map[key]*state{}, nextExpiry: math.MaxInt64, lastScan: math.MinInt64, scanGap: int64(gap)}
 }
 
@@ -352,8 +410,7 @@ func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 		k := key{rule: portscan, sensor: sensor, orig: orig, target: resp, win: windowStart(t, e.cfg.PortscanWindow)}
 		s := e.get(k, t, e.cfg.PortscanWindow)
 		s.flows++
-		if n := s.addPort(proto<<16 | f.GetRespPort()); !s.fired && n >= e.cfg.PortscanPorts {
-			s.fired = true
+		if n := s.addPort(proto<<16 | f.GetRespPort()); e.due(s, e.cfg.PortscanPorts, n) {
 			out = append(out, e.portscanAlert(k, s, f))
 		}
 	}
@@ -364,8 +421,7 @@ func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 	k := key{rule: hostsweep, sensor: sensor, orig: orig, win: windowStart(t, e.cfg.SweepWindow)}
 	s := e.get(k, t, e.cfg.SweepWindow)
 	s.flows++
-	if n := s.addHost(port, resp); !s.fired && n >= e.cfg.SweepHosts {
-		s.fired = true
+	if n := s.addHost(port, resp); e.due(s, e.cfg.SweepHosts, n) {
 		out = append(out, e.sweepAlert(k, s, f, port))
 	}
 	return out
@@ -387,7 +443,7 @@ func (e *Engine) Retract(a *pb.Alert) {
 	orig, _ := netip.ParseAddr(a.GetOrigAddr())
 	target, _ := netip.ParseAddr(a.GetRespAddr())
 	if s, ok := e.state[key{rule: r, sensor: a.GetSensor(), orig: orig, target: target, win: a.GetWindowStartNs()}]; ok {
-		s.fired = false
+		retractState(s, a)
 	}
 }
 
@@ -496,6 +552,7 @@ func (e *Engine) portscanAlert(k key, s *state, f *pb.Flow) *pb.Alert {
 		"window_end_ns":    s.winEndNs,
 		"first_probe_ns":   s.firstNs,
 		"elapsed_seconds":  elapsed.Seconds(),
+		"update":           s.updates,
 	})
 	o, t := k.orig.String(), k.target.String()
 	return &pb.Alert{
@@ -507,7 +564,7 @@ func (e *Engine) portscanAlert(k key, s *state, f *pb.Flow) *pb.Alert {
 		Technique:     "T1046",
 		OrigAddr:      o,
 		RespAddr:      t,
-		Summary:       fmt.Sprintf("%s probed %d distinct ports on %s within %.1fs (alert raised at the threshold; the scan may have gone on)", o, s.nports, t, elapsed.Seconds()),
+		Summary:       fmt.Sprintf("%s probed %d distinct ports on %s within %.1fs", o, s.nports, t, elapsed.Seconds()),
 		Evidence:      ev,
 		Rule:          RulePortscan,
 		WindowStartNs: k.win,
@@ -554,6 +611,7 @@ func (e *Engine) sweepAlert(k key, s *state, f *pb.Flow, port uint32) *pb.Alert 
 		"window_end_ns":   s.winEndNs,
 		"first_probe_ns":  s.firstNs,
 		"elapsed_seconds": elapsed.Seconds(),
+		"update":          s.updates,
 	})
 	o := k.orig.String()
 	return &pb.Alert{
@@ -564,7 +622,7 @@ func (e *Engine) sweepAlert(k key, s *state, f *pb.Flow, port uint32) *pb.Alert 
 		Category:      "hostsweep",
 		Technique:     "T1018",
 		OrigAddr:      o,
-		Summary:       fmt.Sprintf("%s probed %s on %d distinct hosts within %.1fs (alert raised at the threshold; the sweep may have gone on)", o, portName(port), len(hs), elapsed.Seconds()),
+		Summary:       fmt.Sprintf("%s probed %s on %d distinct hosts within %.1fs", o, portName(port), len(hs), elapsed.Seconds()),
 		Evidence:      ev,
 		Rule:          RuleHostsweep,
 		WindowStartNs: k.win,

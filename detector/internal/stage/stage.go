@@ -218,13 +218,24 @@ func (s *Stage) retract(a *pb.Alert) {
 	s.engine.Retract(a)
 }
 
+// MsgID is the Nats-Msg-Id of an alert publish: the alert id for its
+// first publish, id + ".u" + n for its n-th update (the same alert with
+// grown counts, rules.UpdateOf), so the ALERTS duplicate window drops a
+// repeated publish but keeps every update.
+func MsgID(a *pb.Alert) string {
+	if u := rules.UpdateOf(a); u > 0 {
+		return fmt.Sprintf("%s.u%d", a.GetId(), u)
+	}
+	return a.GetId()
+}
+
 func (s *Stage) publish(ctx context.Context, a *pb.Alert) error {
 	data, err := proto.Marshal(a)
 	if err != nil {
 		return fmt.Errorf("encode alert: %w", err)
 	}
 	m := &nats.Msg{Subject: schema.AlertsSubject(a.GetSensor()), Data: data, Header: nats.Header{}}
-	m.Header.Set(jetstream.MsgIDHeader, a.GetId())
+	m.Header.Set(jetstream.MsgIDHeader, MsgID(a))
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if _, err := s.js.PublishMsg(pctx, m); err != nil {

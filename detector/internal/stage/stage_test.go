@@ -97,8 +97,9 @@ func TestStage(t *testing.T) {
 	if got := testutil.ToFloat64(m.Scored); got != 150 {
 		t.Errorf("scored = %v, want 150", got)
 	}
-	if got := testutil.ToFloat64(m.Alerts.WithLabelValues("portscan")); got != 1 {
-		t.Errorf("portscan alerts = %v, want 1", got)
+	// 150 ports: the alert at 50, one update at 100 (same alert id).
+	if got := testutil.ToFloat64(m.Alerts.WithLabelValues("portscan")); got != 2 {
+		t.Errorf("portscan publishes = %v, want 2", got)
 	}
 	if got := testutil.ToFloat64(m.Alerts.WithLabelValues("anomaly")); got != 0 {
 		t.Errorf("anomaly alerts = %v, want 0 (-model.alerts off)", got)
@@ -109,8 +110,8 @@ func TestStage(t *testing.T) {
 		t.Fatal(err)
 	}
 	info, _ := s.Info(ctx)
-	if info.State.Msgs != 1 {
-		t.Fatalf("ALERTS holds %d messages, want 1", info.State.Msgs)
+	if info.State.Msgs != 2 {
+		t.Fatalf("ALERTS holds %d messages, want 2", info.State.Msgs)
 	}
 	raw, err := s.GetMsg(ctx, 1)
 	if err != nil {
@@ -137,6 +138,21 @@ func TestStage(t *testing.T) {
 		t.Errorf("evidence = %s", a.Evidence)
 	}
 
+	// The update: same alert id, its own Nats-Msg-Id, grown counts.
+	raw2, err := s.GetMsg(ctx, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var u pb.Alert
+	if err := proto.Unmarshal(raw2.Data, &u); err != nil {
+		t.Fatal(err)
+	}
+	var uev map[string]any
+	_ = json.Unmarshal(u.Evidence, &uev)
+	if u.Id != wantID || raw2.Header.Get(jetstream.MsgIDHeader) != wantID+".u1" || uev["distinct_ports"] != float64(100) || uev["update"] != float64(1) {
+		t.Errorf("update: id %s msg id %s evidence %s", u.Id, raw2.Header.Get(jetstream.MsgIDHeader), u.Evidence)
+	}
+
 	// Replaying the same flows (a restarted detector) yields the same id,
 	// which the ALERTS duplicate window drops.
 	stop()
@@ -157,7 +173,7 @@ func TestStage(t *testing.T) {
 		return err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.AckFloor.Stream == 4
 	}, "replay: detector consumer still has pending messages")
 	info, _ = s.Info(ctx)
-	if info.State.Msgs != 1 {
-		t.Errorf("after replay ALERTS holds %d messages, want 1", info.State.Msgs)
+	if info.State.Msgs != 2 {
+		t.Errorf("after replay ALERTS holds %d messages, want 2", info.State.Msgs)
 	}
 }
