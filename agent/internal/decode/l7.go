@@ -47,7 +47,7 @@ type L7 struct {
 	HTTPHost    string
 	HTTPUA      string
 	// Undecodable is why the application layer named by App did not parse
-	// (ReasonDNS...), "" when it did. A fragment or a payload cut by the
+	// (ReasonDNS..., ReasonTLSBadClientHello), "" when it did. A fragment or a payload cut by the
 	// snaplen is never marked: it is incomplete, not malformed.
 	Undecodable string
 
@@ -66,11 +66,14 @@ type scratch struct {
 	qcrypto []byte   // QUIC CRYPTO stream from offset 0
 }
 
-// Reasons a DNS message is undecodable (L7.Undecodable).
+// Reasons a DNS message or a TLS ClientHello is undecodable (L7.Undecodable).
 const (
 	ReasonDNSShort       = "dns_short_message" // fewer than the 12 header bytes (RFC 1035 4.1.1)
 	ReasonDNSBadQuestion = "dns_bad_question"  // the header counts a question that does not parse
 	ReasonDNSBadRecord   = "dns_bad_answer"    // the header counts an answer that does not parse
+	// a whole ClientHello (over TCP or in a QUIC Initial) whose inner
+	// lengths do not add up: no JA3/JA4
+	ReasonTLSBadClientHello = "tls_bad_client_hello"
 )
 
 // DNSAnswer is one A, AAAA or CNAME record.

@@ -72,10 +72,12 @@ func (l *L7) parseClientHello(h []byte, proto byte) {
 	l.Hello = true
 	var f helloFields
 	ok := l.helloFields(body, &f)
-	if !complete || !ok {
-		// a truncated message, or one whose lengths do not add up: no
-		// fingerprint from a part of it
-		l.HelloPartial = !complete
+	if !complete {
+		l.HelloPartial = true // no fingerprint from a part of it
+		return
+	}
+	if !ok {
+		l.Undecodable = ReasonTLSBadClientHello
 		return
 	}
 	l.ja3(&f)

@@ -2,6 +2,7 @@ package decode
 
 import (
 	"encoding/binary"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -183,6 +184,26 @@ func TestClientHelloSplit(t *testing.T) {
 	}
 }
 
+// TestClientHelloMalformed: a whole ClientHello whose cipher list length
+// is odd, or whose extension runs past the extensions block, is marked
+// undecodable and gets no fingerprint; SNI read before the fault stays.
+func TestClientHelloMalformed(t *testing.T) {
+	odd := clientHello(0x0303, []uint16{0x002f, 0x0035}, sniExt("a.example"))
+	odd[5+4+2+32+1+1] = 3 // cipher_suites length 4 -> 3
+	over := clientHello(0x0303, []uint16{0x002f}, sniExt("a.example"), ext{0x0017, []byte{1, 2}})
+	over[len(over)-3] = 9 // the last extension's length 2 -> 9
+	for name, rec := range map[string][]byte{"odd cipher length": odd, "extension past the block": over} {
+		var l L7
+		ParseL7(tcpTLS(rec), &l)
+		if l.Undecodable != ReasonTLSBadClientHello || l.JA3 != "" || l.JA4 != "" || l.HelloPartial {
+			t.Errorf("%s: undecodable %q ja3 %q ja4 %q partial %v", name, l.Undecodable, l.JA3, l.JA4, l.HelloPartial)
+		}
+		if name == "extension past the block" && l.TLSSNI != "a.example" {
+			t.Errorf("%s: sni %q", name, l.TLSSNI)
+		}
+	}
+}
+
 // TestParseL7TLSAllocs: after the first call has grown l's buffers, a TLS
 // ClientHello costs no allocation (JA3, JA4 and the strings live in l).
 func TestParseL7TLSAllocs(t *testing.T) {
@@ -191,5 +212,35 @@ func TestParseL7TLSAllocs(t *testing.T) {
 	ParseL7(p, &l)
 	if n := testing.AllocsPerRun(100, func() { ParseL7(p, &l) }); n != 0 {
 		t.Errorf("%v allocations per ClientHello", n)
+	}
+}
+
+// BenchmarkParseL7 measures the light L7 cost of the packets that carry a
+// ClientHello: a TLS record over TCP (the JA4 spec's hello) and the RFC 9001
+// client Initial (key derivation, header protection removal, AES-GCM
+// decryption of 1162 bytes, CRYPTO frames, ClientHello).
+func BenchmarkParseL7(b *testing.B) {
+	rfc, err := os.ReadFile("testdata/rfc9001-a2-client-initial.hex")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		p    *Packet
+	}{
+		{"tls-clienthello", tcpTLS(specHello(0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601))},
+		{"quic-initial", quicPacket(mustHex(string(rfc)))},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			var l L7
+			b.SetBytes(int64(len(c.p.Payload)))
+			b.ReportAllocs()
+			for b.Loop() {
+				ParseL7(c.p, &l)
+			}
+			if l.JA4 == "" {
+				b.Fatal("no JA4")
+			}
+		})
 	}
 }

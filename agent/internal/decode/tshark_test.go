@@ -145,7 +145,9 @@ func referenceJA4(proto string, version uint16, supported []uint16, sni bool, ci
 	a := "00"
 	if alpn != "" {
 		a = alpn[:1] + alpn[len(alpn)-1:]
-		isAlnum := func(c byte) bool { return strings.IndexByte("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", c) >= 0 }
+		isAlnum := func(c byte) bool {
+			return strings.IndexByte("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", c) >= 0
+		}
 		if !isAlnum(a[0]) || !isAlnum(a[1]) {
 			h := hex.EncodeToString([]byte(alpn))
 			a = h[:1] + h[len(h)-1:]

@@ -77,10 +77,11 @@ type ARPCount struct {
 }
 
 // HelloCount counts TLS ClientHellos found at the start of a TCP payload or
-// in a decrypted QUIC client Initial. A partial one continues past its
-// packet (split over TCP segments or QUIC Initials, or cut by the
-// snaplen): the agent reads SNI and ALPN from the first part and publishes
-// no JA3/JA4 for it.
+// in a decrypted QUIC client Initial; a whole one that does not parse is
+// counted in Undecodable as tls_bad_client_hello instead. A partial one
+// continues past its packet (split over TCP segments or QUIC Initials, or
+// cut by the snaplen): the agent reads SNI and ALPN from the first part and
+// publishes no JA3/JA4 for it.
 type HelloCount struct {
 	TLS         uint64 `json:"tls"`          // whole, with JA3 and JA4
 	TLSPartial  uint64 `json:"tls_partial"`  // the first part only
@@ -174,7 +175,9 @@ func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet, l7 *de
 		}
 	case app == decode.AppTLS || app == decode.AppQUIC:
 		decode.ParseL7(p, l7)
-		if l7.Hello {
+		if l7.Undecodable != "" {
+			r.Undecodable[l7.Undecodable]++ // a whole ClientHello that does not parse
+		} else if l7.Hello {
 			c := &r.ClientHellos
 			switch {
 			case app == decode.AppTLS && l7.HelloPartial:
