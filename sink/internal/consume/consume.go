@@ -1,8 +1,10 @@
 // Package consume is the sink's intake: it pulls FLOWS, ALERTS and METRICS
 // from their durable JetStream consumers, batches records across messages,
 // hands each batch to the store, and acks the batch's messages only after the
-// store committed it (STYLE.md "A stage"). A message that does not decode is
-// terminated and counted; a database error keeps the batch and retries it.
+// store committed it (STYLE.md "A stage"). A message that does not decode,
+// or whose rows the database rejects as data or keeps timing out on, is
+// parked (parked_messages), terminated and counted; any other database error
+// keeps the batch and retries it with backoff.
 package consume
 
 import (

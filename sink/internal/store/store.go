@@ -1,8 +1,9 @@
 // Package store is the sink's end of the pipeline: it migrates the netwatch
 // PostgreSQL schema, creates one partition per UTC day on demand, writes
-// batches of flows, alerts and host metrics with COPY into a staging table
-// and INSERT … ON CONFLICT DO NOTHING (so a redelivered message never
-// duplicates a row), and drops partitions past their retention.
+// batches of flows (binary COPY, with their per-minute rollups), alerts,
+// host metrics and capture statistics idempotently (a redelivered message
+// never duplicates a row nor adds to a rollup twice), parks messages given
+// up on, and drops partitions past their retention.
 //
 // Every object is created unqualified, in the connection's current_schema(),
 // so the store works in any schema named by the DSN's search_path.
