@@ -83,7 +83,8 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Stage.Names.MaxTTL, "dns.names-max-ttl", dn.MaxTTL, "longest time a name from a DNS answer is kept")
 	fs.BoolVar(&c.Stage.NoNames, "dns.names-off", false, "do not name flow addresses from DNS answers")
 	dc := counters.DefaultConfig()
-	fs.DurationVar(&c.Stage.Counters.Lateness, "counters.lateness", dc.Lateness, "packet time a second of COUNTERS stays open behind the sensor's newest packet")
+	fs.DurationVar(&c.Stage.Counters.Lateness, "counters.lateness", dc.Lateness, "packet time a second of COUNTERS stays open behind the watermark (the oldest bucket clock)")
+	fs.IntVar(&c.Stage.Counters.MaxOpen, "counters.max-open", dc.MaxOpen, "seconds of COUNTERS kept open while a bucket holds the watermark back")
 	fs.IntVar(&c.Stage.Counters.Top, "counters.top", dc.Top, "responder addresses per second in COUNTERS, busiest first")
 	fs.IntVar(&c.Stage.Counters.MaxAddrs, "counters.max-addrs", dc.MaxAddrs, "distinct addresses tracked per second for COUNTERS (sources, responders)")
 	host, _ := os.Hostname()
@@ -127,8 +128,8 @@ func (c *Config) Validate() error {
 	if c.Stage.Names.Max < 0 || c.Stage.Names.MinTTL < 0 || c.Stage.Names.MaxTTL < c.Stage.Names.MinTTL {
 		errs = append(errs, errors.New("-dns.names-max must not be negative and -dns.names-max-ttl must be at least -dns.names-min-ttl"))
 	}
-	if c.Stage.Counters.Lateness < 0 || c.Stage.Counters.Top < 1 || c.Stage.Counters.MaxAddrs < 1 {
-		errs = append(errs, errors.New("-counters.lateness must not be negative, -counters.top and -counters.max-addrs must be positive"))
+	if c.Stage.Counters.Lateness < 0 || c.Stage.Counters.Top < 1 || c.Stage.Counters.MaxAddrs < 1 || c.Stage.Counters.MaxOpen < 1 {
+		errs = append(errs, errors.New("-counters.lateness must not be negative, -counters.top, -counters.max-addrs and -counters.max-open must be positive"))
 	}
 	if c.Stage.Instance == "" || strings.ContainsAny(c.Stage.Instance, " \t\r\n") {
 		errs = append(errs, fmt.Errorf("-instance %q: want a non-empty name without spaces", c.Stage.Instance))

@@ -167,8 +167,10 @@ type table struct {
 // sensorState is the state shared by a sensor's tables.
 type sensorState struct {
 	names    *names.Cache
-	counters *counters.Sensor // nil until a packet arrives after the start or an end of input
-	wallMark time.Time        // wall time of the sensor's last packet
+	counters *counters.Sensor          // nil until a packet arrives after the start or an end of input
+	wallMark time.Time                 // wall time of the sensor's last packet
+	since    time.Time                 // wall time counters was made
+	buckets  [schema.Buckets]time.Time // wall time of each bucket's last batch with packets
 }
 
 // Stage is the enricher's consumer loop. Create it with New and call Run once.
@@ -467,6 +469,10 @@ func (s *Stage) handle(m jetstream.Msg) {
 			ss.counters = counters.NewSensor(sensor, s.cfg.Counters, func(c *pb.TrafficCounters, refs []flow.Ref) {
 				s.emitCounters(c, refs)
 			})
+			ss.since = now
+		}
+		if b.Bucket < schema.Buckets {
+			ss.buckets[b.Bucket] = now
 		}
 	}
 	skipped, back, evicted, late := t.t.Skipped, t.t.Backwards, t.t.Evicted, uint64(0)
@@ -475,7 +481,7 @@ func (s *Stage) handle(m jetstream.Msg) {
 	}
 	for _, p := range b.Packets {
 		t.t.Add(p, h)
-		ss.counters.Add(p, h)
+		ss.counters.Add(p, b.Bucket, h)
 	}
 	s.m.Packets.Add(float64(len(b.Packets)))
 	s.m.Skipped.Add(float64(t.t.Skipped - skipped))
@@ -534,8 +540,24 @@ func (s *Stage) tick(now time.Time) {
 		}
 	}
 	for _, ss := range s.sensors {
-		if ss.counters != nil && ss.counters.Open() > 0 && now.Sub(ss.wallMark) >= s.cfg.WallTick {
-			ss.counters.Flush() // traffic stopped: publish the last seconds
+		c := ss.counters
+		if c == nil || c.Open() == 0 {
+			continue
+		}
+		if now.Sub(ss.wallMark) >= s.cfg.WallTick {
+			c.Flush() // traffic stopped: publish the last seconds
+			continue
+		}
+		if now.Sub(ss.since) < s.cfg.WallTick {
+			continue
+		}
+		// Buckets without a batch for a tick (the agent sends a bucket's
+		// batch within -batch.flush, 200 ms) have nothing older than a tick
+		// behind the newest packet: let them stop holding the watermark.
+		for b, w := range ss.buckets {
+			if now.Sub(w) >= s.cfg.WallTick {
+				c.Advance(uint32(b), c.Clock()-int64(s.cfg.WallTick))
+			}
 		}
 	}
 	s.pub.FlushDue(now)

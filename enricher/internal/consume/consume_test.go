@@ -314,7 +314,9 @@ func readCounters(t *testing.T, js jetstream.JetStream) (msgs []*pb.TrafficCount
 // flow in another bucket (the passive DNS cache is per sensor), and the
 // sensor's per-second counters reach COUNTERS with ids from sensor,
 // instance and second (hand counts: second 0 has the DNS query and
-// response, second 1 the SYN and SYN-ACK).
+// response, second 10 the SYN and SYN-ACK). The batch of second 10 comes
+// first, as a separately batched bucket may: second 0 is still counted,
+// not late.
 func TestCountersAndNames(t *testing.T) {
 	_, _, js := testkit.JetStream(t)
 	stop := startStage(t, js)
@@ -325,10 +327,10 @@ func TestCountersAndNames(t *testing.T) {
 	r := udp(0.2, hostB, 53, hostA, 53000, 46)
 	r.DnsResponse, r.DnsQuery = true, "web.example"
 	r.DnsAnswers = []*pb.DNSAnswer{{Name: "web.example", Type: 1, Addr: server, Ttl: 300}}
-	synP := &pb.PacketSummary{TsNs: t0 + 1.1e9, SrcAddr: hostA, DstAddr: server, SrcPort: 40000, DstPort: 80, Proto: 6, IpBytes: 60, TcpFlags: 0x02}
-	synAck := &pb.PacketSummary{TsNs: t0 + 1.2e9, SrcAddr: server, DstAddr: hostA, SrcPort: 80, DstPort: 40000, Proto: 6, IpBytes: 60, TcpFlags: 0x12}
-	publishBatch(t, js, &pb.PacketBatch{Sensor: "s5", Boot: "b", Seq: 1, Bucket: bd, Packets: []*pb.PacketSummary{q, r}})
-	publishBatch(t, js, &pb.PacketBatch{Sensor: "s5", Boot: "b", Seq: 2, Bucket: bt, Packets: []*pb.PacketSummary{synP, synAck}})
+	synP := &pb.PacketSummary{TsNs: t0 + 10.1e9, SrcAddr: hostA, DstAddr: server, SrcPort: 40000, DstPort: 80, Proto: 6, IpBytes: 60, TcpFlags: 0x02}
+	synAck := &pb.PacketSummary{TsNs: t0 + 10.2e9, SrcAddr: server, DstAddr: hostA, SrcPort: 80, DstPort: 40000, Proto: 6, IpBytes: 60, TcpFlags: 0x12}
+	publishBatch(t, js, &pb.PacketBatch{Sensor: "s5", Boot: "b", Seq: 1, Bucket: bt, Packets: []*pb.PacketSummary{synP, synAck}})
+	publishBatch(t, js, &pb.PacketBatch{Sensor: "s5", Boot: "b", Seq: 2, Bucket: bd, Packets: []*pb.PacketSummary{q, r}})
 	for i, b := range []uint32{bd, bt} {
 		publishBatch(t, js, &pb.PacketBatch{Sensor: "s5", Boot: "b", Seq: uint64(10 + i), Bucket: b, EndOfInput: true})
 	}
@@ -350,10 +352,10 @@ func TestCountersAndNames(t *testing.T) {
 	}
 	want := []*pb.CounterSet{{Packets: 2, IpBytes: 58 + 74, DnsResponses: 1, Sources: 2}, {Packets: 2, IpBytes: 120, Syn: 1, SynAck: 1, Sources: 2}}
 	for i, m := range msgs {
-		if m.Sensor != "s5" || m.SecondNs != t0+int64(i)*1e9 || !proto.Equal(m.Total, want[i]) || len(m.Responders) != 2 {
-			t.Errorf("second %d: %v", i, m)
+		if m.Sensor != "s5" || m.SecondNs != t0+int64(10*i)*1e9 || !proto.Equal(m.Total, want[i]) || len(m.Responders) != 2 {
+			t.Errorf("second %d: %v", 10*i, m)
 		}
-		if wantID := fmt.Sprintf("s5.test.%d", t0/1e9+int64(i)); ids[i] != wantID {
+		if wantID := fmt.Sprintf("s5.test.%d", t0/1e9+int64(10*i)); ids[i] != wantID {
 			t.Errorf("msg id %s, want %s", ids[i], wantID)
 		}
 	}

@@ -5,12 +5,14 @@
 package counters
 
 import (
+	"math"
 	"net/netip"
 	"slices"
 	"strconv"
 	"time"
 
 	"netwatch/enricher/internal/flow"
+	"netwatch/schema"
 	"netwatch/schema/pb"
 )
 
@@ -24,23 +26,28 @@ const (
 // Config bounds a Sensor's counters.
 type Config struct {
 	// Lateness is how far (packet time) a second stays open behind the
-	// newest packet of the sensor, for packets that arrive out of order
-	// (other buckets' batches are published at other times). A packet of a
-	// second already closed is counted in Sensor.Late, not in a second.
-	// Default 5 s.
+	// watermark (the oldest clock among the sensor's buckets), for packets
+	// whose time goes back within a bucket. Default 1 s.
 	Lateness time.Duration
+	// MaxOpen bounds the seconds kept open while a bucket holds the
+	// watermark back (a bucket whose batch is not in yet); past it the
+	// oldest second is emitted, and its stragglers are counted in
+	// Sensor.Late. Default 300 (5 min of packet time).
+	MaxOpen int
 	// Top is the number of responder addresses per second, busiest
 	// (packets) first. Default 32.
 	Top int
 	// MaxAddrs bounds the distinct responders, sources, and
 	// (responder, source) pairs tracked per second; past it, packets still
 	// count in the totals but new addresses are not tracked, so sources
-	// become a lower bound. Default 65536.
+	// become a lower bound. Default 4096.
 	MaxAddrs int
 }
 
 // DefaultConfig returns the defaults of the -counters.* flags.
-func DefaultConfig() Config { return Config{Lateness: 5 * time.Second, Top: 32, MaxAddrs: 65536} }
+func DefaultConfig() Config {
+	return Config{Lateness: time.Second, MaxOpen: 300, Top: 32, MaxAddrs: 4096}
+}
 
 // Emit receives one closed second and the input messages its packets came
 // from (retained once each for this second).
@@ -58,8 +65,14 @@ type second struct {
 }
 
 // Sensor aggregates one sensor's packets into one-second bins of packet
-// time and emits each bin once the sensor's newest packet is Lateness past
-// its end (or at Flush). It is not safe for concurrent use.
+// time. Each bucket's packets arrive in order (one PACKETS subject, in
+// stream order) but buckets are batched separately, so a bucket may deliver
+// a minute of packets after another bucket delivered the same minute. A
+// second is emitted once the watermark — the oldest clock among all
+// schema.Buckets buckets of the sensor, a bucket's clock being its newest
+// packet time or the time Advance gave it — is Lateness past its end, when
+// more than MaxOpen seconds are open, or at Flush. It is not safe for
+// concurrent use.
 type Sensor struct {
 	name   string
 	cfg    Config
@@ -68,6 +81,8 @@ type Sensor struct {
 	clock  int64     // newest packet time
 	closed int64     // seconds before this (Unix ns) are closed; 0 before the first close
 	free   []*second
+	clocks [schema.Buckets]int64 // per bucket; math.MinInt64 until seen
+	minB   int                   // a bucket holding the watermark
 
 	Late uint64 // packets of seconds already closed (not in any emitted second)
 }
@@ -85,7 +100,14 @@ func NewSensor(sensor string, cfg Config, emit Emit) *Sensor {
 	if cfg.MaxAddrs <= 0 {
 		cfg.MaxAddrs = d.MaxAddrs
 	}
-	return &Sensor{name: sensor, cfg: cfg, emit: emit}
+	if cfg.MaxOpen <= 0 {
+		cfg.MaxOpen = d.MaxOpen
+	}
+	s := &Sensor{name: sensor, cfg: cfg, emit: emit}
+	for i := range s.clocks {
+		s.clocks[i] = math.MinInt64
+	}
+	return s
 }
 
 const sec = int64(time.Second)
@@ -99,8 +121,9 @@ func floorSec(ns int64) int64 {
 	return s
 }
 
-// Add counts one packet; ref (may be nil) is the message it came from.
-func (s *Sensor) Add(p *pb.PacketSummary, ref flow.Ref) {
+// Add counts one packet of bucket (pb.PacketBatch.bucket, < schema.Buckets;
+// others count as bucket 0); ref (may be nil) is the message it came from.
+func (s *Sensor) Add(p *pb.PacketSummary, bucket uint32, ref flow.Ref) {
 	ts := p.TsNs
 	if s.closed != 0 && ts < s.closed {
 		s.Late++
@@ -139,9 +162,42 @@ func (s *Sensor) Add(p *pb.PacketSummary, ref flow.Ref) {
 	}
 	if ts > s.clock {
 		s.clock = ts
-		s.closeUpTo(floorSec(ts - int64(s.cfg.Lateness)))
+	}
+	s.Advance(bucket, ts)
+	if len(s.open) > s.cfg.MaxOpen {
+		s.closeUpTo(s.open[len(s.open)-s.cfg.MaxOpen].ns)
 	}
 }
+
+// Advance moves bucket's clock to now (never back) and emits the seconds the
+// watermark has passed. The stage calls it for buckets that got no batch
+// for a while, so that a quiet bucket does not hold the counters back.
+func (s *Sensor) Advance(bucket uint32, now int64) {
+	if bucket >= schema.Buckets {
+		bucket = 0
+	}
+	if now <= s.clocks[bucket] {
+		return
+	}
+	old := s.clocks[bucket]
+	s.clocks[bucket] = now
+	if int(bucket) != s.minB && old != math.MinInt64 {
+		return // the watermark is held by another bucket
+	}
+	wm := s.clocks[0]
+	s.minB = 0
+	for i, c := range s.clocks {
+		if c < wm {
+			wm, s.minB = c, i
+		}
+	}
+	if wm != math.MinInt64 {
+		s.closeUpTo(floorSec(wm - int64(s.cfg.Lateness)))
+	}
+}
+
+// Clock is the newest packet time seen, Unix ns; 0 before the first.
+func (s *Sensor) Clock() int64 { return s.clock }
 
 // count adds p to c (all fields but Sources).
 func count(c *pb.CounterSet, p *pb.PacketSummary) {

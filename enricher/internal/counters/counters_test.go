@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"netwatch/enricher/internal/flow"
+	"netwatch/schema"
 	"netwatch/schema/pb"
 )
 
@@ -39,6 +40,7 @@ func (r *ref) Retain() { r.n++ }
 func TestSeconds(t *testing.T) {
 	var o out
 	s := NewSensor("s1", Config{Lateness: 2 * time.Second, Top: 2}, o.emit)
+	quiet(s, 0, at(1000)) // only bucket 0 has traffic: it alone holds the watermark
 	victim := "192.0.2.10"
 	r1, r2 := &ref{}, &ref{}
 	pkts := []*pb.PacketSummary{
@@ -57,16 +59,16 @@ func TestSeconds(t *testing.T) {
 		if i >= 3 {
 			r = r2
 		}
-		s.Add(p, r)
+		s.Add(p, 0, r)
 	}
 	if len(o.msgs) != 0 {
 		t.Fatalf("%d seconds emitted before the lateness passed", len(o.msgs))
 	}
-	s.Add(tcp(at(3.0), "198.51.100.9", victim, 0x02), nil) // clock 3.0: second 0 closes (0+1+2 ≤ 3)
+	s.Add(tcp(at(3.0), "198.51.100.9", victim, 0x02), 0, nil) // clock 3.0: second 0 closes (0+1+2 ≤ 3)
 	if len(o.msgs) != 1 {
 		t.Fatalf("%d seconds emitted at clock 3 s, want 1", len(o.msgs))
 	}
-	s.Add(tcp(at(0.9), "198.51.100.9", victim, 0x02), nil) // second 0 is closed: late
+	s.Add(tcp(at(0.9), "198.51.100.9", victim, 0x02), 0, nil) // second 0 is closed: late
 	s.Flush()
 	if len(o.msgs) != 3 || s.Late != 1 {
 		t.Fatalf("%d seconds, late %d; want 3 and 1", len(o.msgs), s.Late)
@@ -97,6 +99,69 @@ func TestSeconds(t *testing.T) {
 	}
 }
 
+// quiet advances every bucket except one to now, as the stage does for
+// buckets without batches.
+func quiet(s *Sensor, except uint32, now int64) {
+	for b := range uint32(schema.Buckets) {
+		if b != except {
+			s.Advance(b, now)
+		}
+	}
+}
+
+// TestWatermark: two buckets deliver the same 10 seconds one after the
+// other (as separately batched buckets do in a fast replay): nothing is
+// emitted until the slower bucket passes, nothing is late, and every
+// second holds both buckets' packets.
+func TestWatermark(t *testing.T) {
+	var o out
+	s := NewSensor("s1", Config{}, o.emit)
+	for b := range uint32(schema.Buckets) {
+		if b != 1 && b != 2 {
+			s.Advance(b, at(1000))
+		}
+	}
+	for _, b := range []uint32{1, 2} {
+		for i := range 10 {
+			s.Add(tcp(at(float64(i)+0.5), "10.0.0.1", "10.0.0.2", 0x10), b, nil)
+		}
+		if b == 1 && len(o.msgs) != 0 {
+			t.Fatalf("%d seconds emitted while bucket 2 is behind", len(o.msgs))
+		}
+	}
+	// Bucket 2's clock is 9.5 s: seconds 0..7 are 1 s (Lateness) behind it.
+	if len(o.msgs) != 8 || s.Late != 0 {
+		t.Fatalf("%d seconds emitted, %d late; want 8 and 0", len(o.msgs), s.Late)
+	}
+	s.Flush()
+	for i, m := range o.msgs {
+		if m.SecondNs != at(float64(i)) || m.Total.Packets != 2 {
+			t.Errorf("second %d: %d %v", i, (m.SecondNs-t0)/1e9, m.Total)
+		}
+	}
+	if len(o.msgs) != 10 {
+		t.Errorf("%d seconds", len(o.msgs))
+	}
+}
+
+// TestMaxOpen: a bucket that never delivers holds the watermark; at most
+// MaxOpen seconds stay open, the oldest is emitted, and a straggler of it
+// is late.
+func TestMaxOpen(t *testing.T) {
+	var o out
+	s := NewSensor("s1", Config{MaxOpen: 3}, o.emit)
+	for i := range 5 {
+		s.Add(tcp(at(float64(i)), "10.0.0.1", "10.0.0.2", 0x10), 1, nil)
+	}
+	if s.Open() != 3 || len(o.msgs) != 2 {
+		t.Fatalf("%d open, %d emitted; want 3 and 2", s.Open(), len(o.msgs))
+	}
+	s.Add(tcp(at(0.5), "10.0.0.1", "10.0.0.2", 0x10), 2, nil)
+	if s.Late != 1 {
+		t.Errorf("late %d, want 1", s.Late)
+	}
+}
+
 func equal(a, b *pb.CounterSet) bool {
 	return a.Packets == b.Packets && a.IpBytes == b.IpBytes && a.Syn == b.Syn && a.SynAck == b.SynAck && a.Rst == b.Rst &&
 		a.Icmp == b.Icmp && a.DnsResponses == b.DnsResponses && a.Sources == b.Sources
@@ -109,7 +174,7 @@ func TestBounded(t *testing.T) {
 	s := NewSensor("s1", Config{MaxAddrs: 100}, o.emit)
 	for i := range 10000 {
 		s.Add(&pb.PacketSummary{TsNs: at(0), SrcAddr: []byte{10, 1, byte(i >> 8), byte(i)}, DstAddr: []byte{10, 2, byte(i >> 8), byte(i)},
-			Proto: 17, IpBytes: 28}, nil)
+			Proto: 17, IpBytes: 28}, 0, nil)
 	}
 	b := s.open[0]
 	if len(b.srcs) > 100 || len(b.resp) > 100 || len(b.pairs) > 100 {
@@ -144,7 +209,7 @@ func BenchmarkAdd(b *testing.B) {
 	for b.Loop() {
 		p := ps[i%len(ps)]
 		p.TsNs = t0 + int64(i)*10_000
-		s.Add(p, nil)
+		s.Add(p, uint32(i%64), nil)
 		i++
 	}
 }
