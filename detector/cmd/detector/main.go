@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"netwatch/detector/internal/arp"
 	"netwatch/detector/internal/model"
 	"netwatch/detector/internal/rules"
 	"netwatch/detector/internal/stage"
@@ -54,6 +55,7 @@ type Config struct {
 	ModelThreshold float64       // -model.threshold
 	ModelWindow    time.Duration // -model.window
 	Rules          rules.Config
+	ARP            arp.Config
 	FetchBatch     int
 	Replicas       int
 }
@@ -91,13 +93,19 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Rules.BeaconMinPeriod, "beacon.min-period", d.BeaconMinPeriod, "shortest mean time between connections that counts as beaconing")
 	fs.Float64Var(&c.Rules.BeaconMaxCV, "beacon.max-cv", d.BeaconMaxCV, "largest coefficient of variation (std/mean) of the times between connections that counts as beaconing")
 	fs.IntVar(&c.Rules.MaxKeys, "rules.max-keys", d.MaxKeys, "most open rule windows kept in memory; beyond it the oldest are dropped")
+	da := arp.DefaultConfig()
+	fs.DurationVar(&c.ARP.Window, "arp.window", da.Window, "arp_spoof alert window (packet time): one alert per claimed address, MAC and trigger per window")
+	fs.DurationVar(&c.ARP.BindingTTL, "arp.binding-ttl", da.BindingTTL, "an IPv4 → MAC binding not refreshed for this long (packet time) is forgotten")
+	fs.DurationVar(&c.ARP.AskTTL, "arp.ask-ttl", da.AskTTL, "how long a who-has is remembered: a reply within it is solicited")
+	fs.IntVar(&c.ARP.Replies, "arp.replies", da.Replies, "unsolicited or gratuitous ARP replies from one MAC in a window that make a reply flood")
+	fs.IntVar(&c.ARP.MaxEntries, "arp.max-entries", da.MaxEntries, "most ARP bindings, questions and counters kept")
 	fs.IntVar(&c.FetchBatch, "consume.batch", 256, "FLOWS messages per pull request")
 	fs.IntVar(&c.Replicas, "stream.replicas", 1, "stream and consumer replicas when provisioning (1 on one node, 3 on a cluster)")
 }
 
 // Validate reports every invalid field.
 func (c *Config) Validate() error {
-	errs := []error{c.Common.Validate(), c.Rules.Validate()}
+	errs := []error{c.Common.Validate(), c.Rules.Validate(), c.ARP.Validate()}
 	if c.ModelThreshold < 0 || c.ModelThreshold > 1 {
 		errs = append(errs, fmt.Errorf("-model.threshold %v: want 0..1", c.ModelThreshold))
 	}
@@ -181,7 +189,7 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	}
 
 	reg := ops.NewRegistry()
-	st := stage.New(stage.Config{Rules: cfg.Rules, ModelAlerts: cfg.ModelAlerts, ModelThreshold: cfg.ModelThreshold,
+	st := stage.New(stage.Config{Rules: cfg.Rules, ARP: cfg.ARP, ModelAlerts: cfg.ModelAlerts, ModelThreshold: cfg.ModelThreshold,
 		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch}, js, tree, stage.NewMetrics(reg), log.With("component", "stage"))
 
 	httpCtx, stopHTTP := context.WithCancel(context.Background())
@@ -191,12 +199,18 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 		httpErr <- ops.Serve(httpCtx, cfg.HTTPAddr, ops.Handler(reg, st.Ready), log.With("component", "http"))
 	}()
 
-	runErr := make(chan error, 1)
+	runErr := make(chan error, 2)
 	go func() { runErr <- st.Run(ctx) }()
+	go func() { runErr <- st.RunARP(ctx, cfg.Replicas) }()
 	select {
 	case err = <-runErr:
+		cancel() // one consumer stopped: stop the other
+		if err2 := <-runErr; err == nil {
+			err = err2
+		}
 	case err = <-httpErr:
 		cancel()
+		<-runErr
 		<-runErr
 	}
 	// Data-flow order: intake stopped (Run returned, alerts published

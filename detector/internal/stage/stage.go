@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
+	"netwatch/detector/internal/arp"
 	"netwatch/detector/internal/model"
 	"netwatch/detector/internal/rules"
 	"netwatch/schema"
@@ -29,6 +31,7 @@ import (
 // Config of the stage.
 type Config struct {
 	Rules          rules.Config
+	ARP            arp.Config // zero: arp.DefaultConfig
 	ModelAlerts    bool          // publish "anomaly" alerts from the model
 	ModelThreshold float64       // score at or above which a flow is anomalous, 0..1
 	ModelWindow    time.Duration // one anomaly alert per (originator, responder, window)
@@ -48,6 +51,9 @@ type Metrics struct {
 	Terminated    prometheus.Counter
 	RuleKeys      prometheus.Gauge
 	Lag           prometheus.Histogram
+	ARPMessages   prometheus.Counter
+	ARPFrames     prometheus.Counter
+	ARPTerminated prometheus.Counter
 }
 
 // NewMetrics creates and registers the netwatch_detector_* metrics.
@@ -73,9 +79,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Open (rule, originator, target, window) states."}),
 		Lag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netwatch_detector_process_seconds",
 			Help: "Time to process one FLOWS message, publish its alerts and ack it.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
+		ARPMessages: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_arp_messages_total",
+			Help: "PACKETS messages read for their ARP summaries and acked (consumer detector-arp)."}),
+		ARPFrames: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_arp_frames_total",
+			Help: "ARP summaries evaluated by the arp_spoof rule."}),
+		ARPTerminated: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_arp_messages_terminated_total",
+			Help: "PACKETS messages whose protobuf framing or ARP summaries did not decode; terminated."}),
 	}
-	reg.MustRegister(m.Messages, m.Flows, m.Scored, m.ScoreErrors, m.Score, m.Alerts, m.PublishErrors, m.Terminated, m.RuleKeys, m.Lag)
-	for _, c := range []string{"portscan", "hostsweep", "anomaly"} {
+	reg.MustRegister(m.Messages, m.Flows, m.Scored, m.ScoreErrors, m.Score, m.Alerts, m.PublishErrors, m.Terminated, m.RuleKeys, m.Lag,
+		m.ARPMessages, m.ARPFrames, m.ARPTerminated)
+	for _, c := range []string{"portscan", "hostsweep", "syn_flood", "udp_flood", "icmp_flood", "amplification", "bruteforce",
+		"dns_tunnel", "dga", "beaconing", "arp_spoof", "anomaly"} {
 		m.Alerts.WithLabelValues(c)
 	}
 	return m
@@ -91,6 +105,10 @@ type Stage struct {
 	m       *Metrics
 	log     *slog.Logger
 	ready   atomic.Bool
+
+	arp       *arp.Engine
+	arpMu    sync.Mutex
+	arpReady atomic.Bool
 }
 
 type anomalyKey struct {
@@ -110,14 +128,20 @@ func New(cfg Config, js jetstream.JetStream, scorer model.Scorer, m *Metrics, lo
 	if cfg.ModelWindow <= 0 {
 		cfg.ModelWindow = time.Minute
 	}
+	if cfg.ARP.Window == 0 {
+		cfg.ARP = arp.DefaultConfig()
+	}
 	return &Stage{cfg: cfg, js: js, scorer: scorer, engine: rules.New(cfg.Rules),
-		anomaly: map[anomalyKey]bool{}, m: m, log: log}
+		anomaly: map[anomalyKey]bool{}, m: m, log: log, arp: arp.New(cfg.ARP)}
 }
 
 // Ready reports whether the stage is consuming.
 func (s *Stage) Ready() error {
 	if !s.ready.Load() {
-		return errors.New("detector not consuming yet")
+		return errors.New("detector not consuming FLOWS yet")
+	}
+	if !s.arpReady.Load() {
+		return errors.New("detector not consuming PACKETS (ARP) yet")
 	}
 	return nil
 }
@@ -188,7 +212,7 @@ func (s *Stage) Handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	s.m.RuleKeys.Set(float64(s.engine.Keys()))
 	for i, a := range alerts {
-		if err := s.publish(ctx, a); err != nil {
+		if err := s.emit(ctx, a); err != nil {
 			s.m.PublishErrors.Inc()
 			s.log.Error("publish alert", "alert_id", a.GetId(), "subject", schema.AlertsSubject(a.GetSensor()), "err", err)
 			for _, r := range alerts[i:] {
@@ -197,9 +221,6 @@ func (s *Stage) Handle(ctx context.Context, msg jetstream.Msg) {
 			_ = msg.NakWithDelay(s.cfg.NakDelay)
 			return
 		}
-		s.m.Alerts.WithLabelValues(a.GetCategory()).Inc()
-		s.log.Info("alert", "alert_id", a.GetId(), "category", a.GetCategory(), "sensor", a.GetSensor(),
-			"orig", a.GetOrigAddr(), "resp", a.GetRespAddr(), "severity", a.GetSeverity().String())
 	}
 	if err := msg.Ack(); err != nil {
 		s.log.Warn("ack", "err", err)
@@ -216,6 +237,17 @@ func (s *Stage) retract(a *pb.Alert) {
 		return
 	}
 	s.engine.Retract(a)
+}
+
+// emit publishes one alert to ALERTS, counts and logs it.
+func (s *Stage) emit(ctx context.Context, a *pb.Alert) error {
+	if err := s.publish(ctx, a); err != nil {
+		return err
+	}
+	s.m.Alerts.WithLabelValues(a.GetCategory()).Inc()
+	s.log.Info("alert", "alert_id", a.GetId(), "category", a.GetCategory(), "sensor", a.GetSensor(),
+		"orig", a.GetOrigAddr(), "resp", a.GetRespAddr(), "severity", a.GetSeverity().String(), "update", rules.UpdateOf(a))
+	return nil
 }
 
 // MsgID is the Nats-Msg-Id of an alert publish: the alert id for its

@@ -1,0 +1,105 @@
+package stage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"netwatch/detector/internal/arp"
+	"netwatch/schema"
+	"netwatch/schema/pb"
+)
+
+// ConsumerARP is the durable consumer on PACKETS through which the
+// detector reads ARP bindings (PacketBatch.arp). It is defined here, not in
+// schema, and created with CreateOrUpdateConsumer at start.
+const ConsumerARP = "detector-arp"
+
+// ARPConsumerConfig is the definition of ConsumerARP: every subject of
+// PACKETS, explicit acks, from the start of the stream (like the other
+// consumers: a replay gives the same alerts).
+func ARPConsumerConfig(replicas int) jetstream.ConsumerConfig {
+	if replicas == 0 {
+		replicas = 1
+	}
+	return jetstream.ConsumerConfig{
+		Durable: ConsumerARP, FilterSubject: schema.PacketsPrefix + ".>",
+		AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckWait: time.Minute, MaxAckPending: 100_000, MaxDeliver: -1, Replicas: replicas,
+	}
+}
+
+// RunARP consumes PACKETS through ConsumerARP until ctx ends: it reads
+// only the sensor and the ARP summaries of each PacketBatch (arp.Extract,
+// the packet summaries are skipped undecoded), runs the ARP rule, publishes
+// its alerts and acks. A batch whose framing is broken is terminated and
+// counted.
+func (s *Stage) RunARP(ctx context.Context, replicas int) error {
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, schema.StreamPackets, ARPConsumerConfig(replicas))
+	if err != nil {
+		return fmt.Errorf("create consumer %s: %w", ConsumerARP, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.FetchBatch))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", ConsumerARP, err)
+	}
+	stop := context.AfterFunc(ctx, it.Drain)
+	defer stop()
+	defer it.Stop()
+	hctx := context.WithoutCancel(ctx)
+	s.arpReady.Store(true)
+	defer s.arpReady.Store(false)
+	s.log.Info("consuming", "stream", schema.StreamPackets, "consumer", ConsumerARP)
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+				return nil
+			}
+			s.log.Warn("next message", "consumer", ConsumerARP, "err", err)
+			continue
+		}
+		s.HandleARP(hctx, msg)
+	}
+}
+
+// HandleARP processes one PACKETS message for the ARP rule.
+func (s *Stage) HandleARP(ctx context.Context, msg jetstream.Msg) {
+	sensor, arps, err := arp.Extract(msg.Data())
+	if err != nil {
+		s.m.ARPTerminated.Inc()
+		s.log.Warn("terminate undecodable packet batch", "consumer", ConsumerARP, "subject", msg.Subject(), "err", err)
+		_ = msg.Term()
+		return
+	}
+	if sensor == "" {
+		sensor = schema.SensorFromSubject(msg.Subject())
+	}
+	s.arpMu.Lock()
+	var alerts []*pb.Alert
+	for _, a := range arps {
+		alerts = append(alerts, s.arp.Observe(sensor, a)...)
+	}
+	s.arpMu.Unlock()
+	s.m.ARPFrames.Add(float64(len(arps)))
+	for i, a := range alerts {
+		if err := s.emit(ctx, a); err != nil {
+			s.m.PublishErrors.Inc()
+			s.log.Error("publish alert", "alert_id", a.GetId(), "err", err)
+			s.arpMu.Lock()
+			for _, r := range alerts[i:] {
+				s.arp.Retract(r)
+			}
+			s.arpMu.Unlock()
+			_ = msg.NakWithDelay(s.cfg.NakDelay)
+			return
+		}
+	}
+	if err := msg.Ack(); err != nil {
+		s.log.Warn("ack", "consumer", ConsumerARP, "err", err)
+	}
+	s.m.ARPMessages.Inc()
+}
