@@ -46,10 +46,13 @@ func startConf(t testing.TB, dir, name, conf string) *server.Server {
 
 func startOpts(t testing.TB, opts *server.Options) *server.Server {
 	t.Helper()
-	opts.NoSigs, opts.NoLog = true, true
+	opts.NoSigs, opts.NoLog = true, os.Getenv("FLEET_NATS_LOG") == ""
 	s, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatalf("new server %s: %v", opts.ServerName, err)
+	}
+	if !opts.NoLog {
+		s.ConfigureLogger() // FLEET_NATS_LOG=1: the servers log to stderr
 	}
 	go s.Start()
 	if !s.ReadyForConnections(20 * time.Second) {
