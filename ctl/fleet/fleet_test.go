@@ -80,3 +80,5 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() error) {
 }
 
 func q(s string) string { return fmt.Sprintf("%q", s) }
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
