@@ -94,9 +94,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		log.Error("jetstream", "err", err)
 		return 1
 	}
-	if err := schema.ProvisionRetry(ctx, js, schema.StreamOptions{}); err != nil {
-		log.Error("provision streams", "err", err)
-		return 1
+	if cfg.Provision {
+		if err := schema.ProvisionRetry(ctx, js, schema.StreamOptions{}); err != nil {
+			log.Error("provision streams", "err", err)
+			return 1
+		}
 	}
 	reg := ops.NewRegistry()
 	agent := pipeline.New(cfg, js, reg, log)

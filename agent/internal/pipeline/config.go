@@ -38,6 +38,7 @@ type Config struct {
 	Fanout            int           // -afpacket.fanout: sockets (and decode workers) in one PACKET_FANOUT_HASH group
 	RingMB            int           // -afpacket.ring-mb: ring size per socket, MiB
 	BufferMB          int           // -buffer.max-mb: unacked PACKETS bytes held while NATS is slow or away, MiB
+	Provision         bool          // -nats.provision: create or update the streams at start (false for a least-privilege sensor user)
 }
 
 // DefaultSensor is the host name with every character a sensor name may not
@@ -79,6 +80,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.StringVar(&c.CaptureMethod, "capture.method", "libpcap", "live capture method: libpcap or afpacket (TPACKET_V3)")
 	fs.IntVar(&c.Fanout, "afpacket.fanout", 1, "afpacket: sockets in one PACKET_FANOUT_HASH group, each read and decoded by its own goroutine")
 	fs.IntVar(&c.RingMB, "afpacket.ring-mb", 32, "afpacket: ring size of each socket, MiB")
+	fs.BoolVar(&c.Provision, "nats.provision", true, "create or update the streams at start; false with a sensor's own credentials, which may not (netwatchctl provision does it)")
 	fs.IntVar(&c.BufferMB, "buffer.max-mb", DefaultBufferMB, "unacked PACKETS messages held while NATS is slow or unreachable, MiB (live: beyond it batches are dropped and counted; files wait)")
 }
 
