@@ -360,3 +360,38 @@ func TestCountersAndNames(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxFlows: with -flow.max-flows 2, a third flow in the same bucket
+// ends the least recently active one early; the eviction is counted, the
+// open-flow gauge stays at the bound, and every packet is in a record.
+func TestMaxFlows(t *testing.T) {
+	_, _, js := testkit.JetStream(t)
+	cfg := Config{Flow: flow.DefaultConfig(), Publish: publish.Config{MaxFlows: 256, Linger: 20 * time.Millisecond},
+		WallTick: time.Hour, ShutdownFlush: true, Instance: "test", MaxFlows: 2}
+	s := New(js, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	testkit.Eventually(t, 5*time.Second, func() bool { return s.Ready() == nil }, "stage not ready")
+	publishBatch(t, js, &pb.PacketBatch{Sensor: "s6", Boot: "b", Seq: 1, Bucket: 7, Packets: []*pb.PacketSummary{
+		udp(0, hostA, 40001, hostB, 5004, 10), udp(1, hostA, 40002, hostB, 5004, 10),
+		udp(2, hostA, 40001, hostB, 5004, 10), udp(3, hostA, 40003, hostB, 5004, 10)}})
+	testkit.Eventually(t, 5*time.Second, func() bool { return testutil.ToFloat64(s.m.Packets) == 4 }, "packets not processed")
+	if e, a := testutil.ToFloat64(s.m.Evicted), testutil.ToFloat64(s.m.ActiveFlows); e != 1 || a != 2 {
+		t.Errorf("evicted %v, active %v; want 1 and 2", e, a)
+	}
+	publishBatch(t, js, &pb.PacketBatch{Sensor: "s6", Boot: "b", Seq: 2, Bucket: 7, EndOfInput: true})
+	testkit.Eventually(t, 5*time.Second, func() bool { return packetsDone(t, js) }, "PACKETS not all acked")
+	flows, _, _ := readFlows(t, js)
+	var pkts uint64
+	for _, f := range flows {
+		pkts += f.OrigPkts + f.RespPkts
+		if f.OrigPort == 40002 && f.EndReason != pb.EndReason_END_IDLE {
+			t.Errorf("evicted flow ended %v", f.EndReason)
+		}
+	}
+	if len(flows) != 3 || pkts != 4 {
+		t.Errorf("%d flows with %d packets; want 3 and 4", len(flows), pkts)
+	}
+}
