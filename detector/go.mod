@@ -8,6 +8,7 @@ replace (
 )
 
 require (
+	github.com/leodido/go-syslog/v4 v4.6.0
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/sjwhitworth/golearn v0.0.0-20221228163002-74ae077eafb2

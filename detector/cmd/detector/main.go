@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 
 	"netwatch/detector/internal/arp"
 	"netwatch/detector/internal/model"
+	"netwatch/detector/internal/output"
 	"netwatch/detector/internal/rules"
 	"netwatch/detector/internal/stage"
 	"netwatch/detector/models"
@@ -58,6 +60,8 @@ type Config struct {
 	ARP            arp.Config
 	FetchBatch     int
 	Replicas       int
+	Webhook        string // -output.webhook
+	Syslog         string // -output.syslog
 }
 
 func (c *Config) register(fs *flag.FlagSet) {
@@ -99,6 +103,8 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ARP.AskTTL, "arp.ask-ttl", da.AskTTL, "how long a who-has is remembered: a reply within it is solicited")
 	fs.IntVar(&c.ARP.Replies, "arp.replies", da.Replies, "unsolicited or gratuitous ARP replies from one MAC in a window that make a reply flood")
 	fs.IntVar(&c.ARP.MaxEntries, "arp.max-entries", da.MaxEntries, "most ARP bindings, questions and counters kept")
+	fs.StringVar(&c.Webhook, "output.webhook", "", "also POST every alert as JSON to this http(s) URL (bounded queue, retries with backoff)")
+	fs.StringVar(&c.Syslog, "output.syslog", "", "also send every alert as an RFC 5424 syslog message to udp://host:port, tcp://host:port or host:port (UDP)")
 	fs.IntVar(&c.FetchBatch, "consume.batch", 256, "FLOWS messages per pull request")
 	fs.IntVar(&c.Replicas, "stream.replicas", 1, "stream and consumer replicas when provisioning (1 on one node, 3 on a cluster)")
 }
@@ -114,6 +120,16 @@ func (c *Config) Validate() error {
 	}
 	if c.FetchBatch < 1 {
 		errs = append(errs, fmt.Errorf("-consume.batch %d: want at least 1", c.FetchBatch))
+	}
+	if c.Webhook != "" {
+		if u, err := url.Parse(c.Webhook); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("-output.webhook %q: want an http:// or https:// URL", c.Webhook))
+		}
+	}
+	if c.Syslog != "" {
+		if _, _, err := output.ParseSyslogAddr(c.Syslog); err != nil {
+			errs = append(errs, fmt.Errorf("-output.syslog: %w", err))
+		}
 	}
 	if c.Replicas != 1 && c.Replicas != 3 {
 		errs = append(errs, fmt.Errorf("-stream.replicas %d: want 1 or 3", c.Replicas))
@@ -189,7 +205,21 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	}
 
 	reg := ops.NewRegistry()
-	st := stage.New(stage.Config{Rules: cfg.Rules, ARP: cfg.ARP, ModelAlerts: cfg.ModelAlerts, ModelThreshold: cfg.ModelThreshold,
+	var outputs []output.Output
+	var closers []func(context.Context)
+	om := output.NewMetrics(reg)
+	if cfg.Webhook != "" {
+		w := output.NewWebhook(output.WebhookConfig{URL: cfg.Webhook}, om, log.With("component", "webhook"))
+		outputs, closers = append(outputs, w), append(closers, w.Close)
+	}
+	if cfg.Syslog != "" {
+		sl, err := output.NewSyslog(output.SyslogConfig{Addr: cfg.Syslog}, om, log.With("component", "syslog"))
+		if err != nil {
+			return err
+		}
+		outputs, closers = append(outputs, sl), append(closers, sl.Close)
+	}
+	st := stage.New(stage.Config{Rules: cfg.Rules, ARP: cfg.ARP, Outputs: outputs, ModelAlerts: cfg.ModelAlerts, ModelThreshold: cfg.ModelThreshold,
 		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch}, js, tree, stage.NewMetrics(reg), log.With("component", "stage"))
 
 	httpCtx, stopHTTP := context.WithCancel(context.Background())
@@ -214,7 +244,13 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 		<-runErr
 	}
 	// Data-flow order: intake stopped (Run returned, alerts published
-	// synchronously), then flush NATS, then stop HTTP.
+	// synchronously), then flush the outputs (5 s at most), then NATS,
+	// then stop HTTP.
+	octx, ocancel := context.WithTimeout(context.Background(), 5*time.Second)
+	for _, c := range closers {
+		c(octx)
+	}
+	ocancel()
 	if derr := nc.Drain(); derr != nil {
 		log.Warn("drain nats", "err", derr)
 	}

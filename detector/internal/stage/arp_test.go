@@ -2,9 +2,12 @@ package stage
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -12,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
+	"netwatch/detector/internal/output"
 	"netwatch/detector/internal/rules"
 	"netwatch/schema"
 	"netwatch/schema/pb"
@@ -52,8 +56,20 @@ func TestStageARP(t *testing.T) {
 	}
 	publish(t, js, schema.PacketsSubject("s1", 9), []byte{0x42, 0xff, 0xff}, "garbage")
 
+	// A real local webhook receives the alert too.
+	hooked := make(chan map[string]any, 4)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var doc map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&doc)
+		hooked <- doc
+	}))
+	defer srv.Close()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hook := output.NewWebhook(output.WebhookConfig{URL: srv.URL}, output.NewMetrics(prometheus.NewRegistry()), quiet)
+	defer hook.Close(ctx)
+
 	m := NewMetrics(prometheus.NewRegistry())
-	st := New(Config{Rules: rules.DefaultConfig()}, js, nil, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	st := New(Config{Rules: rules.DefaultConfig(), Outputs: []output.Output{hook}}, js, nil, m, quiet)
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- st.RunARP(rctx, 1) }()
@@ -95,5 +111,13 @@ func TestStageARP(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.Alerts.WithLabelValues("arp_spoof")); got != 1 {
 		t.Errorf("arp_spoof alerts = %v, want 1", got)
+	}
+	select {
+	case doc := <-hooked:
+		if doc["id"] != a.Id || doc["category"] != "arp_spoof" || doc["resp_addr"] != "172.16.0.1" {
+			t.Errorf("webhook got %v", doc)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("webhook got nothing")
 	}
 }

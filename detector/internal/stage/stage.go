@@ -23,6 +23,7 @@ import (
 
 	"netwatch/detector/internal/arp"
 	"netwatch/detector/internal/model"
+	"netwatch/detector/internal/output"
 	"netwatch/detector/internal/rules"
 	"netwatch/schema"
 	"netwatch/schema/pb"
@@ -31,12 +32,13 @@ import (
 // Config of the stage.
 type Config struct {
 	Rules          rules.Config
-	ARP            arp.Config // zero: arp.DefaultConfig
-	ModelAlerts    bool          // publish "anomaly" alerts from the model
-	ModelThreshold float64       // score at or above which a flow is anomalous, 0..1
-	ModelWindow    time.Duration // one anomaly alert per (originator, responder, window)
-	FetchBatch     int           // messages per pull request
-	NakDelay       time.Duration // redelivery delay after a failed publish
+	ARP            arp.Config      // zero: arp.DefaultConfig
+	Outputs        []output.Output // also receive every alert once ALERTS has it (webhook, syslog)
+	ModelAlerts    bool            // publish "anomaly" alerts from the model
+	ModelThreshold float64         // score at or above which a flow is anomalous, 0..1
+	ModelWindow    time.Duration   // one anomaly alert per (originator, responder, window)
+	FetchBatch     int             // messages per pull request
+	NakDelay       time.Duration   // redelivery delay after a failed publish
 }
 
 // Metrics of the stage, registered on one registry.
@@ -106,7 +108,7 @@ type Stage struct {
 	log     *slog.Logger
 	ready   atomic.Bool
 
-	arp       *arp.Engine
+	arp      *arp.Engine
 	arpMu    sync.Mutex
 	arpReady atomic.Bool
 }
@@ -245,6 +247,9 @@ func (s *Stage) emit(ctx context.Context, a *pb.Alert) error {
 		return err
 	}
 	s.m.Alerts.WithLabelValues(a.GetCategory()).Inc()
+	for _, o := range s.cfg.Outputs {
+		o.Send(a) // never blocks; a full queue drops for that output and counts
+	}
 	s.log.Info("alert", "alert_id", a.GetId(), "category", a.GetCategory(), "sensor", a.GetSensor(),
 		"orig", a.GetOrigAddr(), "resp", a.GetRespAddr(), "severity", a.GetSeverity().String(), "update", rules.UpdateOf(a))
 	return nil
