@@ -98,10 +98,13 @@ func FuzzDecode(f *testing.F) {
 		l = L7{}
 		l.parseClientHello(data, 't')
 		checkL7(t, &l)
+		// the same bytes as the plaintext of two client Initials of one
+		// connection: the second is put together with what the first kept
 		l = L7{}
-		if hello := l.quicCrypto(data); hello != nil {
-			l.parseClientHello(hello, 'q')
-		}
+		l.quicHello(QUICv1, data[:min(len(data), 8)], data)
+		checkL7(t, &l)
+		l = L7{s: l.s} // the fields of one ParseL7, the kept data of the connection
+		l.quicHello(QUICv1, data[:min(len(data), 8)], data)
 		checkL7(t, &l)
 	})
 }

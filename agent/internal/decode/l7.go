@@ -64,6 +64,10 @@ type scratch struct {
 	qhdr    []byte   // unprotected QUIC header (AEAD associated data)
 	qplain  []byte   // decrypted QUIC Initial payload
 	qcrypto []byte   // QUIC CRYPTO stream from offset 0
+	// partial QUIC ClientHellos by connection, allocated on first use
+	pending  *[quicPendingSlots]quicPending
+	nextSlot int
+	pendBuf  []byte // spare data buffer swapped with a slot's
 }
 
 // Reasons a DNS message or a TLS ClientHello is undecodable (L7.Undecodable).

@@ -49,11 +49,13 @@ func quicVersionParams(v uint32) *quicParams {
 // removes header protection and decrypts it with the keys derived from its
 // Destination Connection ID (RFC 9001 5.2 and 5.4; RFC 9369 3.3), then
 // reads the TLS ClientHello from its CRYPTO frames: SNI, ALPN, JA3 and JA4
-// (with "q"). Only the first packet of a datagram is read, and only CRYPTO
-// data contiguous from offset 0 within it: a ClientHello continued in a
-// later Initial (large post-quantum key shares) gives SNI and ALPN when
-// they are in the first packet and sets HelloPartial. A server Initial,
-// whose keys come from a connection ID it does not carry, fails
+// (with "q"). Only the first packet of a datagram is read. A ClientHello
+// continued in a later Initial (large post-quantum key shares) gives the SNI
+// and ALPN found in the CRYPTO data contiguous from offset 0 and sets
+// HelloPartial; its CRYPTO data is kept, by connection ID, for the next
+// client Initials parsed with l (up to quicPendingSlots connections), so
+// that the Initial completing it gives the whole ClientHello. A server
+// Initial, whose keys come from a connection ID it does not carry, fails
 // authentication and yields only the version.
 func (l *L7) parseQUIC(b []byte) {
 	if len(b) < 7 || b[0]&0x80 == 0 {
@@ -68,9 +70,112 @@ func (l *L7) parseQUIC(b []byte) {
 	if plain == nil {
 		return
 	}
-	if hello := l.quicCrypto(plain); hello != nil {
-		l.parseClientHello(hello, 'q')
+	l.quicHello(l.QUICVersion, b[6:6+int(b[5])], plain) // the connection ID length is checked by quicInitial
+}
+
+// quicHello reads the ClientHello from the CRYPTO frames of the decrypted
+// client Initial payload plain of connection dcid, with the CRYPTO data
+// kept from earlier Initials of that connection, and keeps its data when
+// the ClientHello is still not whole.
+func (l *L7) quicHello(version uint32, dcid, plain []byte) {
+	var arr [maxChunks]cryptoChunk
+	chunks := quicFrames(plain, arr[:0])
+	pend := l.s.pendingFor(version, dcid)
+	if pend != nil {
+		chunks = pend.append(chunks)
 	}
+	hello := l.gather(chunks)
+	if len(hello) > 0 && hello[0] != 1 {
+		return // the CRYPTO stream does not start with a ClientHello
+	}
+	if wholeHello(hello) {
+		if pend != nil {
+			pend.n = 0 // done with this connection
+		}
+		l.parseClientHello(hello, 'q')
+		return
+	}
+	if hello != nil {
+		l.parseClientHello(hello, 'q') // SNI and ALPN of the first part
+	}
+	if len(chunks) > 0 {
+		l.s.keep(pend, version, dcid, chunks)
+	}
+}
+
+// wholeHello reports whether h holds a whole handshake message (RFC 8446 4).
+func wholeHello(h []byte) bool {
+	return len(h) >= 4 && 4+(int(h[1])<<16|int(h[2])<<8|int(h[3])) <= len(h)
+}
+
+// quicPendingSlots is how many connections' partial ClientHellos one L7
+// keeps; a new one takes a free slot, else the slot taken longest ago.
+const quicPendingSlots = 4
+
+// quicPending is the CRYPTO data of the client Initials of one connection
+// whose ClientHello is not whole yet.
+type quicPending struct {
+	version uint32
+	dcid    [20]byte
+	dcidLen int
+	n       int // chunks held; 0 when the slot is free
+	chunks  [maxChunks]struct{ off, at, n int }
+	data    []byte // chunk bytes, chunks[i] at data[at:at+n]
+}
+
+// append appends p's chunks to c.
+func (p *quicPending) append(c []cryptoChunk) []cryptoChunk {
+	for _, k := range p.chunks[:p.n] {
+		if len(c) == cap(c) {
+			break
+		}
+		c = append(c, cryptoChunk{k.off, p.data[k.at : k.at+k.n]})
+	}
+	return c
+}
+
+// pendingFor returns the partial ClientHello kept for dcid, or nil.
+func (s *scratch) pendingFor(version uint32, dcid []byte) *quicPending {
+	if s.pending == nil {
+		return nil
+	}
+	for i := range s.pending {
+		p := &s.pending[i]
+		if p.n > 0 && p.version == version && string(p.dcid[:p.dcidLen]) == string(dcid) {
+			return p
+		}
+	}
+	return nil
+}
+
+// keep stores chunks (which may point into p's data) in p, or in a free or
+// the oldest slot when p is nil, up to maxCrypto bytes.
+func (s *scratch) keep(p *quicPending, version uint32, dcid []byte, chunks []cryptoChunk) {
+	if s.pending == nil {
+		s.pending = new([quicPendingSlots]quicPending)
+	}
+	for i := range s.pending {
+		if p == nil && s.pending[i].n == 0 {
+			p = &s.pending[i] // a free slot
+		}
+	}
+	if p == nil {
+		p = &s.pending[s.nextSlot] // the slot taken longest ago
+		s.nextSlot = (s.nextSlot + 1) % quicPendingSlots
+	}
+	p.version, p.dcidLen = version, copy(p.dcid[:], dcid)
+	buf := s.pendBuf[:0] // built aside: chunks may point into p.data
+	n := 0
+	for _, c := range chunks {
+		if len(buf)+len(c.data) > maxCrypto {
+			break
+		}
+		p.chunks[n] = struct{ off, at, n int }{c.off, len(buf), len(c.data)}
+		buf = append(buf, c.data...)
+		n++
+	}
+	p.n = n
+	p.data, s.pendBuf = buf, p.data[:0]
 }
 
 // quicVarint reads a variable-length integer (RFC 9000 16); n is 0 when b
@@ -200,22 +305,32 @@ func (l *L7) quicInitial(b []byte, v *quicParams) []byte {
 	return plain
 }
 
-// maxCrypto bounds the CRYPTO stream bytes gathered from one Initial.
-const maxCrypto = 16 << 10
+// maxCrypto bounds the CRYPTO stream bytes gathered for one ClientHello,
+// and maxChunks the CRYPTO frames read from one Initial.
+const (
+	maxCrypto = 16 << 10
+	maxChunks = 64
+)
 
-// quicCrypto walks the frames of a decrypted Initial payload (RFC 9000 19:
-// PADDING, PING, ACK, CRYPTO, CONNECTION_CLOSE are allowed there) and
-// returns the CRYPTO stream bytes contiguous from offset 0, in l's scratch
-// space, or nil when there are none. CRYPTO frames may come in any order
-// (Chromium shuffles them).
+// cryptoChunk is the data of one CRYPTO frame at its stream offset.
+type cryptoChunk struct {
+	off  int
+	data []byte
+}
+
+// quicCrypto returns the CRYPTO stream bytes contiguous from offset 0 in
+// the frames of one decrypted Initial payload (in l's scratch space), or
+// nil when there are none.
 func (l *L7) quicCrypto(f []byte) []byte {
-	type chunk struct {
-		off  int
-		data []byte
-	}
-	var chunks [64]chunk
-	nChunks := 0
-	for len(f) > 0 && nChunks < len(chunks) {
+	var arr [maxChunks]cryptoChunk
+	return l.gather(quicFrames(f, arr[:0]))
+}
+
+// quicFrames walks the frames of a decrypted Initial payload (RFC 9000 19:
+// PADDING, PING, ACK, CRYPTO, CONNECTION_CLOSE are allowed there) and
+// appends its CRYPTO frames to c, up to cap(c).
+func quicFrames(f []byte, c []cryptoChunk) []cryptoChunk {
+	for len(f) > 0 && len(c) < cap(c) {
 		typ, n := quicVarint(f)
 		if n == 0 {
 			break
@@ -261,18 +376,23 @@ func (l *L7) quicCrypto(f []byte) []byte {
 			data := f[n1+n2 : n1+n2+int(ln)]
 			f = f[n1+n2+int(ln):]
 			if off < maxCrypto && len(data) > 0 {
-				chunks[nChunks] = chunk{int(off), data}
-				nChunks++
+				c = append(c, cryptoChunk{int(off), data})
 			}
 		default: // CONNECTION_CLOSE or a frame not allowed in Initial: stop
 			f = nil
 		}
 	}
-	// gather the bytes contiguous from offset 0
+	return c
+}
+
+// gather returns the bytes of chunks contiguous from offset 0, in any
+// order of the chunks (Chromium shuffles its CRYPTO frames), in l's
+// scratch space; nil when none starts at 0.
+func (l *L7) gather(chunks []cryptoChunk) []byte {
 	out := l.s.qcrypto[:0]
 	for progress := true; progress; {
 		progress = false
-		for _, c := range chunks[:nChunks] {
+		for _, c := range chunks {
 			if c.off <= len(out) && c.off+len(c.data) > len(out) && len(out) < maxCrypto {
 				out = append(out, c.data[len(out)-c.off:]...)
 				progress = true

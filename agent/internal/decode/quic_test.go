@@ -146,14 +146,17 @@ func TestQUICInitialRFC(t *testing.T) {
 // sealInitial builds a QUIC v1 client Initial carrying frames, protected as
 // RFC 9001 5 says, with the RFC's connection ID and packet number 2: the
 // test's own encoder (Go's crypto), checked against the RFC packet below.
-func sealInitial(t *testing.T, frames []byte) []byte {
+func sealInitial(t *testing.T, frames []byte) []byte { return sealInitialTo(t, rfcDCID, frames) }
+
+// sealInitialTo is sealInitial for an 8-byte connection ID dcid.
+func sealInitialTo(t *testing.T, dcid, frames []byte) []byte {
 	t.Helper()
-	key, iv, hpKey, err := initialKeys(&quicV1Params, rfcDCID)
+	key, iv, hpKey, err := initialKeys(&quicV1Params, dcid)
 	if err != nil {
 		t.Fatal(err)
 	}
 	length := 4 + len(frames) + 16
-	hdr := append([]byte{0xc3, 0, 0, 0, 1, 8}, rfcDCID...)
+	hdr := append([]byte{0xc3, 0, 0, 0, 1, 8}, dcid...)
 	hdr = append(hdr, 0, 0, byte(0x40|length>>8), byte(length), 0, 0, 0, 2)
 	block, _ := aes.NewCipher(key)
 	aead, _ := cipher.NewGCM(block)
@@ -197,9 +200,66 @@ func TestQUICCryptoFrames(t *testing.T) {
 	if l.TLSSNI != "example.com" || strings.Join(l.TLSALPN, ",") != "alpn" || !l.HelloPartial || l.JA4 != "" || l.JA3 != "" {
 		t.Errorf("first part: sni %q alpn %q partial %v ja4 %q ja3 %q", l.TLSSNI, l.TLSALPN, l.HelloPartial, l.JA4, l.JA3)
 	}
-	// only the second part: nothing from offset 0
-	ParseL7(quicPacket(sealInitial(t, padded(crypto(120, hello[120:])))), &l)
-	if l.Hello || l.QUICVersion != QUICv1 {
-		t.Errorf("second part only: hello %v version %#x", l.Hello, l.QUICVersion)
+	// the rest in the next Initial of the connection: the whole hello
+	ParseL7(quicPacket(sealInitial(t, padded(crypto(100, hello[100:])))), &l)
+	if l.TLSSNI != "example.com" || l.JA4 != "q13d0211an_62ed6f6ca7ad_4d634acda6c0" || l.HelloPartial {
+		t.Errorf("second Initial: sni %q ja4 %q partial %v", l.TLSSNI, l.JA4, l.HelloPartial)
+	}
+	// only the second part, with a fresh L7: nothing from offset 0
+	var m L7
+	ParseL7(quicPacket(sealInitial(t, padded(crypto(120, hello[120:])))), &m)
+	if m.Hello || m.QUICVersion != QUICv1 {
+		t.Errorf("second part only: hello %v version %#x", m.Hello, m.QUICVersion)
+	}
+	// then the first part: whole
+	ParseL7(quicPacket(sealInitial(t, padded(crypto(0, hello[:120])))), &m)
+	if m.JA4 != "q13d0211an_62ed6f6ca7ad_4d634acda6c0" {
+		t.Errorf("first part after the second: ja4 %q", m.JA4)
+	}
+}
+
+// TestQUICPendingConnections: the parts of ClientHellos of several
+// connections (their own connection IDs) interleaved, as Chromium splits
+// one with post-quantum key shares over two Initials, each with shuffled
+// CRYPTO frames: every connection's second Initial gives the whole hello;
+// a connection ID whose first part was pushed out by quicPendingSlots
+// newer connections gives nothing more.
+func TestQUICPendingConnections(t *testing.T) {
+	hello := rfcCryptoFrame[4:]
+	padded := func(f []byte) []byte { return append(f, make([]byte, 1162-len(f))...) }
+	crypto := func(off int, data []byte) []byte {
+		return append([]byte{0x06, 0x40 | byte(off>>8), byte(off), 0x40 | byte(len(data)>>8), byte(len(data))}, data...)
+	}
+	dcid := func(i int) []byte { return []byte{0xaa, 0, 0, 0, 0, 0, 0, byte(i)} }
+	// packet 1: bytes 0-59 and 150-199; packet 2: 200-end, 60-149
+	first := func(i int) []byte {
+		return sealInitialTo(t, dcid(i), padded(cat(crypto(150, hello[150:200]), crypto(0, hello[:60]))))
+	}
+	second := func(i int) []byte {
+		return sealInitialTo(t, dcid(i), padded(cat(crypto(200, hello[200:]), crypto(60, hello[60:150]))))
+	}
+	var l L7
+	for i := 0; i < quicPendingSlots; i++ {
+		ParseL7(quicPacket(first(i)), &l)
+		if !l.Hello || !l.HelloPartial || l.TLSSNI != "" { // SNI ends at byte 67
+			t.Errorf("connection %d first Initial: hello %v partial %v sni %q", i, l.Hello, l.HelloPartial, l.TLSSNI)
+		}
+	}
+	for i := quicPendingSlots - 1; i >= 0; i-- {
+		ParseL7(quicPacket(second(i)), &l)
+		if l.JA4 != "q13d0211an_62ed6f6ca7ad_4d634acda6c0" || l.TLSSNI != "example.com" {
+			t.Errorf("connection %d second Initial: ja4 %q sni %q", i, l.JA4, l.TLSSNI)
+		}
+	}
+	for i := 0; i <= quicPendingSlots; i++ {
+		ParseL7(quicPacket(first(10+i)), &l)
+	}
+	ParseL7(quicPacket(second(10)), &l) // pushed out by four newer connections
+	if l.JA4 != "" || l.Hello {
+		t.Errorf("evicted connection: ja4 %q hello %v", l.JA4, l.Hello)
+	}
+	ParseL7(quicPacket(second(10+quicPendingSlots)), &l)
+	if l.JA4 == "" {
+		t.Error("newest connection: no JA4")
 	}
 }

@@ -76,12 +76,15 @@ type ARPCount struct {
 	IPsWithSeveralMACs uint64 `json:"ips_with_several_macs"`
 }
 
-// HelloCount counts TLS ClientHellos found at the start of a TCP payload or
-// in a decrypted QUIC client Initial; a whole one that does not parse is
-// counted in Undecodable as tls_bad_client_hello instead. A partial one
-// continues past its packet (split over TCP segments or QUIC Initials, or
-// cut by the snaplen): the agent reads SNI and ALPN from the first part and
-// publishes no JA3/JA4 for it.
+// HelloCount counts the packets that carry a TLS ClientHello at the start
+// of a TCP payload or in a decrypted QUIC client Initial; a whole one that
+// does not parse is counted in Undecodable as tls_bad_client_hello
+// instead. A partial one continues past its packet (split over TCP
+// segments or QUIC Initials, or cut by the snaplen): the agent reads SNI
+// and ALPN from that part and publishes no JA3/JA4 for it. Over QUIC the
+// Initial that completes a partial ClientHello counts in QUIC (the whole
+// hello is put together there), so one hello in two Initials counts once
+// in each.
 type HelloCount struct {
 	TLS         uint64 `json:"tls"`          // whole, with JA3 and JA4
 	TLSPartial  uint64 `json:"tls_partial"`  // the first part only
