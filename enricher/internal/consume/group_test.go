@@ -53,7 +53,8 @@ type member struct {
 // capture; m1's active instance stops in the middle (SIGTERM: flush) and the
 // standby takes its partitions. The stored flows add up exactly to the
 // per-5-tuple packets and IP bytes of tshark's reading of the capture, and
-// every member assembled flows.
+// every member assembled flows; the instances' COUNTERS shares add up to
+// tshark's packets per second.
 func TestGroupStandbyTakesOver(t *testing.T) {
 	for _, members := range [][]string{{"m1", "m2"}, {"m1", "m2", "m3"}} {
 		t.Run(strings.Join(members, "+"), func(t *testing.T) { groupRun(t, members) })
@@ -198,6 +199,28 @@ func groupRun(t *testing.T, members []string) {
 		if _, ok := want[k]; !ok {
 			t.Errorf("%v: %+v in flows, not in the capture", k, g)
 		}
+	}
+	// COUNTERS: each instance publishes its share of a second; summed per
+	// second they equal tshark's packets per second.
+	perSec := map[int64]uint64{}
+	for _, p := range pkts {
+		perSec[p.TsNs/1e9]++
+	}
+	msgs, ids := readCounters(t, js)
+	sum := map[int64]uint64{}
+	for _, m := range msgs {
+		sum[m.SecondNs/1e9] += m.Total.Packets
+	}
+	if len(sum) != len(perSec) {
+		t.Errorf("%d seconds in COUNTERS, %d in the capture", len(sum), len(perSec))
+	}
+	for sec, n := range perSec {
+		if sum[sec] != n {
+			t.Errorf("second %d: COUNTERS %d packets, tshark %d", sec, sum[sec], n)
+		}
+	}
+	if len(ids) <= len(perSec) {
+		t.Errorf("%d COUNTERS messages for %d seconds: want shares from several instances", len(ids), len(perSec))
 	}
 }
 
