@@ -63,12 +63,10 @@ func startStage(t *testing.T, js jetstream.JetStream) (stop func()) {
 	}
 }
 
-// readFlows fetches every FLOWS message and returns the flows, the subject
-// of each flow's message, and the msg ids (one per message).
-func readFlows(t *testing.T, js jetstream.JetStream) (flows []*pb.Flow, subjects, ids []string) {
+// readStream calls fn with every message of stream, in order.
+func readStream(t *testing.T, js jetstream.JetStream, stream string, fn func(jetstream.Msg)) {
 	t.Helper()
-	ctx := context.Background()
-	c, err := js.OrderedConsumer(ctx, schema.StreamFlows, jetstream.OrderedConsumerConfig{})
+	c, err := js.OrderedConsumer(context.Background(), stream, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,27 +78,37 @@ func readFlows(t *testing.T, js jetstream.JetStream) (flows []*pb.Flow, subjects
 		n := 0
 		for m := range batch.Messages() {
 			n++
-			var fb pb.FlowBatch
-			if err := proto.Unmarshal(m.Data(), &fb); err != nil {
-				t.Fatal(err)
-			}
-			var fids []string
-			for _, f := range fb.Flows {
-				fids = append(fids, f.Id)
-			}
-			if got, want := m.Headers().Get(jetstream.MsgIDHeader), schema.BatchID(fids); got != want {
-				t.Errorf("msg id %s, want BatchID %s", got, want)
-			}
-			flows = append(flows, fb.Flows...)
-			for range fb.Flows {
-				subjects = append(subjects, m.Subject()) // one per flow
-			}
-			ids = append(ids, m.Headers().Get(jetstream.MsgIDHeader))
+			fn(m)
 		}
 		if n == 0 {
 			return
 		}
 	}
+}
+
+// readFlows fetches every FLOWS message and returns the flows, the subject
+// of each flow's message, and the msg ids (one per message).
+func readFlows(t *testing.T, js jetstream.JetStream) (flows []*pb.Flow, subjects, ids []string) {
+	t.Helper()
+	readStream(t, js, schema.StreamFlows, func(m jetstream.Msg) {
+		var fb pb.FlowBatch
+		if err := proto.Unmarshal(m.Data(), &fb); err != nil {
+			t.Fatal(err)
+		}
+		var fids []string
+		for _, f := range fb.Flows {
+			fids = append(fids, f.Id)
+		}
+		if got, want := m.Headers().Get(jetstream.MsgIDHeader), schema.BatchID(fids); got != want {
+			t.Errorf("msg id %s, want BatchID %s", got, want)
+		}
+		flows = append(flows, fb.Flows...)
+		for range fb.Flows {
+			subjects = append(subjects, m.Subject()) // one per flow
+		}
+		ids = append(ids, m.Headers().Get(jetstream.MsgIDHeader))
+	})
+	return flows, subjects, ids
 }
 
 func flowsCount(t *testing.T, js jetstream.JetStream) uint64 {
@@ -282,32 +290,18 @@ func TestShutdownFlush(t *testing.T) {
 // readCounters fetches every COUNTERS message and its msg id.
 func readCounters(t *testing.T, js jetstream.JetStream) (msgs []*pb.TrafficCounters, ids []string) {
 	t.Helper()
-	c, err := js.OrderedConsumer(context.Background(), schema.StreamCounters, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		batch, err := c.FetchNoWait(100)
-		if err != nil {
+	readStream(t, js, schema.StreamCounters, func(m jetstream.Msg) {
+		var tc pb.TrafficCounters
+		if err := proto.Unmarshal(m.Data(), &tc); err != nil {
 			t.Fatal(err)
 		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			var tc pb.TrafficCounters
-			if err := proto.Unmarshal(m.Data(), &tc); err != nil {
-				t.Fatal(err)
-			}
-			if m.Subject() != schema.CountersSubject(tc.Sensor) {
-				t.Errorf("subject %s for sensor %s", m.Subject(), tc.Sensor)
-			}
-			msgs = append(msgs, &tc)
-			ids = append(ids, m.Headers().Get(jetstream.MsgIDHeader))
+		if m.Subject() != schema.CountersSubject(tc.Sensor) {
+			t.Errorf("subject %s for sensor %s", m.Subject(), tc.Sensor)
 		}
-		if n == 0 {
-			return
-		}
-	}
+		msgs = append(msgs, &tc)
+		ids = append(ids, m.Headers().Get(jetstream.MsgIDHeader))
+	})
+	return msgs, ids
 }
 
 // TestCountersAndNames: a DNS response in one bucket names the server of a
