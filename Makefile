@@ -39,12 +39,14 @@ setup:
 pg:
 	@scripts/pg.sh
 
-## web: the dashboard (api/web/build.sh: npm ci + vite build into api/internal/web/dist)
-# Skipped when dist is newer than every source file; npm ci only when the lock file changed.
+## web: the dashboard (api/web/build.sh: npm ci + tsc + vite build into api/internal/web/dist, committed)
+# Skipped when dist/.source-sha256 matches the sources (api/web/hash.mjs), or without node (the committed
+# bundle is used); npm ci only when the lock file changed.
 WEB_DIST := api/internal/web/dist/index.html
 web:
 	@if [ ! -f api/web/build.sh ]; then echo "build: no api/web/build.sh yet, dashboard skipped"; exit 0; fi; \
-	if [ -f $(WEB_DIST) ] && [ -z "$$(find api/web -path api/web/node_modules -prune -o -type f -newer $(WEB_DIST) -print | head -1)" ]; then \
+	if ! command -v node >/dev/null 2>&1; then echo "build: no node: using the committed dashboard bundle"; exit 0; fi; \
+	if [ -f $(WEB_DIST) ] && [ "$$(cat api/internal/web/dist/.source-sha256 2>/dev/null)" = "$$(node api/web/hash.mjs)" ]; then \
 	  echo "build: dashboard up to date"; exit 0; fi; \
 	skip=; [ -f api/web/node_modules/.package-lock.json ] && [ api/web/node_modules/.package-lock.json -nt api/web/package-lock.json ] && skip=1; \
 	echo "build: dashboard (api/web/build.sh)"; NETWATCH_WEB_SKIP_INSTALL=$$skip bash api/web/build.sh

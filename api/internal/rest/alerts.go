@@ -15,10 +15,14 @@ import (
 	"netwatch/schema"
 )
 
-// alertColumns is what scanAlert reads; status columns are those of the
-// sink's migration 00005_alert_status.
-const alertColumns = `id, time, sensor, severity, category, technique, host(orig_addr), host(resp_addr),
-	summary, evidence, rule, score, window_start, window_end, status, status_by, status_at, status_note`
+// alertColumns is what scanAlert reads; the status columns are those of
+// the sink's migration 00005_alert_status (without it: open, never changed).
+func alertColumns(s *dbSchema) string {
+	return `id, time, sensor, severity, category, technique, host(orig_addr), host(resp_addr),
+	summary, evidence, rule, score, window_start, window_end, ` + s.col("alerts", "status", "'open'") + `, ` +
+		s.col("alerts", "status_by", "''") + `, ` + s.col("alerts", "status_at", "NULL::timestamptz") + `, ` +
+		s.col("alerts", "status_note", "''")
+}
 
 func optTime(t *time.Time) *record.Time {
 	if t == nil {
@@ -79,7 +83,14 @@ func (a *API) alerts(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, r, p.err)
 		return
 	}
-	q := &where{}
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	sch, err := schemaOf(ctx, a.Pool)
+	if err != nil {
+		a.fail(w, r, "read the database schema", err)
+		return
+	}
+	q := &where{sch: sch}
 	q.timeRange("time", from, to)
 	if sensor != "" {
 		q.add("sensor = " + q.arg(sensor))
@@ -91,7 +102,7 @@ func (a *API) alerts(w http.ResponseWriter, r *http.Request) {
 		q.add("severity = ANY(" + q.arg(schema.Severities[record.SeverityRank(sev)-1:]) + ")")
 	}
 	if status != nil {
-		q.add("status = ANY(" + q.arg(status) + ")")
+		q.add(sch.col("alerts", "status", "'open'") + " = ANY(" + q.arg(status) + ")")
 	}
 	if hasAddr {
 		q.addrCond(pf, "orig_addr", "resp_addr")
@@ -99,9 +110,7 @@ func (a *API) alerts(w http.ResponseWriter, r *http.Request) {
 	if hasCur {
 		q.add("(time, id) < (" + q.arg(cur.T) + ", " + q.arg(cur.ID) + ")")
 	}
-	sql := "SELECT " + alertColumns + " FROM alerts" + q.sql() + " ORDER BY time DESC, id DESC LIMIT " + q.arg(limit+1)
-	ctx, cancel := a.ctx(r)
-	defer cancel()
+	sql := "SELECT " + alertColumns(sch) + " FROM alerts" + q.sql() + " ORDER BY time DESC, id DESC LIMIT " + q.arg(limit+1)
 	rows, err := a.Pool.Query(ctx, sql, q.args...)
 	if err != nil {
 		a.fail(w, r, "query alerts", err)
@@ -138,7 +147,12 @@ func (a *API) alert(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
-	al, err := scanAlert(a.Pool.QueryRow(ctx, "SELECT "+alertColumns+" FROM alerts WHERE id = $1 ORDER BY time DESC LIMIT 1", id))
+	sch, err := schemaOf(ctx, a.Pool)
+	if err != nil {
+		a.fail(w, r, "read the database schema", err)
+		return
+	}
+	al, err := scanAlert(a.Pool.QueryRow(ctx, "SELECT "+alertColumns(sch)+" FROM alerts WHERE id = $1 ORDER BY time DESC LIMIT 1", id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		writeProblem(w, r, http.StatusNotFound, "no alert with id "+id)
 		return
@@ -209,8 +223,17 @@ func (a *API) setAlertStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
+	sch, err := schemaOf(ctx, a.Pool)
+	if err != nil {
+		a.fail(w, r, "read the database schema", err)
+		return
+	}
+	if !sch.has("alerts", "status") {
+		writeProblem(w, r, http.StatusServiceUnavailable, "the database has no alert status yet (the sink's migration 00005_alert_status)")
+		return
+	}
 	al, err := scanAlert(a.Pool.QueryRow(ctx, `UPDATE alerts SET status = $2, status_by = $3, status_at = now(), status_note = $4
-		WHERE id = $1 RETURNING `+alertColumns, id, ch.Status, ch.By, ch.Note))
+		WHERE id = $1 RETURNING `+alertColumns(sch), id, ch.Status, ch.By, ch.Note))
 	if errors.Is(err, pgx.ErrNoRows) {
 		writeProblem(w, r, http.StatusNotFound, "no alert with id "+id)
 		return

@@ -14,18 +14,29 @@ import (
 	"netwatch/api/internal/record"
 )
 
-// FlowColumns is the SELECT list that ScanFlow reads, in order. The
+// flowColumns is the SELECT list that ScanFlow reads, in order. The
 // context columns (country … http_user_agent) are those of the sink's
-// migration 00004_flow_context.
-const FlowColumns = `id, community_id, sensor, proto, host(orig_addr), orig_port, host(resp_addr), resp_port,
+// migration 00004_flow_context; without them they read as their defaults.
+func flowColumns(s *dbSchema) string {
+	cols := `id, community_id, sensor, proto, host(orig_addr), orig_port, host(resp_addr), resp_port,
 	vlan, inner_vlan, icmp_type, icmp_code, start, "end", flow_start,
 	orig_pkts, orig_ip_bytes, orig_bytes, resp_pkts, resp_ip_bytes, resp_bytes,
 	orig_tcp_flags, resp_tcp_flags, record_index, final, end_reason, direction_guessed,
-	app, conn_state, history, tunnel, tunnel_id, server_name, direction, orig_name, resp_name,
-	orig_country, orig_city, orig_asn, orig_as_org, resp_country, resp_city, resp_asn, resp_as_org,
-	app_from_port, ja3, ja4, http_user_agent`
+	app, conn_state, history, tunnel, tunnel_id, server_name, direction, orig_name, resp_name`
+	for _, c := range contextColumns {
+		cols += ", " + s.col("flows", c.name, c.def)
+	}
+	return cols
+}
 
-// ScanFlow reads one row selected with FlowColumns.
+// contextColumns are the flow columns of migration 00004 with their defaults.
+var contextColumns = []struct{ name, def string }{
+	{"orig_country", "''"}, {"orig_city", "''"}, {"orig_asn", "0::bigint"}, {"orig_as_org", "''"},
+	{"resp_country", "''"}, {"resp_city", "''"}, {"resp_asn", "0::bigint"}, {"resp_as_org", "''"},
+	{"app_from_port", "false"}, {"ja3", "''"}, {"ja4", "''"}, {"http_user_agent", "''"},
+}
+
+// ScanFlow reads one row selected with flowColumns.
 func ScanFlow(row pgx.Row) (record.Flow, error) {
 	var f record.Flow
 	var start, end, flowStart time.Time
@@ -56,7 +67,8 @@ type FlowFilter struct {
 }
 
 // Rollupable reports whether the per-minute rollups can answer f: only a
-// time range and a sensor, the range on whole minutes.
+// time range and a sensor, the range on whole minutes (the rollup table
+// must exist too: see dbSchema).
 func (f FlowFilter) Rollupable() bool {
 	return f.Addr == "" && f.Port < 0 && f.Proto < 0 && f.CommunityID == "" && f.App == "" && f.Direction == "" &&
 		f.Country == "" && f.ASN == 0 && onMinute(f.From) && onMinute(f.To)
@@ -121,11 +133,11 @@ func (q *where) flows(f FlowFilter) {
 	}
 	if f.Country != "" {
 		x := q.arg(f.Country)
-		q.add("(orig_country = " + x + " OR resp_country = " + x + ")")
+		q.add("(" + q.sch.col("flows", "orig_country", "''") + " = " + x + " OR " + q.sch.col("flows", "resp_country", "''") + " = " + x + ")")
 	}
 	if f.ASN != 0 {
 		x := q.arg(f.ASN)
-		q.add("(orig_asn = " + x + " OR resp_asn = " + x + ")")
+		q.add("(" + q.sch.col("flows", "orig_asn", "0") + " = " + x + " OR " + q.sch.col("flows", "resp_asn", "0") + " = " + x + ")")
 	}
 }
 
@@ -171,7 +183,14 @@ func (a *API) flows(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, r, p.err)
 		return
 	}
-	q := &where{}
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	sch, err := schemaOf(ctx, a.Pool)
+	if err != nil {
+		a.fail(w, r, "read the database schema", err)
+		return
+	}
+	q := &where{sch: sch}
 	q.flows(f)
 	op, dir := ">", "ASC"
 	if srt.desc {
@@ -184,10 +203,8 @@ func (a *API) flows(w http.ResponseWriter, r *http.Request) {
 		}
 		q.add("(" + srt.expr + ", id) " + op + " (" + q.arg(key) + ", " + q.arg(cur.ID) + ")")
 	}
-	sql := "SELECT " + FlowColumns + " FROM flows" + q.sql() + " ORDER BY " + srt.expr + " " + dir + ", id " + dir +
+	sql := "SELECT " + flowColumns(sch) + " FROM flows" + q.sql() + " ORDER BY " + srt.expr + " " + dir + ", id " + dir +
 		" LIMIT " + q.arg(limit+1)
-	ctx, cancel := a.ctx(r)
-	defer cancel()
 	flows, err := queryFlows(ctx, a.Pool, sql, q.args...)
 	if err != nil {
 		a.fail(w, r, "query flows", err)
@@ -222,7 +239,12 @@ func (a *API) flow(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
-	f, err := ScanFlow(a.Pool.QueryRow(ctx, "SELECT "+FlowColumns+" FROM flows WHERE id = $1 LIMIT 1", id))
+	sch, err := schemaOf(ctx, a.Pool)
+	if err != nil {
+		a.fail(w, r, "read the database schema", err)
+		return
+	}
+	f, err := ScanFlow(a.Pool.QueryRow(ctx, "SELECT "+flowColumns(sch)+" FROM flows WHERE id = $1 LIMIT 1", id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		writeProblem(w, r, http.StatusNotFound, "no flow with id "+id)
 		return
@@ -248,7 +270,7 @@ func isHexID(s string) bool {
 	return true
 }
 
-// QueryFlows runs sql, which selects FlowColumns, and returns the flows
+// queryFlows runs sql, which selects flowColumns, and returns the flows
 // (an empty, non-nil slice when none).
 func queryFlows(ctx context.Context, pool *pgxpool.Pool, sql string, args ...any) ([]record.Flow, error) {
 	rows, err := pool.Query(ctx, sql, args...)
@@ -269,11 +291,15 @@ func queryFlows(ctx context.Context, pool *pgxpool.Pool, sql string, args ...any
 
 // QueryFlows is queryFlows for other packages (the live replay).
 func QueryFlows(ctx context.Context, pool *pgxpool.Pool, f FlowFilter, after time.Time, afterID string, limit int) ([]record.Flow, error) {
-	q := &where{}
+	sch, err := schemaOf(ctx, pool)
+	if err != nil {
+		return nil, err
+	}
+	q := &where{sch: sch}
 	q.flows(f)
 	if afterID != "" {
 		q.add("(start, id) > (" + q.arg(after) + ", " + q.arg(afterID) + ")")
 	}
-	sql := "SELECT " + FlowColumns + " FROM flows" + q.sql() + " ORDER BY start, id LIMIT " + q.arg(limit)
+	sql := "SELECT " + flowColumns(sch) + " FROM flows" + q.sql() + " ORDER BY start, id LIMIT " + q.arg(limit)
 	return queryFlows(ctx, pool, sql, q.args...)
 }

@@ -257,6 +257,7 @@ func (p *params) addr() (netip.Prefix, bool) {
 
 // where builds a SQL WHERE clause with $n placeholders.
 type where struct {
+	sch   *dbSchema // for columns that may not exist yet; nil: all do
 	conds []string
 	args  []any
 }

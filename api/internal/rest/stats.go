@@ -36,7 +36,7 @@ type Talker struct {
 	RecvBytes int64  `json:"recv_bytes"` // pair: responder → originator
 	SentPkts  int64  `json:"sent_pkts"`
 	RecvPkts  int64  `json:"recv_pkts"`
-	Flows     int64  `json:"flows"` // flow records it appears in
+	Flows     int64  `json:"flows"` // flow records it appears in (once when it is both originator and responder)
 }
 
 // talkerSides are the values of the side parameter of top talkers: both
@@ -72,16 +72,23 @@ func (a *API) topTalkers(w http.ResponseWriter, r *http.Request) {
 	case side == "dst" && by != "flows":
 		order = map[string]string{"bytes": "rb", "pkts": "rp"}[by]
 	}
-	q := &where{}
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	sch, err := schemaOf(ctx, a.Pool)
+	if err != nil {
+		a.fail(w, r, "read the database schema", err)
+		return
+	}
+	q := &where{sch: sch}
 	var sql, source string
 	switch {
-	case f.Rollupable() && side == "pair":
+	case f.Rollupable() && side == "pair" && sch.hasTable("pairs_1m"):
 		source = "rollup"
 		q.rollupRange(f)
 		sql = `SELECT host(orig_addr), host(resp_addr), sum(orig_ip_bytes)::bigint sb, sum(resp_ip_bytes)::bigint rb,
 			sum(orig_pkts)::bigint sp, sum(resp_pkts)::bigint rp, sum(records)::bigint n FROM pairs_1m` + q.sql() +
 			` GROUP BY orig_addr, resp_addr`
-	case f.Rollupable():
+	case f.Rollupable() && side != "pair" && sch.hasTable("talkers_1m"):
 		source = "rollup"
 		q.rollupRange(f)
 		sql = `SELECT host(addr), '', sum(sent_ip_bytes)::bigint sb, sum(recv_ip_bytes)::bigint rb,
@@ -97,14 +104,13 @@ func (a *API) topTalkers(w http.ResponseWriter, r *http.Request) {
 		source = "flows" // no rollup for these filters: a GROUP BY over flows
 		q.flows(f)
 		sql = `WITH f AS (SELECT orig_addr, resp_addr, orig_ip_bytes, resp_ip_bytes, orig_pkts, resp_pkts FROM flows` + q.sql() + `),
-		t AS (SELECT orig_addr AS addr, orig_ip_bytes AS sb, resp_ip_bytes AS rb, orig_pkts AS sp, resp_pkts AS rp FROM f
-			UNION ALL SELECT resp_addr, resp_ip_bytes, orig_ip_bytes, resp_pkts, orig_pkts FROM f)
-		SELECT host(addr), '', sum(sb)::bigint sb, sum(rb)::bigint rb, sum(sp)::bigint sp, sum(rp)::bigint rp, count(*) n
+		t AS (SELECT orig_addr AS addr, orig_ip_bytes AS sb, resp_ip_bytes AS rb, orig_pkts AS sp, resp_pkts AS rp, 1 AS n FROM f
+			UNION ALL SELECT resp_addr, resp_ip_bytes, orig_ip_bytes, resp_pkts, orig_pkts,
+				CASE WHEN resp_addr = orig_addr THEN 0 ELSE 1 END FROM f)
+		SELECT host(addr), '', sum(sb)::bigint sb, sum(rb)::bigint rb, sum(sp)::bigint sp, sum(rp)::bigint rp, sum(n)::bigint n
 			FROM t GROUP BY addr`
 	}
 	sql = `SELECT * FROM (` + sql + `) g ORDER BY ` + order + ` DESC, 1, 2 LIMIT ` + q.arg(limit)
-	ctx, cancel := a.ctx(r)
-	defer cancel()
 	rows, err := a.Pool.Query(ctx, sql, q.args...)
 	if err != nil {
 		a.fail(w, r, "query top talkers", err)
@@ -145,9 +151,16 @@ func (a *API) protocols(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, r, p.err)
 		return
 	}
-	q := &where{}
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	sch, err := schemaOf(ctx, a.Pool)
+	if err != nil {
+		a.fail(w, r, "read the database schema", err)
+		return
+	}
+	q := &where{sch: sch}
 	var sql, source string
-	if f.Rollupable() {
+	if f.Rollupable() && sch.hasTable("flows_1m") {
 		source = "rollup"
 		q.rollupRange(f)
 		sql = `SELECT proto, app, sum(records)::bigint, sum(orig_pkts + resp_pkts)::bigint,
@@ -158,8 +171,6 @@ func (a *API) protocols(w http.ResponseWriter, r *http.Request) {
 		sql = `SELECT proto, app, count(*), sum(orig_pkts + resp_pkts)::bigint,
 			sum(orig_ip_bytes + resp_ip_bytes)::bigint FROM flows` + q.sql() + ` GROUP BY proto, app ORDER BY 5 DESC, 1, 2`
 	}
-	ctx, cancel := a.ctx(r)
-	defer cancel()
 	rows, err := a.Pool.Query(ctx, sql, q.args...)
 	if err != nil {
 		a.fail(w, r, "query protocols", err)
@@ -201,9 +212,16 @@ func (a *API) ports(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, r, p.err)
 		return
 	}
-	q := &where{}
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	sch, err := schemaOf(ctx, a.Pool)
+	if err != nil {
+		a.fail(w, r, "read the database schema", err)
+		return
+	}
+	q := &where{sch: sch}
 	var sql, source string
-	if f.Rollupable() {
+	if f.Rollupable() && sch.hasTable("ports_1m") {
 		source = "rollup"
 		q.rollupRange(f)
 		sql = `SELECT proto, resp_port, sum(records)::bigint, sum(orig_pkts + resp_pkts)::bigint,
@@ -215,8 +233,6 @@ func (a *API) ports(w http.ResponseWriter, r *http.Request) {
 			sum(orig_ip_bytes + resp_ip_bytes)::bigint FROM flows` + q.sql() + ` GROUP BY proto, resp_port`
 	}
 	sql += ` ORDER BY 5 DESC, 1, 2 LIMIT ` + q.arg(limit)
-	ctx, cancel := a.ctx(r)
-	defer cancel()
 	rows, err := a.Pool.Query(ctx, sql, q.args...)
 	if err != nil {
 		a.fail(w, r, "query ports", err)
@@ -249,7 +265,7 @@ type Country struct {
 	RecvBytes int64  `json:"recv_bytes"`
 	SentPkts  int64  `json:"sent_pkts"`
 	RecvPkts  int64  `json:"recv_pkts"`
-	Flows     int64  `json:"flows"` // flow records with an address of the country (counted per side)
+	Flows     int64  `json:"flows"` // flow records with an address of the country (once when both are)
 }
 
 func (a *API) countries(w http.ResponseWriter, r *http.Request) {
@@ -260,9 +276,16 @@ func (a *API) countries(w http.ResponseWriter, r *http.Request) {
 		badRequest(w, r, p.err)
 		return
 	}
-	q := &where{}
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	sch, err := schemaOf(ctx, a.Pool)
+	if err != nil {
+		a.fail(w, r, "read the database schema", err)
+		return
+	}
+	q := &where{sch: sch}
 	var sql, source string
-	if f.Rollupable() {
+	if f.Rollupable() && sch.hasTable("countries_1m") {
 		source = "rollup"
 		q.rollupRange(f)
 		sql = `SELECT country, sum(sent_ip_bytes)::bigint sb, sum(recv_ip_bytes)::bigint rb, sum(sent_pkts)::bigint,
@@ -270,14 +293,14 @@ func (a *API) countries(w http.ResponseWriter, r *http.Request) {
 	} else {
 		source = "flows" // no rollup for these filters
 		q.flows(f)
-		sql = `WITH f AS (SELECT orig_country, resp_country, orig_ip_bytes, resp_ip_bytes, orig_pkts, resp_pkts FROM flows` + q.sql() + `),
-		t AS (SELECT orig_country c, orig_ip_bytes sb, resp_ip_bytes rb, orig_pkts sp, resp_pkts rp FROM f
-			UNION ALL SELECT resp_country, resp_ip_bytes, orig_ip_bytes, resp_pkts, orig_pkts FROM f)
-		SELECT c, sum(sb)::bigint sb, sum(rb)::bigint rb, sum(sp)::bigint, sum(rp)::bigint, count(*) FROM t GROUP BY c`
+		sql = `WITH f AS (SELECT ` + sch.col("flows", "orig_country", "''") + ` orig_country, ` +
+			sch.col("flows", "resp_country", "''") + ` resp_country, orig_ip_bytes, resp_ip_bytes, orig_pkts, resp_pkts FROM flows` + q.sql() + `),
+		t AS (SELECT orig_country c, orig_ip_bytes sb, resp_ip_bytes rb, orig_pkts sp, resp_pkts rp, 1 AS n FROM f
+			UNION ALL SELECT resp_country, resp_ip_bytes, orig_ip_bytes, resp_pkts, orig_pkts,
+				CASE WHEN resp_country = orig_country THEN 0 ELSE 1 END FROM f)
+		SELECT c, sum(sb)::bigint sb, sum(rb)::bigint rb, sum(sp)::bigint, sum(rp)::bigint, sum(n)::bigint FROM t GROUP BY c`
 	}
 	sql = `SELECT * FROM (` + sql + `) g ORDER BY sb + rb DESC, 1 LIMIT ` + q.arg(limit)
-	ctx, cancel := a.ctx(r)
-	defer cancel()
 	rows, err := a.Pool.Query(ctx, sql, q.args...)
 	if err != nil {
 		a.fail(w, r, "query countries", err)
@@ -333,17 +356,22 @@ func (a *API) timeseries(w http.ResponseWriter, r *http.Request) {
 	}
 	// The rollup answers whole-minute steps; the bucket edges are then
 	// whole minutes too (floorStep of a multiple of a minute).
-	rollup := f.Rollupable() && step%time.Minute == 0
+	ctx, cancel := a.ctx(r)
+	defer cancel()
+	sch, err := schemaOf(ctx, a.Pool)
+	if err != nil {
+		a.fail(w, r, "read the database schema", err)
+		return
+	}
+	rollup := f.Rollupable() && step%time.Minute == 0 && sch.hasTable("flows_1m")
 	table, timeCol := "flows", "start"
 	if rollup {
 		table, timeCol = "flows_1m", "minute"
 	}
-	ctx, cancel := a.ctx(r)
-	defer cancel()
 	if f.To.IsZero() {
 		// Default: the hour up to the newest matching flow, so that a
 		// replayed capture from any year shows up.
-		q := &where{}
+		q := &where{sch: sch}
 		if rollup {
 			q.rollupRange(f)
 		} else {
@@ -373,7 +401,7 @@ func (a *API) timeseries(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusBadRequest, "too many buckets: widen step or narrow from/to (at most 10000)")
 		return
 	}
-	q := &where{}
+	q := &where{sch: sch}
 	var sql, source string
 	bin := `date_bin(make_interval(secs => ` + q.arg(step.Seconds()) + `), ` + timeCol + `, TIMESTAMPTZ 'epoch') AS b`
 	if rollup {

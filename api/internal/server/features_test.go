@@ -260,3 +260,55 @@ func TestAuth(t *testing.T) {
 		t.Errorf("GET alert: %d %v", code, al)
 	}
 }
+
+// TestOlderSchema: against a database the sink has migrated only up to
+// 00003 (no flow context columns, no alert status, no rollups but flows_1m)
+// the api still answers: context fields read as defaults, alerts are open,
+// acknowledging is 503, statistics come from flows.
+func TestOlderSchema(t *testing.T) {
+	e := newEnvSchema(t, server.Options{}, "00003")
+	seedFlows(t, e)
+	e.exec(t, `INSERT INTO alerts (id, time, sensor, severity, category, summary) VALUES ('a1', $1, 's1', 'high', 'portscan', 'x')`, base)
+	var f map[string]any
+	if code := e.get(t, "/api/v1/flows/id2", &f); code != 200 || f["orig_country"] != "" || f["resp_asn"] != 0.0 || f["ja3"] != "" {
+		t.Errorf("flow on the old schema: %d %v", code, f)
+	}
+	var p flowsPage
+	if code := e.get(t, "/api/v1/flows?country=SE", &p); code != 200 || len(p.Flows) != 0 {
+		t.Errorf("country filter without the column: %d %d flows", code, len(p.Flows))
+	}
+	var al struct{ Alerts []map[string]any }
+	if code := e.get(t, "/api/v1/alerts?status=open", &al); code != 200 || len(al.Alerts) != 1 || al.Alerts[0]["status"] != "open" {
+		t.Errorf("alerts on the old schema: %d %v", code, al)
+	}
+	req, _ := http.NewRequest("PATCH", e.url+"/api/v1/alerts/a1", strings.NewReader(`{"status":"closed"}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 {
+		t.Errorf("PATCH without a status column: %d, want 503", resp.StatusCode)
+	}
+	var tt struct {
+		Talkers []struct {
+			Addr  string
+			Bytes int64
+		}
+		Source string
+	}
+	if code := e.get(t, "/api/v1/top-talkers?limit=1", &tt); code != 200 || tt.Source != "flows" || len(tt.Talkers) != 1 ||
+		tt.Talkers[0].Addr != "10.0.0.1" || tt.Talkers[0].Bytes != 9900 {
+		t.Errorf("top talkers without talkers_1m: %d %+v", code, tt)
+	}
+	var c struct {
+		Countries []struct {
+			Country string
+			Bytes   int64
+		}
+	}
+	if code := e.get(t, "/api/v1/countries", &c); code != 200 || len(c.Countries) != 1 || c.Countries[0].Country != "" ||
+		c.Countries[0].Bytes != 2*16500 {
+		t.Errorf("countries without the column: %d %+v", code, c)
+	}
+}

@@ -1,0 +1,83 @@
+package rest
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// dbSchema is which of the tables and columns the api reads exist in the
+// database. The sink owns the migrations; the api works against an older
+// schema too: a context column (GeoIP, JA3, …: migration 00004) that does
+// not exist reads as its default, alerts without a status column (00005)
+// are all open and cannot be acknowledged (503), and a missing rollup table
+// (00006) sends the statistics to the flows table.
+type dbSchema struct {
+	cols map[string]bool // "table.column"
+}
+
+// has reports whether table.column exists; a nil schema (not probed) says yes.
+func (s *dbSchema) has(table, column string) bool {
+	return s == nil || s.cols[table+"."+column]
+}
+
+// hasTable reports whether table exists.
+func (s *dbSchema) hasTable(table string) bool {
+	return s == nil || s.cols[table+"."]
+}
+
+// col is column when table has it, else def (an SQL expression).
+func (s *dbSchema) col(table, column, def string) string {
+	if s.has(table, column) {
+		return column
+	}
+	return def
+}
+
+// schemaTTL is how long a probe is trusted: the sink may migrate after the
+// api started.
+const schemaTTL = 15 * time.Second
+
+type schemaEntry struct {
+	mu  sync.Mutex
+	s   *dbSchema
+	at  time.Time
+	err error
+}
+
+var schemas sync.Map // *pgxpool.Pool -> *schemaEntry
+
+// schemaOf probes (at most every schemaTTL) the tables of the api's
+// queries in the pool's current schema.
+func schemaOf(ctx context.Context, pool *pgxpool.Pool) (*dbSchema, error) {
+	v, _ := schemas.LoadOrStore(pool, &schemaEntry{})
+	e := v.(*schemaEntry)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.s != nil && time.Since(e.at) < schemaTTL {
+		return e.s, nil
+	}
+	rows, err := pool.Query(ctx, `SELECT table_name, column_name FROM information_schema.columns
+		WHERE table_schema = current_schema() AND table_name = ANY($1)`,
+		[]string{"flows", "alerts", "flows_1m", "talkers_1m", "pairs_1m", "ports_1m", "countries_1m"})
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	s := &dbSchema{cols: map[string]bool{}}
+	for rows.Next() {
+		var t, c string
+		if err := rows.Scan(&t, &c); err != nil {
+			return nil, err
+		}
+		s.cols[t+"."+c] = true
+		s.cols[t+"."] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	e.s, e.at = s, time.Now()
+	return s, nil
+}
