@@ -69,7 +69,9 @@ func TestRegistry(t *testing.T) {
 	// sensor-b heartbeats every 100 ms, sensor-a is silent: after 1 s only b is online.
 	hctx, hstop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- schema.RunHeartbeat(hctx, kv, b, 100*time.Millisecond, func(err error) { t.Error(err) }) }()
+	go func() {
+		done <- schema.RunHeartbeat(hctx, kv, b, 100*time.Millisecond, func(err error) { t.Error(err) })
+	}()
 	waitFor(t, 10*time.Second, "a offline and b online", func() error {
 		got, err := schema.List(ctx, kv, time.Now(), time.Second)
 		if err != nil {

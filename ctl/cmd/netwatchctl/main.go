@@ -6,6 +6,7 @@
 //	netwatchctl creds     -dir DIR -sensor NAME [-o FILE] [-ttl DURATION]
 //	netwatchctl creds     -dir DIR -role enricher|detector|sink|api|admin [-name NAME] [-o FILE]
 //	netwatchctl provision [-nats.url URLS] [-nats.creds FILE] [-replicas N]
+//	netwatchctl accounts-conf -sensors NAME,NAME... [-o FILE]
 //
 // Flags can also come from NETWATCH_* environment variables (flag wins).
 // Exit status: 0 on success, 1 on an error, 2 on bad usage.

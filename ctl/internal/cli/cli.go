@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -29,6 +30,9 @@ const usage = `usage:
       write a .creds file for one sensor (publishes only its own subjects) or stage
   netwatchctl provision [-nats.url URLS] [-nats.creds FILE] [-replicas N] [-timeout D]
       create or update every stream, durable consumer and the SENSORS registry bucket
+  netwatchctl accounts-conf -sensors NAME,NAME... [-o FILE]
+      print static users with the same permissions (deploy/accounts.conf), for servers
+      without JWT authentication
 `
 
 // Run executes netwatchctl with args (without the program name) and returns
@@ -46,6 +50,8 @@ func Run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		err = cmdCreds(args[1:], getenv, stdout)
 	case "provision":
 		err = cmdProvision(args[1:], getenv, stdout)
+	case "accounts-conf":
+		err = cmdAccountsConf(args[1:], getenv, stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -196,4 +202,25 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 	}
 	fmt.Fprintf(stdout, "consumers: %d, key-value bucket %s: replicas %d\n", len(schema.ConsumerConfigs(o)), schema.RegistryBucket, *replicas)
 	return nil
+}
+
+func cmdAccountsConf(args []string, getenv func(string) string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("accounts-conf", flag.ContinueOnError)
+	sensors := fs.String("sensors", "", "comma-separated sensor names")
+	out := fs.String("o", "", "output file (default: stdout)")
+	if err := parse(fs, args, getenv); err != nil {
+		return err
+	}
+	if *sensors == "" {
+		return usageError{errors.New("-sensors is required")}
+	}
+	conf, err := perms.AccountsConf(strings.Split(*sensors, ","))
+	if err != nil {
+		return usageError{err}
+	}
+	if *out == "" {
+		_, err = io.WriteString(stdout, conf)
+		return err
+	}
+	return os.WriteFile(*out, []byte(conf), 0o600)
 }

@@ -1,0 +1,310 @@
+package deploytest
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"go.yaml.in/yaml/v3"
+
+	"netwatch/testkit"
+)
+
+// The parts of Kubernetes objects the checks read (apps/v1, batch/v1, v1).
+type k8sObject struct {
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	Metadata   struct {
+		Name      string `yaml:"name"`
+		Namespace string `yaml:"namespace"`
+	} `yaml:"metadata"`
+	Data map[string]string `yaml:"data"`
+	Spec struct {
+		Replicas *int `yaml:"replicas"`
+		Template struct {
+			Spec podSpec `yaml:"spec"`
+		} `yaml:"template"`
+	} `yaml:"spec"`
+}
+
+type podSpec struct {
+	HostNetwork bool        `yaml:"hostNetwork"`
+	DNSPolicy   string      `yaml:"dnsPolicy"`
+	Containers  []container `yaml:"containers"`
+	Volumes     []struct {
+		Name   string `yaml:"name"`
+		Secret *struct {
+			SecretName string `yaml:"secretName"`
+			Items      []struct{ Key, Path string }
+		} `yaml:"secret"`
+	} `yaml:"volumes"`
+}
+
+type container struct {
+	Name    string   `yaml:"name"`
+	Image   string   `yaml:"image"`
+	Command []string `yaml:"command"`
+	Args    []string `yaml:"args"`
+	Env     []struct {
+		Name      string `yaml:"name"`
+		Value     string `yaml:"value"`
+		ValueFrom *struct {
+			FieldRef *struct {
+				FieldPath string `yaml:"fieldPath"`
+			} `yaml:"fieldRef"`
+			SecretKeyRef *struct{ Name, Key string } `yaml:"secretKeyRef"`
+		} `yaml:"valueFrom"`
+	} `yaml:"env"`
+	SecurityContext struct {
+		Capabilities struct {
+			Add []string `yaml:"add"`
+		} `yaml:"capabilities"`
+	} `yaml:"securityContext"`
+	VolumeMounts []struct {
+		Name      string `yaml:"name"`
+		MountPath string `yaml:"mountPath"`
+	} `yaml:"volumeMounts"`
+}
+
+func (c container) env(name string) (string, bool) {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value, true
+		}
+	}
+	return "", false
+}
+
+func loadK8s(t *testing.T) []k8sObject {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(testkit.Root(t), "deploy", "k8s", "netwatch.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var objs []k8sObject
+	for {
+		var o k8sObject
+		err := dec.Decode(&o)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("deploy/k8s/netwatch.yaml document %d: %v", len(objs)+1, err)
+		}
+		objs = append(objs, o)
+	}
+	return objs
+}
+
+func find(t *testing.T, objs []k8sObject, kind, name string) k8sObject {
+	t.Helper()
+	for _, o := range objs {
+		if o.Kind == kind && o.Metadata.Name == name {
+			return o
+		}
+	}
+	t.Fatalf("no %s %s in deploy/k8s/netwatch.yaml", kind, name)
+	return k8sObject{}
+}
+
+func configMap(t *testing.T, objs []k8sObject, name string) map[string]string {
+	return find(t, objs, "ConfigMap", name).Data
+}
+
+// mountedFile reports whether path is a file of a secret volume mounted in c.
+func mountedFile(p podSpec, c container, path string) bool {
+	for _, m := range c.VolumeMounts {
+		if filepath.Dir(path) != m.MountPath {
+			continue
+		}
+		for _, v := range p.Volumes {
+			if v.Name != m.Name || v.Secret == nil {
+				continue
+			}
+			if len(v.Secret.Items) == 0 {
+				return true // every key of the secret
+			}
+			for _, it := range v.Secret.Items {
+				if it.Path == filepath.Base(path) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// TestKubernetesManifests checks deploy/k8s/netwatch.yaml as issue 8 asks:
+// sensors as a DaemonSet on the host network, named after their node, with
+// their own credentials file and no provisioning; stages as Deployments
+// with 2 replicas, each with its own credentials; a 3-node NATS
+// StatefulSet whose routes name its three pods; the provision Job at 3
+// replicas; everything in namespace netwatch.
+func TestKubernetesManifests(t *testing.T) {
+	objs := loadK8s(t)
+	for _, o := range objs {
+		if o.Kind != "Namespace" && o.Metadata.Namespace != "netwatch" {
+			t.Errorf("%s %s in namespace %q", o.Kind, o.Metadata.Name, o.Metadata.Namespace)
+		}
+	}
+	ds := find(t, objs, "DaemonSet", "agent")
+	p := ds.Spec.Template.Spec
+	if !p.HostNetwork || p.DNSPolicy != "ClusterFirstWithHostNet" {
+		t.Errorf("agent DaemonSet: hostNetwork %v dnsPolicy %q, want true and ClusterFirstWithHostNet", p.HostNetwork, p.DNSPolicy)
+	}
+	a := p.Containers[0]
+	if !slices.Contains(a.SecurityContext.Capabilities.Add, "NET_RAW") {
+		t.Errorf("agent capabilities %v lack NET_RAW", a.SecurityContext.Capabilities.Add)
+	}
+	if !slices.Contains(a.Args, "-nats.provision=false") || !slices.Contains(a.Args, "-interface") {
+		t.Errorf("agent args %v: want -interface and -nats.provision=false", a.Args)
+	}
+	// $(NODE_NAME) expands only if NODE_NAME is defined earlier in the list.
+	if len(a.Env) == 0 || a.Env[0].Name != "NODE_NAME" || a.Env[0].ValueFrom == nil || a.Env[0].ValueFrom.FieldRef == nil ||
+		a.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
+		t.Errorf("agent: first env must be NODE_NAME from spec.nodeName")
+	}
+	if v, _ := a.env("NETWATCH_SENSOR"); v != "$(NODE_NAME)" {
+		t.Errorf("agent NETWATCH_SENSOR = %q, want $(NODE_NAME)", v)
+	}
+	creds, _ := a.env("NETWATCH_NATS_CREDS")
+	if creds != "/etc/netwatch/creds/$(NODE_NAME).creds" || !mountedFile(p, a, creds) {
+		t.Errorf("agent NETWATCH_NATS_CREDS %q is not its own node's file in a mounted secret", creds)
+	}
+
+	for _, stage := range []string{"enricher", "detector", "sink", "api"} {
+		d := find(t, objs, "Deployment", stage)
+		if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
+			t.Errorf("Deployment %s: replicas %v, want >= 2", stage, d.Spec.Replicas)
+		}
+		ps := d.Spec.Template.Spec
+		c := ps.Containers[0]
+		if c.Command[0] != "/opt/netwatch/bin/"+stage {
+			t.Errorf("%s runs %v", stage, c.Command)
+		}
+		if ps.HostNetwork {
+			t.Errorf("%s on the host network", stage)
+		}
+		cr, _ := c.env("NETWATCH_NATS_CREDS")
+		if cr != "/etc/netwatch/creds/"+stage+".creds" || !mountedFile(ps, c, cr) {
+			t.Errorf("%s: NETWATCH_NATS_CREDS %q not its own mounted credentials", stage, cr)
+		}
+		if u, _ := c.env("NETWATCH_NATS_URL"); u != "nats://nats-client.netwatch.svc:4222" {
+			t.Errorf("%s: NETWATCH_NATS_URL %q", stage, u)
+		}
+	}
+	for stage, flag := range map[string]string{"enricher": "-nats.replicas", "detector": "-stream.replicas"} {
+		args := find(t, objs, "Deployment", stage).Spec.Template.Spec.Containers[0].Args
+		if i := slices.Index(args, flag); i < 0 || i+1 >= len(args) || args[i+1] != "3" {
+			t.Errorf("%s args %v: want %s 3", stage, args, flag)
+		}
+	}
+
+	sts := find(t, objs, "StatefulSet", "nats")
+	if sts.Spec.Replicas == nil || *sts.Spec.Replicas != 3 {
+		t.Errorf("nats StatefulSet replicas %v, want 3", sts.Spec.Replicas)
+	}
+	conf := configMap(t, objs, "nats-config")["nats.conf"]
+	for i := range 3 {
+		route := "nats-route://nats-" + string(rune('0'+i)) + ".nats.netwatch.svc:6222"
+		if !strings.Contains(conf, route) {
+			t.Errorf("nats.conf lacks route %s", route)
+		}
+	}
+	job := find(t, objs, "Job", "netwatch-provision").Spec.Template.Spec.Containers[0].Command
+	if !slices.Contains(job, "provision") || job[slices.Index(job, "-replicas")+1] != "3" {
+		t.Errorf("provision Job runs %v, want netwatchctl provision -replicas 3", job)
+	}
+	find(t, objs, "Service", "nats")
+	find(t, objs, "Service", "api")
+}
+
+// composeFile is the part of the Compose specification the checks read.
+type composeFile struct {
+	Services map[string]struct {
+		Image       string            `yaml:"image"`
+		Command     []string          `yaml:"command"`
+		Environment map[string]string `yaml:"environment"`
+		Volumes     []string          `yaml:"volumes"`
+		NetworkMode string            `yaml:"network_mode"`
+		CapAdd      []string          `yaml:"cap_add"`
+		Deploy      struct {
+			Replicas int `yaml:"replicas"`
+		} `yaml:"deploy"`
+	} `yaml:"services"`
+}
+
+// TestComposeFile checks deploy/compose/docker-compose.yml: three NATS
+// nodes with their own configuration and volume, every stage twice with its
+// own credentials file mounted where NETWATCH_NATS_CREDS says and all three
+// nodes in NETWATCH_NATS_URL, the sensor on the host network with raw
+// sockets and no provisioning, provisioning at 3 replicas.
+func TestComposeFile(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(testkit.Root(t), "deploy", "compose", "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f composeFile
+	if err := yaml.Unmarshal(data, &f); err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	for i := 1; i <= 3; i++ {
+		n := "nats-" + string(rune('0'+i))
+		s, ok := f.Services[n]
+		if !ok {
+			t.Fatalf("no service %s", n)
+		}
+		conf := "/etc/netwatch/" + n + ".conf"
+		if !slices.Contains(s.Command, conf) {
+			t.Errorf("%s runs %v, want -c %s", n, s.Command, conf)
+		}
+		if _, err := os.Stat(filepath.Join(testkit.Root(t), "deploy", "compose", "nats", n+".conf")); err != nil {
+			t.Errorf("%s: %v", n, err)
+		}
+	}
+	mounted := func(vols []string, path string) bool {
+		for _, v := range vols {
+			if parts := strings.Split(v, ":"); len(parts) >= 2 && parts[1] == path {
+				return true
+			}
+		}
+		return false
+	}
+	for _, stage := range []string{"enricher", "detector", "sink", "api"} {
+		s, ok := f.Services[stage]
+		if !ok {
+			t.Errorf("no service %s", stage)
+			continue
+		}
+		if s.Deploy.Replicas < 2 {
+			t.Errorf("%s: deploy.replicas %d, want >= 2", stage, s.Deploy.Replicas)
+		}
+		cr := s.Environment["NETWATCH_NATS_CREDS"]
+		if cr != "/etc/netwatch/creds/"+stage+".creds" || !mounted(s.Volumes, cr) {
+			t.Errorf("%s: NETWATCH_NATS_CREDS %q not its own mounted file (volumes %v)", stage, cr, s.Volumes)
+		}
+		u := s.Environment["NETWATCH_NATS_URL"]
+		for i := 1; i <= 3; i++ {
+			if !strings.Contains(u, "nats://nats-"+string(rune('0'+i))+":4222") {
+				t.Errorf("%s: NETWATCH_NATS_URL %q lacks nats-%d", stage, u, i)
+			}
+		}
+	}
+	ag := f.Services["agent"]
+	if ag.NetworkMode != "host" || !slices.Contains(ag.CapAdd, "NET_RAW") || !slices.Contains(ag.Command, "-nats.provision=false") {
+		t.Errorf("agent: network_mode %q cap_add %v command %v", ag.NetworkMode, ag.CapAdd, ag.Command)
+	}
+	if cr := ag.Environment["NETWATCH_NATS_CREDS"]; !mounted(ag.Volumes, cr) {
+		t.Errorf("agent credentials %q not mounted", cr)
+	}
+	pr := f.Services["provision"].Command
+	if i := slices.Index(pr, "-replicas"); i < 0 || pr[i+1] != "3" {
+		t.Errorf("provision runs %v, want -replicas 3", pr)
+	}
+}
