@@ -22,6 +22,7 @@ import (
 	"netwatch/detector/internal/arp"
 	"netwatch/detector/internal/model"
 	"netwatch/detector/internal/output"
+	"netwatch/detector/internal/policy"
 	"netwatch/detector/internal/rules"
 	"netwatch/detector/internal/stage"
 	"netwatch/detector/models"
@@ -60,53 +61,77 @@ type Config struct {
 	ARP            arp.Config
 	FetchBatch     int
 	Replicas       int
+	ConfigFile     string // -config
 	Webhook        string // -output.webhook
 	Syslog         string // -output.syslog
 }
 
 func (c *Config) register(fs *flag.FlagSet) {
 	c.Common.Register(fs, "127.0.0.1:9103")
-	d := rules.DefaultConfig()
+	fs.StringVar(&c.ConfigFile, "config", "", "YAML or JSON file with allow-lists and per-rule thresholds (flag names without the dash); reloaded when it changes and on SIGHUP")
 	fs.StringVar(&c.Model, "model", "", "model file written by `detector train` (empty: the shipped "+models.FlowID3Name+" built into the binary)")
 	fs.BoolVar(&c.ModelAlerts, "model.alerts", false, "publish category \"anomaly\" alerts for flows the model scores at or above -model.threshold")
 	fs.Float64Var(&c.ModelThreshold, "model.threshold", 0.95, "model score (attack probability, 0..1) that makes a flow anomalous")
 	fs.DurationVar(&c.ModelWindow, "model.window", time.Minute, "at most one anomaly alert per originator, responder and window (packet time)")
-	fs.IntVar(&c.Rules.PortscanPorts, "portscan.ports", d.PortscanPorts, "distinct probed ports from one originator to one responder in a window that make a port scan")
-	fs.DurationVar(&c.Rules.PortscanWindow, "portscan.window", d.PortscanWindow, "port scan tumbling window (packet time, aligned to the Unix epoch)")
-	fs.DurationVar(&c.Rules.PortscanFast, "portscan.fast", d.PortscanFast, "a scan that reaches -portscan.ports within this time of its first probe is severity high, else medium")
-	fs.IntVar(&c.Rules.SweepHosts, "hostsweep.hosts", d.SweepHosts, "distinct probed responders on one port (or ICMP echo) from one originator in a window that make a host sweep")
-	fs.DurationVar(&c.Rules.SweepWindow, "hostsweep.window", d.SweepWindow, "host sweep tumbling window (packet time)")
-	fs.DurationVar(&c.Rules.SweepFast, "hostsweep.fast", d.SweepFast, "a sweep that reaches -hostsweep.hosts within this time is severity high, else medium")
-	fs.DurationVar(&c.Rules.FloodWindow, "flood.window", d.FloodWindow, "syn_flood, udp_flood and icmp_flood tumbling window (packet time)")
-	fs.IntVar(&c.Rules.SynFloodPkts, "synflood.pkts", d.SynFloodPkts, "SYNs of half-open TCP flows to one responder in a flood window that make a SYN flood (and at least 10 per distinct port)")
-	fs.IntVar(&c.Rules.UDPFloodPkts, "udpflood.pkts", d.UDPFloodPkts, "UDP packets to one responder in a flood window that make a UDP flood")
-	fs.IntVar(&c.Rules.ICMPFloodPkts, "icmpflood.pkts", d.ICMPFloodPkts, "ICMP request packets (not errors or replies) to one responder in a flood window that make an ICMP flood")
-	fs.DurationVar(&c.Rules.BruteWindow, "bruteforce.window", d.BruteWindow, "brute-force tumbling window (packet time)")
-	fs.IntVar(&c.Rules.BruteSessions, "bruteforce.sessions", d.BruteSessions, "sessions from one originator to one login service (SSH, FTP, Telnet, RDP, SMB, databases, mail, VNC) in a window that make a brute force")
-	fs.IntVar(&c.Rules.BruteHTTP, "bruteforce.http-sessions", d.BruteHTTP, "sessions from one originator to one HTTP port with same-size responses in a window that make a brute force")
-	fs.DurationVar(&c.Rules.DNSWindow, "dnstunnel.window", d.DNSWindow, "DNS tunnel tumbling window (packet time)")
-	fs.IntVar(&c.Rules.DNSLong, "dnstunnel.long", d.DNSLong, "long high-entropy query names under one parent domain from one originator in a window that make a DNS tunnel")
-	fs.IntVar(&c.Rules.DNSUnique, "dnstunnel.unique", d.DNSUnique, "distinct subdomains of one parent domain queried by one originator in a window that make a DNS tunnel")
-	fs.IntVar(&c.Rules.DNSQueries, "dnstunnel.queries", d.DNSQueries, "DNS query packets for names under one parent domain from one originator in a window that make a DNS tunnel")
-	fs.DurationVar(&c.Rules.DGAWindow, "dga.window", d.DGAWindow, "DGA tumbling window (packet time)")
-	fs.IntVar(&c.Rules.DGADomains, "dga.domains", d.DGADomains, "distinct random-looking domains one originator looks up in a window that make a DGA alert")
-	fs.IntVar(&c.Rules.AmpPkts, "amplification.pkts", d.AmpPkts, "unsolicited response packets (UDP from an amplification port, TCP SYN-ACK/RST) to one target in a flood window that make a reflection/amplification attack")
-	fs.IntVar(&c.Rules.AmpSources, "amplification.sources", d.AmpSources, "distinct reflectors needed for an amplification alert")
-	fs.DurationVar(&c.Rules.BeaconWindow, "beacon.window", d.BeaconWindow, "beaconing tumbling window (packet time)")
-	fs.IntVar(&c.Rules.BeaconConns, "beacon.conns", d.BeaconConns, "connections from one originator to one responder service in a window before beaconing is judged")
-	fs.DurationVar(&c.Rules.BeaconMinPeriod, "beacon.min-period", d.BeaconMinPeriod, "shortest mean time between connections that counts as beaconing")
-	fs.Float64Var(&c.Rules.BeaconMaxCV, "beacon.max-cv", d.BeaconMaxCV, "largest coefficient of variation (std/mean) of the times between connections that counts as beaconing")
-	fs.IntVar(&c.Rules.MaxKeys, "rules.max-keys", d.MaxKeys, "most open rule windows kept in memory; beyond it the oldest are dropped")
-	da := arp.DefaultConfig()
-	fs.DurationVar(&c.ARP.Window, "arp.window", da.Window, "arp_spoof alert window (packet time): one alert per claimed address, MAC and trigger per window")
-	fs.DurationVar(&c.ARP.BindingTTL, "arp.binding-ttl", da.BindingTTL, "an IPv4 → MAC binding not refreshed for this long (packet time) is forgotten")
-	fs.DurationVar(&c.ARP.AskTTL, "arp.ask-ttl", da.AskTTL, "how long a who-has is remembered: a reply within it is solicited")
-	fs.IntVar(&c.ARP.Replies, "arp.replies", da.Replies, "unsolicited or gratuitous ARP replies from one MAC in a window that make a reply flood")
-	fs.IntVar(&c.ARP.MaxEntries, "arp.max-entries", da.MaxEntries, "most ARP bindings, questions and counters kept")
+	registerThresholds(fs, &c.Rules, &c.ARP)
 	fs.StringVar(&c.Webhook, "output.webhook", "", "also POST every alert as JSON to this http(s) URL (bounded queue, retries with backoff)")
 	fs.StringVar(&c.Syslog, "output.syslog", "", "also send every alert as an RFC 5424 syslog message to udp://host:port, tcp://host:port or host:port (UDP)")
 	fs.IntVar(&c.FetchBatch, "consume.batch", 256, "FLOWS messages per pull request")
 	fs.IntVar(&c.Replicas, "stream.replicas", 1, "stream and consumer replicas when provisioning (1 on one node, 3 on a cluster)")
+}
+
+// registerThresholds defines the rule flags (the ones a -config file may
+// override) on fs, bound to r and a, with their defaults.
+func registerThresholds(fs *flag.FlagSet, r *rules.Config, a *arp.Config) {
+	d := rules.DefaultConfig()
+	fs.IntVar(&r.PortscanPorts, "portscan.ports", d.PortscanPorts, "distinct probed ports from one originator to one responder in a window that make a port scan")
+	fs.DurationVar(&r.PortscanWindow, "portscan.window", d.PortscanWindow, "port scan tumbling window (packet time, aligned to the Unix epoch)")
+	fs.DurationVar(&r.PortscanFast, "portscan.fast", d.PortscanFast, "a scan that reaches -portscan.ports within this time of its first probe is severity high, else medium")
+	fs.IntVar(&r.SweepHosts, "hostsweep.hosts", d.SweepHosts, "distinct probed responders on one port (or ICMP echo) from one originator in a window that make a host sweep")
+	fs.DurationVar(&r.SweepWindow, "hostsweep.window", d.SweepWindow, "host sweep tumbling window (packet time)")
+	fs.DurationVar(&r.SweepFast, "hostsweep.fast", d.SweepFast, "a sweep that reaches -hostsweep.hosts within this time is severity high, else medium")
+	fs.DurationVar(&r.FloodWindow, "flood.window", d.FloodWindow, "syn_flood, udp_flood and icmp_flood tumbling window (packet time)")
+	fs.IntVar(&r.SynFloodPkts, "synflood.pkts", d.SynFloodPkts, "SYNs of half-open TCP flows to one responder in a flood window that make a SYN flood (and at least 10 per distinct port)")
+	fs.IntVar(&r.UDPFloodPkts, "udpflood.pkts", d.UDPFloodPkts, "UDP packets to one responder in a flood window that make a UDP flood")
+	fs.IntVar(&r.ICMPFloodPkts, "icmpflood.pkts", d.ICMPFloodPkts, "ICMP request packets (not errors or replies) to one responder in a flood window that make an ICMP flood")
+	fs.DurationVar(&r.BruteWindow, "bruteforce.window", d.BruteWindow, "brute-force tumbling window (packet time)")
+	fs.IntVar(&r.BruteSessions, "bruteforce.sessions", d.BruteSessions, "sessions from one originator to one login service (SSH, FTP, Telnet, RDP, SMB, databases, mail, VNC) in a window that make a brute force")
+	fs.IntVar(&r.BruteHTTP, "bruteforce.http-sessions", d.BruteHTTP, "sessions from one originator to one HTTP port with same-size responses in a window that make a brute force")
+	fs.DurationVar(&r.DNSWindow, "dnstunnel.window", d.DNSWindow, "DNS tunnel tumbling window (packet time)")
+	fs.IntVar(&r.DNSLong, "dnstunnel.long", d.DNSLong, "long high-entropy query names under one parent domain from one originator in a window that make a DNS tunnel")
+	fs.IntVar(&r.DNSUnique, "dnstunnel.unique", d.DNSUnique, "distinct subdomains of one parent domain queried by one originator in a window that make a DNS tunnel")
+	fs.IntVar(&r.DNSQueries, "dnstunnel.queries", d.DNSQueries, "DNS query packets for names under one parent domain from one originator in a window that make a DNS tunnel")
+	fs.DurationVar(&r.DGAWindow, "dga.window", d.DGAWindow, "DGA tumbling window (packet time)")
+	fs.IntVar(&r.DGADomains, "dga.domains", d.DGADomains, "distinct random-looking domains one originator looks up in a window that make a DGA alert")
+	fs.IntVar(&r.AmpPkts, "amplification.pkts", d.AmpPkts, "unsolicited response packets (UDP from an amplification port, TCP SYN-ACK/RST) to one target in a flood window that make a reflection/amplification attack")
+	fs.IntVar(&r.AmpSources, "amplification.sources", d.AmpSources, "distinct reflectors needed for an amplification alert")
+	fs.DurationVar(&r.BeaconWindow, "beacon.window", d.BeaconWindow, "beaconing tumbling window (packet time)")
+	fs.IntVar(&r.BeaconConns, "beacon.conns", d.BeaconConns, "connections from one originator to one responder service in a window before beaconing is judged")
+	fs.DurationVar(&r.BeaconMinPeriod, "beacon.min-period", d.BeaconMinPeriod, "shortest mean time between connections that counts as beaconing")
+	fs.Float64Var(&r.BeaconMaxCV, "beacon.max-cv", d.BeaconMaxCV, "largest coefficient of variation (std/mean) of the times between connections that counts as beaconing")
+	fs.IntVar(&r.MaxKeys, "rules.max-keys", d.MaxKeys, "most open rule windows kept in memory; beyond it the oldest are dropped")
+	da := arp.DefaultConfig()
+	fs.DurationVar(&a.Window, "arp.window", da.Window, "arp_spoof alert window (packet time): one alert per claimed address, MAC and trigger per window")
+	fs.DurationVar(&a.BindingTTL, "arp.binding-ttl", da.BindingTTL, "an IPv4 → MAC binding not refreshed for this long (packet time) is forgotten")
+	fs.DurationVar(&a.AskTTL, "arp.ask-ttl", da.AskTTL, "how long a who-has is remembered: a reply within it is solicited")
+	fs.IntVar(&a.Replies, "arp.replies", da.Replies, "unsolicited or gratuitous ARP replies from one MAC in a window that make a reply flood")
+	fs.IntVar(&a.MaxEntries, "arp.max-entries", da.MaxEntries, "most ARP bindings, questions and counters kept")
+}
+
+// thresholds returns base with p's threshold overrides applied, validated.
+func thresholds(p *policy.Policy, baseRules rules.Config, baseARP arp.Config) (rules.Config, arp.Config, error) {
+	fs := flag.NewFlagSet("thresholds", flag.ContinueOnError)
+	var r rules.Config
+	var a arp.Config
+	registerThresholds(fs, &r, &a)
+	r, a = baseRules, baseARP
+	if err := p.Apply(fs); err != nil {
+		return r, a, err
+	}
+	if err := errors.Join(r.Validate(), a.Validate()); err != nil {
+		return r, a, err
+	}
+	return r, a, nil
 }
 
 // Validate reports every invalid field.
@@ -171,6 +196,17 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
+	var pol *policy.Policy
+	var err error
+	ruleCfg, arpCfg := cfg.Rules, cfg.ARP
+	if cfg.ConfigFile != "" {
+		if pol, err = policy.Load(cfg.ConfigFile); err != nil {
+			return err
+		}
+		if ruleCfg, arpCfg, err = thresholds(pol, cfg.Rules, cfg.ARP); err != nil {
+			return fmt.Errorf("config %s: %w", cfg.ConfigFile, err)
+		}
+	}
 	tree, err := loadModel(cfg.Model)
 	if err != nil {
 		return err
@@ -219,8 +255,66 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 		}
 		outputs, closers = append(outputs, sl), append(closers, sl.Close)
 	}
-	st := stage.New(stage.Config{Rules: cfg.Rules, ARP: cfg.ARP, Outputs: outputs, ModelAlerts: cfg.ModelAlerts, ModelThreshold: cfg.ModelThreshold,
+	st := stage.New(stage.Config{Rules: ruleCfg, ARP: arpCfg, Outputs: outputs, ModelAlerts: cfg.ModelAlerts, ModelThreshold: cfg.ModelThreshold,
 		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch}, js, tree, stage.NewMetrics(reg), log.With("component", "stage"))
+
+	sm := st.Metrics()
+	if pol != nil {
+		st.SetPolicy(pol, ruleCfg, arpCfg)
+		log.Info("config loaded", "path", cfg.ConfigFile, "policy", pol.String())
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		trigger := make(chan struct{})
+		go func() {
+			for {
+				select {
+				case <-hup:
+					select {
+					case trigger <- struct{}{}:
+					case <-ctx.Done():
+						return
+					}
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+		reload := func() error {
+			p, err := policy.Load(cfg.ConfigFile)
+			if err == nil {
+				var r rules.Config
+				var a arp.Config
+				if r, a, err = thresholds(p, cfg.Rules, cfg.ARP); err == nil {
+					st.SetPolicy(p, r, a)
+					sm.Reloads.WithLabelValues("ok").Inc()
+					log.Info("config reloaded", "path", cfg.ConfigFile, "policy", p.String())
+					return nil
+				}
+				err = fmt.Errorf("config %s: %w", cfg.ConfigFile, err)
+			}
+			sm.Reloads.WithLabelValues("error").Inc()
+			return err
+		}
+		go func() {
+			err := policy.Watch(ctx, cfg.ConfigFile, trigger, reload, func(err error) {
+				log.Error("config not reloaded; the previous one stays", "path", cfg.ConfigFile, "err", err)
+			})
+			if err != nil {
+				log.Error("config file not watched (SIGHUP still reloads it)", "err", err)
+				for {
+					select {
+					case <-trigger:
+						if err := reload(); err != nil {
+							log.Error("config not reloaded; the previous one stays", "path", cfg.ConfigFile, "err", err)
+						}
+					case <-ctx.Done():
+						return
+					}
+				}
+			}
+		}()
+	}
 
 	httpCtx, stopHTTP := context.WithCancel(context.Background())
 	defer stopHTTP()

@@ -2,8 +2,14 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"netwatch/detector/internal/arp"
+	"netwatch/detector/internal/policy"
+	"netwatch/detector/internal/rules"
 )
 
 func TestCheckConfig(t *testing.T) {
@@ -55,5 +61,48 @@ func TestCheckConfig(t *testing.T) {
 	}
 	if err := run([]string{"-check-config", "-portscan.ports", "60"}, &out, getenv); err != nil {
 		t.Errorf("flag should win over env: %v", err)
+	}
+}
+
+// TestConfigFile: -config thresholds override the flags and are validated
+// like them; unknown names and bad files are errors at start.
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, doc string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	getenv := func(string) string { return "" }
+	var out bytes.Buffer
+	good := write("good.yaml", "allow: [{networks: [10.9.0.0/24]}]\nthresholds: {beacon.max-cv: 0.1, arp.replies: 40}\n")
+	if err := run([]string{"-check-config", "-config", good}, &out, getenv); err != nil {
+		t.Errorf("good config: %v", err)
+	}
+	for name, doc := range map[string]string{
+		"low.yaml":     "thresholds: {portscan.ports: 1}",
+		"unknown.yaml": "thresholds: {portscan.portz: 100}",
+		"broken.yaml":  "allow: [",
+		"notflag.yaml": "thresholds: {nats.url: nats://x}", // not a rule threshold
+	} {
+		if err := run([]string{"-check-config", "-config", write(name, doc)}, &out, getenv); err == nil {
+			t.Errorf("%s accepted", name)
+		}
+	}
+	if err := run([]string{"-check-config", "-config", filepath.Join(dir, "missing.yaml")}, &out, getenv); err == nil {
+		t.Error("missing file accepted")
+	}
+	// Overrides apply on top of the flags; what the file does not name keeps the flag's value.
+	base := rules.DefaultConfig()
+	base.PortscanPorts = 60
+	p, err := policy.Load(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, a, err := thresholds(p, base, arp.DefaultConfig())
+	if err != nil || r.PortscanPorts != 60 || r.BeaconMaxCV != 0.1 || a.Replies != 40 || r.SynFloodPkts != 1000 {
+		t.Errorf("thresholds: %v ports %d cv %v replies %d", err, r.PortscanPorts, r.BeaconMaxCV, a.Replies)
 	}
 }

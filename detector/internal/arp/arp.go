@@ -137,6 +137,9 @@ func New(cfg Config) *Engine {
 		floods: map[floodKey]*flood{}, ownIP: map[mac]netip.Addr{}}
 }
 
+// SetConfig replaces the configuration (cfg must be valid).
+func (e *Engine) SetConfig(cfg Config) { e.cfg = cfg }
+
 func windowStart(ns int64, w time.Duration) int64 {
 	d := int64(w)
 	s := ns - ns%d

@@ -364,6 +364,13 @@ func New(cfg Config) *Engine {
 	return &Engine{cfg: cfg, state: map[key]*state{}, nextExpiry: math.MaxInt64, lastScan: math.MinInt64, scanGap: int64(gap)}
 }
 
+// SetConfig replaces the thresholds (cfg must be valid). Open windows keep
+// the length they were opened with; new windows use cfg's.
+func (e *Engine) SetConfig(cfg Config) {
+	e.cfg = cfg
+	e.scanGap = int64(max(cfg.PortscanWindow, cfg.SweepWindow, cfg.FloodWindow, cfg.BruteWindow, cfg.DNSWindow, cfg.DGAWindow, cfg.BeaconWindow))
+}
+
 // Keys is the number of (rule, originator, target, window) states held.
 func (e *Engine) Keys() int { return len(e.state) }
 

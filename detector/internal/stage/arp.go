@@ -79,6 +79,9 @@ func (s *Stage) HandleARP(ctx context.Context, msg jetstream.Msg) {
 		sensor = schema.SensorFromSubject(msg.Subject())
 	}
 	s.arpMu.Lock()
+	if c := s.nextARP.Swap(nil); c != nil {
+		s.arp.SetConfig(*c)
+	}
 	var alerts []*pb.Alert
 	for _, a := range arps {
 		alerts = append(alerts, s.arp.Observe(sensor, a)...)

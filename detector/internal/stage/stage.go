@@ -24,6 +24,7 @@ import (
 	"netwatch/detector/internal/arp"
 	"netwatch/detector/internal/model"
 	"netwatch/detector/internal/output"
+	"netwatch/detector/internal/policy"
 	"netwatch/detector/internal/rules"
 	"netwatch/schema"
 	"netwatch/schema/pb"
@@ -56,6 +57,8 @@ type Metrics struct {
 	ARPMessages   prometheus.Counter
 	ARPFrames     prometheus.Counter
 	ARPTerminated prometheus.Counter
+	Suppressed    *prometheus.CounterVec
+	Reloads       *prometheus.CounterVec
 }
 
 // NewMetrics creates and registers the netwatch_detector_* metrics.
@@ -87,9 +90,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "ARP summaries evaluated by the arp_spoof rule."}),
 		ARPTerminated: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_arp_messages_terminated_total",
 			Help: "PACKETS messages whose protobuf framing or ARP summaries did not decode; terminated."}),
+		Suppressed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netwatch_detector_alerts_suppressed_total",
+			Help: "Alerts not published because an allow entry of the -config file matched, by category."}, []string{"category"}),
+		Reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netwatch_detector_config_reloads_total",
+			Help: "Reloads of the -config file by result: ok, or error (the previous configuration stays)."}, []string{"result"}),
 	}
 	reg.MustRegister(m.Messages, m.Flows, m.Scored, m.ScoreErrors, m.Score, m.Alerts, m.PublishErrors, m.Terminated, m.RuleKeys, m.Lag,
-		m.ARPMessages, m.ARPFrames, m.ARPTerminated)
+		m.ARPMessages, m.ARPFrames, m.ARPTerminated, m.Suppressed, m.Reloads)
+	m.Reloads.WithLabelValues("ok")
+	m.Reloads.WithLabelValues("error")
 	for _, c := range []string{"portscan", "hostsweep", "syn_flood", "udp_flood", "icmp_flood", "amplification", "bruteforce",
 		"dns_tunnel", "dga", "beaconing", "arp_spoof", "anomaly"} {
 		m.Alerts.WithLabelValues(c)
@@ -111,6 +120,10 @@ type Stage struct {
 	arp      *arp.Engine
 	arpMu    sync.Mutex
 	arpReady atomic.Bool
+
+	policy    atomic.Pointer[policy.Policy]
+	nextRules atomic.Pointer[rules.Config]
+	nextARP   atomic.Pointer[arp.Config]
 }
 
 type anomalyKey struct {
@@ -181,9 +194,24 @@ func (s *Stage) Run(ctx context.Context) error {
 	}
 }
 
+// Metrics returns the stage's metrics.
+func (s *Stage) Metrics() *Metrics { return s.m }
+
+// SetPolicy installs a (re)loaded configuration: p's allow-lists apply to
+// the next alert, the thresholds r and a (valid, p's overrides applied) to
+// the next message of each consumer. Safe for concurrent use.
+func (s *Stage) SetPolicy(p *policy.Policy, r rules.Config, a arp.Config) {
+	s.policy.Store(p)
+	s.nextRules.Store(&r)
+	s.nextARP.Store(&a)
+}
+
 // Handle processes one FLOWS message: decode, score, rules, publish, ack.
 func (s *Stage) Handle(ctx context.Context, msg jetstream.Msg) {
 	start := time.Now()
+	if r := s.nextRules.Swap(nil); r != nil {
+		s.engine.SetConfig(*r)
+	}
 	var batch pb.FlowBatch
 	if err := proto.Unmarshal(msg.Data(), &batch); err != nil {
 		s.m.Terminated.Inc()
@@ -241,8 +269,14 @@ func (s *Stage) retract(a *pb.Alert) {
 	s.engine.Retract(a)
 }
 
-// emit publishes one alert to ALERTS, counts and logs it.
+// emit publishes one alert to ALERTS and the outputs, counts and logs
+// it; an alert an allow entry matches is counted as suppressed instead.
 func (s *Stage) emit(ctx context.Context, a *pb.Alert) error {
+	if ok, i := s.policy.Load().Allowed(a); ok {
+		s.m.Suppressed.WithLabelValues(a.GetCategory()).Inc()
+		s.log.Debug("alert suppressed", "alert_id", a.GetId(), "category", a.GetCategory(), "allow_entry", i)
+		return nil
+	}
 	if err := s.publish(ctx, a); err != nil {
 		return err
 	}
