@@ -2,8 +2,8 @@ package flow
 
 import (
 	"math"
+	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"netwatch/enricher/internal/tsharkread"
@@ -82,15 +82,16 @@ func finite(t *testing.T, where string, f *pb.Flow) {
 }
 
 // TestFeaturesEveryCapture runs every shared capture (../shared/data/pcaps
-// and its lab/ folder) through a table with features on: no value is NaN,
-// Inf or negative, and every packet is in exactly one record. The packet
-// summaries come from tshark's fields (an independent decoder), outermost
-// IP header; the agent's tunnel handling is not the point here.
+// and its lab/ folder, merged by mergecap into one file so tshark starts
+// once: 9 s instead of 50) through a table with features on: no value is
+// NaN, Inf or negative, and every packet is in exactly one record. The
+// packet summaries come from tshark's fields (an independent decoder),
+// outermost IP header; the agent's tunnel handling is not the point here.
 func TestFeaturesEveryCapture(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs tshark on every shared capture")
 	}
-	tshark := testkit.Tool(t, "tshark")
+	tshark, mergecap := testkit.Tool(t, "tshark"), testkit.Tool(t, "mergecap")
 	dir := testkit.Pcaps(t)
 	var files []string
 	for _, g := range []string{"*.pcap", "*.pcapng", "lab/*.pcap", "lab/*.pcapng"} {
@@ -100,27 +101,31 @@ func TestFeaturesEveryCapture(t *testing.T) {
 	if len(files) < 40 {
 		t.Fatalf("%d captures in %s", len(files), dir)
 	}
-	for _, file := range files {
-		name := strings.TrimPrefix(file, dir+"/")
-		pkts, err := tsharkread.Summaries(tshark, file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := DefaultConfig()
-		cfg.Features = true
-		var n uint64
-		recs := 0
-		tb := NewTable(cfg, func(r Record) {
-			n += r.Flow.OrigPkts + r.Flow.RespPkts
-			recs++
-			finite(t, name, r.Flow)
-		})
-		for _, p := range pkts {
-			tb.Add(p, nil)
-		}
-		tb.Flush(pb.EndReason_END_EOF)
-		if n != uint64(len(pkts))-tb.Skipped || (n > 0 && recs == 0) {
-			t.Errorf("%s: %d packets in %d records, %d summaries", name, n, recs, len(pkts))
-		}
+	merged := filepath.Join(t.TempDir(), "all.pcapng")
+	if out, err := exec.Command(mergecap, append([]string{"-F", "pcapng", "-w", merged}, files...)...).CombinedOutput(); err != nil {
+		t.Fatalf("mergecap: %v %s", err, out)
+	}
+	pkts, err := tsharkread.Summaries(tshark, merged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pkts) < 100_000 {
+		t.Fatalf("%d IP packets in %d captures", len(pkts), len(files))
+	}
+	cfg := DefaultConfig()
+	cfg.Features = true
+	var n uint64
+	recs := 0
+	tb := NewTable(cfg, func(r Record) {
+		n += r.Flow.OrigPkts + r.Flow.RespPkts
+		recs++
+		finite(t, "shared captures", r.Flow)
+	})
+	for _, p := range pkts {
+		tb.Add(p, nil)
+	}
+	tb.Flush(pb.EndReason_END_EOF)
+	if n != uint64(len(pkts))-tb.Skipped || recs < 1000 {
+		t.Errorf("%d packets in %d records, %d summaries, %d skipped", n, recs, len(pkts), tb.Skipped)
 	}
 }
