@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"netwatch/detector/internal/arp"
+	"netwatch/detector/internal/health"
 	"netwatch/detector/internal/model"
 	"netwatch/detector/internal/output"
 	"netwatch/detector/internal/policy"
@@ -61,9 +62,11 @@ type Config struct {
 	ARP            arp.Config
 	FetchBatch     int
 	Replicas       int
-	ConfigFile     string // -config
-	Webhook        string // -output.webhook
-	Syslog         string // -output.syslog
+	Health         health.Config
+	HealthCheck    time.Duration // -health.check; 0 turns the health rules off
+	ConfigFile     string        // -config
+	Webhook        string        // -output.webhook
+	Syslog         string        // -output.syslog
 }
 
 func (c *Config) register(fs *flag.FlagSet) {
@@ -74,6 +77,15 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.Float64Var(&c.ModelThreshold, "model.threshold", 0.95, "model score (attack probability, 0..1) that makes a flow anomalous")
 	fs.DurationVar(&c.ModelWindow, "model.window", time.Minute, "at most one anomaly alert per originator, responder and window (packet time)")
 	registerThresholds(fs, &c.Rules, &c.ARP)
+	dh := health.DefaultConfig()
+	fs.Float64Var(&c.Health.SilentIntervals, "health.silent-intervals", dh.SilentIntervals, "a sensor is silent after this many of its METRICS intervals without a message")
+	fs.DurationVar(&c.Health.MinInterval, "health.min-interval", dh.MinInterval, "floor of a sensor's METRICS interval estimate")
+	fs.Float64Var(&c.Health.DropRatio, "health.drop-ratio", dh.DropRatio, "capture drops / (received + drops) between two samples that raise a health alert")
+	fs.Uint64Var(&c.Health.DropMin, "health.drop-min", dh.DropMin, "and at least this many drops between the two samples")
+	fs.Float64Var(&c.Health.DiskRatio, "health.disk-ratio", dh.DiskRatio, "used / total of a monitored host's file system that raises a health alert")
+	fs.Uint64Var(&c.Health.LagPending, "health.lag-pending", dh.LagPending, "messages pending on a durable consumer of the pipeline that raise a health alert")
+	fs.DurationVar(&c.Health.Window, "health.window", dh.Window, "one health alert per rule, sensor and target per window (wall clock)")
+	fs.DurationVar(&c.HealthCheck, "health.check", 10*time.Second, "how often silence and consumer lag are checked; 0 turns the health rules off")
 	fs.StringVar(&c.Webhook, "output.webhook", "", "also POST every alert as JSON to this http(s) URL (bounded queue, retries with backoff)")
 	fs.StringVar(&c.Syslog, "output.syslog", "", "also send every alert as an RFC 5424 syslog message to udp://host:port, tcp://host:port or host:port (UDP)")
 	fs.IntVar(&c.FetchBatch, "consume.batch", 256, "FLOWS messages per pull request")
@@ -137,6 +149,11 @@ func thresholds(p *policy.Policy, baseRules rules.Config, baseARP arp.Config) (r
 // Validate reports every invalid field.
 func (c *Config) Validate() error {
 	errs := []error{c.Common.Validate(), c.Rules.Validate(), c.ARP.Validate()}
+	if c.HealthCheck < 0 {
+		errs = append(errs, fmt.Errorf("-health.check %s: want >= 0", c.HealthCheck))
+	} else if c.HealthCheck > 0 {
+		errs = append(errs, c.Health.Validate())
+	}
 	if c.ModelThreshold < 0 || c.ModelThreshold > 1 {
 		errs = append(errs, fmt.Errorf("-model.threshold %v: want 0..1", c.ModelThreshold))
 	}
@@ -323,19 +340,27 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 		httpErr <- ops.Serve(httpCtx, cfg.HTTPAddr, ops.Handler(reg, st.Ready), log.With("component", "http"))
 	}()
 
-	runErr := make(chan error, 2)
+	runs := 2
+	runErr := make(chan error, 3)
 	go func() { runErr <- st.Run(ctx) }()
 	go func() { runErr <- st.RunARP(ctx, cfg.Replicas) }()
+	if cfg.HealthCheck > 0 {
+		runs++
+		go func() { runErr <- st.RunHealth(ctx, cfg.Health, cfg.HealthCheck) }()
+	}
 	select {
 	case err = <-runErr:
-		cancel() // one consumer stopped: stop the other
-		if err2 := <-runErr; err == nil {
-			err = err2
+		cancel() // one consumer stopped: stop the others
+		for i := 1; i < runs; i++ {
+			if err2 := <-runErr; err == nil {
+				err = err2
+			}
 		}
 	case err = <-httpErr:
 		cancel()
-		<-runErr
-		<-runErr
+		for i := 0; i < runs; i++ {
+			<-runErr
+		}
 	}
 	// Data-flow order: intake stopped (Run returned, alerts published
 	// synchronously), then flush the outputs (5 s at most), then NATS,

@@ -40,6 +40,8 @@ func TestCheckConfig(t *testing.T) {
 		{"-check-config", "-output.webhook", "http://"},
 		{"-check-config", "-output.syslog", "tls://h:6514"},
 		{"-check-config", "-output.syslog", "nohostport"},
+		{"-check-config", "-health.disk-ratio", "1.5"},
+		{"-check-config", "-health.check", "-1s"},
 	} {
 		if err := run(args, &out, getenv); err == nil {
 			t.Errorf("%v: no error", args)

@@ -59,6 +59,7 @@ type Metrics struct {
 	ARPTerminated prometheus.Counter
 	Suppressed    *prometheus.CounterVec
 	Reloads       *prometheus.CounterVec
+	HealthBad     prometheus.Counter
 }
 
 // NewMetrics creates and registers the netwatch_detector_* metrics.
@@ -94,13 +95,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Alerts not published because an allow entry of the -config file matched, by category."}, []string{"category"}),
 		Reloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netwatch_detector_config_reloads_total",
 			Help: "Reloads of the -config file by result: ok, or error (the previous configuration stays)."}, []string{"result"}),
+		HealthBad: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_metrics_undecodable_total",
+			Help: "METRICS messages the health rules could not decode (skipped)."}),
 	}
 	reg.MustRegister(m.Messages, m.Flows, m.Scored, m.ScoreErrors, m.Score, m.Alerts, m.PublishErrors, m.Terminated, m.RuleKeys, m.Lag,
-		m.ARPMessages, m.ARPFrames, m.ARPTerminated, m.Suppressed, m.Reloads)
+		m.ARPMessages, m.ARPFrames, m.ARPTerminated, m.Suppressed, m.Reloads, m.HealthBad)
 	m.Reloads.WithLabelValues("ok")
 	m.Reloads.WithLabelValues("error")
 	for _, c := range []string{"portscan", "hostsweep", "syn_flood", "udp_flood", "icmp_flood", "amplification", "bruteforce",
-		"dns_tunnel", "dga", "beaconing", "arp_spoof", "anomaly"} {
+		"dns_tunnel", "dga", "beaconing", "arp_spoof", "health", "anomaly"} {
 		m.Alerts.WithLabelValues(c)
 	}
 	return m

@@ -1,0 +1,80 @@
+package health
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"netwatch/schema/pb"
+)
+
+func sample(sensor string, at time.Time, received, dropped uint64, used uint64) *pb.Metrics {
+	return &pb.Metrics{Sensor: sensor, Host: "h1", Boot: "b1", TimeNs: at.UnixNano(),
+		Captures: []*pb.CaptureStats{{Source: "eth0", Received: received, Dropped: dropped}},
+		Disks:    []*pb.DiskUsage{{Mount: "/", TotalBytes: 1000, UsedBytes: used}}}
+}
+
+func TestSilent(t *testing.T) {
+	m := New(DefaultConfig())
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	m.Observe(sample("s1", t0, 0, 0, 0), t0)
+	if n := len(m.CheckSilent(t0.Add(time.Hour))); n != 0 {
+		t.Fatalf("one sample: %d alerts (interval unknown)", n)
+	}
+	m.Observe(sample("s1", t0.Add(10*time.Second), 0, 0, 0), t0.Add(10*time.Second)) // interval 10 s
+	last := t0.Add(10 * time.Second)
+	if n := len(m.CheckSilent(last.Add(30 * time.Second))); n != 0 {
+		t.Errorf("3 intervals exactly: %d alerts", n)
+	}
+	got := m.CheckSilent(last.Add(31 * time.Second))
+	if len(got) != 1 || got[0].Rule != RuleSilent || got[0].Category != "health" || got[0].Sensor != "s1" ||
+		!strings.Contains(string(got[0].Evidence), `"interval_seconds":10`) {
+		t.Fatalf("silent: %v", got)
+	}
+	if n := len(m.CheckSilent(last.Add(40 * time.Second))); n != 0 {
+		t.Errorf("same silence alerted again: %d", n)
+	}
+	// Back, then silent again in a later window: a new alert.
+	back := last.Add(15 * time.Minute)
+	m.Observe(sample("s1", back, 0, 0, 0), back)
+	if got := m.CheckSilent(back.Add(15 * time.Minute)); len(got) != 1 {
+		t.Errorf("second silence: %d alerts", len(got))
+	}
+}
+
+func TestDropsAndDisk(t *testing.T) {
+	m := New(DefaultConfig())
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(i int) time.Time { return t0.Add(time.Duration(i) * 10 * time.Second) }
+	cases := []struct {
+		received, dropped, used uint64
+		rules                   []string
+	}{
+		{1000, 0, 500, nil},                    // first sample: no delta
+		{11000, 99, 500, nil},                  // 99 drops: below DropMin
+		{21000, 199, 500, nil},                 // 100 of 10,100: 0.99 %
+		{31000, 400, 500, []string{RuleDrops}}, // 201 of 10,201: 1.97 %
+		{41000, 700, 900, []string{RuleDisk}},  // drops again, same window: once; disk 90 %
+		{51000, 700, 950, nil},                 // disk still full, same window
+		{100, 0, 100, nil},                     // counters went back (agent restarted, same boot): skipped
+	}
+	for i, c := range cases {
+		got := m.Observe(sample("s1", at(i), c.received, c.dropped, c.used), at(i))
+		var rules []string
+		for _, a := range got {
+			rules = append(rules, a.Rule)
+		}
+		if strings.Join(rules, ",") != strings.Join(c.rules, ",") {
+			t.Errorf("sample %d: rules %v, want %v", i, rules, c.rules)
+		}
+	}
+}
+
+func TestLag(t *testing.T) {
+	m := New(DefaultConfig())
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	got := m.CheckLag([]Lag{{Stream: "FLOWS", Consumer: "detector", Pending: 99_999}, {Stream: "FLOWS", Consumer: "sink-flows", Pending: 100_000, AckPending: 5}}, now)
+	if len(got) != 1 || got[0].Sensor != SystemSensor || !strings.Contains(got[0].Summary, "sink-flows") {
+		t.Fatalf("lag: %v", got)
+	}
+}
