@@ -69,20 +69,26 @@ func decodeFile(t *testing.T, name string) map[int]*decoded {
 	}
 }
 
-// tsharkRows runs tshark with a display filter and fields, every occurrence
-// of a field joined by ",", and returns the rows by frame number (the first
-// field must be frame.number).
+// tsharkRows runs tshark on a shared capture with a display filter and
+// fields, every occurrence of a field joined by ",", and returns the rows by
+// frame number (the first field must be frame.number).
 func tsharkRows(t *testing.T, name, filter string, fields ...string) map[int][]string {
 	t.Helper()
+	return tsharkRowsFile(t, filepath.Join(testkit.Pcaps(t), name), filter, fields...)
+}
+
+// tsharkRowsFile is tsharkRows for any capture file.
+func tsharkRowsFile(t *testing.T, file, filter string, fields ...string) map[int][]string {
+	t.Helper()
 	tshark := testkit.Tool(t, "tshark")
-	args := []string{"-r", filepath.Join(testkit.Pcaps(t), name), "-Y", filter, "-T", "fields",
+	args := []string{"-r", file, "-Y", filter, "-T", "fields",
 		"-E", "occurrence=a", "-E", "aggregator=,", "-E", "separator=/t"}
 	for _, f := range fields {
 		args = append(args, "-e", f)
 	}
 	out, err := exec.Command(tshark, args...).Output()
 	if err != nil {
-		t.Fatalf("tshark %s: %v", name, err)
+		t.Fatalf("tshark %s: %v", file, err)
 	}
 	rows := map[int][]string{}
 	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
@@ -116,6 +122,36 @@ func hexList(t *testing.T, s string) []uint16 {
 		out = append(out, uint16(n))
 	}
 	return out
+}
+
+// sigAlgs13 picks the signature algorithms of the signature_algorithms
+// extension (13) out of tshark's tls.handshake.sig_hash_alg values, which
+// also holds those of signature_algorithms_cert (50) and
+// delegated_credentials (34), in extension order; lens are the lists'
+// byte lengths (tls.handshake.sig_hash_alg_len). JA4 uses extension 13's
+// list only, as FoxIO's implementation does.
+func sigAlgs13(types []uint16, lens string, all []uint16) []uint16 {
+	var idx []int
+	for _, l := range strings.Split(lens, ",") {
+		if n, err := strconv.Atoi(l); err == nil {
+			idx = append(idx, n/2)
+		}
+	}
+	at, k := 0, 0
+	for _, typ := range types {
+		if typ != 13 && typ != 50 && typ != 34 {
+			continue
+		}
+		if k >= len(idx) || at+idx[k] > len(all) {
+			return nil
+		}
+		if typ == 13 {
+			return all[at : at+idx[k]]
+		}
+		at += idx[k]
+		k++
+	}
+	return nil
 }
 
 // referenceJA4 computes JA4 from tshark's fields, written from the FoxIO
@@ -189,7 +225,8 @@ func referenceJA4(proto string, version uint16, supported []uint16, sni bool, ci
 func TestClientHelloTshark(t *testing.T) {
 	fields := []string{"frame.number", "tls.handshake.extensions_server_name", "tls.handshake.extensions_alpn_str",
 		"tls.handshake.ja3_full", "tls.handshake.ja3", "tls.handshake.ciphersuite", "tls.handshake.extension.type",
-		"tls.handshake.sig_hash_alg", "tls.handshake.extensions.supported_version", "tls.handshake.version", "quic.version"}
+		"tls.handshake.sig_hash_alg", "tls.handshake.extensions.supported_version", "tls.handshake.version", "quic.version",
+		"tls.handshake.sig_hash_alg_len"}
 	total := 0
 	for _, c := range []struct {
 		file, proto string
@@ -226,8 +263,9 @@ func TestClientHelloTshark(t *testing.T) {
 				if len(l.TLSALPN) > 0 {
 					alpn = strings.Split(r[2], ",")[0]
 				}
-				want := referenceJA4(c.proto, ver[0], hexList(t, r[8]), r[1] != "", hexList(t, r[5]), hexList(t, r[6]),
-					hexList(t, r[7]), alpn)
+				exts := hexList(t, r[6])
+				want := referenceJA4(c.proto, ver[0], hexList(t, r[8]), r[1] != "", hexList(t, r[5]), exts,
+					sigAlgs13(exts, r[11], hexList(t, r[7])), alpn)
 				if l.JA4 != want {
 					t.Errorf("frame %d: JA4 %q, from tshark's fields %q", n, l.JA4, want)
 				}
