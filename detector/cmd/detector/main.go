@@ -337,7 +337,11 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	defer stopHTTP()
 	httpErr := make(chan error, 1)
 	go func() {
-		httpErr <- ops.Serve(httpCtx, cfg.HTTPAddr, ops.Handler(reg, st.Ready), log.With("component", "http"))
+		// Serve returns nil at once when -http.addr is empty: only a
+		// failure stops the detector.
+		if err := ops.Serve(httpCtx, cfg.HTTPAddr, ops.Handler(reg, st.Ready), log.With("component", "http")); err != nil {
+			httpErr <- err
+		}
 	}()
 
 	runs := 2

@@ -2,10 +2,27 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	"netwatch/schema"
+	"netwatch/schema/pb"
+	"netwatch/testkit"
 
 	"netwatch/detector/internal/arp"
 	"netwatch/detector/internal/policy"
@@ -107,4 +124,102 @@ func TestConfigFile(t *testing.T) {
 	if err != nil || r.PortscanPorts != 60 || r.BeaconMaxCV != 0.1 || a.Replies != 40 || r.SynFloodPkts != 1000 {
 		t.Errorf("thresholds: %v ports %d cv %v replies %d", err, r.PortscanPorts, r.BeaconMaxCV, a.Replies)
 	}
+}
+
+// TestRunEndToEnd runs the service (run, as main does) on an in-process
+// JetStream with -config, -output.webhook and a real local HTTP server:
+// an ARP poisoning batch on PACKETS reaches the webhook; after the config
+// file allows arp_spoof (reloaded by fsnotify), a second poisoning in a
+// later window does not; SIGTERM stops it cleanly.
+func TestRunEndToEnd(t *testing.T) {
+	url, _, js := testkit.JetStream(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "detector.yaml")
+	if err := os.WriteFile(cfgPath, []byte("thresholds: {arp.replies: 30}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hooked := make(chan map[string]any, 8)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var doc map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&doc)
+		hooked <- doc
+	}))
+	defer srv.Close()
+	done := make(chan error, 1)
+	var logs bytes.Buffer
+	go func() {
+		done <- run([]string{"-nats.url", url, "-http.addr", "", "-config", cfgPath, "-output.webhook", srv.URL,
+			"-health.check", "0", "-log.level", "debug"}, &lockedWriter{w: &logs}, func(string) string { return "" })
+	}()
+	stopped := false
+	defer func() {
+		if !stopped {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+			<-done
+		}
+	}()
+	hw := func(s string) []byte { m, _ := net.ParseMAC(s); return m }
+	poison := func(seq uint64, at int64) {
+		b := &pb.PacketBatch{Sensor: "e2e", Boot: "b", Seq: seq, Arp: []*pb.ArpSummary{
+			{TsNs: at, Op: 1, SenderMac: hw("02:00:00:00:00:66"), SenderIp: []byte{10, 0, 0, 66}, TargetMac: make([]byte, 6), TargetIp: []byte{10, 0, 0, 1}},
+			{TsNs: at + 1e9, Op: 2, SenderMac: hw("02:00:00:00:00:66"), SenderIp: []byte{10, 0, 0, 1}, TargetMac: hw("02:00:00:00:00:20"), TargetIp: []byte{10, 0, 0, 20}},
+		}}
+		data, _ := proto.Marshal(b)
+		m := &nats.Msg{Subject: schema.PacketsSubject("e2e", 1), Data: data, Header: nats.Header{}}
+		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("e2e.%d", seq))
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t0 := time.Date(2026, 1, 1, 0, 0, 10, 0, time.UTC).UnixNano()
+	// The service provisions the streams and creates detector-arp; wait for it.
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		_, err := js.Consumer(ctx, schema.StreamPackets, "detector-arp")
+		return err == nil
+	}, "detector-arp consumer not created")
+	poison(1, t0)
+	select {
+	case doc := <-hooked:
+		if doc["category"] != "arp_spoof" || doc["sensor"] != "e2e" || doc["resp_addr"] != "10.0.0.1" {
+			t.Errorf("webhook got %v", doc)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no webhook delivery; logs:\n%s", logs.String())
+	}
+	if err := os.WriteFile(cfgPath, []byte("allow: [{rules: [arp_spoof]}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), "config reloaded") }, "config not reloaded")
+	poison(2, t0+int64(2*time.Minute)) // a later window: would alert again
+	testkit.Eventually(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), "alert suppressed") }, "second alert not suppressed")
+	select {
+	case doc := <-hooked:
+		t.Errorf("suppressed alert reached the webhook: %v", doc)
+	default:
+	}
+	stopped = true
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not stop on SIGTERM")
+	}
+}
+
+// lockedWriter serialises writes of the service's logger and the test's reads.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
