@@ -2,6 +2,7 @@
 #
 #   make run [PCAP=file] [CAPTURE_INTERFACE=eth0] [DATABASE_URL=...]   start everything
 #   make test                     every test of every module (installs what is missing)
+#   make test-multihost           the fleet: credentials, a 3-node cluster losing a node, deploy/ checks
 #   make build                    every binary into bin/ (and the dashboard)
 #   make bench                    end-to-end throughput next to nfpcapd, argus and tshark
 #   make lint | proto | setup | pg | clean
@@ -25,7 +26,7 @@ MAINS      = $(shell $(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}
                $(foreach s,$(SERVICES),./$(s)/cmd/...) 2>/dev/null)
 PROTOC_GEN_GO_VERSION := v1.36.12
 
-.PHONY: all build web test run bench proto clean lint setup pg help
+.PHONY: all build web test test-multihost run bench proto clean lint setup pg help
 all: build
 
 help:
@@ -62,11 +63,17 @@ build: web
 	  echo "build: go build -trimpath -o bin/ $$(echo $$mains | tr '\n' ' ')"; \
 	  $(GO) build -trimpath -o bin/ $$mains; \
 	fi
+	@echo "build: go build -trimpath -o bin/ ./ctl/cmd/netwatchctl"; $(GO) build -trimpath -o bin/ ./ctl/cmd/netwatchctl
 	@ls bin/
 
 ## test: every test of every module; under CI=true a test that needs PostgreSQL fails, not skips
 test: setup pg build
 	@scripts/test.sh $(MODULES)
+
+## test-multihost: the fleet on one machine: ctl/fleet (JWT credentials, 3-node cluster losing a node,
+# and with root the network-namespace harness) and ctl/deploytest (deploy/ checked)
+test-multihost: setup build
+	@cd ctl && NETWATCH_MULTIHOST=1 $(GO) test -count=1 -timeout 20m -v ./fleet/ ./deploytest/
 
 ## lint: go vet every module
 lint:
