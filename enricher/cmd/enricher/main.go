@@ -206,6 +206,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		return fmt.Errorf("provision: %w", err)
 	}
 	reg := ops.NewRegistry()
+	cfg.Stage.Replicas = cfg.Replicas
 	stage := consume.New(js, cfg.Stage, log.With("component", "consume"), consume.NewMetrics(reg))
 	hctx, hcancel := context.WithCancel(context.Background())
 	httpDone := make(chan error, 1)

@@ -43,7 +43,19 @@ type Config struct {
 	KeepAlive     time.Duration  // InProgress interval for held messages (30 s; AckWait is 2 min)
 	ShutdownFlush bool           // on shutdown, end open flows as END_SHUTDOWN and ack (see README)
 	DrainTimeout  time.Duration  // longest wait for publish acks at shutdown (30 s)
+	Replicas      int            // replicas of the checkpoint key-value bucket when it is created (-nats.replicas)
 }
+
+// CheckpointBucket is the JetStream key-value bucket of the enricher's flow
+// checkpoints (group mode): key <group>.<sensor>.<bucket>.<flow key hash>,
+// value a flow.FlowState as JSON. Entries expire after CheckpointTTL.
+const CheckpointBucket = "ENRICHER_FLOWS"
+
+// CheckpointTTL is how long a checkpoint is kept: it is needed until the
+// flow's messages are acked (at most the active or idle timeout plus AckWait
+// after it is written) or, after a crash, until the bucket is taken over
+// again; a day covers an instance down overnight.
+const CheckpointTTL = 24 * time.Hour
 
 // Group selects consumption through an elastic partitioned consumer group
 // (github.com/synadia-io/orbit.go/pcgroups) instead of the single durable:
@@ -93,6 +105,7 @@ type Metrics struct {
 	Backwards   prometheus.Counter
 	Seconds     prometheus.Counter
 	Late        prometheus.Counter
+	Replayed    prometheus.Counter
 }
 
 // NewMetrics registers the stage's metrics on reg.
@@ -122,21 +135,25 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "TrafficCounters messages (one sensor second each) emitted to COUNTERS."}),
 		Late: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_enricher_counters_late_packets_total",
 			Help: "Packet summaries that arrived after their second's counters were emitted (in flows, not in COUNTERS)."}),
+		Replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_enricher_packets_replayed_total",
+			Help: "Redelivered packet summaries skipped because a flow checkpoint says they are in published records."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Packets, m.Batches, m.Flows, m.ActiveFlows, m.Held, m.PubBatches, m.PubErrors, m.Skipped,
-			m.Evicted, m.Backwards, m.Seconds, m.Late)
+			m.Evicted, m.Backwards, m.Seconds, m.Late, m.Replayed)
 	}
 	return m
 }
 
 // held is one PACKETS message kept unacked while flows hold its packets.
+// msg and done are guarded by Stage.mu.
 type held struct {
-	s   *Stage
-	seq uint64 // stream sequence
-	n   atomic.Int32
-	mu  sync.Mutex
-	msg jetstream.Msg
+	s    *Stage
+	b    *bucketState
+	seq  uint64 // stream sequence
+	n    atomic.Int32
+	msg  jetstream.Msg // nil while a message read from the stream (Stage.sync) waits for its delivery
+	done bool          // every record and second holding its packets is published
 }
 
 func (h *held) Retain() { h.n.Add(1) }
@@ -145,13 +162,52 @@ func (h *held) release() {
 	if h.n.Add(-1) != 0 {
 		return
 	}
-	h.mu.Lock()
-	m := h.msg
-	h.mu.Unlock()
-	if err := m.Ack(); err != nil {
-		h.s.log.Warn("ack packets", "stream_seq", h.seq, "err", err)
+	s := h.s
+	s.mu.Lock()
+	h.done = true
+	s.advance(h.b)
+	n := len(s.held)
+	s.mu.Unlock()
+	s.m.Held.Set(float64(n))
+}
+
+// bucketState is one PACKETS subject (one (sensor, bucket)): its messages
+// in stream order from the oldest not yet acked.
+type bucketState struct {
+	subj    string
+	synced  bool              // the bucket's older messages were read from the stream (group mode)
+	last    uint64            // stream sequence of the last message processed
+	queue   []*held           // processed and not acked, in stream order (guarded by Stage.mu)
+	resume  []*flow.FlowState // checkpoints to give the bucket's next table
+	dropped bool              // the partition moved to another member: ack nothing more
+}
+
+// advance acks the bucket's messages that are done. In group mode acks are
+// cumulative per bucket: a message is acked only when it and every earlier
+// message of its bucket are done, so after a crash the bucket's unacked
+// messages are a suffix of its stream order (see README "Crash and
+// membership changes"). With the durable a done message is acked at once.
+// Called with s.mu held.
+func (s *Stage) advance(b *bucketState) {
+	if b.dropped {
+		return
 	}
-	h.s.unhold(h)
+	ordered := s.cfg.Group.Name != ""
+	keep := b.queue[:0]
+	blocked := false
+	for _, h := range b.queue {
+		if blocked || !h.done || h.msg == nil {
+			keep = append(keep, h)
+			blocked = blocked || ordered
+			continue
+		}
+		if err := h.msg.Ack(); err != nil {
+			s.log.Warn("ack packets", "stream_seq", h.seq, "err", err)
+		}
+		delete(s.held, h.seq)
+	}
+	clear(b.queue[len(keep):])
+	b.queue = keep
 }
 
 type tableKey struct {
@@ -184,8 +240,12 @@ type Stage struct {
 	limit   flow.Limit
 	pub     *publish.Publisher
 
-	mu   sync.Mutex
-	held map[uint64]*held
+	mu      sync.Mutex
+	held    map[uint64]*held
+	buckets map[string]*bucketState // by PACKETS subject; used by the Run goroutine only
+	wq      jetstream.Stream        // group mode: the group's work-queue stream
+	kv      jetstream.KeyValue      // group mode: flow checkpoints
+	epoch   int64                   // group mode: creation time of the work-queue stream (Unix ns)
 
 	flowsBy [7]prometheus.Counter // Metrics.Flows by pb.EndReason
 	okBatch prometheus.Counter    // Metrics.Batches{result="ok"}
@@ -215,7 +275,7 @@ func New(js jetstream.JetStream, cfg Config, log *slog.Logger, m *Metrics) *Stag
 		cfg.Instance = "enricher"
 	}
 	s := &Stage{js: js, cfg: cfg, log: log, m: m, tables: map[tableKey]*table{}, sensors: map[string]*sensorState{},
-		held: map[uint64]*held{}, limit: flow.Limit{Max: cfg.MaxFlows}}
+		held: map[uint64]*held{}, buckets: map[string]*bucketState{}, limit: flow.Limit{Max: cfg.MaxFlows}}
 	for r := range s.flowsBy {
 		s.flowsBy[r] = m.Flows.WithLabelValues(reasonLabel(pb.EndReason(r)))
 	}
@@ -231,14 +291,6 @@ func (s *Stage) Ready() error {
 	return nil
 }
 
-func (s *Stage) unhold(h *held) {
-	s.mu.Lock()
-	delete(s.held, h.seq)
-	n := len(s.held)
-	s.mu.Unlock()
-	s.m.Held.Set(float64(n))
-}
-
 // Run consumes until ctx ends, then shuts down in data-flow order: stop
 // intake, flush (ShutdownFlush) or keep open flows, wait for publish acks.
 func (s *Stage) Run(ctx context.Context) error {
@@ -248,18 +300,19 @@ func (s *Stage) Run(ctx context.Context) error {
 		if cons, err = s.js.Consumer(ctx, schema.StreamPackets, schema.ConsumerEnricher); err != nil {
 			return fmt.Errorf("bind consumer %s: %w", schema.ConsumerEnricher, err)
 		}
-	} else if err := JoinGroup(ctx, s.js, s.cfg.Group); err != nil {
-		return err
+	} else {
+		if err := JoinGroup(ctx, s.js, s.cfg.Group); err != nil {
+			return err
+		}
+		if err := s.openCheckpoints(ctx); err != nil {
+			return err
+		}
 	}
 	// Publishing outlives ctx by up to DrainTimeout so the last records get out.
 	pctx, pcancel := context.WithCancel(context.Background())
 	defer pcancel()
 	s.pub = publish.New(pctx, s.js, s.cfg.Publish, s.log.With("component", "publish"),
-		publish.Metrics{Batches: s.m.PubBatches, Errors: s.m.PubErrors}, func(refs []flow.Ref) {
-			for _, r := range refs {
-				r.(*held).release()
-			}
-		})
+		publish.Metrics{Batches: s.m.PubBatches, Errors: s.m.PubErrors}, func(refs []flow.Ref) { s.released(pctx, refs) })
 	msgs := make(chan jetstream.Msg, s.cfg.PullBatch)
 	stopIntake, err := s.intake(ctx, cons, msgs)
 	if err != nil {
@@ -333,9 +386,9 @@ loop:
 	s.mu.Lock()
 	n := len(s.held)
 	for _, h := range s.held {
-		h.mu.Lock()
-		_ = h.msg.Nak()
-		h.mu.Unlock()
+		if h.msg != nil {
+			_ = h.msg.Nak()
+		}
 	}
 	s.mu.Unlock()
 	s.m.ActiveFlows.Set(0)
@@ -412,38 +465,96 @@ func (s *Stage) handle(m jetstream.Msg) {
 		_ = m.Term()
 		return
 	}
-	seq := meta.Sequence.Stream
+	seq, subj := meta.Sequence.Stream, m.Subject()
+	bs := s.buckets[subj]
 	s.mu.Lock()
 	if h, ok := s.held[seq]; ok {
-		// Redelivered while we still hold it (its AckWait passed): keep the
-		// newest handle, its packets are already in the tables.
-		h.mu.Lock()
+		// Redelivered while we still hold it (its AckWait passed, or it was
+		// read from the stream before its delivery): keep the newest
+		// handle, its packets are already in the tables.
 		h.msg = m
-		h.mu.Unlock()
+		s.advance(h.b)
 		s.mu.Unlock()
 		s.m.Batches.WithLabelValues("redelivered").Inc()
 		return
 	}
 	s.mu.Unlock()
-	var b pb.PacketBatch
-	if err := proto.Unmarshal(m.Data(), &b); err != nil {
-		s.m.Batches.WithLabelValues("undecodable").Inc()
-		s.log.Warn("undecodable packet batch", "subject", m.Subject(), "stream_seq", seq, "err", err)
-		_ = m.TermWithReason("undecodable PacketBatch")
+	if bs != nil && bs.synced && seq <= bs.last {
+		// Processed and acked before (the ack was lost, e.g. with a
+		// re-created group consumer): ack it again.
+		_ = m.Ack()
+		s.m.Batches.WithLabelValues("redelivered").Inc()
 		return
 	}
-	s.okBatch.Inc()
-	sensor := schema.SensorFromSubject(m.Subject()) // authoritative: sensors may publish only under their own subjects
-	if sensor == "" {
-		sensor = b.Sensor
+	if bs == nil {
+		bs = &bucketState{subj: subj}
+		s.buckets[subj] = bs
 	}
-	h := &held{s: s, seq: seq, msg: m}
+	if s.wq != nil && !bs.synced {
+		s.sync(bs, seq)
+	}
+	s.process(bs, seq, m.Data(), m)
+}
+
+// sync prepares a bucket of the consumer group the first time this
+// instance gets one of its messages (at start or when its partition moves
+// here): it loads the bucket's checkpoints and processes the bucket's
+// messages older than seq from the work-queue stream (they are not acked:
+// held by a crashed or former owner, they are delivered here only after
+// their AckWait, out of stream order).
+func (s *Stage) sync(bs *bucketState, seq uint64) {
+	bs.synced = true
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	states, err := s.loadCheckpoints(ctx, bs.subj)
+	if err != nil {
+		s.log.Warn("load flow checkpoints: flows open at a crash may be counted twice", "subject", bs.subj, "err", err)
+	}
+	bs.resume = states
+	filter := "*." + bs.subj // the group's stream prefixes the partition
+	for from := uint64(1); ; {
+		raw, err := s.wq.GetMsg(ctx, from, jetstream.WithGetMsgSubject(filter))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return
+		}
+		if err != nil {
+			s.log.Warn("read older packet batches: flows open at a crash may be counted twice", "subject", bs.subj, "err", err)
+			return
+		}
+		if raw.Sequence >= seq {
+			return
+		}
+		s.process(bs, raw.Sequence, raw.Data, nil)
+		from = raw.Sequence + 1
+	}
+}
+
+// process accounts one PACKETS message of bucket bs; m is nil for a
+// message read from the stream (acked when its delivery comes).
+func (s *Stage) process(bs *bucketState, seq uint64, data []byte, m jetstream.Msg) {
+	if seq > bs.last {
+		bs.last = seq
+	}
+	h := &held{s: s, b: bs, seq: seq, msg: m}
 	h.n.Store(1) // held while this message is processed
 	s.mu.Lock()
 	s.held[seq] = h
+	bs.queue = append(bs.queue, h)
 	nh := len(s.held)
 	s.mu.Unlock()
 	s.m.Held.Set(float64(nh))
+	var b pb.PacketBatch
+	if err := proto.Unmarshal(data, &b); err != nil {
+		s.m.Batches.WithLabelValues("undecodable").Inc()
+		s.log.Warn("undecodable packet batch", "subject", bs.subj, "stream_seq", seq, "err", err)
+		h.release() // acked (in its turn): nothing to account
+		return
+	}
+	s.okBatch.Inc()
+	sensor := schema.SensorFromSubject(bs.subj) // authoritative: sensors may publish only under their own subjects
+	if sensor == "" {
+		sensor = b.Sensor
+	}
 
 	ss := s.sensors[sensor]
 	if ss == nil {
@@ -459,7 +570,14 @@ func (s *Stage) handle(m jetstream.Msg) {
 	if t == nil {
 		cfg := s.cfg.Flow
 		cfg.Sensor, cfg.Names, cfg.Limit = sensor, ss.names, &s.limit
-		t = &table{t: flow.NewTable(cfg, s.emit)}
+		cfg.Checkpoints, cfg.Epoch = s.kv != nil, s.epoch
+		prefix := ""
+		if s.kv != nil {
+			prefix = s.keyPrefix(bs.subj)
+		}
+		t = &table{t: flow.NewTable(cfg, func(r flow.Record) { s.emit(r, prefix) })}
+		t.t.Resume(bs.resume)
+		bs.resume = nil
 		s.tables[k] = t
 	}
 	t.wallMark = now
@@ -475,18 +593,19 @@ func (s *Stage) handle(m jetstream.Msg) {
 			ss.buckets[b.Bucket] = now
 		}
 	}
-	skipped, back, evicted, late := t.t.Skipped, t.t.Backwards, t.t.Evicted, uint64(0)
+	skipped, back, evicted, replayed, late := t.t.Skipped, t.t.Backwards, t.t.Evicted, t.t.Replayed, uint64(0)
 	if ss.counters != nil {
 		late = ss.counters.Late
 	}
-	for _, p := range b.Packets {
-		t.t.Add(p, h)
+	for i, p := range b.Packets {
+		t.t.AddAt(p, h, flow.Pos{Seq: seq, Idx: uint32(i)})
 		ss.counters.Add(p, b.Bucket, h)
 	}
 	s.m.Packets.Add(float64(len(b.Packets)))
 	s.m.Skipped.Add(float64(t.t.Skipped - skipped))
 	s.m.Backwards.Add(float64(t.t.Backwards - back))
 	s.m.Evicted.Add(float64(t.t.Evicted - evicted))
+	s.m.Replayed.Add(float64(t.t.Replayed - replayed))
 	if ss.counters != nil {
 		s.m.Late.Add(float64(ss.counters.Late - late))
 	}
@@ -521,7 +640,14 @@ func (s *Stage) emitCounters(c *pb.TrafficCounters, refs []flow.Ref) {
 	s.pub.Send(schema.CountersSubject(c.Sensor), counters.MsgID(c.Sensor, s.cfg.Instance, c.SecondNs), data, refs)
 }
 
-func (s *Stage) emit(r flow.Record) {
+// emit hands a record to the publisher; prefix is the key prefix of its
+// bucket's checkpoints (group mode).
+func (s *Stage) emit(r flow.Record, prefix string) {
+	if cp := r.Checkpoint; cp != nil && s.kv != nil {
+		// The checkpoint is stored once the record is published, and the
+		// record's messages are released after that (Stage.released).
+		r.Refs = []flow.Ref{&cpRef{key: prefix + cp.Key, data: cp.Data, refs: r.Refs}}
+	}
 	if r := int(r.Flow.EndReason); r >= 0 && r < len(s.flowsBy) {
 		s.flowsBy[r].Inc()
 	} else {
@@ -566,15 +692,14 @@ func (s *Stage) tick(now time.Time) {
 
 func (s *Stage) keepAlive() {
 	s.mu.Lock()
-	hs := make([]*held, 0, len(s.held))
+	hs := make([]jetstream.Msg, 0, len(s.held))
 	for _, h := range s.held {
-		hs = append(hs, h)
+		if h.msg != nil {
+			hs = append(hs, h.msg)
+		}
 	}
 	s.mu.Unlock()
-	for _, h := range hs {
-		h.mu.Lock()
-		m := h.msg
-		h.mu.Unlock()
+	for _, m := range hs {
 		_ = m.InProgress()
 	}
 }

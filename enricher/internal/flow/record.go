@@ -64,7 +64,7 @@ type flowAlloc struct {
 
 // emitRecord passes the current record of e to the table's emit function
 // and starts a new record (counts zero, record index + 1).
-func (t *Table) emitRecord(e *entry, final bool, reason pb.EndReason) {
+func (t *Table) emitRecord(e *entry, final bool, reason pb.EndReason, cp *Checkpoint) {
 	oa, ra := e.addrs()
 	op, rp := e.ports()
 	o, r := e.c[0], e.c[1]
@@ -123,7 +123,7 @@ func (t *Table) emitRecord(e *entry, final bool, reason pb.EndReason) {
 	e.refs = nil
 	e.c = [2]counts{}
 	e.recIndex++
-	t.emit(Record{Flow: f, Refs: refs})
+	t.emit(Record{Flow: f, Refs: refs, Checkpoint: cp})
 }
 
 // history is e's history string, interned: flows share few distinct ones.

@@ -53,6 +53,13 @@ type Config struct {
 	// Limit bounds the open flows of every table that shares it; nil is
 	// no bound.
 	Limit *Limit
+	// Checkpoints attaches a Checkpoint to every interim record and to
+	// every final record of a flow that had interim records or packets in
+	// more than one input message (see Resume).
+	Checkpoints bool
+	// Epoch identifies the input whose positions checkpoints refer to (the
+	// stream's creation time, Unix ns); it is copied into FlowState.Epoch.
+	Epoch int64
 }
 
 // Limit is a bound on open flows shared by tables (from one goroutine: it
@@ -92,6 +99,10 @@ func (c *Config) Validate() error {
 type Record struct {
 	Flow *pb.Flow
 	Refs []Ref
+	// Checkpoint (with Config.Checkpoints) is the flow's state to store
+	// once the record is published and before its Refs are released; nil
+	// when a replay rebuilds the flow whole.
+	Checkpoint *Checkpoint
 }
 
 // counts are one direction's counters of the current record.
@@ -130,6 +141,8 @@ type entry struct {
 	closeAt   int64
 	reason    pb.EndReason
 	refs      []Ref
+	firstSeq  uint64 // input message of the flow's first packet
+	lastPos   Pos    // position of the flow's last packet
 	st        *stats // per-record distributions, only with Config.Features
 	class     int
 	idle      links // in Table.idle[class]
@@ -147,13 +160,16 @@ type Table struct {
 	idle    [4]list // per protocol class, in order of last packet
 	closing list    // TCP flows after FIN both ways or RST, by close time
 	clock   int64
-	free    []*entry          // ended entries for reuse
-	buf     []byte            // scratch for ids
-	hists   map[string]string // interned history strings
+	free    []*entry           // ended entries for reuse
+	buf     []byte             // scratch for ids
+	hists   map[string]string  // interned history strings
+	resume  map[Key]*FlowState // checkpoints of a replay (Resume)
 
-	Skipped   uint64 // packets without usable addresses
-	Backwards uint64 // packets older than the clock (accounted with their own time)
-	Evicted   uint64 // flows ended early because the Limit was reached
+	Skipped     uint64 // packets without usable addresses
+	Backwards   uint64 // packets older than the clock (accounted with their own time)
+	Evicted     uint64 // flows ended early because the Limit was reached
+	Replayed    uint64 // packets skipped because a checkpoint says they are in published records
+	Checkpoints uint64 // checkpoints made
 }
 
 const (
@@ -196,7 +212,11 @@ func classOf(proto uint8) int {
 // Add accounts one packet. ref (may be nil) is the message it came from.
 // Packets older than the clock are accounted with their own times but do
 // not move the clock back.
-func (t *Table) Add(p *pb.PacketSummary, ref Ref) {
+func (t *Table) Add(p *pb.PacketSummary, ref Ref) { t.AddAt(p, ref, Pos{}) }
+
+// AddAt is Add of the packet at pos in the bucket's input (for checkpoints
+// and Resume).
+func (t *Table) AddAt(p *pb.PacketSummary, ref Ref, pos Pos) {
 	k, srcIsA, ok := keyOf(p)
 	if !ok {
 		t.Skipped++
@@ -211,6 +231,18 @@ func (t *Table) Add(p *pb.PacketSummary, ref Ref) {
 		t.cfg.Names.Learn(p)
 	}
 	e := t.flows[k]
+	if e == nil && t.resume != nil {
+		if st := t.resume[k]; st != nil {
+			if pos.Less(st.Pos) || st.Done && pos == st.Pos {
+				t.Replayed++ // in a published record
+				return
+			}
+			delete(t.resume, k)
+			if !st.Done {
+				e = t.restore(st)
+			}
+		}
+	}
 	flags := p.TcpFlags
 	if e != nil && e.closing && k.Proto == 6 && flags&(flagSYN|flagACK) == flagSYN {
 		// A new connection on the same ports after the old one closed.
@@ -218,12 +250,22 @@ func (t *Table) Add(p *pb.PacketSummary, ref Ref) {
 		e = nil
 	}
 	if e != nil && t.cfg.Active > 0 && ts-e.recStart >= int64(t.cfg.Active) {
-		t.emitRecord(e, false, pb.EndReason_END_ACTIVE)
+		var cp *Checkpoint
+		if t.cfg.Checkpoints {
+			// The state the next record starts from: this packet opens it.
+			next := *e
+			next.recIndex++
+			next.recStart = ts
+			cp = t.checkpoint(&next, pos, false)
+		}
+		t.emitRecord(e, false, pb.EndReason_END_ACTIVE, cp)
 		e.recStart, e.recLast = ts, ts
 	}
 	if e == nil {
 		e = t.newEntry(k, srcIsA, p)
+		e.firstSeq = pos.Seq
 	}
+	e.lastPos = pos
 	d := 0
 	if srcIsA != e.origIsA {
 		d = 1
@@ -573,7 +615,11 @@ func (t *Table) finish(e *entry, reason pb.EndReason) {
 		t.closing.remove(e)
 	}
 	delete(t.flows, e.key)
-	t.emitRecord(e, true, reason)
+	var cp *Checkpoint
+	if t.cfg.Checkpoints && (e.recIndex > 0 || e.lastPos.Seq != e.firstSeq) {
+		cp = t.checkpoint(e, e.lastPos, true)
+	}
+	t.emitRecord(e, true, reason, cp)
 	if len(t.free) < maxFree {
 		*e = entry{}
 		t.free = append(t.free, e)
