@@ -125,7 +125,8 @@ const (
 
 // Metrics is one host-metrics sample of a sensor (a row of host_metrics).
 // Disks, Interfaces and Captures are JSON arrays of DiskUsage,
-// InterfaceCounters and CaptureStats objects with the protobuf field names.
+// InterfaceCounters and CaptureStats objects with the protobuf field names
+// (the live feed writes the same fields as the sink stores).
 type Metrics struct {
 	Sensor        string          `json:"sensor"`
 	Host          string          `json:"host"`
@@ -247,6 +248,10 @@ type capture struct {
 	Malformed        uint64 `json:"malformed"`
 	PublishedBatches uint64 `json:"published_batches"`
 	IPBytes          uint64 `json:"ip_bytes"`
+	RingPackets      uint64 `json:"ring_packets"`
+	RingFreezes      uint64 `json:"ring_freezes"`
+	BufferDropped    uint64 `json:"buffer_dropped"`
+	ARP              uint64 `json:"arp"`
 }
 
 func mustJSON(v any) json.RawMessage {
@@ -271,7 +276,8 @@ func MetricsFromPB(m *pb.Metrics) Metrics {
 	caps := make([]capture, 0, len(m.GetCaptures()))
 	for _, c := range m.GetCaptures() {
 		caps = append(caps, capture{c.GetSource(), c.GetReceived(), c.GetDropped(), c.GetIfDropped(), c.GetIpPackets(),
-			c.GetNonIp(), c.GetMalformed(), c.GetPublishedBatches(), c.GetIpBytes()})
+			c.GetNonIp(), c.GetMalformed(), c.GetPublishedBatches(), c.GetIpBytes(), c.GetRingPackets(), c.GetRingFreezes(),
+			c.GetBufferDropped(), c.GetArp()})
 	}
 	return Metrics{
 		Sensor: m.GetSensor(), Host: m.GetHost(), Time: nsTime(m.GetTimeNs()), Boot: m.GetBoot(), Seq: int64(m.GetSeq()),

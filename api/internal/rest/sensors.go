@@ -1,6 +1,7 @@
 package rest
 
 import (
+	"encoding/json"
 	"net/http"
 	"time"
 
@@ -22,14 +23,26 @@ func scanMetrics(row pgx.Row) (record.Metrics, error) {
 	return m, err
 }
 
+// OnlineWithin is how recently a sensor must have sent something the sink
+// stored (flows or metrics; agents send metrics every 10 s by default) to
+// count as online.
+const OnlineWithin = time.Minute
+
 // Sensor is one sensor with its latest host metrics.
 type Sensor struct {
 	Sensor    string          `json:"sensor"`
 	Host      string          `json:"host"`
 	FirstSeen record.Time     `json:"first_seen"`          // wall clock
-	LastSeen  record.Time     `json:"last_seen"`           // wall clock
+	LastSeen  record.Time     `json:"last_seen"`           // wall clock of the sink's last write for it
+	Online    bool            `json:"online"`              // last_seen within OnlineWithin
 	LastFlow  *record.Time    `json:"last_flow,omitempty"` // packet time of the newest stored flow
 	Metrics   *record.Metrics `json:"metrics"`             // latest sample; null when none
+	// Received and Dropped sum the latest sample's capture sources: frames
+	// read, and frames lost (kernel/ring, interface, and agent buffer).
+	Received uint64 `json:"received"`
+	Dropped  uint64 `json:"dropped"`
+	// Interfaces are the latest sample's interface names.
+	Interfaces []string `json:"interfaces"`
 }
 
 func (a *API) sensors(w http.ResponseWriter, r *http.Request) {
@@ -67,9 +80,29 @@ func (a *API) sensors(w http.ResponseWriter, r *http.Request) {
 			v := record.Time(*lastFlow)
 			s.LastFlow = &v
 		}
+		s.Online = time.Since(last) < OnlineWithin
+		s.Interfaces = []string{}
 		if has {
 			m.Time, m.Disks, m.Interfaces, m.Captures = record.Time(mt), disks, ifs, caps
 			s.Metrics = &m
+			var cs []struct {
+				Received      uint64 `json:"received"`
+				Dropped       uint64 `json:"dropped"`
+				IfDropped     uint64 `json:"if_dropped"`
+				BufferDropped uint64 `json:"buffer_dropped"`
+			}
+			var is []struct{ Name string }
+			if json.Unmarshal(caps, &cs) == nil {
+				for _, c := range cs {
+					s.Received += c.Received
+					s.Dropped += c.Dropped + c.IfDropped + c.BufferDropped
+				}
+			}
+			if json.Unmarshal(ifs, &is) == nil {
+				for _, i := range is {
+					s.Interfaces = append(s.Interfaces, i.Name)
+				}
+			}
 		}
 		out = append(out, s)
 	}

@@ -291,14 +291,19 @@ func TestSensorsAndHostMetrics(t *testing.T) {
 			load1, uptime_s, disks, interfaces, captures) VALUES ('s1', 'b', $1, $2, 'h1', $3, 8000, $4, 0.5, 60,
 			'[{"mount":"/","total_bytes":100,"used_bytes":40}]', '[{"name":"eth0","rx_bytes":7}]',
 			$5::jsonb)`,
-			i, base.Add(time.Duration(i)*time.Second), 10.0*float64(i+1), 1000*(i+1), fmt.Sprintf(`[{"source":"eth0","received":100,"dropped":%d}]`, i))
+			i, base.Add(time.Duration(i)*time.Second), 10.0*float64(i+1), 1000*(i+1),
+			fmt.Sprintf(`[{"source":"eth0","received":100,"dropped":%d,"if_dropped":3},{"source":"eth1","received":5,"buffer_dropped":4}]`, i))
 	}
 	var s struct {
 		Sensors []struct {
-			Sensor   string         `json:"sensor"`
-			Host     string         `json:"host"`
-			LastFlow *string        `json:"last_flow"`
-			Metrics  map[string]any `json:"metrics"`
+			Sensor     string         `json:"sensor"`
+			Host       string         `json:"host"`
+			LastFlow   *string        `json:"last_flow"`
+			Metrics    map[string]any `json:"metrics"`
+			Online     bool           `json:"online"`
+			Received   uint64         `json:"received"`
+			Dropped    uint64         `json:"dropped"`
+			Interfaces []string       `json:"interfaces"`
 		} `json:"sensors"`
 	}
 	if code := e.get(t, "/api/v1/sensors", &s); code != 200 || len(s.Sensors) != 2 {
@@ -317,6 +322,15 @@ func TestSensorsAndHostMetrics(t *testing.T) {
 	}
 	if d := m["disks"].([]any)[0].(map[string]any); d["used_bytes"] != 40.0 {
 		t.Errorf("disks = %v", m["disks"])
+	}
+	// The latest sample (seq 2): eth0 100 received, 2 + 3 dropped; eth1 5 received, 4 dropped in the agent.
+	if !s1.Online || s1.Received != 105 || s1.Dropped != 9 || fmt.Sprint(s1.Interfaces) != "[eth0]" {
+		t.Errorf("s1 summary: online %v received %d dropped %d interfaces %v", s1.Online, s1.Received, s1.Dropped, s1.Interfaces)
+	}
+	e.exec(t, `UPDATE sensors SET last_seen = now() - interval '2 minutes' WHERE sensor = 's2'`)
+	e.get(t, "/api/v1/sensors", &s)
+	if s.Sensors[1].Online {
+		t.Errorf("s2 last seen 2 minutes ago is online")
 	}
 	if s2.Sensor != "s2" || s2.Metrics != nil || s2.LastFlow != nil {
 		t.Errorf("s2 = %+v, want no metrics, no last_flow", s2)

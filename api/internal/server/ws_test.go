@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/url"
@@ -295,3 +296,37 @@ func TestSlowClientToldWhatItMissed(t *testing.T) {
 }
 
 var _ = jetstream.ErrStreamNotFound
+
+// TestLiveBatchedFrames: with batch=1 a backlog goes out as frames of
+// several messages, one JSON object a line; every message arrives once.
+func TestLiveBatchedFrames(t *testing.T) {
+	e := newEnv(t)
+	e.srv.Hub.Buffer = 4096
+	c := dial(t, e, "?types=flow&batch=1")
+	flows := make([]*pb.Flow, 2000)
+	for i := range flows {
+		flows[i] = testFlow("s1", i%250, 6, 80)
+		flows[i].OrigPort = uint32(i)
+	}
+	publishFlows(t, e, "s1", flows...)
+	frames, got := 0, 0
+	for got < len(flows) {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, frame, err := c.ReadMessage()
+		if err != nil {
+			t.Fatalf("after %d messages: %v", got, err)
+		}
+		frames++
+		for _, line := range strings.Split(string(frame), "\n") {
+			var m wsMsg
+			if err := json.Unmarshal([]byte(line), &m); err != nil || m.Type != "flow" || m.Flow["orig_port"] != float64(got) {
+				t.Fatalf("message %d: %v %q", got, err, line)
+			}
+			got++
+		}
+	}
+	if frames >= len(flows) {
+		t.Errorf("%d messages in %d frames: not batched", got, frames)
+	}
+	t.Logf("%d messages in %d frames", got, frames)
+}

@@ -46,16 +46,19 @@ export function useLive(params: Record<string, string>, onMessage: (m: LiveMessa
     let timer: ReturnType<typeof setTimeout> | undefined;
     const connect = () => {
       setStatus('connecting');
-      ws = new WebSocket(wsURL('/api/v1/live', JSON.parse(key)));
+      // batch=1: a busy feed may put several messages in one frame, one a line.
+      ws = new WebSocket(wsURL('/api/v1/live', { ...JSON.parse(key), batch: '1' }));
       ws.onopen = () => {
         wait = 500;
         setStatus('live');
       };
       ws.onmessage = (ev) => {
-        try {
-          handler.current(JSON.parse(ev.data));
-        } catch (e) {
-          console.error('live message', e);
+        for (const line of String(ev.data).split('\n')) {
+          try {
+            handler.current(JSON.parse(line));
+          } catch (e) {
+            console.error('live message', e);
+          }
         }
       };
       ws.onclose = () => {

@@ -24,7 +24,7 @@ export interface Alert {
 
 export interface Disk { mount: string; total_bytes: number; used_bytes: number }
 export interface Iface { name: string; rx_bytes: number; tx_bytes: number; rx_dropped: number; tx_dropped: number }
-export interface Capture { source: string; received: number; dropped: number; if_dropped: number }
+export interface Capture { source: string; received: number; dropped: number; if_dropped: number; buffer_dropped?: number }
 
 export interface Metrics {
   sensor: string; host: string; time: string; boot: string; seq: number; cpu_percent: number;
@@ -32,7 +32,10 @@ export interface Metrics {
   disks: Disk[]; interfaces: Iface[]; captures: Capture[];
 }
 
-export interface Sensor { sensor: string; host: string; first_seen: string; last_seen: string; last_flow?: string; metrics: Metrics | null }
+export interface Sensor {
+  sensor: string; host: string; first_seen: string; last_seen: string; online: boolean; last_flow?: string;
+  metrics: Metrics | null; received: number; dropped: number; interfaces: string[];
+}
 
 export interface Counters { sensor: string; time: string; packets: number; ip_bytes: number; bps: number; pps: number; syn: number }
 

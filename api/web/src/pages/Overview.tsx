@@ -153,9 +153,9 @@ export function SensorCard({ s }: { s: Sensor }) {
   const m = s.metrics;
   const caps = m?.captures || [];
   const recv = caps.reduce((n, c) => n + (c.received || 0), 0);
-  const drop = caps.reduce((n, c) => n + (c.dropped || 0) + (c.if_dropped || 0), 0);
+  const drop = caps.reduce((n, c) => n + (c.dropped || 0) + (c.if_dropped || 0) + (c.buffer_dropped || 0), 0);
   const disk = (m?.disks || []).reduce((w, d) => (d.total_bytes && d.used_bytes / d.total_bytes > w ? d.used_bytes / d.total_bytes : w), 0);
-  const online = m ? Date.now() - Date.parse(m.time) < 60_000 : false;
+  const online = s.online || (m ? Date.now() - Date.parse(m.time) < 60_000 : false);
   return (
     <div className="card" data-testid="sensor-card" data-sensor={s.sensor}>
       <h3><span className={`dot ${online ? 'on' : 'off'}`} title={online ? 'online' : 'offline'} />{s.sensor}</h3>
@@ -166,6 +166,7 @@ export function SensorCard({ s }: { s: Sensor }) {
         <dt>disk</dt><dd>{m ? `${(100 * disk).toFixed(0)} %` : '—'}</dd>
         <dt>captured</dt><dd>{recv}</dd>
         <dt>drops</dt><dd className={drop > 0 ? 'warn' : ''}>{drop}</dd>
+        <dt>interfaces</dt><dd>{(m?.interfaces || []).map((i) => i.name).join(', ') || '—'}</dd>
       </dl>
     </div>
   );

@@ -1,0 +1,109 @@
+package server_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// BenchmarkDashboardQueries is the issue's REST load: the dashboard's
+// queries over NETWATCH_BENCH_FLOWS stored flows (default 10 million)
+// spread over 24 hours (about 116 flows/s) from 4 sensors, 5,000 local
+// originators and 20,000 remote responders, 12 countries, with the
+// per-minute rollups filled (the GROUP BY the sink keeps). Each query runs
+// 30 times (after one warm-up) through HTTP, or as often as fits in 30 s;
+// it reports p50 and p99 (with fewer than 100 runs: the slowest) in
+// milliseconds per query. Generating the data takes minutes: run with
+// -benchtime 1x.
+func BenchmarkDashboardQueries(b *testing.B) {
+	n := 10_000_000
+	if v, err := strconv.Atoi(os.Getenv("NETWATCH_BENCH_FLOWS")); err == nil && v > 0 {
+		n = v
+	}
+	e := newEnv(b)
+	t0 := time.Now()
+	day := time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
+	// Flow i starts at i * 86400/n seconds into the day; its hosts and
+	// ports come from i by multiplicative hashing (deterministic).
+	e.exec(b, `INSERT INTO flows (id, sensor, community_id, proto, orig_addr, orig_port, resp_addr, resp_port,
+		start, "end", flow_start, orig_pkts, orig_ip_bytes, orig_bytes, resp_pkts, resp_ip_bytes, resp_bytes,
+		app, conn_state, direction, orig_country, resp_country, resp_asn)
+		SELECT md5(i::text), 's' || (i % 4 + 1), '1:' || md5(i::text || 'c'),
+			CASE WHEN i % 10 < 7 THEN 6 ELSE 17 END,
+			('10.0.' || ((i * 2654435761) % 5000 / 250) || '.' || ((i * 2654435761) % 250 + 1))::inet, 1024 + (i * 40503) % 60000,
+			('203.' || ((i * 97) % 80) || '.' || ((i * 7919) % 250) || '.' || ((i * 31) % 250 + 1))::inet,
+			(ARRAY[443, 80, 53, 22, 123, 8080, 25, 993])[i % 8 + 1],
+			$1::timestamptz + make_interval(secs => i * 86400.0 / $2), $1::timestamptz + make_interval(secs => i * 86400.0 / $2 + 2),
+			$1::timestamptz + make_interval(secs => i * 86400.0 / $2),
+			1 + i % 20, 60 + (i % 20) * 900, (i % 20) * 860, 1 + i % 15, 60 + (i % 15) * 1200, (i % 15) * 1160,
+			(ARRAY['tls', 'http', 'dns', 'ssh', 'ntp', 'http', 'smtp', 'imaps'])[i % 8 + 1], 'SF', 'outbound',
+			'SE', (ARRAY['US', 'DE', 'SE', 'NL', 'FR', 'GB', 'CN', 'RU', 'BR', 'IN', 'JP', ''])[(i * 13) % 12 + 1], 64496 + i % 500
+		FROM generate_series(0::bigint, $2::bigint - 1) AS i`, day, n)
+	e.rollup(b)
+	e.exec(b, "ANALYZE")
+	fmt.Fprintf(os.Stderr, "BenchmarkDashboardQueries: %d flows and rollups in %s\n", n, time.Since(t0).Round(time.Second))
+	for _, t := range []string{"flows", "flows_1m", "talkers_1m", "pairs_1m", "ports_1m", "countries_1m"} {
+		var rows int64
+		var size string
+		if err := e.pool.QueryRow(b.Context(), "SELECT count(*), pg_size_pretty(pg_total_relation_size('"+t+"_default')) FROM "+t).Scan(&rows, &size); err == nil {
+			fmt.Fprintf(os.Stderr, "  %s: %d rows, %s with indexes\n", t, rows, size)
+		}
+	}
+	var id string
+	if err := e.pool.QueryRow(b.Context(), "SELECT md5(($1::int / 2)::text)", n).Scan(&id); err != nil {
+		b.Fatal(err)
+	}
+	hour := "from=2026-11-28T12:00:00Z&to=2026-11-28T13:00:00Z"
+	host := "&addr=10.0.3.17"
+	queries := []struct{ name, path string }{
+		{"overview_timeseries", "/api/v1/timeseries?step=1m&" + hour},
+		{"overview_protocols", "/api/v1/protocols?" + hour},
+		{"overview_top_talkers", "/api/v1/top-talkers?limit=10&" + hour},
+		{"overview_alerts", "/api/v1/alerts?limit=10"},
+		{"overview_sensors", "/api/v1/sensors"},
+		{"day_timeseries_15m", "/api/v1/timeseries?step=15m&from=2026-11-28T00:00:00Z&to=2026-11-29T00:00:00Z"},
+		{"day_top_talkers", "/api/v1/top-talkers?limit=10&from=2026-11-28T00:00:00Z&to=2026-11-29T00:00:00Z"},
+		{"flows_page", "/api/v1/flows?limit=50&" + hour},
+		{"flows_page_by_bytes", "/api/v1/flows?limit=50&sort=-bytes&" + hour},
+		{"flows_addr", "/api/v1/flows?limit=50&" + hour + host},
+		{"flows_cidr_port", "/api/v1/flows?limit=50&addr=203.7.0.0/16&port=22&" + hour},
+		{"flow_by_id", "/api/v1/flows/" + id},
+		{"host_timeseries", "/api/v1/timeseries?step=1m&" + hour + host},
+		{"host_ports", "/api/v1/ports?limit=10&" + hour + host},
+		{"host_countries", "/api/v1/countries?limit=10&" + hour + host},
+		{"host_peers", "/api/v1/top-talkers?side=pair&limit=20&" + hour + host},
+		{"countries", "/api/v1/countries?" + hour},
+		{"ports", "/api/v1/ports?" + hour},
+	}
+	for _, q := range queries {
+		b.Run(q.name, func(b *testing.B) {
+			for b.Loop() {
+				var lat []time.Duration
+				start := time.Now()
+				for i := 0; i < 31 && (i < 3 || time.Since(start) < 30*time.Second); i++ {
+					t := time.Now()
+					resp, err := http.Get(e.url + q.path)
+					if err != nil {
+						b.Fatal(err)
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						b.Fatalf("%s: %d", q.path, resp.StatusCode)
+					}
+					if i > 0 {
+						lat = append(lat, time.Since(t))
+					}
+				}
+				slices.Sort(lat)
+				b.ReportMetric(float64(lat[len(lat)/2])/1e6, "p50_ms")
+				b.ReportMetric(float64(lat[len(lat)*99/100])/1e6, "p99_ms")
+			}
+		})
+	}
+}
