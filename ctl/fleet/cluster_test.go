@@ -26,7 +26,12 @@ type cluster struct {
 	servers [3]*server.Server
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t *testing.T) *cluster { return newClusterOn(t, "127.0.0.1", "") }
+
+// newClusterOn starts the three nodes listening on host, each
+// configuration with extra appended and logging to nN.log in the cluster's
+// directory when extra is not empty.
+func newClusterOn(t *testing.T, host, extra string) *cluster {
 	c := &cluster{t: t, dir: t.TempDir()}
 	var client, route [3]int
 	for i := range 3 {
@@ -34,21 +39,24 @@ func newCluster(t *testing.T) *cluster {
 	}
 	var routes []string
 	for i := range 3 {
-		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", route[i]))
+		routes = append(routes, fmt.Sprintf("nats-route://%s:%d", host, route[i]))
 	}
 	for i := range 3 {
 		// The same blocks as deploy/cluster/n*.conf, on loopback ports.
 		c.confs[i] = fmt.Sprintf(`
 server_name: n%d
-listen: 127.0.0.1:%d
+listen: %s:%d
 max_payload: 8MB
 jetstream { store_dir: %s }
 cluster {
   name: netwatch
-  listen: 127.0.0.1:%d
+  listen: %s:%d
   routes: [%s]
 }
-`, i+1, client[i], q(filepath.Join(c.dir, fmt.Sprintf("n%d", i+1))), route[i], strings.Join(routes, ", "))
+`, i+1, host, client[i], q(filepath.Join(c.dir, fmt.Sprintf("n%d", i+1))), host, route[i], strings.Join(routes, ", "))
+		if extra != "" {
+			c.confs[i] += extra + "\nlog_file: " + q(filepath.Join(c.dir, fmt.Sprintf("n%d.log", i+1))) + "\n"
+		}
 	}
 	for i := range 3 {
 		c.start(i)
@@ -63,6 +71,14 @@ func (c *cluster) start(i int) {
 func (c *cluster) stop(i int) {
 	c.servers[i].Shutdown()
 	c.servers[i].WaitForShutdown()
+}
+
+func (c *cluster) logs() []string {
+	var out []string
+	for i := range 3 {
+		out = append(out, filepath.Join(c.dir, fmt.Sprintf("n%d.log", i+1)))
+	}
+	return out
 }
 
 func (c *cluster) urls() string {

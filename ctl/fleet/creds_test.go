@@ -27,6 +27,10 @@ func ctl(t *testing.T, args ...string) string {
 	return out.String()
 }
 
+func runCtl(args []string, stdout, stderr *bytes.Buffer) int {
+	return cli.Run(args, func(string) string { return "" }, stdout, stderr)
+}
+
 // operatorServer issues an operator with netwatchctl init and starts a
 // JetStream server that includes its resolver.conf (operator mode: every
 // client needs a user JWT signed by the NETWATCH account).

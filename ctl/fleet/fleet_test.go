@@ -46,7 +46,7 @@ func startConf(t testing.TB, dir, name, conf string) *server.Server {
 
 func startOpts(t testing.TB, opts *server.Options) *server.Server {
 	t.Helper()
-	opts.NoSigs, opts.NoLog = true, os.Getenv("FLEET_NATS_LOG") == ""
+	opts.NoSigs, opts.NoLog = true, os.Getenv("FLEET_NATS_LOG") == "" && opts.LogFile == ""
 	s, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatalf("new server %s: %v", opts.ServerName, err)
