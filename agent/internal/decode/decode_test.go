@@ -42,13 +42,14 @@ var pcaps = filepath.Join("..", "..", "..", "..", "shared", "data", "pcaps")
 // FuzzDecode feeds arbitrary frames to every link type's decoder and L7
 // parser: no input may panic, and the invariants of a KindIP packet and of
 // an ARP summary hold. The input is also handed straight to the TLS
-// ClientHello parser and to the QUIC frame reader that runs after
-// decryption, which random bytes would otherwise never reach (they do not
-// authenticate). Seeds: the first frames of real captures with tunnels,
-// fragments, VLANs, extension headers, DNS, TLS, QUIC, HTTP and ARP
-// (Ethernet, SLL, SLL2) from ../shared/data/pcaps; the RFC 9001 and
-// RFC 9369 sample client Initials in UDP to port 443; the JA4 spec's
-// ClientHello.
+// ClientHello parser and to the QUIC frame reader and ClientHello merge that
+// run after decryption, which random bytes would otherwise never reach
+// (they do not authenticate); after a frame that starts a split ClientHello
+// its own bytes are fed as the next TCP segment. Seeds: the first frames of
+// real captures with tunnels, fragments, VLANs, extension headers, DNS,
+// TLS, QUIC, HTTP and ARP (Ethernet, SLL, SLL2) from ../shared/data/pcaps;
+// the RFC 9001 and RFC 9369 sample client Initials in UDP to port 443; the
+// JA4 spec's ClientHello; the first segment of Go's split ClientHello.
 func FuzzDecode(f *testing.F) {
 	links := []layers.LinkType{layers.LinkTypeEthernet, layers.LinkTypeLinuxSLL, layers.LinkTypeLinuxSLL2,
 		layers.LinkTypeRaw, layers.LinkTypeNull, layers.LinkTypeLoop, layers.LinkTypeIPv4, layers.LinkTypeIPv6}
@@ -74,6 +75,9 @@ func FuzzDecode(f *testing.F) {
 	f.Add(uint8(0), cat(ethHdr(0x0800), v4(6, 1, 0, 20+20+len(specHello(0x0403)), cat([]byte{0xc3, 0x50, 1, 0xbb,
 		0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0}, specHello(0x0403)))))
 	f.Add(uint8(0), rfcCryptoFrame)
+	if rec := goClientHelloBytes(); len(rec) > 200 {
+		f.Add(uint8(0), tcpFrame(50000, 1, rec[:len(rec)-100])) // the start of a split ClientHello
+	}
 	f.Fuzz(func(t *testing.T, link uint8, data []byte) {
 		d, err := New(links[int(link)%len(links)])
 		if err != nil {
@@ -94,6 +98,13 @@ func FuzzDecode(f *testing.F) {
 		var l L7
 		ParseL7(&p, &l)
 		checkL7(t, &l)
+		if l.TLSPending() {
+			// the start of a split ClientHello: the frame's bytes as its next segment
+			q := p
+			q.Seq, q.Payload, q.PayloadBytes = p.Seq+uint32(len(p.Payload)), data, uint32(len(data))
+			ParseL7(&q, &l)
+			checkL7(t, &l)
+		}
 		// the parsers behind TLS records and QUIC decryption, on raw bytes
 		l = L7{}
 		l.parseClientHello(data, 't')

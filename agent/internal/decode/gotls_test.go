@@ -22,6 +22,15 @@ import (
 // included by default since Go 1.24), signature algorithms and ALPN.
 func goClientHello(t *testing.T) []byte {
 	t.Helper()
+	rec := goClientHelloBytes()
+	if rec == nil {
+		t.Fatal("no ClientHello from crypto/tls")
+	}
+	return rec
+}
+
+// goClientHelloBytes is goClientHello, nil on failure.
+func goClientHelloBytes() []byte {
 	c, s := net.Pipe()
 	defer s.Close()
 	go func() {
@@ -32,14 +41,44 @@ func goClientHello(t *testing.T) []byte {
 	_ = s.SetReadDeadline(time.Now().Add(10 * time.Second))
 	hdr := make([]byte, 5)
 	if _, err := io.ReadFull(s, hdr); err != nil {
-		t.Fatal(err)
+		return nil
 	}
 	rec := make([]byte, 5+int(binary.BigEndian.Uint16(hdr[3:])))
 	copy(rec, hdr)
 	if _, err := io.ReadFull(s, rec[5:]); err != nil {
-		t.Fatal(err)
+		return nil
 	}
 	return rec
+}
+
+// tcpFrame is an Ethernet/IPv4 frame with a TCP segment (PSH, ACK) from
+// sport to 443 with sequence number seq carrying payload.
+func tcpFrame(sport uint16, seq uint32, payload []byte) []byte {
+	tcp := []byte{byte(sport >> 8), byte(sport), 0x01, 0xbb, byte(seq >> 24), byte(seq >> 16), byte(seq >> 8), byte(seq),
+		0, 0, 0, 1, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0}
+	return cat(ethHdr(0x0800), v4(6, 7, 0x4000, 20+len(tcp)+len(payload), cat(tcp, payload)))
+}
+
+// writePcap writes frames (one second apart) to a pcap file in a temporary
+// directory.
+func writePcap(t *testing.T, name string, frames ...[]byte) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), name)
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	w := pcapgo.NewWriter(f)
+	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
+		t.Fatal(err)
+	}
+	for i, fr := range frames {
+		if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: time.Unix(int64(1+i), 0), CaptureLength: len(fr), Length: len(fr)}, fr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return file
 }
 
 // TestGoClientHelloTshark: a ClientHello made by Go's TLS stack (TLS 1.3,
@@ -48,21 +87,8 @@ func goClientHello(t *testing.T) []byte {
 // JA3, and the JA4 computed from tshark's fields.
 func TestGoClientHelloTshark(t *testing.T) {
 	rec := goClientHello(t)
-	tcp := []byte{0xc3, 0x50, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0}
-	frame := cat(ethHdr(0x0800), v4(6, 7, 0x4000, 20+len(tcp)+len(rec), cat(tcp, rec)))
-	file := filepath.Join(t.TempDir(), "go-clienthello.pcap")
-	f, err := os.Create(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := pcapgo.NewWriter(f)
-	if err := w.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: time.Unix(1, 0), CaptureLength: len(frame), Length: len(frame)}, frame); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	frame := tcpFrame(50000, 1, rec)
+	file := writePcap(t, "go-clienthello.pcap", frame)
 
 	d, _ := New(layers.LinkTypeEthernet)
 	var p Packet
@@ -99,5 +125,65 @@ func TestGoClientHelloTshark(t *testing.T) {
 	ParseL7(&p, &l)
 	if !l.HelloPartial || l.TLSSNI != r[1] || strings.Join(l.TLSALPN, ",") != r[2] || l.JA3 != "" || l.JA4 != "" {
 		t.Errorf("first segment: partial %v sni %q alpn %q ja3 %q ja4 %q", l.HelloPartial, l.TLSSNI, l.TLSALPN, l.JA3, l.JA4)
+	}
+}
+
+// TestClientHelloTCPSegments: Go's ClientHello (1526 bytes with the
+// X25519MLKEM768 key share) sent in two TCP segments of a 1448-byte MSS
+// path: tshark, which reassembles TCP, gives the JA3 of the second frame;
+// the agent's ParseL7 gives SNI/ALPN on the first segment and the same
+// JA3, and the JA4 of the whole hello, on the second. Out-of-order
+// segments, a gap, and another connection do not join.
+func TestClientHelloTCPSegments(t *testing.T) {
+	rec := goClientHello(t)
+	cut := min(1448, len(rec)-100)
+	seg1, seg2 := tcpFrame(50001, 1000, rec[:cut]), tcpFrame(50001, 1000+uint32(cut), rec[cut:])
+	file := writePcap(t, "go-clienthello-2-segments.pcap", seg1, seg2)
+	rows := tsharkRowsFile(t, file, "tls.handshake.type == 1", "frame.number", "tls.handshake.ja3",
+		"tls.handshake.extensions_server_name")
+	if rows[2] == nil || rows[2][1] == "" {
+		t.Fatalf("tshark reassembles no ClientHello in frame 2: %v", rows)
+	}
+	whole := tcpTLS(rec)
+	var w L7
+	ParseL7(whole, &w)
+
+	d, _ := New(layers.LinkTypeEthernet)
+	decodeL7 := func(l *L7, frame []byte) {
+		var p Packet
+		d.Decode(frame, &p)
+		ParseL7(&p, l)
+	}
+	var l L7
+	decodeL7(&l, seg1)
+	if !l.HelloPartial || l.TLSSNI != rows[2][2] || l.JA3 != "" || !l.TLSPending() {
+		t.Errorf("first segment: partial %v sni %q ja3 %q pending %v", l.HelloPartial, l.TLSSNI, l.JA3, l.TLSPending())
+	}
+	decodeL7(&l, seg2)
+	if l.App != AppTLS || l.HelloPartial || l.JA3 != rows[2][1] || l.JA4 != w.JA4 || l.TLSSNI != rows[2][2] || l.TLSPending() {
+		t.Errorf("second segment: app %q partial %v ja3 %s (tshark %s) ja4 %s (whole %s) sni %q pending %v",
+			l.App, l.HelloPartial, l.JA3, rows[2][1], l.JA4, w.JA4, l.TLSSNI, l.TLSPending())
+	}
+	// the first segment retransmitted, then the second: joined once
+	var r L7
+	decodeL7(&r, seg1)
+	decodeL7(&r, seg1)
+	decodeL7(&r, seg2)
+	if r.JA3 != rows[2][1] {
+		t.Errorf("after a retransmission: ja3 %q", r.JA3)
+	}
+	// the second segment first: nothing; a gap: given up; another port: not joined
+	for name, frames := range map[string][][]byte{
+		"out of order": {seg2, seg1},
+		"gap":          {seg1, tcpFrame(50001, 1000+uint32(cut)+1, rec[cut+1:]), seg2},
+		"other port":   {seg1, tcpFrame(50002, 1000+uint32(cut), rec[cut:])},
+	} {
+		var o L7
+		for _, f := range frames {
+			decodeL7(&o, f)
+		}
+		if o.JA3 != "" {
+			t.Errorf("%s: ja3 %s", name, o.JA3)
+		}
 	}
 }

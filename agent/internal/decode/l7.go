@@ -68,6 +68,9 @@ type scratch struct {
 	pending  *[quicPendingSlots]quicPending
 	nextSlot int
 	pendBuf  []byte // spare data buffer swapped with a slot's
+	// TLS ClientHellos split over TCP segments, allocated on first use
+	tcp     *[tcpPendingSlots]tcpPending
+	nextTCP int
 }
 
 // Reasons a DNS message or a TLS ClientHello is undecodable (L7.Undecodable).
@@ -163,6 +166,13 @@ func ParseL7(p *Packet, l *L7) {
 		}
 	case AppTLS:
 		l.parseTLSRecord(p.Payload)
+		if l.HelloPartial {
+			l.s.keepTCP(p)
+		}
+	case "":
+		if l.s.tcp != nil && p.Proto == 6 && len(p.Payload) > 0 {
+			l.continueTCP(p)
+		}
 	case AppQUIC:
 		l.parseQUIC(p.Payload)
 	case AppHTTP:

@@ -43,7 +43,8 @@ type helloFields struct {
 // l's SNI, ALPN, JA3 and JA4. A ClientHello longer than what this segment
 // holds (split over TCP segments or TLS records, or cut by the snaplen)
 // gives SNI and ALPN when they are in the first part and sets
-// HelloPartial; JA3 and JA4 need the whole message and stay empty.
+// HelloPartial; JA3 and JA4 need the whole message and stay empty (see
+// keepTCP for the segments that follow).
 func (l *L7) parseTLSRecord(b []byte) {
 	if len(b) < 6 || b[0] != 0x16 || b[5] != 1 {
 		return
@@ -391,4 +392,111 @@ func (l *L7) appendHash(a []byte, values []uint16, tail []byte) []byte {
 	l.s.buf = s
 	sum := sha256.Sum256(s)
 	return appendHex(a, sum[:6])
+}
+
+// tcpPendingSlots is how many TCP connections' split ClientHellos one L7
+// keeps; a new one takes a free slot, else the next one in turn.
+const tcpPendingSlots = 4
+
+// tcpPendingAge is how long, in packet time, the start of a split
+// ClientHello waits for its next segment.
+const tcpPendingAge = 10e9 // ns
+
+// tcpPending is the start of a ClientHello split over TCP segments: the
+// bytes from the record header on, and the sequence number the next
+// segment of the connection must start at.
+type tcpPending struct {
+	used    bool
+	src     [16]byte
+	dst     [16]byte
+	sport   uint16
+	dport   uint16
+	vlan    uint16
+	tunnel  uint32
+	nextSeq uint32
+	tsNs    int64
+	data    []byte
+}
+
+func (t *tcpPending) matches(p *Packet) bool {
+	return t.used && t.src == p.Src && t.dst == p.Dst && t.sport == p.SrcPort && t.dport == p.DstPort &&
+		t.vlan == p.VLAN && t.tunnel == p.TunnelID
+}
+
+// keepTCP keeps the first segment of a ClientHello split over TCP segments
+// (p's payload, which starts the record) until the next segment of the
+// connection. A payload cut by the snaplen or in an IP fragment cannot be
+// continued and is not kept.
+func (s *scratch) keepTCP(p *Packet) {
+	if p.Proto != 6 || p.Fragment || len(p.Payload) < int(p.PayloadBytes) || len(p.Payload) > maxCrypto {
+		return
+	}
+	if s.tcp == nil {
+		s.tcp = new([tcpPendingSlots]tcpPending)
+	}
+	var t *tcpPending
+	for i := range s.tcp {
+		if s.tcp[i].matches(p) || t == nil && !s.tcp[i].used {
+			t = &s.tcp[i]
+		}
+	}
+	if t == nil {
+		t = &s.tcp[s.nextTCP]
+		s.nextTCP = (s.nextTCP + 1) % tcpPendingSlots
+	}
+	*t = tcpPending{used: true, src: p.Src, dst: p.Dst, sport: p.SrcPort, dport: p.DstPort, vlan: p.VLAN,
+		tunnel: p.TunnelID, nextSeq: p.Seq + uint32(len(p.Payload)), tsNs: p.TsNs, data: append(t.data[:0], p.Payload...)}
+}
+
+// continueTCP reads a TCP segment that App does not recognise: when it is
+// the next segment of a connection whose ClientHello start was kept, the
+// two are put together and parsed (App becomes "tls"); the ClientHello,
+// when now whole, gives JA3 and JA4 here. A segment out of order drops
+// what was kept (no reassembly beyond in-order segments); a retransmission
+// of an earlier one is ignored.
+func (l *L7) continueTCP(p *Packet) {
+	for i := range l.s.tcp {
+		t := &l.s.tcp[i]
+		if !t.used {
+			continue
+		}
+		if p.TsNs-t.tsNs > tcpPendingAge || p.TsNs < t.tsNs-tcpPendingAge {
+			t.used = false // its next segment never came
+			continue
+		}
+		if !t.matches(p) {
+			continue
+		}
+		if d := int32(p.Seq - t.nextSeq); d < 0 {
+			return // a retransmission
+		} else if d > 0 || len(p.Payload) < int(p.PayloadBytes) || len(t.data)+len(p.Payload) > maxCrypto {
+			t.used = false // a gap, a snaplen cut or too long: give up on this hello
+			return
+		}
+		t.data = append(t.data, p.Payload...)
+		t.nextSeq += uint32(len(p.Payload))
+		t.tsNs = p.TsNs
+		l.App = AppTLS
+		l.parseTLSRecord(t.data)
+		if !l.HelloPartial {
+			t.used = false
+		}
+		return
+	}
+}
+
+// TLSPending reports whether l holds the start of a ClientHello split over
+// TCP segments, whose next segment ParseL7 would put together with it: a
+// caller that runs ParseL7 only for packets App recognises should also run
+// it for TCP packets while this is true.
+func (l *L7) TLSPending() bool {
+	if l.s.tcp == nil {
+		return false
+	}
+	for i := range l.s.tcp {
+		if l.s.tcp[i].used {
+			return true
+		}
+	}
+	return false
 }

@@ -81,10 +81,11 @@ type ARPCount struct {
 // does not parse is counted in Undecodable as tls_bad_client_hello
 // instead. A partial one continues past its packet (split over TCP
 // segments or QUIC Initials, or cut by the snaplen): the agent reads SNI
-// and ALPN from that part and publishes no JA3/JA4 for it. Over QUIC the
-// Initial that completes a partial ClientHello counts in QUIC (the whole
-// hello is put together there), so one hello in two Initials counts once
-// in each.
+// and ALPN from that part and publishes no JA3/JA4 for it. The packet that
+// completes a partial ClientHello (the next in-order TCP segment, or a later
+// client Initial of the QUIC connection) counts in TLS or QUIC: the whole
+// hello is put together there, so one hello in two packets counts once in
+// each.
 type HelloCount struct {
 	TLS         uint64 `json:"tls"`          // whole, with JA3 and JA4
 	TLSPartial  uint64 `json:"tls_partial"`  // the first part only
@@ -176,16 +177,17 @@ func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet, l7 *de
 		if l7.Undecodable != "" {
 			r.Undecodable[l7.Undecodable]++
 		}
-	case app == decode.AppTLS || app == decode.AppQUIC:
+	case app == decode.AppTLS || app == decode.AppQUIC,
+		app == "unknown" && p.Proto == 6 && l7.TLSPending(): // maybe the next segment of a split ClientHello
 		decode.ParseL7(p, l7)
 		if l7.Undecodable != "" {
 			r.Undecodable[l7.Undecodable]++ // a whole ClientHello that does not parse
 		} else if l7.Hello {
 			c := &r.ClientHellos
 			switch {
-			case app == decode.AppTLS && l7.HelloPartial:
+			case l7.App == decode.AppTLS && l7.HelloPartial:
 				c.TLSPartial++
-			case app == decode.AppTLS:
+			case l7.App == decode.AppTLS:
 				c.TLS++
 			case l7.HelloPartial:
 				c.QUICPartial++

@@ -1,13 +1,20 @@
 package summary_test
 
 import (
+	"crypto/tls"
 	"encoding/json"
+	"io"
+	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
 
 	"netwatch/agent/internal/decode"
 	"netwatch/agent/internal/pipeline"
@@ -160,5 +167,62 @@ func TestARPBindingsCrafted(t *testing.T) {
 	}
 	if r.NonIP != 6 || r.Network["arp"].Packets != 6 {
 		t.Errorf("non_ip %d network.arp %d", r.NonIP, r.Network["arp"].Packets)
+	}
+}
+
+// TestSplitClientHello: a TLS 1.3 ClientHello from Go's crypto/tls
+// (larger than one 1448-byte segment with its X25519MLKEM768 key share) in
+// two TCP segments counts once as tls_partial (the first segment) and once
+// as tls (the second, where it is put together), as tshark, which
+// reassembles it, sees one ClientHello in frame 2.
+func TestSplitClientHello(t *testing.T) {
+	c, s := net.Pipe()
+	go func() {
+		_ = tls.Client(c, &tls.Config{ServerName: "split.example"}).Handshake()
+		c.Close()
+	}()
+	_ = s.SetReadDeadline(time.Now().Add(10 * time.Second))
+	rec := make([]byte, 5)
+	if _, err := io.ReadFull(s, rec); err != nil {
+		t.Fatal(err)
+	}
+	rec = append(rec, make([]byte, int(rec[3])<<8|int(rec[4]))...)
+	if _, err := io.ReadFull(s, rec[5:]); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	cut := min(1448, len(rec)-100)
+	frame := func(seq uint32, payload []byte) []byte {
+		buf := gopacket.NewSerializeBuffer()
+		eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, EthernetType: layers.EthernetTypeIPv4}
+		ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.IP{10, 0, 0, 1}, DstIP: net.IP{10, 0, 0, 2}}
+		tcp := &layers.TCP{SrcPort: 50000, DstPort: 443, Seq: seq, Ack: 1, ACK: true, PSH: true, Window: 65535}
+		_ = tcp.SetNetworkLayerForChecksum(ip)
+		if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+			eth, ip, tcp, gopacket.Payload(payload)); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	file := filepath.Join(t.TempDir(), "split.pcap")
+	f, err := os.Create(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := pcapgo.NewWriter(f)
+	_ = w.WriteFileHeader(65535, layers.LinkTypeEthernet)
+	for i, fr := range [][]byte{frame(1, rec[:cut]), frame(1+uint32(cut), rec[cut:])} {
+		_ = w.WritePacket(gopacket.CaptureInfo{Timestamp: time.Unix(int64(i+1), 0), CaptureLength: len(fr), Length: len(fr)}, fr)
+	}
+	f.Close()
+	if got := tsharkLines(t, file, "tls.handshake.type == 1", "frame.number"); len(got) != 1 || got[0][0] != "2" {
+		t.Fatalf("tshark ClientHello frames %v, want [2]", got)
+	}
+	r, err := pipeline.Summarize(file, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (summary.HelloCount{TLS: 1, TLSPartial: 1}); r.ClientHellos != want {
+		t.Errorf("%+v, want %+v", r.ClientHellos, want)
 	}
 }
