@@ -27,7 +27,7 @@ import (
 // nmap SYN port scan), then drives the dashboard the api embeds in headless
 // Debian chromium (api/web/test/browser.mjs, playwright-core; never a
 // downloaded browser) at 1280x800 and 390x844: every page, each chart's
-// series against the REST API, a live alert, no sideways scrolling,
+// series against the REST API, a live alert and live counters, no sideways scrolling,
 // acknowledging and closing an alert. Without node, chromium or the
 // dashboard's packages it skips (fails under CI=true).
 // NETWATCH_SCREENSHOTS=dir keeps the screenshots.
@@ -114,8 +114,11 @@ func TestBrowserDashboard(t *testing.T) {
 	}
 	cmd := exec.CommandContext(ctx, node, filepath.Join(webDir, "test", "browser.mjs"))
 	cmd.Dir = webDir
+	// One second of counters: 4242 packets, 1,000,000 bytes (8 Mbit/s).
+	counters := &pb.TrafficCounters{Sensor: sensor, SecondNs: time.Now().Truncate(time.Second).UnixNano(),
+		SentNs: time.Now().UnixNano(), Total: &pb.CounterSet{Packets: 4242, IpBytes: 1_000_000}}
 	cmd.Env = append(os.Environ(), "BASE_URL="+p.APIURL, "LIVE_ALERT_ID="+liveAlert.Id, "CHROMIUM="+chromium,
-		"SCREENSHOT_DIR="+shots)
+		"SCREENSHOT_DIR="+shots, "LIVE_PPS=4242", "LIVE_BPS=8000000")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
@@ -134,6 +137,10 @@ func TestBrowserDashboard(t *testing.T) {
 			// The page's WebSocket is live: publish the alert it must show.
 			b, _ := proto.Marshal(liveAlert)
 			if err := nc.Publish(schema.AlertsSubject(sensor), b); err != nil {
+				t.Fatal(err)
+			}
+			b, _ = proto.Marshal(counters)
+			if err := nc.Publish(schema.CountersSubject(sensor), b); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -104,6 +104,18 @@ try {
     await page.getByTestId('ws-status').filter({ hasText: 'live' }).waitFor({ timeout });
     if (first) console.log('connected');
     if (liveAlert) await page.locator(`[data-testid="alerts"] [data-alert-id="${liveAlert}"]`).waitFor({ timeout });
+    if (first && process.env.LIVE_PPS) {
+      // The live chart plots the COUNTERS messages the Go test publishes:
+      // LIVE_PPS packets and LIVE_BPS / 8 bytes in one second.
+      const [pps, bps] = [Number(process.env.LIVE_PPS), Number(process.env.LIVE_BPS)];
+      await page.waitForFunction(([pps, bps]) => {
+        const c = window.netwatchCharts && window.netwatchCharts['live-chart'];
+        if (!c) return false;
+        const s = c.getOption().series;
+        return s[0].data.some((d) => d[1] === bps) && s[1].data.some((d) => d[1] === pps);
+      }, [pps, bps], { timeout });
+      console.log(`live chart: ${bps} bit/s and ${pps} packets/s from the counters feed`);
+    }
     await page.locator('[data-testid="top-talkers"] [data-testid="talker-row"]').first().waitFor({ timeout });
     await page.locator('[data-testid="sensor-card"]').first().waitFor({ timeout });
     await charts(page, ['traffic-chart', 'protocol-chart'], true);
