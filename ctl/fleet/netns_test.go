@@ -170,6 +170,9 @@ func TestFleetNamespaces(t *testing.T) {
 	waitFor(t, 60*time.Second, "provision R3", func() error {
 		return ctlErr("provision", "-nats.url", c.urls(), "-nats.creds", admin, "-replicas", "3", "-timeout", "10s")
 	})
+	// The pipeline stages (from bin/, make build), each with its own role credentials.
+	pl := startStages(t, root, authDir, c.urls())
+
 	nc, err := nats.Connect(c.urls(), nats.UserCredentials(admin), nats.MaxReconnects(-1))
 	if err != nil {
 		t.Fatal(err)
@@ -240,6 +243,7 @@ func TestFleetNamespaces(t *testing.T) {
 			t.Fatalf("curl: %v %s", err, out)
 		}
 	}
+	pl.restartOneOfEach(t)
 	scan := nsa("bash", "-c", `for p in $(seq 1 200); do timeout 0.5 bash -c "echo > /dev/tcp/10.77.1.2/$p" 2>/dev/null; done; true`)
 	if out, err := scan.CombinedOutput(); err != nil {
 		t.Fatalf("scan: %v %s", err, out)
@@ -279,6 +283,13 @@ for i in range(5): s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x
 		if got != want || want == 0 {
 			t.Errorf("%s: PACKETS holds %d packet summaries, tcpdump saw %d IP frames", h.sensor, got, want)
 		}
+	}
+	for _, h := range hosts {
+		pl.checkFlows(t, ctx, h.sensor, h.pcap)
+		pl.checkAlerts(t, ctx, h.sensor)
+	}
+	if si, err := st.Info(ctx); err == nil {
+		t.Logf("PACKETS replicas at the end: %d (the sink provisions with 1 at every start: see the report)", si.Config.Replicas)
 	}
 	if got := countSummaries(t, ctx, js, "sensor-c"); got != 0 {
 		t.Errorf("sensor-c (sensor-a's credentials) got %d packets into PACKETS", got)

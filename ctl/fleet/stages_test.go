@@ -1,0 +1,224 @@
+package fleet_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"netwatch/testkit"
+	"netwatch/testkit/e2e"
+)
+
+// stages is the running pipeline of the namespace harness: enricher,
+// detector and sink instances (counts from NETWATCH_FLEET_ENRICHERS,
+// NETWATCH_FLEET_DETECTORS, NETWATCH_FLEET_SINKS; defaults 1, 1, 2) on a
+// fresh database, each with its role's credentials from netwatchctl.
+type stages struct {
+	bin, authDir, natsURL, dbURL string
+	db                           *pgx.Conn
+	procs                        map[string][]*proc
+	args                         map[string][]string
+	started                      map[string]int
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func startStages(t *testing.T, root, authDir, natsURL string) *stages {
+	t.Helper()
+	if _, err := exec.LookPath("tshark"); err != nil {
+		testkit.Unavailable(t, "no tshark: %v", err)
+	}
+	p := &stages{bin: filepath.Join(root, "bin"), authDir: authDir, natsURL: natsURL,
+		procs: map[string][]*proc{}, args: map[string][]string{}, started: map[string]int{}}
+	for _, s := range []string{"enricher", "detector", "sink"} {
+		if _, err := os.Stat(filepath.Join(p.bin, s)); err != nil {
+			testkit.Unavailable(t, "no %s (make build): %v", filepath.Join(p.bin, s), err)
+		}
+		ctl(t, "creds", "-dir", authDir, "-role", s, "-o", filepath.Join(authDir, s+".creds"))
+	}
+	p.dbURL = e2e.CreateDatabase(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	db, err := pgx.Connect(ctx, p.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.db = db
+	t.Cleanup(func() { db.Close(context.Background()) })
+	p.args["enricher"] = []string{"-nats.replicas", "3", "-flow.idle-timeout.tcp", "3s", "-flow.idle-timeout.udp", "3s",
+		"-flow.idle-timeout.icmp", "3s", "-flow.idle-timeout.other", "3s", "-flow.wall-tick", "500ms"}
+	p.args["detector"] = []string{"-stream.replicas", "3"}
+	p.args["sink"] = []string{"-database.url", p.dbURL}
+	counts := map[string]int{"sink": envInt("NETWATCH_FLEET_SINKS", 2), "detector": envInt("NETWATCH_FLEET_DETECTORS", 1),
+		"enricher": envInt("NETWATCH_FLEET_ENRICHERS", 1)}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for name, ps := range p.procs {
+				for i, pr := range ps {
+					t.Logf("--- %s #%d:\n%s", name, i, tail(pr.output(), 15))
+				}
+			}
+		}
+	})
+	for _, s := range []string{"sink", "detector", "enricher"} { // data-flow order reversed: consumers first
+		for range counts[s] {
+			p.start(t, s)
+		}
+	}
+	t.Logf("stages: %d enricher, %d detector, %d sink", counts["enricher"], counts["detector"], counts["sink"])
+	return p
+}
+
+func (p *stages) start(t *testing.T, name string) {
+	t.Helper()
+	addr := freeAddr(t)
+	args := append([]string{filepath.Join(p.bin, name), "-nats.url", p.natsURL, "-nats.creds",
+		filepath.Join(p.authDir, name+".creds"), "-http.addr", addr, "-log.format", "text"}, p.args[name]...)
+	pr := startProc(t, fmt.Sprintf("%s-%d", name, p.started[name]), args...)
+	p.started[name]++
+	p.procs[name] = append(p.procs[name], pr)
+	waitFor(t, 60*time.Second, pr.name+" ready", func() error {
+		select {
+		case err := <-pr.done:
+			pr.done <- err
+			return fmt.Errorf("exited: %v\n%s", err, tail(pr.output(), 10))
+		default:
+		}
+		r, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return err
+		}
+		r.Body.Close()
+		if r.StatusCode != 200 {
+			return fmt.Errorf("readyz %d", r.StatusCode)
+		}
+		return nil
+	})
+}
+
+// restartOneOfEach stops the first instance of every stage (SIGTERM: each
+// drains) and starts a new one.
+func (p *stages) restartOneOfEach(t *testing.T) {
+	t.Helper()
+	for _, s := range []string{"enricher", "detector", "sink"} {
+		pr := p.procs[s][0]
+		if err := pr.stop(90 * time.Second); err != nil {
+			t.Errorf("stop %s: %v", pr.name, err)
+		}
+		p.procs[s] = p.procs[s][1:]
+		p.start(t, s)
+		t.Logf("restarted one %s", s)
+	}
+}
+
+// storedFlows reads sensor's flow records from PostgreSQL.
+func (p *stages) storedFlows(ctx context.Context, sensor string) ([]e2e.Flow, error) {
+	rows, err := p.db.Query(ctx, `SELECT host(orig_addr), orig_port, host(resp_addr), resp_port, proto,
+		orig_pkts, orig_ip_bytes, resp_pkts, resp_ip_bytes FROM flows WHERE sensor = $1`, sensor)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []e2e.Flow
+	for rows.Next() {
+		var f e2e.Flow
+		if err := rows.Scan(&f.OrigAddr, &f.OrigPort, &f.RespAddr, &f.RespPort, &f.Proto,
+			&f.OrigPkts, &f.OrigIPBytes, &f.RespPkts, &f.RespIPBytes); err != nil {
+			return nil, err
+		}
+		f.Sensor = sensor
+		out = append(out, f)
+	}
+	return out, rows.Err()
+}
+
+// checkFlows waits until sensor's stored flows carry as many packets as
+// tshark counts in the capture of the same link, then compares per
+// directional 5-tuple: packets and IP bytes must be equal.
+func (p *stages) checkFlows(t *testing.T, ctx context.Context, sensor, pcap string) {
+	t.Helper()
+	want, err := e2e.Tshark(ctx, "tshark", pcap)
+	if err != nil {
+		t.Fatalf("tshark %s: %v", pcap, err)
+	}
+	wt := e2e.Totals(want.Flows)
+	var got map[e2e.Tuple]e2e.Count
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		flows, err := p.storedFlows(ctx, sensor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var bad []string
+		got, bad = e2e.Sum(flows)
+		if len(bad) > 0 {
+			t.Fatalf("%s: %v", sensor, bad)
+		}
+		gt := e2e.Totals(got)
+		if gt.Pkts >= wt.Pkts || time.Now().After(deadline) {
+			t.Logf("%s: stored %d flow records, %d packets, %d IP bytes; tshark %d tuples, %d packets, %d IP bytes",
+				sensor, len(flows), gt.Pkts, gt.IPBytes, len(want.Flows), wt.Pkts, wt.IPBytes)
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if d := e2e.Diff(want.Flows, got, 20); len(d) > 0 {
+		t.Errorf("%s: stored flows differ from tshark on the capture:\n%v", sensor, d)
+	}
+}
+
+// checkAlerts expects exactly one portscan alert for sensor (a to b, 200
+// ports) and no alert of another category.
+func (p *stages) checkAlerts(t *testing.T, ctx context.Context, sensor string) {
+	t.Helper()
+	var cats map[string]int
+	waitFor(t, 30*time.Second, sensor+" portscan alert", func() error {
+		rows, err := p.db.Query(ctx, `SELECT category, count(*) FROM alerts WHERE sensor = $1 GROUP BY category`, sensor)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		cats = map[string]int{}
+		for rows.Next() {
+			var c string
+			var n int
+			if err := rows.Scan(&c, &n); err != nil {
+				return err
+			}
+			cats[c] = n
+		}
+		if cats["portscan"] == 0 {
+			return fmt.Errorf("alerts %v", cats)
+		}
+		return nil
+	})
+	time.Sleep(2 * time.Second) // a second alert would come from the same flows: give it time
+	if cats["portscan"] != 1 || len(cats) != 1 {
+		t.Errorf("%s: alerts by category %v, want exactly one portscan", sensor, cats)
+	} else {
+		t.Logf("%s: alerts %v", sensor, cats)
+	}
+}
