@@ -244,3 +244,29 @@ func BenchmarkParseL7(b *testing.B) {
 		})
 	}
 }
+
+// TestParseL7Allocs: decoding and light L7 of DNS, HTTP and TLS traffic
+// (first 100 frames of the wikipedia browsing capture, then Chrome 34's
+// TLS session) allocate nothing once l's buffers have grown.
+func TestParseL7Allocs(t *testing.T) {
+	var fr [][]byte
+	for _, name := range []string{"eth-ipv4-dns-http-browsing-wikipedia.pcap", "tls12-clienthello-sni-google-de.pcap"} {
+		f, _ := frames(t, filepath.Join(testkit.Pcaps(t), name), 100)
+		fr = append(fr, f...)
+	}
+	d, _ := New(1)
+	var p Packet
+	var l L7
+	run := func() {
+		for _, f := range fr {
+			d.Decode(f, &p)
+			if App(&p) != "" {
+				ParseL7(&p, &l)
+			}
+		}
+	}
+	run()
+	if n := testing.AllocsPerRun(20, run); n != 0 {
+		t.Errorf("%v allocations per run of %d frames", n, len(fr))
+	}
+}
