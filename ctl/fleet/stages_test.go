@@ -20,7 +20,8 @@ import (
 
 // stages is the running pipeline of the namespace harness: enricher,
 // detector and sink instances (counts from NETWATCH_FLEET_ENRICHERS,
-// NETWATCH_FLEET_DETECTORS, NETWATCH_FLEET_SINKS; defaults 1, 1, 2) on a
+// NETWATCH_FLEET_DETECTORS, NETWATCH_FLEET_SINKS; default 2 each, the
+// issue's fleet) on a
 // fresh database, each with its role's credentials from netwatchctl.
 type stages struct {
 	bin, authDir, natsURL, dbURL string
@@ -72,8 +73,8 @@ func startStages(t *testing.T, root, authDir, natsURL string) *stages {
 		"-flow.idle-timeout.icmp", "3s", "-flow.idle-timeout.other", "3s", "-flow.wall-tick", "500ms"}
 	p.args["detector"] = []string{"-stream.replicas", "3"}
 	p.args["sink"] = []string{"-database.url", p.dbURL}
-	counts := map[string]int{"sink": envInt("NETWATCH_FLEET_SINKS", 2), "detector": envInt("NETWATCH_FLEET_DETECTORS", 1),
-		"enricher": envInt("NETWATCH_FLEET_ENRICHERS", 1)}
+	counts := map[string]int{"sink": envInt("NETWATCH_FLEET_SINKS", 2), "detector": envInt("NETWATCH_FLEET_DETECTORS", 2),
+		"enricher": envInt("NETWATCH_FLEET_ENRICHERS", 2)}
 	t.Cleanup(func() {
 		if t.Failed() {
 			for name, ps := range p.procs {
@@ -184,6 +185,21 @@ func (p *stages) checkFlows(t *testing.T, ctx context.Context, sensor, pcap stri
 			break
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+	// Per-tuple sums add up records, so a flow split between two enricher
+	// instances would still match; the record count shows it (every
+	// connection here has its own ports; ICMP echo may end in two records
+	// across an idle timeout).
+	pairs := map[[2]e2e.Tuple]bool{}
+	for k := range want.Flows {
+		r := e2e.Tuple{Src: k.Dst, SPort: k.DPort, Dst: k.Src, DPort: k.SPort, Proto: k.Proto}
+		if r.String() < k.String() {
+			k, r = r, k
+		}
+		pairs[[2]e2e.Tuple{k, r}] = true
+	}
+	if flows, err := p.storedFlows(ctx, sensor); err == nil {
+		t.Logf("%s: %d flow records for %d bidirectional 5-tuples in the capture", sensor, len(flows), len(pairs))
 	}
 	if d := e2e.Diff(want.Flows, got, 20); len(d) > 0 {
 		t.Errorf("%s: stored flows differ from tshark on the capture:\n%v", sensor, d)
