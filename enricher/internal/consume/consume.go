@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -180,6 +181,8 @@ type bucketState struct {
 	queue   []*held           // processed and not acked, in stream order (guarded by Stage.mu)
 	resume  []*flow.FlowState // checkpoints to give the bucket's next table
 	dropped bool              // the partition moved to another member: ack nothing more
+	part    string            // group mode: the partition token of its subjects in the group's stream
+	tkey    tableKey          // its flow table in Stage.tables
 }
 
 // advance acks the bucket's messages that are done. In group mode acks are
@@ -246,6 +249,7 @@ type Stage struct {
 	wq      jetstream.Stream        // group mode: the group's work-queue stream
 	kv      jetstream.KeyValue      // group mode: flow checkpoints
 	epoch   int64                   // group mode: creation time of the work-queue stream (Unix ns)
+	mine    map[string]bool         // group mode: partitions assigned to this member (nil: not known yet)
 
 	flowsBy [7]prometheus.Counter // Metrics.Flows by pb.EndReason
 	okBatch prometheus.Counter    // Metrics.Batches{result="ok"}
@@ -326,6 +330,13 @@ func (s *Stage) Run(ctx context.Context) error {
 	defer flushT.Stop()
 	keep := time.NewTicker(s.cfg.KeepAlive)
 	defer keep.Stop()
+	var parts <-chan time.Time
+	if s.wq != nil {
+		pt := time.NewTicker(time.Second)
+		defer pt.Stop()
+		parts = pt.C
+		s.checkPartitions(ctx)
+	}
 loop:
 	for {
 		select {
@@ -346,6 +357,8 @@ loop:
 			s.pub.FlushDue(now)
 		case <-keep.C:
 			s.keepAlive()
+		case <-parts:
+			s.checkPartitions(ctx)
 		}
 	}
 	// Stop intake; unprocessed messages go back for redelivery.
@@ -493,6 +506,12 @@ func (s *Stage) handle(m jetstream.Msg) {
 	if s.wq != nil && !bs.synced {
 		s.sync(bs, seq)
 	}
+	if s.mine != nil && bs.part != "" && !s.mine[bs.part] {
+		// Delivered by our consumer before it learnt that the partition
+		// moved: leave it to the new owner.
+		s.drop(bs)
+		return
+	}
 	s.process(bs, seq, m.Data(), m)
 }
 
@@ -520,6 +539,9 @@ func (s *Stage) sync(bs *bucketState, seq uint64) {
 		if err != nil {
 			s.log.Warn("read older packet batches: flows open at a crash may be counted twice", "subject", bs.subj, "err", err)
 			return
+		}
+		if p, _, ok := strings.Cut(raw.Subject, "."); ok {
+			bs.part = p
 		}
 		if raw.Sequence >= seq {
 			return
@@ -566,6 +588,7 @@ func (s *Stage) process(bs *bucketState, seq uint64, data []byte, m jetstream.Ms
 	}
 	now := time.Now()
 	k := tableKey{sensor, b.Bucket}
+	bs.tkey = k
 	t := s.tables[k]
 	if t == nil {
 		cfg := s.cfg.Flow
@@ -702,6 +725,57 @@ func (s *Stage) keepAlive() {
 	for _, m := range hs {
 		_ = m.InProgress()
 	}
+}
+
+// checkPartitions reads the group's membership and drops the buckets of
+// partitions that moved to another member.
+func (s *Stage) checkPartitions(ctx context.Context) {
+	g := s.cfg.Group
+	c, err := pcgroups.GetElasticConsumerGroupConfig(ctx, s.js, schema.StreamPackets, g.Name)
+	if err != nil {
+		s.log.Warn("read consumer group membership", "group", g.Name, "err", err)
+		return
+	}
+	mine := map[string]bool{}
+	for _, f := range pcgroups.ElasticGetPartitionFilters(*c, g.Member) {
+		if p, _, ok := strings.Cut(f, "."); ok {
+			mine[p] = true
+		}
+	}
+	s.mine = mine
+	for _, bs := range s.buckets {
+		if bs.part != "" && !mine[bs.part] {
+			s.drop(bs)
+		}
+	}
+}
+
+// drop forgets a bucket whose partition moved to another member: its open
+// flows are discarded without publishing and its held messages are neither
+// acked nor returned, so the new owner replays them from the bucket's
+// oldest unacked message with the checkpoints (records already handed to
+// the publisher are still published: the new owner rebuilds them with the
+// same ids and contents).
+func (s *Stage) drop(bs *bucketState) {
+	s.mu.Lock()
+	bs.dropped = true
+	for _, h := range bs.queue {
+		delete(s.held, h.seq)
+	}
+	n := len(bs.queue)
+	bs.queue = nil
+	nh := len(s.held)
+	s.mu.Unlock()
+	s.m.Held.Set(float64(nh))
+	delete(s.buckets, bs.subj)
+	open := 0
+	if t := s.tables[bs.tkey]; t != nil {
+		open = t.t.Len()
+		s.limit.Open -= open
+		delete(s.tables, bs.tkey)
+	}
+	s.log.Info("partition moved to another member: bucket dropped", "subject", bs.subj, "partition", bs.part,
+		"open_flows", open, "held_messages", n)
 }
 
 func reasonLabel(r pb.EndReason) string {

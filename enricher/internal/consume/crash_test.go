@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/synadia-io/orbit.go/pcgroups"
 	"google.golang.org/protobuf/proto"
 
 	"netwatch/enricher/internal/tsharkread"
@@ -124,11 +125,17 @@ func TestCrashExact(t *testing.T) {
 		t.Skip("builds and runs the enricher binary (about 40 s)")
 	}
 	for _, members := range [][]string{{"m1"}, {"m1", "m2"}, {"m1", "m2", "m3"}} {
-		t.Run(strings.Join(members, "+"), func(t *testing.T) { crashRun(t, members) })
+		t.Run(strings.Join(members, "+"), func(t *testing.T) { crashRun(t, members, false) })
 	}
+	t.Run("membership", func(t *testing.T) { crashRun(t, []string{"m1", "m2"}, true) })
 }
 
-func crashRun(t *testing.T, members []string) {
+// crashRun runs members on the capture and kills the first in the middle.
+// With change, membership changes while running instead: m3 joins after
+// the first half (m1 and m2 hand partitions over with open flows), then m1
+// is SIGKILLed and removed from the group, so m2 and m3 take its
+// partitions.
+func crashRun(t *testing.T, members []string, change bool) {
 	bin := enricherBinary(t)
 	url, _, js := testkit.JetStream(t)
 	tshark := testkit.Tool(t, "tshark")
@@ -219,6 +226,7 @@ func crashRun(t *testing.T, members []string) {
 		standby = start(members[0], members[0]+"-b")
 	}
 	victim := active[0]
+	var late *proc
 	half := len(batches) / 2
 	first := 0
 	for _, b := range batches[:half] {
@@ -233,12 +241,28 @@ func crashRun(t *testing.T, members []string) {
 	if h := victim.metric("netwatch_enricher_held_messages"); h <= 0 {
 		t.Fatalf("the victim holds %v messages at the kill: nothing to recover", h)
 	}
+	if change {
+		late = start("m3", "m3-a")
+		if _, err := pcgroups.AddMembers(context.Background(), js, schema.StreamPackets, g.Name, []string{"m3"}); err != nil {
+			t.Fatal(err)
+		}
+		// m3 takes over partitions with held messages and open flows.
+		testkit.Eventually(t, 20*time.Second, func() bool { return late.metric("netwatch_enricher_packets_total") > 0 },
+			"m3 processed nothing after joining")
+		time.Sleep(1500 * time.Millisecond)
+	}
 	if err := victim.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	<-victim.done
 	taker := standby
-	if taker == nil {
+	switch {
+	case change:
+		if _, err := pcgroups.DeleteMembers(context.Background(), js, schema.StreamPackets, g.Name, []string{"m1"}); err != nil {
+			t.Fatal(err)
+		}
+		taker = late
+	case taker == nil:
 		taker = start(members[0], members[0]+"-r")
 	}
 	for _, b := range batches[half:] {
@@ -250,6 +274,9 @@ func crashRun(t *testing.T, members []string) {
 	}
 	testkit.Eventually(t, 60*time.Second, func() bool { return groupEmpty(t, js) }, "not all PACKETS acked")
 	replayed := taker.metric("netwatch_enricher_packets_replayed_total")
+	if change {
+		replayed += active[1].metric("netwatch_enricher_packets_replayed_total")
+	}
 	for _, p := range procs {
 		if p == victim {
 			continue
