@@ -96,7 +96,8 @@ func (b *Batcher) Add(p *decode.Packet) {
 		}
 	}
 	var l7 *decode.L7
-	if decode.App(p) != "" {
+	// a TCP segment may continue a ClientHello split over segments
+	if decode.App(p) != "" || p.Proto == 6 && b.l7.TLSPending() {
 		decode.ParseL7(p, &b.l7)
 		l7 = &b.l7
 	}

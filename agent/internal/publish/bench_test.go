@@ -3,12 +3,12 @@ package publish
 import (
 	"io"
 	"log/slog"
-	"sync"
-	"syscall"
-	"time"
 	"os"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/gopacket/gopacket/layers"
 
