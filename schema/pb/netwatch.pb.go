@@ -247,7 +247,7 @@ type PacketSummary struct {
 	App           string       `protobuf:"bytes,39,opt,name=app,proto3" json:"app,omitempty"`                                     // application protocol the agent recognised (dns, tls, http, quic, ...)
 	TlsAlpn       []string     `protobuf:"bytes,40,rep,name=tls_alpn,json=tlsAlpn,proto3" json:"tls_alpn,omitempty"`              // TLS ClientHello ALPN protocol names, in offered order (RFC 7301)
 	Ja3           string       `protobuf:"bytes,41,opt,name=ja3,proto3" json:"ja3,omitempty"`                                     // JA3 of the ClientHello: 32 lowercase hex digits (MD5), GREASE removed
-	Ja4           string       `protobuf:"bytes,42,opt,name=ja4,proto3" json:"ja4,omitempty"`                                     // JA4 (TLS client) of the ClientHello, e.g. "t13d1516h2_8daaf6152771_b186095e22b6"
+	Ja4           string       `protobuf:"bytes,42,opt,name=ja4,proto3" json:"ja4,omitempty"`                                     // JA4 (TLS client) of the ClientHello, e.g. "t13d1516h2_8daaf6152771_e5627efa2ab1"
 	QuicVersion   uint32       `protobuf:"varint,43,opt,name=quic_version,json=quicVersion,proto3" json:"quic_version,omitempty"` // QUIC long-header version (1 = RFC 9000, 0x6b3343cf = RFC 9369 v2); 0 otherwise
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
