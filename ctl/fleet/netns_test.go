@@ -172,6 +172,7 @@ func TestFleetNamespaces(t *testing.T) {
 	})
 	// The pipeline stages (from bin/, make build), each with its own role credentials.
 	pl := startStages(t, root, authDir, c.urls())
+	feed := pl.startAPI(t)
 
 	nc, err := nats.Connect(c.urls(), nats.UserCredentials(admin), nats.MaxReconnects(-1))
 	if err != nil {
@@ -288,6 +289,7 @@ for i in range(5): s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x
 		pl.checkFlows(t, ctx, h.sensor, h.pcap)
 		pl.checkAlerts(t, ctx, h.sensor)
 	}
+	feed.report(t, ctx, pl, "sensor-a", "sensor-b")
 	if si, err := st.Info(ctx); err == nil {
 		t.Logf("PACKETS replicas at the end: %d (the sink provisions with 1 at every start: see the report)", si.Config.Replicas)
 	}

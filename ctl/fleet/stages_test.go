@@ -2,16 +2,20 @@ package fleet_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
 
 	"netwatch/testkit"
@@ -237,4 +241,106 @@ func (p *stages) checkAlerts(t *testing.T, ctx context.Context, sensor string) {
 	} else {
 		t.Logf("%s: alerts %v", sensor, cats)
 	}
+}
+
+// live records, for every flow record on the api's WebSocket feed, the
+// time from the record's last packet ("end", packet time: the capture
+// clock of this machine) to its arrival.
+type live struct {
+	conn *websocket.Conn
+	mu   sync.Mutex
+	lat  []time.Duration
+	ids  map[string]bool
+	done chan struct{}
+}
+
+// startAPI starts one api (role api credentials) and subscribes to its
+// live flow feed.
+func (p *stages) startAPI(t *testing.T) *live {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(p.bin, "api")); err != nil {
+		testkit.Unavailable(t, "no %s (make build): %v", filepath.Join(p.bin, "api"), err)
+	}
+	ctl(t, "creds", "-dir", p.authDir, "-role", "api", "-o", filepath.Join(p.authDir, "api.creds"))
+	addr := freeAddr(t)
+	p.args["api"] = []string{"-database.url", p.dbURL, "-http.addr", addr}
+	pr := startProc(t, "api-0", append([]string{filepath.Join(p.bin, "api"), "-nats.url", p.natsURL, "-nats.creds",
+		filepath.Join(p.authDir, "api.creds"), "-log.format", "text"}, p.args["api"]...)...)
+	p.procs["api"] = []*proc{pr}
+	waitFor(t, 60*time.Second, "api ready", func() error {
+		r, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return err
+		}
+		r.Body.Close()
+		if r.StatusCode != 200 {
+			return fmt.Errorf("readyz %d", r.StatusCode)
+		}
+		return nil
+	})
+	conn, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/api/v1/live?types=flow", nil)
+	if err != nil {
+		t.Fatalf("live feed: %v", err)
+	}
+	l := &live{conn: conn, ids: map[string]bool{}, done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		for {
+			_, b, err := conn.ReadMessage()
+			if err != nil {
+				return
+			}
+			now := time.Now()
+			var m struct {
+				Flow *struct {
+					ID  string    `json:"id"`
+					End time.Time `json:"end"`
+				} `json:"flow"`
+			}
+			if json.Unmarshal(b, &m) != nil || m.Flow == nil {
+				continue
+			}
+			l.mu.Lock()
+			l.lat = append(l.lat, now.Sub(m.Flow.End))
+			l.ids[m.Flow.ID] = true
+			l.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { conn.Close(); <-l.done })
+	return l
+}
+
+// report logs how many stored flow records of sensors came over the feed and
+// the latency percentiles.
+func (l *live) report(t *testing.T, ctx context.Context, p *stages, sensors ...string) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	stored, missing := 0, 0
+	for _, s := range sensors {
+		rows, err := p.db.Query(ctx, `SELECT id::text FROM flows WHERE sensor = $1`, s)
+		if err != nil {
+			t.Logf("live: stored ids: %v", err)
+			return
+		}
+		for rows.Next() {
+			var id string
+			if rows.Scan(&id) == nil {
+				stored++
+				if !l.ids[id] {
+					missing++
+				}
+			}
+		}
+		rows.Close()
+	}
+	lat := slices.Clone(l.lat)
+	slices.Sort(lat)
+	if len(lat) == 0 {
+		t.Errorf("live: no flow came over the WebSocket")
+		return
+	}
+	pct := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
+	t.Logf("live: %d flow records over the WebSocket (%d stored, %d of them not seen live); last packet -> WebSocket p50 %v, p99 %v, max %v",
+		len(lat), stored, missing, pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond))
 }
