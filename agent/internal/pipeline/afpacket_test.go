@@ -177,6 +177,22 @@ func TestAFPacketVeth(t *testing.T) {
 	if p := a.Stats.RingPackets.Load(); p < n {
 		t.Errorf("ring statistics count %d packets, want >= %d", p, n)
 	}
+	// the final METRICS message carries the ring counters
+	stream, err := js.Stream(context.Background(), schema.StreamMetrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := stream.GetLastMsgForSubject(context.Background(), schema.MetricsSubject("afpacket-test"))
+	if err != nil {
+		t.Fatalf("last METRICS message: %v", err)
+	}
+	var met pb.Metrics
+	if err := proto.Unmarshal(last.Data, &met); err != nil || len(met.Captures) != 1 {
+		t.Fatalf("METRICS: %v, %d captures", err, len(met.Captures))
+	}
+	if c := met.Captures[0]; c.RingPackets < n || c.Dropped != 0 || c.RingPackets != a.Stats.RingPackets.Load() {
+		t.Errorf("METRICS capture stats ring_packets %d dropped %d, want >= %d (agent %d) and 0", c.RingPackets, c.Dropped, n, a.Stats.RingPackets.Load())
+	}
 	if d := a.Stats.Dropped.Load(); d != 0 {
 		t.Errorf("%d ring drops at this rate", d)
 	}

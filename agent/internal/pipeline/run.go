@@ -349,9 +349,11 @@ func (a *Agent) publishMetrics(ctx context.Context, src capture.Source, pub *pub
 	hostmetrics.Sample(sctx, m)
 	cancel()
 	st := &a.Stats
+	_, droppedPkts := pub.Dropped()
 	m.Captures = []*pb.CaptureStats{{Source: src.Name(), Received: st.Received.Load(), Dropped: st.Dropped.Load(),
 		IfDropped: st.IfDropped.Load(), IpPackets: st.IPPackets.Load(), NonIp: st.NonIP.Load(),
-		Malformed: st.Malformed.Load(), PublishedBatches: pub.Acked(), IpBytes: st.IPBytes.Load(), Arp: st.ARP.Load()}}
+		Malformed: st.Malformed.Load(), PublishedBatches: pub.Acked(), IpBytes: st.IPBytes.Load(), Arp: st.ARP.Load(),
+		RingPackets: st.RingPackets.Load(), RingFreezes: st.RingFreezes.Load(), BufferDropped: droppedPkts}}
 	data, err := proto.Marshal(m)
 	if err != nil {
 		a.log.Error("marshal metrics", "err", err)
