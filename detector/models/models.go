@@ -13,3 +13,13 @@ var FlowID3 []byte
 
 // FlowID3Name is the file name of FlowID3.
 const FlowID3Name = "flow-id3.model"
+
+// QNameID3 is qname-id3.model: golearn's ID3 tree over the lexical features
+// of a DNS query name (internal/qname), trained on
+// labeled/dns-tunnel-qnames/train.csv (README.md in this folder).
+//
+//go:embed qname-id3.model
+var QNameID3 []byte
+
+// QNameID3Name is the file name of QNameID3.
+const QNameID3Name = "qname-id3.model"

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,6 +25,8 @@ import (
 	"netwatch/detector/internal/model"
 	"netwatch/detector/internal/output"
 	"netwatch/detector/internal/policy"
+	"netwatch/detector/internal/qname"
+	"netwatch/detector/internal/report"
 	"netwatch/detector/internal/rules"
 	"netwatch/detector/internal/stage"
 	"netwatch/detector/models"
@@ -388,12 +391,33 @@ func train(args []string, stdout io.Writer, getenv func(string) string) error {
 	test := fs.String("test", "", "NSL-KDD test file (e.g. KDDTest+.txt); empty: hold out every fifth record of -data")
 	out := fs.String("out", filepath.Join("models", models.FlowID3Name), "model file to write")
 	prune := fs.Float64("prune", 0, "golearn ID3 prune ratio (0: no pruning, deterministic)")
-	name := fs.String("name", "flow-id3", "model name (the rule of its alerts)")
+	name := fs.String("name", "", "model name (default flow-id3, qname-id3)")
+	format := fs.String("format", "nsl-kdd", "nsl-kdd (flow model) or qnames (DNS query-name model: -data train.csv, -test validate.csv)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if err := ops.ApplyEnv(fs, getenv); err != nil {
 		return err
+	}
+	switch *format {
+	case "qnames":
+		if *name == "" {
+			*name = "qname-id3"
+		}
+		d, o := "", ""
+		if flagSet(fs, "data") {
+			d = *data
+		}
+		if flagSet(fs, "out") {
+			o = *out
+		}
+		return trainQNames(d, *test, o, *name, stdout)
+	case "nsl-kdd":
+		if *name == "" {
+			*name = "flow-id3"
+		}
+	default:
+		return fmt.Errorf("-format %q: want nsl-kdd or qnames", *format)
 	}
 	recs, err := model.ReadKDDFile(*data)
 	if err != nil {
@@ -424,30 +448,130 @@ func train(args []string, stdout io.Writer, getenv func(string) string) error {
 
 func evaluate(args []string, stdout io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("detector evaluate", flag.ContinueOnError)
-	path := fs.String("model", "", "model file (empty: the shipped model)")
-	data := fs.String("data", "../shared/data/labeled/nsl-kdd/KDDTrain+_20Percent.txt", "NSL-KDD file to evaluate on")
-	split := fs.Bool("split", true, "evaluate only the held-out fifth of -data (index%5 == 4); false: every record")
+	format := fs.String("format", "nsl-kdd", "data format and model: nsl-kdd (flow model) or qnames (DNS query-name model)")
+	path := fs.String("model", "", "model file (empty: the shipped model of -format)")
+	data := fs.String("data", "", "file to evaluate on (default: KDDTrain+_20Percent.txt for nsl-kdd, validate.csv for qnames)")
+	split := fs.Bool("split", true, "nsl-kdd: evaluate only the held-out fifth of -data (index%5 == 4) when -data is the training file; false: every record")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if err := ops.ApplyEnv(fs, getenv); err != nil {
 		return err
 	}
-	t, err := loadModel(*path)
+	var rep report.Report
+	switch *format {
+	case "nsl-kdd":
+		if *data == "" {
+			*data = "../shared/data/labeled/nsl-kdd/KDDTrain+_20Percent.txt"
+		} else if !flagSet(fs, "split") {
+			*split = false // another file: all of it
+		}
+		t, err := loadModel(*path)
+		if err != nil {
+			return err
+		}
+		recs, err := model.ReadKDDFile(*data)
+		if err != nil {
+			return err
+		}
+		if *split {
+			_, recs = model.Split(recs)
+		}
+		xs := make([]model.Features, len(recs))
+		actual := make([]bool, len(recs))
+		for i, r := range recs {
+			xs[i], actual[i] = r.X, r.Attack
+		}
+		pred, err := t.Predict(xs)
+		if err != nil {
+			return err
+		}
+		p := make([]bool, len(pred))
+		for i, c := range pred {
+			p[i] = c == model.ClassAttack
+		}
+		rep = report.Binary(t.Name(), *format, *data, model.ClassNormal, model.ClassAttack, actual, p)
+	case "qnames":
+		if *data == "" {
+			*data = "../shared/data/labeled/dns-tunnel-qnames/validate.csv"
+		}
+		m, err := loadQNameModel(*path)
+		if err != nil {
+			return err
+		}
+		recs, err := qname.ReadFile(*data)
+		if err != nil {
+			return err
+		}
+		names := make([]string, len(recs))
+		actual := make([]bool, len(recs))
+		for i, r := range recs {
+			names[i], actual[i] = r.Name, r.Tunnel
+		}
+		pred, err := m.Predict(names)
+		if err != nil {
+			return err
+		}
+		rep = report.Binary(m.Name, *format, *data, qname.ClassBenign, qname.ClassTunnel, actual, pred)
+	default:
+		return fmt.Errorf("-format %q: want nsl-kdd or qnames", *format)
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+// flagSet reports whether the flag name was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// loadQNameModel loads path, or the shipped query-name model when empty.
+func loadQNameModel(path string) (*qname.Model, error) {
+	if path != "" {
+		return qname.Load(path)
+	}
+	f, err := os.CreateTemp("", "netwatch-qname-*")
+	if err != nil {
+		return nil, fmt.Errorf("load shipped qname model: %w", err)
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(models.QNameID3); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("load shipped qname model: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("load shipped qname model: %w", err)
+	}
+	return qname.Load(f.Name())
+}
+
+// trainQNames trains the query-name model (detector train -format qnames).
+func trainQNames(data, test, out, name string, stdout io.Writer) error {
+	if data == "" {
+		data = "../shared/data/labeled/dns-tunnel-qnames/train.csv"
+	}
+	if test == "" {
+		test = "../shared/data/labeled/dns-tunnel-qnames/validate.csv"
+	}
+	if out == "" {
+		out = filepath.Join("models", models.QNameID3Name)
+	}
+	fmt.Fprintf(stdout, "reading %s\n", data)
+	recs, err := qname.ReadFile(data)
 	if err != nil {
 		return err
 	}
-	recs, err := model.ReadKDDFile(*data)
+	fmt.Fprintf(stdout, "training ID3 on %d names (%d features)\n", len(recs), len(qname.FeatureNames))
+	m, err := qname.Train(recs, name)
 	if err != nil {
 		return err
 	}
-	if *split {
-		_, recs = model.Split(recs)
-	}
-	e, err := model.Evaluate(t, recs)
-	if err != nil {
+	if err := m.Save(out); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "model %s on %s: %s\n", t.Name(), filepath.Base(*data), e)
-	return nil
+	fmt.Fprintf(stdout, "wrote %s; evaluating on %s\n", out, test)
+	return evaluate([]string{"-format", "qnames", "-model", out, "-data", test}, stdout, func(string) string { return "" })
 }

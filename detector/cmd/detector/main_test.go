@@ -223,3 +223,64 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// TestEvaluateJSON: `detector evaluate -format qnames` and `-format
+// nsl-kdd` with the shipped models print one JSON object with
+// binary_accuracy, per-class figures and the confusion matrix. The row
+// counts are the data set's (README of labeled/: validate.csv 4,000 tunnel
+// and 1,000 benign names; KDDTrain+_20Percent 25,192 rows, every fifth
+// held out: 5,038).
+func TestEvaluateJSON(t *testing.T) {
+	shared := testkit.Shared(t)
+	for _, c := range []struct {
+		args        []string
+		n           int
+		support     map[string]int
+		minAccuracy float64
+	}{
+		{[]string{"-format", "qnames", "-data", filepath.Join(shared, "data/labeled/dns-tunnel-qnames/validate.csv")}, 5000,
+			map[string]int{"tunnel": 4000, "benign": 1000}, 0.98},
+		{[]string{"-format", "nsl-kdd", "-data", filepath.Join(shared, "data/labeled/nsl-kdd/KDDTrain+_20Percent.txt"), "-split"}, 5038,
+			nil, 0.95},
+	} {
+		var out bytes.Buffer
+		if err := evaluate(c.args, &out, func(string) string { return "" }); err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		var rep struct {
+			N              int     `json:"n"`
+			BinaryAccuracy float64 `json:"binary_accuracy"`
+			Classes        map[string]struct {
+				Precision, Recall, F1 float64
+				Support               int
+			} `json:"classes"`
+			Confusion struct {
+				Labels []string `json:"labels"`
+				Matrix [][]int  `json:"matrix"`
+			} `json:"confusion_matrix"`
+		}
+		if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+			t.Fatalf("%v: output is not one JSON object: %v\n%s", c.args, err, out.String())
+		}
+		sum, diag := 0, 0
+		for i, row := range rep.Confusion.Matrix {
+			for j, v := range row {
+				sum += v
+				if i == j {
+					diag += v
+				}
+			}
+		}
+		if rep.N != c.n || sum != c.n || rep.BinaryAccuracy < c.minAccuracy || rep.BinaryAccuracy != float64(diag)/float64(sum) || len(rep.Classes) != 2 {
+			t.Errorf("%v: n %d, matrix sum %d, accuracy %v (diagonal %d)", c.args, rep.N, sum, rep.BinaryAccuracy, diag)
+		}
+		for cl, n := range c.support {
+			if rep.Classes[cl].Support != n {
+				t.Errorf("%v: %s support %d, want %d", c.args, cl, rep.Classes[cl].Support, n)
+			}
+		}
+	}
+	if err := evaluate([]string{"-format", "pcap"}, &bytes.Buffer{}, func(string) string { return "" }); err == nil {
+		t.Error("-format pcap accepted")
+	}
+}
