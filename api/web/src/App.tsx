@@ -7,12 +7,16 @@ import Alerts, { AlertDetail } from './pages/Alerts.tsx';
 import Host from './pages/Host.tsx';
 import Sensors from './pages/Sensors.tsx';
 
-/** The route is the URL hash: #/, #/flows, #/flows/<id>, #/alerts, #/alerts/<id>, #/host/<addr>, #/sensors. */
+/**
+ * The route is the URL hash: #/, #/flows (?filters), #/flows/<id>, #/alerts, #/alerts/<id>,
+ * #/host/<addr>, #/sensors.
+ */
 function useRoute(): string[] {
-  const parse = () => window.location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  const parse = () => window.location.hash.replace(/^#\/?/, '').split('?')[0].split('/').map(decodeURIComponent);
   const [route, setRoute] = useState(parse);
   useEffect(() => {
     const on = () => setRoute(parse());
+    // a new query (#/flows?addr=...) remounts the page with it
     window.addEventListener('hashchange', on);
     return () => window.removeEventListener('hashchange', on);
   }, []);
@@ -59,7 +63,7 @@ export default function App() {
       <RangeProvider>
         <main data-testid={`page-${page || 'overview'}`}>
           {page === '' && <Overview />}
-          {page === 'flows' && (arg ? <FlowDetail id={arg} /> : <Flows />)}
+          {page === 'flows' && (arg ? <FlowDetail id={arg} /> : <Flows key={window.location.hash} />)}
           {page === 'alerts' && (arg ? <AlertDetail id={arg} /> : <Alerts />)}
           {page === 'host' && <Host addr={arg} />}
           {page === 'sensors' && <Sensors />}

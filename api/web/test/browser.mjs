@@ -136,6 +136,12 @@ try {
     if (!cid.startsWith('1:') || cid !== flow.community_id) throw new Error(`flow ${flowId}: Community ID ${cid}, REST ${flow.community_id}`);
     await noSidewaysScroll(page, `flow detail ${size}`);
     await shot(page, `flow-${size}`);
+    // Its Community ID in the explorer: the flows search with that filter.
+    await page.getByTestId('same-community-id').click();
+    await page.locator(`[data-testid="flow-row"][data-flow-id="${flowId}"]`).waitFor({ timeout });
+    const same = await page.evaluate(async (c) => (await fetch(`/api/v1/flows?community_id=${encodeURIComponent(c)}`)).json(), cid);
+    const rows = await page.locator('[data-testid="flow-row"]').count();
+    if (rows !== same.flows.length) throw new Error(`community_id ${cid}: ${rows} rows, REST ${same.flows.length}`);
 
     // Alerts and an alert's detail: acknowledge, then close.
     await page.getByTestId('nav-alerts').click();

@@ -12,7 +12,10 @@ const FIELDS: [string, string][] = [
 
 export default function Flows() {
   const { range } = useRange();
-  const [draft, setDraft] = useState<Record<string, string>>({ sort: '-start', direction: '' });
+  // Filters may come in the hash: #/flows?addr=10.0.0.1&port=22
+  const [draft, setDraft] = useState<Record<string, string>>(() => ({
+    sort: '-start', direction: '', ...Object.fromEntries(new URLSearchParams(window.location.hash.split('?')[1] || '')),
+  }));
   const [filter, setFilter] = useState<Record<string, string>>(draft);
   const [flows, setFlows] = useState<Flow[]>([]);
   const [next, setNext] = useState('');
@@ -127,7 +130,7 @@ export function FlowDetail({ id }: { id: string }) {
           <Field k="tunnel" v={f.tunnel ? `${f.tunnel} ${f.tunnel_id}` : ''} />
         </dl>
       </div>
-      <p><a href="#/flows">← flows</a></p>
+      <p><a href="#/flows">← flows</a> · <a href={`#/flows?community_id=${encodeURIComponent(f.community_id)}`} data-testid="same-community-id">every record with this Community ID</a></p>
     </section>
   );
 }

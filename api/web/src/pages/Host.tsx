@@ -50,7 +50,7 @@ export default function Host({ addr }: { addr: string }) {
       {addr && (
         <>
           <section className="wide">
-            <h2>Traffic of <span className="addr" data-testid="host-title">{addr}</span></h2>
+            <h2>Traffic of <span className="addr" data-testid="host-title">{addr}</span> · <a href={`#/flows?addr=${encodeURIComponent(addr)}`}>its flows</a></h2>
             <Chart testid="host-traffic-chart" option={tsOption} src={tsURL || undefined} map="points.bps;points.pps" />
           </section>
           <section>
