@@ -243,13 +243,14 @@ type Stage struct {
 	limit   flow.Limit
 	pub     *publish.Publisher
 
-	mu      sync.Mutex
-	held    map[uint64]*held
-	buckets map[string]*bucketState // by PACKETS subject; used by the Run goroutine only
-	wq      jetstream.Stream        // group mode: the group's work-queue stream
-	kv      jetstream.KeyValue      // group mode: flow checkpoints
-	epoch   int64                   // group mode: creation time of the work-queue stream (Unix ns)
-	mine    map[string]bool         // group mode: partitions assigned to this member (nil: not known yet)
+	mu       sync.Mutex
+	held     map[uint64]*held
+	buckets  map[string]*bucketState // by PACKETS subject; used by the Run goroutine only
+	wq       jetstream.Stream        // group mode: the group's work-queue stream
+	kv       jetstream.KeyValue      // group mode: flow checkpoints
+	epoch    int64                   // group mode: creation time of the work-queue stream (Unix ns)
+	mine     map[string]bool         // group mode: partitions assigned to this member (nil: not known yet)
+	needSync bool                    // group mode: run syncAll before the next message of an unseen bucket
 
 	flowsBy [7]prometheus.Counter // Metrics.Flows by pb.EndReason
 	okBatch prometheus.Counter    // Metrics.Batches{result="ok"}
@@ -499,6 +500,10 @@ func (s *Stage) handle(m jetstream.Msg) {
 		s.m.Batches.WithLabelValues("redelivered").Inc()
 		return
 	}
+	if s.wq != nil && (bs == nil || !bs.synced) && s.needSync {
+		s.syncAll(seq)
+		bs = s.buckets[subj]
+	}
 	if bs == nil {
 		bs = &bucketState{subj: subj}
 		s.buckets[subj] = bs
@@ -522,14 +527,9 @@ func (s *Stage) handle(m jetstream.Msg) {
 // held by a crashed or former owner, they are delivered here only after
 // their AckWait, out of stream order).
 func (s *Stage) sync(bs *bucketState, seq uint64) {
-	bs.synced = true
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	states, err := s.loadCheckpoints(ctx, bs.subj)
-	if err != nil {
-		s.log.Warn("load flow checkpoints: flows open at a crash may be counted twice", "subject", bs.subj, "err", err)
-	}
-	bs.resume = states
+	s.startBucket(ctx, bs)
 	filter := "*." + bs.subj // the group's stream prefixes the partition
 	for from := uint64(1); ; {
 		raw, err := s.wq.GetMsg(ctx, from, jetstream.WithGetMsgSubject(filter))
@@ -548,6 +548,91 @@ func (s *Stage) sync(bs *bucketState, seq uint64) {
 		}
 		s.process(bs, raw.Sequence, raw.Data, nil)
 		from = raw.Sequence + 1
+	}
+}
+
+// startBucket marks bs synced and loads its checkpoints.
+func (s *Stage) startBucket(ctx context.Context, bs *bucketState) {
+	bs.synced = true
+	states, err := s.loadCheckpoints(ctx, bs.subj)
+	if err != nil {
+		s.log.Warn("load flow checkpoints: flows open at a crash may be counted twice", "subject", bs.subj, "err", err)
+	}
+	bs.resume = states
+}
+
+// syncAll processes, in stream order, the messages older than cur of all
+// of this member's partitions whose buckets it has not seen yet: at start
+// and after gaining partitions, before the first new message, so that a
+// replay keeps the stream order across buckets too (COUNTERS seconds and
+// names from DNS answers are shared by a sensor's buckets). Those messages
+// are unacked: held by a crashed instance or the partitions' former owner,
+// they would be delivered here only after their AckWait, behind new ones.
+func (s *Stage) syncAll(cur uint64) {
+	s.needSync = false
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if s.mine == nil {
+		s.checkPartitions(ctx)
+	}
+	var filters []string
+	for p := range s.mine {
+		filters = append(filters, p+".>")
+	}
+	if s.mine == nil {
+		filters = []string{">"}
+	}
+	type head struct {
+		filter string
+		raw    *jetstream.RawStreamMsg
+	}
+	next := func(filter string, from uint64) *jetstream.RawStreamMsg {
+		raw, err := s.wq.GetMsg(ctx, from, jetstream.WithGetMsgSubject(filter))
+		if err != nil {
+			if !errors.Is(err, jetstream.ErrMsgNotFound) {
+				s.log.Warn("read unacked packet batches: flows open at a crash may be counted twice", "filter", filter, "err", err)
+			}
+			return nil
+		}
+		if raw.Sequence >= cur {
+			return nil
+		}
+		return raw
+	}
+	var heads []head
+	for _, f := range filters {
+		if r := next(f, 1); r != nil {
+			heads = append(heads, head{f, r})
+		}
+	}
+	fresh := map[*bucketState]bool{}
+	n := 0
+	for len(heads) > 0 {
+		i := 0
+		for j := range heads {
+			if heads[j].raw.Sequence < heads[i].raw.Sequence {
+				i = j
+			}
+		}
+		r := heads[i].raw
+		part, subj, _ := strings.Cut(r.Subject, ".")
+		bs := s.buckets[subj]
+		if bs == nil {
+			bs = &bucketState{subj: subj, part: part}
+			s.buckets[subj] = bs
+			s.startBucket(ctx, bs)
+			fresh[bs] = true
+		}
+		if fresh[bs] {
+			s.process(bs, r.Sequence, r.Data, nil)
+			n++
+		}
+		if heads[i].raw = next(heads[i].filter, r.Sequence+1); heads[i].raw == nil {
+			heads = append(heads[:i], heads[i+1:]...)
+		}
+	}
+	if n > 0 {
+		s.log.Info("replayed unacked packet batches", "messages", n, "buckets", len(fresh))
 	}
 }
 
@@ -740,6 +825,11 @@ func (s *Stage) checkPartitions(ctx context.Context) {
 	for _, f := range pcgroups.ElasticGetPartitionFilters(*c, g.Member) {
 		if p, _, ok := strings.Cut(f, "."); ok {
 			mine[p] = true
+		}
+	}
+	for p := range mine {
+		if !s.mine[p] {
+			s.needSync = true // gained a partition: its unacked messages come first
 		}
 	}
 	s.mine = mine

@@ -320,6 +320,24 @@ func crashRun(t *testing.T, members []string, change bool) {
 			t.Errorf("%v: %+v in flows, not in the capture", k, g)
 		}
 	}
+	// COUNTERS are not exact across a crash yet (README "Crash and
+	// membership changes"): report how far off they are, do not fail.
+	perSec := map[int64]uint64{}
+	for _, p := range pkts {
+		perSec[p.TsNs/1e9]++
+	}
+	msgs, _ := readCounters(t, js)
+	sum := map[int64]uint64{}
+	for _, m := range msgs {
+		sum[m.SecondNs/1e9] += m.Total.Packets
+	}
+	off := 0
+	for sec, n := range perSec {
+		if sum[sec] != n {
+			off++
+		}
+	}
+	t.Logf("COUNTERS: %d of %d seconds differ from tshark's packets per second", off, len(perSec))
 	t.Logf("%d flow records (%d republished with the same id and content), %v packets skipped by checkpoints",
 		len(byID), dups, replayed)
 }
