@@ -33,7 +33,7 @@ type SensorRecord struct {
 	Host       string    `json:"host"`       // os.Hostname of the agent
 	Version    string    `json:"version"`    // the agent's build version
 	Interfaces []string  `json:"interfaces"` // capture interfaces (or the file for a replay)
-	Boot       uint64    `json:"boot"`       // the agent's boot id (part of its Nats-Msg-Id)
+	Boot       string    `json:"boot"`       // the agent's boot id (pb.PacketBatch.Boot, part of its Nats-Msg-Id)
 	Started    time.Time `json:"started"`    // when the agent started
 	Heartbeat  time.Time `json:"heartbeat"`  // the agent's clock at its latest put
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -59,6 +60,12 @@ func (v *violations) handler(_ *nats.Conn, _ *nats.Subscription, err error) {
 	v.mu.Lock()
 	v.errs = append(v.errs, err.Error())
 	v.mu.Unlock()
+}
+
+func (v *violations) all() []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.Clone(v.errs)
 }
 
 func (v *violations) find(sub string) error {
@@ -190,16 +197,30 @@ func TestSensorCannotUseAnotherName(t *testing.T) {
 			t.Errorf("%s holds %d messages on %v, want 1 on %s", stream, si.State.Msgs, si.State.Subjects, want)
 		}
 	}
-	akv, err := schema.OpenRegistry(ctx, ajs)
+	// The api's credentials read the registry (List: stream info, an ordered
+	// consumer for the keys, direct gets); only sensor-a's record is there.
+	apiCreds := filepath.Join(dir, "api.creds")
+	ctl(t, "creds", "-dir", dir, "-role", "api", "-o", apiCreds)
+	var av violations
+	apinc, err := nats.Connect(url, nats.UserCredentials(apiCreds), nats.ErrorHandler(av.handler))
 	if err != nil {
 		t.Fatal(err)
+	}
+	defer apinc.Close()
+	apijs, _ := jetstream.New(apinc)
+	akv, err := schema.OpenRegistry(ctx, apijs)
+	if err != nil {
+		t.Fatalf("api opening the registry: %v", err)
 	}
 	got, err := schema.List(ctx, akv, time.Now(), time.Minute)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("api listing the registry: %v (%v)", err, av.all())
 	}
-	if len(got) != 1 || got[0].Name != "sensor-a" || got[0].Host != "h1" {
-		t.Errorf("registry = %+v, want only sensor-a on h1", got)
+	if len(got) != 1 || got[0].Name != "sensor-a" || got[0].Host != "h1" || !got[0].Online {
+		t.Errorf("registry = %+v, want only sensor-a on h1, online", got)
+	}
+	if e := av.all(); len(e) > 0 {
+		t.Errorf("api reading the registry: %v", e)
 	}
 }
 

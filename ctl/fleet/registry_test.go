@@ -31,8 +31,8 @@ func TestRegistry(t *testing.T) {
 	}
 
 	started := time.Date(2026, 11, 29, 19, 0, 0, 0, time.UTC)
-	b := schema.SensorRecord{Name: "sensor-b", Host: "host-2", Version: "v1.2.3", Interfaces: []string{"eth0", "eth1"}, Boot: 42, Started: started}
-	a := schema.SensorRecord{Name: "sensor-a", Host: "host-1", Version: "v1.2.3", Interfaces: []string{"ens3"}, Boot: 7, Started: started}
+	b := schema.SensorRecord{Name: "sensor-b", Host: "host-2", Version: "v1.2.3", Interfaces: []string{"eth0", "eth1"}, Boot: "6be2fa2b96b231ae", Started: started}
+	a := schema.SensorRecord{Name: "sensor-a", Host: "host-1", Version: "v1.2.3", Interfaces: []string{"ens3"}, Boot: "00000000000000a7", Started: started}
 	before := time.Now()
 	for _, r := range []schema.SensorRecord{b, a} {
 		if _, err := schema.Announce(ctx, kv, r); err != nil {
