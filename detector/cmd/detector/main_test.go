@@ -284,3 +284,42 @@ func TestEvaluateJSON(t *testing.T) {
 		t.Error("-format pcap accepted")
 	}
 }
+
+// TestRescoreCommand runs `detector rescore` against an in-process
+// JetStream holding 60 SYN probes: one portscan alert under the run id.
+func TestRescoreCommand(t *testing.T) {
+	url, _, js := testkit.JetStream(t)
+	ctx := context.Background()
+	from := time.Now().Add(-time.Second)
+	batch := &pb.FlowBatch{Sensor: "s1"}
+	t0 := time.Date(2026, 1, 1, 0, 0, 10, 0, time.UTC).UnixNano()
+	for p := uint32(1); p <= 60; p++ {
+		at := t0 + int64(p)*int64(time.Millisecond)
+		batch.Flows = append(batch.Flows, &pb.Flow{Proto: 6, OrigAddr: []byte{10, 0, 0, 66}, OrigPort: 40000, RespAddr: []byte{10, 0, 0, 20},
+			RespPort: p, StartNs: at, EndNs: at + 1e5, OrigPkts: 1, RespPkts: 1, OrigTcpFlags: 0x02, RespTcpFlags: 0x14, Final: true})
+	}
+	data, _ := proto.Marshal(batch)
+	m := &nats.Msg{Subject: schema.FlowsSubject("s1", 1, 2), Data: data, Header: nats.Header{}}
+	m.Header.Set(jetstream.MsgIDHeader, "b1")
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	err := rescore([]string{"-nats.url", url, "-from", from.UTC().Format(time.RFC3339Nano), "-run", "t1", "-health.check", "0"}, &out, &errOut, func(string) string { return "" })
+	if err != nil {
+		t.Fatalf("rescore: %v\n%s", err, errOut.String())
+	}
+	var sum struct {
+		RunID  string         `json:"run_id"`
+		Flows  int            `json:"flows"`
+		Alerts map[string]int `json:"alerts"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &sum); err != nil || sum.RunID != "t1" || sum.Flows != 60 || sum.Alerts["portscan"] != 1 {
+		t.Errorf("summary %s (%v)", out.String(), err)
+	}
+	for _, args := range [][]string{{"-from", "yesterday"}, {"-from", "2026-01-02T00:00:00Z", "-to", "2026-01-01T00:00:00Z"}} {
+		if err := rescore(append([]string{"-nats.url", url}, args...), &out, &errOut, func(string) string { return "" }); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+}

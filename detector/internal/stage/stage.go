@@ -227,23 +227,7 @@ func (s *Stage) Handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
-	sensor := batch.GetSensor()
-	if sensor == "" {
-		sensor = schema.SensorFromSubject(msg.Subject())
-	}
-	var alerts []*pb.Alert
-	for _, f := range batch.GetFlows() {
-		fs := sensor
-		if f.GetSensor() != "" {
-			fs = f.GetSensor()
-		}
-		s.m.Flows.Inc()
-		alerts = append(alerts, s.engine.Observe(fs, f)...)
-		if a := s.score(fs, f); a != nil {
-			alerts = append(alerts, a)
-		}
-	}
-	s.m.RuleKeys.Set(float64(s.engine.Keys()))
+	alerts := s.process(&batch, msg.Subject())
 	for i, a := range alerts {
 		if err := s.emit(ctx, a); err != nil {
 			s.m.PublishErrors.Inc()
@@ -260,6 +244,29 @@ func (s *Stage) Handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	s.m.Messages.Inc()
 	s.m.Lag.Observe(time.Since(start).Seconds())
+}
+
+// process runs the model and the rules on every flow of batch (received
+// on subject) and returns the alerts.
+func (s *Stage) process(batch *pb.FlowBatch, subject string) []*pb.Alert {
+	sensor := batch.GetSensor()
+	if sensor == "" {
+		sensor = schema.SensorFromSubject(subject)
+	}
+	var alerts []*pb.Alert
+	for _, f := range batch.GetFlows() {
+		fs := sensor
+		if f.GetSensor() != "" {
+			fs = f.GetSensor()
+		}
+		s.m.Flows.Inc()
+		alerts = append(alerts, s.engine.Observe(fs, f)...)
+		if a := s.score(fs, f); a != nil {
+			alerts = append(alerts, a)
+		}
+	}
+	s.m.RuleKeys.Set(float64(s.engine.Keys()))
+	return alerts
 }
 
 func (s *Stage) retract(a *pb.Alert) {
