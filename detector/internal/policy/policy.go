@@ -64,12 +64,20 @@ type Policy struct {
 // Parse reads a YAML or JSON document. Errors name the bad field: an
 // unknown key, an address or network that does not parse, a threshold
 // value that is not a scalar.
-func Parse(data []byte) (*Policy, error) {
+func Parse(data []byte) (p *Policy, err error) {
 	var f File
+	// goccy/go-yaml v1.19.2 panics (nil dereference) on some malformed
+	// documents (FuzzParse, testdata/fuzz/FuzzParse): a bad file must stay
+	// an error, never take the detector down on a reload.
+	defer func() {
+		if r := recover(); r != nil {
+			p, err = nil, fmt.Errorf("parse: malformed document (%v)", r)
+		}
+	}()
 	if err := yaml.UnmarshalWithOptions(data, &f, yaml.DisallowUnknownField()); err != nil {
 		return nil, fmt.Errorf("parse: %w", err)
 	}
-	p := &Policy{Thresholds: map[string]string{}}
+	p = &Policy{Thresholds: map[string]string{}}
 	var errs []error
 	for i, e := range f.Allow {
 		var x entry

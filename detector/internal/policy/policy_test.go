@@ -152,3 +152,22 @@ func TestWatch(t *testing.T) {
 	}
 	testkit.Eventually(t, 5*time.Second, func() bool { return ports() == "90" }, "rename did not reload")
 }
+
+// FuzzParse: no document panics; a document that parses allows and
+// applies without panicking.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(example))                              // the documented example
+	f.Add([]byte(`{"allow":[{"addresses":["::1"]}]}`))  // JSON
+	f.Add([]byte("allow: [{networks: [10.0.0.0/33]}]")) // bad prefix
+	f.Add([]byte("thresholds: {a: {b: c}}"))            // nested value
+	f.Fuzz(func(t *testing.T, doc []byte) {
+		p, err := Parse(doc)
+		if err != nil {
+			return
+		}
+		p.Allowed(&pb.Alert{Rule: "portscan", OrigAddr: "10.0.0.1", RespAddr: "fd00::1"})
+		fs := flag.NewFlagSet("f", flag.ContinueOnError)
+		fs.Int("portscan.ports", 50, "")
+		_ = p.Apply(fs)
+	})
+}
