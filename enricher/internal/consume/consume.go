@@ -336,6 +336,7 @@ func (s *Stage) Run(ctx context.Context) error {
 		pt := time.NewTicker(time.Second)
 		defer pt.Stop()
 		parts = pt.C
+		s.needSync = true
 		s.checkPartitions(ctx)
 	}
 loop:
@@ -575,12 +576,15 @@ func (s *Stage) syncAll(cur uint64) {
 	if s.mine == nil {
 		s.checkPartitions(ctx)
 	}
+	if s.mine == nil {
+		// Membership unknown: each bucket reads its own older messages
+		// when first seen (Stage.sync); retried at the next unseen bucket.
+		s.needSync = true
+		return
+	}
 	var filters []string
 	for p := range s.mine {
 		filters = append(filters, p+".>")
-	}
-	if s.mine == nil {
-		filters = []string{">"}
 	}
 	type head struct {
 		filter string

@@ -102,3 +102,42 @@ func TestResumeFromCheckpoint(t *testing.T) {
 		t.Errorf("replay without checkpoint: %d records, first %v", len(bad), bad)
 	}
 }
+
+// TestFinalCheckpointWhenNotReplayable: a flow in one message ended by its
+// bucket's packets needs no checkpoint (a replay rebuilds it whole); one
+// ended by shutdown or by a clock the wall moved ahead of the packets gets
+// a final checkpoint, because a replay would not end it there.
+func TestFinalCheckpointWhenNotReplayable(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Sensor, cfg.Checkpoints = "s1", true
+	cases := []struct {
+		name string
+		end  func(tb *Table)
+		want bool
+	}{
+		{"idle by packet time", func(tb *Table) {
+			tb.AddAt(udp(t0+2*int64(time.Minute), hostA, 1, hostB, 2, 10), nil, Pos{Seq: 2})
+		}, false},
+		{"idle by wall clock", func(tb *Table) { tb.Advance(t0 + 2*int64(time.Minute)) }, true},
+		{"shutdown", func(tb *Table) { tb.Flush(pb.EndReason_END_SHUTDOWN) }, true},
+	}
+	for _, c := range cases {
+		var got *Checkpoint
+		tb := NewTable(cfg, func(r Record) {
+			if r.Flow.RespPort == 5000 {
+				got = r.Checkpoint
+			}
+		})
+		tb.AddAt(udp(t0, hostA, 40000, hostB, 5000, 10), nil, Pos{Seq: 1})
+		tb.AddAt(udp(t0+int64(time.Second), hostB, 5000, hostA, 40000, 10), nil, Pos{Seq: 1, Idx: 1})
+		c.end(tb)
+		if (got != nil) != c.want {
+			t.Errorf("%s: checkpoint %v, want one: %v", c.name, got, c.want)
+		}
+		if got != nil {
+			if st, _ := ParseFlowState(got.Data); st == nil || !st.Done || st.Pos != (Pos{Seq: 1, Idx: 1}) {
+				t.Errorf("%s: checkpoint %s", c.name, got.Data)
+			}
+		}
+	}
+}

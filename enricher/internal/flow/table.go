@@ -153,17 +153,19 @@ type entry struct {
 // concurrent use. Records are passed to the emit function in a
 // deterministic order given the packet sequence.
 type Table struct {
-	cfg     Config
-	idleNs  [4]int64
-	emit    func(Record)
-	flows   map[Key]*entry
-	idle    [4]list // per protocol class, in order of last packet
-	closing list    // TCP flows after FIN both ways or RST, by close time
-	clock   int64
-	free    []*entry           // ended entries for reuse
-	buf     []byte             // scratch for ids
-	hists   map[string]string  // interned history strings
-	resume  map[Key]*FlowState // checkpoints of a replay (Resume)
+	cfg      Config
+	idleNs   [4]int64
+	emit     func(Record)
+	flows    map[Key]*entry
+	idle     [4]list // per protocol class, in order of last packet
+	closing  list    // TCP flows after FIN both ways or RST, by close time
+	clock    int64
+	free     []*entry           // ended entries for reuse
+	buf      []byte             // scratch for ids
+	hists    map[string]string  // interned history strings
+	resume   map[Key]*FlowState // checkpoints of a replay (Resume)
+	pktMax   int64              // latest packet time seen (the clock may be ahead of it after Advance)
+	evicting bool               // a flow is ended by the Limit
 
 	Skipped     uint64 // packets without usable addresses
 	Backwards   uint64 // packets older than the clock (accounted with their own time)
@@ -225,6 +227,9 @@ func (t *Table) AddAt(p *pb.PacketSummary, ref Ref, pos Pos) {
 	ts := p.TsNs
 	if ts < t.clock {
 		t.Backwards++
+	}
+	if ts > t.pktMax {
+		t.pktMax = ts
 	}
 	t.Advance(ts)
 	if t.cfg.Names != nil && p.DnsResponse {
@@ -602,7 +607,9 @@ func (t *Table) evict() {
 	}
 	if old != nil {
 		t.Evicted++
+		t.evicting = true
 		t.finish(old, pb.EndReason_END_IDLE)
+		t.evicting = false
 	}
 }
 
@@ -616,7 +623,12 @@ func (t *Table) finish(e *entry, reason pb.EndReason) {
 	}
 	delete(t.flows, e.key)
 	var cp *Checkpoint
-	if t.cfg.Checkpoints && (e.recIndex > 0 || e.lastPos.Seq != e.firstSeq) {
+	// A replay of the bucket's messages rebuilds a flow whole unless it
+	// had interim records or spans messages, or its end does not follow
+	// from its bucket's packets: shutdown, eviction (other tables), a clock
+	// moved ahead of the packets by the wall clock (Advance from the stage).
+	if t.cfg.Checkpoints && (e.recIndex > 0 || e.lastPos.Seq != e.firstSeq || reason == pb.EndReason_END_SHUTDOWN ||
+		t.evicting || t.clock > t.pktMax) {
 		cp = t.checkpoint(e, e.lastPos, true)
 	}
 	t.emitRecord(e, true, reason, cp)
