@@ -111,15 +111,29 @@ func ConsumerConfigs(o StreamOptions) []ConsumerDef {
 }
 
 // Provision creates or updates every stream and durable consumer; calling it
-// again with the same options changes nothing. Errors name the stream or
-// consumer that failed.
+// again with the same options changes nothing. It never lowers the replicas
+// of an existing stream or consumer: a stage started with the default of 1
+// on a cluster provisioned at 3 keeps the streams at 3. Errors name the
+// stream or consumer that failed.
 func Provision(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
 	for _, sc := range StreamConfigs(o) {
+		if st, err := js.Stream(ctx, sc.Name); err == nil {
+			if r := st.CachedInfo().Config.Replicas; r > sc.Replicas {
+				sc.Replicas = r
+			}
+		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
+		}
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
 		}
 	}
 	for _, cd := range ConsumerConfigs(o) {
+		if c, err := js.Consumer(ctx, cd.Stream, cd.Config.Durable); err == nil {
+			if r := c.CachedInfo().Config.Replicas; r > cd.Config.Replicas {
+				cd.Config.Replicas = r
+			}
+		}
 		if _, err := js.CreateOrUpdateConsumer(ctx, cd.Stream, cd.Config); err != nil {
 			return fmt.Errorf("provision consumer %s on %s: %w", cd.Config.Durable, cd.Stream, err)
 		}
@@ -127,13 +141,20 @@ func Provision(ctx context.Context, js jetstream.JetStream, o StreamOptions) err
 	return nil
 }
 
+// provisionAttempt bounds one Provision call of ProvisionRetry: a request
+// sent while a new cluster has no meta leader gets no answer, and must not
+// hold the caller's whole deadline.
+const provisionAttempt = 10 * time.Second
+
 // ProvisionRetry calls Provision until it succeeds or ctx ends, backing off
 // from 200 ms to 5 s: a stage started before NATS (or during a cluster
 // election) waits for it instead of failing.
 func ProvisionRetry(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
 	wait := 200 * time.Millisecond
 	for {
-		err := Provision(ctx, js, o)
+		actx, cancel := context.WithTimeout(ctx, provisionAttempt)
+		err := Provision(actx, js, o)
+		cancel()
 		if err == nil {
 			return nil
 		}

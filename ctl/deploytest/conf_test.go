@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"netwatch/ctl/internal/auth"
 	"netwatch/ctl/internal/perms"
 	"netwatch/schema"
+	"netwatch/schema/ops"
 	"netwatch/testkit"
 )
 
@@ -194,6 +196,28 @@ jetstream { store_dir: %q }
 	if err := schema.Provision(ctx, ajs, schema.StreamOptions{}); err != nil {
 		t.Fatalf("provision as admin: %v", err)
 	}
+
+	// The services' own connect path (schema/ops, -nats.tls-ca) trusts the
+	// private CA only when told to.
+	hostport := strings.TrimPrefix(url, "tls://")
+	oc := ops.Common{NATSURL: "tls://admin:change-me-admin@" + hostport, NATSCA: caFile, LogLevel: "info", LogFormat: "json"}
+	if err := oc.Validate(); err != nil {
+		t.Fatalf("ops config: %v", err)
+	}
+	octx, ocancel := context.WithTimeout(ctx, 10*time.Second)
+	onc, err := oc.ConnectNATS(octx, "deploytest", slog.New(slog.DiscardHandler))
+	ocancel()
+	if err != nil {
+		t.Fatalf("ops.ConnectNATS with -nats.tls-ca: %v", err)
+	}
+	onc.Close()
+	oc.NATSCA = ""
+	octx, ocancel = context.WithTimeout(ctx, 3*time.Second)
+	if onc, err := oc.ConnectNATS(octx, "deploytest", slog.New(slog.DiscardHandler)); err == nil {
+		onc.Close()
+		t.Error("ops.ConnectNATS trusted the private CA without -nats.tls-ca")
+	}
+	ocancel()
 
 	errs := make(chan error, 16)
 	sensor, err := nats.Connect(url, nats.RootCAs(caFile), nats.UserInfo("sensor-a", "change-me-sensor-a"),

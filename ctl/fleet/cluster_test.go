@@ -139,6 +139,29 @@ func TestClusterLosesNoMessageWhenANodeDies(t *testing.T) {
 		defer cancel()
 		return schema.Provision(c2, js, o)
 	})
+	// A stage started with the default replicas (1) provisions again: the
+	// streams and consumers stay at 3 replicas.
+	if err := schema.Provision(ctx, js, schema.StreamOptions{}); err != nil {
+		t.Fatalf("provision with default replicas: %v", err)
+	}
+	for _, sc := range schema.StreamConfigs(o) {
+		s, err := js.Stream(ctx, sc.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := s.CachedInfo().Config.Replicas; r != 3 {
+			t.Errorf("stream %s has %d replicas after a replicas-1 provision, want 3", sc.Name, r)
+		}
+	}
+	for _, cd := range schema.ConsumerConfigs(o) {
+		c, err := js.Consumer(ctx, cd.Stream, cd.Config.Durable)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := c.CachedInfo().Config.Replicas; r != 3 {
+			t.Errorf("consumer %s has %d replicas after a replicas-1 provision, want 3", cd.Config.Durable, r)
+		}
+	}
 	st, err := js.Stream(ctx, schema.StreamPackets)
 	if err != nil {
 		t.Fatal(err)

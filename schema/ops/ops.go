@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -53,6 +54,9 @@ func ApplyEnv(fs *flag.FlagSet, getenv func(string) string) error {
 type Common struct {
 	NATSURL   string // -nats.url, comma-separated server URLs
 	NATSCreds string // -nats.creds, a credentials file; empty for none
+	NATSCA    string // -nats.tls-ca, PEM CA bundle that signs the servers' certificates; empty: system roots
+	NATSCert  string // -nats.tls-cert, client certificate (PEM) for servers that verify clients
+	NATSKey   string // -nats.tls-key, its private key (PEM)
 	HTTPAddr  string // -http.addr of /metrics, /healthz, /readyz; empty disables
 	LogLevel  string // -log.level: debug, info, warn, error
 	LogFormat string // -log.format: json or text
@@ -64,6 +68,9 @@ type Common struct {
 func (c *Common) Register(fs *flag.FlagSet, defaultHTTP string) {
 	fs.StringVar(&c.NATSURL, "nats.url", "nats://127.0.0.1:4222", "NATS server URLs, comma-separated")
 	fs.StringVar(&c.NATSCreds, "nats.creds", "", "NATS credentials file")
+	fs.StringVar(&c.NATSCA, "nats.tls-ca", "", "PEM CA file that signs the NATS servers' certificates (default: the system roots)")
+	fs.StringVar(&c.NATSCert, "nats.tls-cert", "", "client certificate (PEM) for NATS servers that verify clients")
+	fs.StringVar(&c.NATSKey, "nats.tls-key", "", "private key (PEM) of -nats.tls-cert")
 	fs.StringVar(&c.HTTPAddr, "http.addr", defaultHTTP, "listen address for /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&c.LogLevel, "log.level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log.format", "json", "log format: json or text")
@@ -82,6 +89,18 @@ func (c *Common) Validate() error {
 	}
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		errs = append(errs, fmt.Errorf("-log.format %q: want json or text", c.LogFormat))
+	}
+	if (c.NATSCert == "") != (c.NATSKey == "") {
+		errs = append(errs, errors.New("-nats.tls-cert and -nats.tls-key go together"))
+	}
+	for _, f := range []struct{ flag, path string }{{"-nats.creds", c.NATSCreds}, {"-nats.tls-ca", c.NATSCA},
+		{"-nats.tls-cert", c.NATSCert}, {"-nats.tls-key", c.NATSKey}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", f.flag, err))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -117,6 +136,12 @@ func (c *Common) ConnectNATS(ctx context.Context, name string, log *slog.Logger)
 	}
 	if c.NATSCreds != "" {
 		opts = append(opts, nats.UserCredentials(c.NATSCreds))
+	}
+	if c.NATSCA != "" {
+		opts = append(opts, nats.RootCAs(c.NATSCA))
+	}
+	if c.NATSCert != "" {
+		opts = append(opts, nats.ClientCert(c.NATSCert, c.NATSKey))
 	}
 	nc, err := nats.Connect(c.NATSURL, opts...)
 	if err != nil {
