@@ -81,7 +81,9 @@ func provisioning() []string {
 	}
 	for _, cd := range schema.ConsumerConfigs(schema.StreamOptions{}) {
 		out = append(out, "$JS.API.CONSUMER.CREATE."+cd.Stream+"."+cd.Config.Durable,
-			"$JS.API.CONSUMER.CREATE."+cd.Stream+"."+cd.Config.Durable+".>")
+			"$JS.API.CONSUMER.CREATE."+cd.Stream+"."+cd.Config.Durable+".>",
+			// schema.Provision reads a durable's replicas so as never to lower them
+			"$JS.API.CONSUMER.INFO."+cd.Stream+"."+cd.Config.Durable)
 	}
 	return out
 }
