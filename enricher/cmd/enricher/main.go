@@ -46,8 +46,8 @@ type Config struct {
 	geo *geo.DB // opened by Validate
 }
 
-// DefaultMaxFlows is the default of -flow.max-flows: about 560 MB of flow
-// state at the measured 558 bytes per open flow (README "Benchmarks",
+// DefaultMaxFlows is the default of -flow.max-flows: about 590 MB of flow
+// state at the measured 590 bytes per open flow (README "Benchmarks",
 // BenchmarkMemoryPerFlow).
 const DefaultMaxFlows = 1_000_000
 
