@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -100,6 +101,14 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 			return 1
 		}
 	}
+	if cfg.Provision {
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, err := schema.ProvisionRegistry(pctx, js, schema.StreamOptions{})
+		cancel()
+		if err != nil {
+			log.Warn("sensor registry not provisioned", "err", err)
+		}
+	}
 	reg := ops.NewRegistry()
 	agent := pipeline.New(cfg, js, reg, log)
 	agent.Progress = progressTo(stderr)
@@ -115,6 +124,28 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 			log.Error("ops http", "err", err)
 		}
 	}()
+	// The sensor registry (schema.RegistryBucket): announce before capturing
+	// and heartbeat while capturing, so the api can tell which sensors are
+	// online. Without the bucket the agent still runs.
+	if kv, err := schema.OpenRegistry(ctx, js); err != nil {
+		log.Warn("sensor registry unavailable; this sensor will not show as online", "err", err)
+	} else {
+		host, _ := os.Hostname()
+		source := cfg.Interface
+		if cfg.PCAP != "" {
+			source = cfg.PCAP
+		}
+		rec := schema.SensorRecord{Name: cfg.Sensor, Host: host, Version: version(), Interfaces: []string{source},
+			Boot: agent.Boot, Started: time.Now().UTC()}
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if _, err := schema.Announce(actx, kv, rec); err != nil {
+			log.Warn("sensor registry announce", "err", err)
+		}
+		cancel()
+		go func() {
+			_ = schema.RunHeartbeat(hctx, kv, rec, 0, func(err error) { log.Warn("sensor registry heartbeat", "err", err) })
+		}()
+	}
 	log.Info("agent started", "sensor", cfg.Sensor, "boot", agent.Boot, "pcap", cfg.PCAP, "interface", cfg.Interface)
 	if err := agent.Run(ctx); err != nil {
 		log.Error("agent stopped with an error", "err", err)
@@ -122,6 +153,25 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	log.Info("agent stopped")
 	return 0
+}
+
+// version is the module version of the agent binary, or its VCS revision
+// for a development build.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 && (v == "" || v == "(devel)") {
+			v = s.Value[:12]
+		}
+	}
+	if v == "" {
+		v = "(devel)"
+	}
+	return v
 }
 
 // progressTo returns stderr when it is a terminal (reading a file then

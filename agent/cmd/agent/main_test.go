@@ -2,11 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"netwatch/schema"
 	"netwatch/testkit"
 )
 
@@ -61,5 +65,36 @@ func TestSummaryJSONUnreadable(t *testing.T) {
 	code, obj = summaryRun(t, "../../testdata/linktype-147-user0.pcap")
 	if e, _ := obj["error"].(string); code != 1 || !strings.Contains(e, "unsupported link type 147") {
 		t.Errorf("exit %d error %q", code, e)
+	}
+}
+
+// TestRegistryAnnounce replays a capture into a real JetStream: the agent
+// provisions the sensor registry and announces itself there before it
+// captures (name, host, boot, the file as its interface), and List calls
+// it online.
+func TestRegistryAnnounce(t *testing.T) {
+	u, _, js := testkit.JetStream(t)
+	file := filepath.Join(testkit.Pcaps(t), "arp-who-has-and-reply.pcap")
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-nats.url", u, "-sensor", "reg-test", "-http.addr", "", "-pcap", file},
+		func(string) string { return "" }, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("agent exit %d: %s", code, stderr.String())
+	}
+	kv, err := schema.OpenRegistry(context.Background(), js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := schema.List(context.Background(), kv, time.Now(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	if len(got) != 1 || got[0].Name != "reg-test" || !got[0].Online || got[0].Host != host ||
+		len(got[0].Interfaces) != 1 || got[0].Interfaces[0] != file || got[0].Boot == "" || got[0].Version == "" {
+		t.Fatalf("registry: %+v", got)
+	}
+	if !strings.Contains(stderr.String(), got[0].Boot) {
+		t.Errorf("the announced boot %s is not the one the agent logged", got[0].Boot)
 	}
 }
