@@ -349,27 +349,37 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 		}
 	}()
 
-	runs := 2
-	runErr := make(chan error, 3)
-	go func() { runErr <- st.Run(ctx) }()
-	go func() { runErr <- st.RunARP(ctx, cfg.Replicas) }()
+	// The ARP and health rules read other streams (PACKETS, METRICS,
+	// consumer info) that a deployment's credentials may not allow yet:
+	// their failure is logged and leaves the flow rules running.
+	aux := make(chan struct{}, 2)
+	go func() {
+		if err := st.RunARP(ctx, cfg.Replicas); err != nil {
+			log.Error("arp_spoof rule stopped; flow rules go on", "consumer", stage.ConsumerARP, "err", err)
+		}
+		aux <- struct{}{}
+	}()
+	auxRuns := 1
 	if cfg.HealthCheck > 0 {
-		runs++
-		go func() { runErr <- st.RunHealth(ctx, cfg.Health, cfg.HealthCheck) }()
+		auxRuns++
+		go func() {
+			if err := st.RunHealth(ctx, cfg.Health, cfg.HealthCheck); err != nil {
+				log.Error("health rules stopped; flow rules go on", "err", err)
+			}
+			aux <- struct{}{}
+		}()
 	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- st.Run(ctx) }()
 	select {
 	case err = <-runErr:
-		cancel() // one consumer stopped: stop the others
-		for i := 1; i < runs; i++ {
-			if err2 := <-runErr; err == nil {
-				err = err2
-			}
-		}
+		cancel()
 	case err = <-httpErr:
 		cancel()
-		for i := 0; i < runs; i++ {
-			<-runErr
-		}
+		<-runErr
+	}
+	for i := 0; i < auxRuns; i++ {
+		<-aux
 	}
 	// Data-flow order: intake stopped (Run returned, alerts published
 	// synchronously), then flush the outputs (5 s at most), then NATS,

@@ -49,7 +49,7 @@ func Binary(model, format, data, negative, positive string, actual, predicted []
 		}
 	}
 	r := Report{Model: model, Format: format, Data: data, N: len(actual),
-		Classes: map[string]Class{positive: class(tp, fp, fn), negative: class(tn, fn, fp)},
+		Classes:   map[string]Class{positive: class(tp, fp, fn), negative: class(tn, fn, fp)},
 		Confusion: Confusion{Labels: []string{negative, positive}, Matrix: [][]int{{tn, fp}, {fn, tp}}}}
 	if r.N > 0 {
 		r.BinaryAccuracy = float64(tp+tn) / float64(r.N)

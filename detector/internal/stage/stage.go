@@ -153,13 +153,11 @@ func New(cfg Config, js jetstream.JetStream, scorer model.Scorer, m *Metrics, lo
 		anomaly: map[anomalyKey]bool{}, m: m, log: log, arp: arp.New(cfg.ARP)}
 }
 
-// Ready reports whether the stage is consuming.
+// Ready reports whether the stage is consuming FLOWS (the ARP and health
+// consumers are not required: see ARPReady).
 func (s *Stage) Ready() error {
 	if !s.ready.Load() {
 		return errors.New("detector not consuming FLOWS yet")
-	}
-	if !s.arpReady.Load() {
-		return errors.New("detector not consuming PACKETS (ARP) yet")
 	}
 	return nil
 }
@@ -196,6 +194,9 @@ func (s *Stage) Run(ctx context.Context) error {
 		s.Handle(hctx, msg)
 	}
 }
+
+// ARPReady reports whether the detector-arp consumer is running.
+func (s *Stage) ARPReady() bool { return s.arpReady.Load() }
 
 // Metrics returns the stage's metrics.
 func (s *Stage) Metrics() *Metrics { return s.m }
