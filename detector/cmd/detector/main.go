@@ -132,6 +132,7 @@ func registerThresholds(fs *flag.FlagSet, r *rules.Config, a *arp.Config) {
 	fs.DurationVar(&a.BindingTTL, "arp.binding-ttl", da.BindingTTL, "an IPv4 → MAC binding not refreshed for this long (packet time) is forgotten")
 	fs.DurationVar(&a.AskTTL, "arp.ask-ttl", da.AskTTL, "how long a who-has is remembered: a reply within it is solicited")
 	fs.IntVar(&a.Replies, "arp.replies", da.Replies, "unsolicited or gratuitous ARP replies from one MAC in a window that make a reply flood")
+	fs.IntVar(&a.SweepHosts, "arp.sweep-hosts", da.SweepHosts, "distinct addresses one sender asks for (ARP who-has) in a window that make a host sweep (category hostsweep)")
 	fs.IntVar(&a.MaxEntries, "arp.max-entries", da.MaxEntries, "most ARP bindings, questions and counters kept")
 }
 

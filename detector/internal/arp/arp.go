@@ -32,8 +32,14 @@ import (
 	"netwatch/schema/pb"
 )
 
-// Rule is the alert rule and category.
+// Rule is the alert rule and category of ARP spoofing.
 const Rule = "arp_spoof"
+
+// RuleSweep is the rule of an ARP host sweep (category hostsweep,
+// ATT&CK T1018): on a LAN a scanner's probes to absent hosts never leave
+// as IP packets, only as who-has requests, so the flow hostsweep rule
+// cannot see them.
+const RuleSweep = "arp_sweep"
 
 // Config of the ARP rule. Start from DefaultConfig.
 type Config struct {
@@ -41,6 +47,7 @@ type Config struct {
 	BindingTTL time.Duration // a binding not refreshed for this long (packet time) is forgotten; a new MAC for the address is then not a conflict
 	AskTTL     time.Duration // how long a who-has is remembered (asked-then-claimed, and a reply that answers it is solicited)
 	Replies    int           // gratuitous or unsolicited replies from one MAC per window that make a reply flood
+	SweepHosts int           // distinct addresses one sender asks for (who-has) per window that make an ARP host sweep
 	MaxEntries int           // most bindings, questions and counters kept; beyond it the oldest are dropped
 }
 
@@ -48,7 +55,7 @@ type Config struct {
 // re-poisons every 2 s (30 replies a minute); a host announces itself
 // with a handful of gratuitous ARPs (RFC 5227: 2 announcements).
 func DefaultConfig() Config {
-	return Config{Window: time.Minute, BindingTTL: 4 * time.Hour, AskTTL: 10 * time.Second, Replies: 20, MaxEntries: 100_000}
+	return Config{Window: time.Minute, BindingTTL: 4 * time.Hour, AskTTL: 10 * time.Second, Replies: 20, SweepHosts: 32, MaxEntries: 100_000}
 }
 
 // Validate reports every invalid field.
@@ -65,6 +72,9 @@ func (c Config) Validate() error {
 	}
 	if c.Replies < 2 {
 		errs = append(errs, fmt.Errorf("-arp.replies %d: want at least 2", c.Replies))
+	}
+	if c.SweepHosts < 2 {
+		errs = append(errs, fmt.Errorf("-arp.sweep-hosts %d: want at least 2", c.SweepHosts))
 	}
 	if c.MaxEntries < 1 {
 		errs = append(errs, fmt.Errorf("-arp.max-entries %d: want at least 1", c.MaxEntries))
@@ -122,6 +132,22 @@ type Engine struct {
 	ownIP map[mac]netip.Addr
 	// retry holds retracted alerts, returned again by the next Observe.
 	retry []*pb.Alert
+	// sweeps: distinct addresses asked per (sensor, VLAN, sender, window).
+	sweeps map[sweepKey]*sweep
+}
+
+type sweepKey struct {
+	sensor string
+	vlan   uint32
+	sender netip.Addr
+	mac    mac
+	win    int64
+}
+
+type sweep struct {
+	targets map[netip.Addr]struct{}
+	firstNs int64
+	fired   bool
 }
 
 type flood struct {
@@ -134,7 +160,7 @@ type flood struct {
 // New returns an engine with cfg (which must be valid).
 func New(cfg Config) *Engine {
 	return &Engine{cfg: cfg, bindings: map[ipKey]binding{}, asked: map[askKey]int64{}, fired: map[alertKey]bool{},
-		floods: map[floodKey]*flood{}, ownIP: map[mac]netip.Addr{}}
+		floods: map[floodKey]*flood{}, ownIP: map[mac]netip.Addr{}, sweeps: map[sweepKey]*sweep{}}
 }
 
 // SetConfig replaces the configuration (cfg must be valid).
@@ -201,6 +227,9 @@ func (e *Engine) Observe(sensor string, a *pb.ArpSummary) []*pb.Alert {
 		// another address of its own, for an address it claimed itself is
 		// holding an address that is not its own.
 		e.asked[askKey{sensor, vlan, m, tip}] = t
+		if x := e.sweep(sensor, vlan, sip, m, tip, t); x != nil {
+			out = append(out, x)
+		}
 		if b, ok := e.bindings[ipKey{sensor, vlan, tip}]; ok && !sip.IsUnspecified() && b.mac == m && t-b.lastNs <= int64(e.cfg.BindingTTL) {
 			if x := e.alert(sensor, "claimed_then_asked", tip, m, t, a, map[string]any{
 				"claimed_first_ns": b.firstNs,
@@ -330,6 +359,60 @@ func (e *Engine) alert(sensor, trigger string, ip netip.Addr, m mac, t int64, a 
 	}
 }
 
+// sweep counts a who-has from sender (sip, m) for tip and returns a
+// hostsweep alert when the sender reaches SweepHosts distinct addresses in
+// a window (once per window). RFC 5227 probes (sender 0.0.0.0) count under
+// the unspecified address.
+func (e *Engine) sweep(sensor string, vlan uint32, sip netip.Addr, m mac, tip netip.Addr, t int64) *pb.Alert {
+	win := windowStart(t, e.cfg.Window)
+	k := sweepKey{sensor, vlan, sip, m, win}
+	s := e.sweeps[k]
+	if s == nil {
+		s = &sweep{targets: map[netip.Addr]struct{}{}, firstNs: t}
+		e.sweeps[k] = s
+	}
+	if len(s.targets) < 4*e.cfg.SweepHosts {
+		s.targets[tip] = struct{}{}
+	}
+	if s.fired || len(s.targets) < e.cfg.SweepHosts {
+		return nil
+	}
+	s.fired = true
+	orig := ""
+	if !sip.IsUnspecified() {
+		orig = sip.String()
+	}
+	sample := sortedAddrs(s.targets)
+	if len(sample) > 20 {
+		sample = sample[:20]
+	}
+	elapsed := time.Duration(max(t-s.firstNs, 0))
+	ev, _ := json.Marshal(map[string]any{
+		"service": "arp/who-has", "distinct_hosts": len(s.targets), "threshold": e.cfg.SweepHosts, "mac": m.String(),
+		"vlan": vlan, "sample_hosts": sample, "window_start_ns": win, "window_end_ns": win + int64(e.cfg.Window),
+		"first_probe_ns": s.firstNs, "elapsed_seconds": elapsed.Seconds(),
+	})
+	who := orig
+	if who == "" {
+		who = m.String()
+	}
+	return &pb.Alert{
+		Id:            schema.AlertID(sensor, RuleSweep, orig, m.String(), win),
+		TimeNs:        t,
+		Sensor:        sensor,
+		Severity:      pb.Severity_SEVERITY_MEDIUM,
+		Category:      "hostsweep",
+		Technique:     "T1018",
+		OrigAddr:      orig,
+		Summary:       fmt.Sprintf("%s (%s) asked who has %d distinct addresses within %.1fs: ARP host sweep", who, m, len(s.targets), elapsed.Seconds()),
+		Evidence:      ev,
+		Rule:          RuleSweep,
+		WindowStartNs: win,
+		WindowEndNs:   win + int64(e.cfg.Window),
+		Score:         min(1, 0.5+0.5*float64(len(s.targets)-e.cfg.SweepHosts)/float64(9*e.cfg.SweepHosts)),
+	}
+}
+
 // Retract takes back an alert whose publish failed: the next Observe
 // returns it again (the frames that raised it changed the bindings, so
 // seeing them again would not).
@@ -355,6 +438,9 @@ func (e *Engine) bound() {
 	}
 	if len(e.ownIP) >= e.cfg.MaxEntries {
 		clear(e.ownIP)
+	}
+	if len(e.sweeps) >= e.cfg.MaxEntries {
+		clear(e.sweeps)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -67,18 +68,19 @@ func tsharkARP(t *testing.T, path string) []*pb.ArpSummary {
 func TestCaptures(t *testing.T) {
 	pcaps := testkit.Pcaps(t)
 	for _, c := range []struct {
-		file  string
-		min   int // ARP frames tshark finds
-		spoof bool
+		file    string
+		min     int // ARP frames tshark finds
+		spoof   bool
+		sweeper string // the labelled ARP sweeper (pcap-labels.csv, lab/labels.csv): one hostsweep alert naming it
 	}{
-		{"attack-arp-poisoning-mitm.pcapng", 4, true},
-		{"arp-who-has-and-reply.pcap", 2, false},
-		{"linux-sll-arp.pcap", 12, false},
-		{"linux-sll2-icmp-icmpv6-arp.pcap", 2, false},
-		{"attack-recon-nmap-arp-sweep-and-version-probe.pcap", 500, false},
-		{"lab/lab-nmap-host-sweep.pcap", 500, false},
-		{"attack-http-sqli-dvwa-nsec.pcapng", 16, false},
-		{"lab/lab-benign-mixed.pcap", 1, false},
+		{"attack-arp-poisoning-mitm.pcapng", 4, true, ""},
+		{"arp-who-has-and-reply.pcap", 2, false, ""},
+		{"linux-sll-arp.pcap", 12, false, ""},
+		{"linux-sll2-icmp-icmpv6-arp.pcap", 2, false, ""},
+		{"attack-recon-nmap-arp-sweep-and-version-probe.pcap", 500, false, "192.168.1.71"},
+		{"lab/lab-nmap-host-sweep.pcap", 500, false, "10.99.1.10"},
+		{"attack-http-sqli-dvwa-nsec.pcapng", 16, false, ""},
+		{"lab/lab-benign-mixed.pcap", 1, false, ""},
 	} {
 		t.Run(c.file, func(t *testing.T) {
 			arps := tsharkARP(t, filepath.Join(pcaps, c.file))
@@ -94,6 +96,19 @@ func TestCaptures(t *testing.T) {
 				t.Logf("%s orig=%q resp=%s: %s %s", a.Category, a.OrigAddr, a.RespAddr, a.Summary, a.Evidence)
 			}
 			_ = json.Marshal
+			if c.sweeper != "" {
+				sweeps := 0
+				for _, a := range alerts {
+					if a.Category != "hostsweep" || a.OrigAddr != c.sweeper || a.Technique != "T1018" {
+						t.Errorf("alert %s %q: want only hostsweep alerts naming %s", a.Category, a.OrigAddr, c.sweeper)
+					}
+					sweeps++
+				}
+				if sweeps == 0 {
+					t.Errorf("no hostsweep alert naming %s", c.sweeper)
+				}
+				return
+			}
 			if !c.spoof {
 				if len(alerts) != 0 {
 					t.Fatalf("%d alerts on %d benign ARP frames", len(alerts), len(arps))
@@ -182,6 +197,20 @@ func TestRules(t *testing.T) {
 			}
 			return fs
 		}(), ""},
+		{"a host asks for 32 addresses in a minute (sweep)", func() []*pb.ArpSummary {
+			var fs []*pb.ArpSummary
+			for i := 1; i <= 32; i++ {
+				fs = append(fs, arpFrame(1, attacker, "10.0.0.66", fmt.Sprintf("10.0.0.%d", 100+i), t0+int64(i)*s/10))
+			}
+			return fs
+		}(), "sweep"},
+		{"a host asks for 31 addresses", func() []*pb.ArpSummary {
+			var fs []*pb.ArpSummary
+			for i := 1; i <= 31; i++ {
+				fs = append(fs, arpFrame(1, attacker, "10.0.0.66", fmt.Sprintf("10.0.0.%d", 100+i), t0+int64(i)*s/10))
+			}
+			return fs
+		}(), ""},
 		{"RFC 5227 probe then announcement", []*pb.ArpSummary{
 			arpFrame(1, host, "0.0.0.0", "10.0.0.20", t0),
 			arpFrame(1, host, "10.0.0.20", "10.0.0.20", t0+s),
@@ -203,7 +232,11 @@ func TestRules(t *testing.T) {
 				t.Fatalf("%d alerts, want 1", len(alerts))
 			}
 			a := alerts[0]
-			if !strings.Contains(string(a.Evidence), `"trigger":"`+c.trigger+`"`) || !strings.Contains(string(a.Evidence), attacker) {
+			if c.trigger == "sweep" {
+				if a.Category != "hostsweep" || a.Rule != RuleSweep || a.OrigAddr != "10.0.0.66" || !strings.Contains(string(a.Evidence), `"distinct_hosts":32`) {
+					t.Errorf("sweep alert %v", a)
+				}
+			} else if !strings.Contains(string(a.Evidence), `"trigger":"`+c.trigger+`"`) || !strings.Contains(string(a.Evidence), attacker) {
 				t.Errorf("evidence %s", a.Evidence)
 			}
 			// Replay on a fresh engine: the same id; redelivery: no second alert;
