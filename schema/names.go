@@ -20,6 +20,8 @@ func EndReasonName(r pb.EndReason) string {
 		return "eof"
 	case pb.EndReason_END_SHUTDOWN:
 		return "shutdown"
+	case pb.EndReason_END_EVICTED:
+		return "evicted"
 	}
 	return ""
 }

@@ -99,6 +99,7 @@ const (
 	EndReason_END_RST      EndReason = 4 // TCP RST
 	EndReason_END_EOF      EndReason = 5 // end of the capture file
 	EndReason_END_SHUTDOWN EndReason = 6 // the enricher stopped
+	EndReason_END_EVICTED  EndReason = 7 // ended early: the flow table was at -flow.max-flows (least recently active flow)
 )
 
 // Enum value maps for EndReason.
@@ -111,6 +112,7 @@ var (
 		4: "END_RST",
 		5: "END_EOF",
 		6: "END_SHUTDOWN",
+		7: "END_EVICTED",
 	}
 	EndReason_value = map[string]int32{
 		"END_UNKNOWN":  0,
@@ -120,6 +122,7 @@ var (
 		"END_RST":      4,
 		"END_EOF":      5,
 		"END_SHUTDOWN": 6,
+		"END_EVICTED":  7,
 	}
 )
 
@@ -2378,7 +2381,7 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\fTUNNEL_VXLAN\x10\x03\x12\x11\n" +
 	"\rTUNNEL_GENEVE\x10\x04\x12\x0f\n" +
 	"\vTUNNEL_IPIP\x10\x05\x12\x10\n" +
-	"\fTUNNEL_OTHER\x10\x0f*s\n" +
+	"\fTUNNEL_OTHER\x10\x0f*\x84\x01\n" +
 	"\tEndReason\x12\x0f\n" +
 	"\vEND_UNKNOWN\x10\x00\x12\f\n" +
 	"\bEND_IDLE\x10\x01\x12\x0e\n" +
@@ -2387,7 +2390,8 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\aEND_FIN\x10\x03\x12\v\n" +
 	"\aEND_RST\x10\x04\x12\v\n" +
 	"\aEND_EOF\x10\x05\x12\x10\n" +
-	"\fEND_SHUTDOWN\x10\x06*\x84\x01\n" +
+	"\fEND_SHUTDOWN\x10\x06\x12\x0f\n" +
+	"\vEND_EVICTED\x10\a*\x84\x01\n" +
 	"\bSeverity\x12\x14\n" +
 	"\x10SEVERITY_UNKNOWN\x10\x00\x12\x11\n" +
 	"\rSEVERITY_INFO\x10\x01\x12\x10\n" +

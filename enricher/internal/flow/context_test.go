@@ -107,7 +107,7 @@ func TestLimit(t *testing.T) {
 		t.Fatalf("open %d, %d records", lim.Open, len(recs))
 	}
 	t1.Add(udp(sec(4), hostA, 1003, hostB, 53, 10), nil)
-	if lim.Open != 3 || t1.Evicted != 1 || len(recs) != 1 || recs[0].OrigPort != 1002 || recs[0].EndReason != pb.EndReason_END_IDLE {
+	if lim.Open != 3 || t1.Evicted != 1 || len(recs) != 1 || recs[0].OrigPort != 1002 || recs[0].EndReason != pb.EndReason_END_EVICTED {
 		t.Fatalf("open %d evicted %d records %v", lim.Open, t1.Evicted, recs)
 	}
 	// A table with no flow of its own cannot evict: one over the bound.

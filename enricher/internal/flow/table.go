@@ -596,7 +596,7 @@ func (t *Table) Flush(reason pb.EndReason) {
 	}
 }
 
-// evict ends the least recently active flow of the table (END_IDLE): the
+// evict ends the least recently active flow of the table (END_EVICTED): the
 // head of the idle list whose last packet is oldest.
 func (t *Table) evict() {
 	var old *entry
@@ -608,7 +608,7 @@ func (t *Table) evict() {
 	if old != nil {
 		t.Evicted++
 		t.evicting = true
-		t.finish(old, pb.EndReason_END_IDLE)
+		t.finish(old, pb.EndReason_END_EVICTED)
 		t.evicting = false
 	}
 }
