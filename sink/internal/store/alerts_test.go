@@ -10,7 +10,9 @@ import (
 
 // TestAlertStatusNeverReset: an operator acknowledges an alert; the same
 // alert redelivered keeps the status, and an updated alert (same id, later
-// evidence time) gets a row with the status of that id, not 'open'.
+// evidence time) updates that one row in place (evidence, severity,
+// last_time, updates) without touching its status; an older message
+// redelivered after the update changes nothing.
 func TestAlertStatusNeverReset(t *testing.T) {
 	s, _ := open(t)
 	ctx := context.Background()
@@ -36,29 +38,42 @@ func TestAlertStatusNeverReset(t *testing.T) {
 	updated := &pb.Alert{Id: "scan-1", TimeNs: at.Add(time.Minute).UnixNano(), Sensor: "s1",
 		Severity: pb.Severity_SEVERITY_CRITICAL, Category: "portscan", Summary: "updated"}
 	res, err := s.WriteAlerts(ctx, []*pb.Alert{a, updated, other})
-	if err != nil || res.Inserted != 1 {
-		t.Fatalf("redelivery + update: %+v, %v; want 1 inserted", res, err)
+	if err != nil || res.Inserted != 0 {
+		t.Fatalf("redelivery + update: %+v, %v; want 0 inserted (one row per alert id)", res, err)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT summary, status, status_by, status_at, status_note FROM alerts
-		WHERE id = 'scan-1' ORDER BY time`)
-	if err != nil {
+	// the older message redelivered after the update changes nothing
+	if _, err := s.WriteAlerts(ctx, []*pb.Alert{a}); err != nil {
 		t.Fatal(err)
 	}
-	n := 0
-	for rows.Next() {
-		var sum, st, by, note string
-		var when *time.Time
-		if err := rows.Scan(&sum, &st, &by, &when, &note); err != nil {
-			t.Fatal(err)
-		}
-		if sum != []string{"first", "updated"}[n] || st != "acknowledged" || by != "ops" || when == nil ||
-			!when.Equal(ackAt) || note != "known scanner" {
-			t.Errorf("row %d: %s %s %s %v %s; want acknowledged by ops at %v", n, sum, st, by, when, note, ackAt)
-		}
-		n++
+	var n int
+	var sum, st, by, note, sev string
+	var when, last, first *time.Time
+	var updates int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) OVER (), summary, severity, status, status_by, status_at, status_note,
+		time, last_time, updates FROM alerts WHERE id = 'scan-1'`).Scan(&n, &sum, &sev, &st, &by, &when, &note,
+		&first, &last, &updates); err != nil {
+		t.Fatal(err)
 	}
-	if n != 2 {
-		t.Fatalf("%d rows of scan-1, want 2", n)
+	if n != 1 || sum != "updated" || sev != "critical" || first == nil || !first.Equal(at) || last == nil ||
+		!last.Equal(at.Add(time.Minute)) || updates != 1 {
+		t.Errorf("scan-1: %d rows, summary %q severity %q time %v last_time %v updates %d; want 1 row updated in place",
+			n, sum, sev, first, last, updates)
+	}
+	if st != "acknowledged" || by != "ops" || when == nil || !when.Equal(ackAt) || note != "known scanner" {
+		t.Errorf("scan-1 triage: %s %s %v %s; want acknowledged by ops at %v", st, by, when, note, ackAt)
+	}
+	// a new alert and its update in one batch: one row, first time, latest evidence
+	b1 := &pb.Alert{Id: "flood-1", TimeNs: at.UnixNano(), Sensor: "s1", Category: "syn_flood", Summary: "1000 SYNs",
+		WindowStartNs: at.UnixNano()}
+	b2 := &pb.Alert{Id: "flood-1", TimeNs: at.Add(5 * time.Second).UnixNano(), Sensor: "s1", Category: "syn_flood",
+		Summary: "2000 SYNs", WindowStartNs: at.Add(time.Second).UnixNano()}
+	if res, err := s.WriteAlerts(ctx, []*pb.Alert{b2, b1}); err != nil || res.Inserted != 1 {
+		t.Fatalf("new alert with its update: %+v, %v", res, err)
+	}
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) OVER (), summary, time, last_time FROM alerts WHERE id = 'flood-1'`).Scan(
+		&n, &sum, &first, &last); err != nil || n != 1 || sum != "2000 SYNs" || !first.Equal(at) || last == nil ||
+		!last.Equal(at.Add(5*time.Second)) {
+		t.Errorf("flood-1: %d rows, %q, %v, %v (%v)", n, sum, first, last, err)
 	}
 	if err := s.pool.QueryRow(ctx, "SELECT status FROM alerts WHERE id = 'scan-2'").Scan(&status); err != nil || status != "open" {
 		t.Errorf("scan-2 status %q (%v), want open", status, err)

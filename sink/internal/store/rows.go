@@ -23,6 +23,8 @@ type table struct {
 	// RowsAffected is the number of rows inserted. flowsTable's is a query
 	// that also adds the rows it inserts to flows_1m and returns their number.
 	ins string
+	// pre, when set, runs after the COPY into stage and before ins.
+	pre string
 }
 
 func newTable(name string, cols ...string) *table {
@@ -82,20 +84,35 @@ var captureTable = newTable("capture_stats",
 var stagedTables = []*table{flowsTable, alertsTable, metricsTable, captureTable}
 
 func init() {
-	// A new row of an alert id already stored (the same alert at another
-	// time) takes the triage status of that id's newest row: a redelivered
-	// or updated alert never resets what an operator set (00005).
+	// One row per alert id (00008): an id not stored yet is inserted with
+	// the time and window start of its earliest message in the batch and
+	// the evidence of its latest; an id already stored is updated in place
+	// when the batch holds newer evidence (a later time), keeping the
+	// operator's triage status; a redelivered or older message changes
+	// nothing. RowsAffected counts the new alerts. Concurrent sinks are
+	// serialised per id by pre (transaction advisory locks, taken in id
+	// order so that two batches cannot deadlock).
 	t := alertsTable
-	list := quotedCols(t.cols)
-	sel := make([]string, len(t.cols))
-	for i, c := range t.cols {
-		sel[i] = `s."` + c + `"`
+	latest := make([]string, 0, len(t.cols))
+	for _, c := range t.cols {
+		switch c {
+		case "time", "window_start":
+			latest = append(latest, `f."`+c+`"`)
+		default:
+			latest = append(latest, `s."`+c+`"`)
+		}
 	}
-	t.ins = "INSERT INTO alerts (" + list + `, status, status_by, status_at, status_note)
-SELECT ` + strings.Join(sel, ", ") + `, COALESCE(p.status, 'open'), COALESCE(p.status_by, ''), p.status_at,
-	COALESCE(p.status_note, '')
-FROM ` + t.stage + ` s LEFT JOIN LATERAL (SELECT a.status, a.status_by, a.status_at, a.status_note FROM alerts a
-	WHERE a.id = s.id ORDER BY a.time DESC LIMIT 1) p ON true
+	t.pre = `SELECT count(pg_advisory_xact_lock(hashtext(id))) FROM (SELECT DISTINCT id FROM ` + t.stage + ` ORDER BY id) x`
+	t.ins = `WITH s AS (SELECT DISTINCT ON (id) * FROM ` + t.stage + ` ORDER BY id, time DESC),
+f AS (SELECT DISTINCT ON (id) id, time, window_start FROM ` + t.stage + ` ORDER BY id, time),
+upd AS (UPDATE alerts a SET severity = s.severity, summary = s.summary, evidence = s.evidence,
+		window_end = s.window_end, score = s.score, last_time = s.time, updates = a.updates + 1
+	FROM s WHERE a.id = s.id AND s.time > COALESCE(a.last_time, a.time)
+	RETURNING a.id)
+INSERT INTO alerts (` + quotedCols(t.cols) + `, last_time)
+SELECT ` + strings.Join(latest, ", ") + `, CASE WHEN s.time > f.time THEN s.time END
+FROM s JOIN f USING (id)
+WHERE NOT EXISTS (SELECT 1 FROM alerts a WHERE a.id = s.id)
 ON CONFLICT DO NOTHING`
 }
 

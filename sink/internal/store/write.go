@@ -245,6 +245,11 @@ func (s *Store) commit(ctx context.Context, t *table, b *rowBatch, parts []strin
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{t.stage}, t.cols, pgx.CopyFromRows(b.rows)); err != nil {
 		return 0, fmt.Errorf("write %d %s: copy: %w", len(b.rows), t.name, err)
 	}
+	if t.pre != "" {
+		if _, err := tx.Exec(ctx, t.pre); err != nil {
+			return 0, fmt.Errorf("write %d %s: lock: %w", len(b.rows), t.name, err)
+		}
+	}
 	tag, err := tx.Exec(ctx, t.ins)
 	if err != nil {
 		return 0, fmt.Errorf("write %d %s: insert: %w", len(b.rows), t.name, err)
