@@ -874,6 +874,9 @@ type Flow struct {
 	Ja3           string `protobuf:"bytes,51,opt,name=ja3,proto3" json:"ja3,omitempty"`                                            // JA3 of the flow's TLS ClientHello (originator), MD5 hex
 	Ja4           string `protobuf:"bytes,52,opt,name=ja4,proto3" json:"ja4,omitempty"`                                            // JA4 of the flow's TLS ClientHello
 	HttpUserAgent string `protobuf:"bytes,53,opt,name=http_user_agent,json=httpUserAgent,proto3" json:"http_user_agent,omitempty"` // first HTTP/1 User-Agent the originator sent
+	DnsQtype      uint32 `protobuf:"varint,54,opt,name=dns_qtype,json=dnsQtype,proto3" json:"dns_qtype,omitempty"`                 // QTYPE of the first DNS question seen in the flow (RFC 1035 3.2.2), 0 none
+	DnsRcode      uint32 `protobuf:"varint,55,opt,name=dns_rcode,json=dnsRcode,proto3" json:"dns_rcode,omitempty"`                 // RCODE of the first DNS response in the flow (RFC 1035 4.1.1; 3 NXDOMAIN)
+	DnsResponded  bool   `protobuf:"varint,56,opt,name=dns_responded,json=dnsResponded,proto3" json:"dns_responded,omitempty"`     // a DNS response was seen, so dns_rcode is meaningful
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1249,6 +1252,27 @@ func (x *Flow) GetHttpUserAgent() string {
 		return x.HttpUserAgent
 	}
 	return ""
+}
+
+func (x *Flow) GetDnsQtype() uint32 {
+	if x != nil {
+		return x.DnsQtype
+	}
+	return 0
+}
+
+func (x *Flow) GetDnsRcode() uint32 {
+	if x != nil {
+		return x.DnsRcode
+	}
+	return 0
+}
+
+func (x *Flow) GetDnsResponded() bool {
+	if x != nil {
+		return x.DnsResponded
+	}
+	return false
 }
 
 // FlowBatch is one FLOWS message. Nats-Msg-Id = schema.BatchID of the flow ids.
@@ -2217,7 +2241,7 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\fend_of_input\x18\x06 \x01(\bR\n" +
 	"endOfInput\x12\x17\n" +
 	"\asent_ns\x18\a \x01(\x03R\x06sentNs\x12)\n" +
-	"\x03arp\x18\b \x03(\v2\x17.netwatch.v1.ArpSummaryR\x03arp\"\xb5\f\n" +
+	"\x03arp\x18\b \x03(\v2\x17.netwatch.v1.ArpSummaryR\x03arp\"\x94\r\n" +
 	"\x04Flow\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06sensor\x18\x02 \x01(\tR\x06sensor\x12!\n" +
@@ -2274,7 +2298,10 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\rapp_from_port\x182 \x01(\bR\vappFromPort\x12\x10\n" +
 	"\x03ja3\x183 \x01(\tR\x03ja3\x12\x10\n" +
 	"\x03ja4\x184 \x01(\tR\x03ja4\x12&\n" +
-	"\x0fhttp_user_agent\x185 \x01(\tR\rhttpUserAgent\x1a;\n" +
+	"\x0fhttp_user_agent\x185 \x01(\tR\rhttpUserAgent\x12\x1b\n" +
+	"\tdns_qtype\x186 \x01(\rR\bdnsQtype\x12\x1b\n" +
+	"\tdns_rcode\x187 \x01(\rR\bdnsRcode\x12#\n" +
+	"\rdns_responded\x188 \x01(\bR\fdnsResponded\x1a;\n" +
 	"\rFeaturesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\"L\n" +

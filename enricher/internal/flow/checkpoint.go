@@ -60,6 +60,9 @@ type FlowState struct {
 	JA3       string       `json:"ja3,omitempty"`
 	JA4       string       `json:"ja4,omitempty"`
 	UserAgent string       `json:"user_agent,omitempty"`
+	DNSQtype  uint16       `json:"dns_qtype,omitempty"`
+	DNSRcode  uint8        `json:"dns_rcode,omitempty"`
+	DNSResp   bool         `json:"dns_resp,omitempty"`
 	CIDSum    []byte       `json:"cid_sum"`
 	CID       string       `json:"cid,omitempty"`
 	Direction string       `json:"direction,omitempty"`
@@ -89,6 +92,7 @@ func (t *Table) checkpoint(e *entry, pos Pos, done bool) *Checkpoint {
 		st.AllFlags, st.Letters, st.Hist = e.allFlags, e.letters, string(e.hist[:e.histLen])
 		st.ICMPType, st.ICMPCode, st.ICMPOrig = e.icmpType, e.icmpCode, e.icmpOrig
 		st.App, st.Server, st.JA3, st.JA4, st.UserAgent = e.app, e.server, e.ja3, e.ja4, e.userAgent
+		st.DNSQtype, st.DNSRcode, st.DNSResp = e.dnsQtype, e.dnsRcode, e.dnsResp
 		st.CIDSum, st.CID, st.Direction, st.RespAny = e.cidSum[:], e.cid, e.direction, e.respAny
 		st.Closing, st.CloseAt, st.Reason = e.closing, e.closeAt, e.reason
 		if e.st != nil {
@@ -143,6 +147,7 @@ func (t *Table) restore(st *FlowState) *entry {
 		flowStart: st.FlowStart, recStart: st.RecStart, recLast: st.RecStart, last: st.Last, recIndex: st.RecIndex,
 		allFlags: st.AllFlags, letters: st.Letters, icmpType: st.ICMPType, icmpCode: st.ICMPCode, icmpOrig: st.ICMPOrig,
 		app: st.App, server: st.Server, ja3: st.JA3, ja4: st.JA4, userAgent: st.UserAgent, cid: st.CID,
+		dnsQtype: st.DNSQtype, dnsRcode: st.DNSRcode, dnsResp: st.DNSResp,
 		direction: st.Direction, respAny: st.RespAny, closing: st.Closing, closeAt: st.CloseAt, reason: st.Reason,
 		class: classOf(st.Key.Proto)}
 	e.histLen = uint8(copy(e.hist[:], st.Hist))

@@ -89,6 +89,7 @@ func (t *Table) emitRecord(e *entry, final bool, reason pb.EndReason, cp *Checkp
 	f.Tunnel, f.TunnelId, f.FlowStartNs = pb.Tunnel(e.key.Tunnel), e.key.TunnelID, e.flowStart
 	f.ServerName, f.Direction = e.server, e.direction
 	f.AppFromPort, f.Ja3, f.Ja4, f.HttpUserAgent = fromPort, e.ja3, e.ja4, e.userAgent
+	f.DnsQtype, f.DnsRcode, f.DnsResponded = uint32(e.dnsQtype), uint32(e.dnsRcode), e.dnsResp
 	if g := t.cfg.Geo; g != nil {
 		oa, _ := netip.AddrFromSlice(f.OrigAddr)
 		ra, _ := netip.AddrFromSlice(f.RespAddr)

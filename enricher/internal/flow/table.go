@@ -133,6 +133,9 @@ type entry struct {
 	server    string
 	ja3, ja4  string          // the originator's first JA3/JA4
 	userAgent string          // the originator's first HTTP User-Agent
+	dnsQtype  uint16          // QTYPE of the first DNS question seen
+	dnsRcode  uint8           // RCODE of the first DNS response seen
+	dnsResp   bool            // a DNS response was seen
 	cidSum    [sha1.Size]byte // Community ID digest of the first packet
 	cid       string          // its string form, made at the first record
 	direction string
@@ -431,7 +434,8 @@ func (e *entry) client(p *pb.PacketSummary) {
 	}
 }
 
-// l7 keeps the first application name and server name seen.
+// l7 keeps the first application name and server name seen, and the
+// first DNS question type and response code.
 func (e *entry) l7(p *pb.PacketSummary) {
 	if e.app == "" {
 		switch {
@@ -446,6 +450,12 @@ func (e *entry) l7(p *pb.PacketSummary) {
 		case p.DnsQuery != "":
 			e.app = "dns"
 		}
+	}
+	if e.dnsQtype == 0 && p.DnsQtype != 0 {
+		e.dnsQtype = uint16(p.DnsQtype)
+	}
+	if p.DnsResponse && !e.dnsResp {
+		e.dnsRcode, e.dnsResp = uint8(p.DnsRcode), true
 	}
 	if e.server == "" {
 		switch {

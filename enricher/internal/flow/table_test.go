@@ -203,9 +203,9 @@ func TestTCPSynOnlyIdle(t *testing.T) {
 func TestUDPDNS(t *testing.T) {
 	dns := netip.MustParseAddr("8.8.8.8").AsSlice()
 	q := udp(sec(0), hostA, 53000, dns, 53, 32)
-	q.DnsQuery = "example.com"
+	q.DnsQuery, q.DnsQtype = "example.com", 16 // TXT
 	r := udp(sec(0.02), dns, 53, hostA, 53000, 92)
-	r.DnsQuery, r.DnsResponse = "example.com", true
+	r.DnsQuery, r.DnsQtype, r.DnsResponse, r.DnsRcode = "example.com", 16, true, 3 // NXDOMAIN
 	cfg := DefaultConfig()
 	cfg.LocalNets = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
 	recs := run(cfg, []*pb.PacketSummary{r, q}, eof) // reply first: still ordered by port
@@ -216,6 +216,14 @@ func TestUDPDNS(t *testing.T) {
 		rPkts: 1, rIP: 120, rBytes: 92, reason: pb.EndReason_END_EOF, final: true, guessed: true, state: "SF"})
 	if f := recs[0]; f.App != "dns" || f.ServerName != "example.com" || f.Direction != "outbound" {
 		t.Errorf("app %q server %q direction %q", f.App, f.ServerName, f.Direction)
+	}
+	if f := recs[0]; f.DnsQtype != 16 || f.DnsRcode != 3 || !f.DnsResponded {
+		t.Errorf("dns qtype %d rcode %d responded %v, want 16, 3, true", f.DnsQtype, f.DnsRcode, f.DnsResponded)
+	}
+	// a query without an answer: no rcode
+	recs = run(cfg, []*pb.PacketSummary{q}, eof)
+	if f := recs[0]; f.DnsQtype != 16 || f.DnsRcode != 0 || f.DnsResponded {
+		t.Errorf("unanswered: qtype %d rcode %d responded %v, want 16, 0, false", f.DnsQtype, f.DnsRcode, f.DnsResponded)
 	}
 }
 
