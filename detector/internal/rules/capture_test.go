@@ -23,8 +23,9 @@ import (
 // packets keep their type and no ports (the header quoted in an ICMP error
 // is not used: -E occurrence=f takes the outer fields).
 //
-// DNS: the flow's server_name is its first query name (dns.qry.name), as
-// the enricher sets it. With perQuery, every DNS query name gets a flow of
+// DNS: the flow's server_name is its first query name (dns.qry.name), its
+// dns_qtype the first question's type and dns_rcode the first response's
+// RCODE (dns.flags.rcode), as the enricher sets them. With perQuery, every DNS query name gets a flow of
 // its own (as from a resolver that uses a fresh source port per query), so
 // the per-name criteria of dns_tunnel are exercised too.
 func tsharkFlows(t *testing.T, path string, perQuery ...bool) []*pb.Flow {
@@ -39,7 +40,8 @@ func tsharkFlowsOpt(t *testing.T, path string, perQueryFlows, enricherOrient boo
 	t.Helper()
 	tshark := testkit.Tool(t, "tshark")
 	fields := []string{"frame.time_epoch", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "ip.proto", "ipv6.nxt",
-		"tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport", "tcp.flags", "tcp.len", "udp.length", "icmp.type", "icmpv6.type", "dns.qry.name"}
+		"tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport", "tcp.flags", "tcp.len", "udp.length", "icmp.type", "icmpv6.type", "dns.qry.name",
+		"dns.qry.type", "dns.flags.response", "dns.flags.rcode"}
 	args := []string{"-r", path, "-n", "-T", "fields", "-E", "occurrence=f", "-E", "separator=\t"}
 	for _, f := range fields {
 		args = append(args, "-e", f)
@@ -116,8 +118,18 @@ func tsharkFlowsOpt(t *testing.T, path string, perQueryFlows, enricherOrient boo
 			flows[k] = f
 			order = append(order, f)
 		}
-		if f.ServerName == "" && qname != "" && (sp == 53 || dp == 53) {
-			f.ServerName = qname
+		if qname != "" && (sp == 53 || dp == 53) {
+			if f.ServerName == "" {
+				f.ServerName = qname
+			}
+			// As the enricher: the first question's type, the first
+			// response's RCODE (tshark's dns.flags.rcode).
+			if f.DnsQtype == 0 {
+				f.DnsQtype = u(c[17])
+			}
+			if c[18] == "1" && !f.DnsResponded {
+				f.DnsResponded, f.DnsRcode = true, u(c[19])
+			}
 		}
 		f.EndNs = max(f.EndNs, ns)
 		if fromOrig {

@@ -115,6 +115,10 @@ func IsRandomLabel(l string) bool {
 	return letters >= 8 && vowels*4 <= letters && maxRun >= 4
 }
 
+// RcodeNXDomain is the DNS RCODE "Name Error" (RFC 1035 4.1.1; NXDOMAIN,
+// RFC 8499): the queried name does not exist.
+const RcodeNXDomain = 3
+
 // registrable returns the first label of the parent domain of a query name
 // (SplitQName): "kqxbdzfmgr" for "www.kqxbdzfmgr.net".
 func registrable(q string) string {
@@ -196,12 +200,15 @@ func (e *Engine) observeExtra(out []*pb.Alert, sensor string, f *pb.Flow, orig, 
 			out = append(out, e.ampAlert(k, s, f))
 		}
 	}
-	if isDNS(f) {
+	if isDNS(f) && f.GetDnsResponded() && f.GetDnsRcode() == RcodeNXDomain {
+		// Every NXDOMAIN answer is counted (evidence); the threshold is on
+		// the distinct random-looking parent domains among them.
+		k := key{rule: dga, sensor: sensor, orig: orig, win: windowStart(t, e.cfg.DGAWindow)}
+		s := e.get(k, t, e.cfg.DGAWindow)
+		s.count++
 		q := f.GetServerName()
 		if l := registrable(q); IsRandomLabel(l) {
 			_, parent := SplitQName(q)
-			k := key{rule: dga, sensor: sensor, orig: orig, win: windowStart(t, e.cfg.DGAWindow)}
-			s := e.get(k, t, e.cfg.DGAWindow)
 			s.flows++
 			s.addName(fnv64(parent), 1<<16)
 			if s.sample == "" {
@@ -340,17 +347,17 @@ func (e *Engine) dgaAlert(k key, s *state, f *pb.Flow, resolver netip.Addr) *pb.
 	o := k.orig.String()
 	elapsed := elapsedSince(f, s)
 	ev, _ := json.Marshal(map[string]any{
-		"random_looking_domains": s.nnames,
-		"lookups":                s.flows,
-		"threshold":              e.cfg.DGADomains,
-		"first_name":             s.sample,
-		"last_name":              f.GetServerName(),
-		"resolver":               resolver.String(),
-		"window_start_ns":        k.win,
-		"window_end_ns":          s.winEndNs,
-		"elapsed_seconds":        elapsed.Seconds(),
-		"rcode_known":            false,
-		"update":                 s.updates,
+		"nxdomain_random_domains": s.nnames,
+		"nxdomain_random_answers": s.flows,
+		"nxdomain_answers":        s.count,
+		"threshold":               e.cfg.DGADomains,
+		"first_name":              s.sample,
+		"last_name":               f.GetServerName(),
+		"resolver":                resolver.String(),
+		"window_start_ns":         k.win,
+		"window_end_ns":           s.winEndNs,
+		"elapsed_seconds":         elapsed.Seconds(),
+		"update":                  s.updates,
 	})
 	return &pb.Alert{
 		Id:            schema.AlertID(k.sensor, RuleDGA, o, "", k.win),
@@ -360,7 +367,7 @@ func (e *Engine) dgaAlert(k key, s *state, f *pb.Flow, resolver netip.Addr) *pb.
 		Category:      RuleDGA,
 		Technique:     "T1568.002",
 		OrigAddr:      o,
-		Summary:       fmt.Sprintf("%s looked up %d distinct random-looking domains within %.1fs (e.g. %s, %s): domain generation algorithm", o, s.nnames, elapsed.Seconds(), s.sample, f.GetServerName()),
+		Summary:       fmt.Sprintf("%s got NXDOMAIN for %d distinct random-looking domains within %.1fs (e.g. %s, %s; %d NXDOMAIN answers in all): domain generation algorithm", o, s.nnames, elapsed.Seconds(), s.sample, f.GetServerName(), s.count),
 		Evidence:      ev,
 		Rule:          RuleDGA,
 		WindowStartNs: k.win,

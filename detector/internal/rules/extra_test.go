@@ -115,26 +115,42 @@ func TestDGA(t *testing.T) {
 			names = append(names, n)
 		}
 	}
-	lookups := func(ns []string) []*pb.Flow {
+	// lookups answered with rcode (responded), as the enricher reports
+	// the first response of each flow.
+	lookups := func(ns []string, rcode uint32, responded bool) []*pb.Flow {
 		var fs []*pb.Flow
 		for i, n := range ns {
-			fs = append(fs, dnsQuery(n, t0+int64(i)*ms))
+			f := dnsQuery(n, t0+int64(i)*ms)
+			f.DnsQtype, f.DnsRcode, f.DnsResponded = 1, rcode, responded
+			if !responded {
+				f.RespPkts, f.RespBytes = 0, 0
+			}
+			fs = append(fs, f)
 		}
 		return fs
 	}
+	nx := func(ns []string) []*pb.Flow { return lookups(ns, RcodeNXDomain, true) }
 	benign := []string{"www.google.com.", "en.wikipedia.org.", "upload.wikimedia.org.", "www.facebook.com.",
 		"scorecardresearch.com.", "googlesyndication.com.", "doubleclick.net.", "cdn.jsdelivr.net.",
 		"fonts.googleapis.com.", "www.bbc.co.uk.", "static.xx.fbcdn.net.", "api.github.com.", "login.microsoftonline.com."}
 	win := windowStart(t0, time.Minute)
 	for _, c := range []struct {
-		name  string
-		flows []*pb.Flow
-		want  bool
+		name      string
+		flows     []*pb.Flow
+		want      bool
+		nxAnswers int // hand count: NXDOMAIN flows up to the 10th random-looking one
+		nxRandom  int
 	}{
-		{"9 random-looking domains", lookups(names[:9]), false},
-		{"10 random-looking domains", lookups(names[:10]), true},
-		{"the same random-looking domain 40 times", lookups(slicesRepeat(names[0], 40)), false},
-		{"13 popular domains", lookups(benign), false},
+		{"9 random-looking domains, NXDOMAIN", nx(names[:9]), false, 0, 0},
+		{"10 random-looking domains, NXDOMAIN", nx(names[:10]), true, 10, 10},
+		// 13 benign NXDOMAIN answers first, then 10 random-looking: 23 in all.
+		{"13 popular and 10 random-looking domains, NXDOMAIN", append(nx(benign), nx(names[:10])...), true, 23, 10},
+		{"40 random-looking domains that resolve (NOERROR)", lookups(names, 0, true), false, 0, 0},
+		{"40 random-looking domains, SERVFAIL", lookups(names, 2, true), false, 0, 0},
+		{"40 random-looking domains, unanswered", lookups(names, 0, false), false, 0, 0},
+		{"rcode 3 without a response seen", lookups(names, RcodeNXDomain, false), false, 0, 0},
+		{"the same random-looking domain 40 times, NXDOMAIN", nx(slicesRepeat(names[0], 40)), false, 0, 0},
+		{"13 popular domains, NXDOMAIN", nx(benign), false, 0, 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var dgas []*pb.Alert
@@ -156,8 +172,12 @@ func TestDGA(t *testing.T) {
 			if a.Id != schema.AlertID("s1", "dga", "10.0.0.66", "", win) || a.OrigAddr != "10.0.0.66" || a.Technique != "T1568.002" {
 				t.Errorf("alert %v", a)
 			}
-			if !strings.Contains(string(a.Evidence), `"random_looking_domains":10`) {
-				t.Errorf("evidence %s", a.Evidence)
+			var ev struct {
+				Random  int `json:"nxdomain_random_domains"`
+				Answers int `json:"nxdomain_answers"`
+			}
+			if err := json.Unmarshal(a.Evidence, &ev); err != nil || ev.Random != c.nxRandom || ev.Answers != c.nxAnswers {
+				t.Errorf("evidence %s, want %d random-looking domains of %d NXDOMAIN answers", a.Evidence, c.nxRandom, c.nxAnswers)
 			}
 		})
 	}

@@ -46,7 +46,9 @@ type Config struct {
 	DNSLong   int           // queries per window whose subdomain part is long and high-entropy (IsTunnelName)
 	DNSUnique int           // distinct subdomains of one parent domain per window
 	// DGA-like lookups (per originator): distinct parent domains whose
-	// registrable label looks machine-generated (IsRandomLabel) per window.
+	// registrable label looks machine-generated (IsRandomLabel) and that
+	// were answered NXDOMAIN (the flow's dns_responded and dns_rcode 3)
+	// per window.
 	DGAWindow  time.Duration
 	DGADomains int
 
