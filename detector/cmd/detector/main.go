@@ -60,6 +60,7 @@ func main() {
 type Config struct {
 	ops.Common
 	Model          string        // -model: model file; empty means the shipped model built into the binary
+	QNameModel     string        // -qname.model: query-name model file for dns_tunnel; empty means the shipped one
 	ModelAlerts    bool          // -model.alerts
 	ModelThreshold float64       // -model.threshold
 	ModelWindow    time.Duration // -model.window
@@ -78,6 +79,7 @@ func (c *Config) register(fs *flag.FlagSet) {
 	c.Common.Register(fs, "127.0.0.1:9103")
 	fs.StringVar(&c.ConfigFile, "config", "", "YAML or JSON file with allow-lists and per-rule thresholds (flag names without the dash); reloaded when it changes and on SIGHUP")
 	fs.StringVar(&c.Model, "model", "", "model file written by `detector train` (empty: the shipped "+models.FlowID3Name+" built into the binary)")
+	fs.StringVar(&c.QNameModel, "qname.model", "", "DNS query-name model file for the dns_tunnel rule, written by `detector train -format qnames` (empty: the shipped "+models.QNameID3Name+" built into the binary)")
 	fs.BoolVar(&c.ModelAlerts, "model.alerts", false, "publish category \"anomaly\" alerts for flows the model scores at or above -model.threshold")
 	fs.Float64Var(&c.ModelThreshold, "model.threshold", 0.95, "model score (attack probability, 0..1) that makes a flow anomalous")
 	fs.DurationVar(&c.ModelWindow, "model.window", time.Minute, "at most one anomaly alert per originator, responder and window (packet time)")
@@ -118,8 +120,10 @@ func registerThresholds(fs *flag.FlagSet, r *rules.Config, a *arp.Config) {
 	fs.IntVar(&r.DNSLong, "dnstunnel.long", d.DNSLong, "long high-entropy query names under one parent domain from one originator in a window that make a DNS tunnel")
 	fs.IntVar(&r.DNSUnique, "dnstunnel.unique", d.DNSUnique, "distinct subdomains of one parent domain queried by one originator in a window that make a DNS tunnel")
 	fs.IntVar(&r.DNSQueries, "dnstunnel.queries", d.DNSQueries, "DNS query packets for names under one parent domain from one originator in a window that make a DNS tunnel")
+	fs.IntVar(&r.DNSModel, "dnstunnel.model-names", d.DNSModel, "query names under one parent domain from one originator in a window that the query-name model (-qname.model) classifies as tunnel and that make a DNS tunnel")
+	fs.IntVar(&r.DNSTxtNull, "dnstunnel.txt-null", d.DNSTxtNull, "DNS query packets of type TXT or NULL for names under one parent domain from one originator in a window (and at least half of its queries) that make a DNS tunnel")
 	fs.DurationVar(&r.DGAWindow, "dga.window", d.DGAWindow, "DGA tumbling window (packet time)")
-	fs.IntVar(&r.DGADomains, "dga.domains", d.DGADomains, "distinct random-looking domains one originator looks up in a window that make a DGA alert")
+	fs.IntVar(&r.DGADomains, "dga.domains", d.DGADomains, "distinct random-looking domains answered NXDOMAIN to one originator in a window that make a DGA alert")
 	fs.IntVar(&r.AmpPkts, "amplification.pkts", d.AmpPkts, "unsolicited response packets (UDP from an amplification port, TCP SYN-ACK/RST) to one target in a flood window that make a reflection/amplification attack")
 	fs.IntVar(&r.AmpSources, "amplification.sources", d.AmpSources, "distinct reflectors needed for an amplification alert")
 	fs.DurationVar(&r.BeaconWindow, "beacon.window", d.BeaconWindow, "beaconing tumbling window (packet time)")
@@ -234,12 +238,17 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	if err != nil {
 		return err
 	}
+	qm, err := loadQNameModel(cfg.QNameModel)
+	if err != nil {
+		return err
+	}
 	if cfg.CheckOnly {
-		fmt.Fprintf(stderr, "configuration ok; model %s (%s)\n", tree.Name(), tree.Meta.Eval)
+		fmt.Fprintf(stderr, "configuration ok; model %s (%s); query-name model %s\n", tree.Name(), tree.Meta.Eval, qm.Name)
 		return nil
 	}
 	log := cfg.Logger(stderr, "detector")
-	log.Info("model loaded", "model", tree.Name(), "path", cfg.Model, "eval_accuracy", tree.Meta.Eval.Accuracy)
+	log.Info("model loaded", "model", tree.Name(), "path", cfg.Model, "eval_accuracy", tree.Meta.Eval.Accuracy,
+		"qname_model", qm.Name, "qname_path", cfg.QNameModel)
 
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
@@ -279,7 +288,7 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 		outputs, closers = append(outputs, sl), append(closers, sl.Close)
 	}
 	st := stage.New(stage.Config{Rules: ruleCfg, ARP: arpCfg, Outputs: outputs, ModelAlerts: cfg.ModelAlerts, ModelThreshold: cfg.ModelThreshold,
-		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch}, js, tree, stage.NewMetrics(reg), log.With("component", "stage"))
+		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch, NameModel: qm, NameModelName: qm.Name}, js, tree, stage.NewMetrics(reg), log.With("component", "stage"))
 
 	sm := st.Metrics()
 	if pol != nil {
@@ -640,6 +649,10 @@ func rescore(args []string, stdout, stderr io.Writer, getenv func(string) string
 	if err != nil {
 		return err
 	}
+	qm, err := loadQNameModel(cfg.QNameModel)
+	if err != nil {
+		return err
+	}
 	log := cfg.Logger(stderr, "detector-rescore")
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
@@ -653,7 +666,7 @@ func rescore(args []string, stdout, stderr io.Writer, getenv func(string) string
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	st := stage.New(stage.Config{Rules: ruleCfg, ARP: arpCfg, ModelAlerts: cfg.ModelAlerts, ModelThreshold: cfg.ModelThreshold,
-		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch}, js, tree, stage.NewMetrics(ops.NewRegistry()), log.With("component", "rescore"))
+		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch, NameModel: qm, NameModelName: qm.Name}, js, tree, stage.NewMetrics(ops.NewRegistry()), log.With("component", "rescore"))
 	if pol != nil {
 		st.SetPolicy(pol, ruleCfg, arpCfg)
 	}

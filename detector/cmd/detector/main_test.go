@@ -36,8 +36,8 @@ func TestCheckConfig(t *testing.T) {
 	if err := run([]string{"-check-config"}, &out, getenv); err != nil {
 		t.Fatalf("check-config: %v", err)
 	}
-	if !strings.Contains(out.String(), "flow-id3") {
-		t.Errorf("output %q does not name the shipped model", out.String())
+	if !strings.Contains(out.String(), "flow-id3") || !strings.Contains(out.String(), "qname-id3") {
+		t.Errorf("output %q does not name the shipped models", out.String())
 	}
 	for _, args := range [][]string{
 		{"-check-config", "-portscan.ports", "1"},
@@ -50,6 +50,9 @@ func TestCheckConfig(t *testing.T) {
 		{"-check-config", "-beacon.max-cv", "0"},
 		{"-check-config", "-beacon.conns", "2"},
 		{"-check-config", "-dga.domains", "1"},
+		{"-check-config", "-dnstunnel.txt-null", "1"},
+		{"-check-config", "-dnstunnel.model-names", "0"},
+		{"-check-config", "-qname.model", "/nonexistent/qname.model"},
 		{"-check-config", "-amplification.sources", "0"},
 		{"-check-config", "-arp.replies", "1"},
 		{"-check-config", "-arp.binding-ttl", "1s"},

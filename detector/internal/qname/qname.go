@@ -13,6 +13,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 
@@ -50,25 +51,47 @@ var FeatureNames = []string{
 // Extract computes the features of a query name (trailing dot optional).
 // Every value is finite; an empty name gives zeros.
 func Extract(q string) []float64 {
-	q = strings.TrimSuffix(q, ".")
-	labels := strings.Split(q, ".")
-	maxLabel := 0
-	for _, l := range labels {
-		maxLabel = max(maxLabel, len(l))
+	var x [nFeatures]float64
+	extract(q, &x)
+	return x[:]
+}
+
+// nFeatures is len(FeatureNames).
+const nFeatures = 7
+
+// clogTable[c] is c·log2(c).
+var clogTable = func() (t [256]float64) {
+	for c := 1; c < len(t); c++ {
+		t[c] = float64(c) * math.Log2(float64(c))
 	}
+	return t
+}()
+
+func clog2c(c int) float64 {
+	if c < len(clogTable) {
+		return clogTable[c]
+	}
+	return float64(c) * math.Log2(float64(c))
+}
+
+// extract is Extract into x; it does not allocate.
+func extract(q string, x *[nFeatures]float64) {
+	q = strings.TrimSuffix(q, ".")
 	sub := ""
-	for _, l := range labels {
+	for rest := q; ; {
+		l, r, more := strings.Cut(rest, ".")
 		if len(l) > len(sub) {
 			sub = l
 		}
+		if !more {
+			break
+		}
+		rest = r
 	}
-	var counts [256]int
+	var counts [256]int32
 	n, digits, upper, special, vowels, letters := 0, 0, 0, 0, 0, 0
 	for i := 0; i < len(sub); i++ {
 		c := sub[i]
-		if c == '.' {
-			continue
-		}
 		n++
 		counts[c]++
 		switch {
@@ -96,15 +119,20 @@ func Extract(q string) []float64 {
 		}
 		return float64(a) / float64(b)
 	}
-	entropy, unique := 0.0, 0
-	for _, c := range counts {
-		if c > 0 {
+	// Shannon entropy H = log2(n) - (1/n) Σ c·log2(c) over the counts c
+	// of the distinct bytes (each taken once, in order of appearance).
+	entropy, unique, sum := 0.0, 0, 0.0
+	for i := 0; i < len(sub); i++ {
+		if c := counts[sub[i]]; c > 0 {
 			unique++
-			p := float64(c) / float64(n)
-			entropy -= p * math.Log2(p)
+			sum += clog2c(int(c))
+			counts[sub[i]] = 0
 		}
 	}
-	return []float64{float64(maxLabel), entropy, ratio(digits, n), ratio(upper, n), ratio(special, n), ratio(vowels, letters), ratio(unique, n)}
+	if n > 0 {
+		entropy = max(clog2c(n)/float64(n)-sum/float64(n), 0)
+	}
+	*x = [nFeatures]float64{float64(len(sub)), entropy, ratio(digits, n), ratio(upper, n), ratio(special, n), ratio(vowels, letters), ratio(unique, n)}
 }
 
 // Record is one labelled name.
@@ -157,6 +185,105 @@ type Model struct {
 	attr []*base.FloatAttribute
 	cls  *base.CategoricalAttribute
 	mu   sync.Mutex
+	root *node // compiled tree for IsTunnel; nil until compile
+}
+
+// node is a compiled golearn trees.DecisionTreeNode: every feature is a
+// golearn FloatAttribute, so every split is numeric (golearn's Predict:
+// child "1" when the value is greater than SplitVal, else "0").
+type node struct {
+	feature  int // index in FeatureNames; -1 for a leaf
+	split    float64
+	children map[string]*node
+	keys     []string // children names, sorted: the fallback for a missing child
+	next     [2]*node // the child taken for "0" and "1" (children or the fallback)
+	tunnel   bool     // leaf: golearn's Class is ClassTunnel
+}
+
+// compile turns golearn's tree into nodes.
+func compile(d *trees.DecisionTreeNode) (*node, error) {
+	if d == nil {
+		return nil, errors.New("nil tree node")
+	}
+	if d.Children == nil {
+		return &node{feature: -1, tunnel: d.Class == ClassTunnel}, nil
+	}
+	if d.SplitRule == nil || d.SplitRule.SplitAttr == nil || len(d.Children) == 0 {
+		return nil, errors.New("tree node without split rule or children")
+	}
+	n := &node{feature: -1, split: d.SplitRule.SplitVal, children: make(map[string]*node, len(d.Children))}
+	for i, f := range FeatureNames {
+		if d.SplitRule.SplitAttr.GetName() == f {
+			n.feature = i
+		}
+	}
+	if n.feature < 0 {
+		return nil, fmt.Errorf("split attribute %s is not a feature", d.SplitRule.SplitAttr.GetName())
+	}
+	for k, c := range d.Children {
+		cn, err := compile(c)
+		if err != nil {
+			return nil, err
+		}
+		n.children[k] = cn
+		n.keys = append(n.keys, k)
+	}
+	sort.Strings(n.keys)
+	for i, v := range []string{"0", "1"} {
+		next, ok := n.children[v]
+		if !ok { // golearn: the first child after v in map order; here sorted
+			k := n.keys[len(n.keys)-1]
+			for _, c := range n.keys {
+				if c > v {
+					k = c
+					break
+				}
+			}
+			next = n.children[k]
+		}
+		n.next[i] = next
+	}
+	return n, nil
+}
+
+// IsTunnel classifies one query name with the compiled tree: the same
+// answer as Predict (TestCompiledMatchesGolearn), without building a
+// golearn DenseInstances per name. It does not allocate and is safe for
+// concurrent use.
+func (m *Model) IsTunnel(q string) bool {
+	var x [nFeatures]float64
+	extract(q, &x)
+	n := m.root
+	for n.feature >= 0 {
+		if x[n.feature] > n.split {
+			n = n.next[1]
+		} else {
+			n = n.next[0]
+		}
+	}
+	return n.tunnel
+}
+
+// prepare compiles the tree and checks it against golearn's Predict on
+// a few names.
+func (m *Model) prepare() error {
+	root, err := compile(m.id3.Root)
+	if err != nil {
+		return err
+	}
+	m.root = root
+	names := []string{"www.example.com.", "en.wikipedia.org", "paa0bdcfa-b2b3b4b5b6b7b8b9bab.t.lab.test",
+		"0iyb2ka3rlhcqsfwnv4d6tjxnb7rkdfpnhkgmxqaxcc.pirate.sea", "x"}
+	want, err := m.Predict(names)
+	if err != nil {
+		return err
+	}
+	for i, q := range names {
+		if m.IsTunnel(q) != want[i] {
+			return fmt.Errorf("compiled tree classifies %q as tunnel=%v, golearn %v", q, !want[i], want[i])
+		}
+	}
+	return nil
 }
 
 func newAttrs() ([]*base.FloatAttribute, *base.CategoricalAttribute) {
@@ -211,6 +338,9 @@ func Train(recs []Record, name string) (*Model, error) {
 		names[i], classes[i] = r.Name, r.Tunnel
 	}
 	if err := m.id3.Fit(m.grid(names, classes)); err != nil {
+		return nil, fmt.Errorf("train qnames: %w", err)
+	}
+	if err := m.prepare(); err != nil {
 		return nil, fmt.Errorf("train qnames: %w", err)
 	}
 	return m, nil
@@ -295,7 +425,7 @@ func Load(path string) (m *Model, err error) {
 	if m.id3.Root == nil {
 		return nil, fmt.Errorf("load qname model %s: empty tree", path)
 	}
-	if _, err := m.Predict([]string{"www.example.com."}); err != nil {
+	if err := m.prepare(); err != nil {
 		return nil, fmt.Errorf("load qname model %s: %w", path, err)
 	}
 	return m, nil

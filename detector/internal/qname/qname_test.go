@@ -152,3 +152,54 @@ func TestCaptureNames(t *testing.T) {
 		t.Errorf("recall %d/%d or false positives %d/%d out of bounds", tp, len(tunnel), fp, len(benign))
 	}
 }
+
+// TestCompiledMatchesGolearn: IsTunnel (the compiled tree the dns_tunnel
+// rule uses) gives golearn's Predict answer on every name of validate.csv
+// and train.csv, with the shipped model, and allocates nothing.
+func TestCompiledMatchesGolearn(t *testing.T) {
+	dir := filepath.Join(testkit.Shared(t), "data", "labeled", "dns-tunnel-qnames")
+	m, err := Load(filepath.Join("..", "..", "models", "qname-id3.model"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"validate.csv", "train.csv"} {
+		recs, err := ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			testkit.Unavailable(t, "qnames: %v", err)
+		}
+		names := make([]string, len(recs))
+		for i, r := range recs {
+			names[i] = r.Name
+		}
+		want, err := m.Predict(names)
+		if err != nil {
+			t.Fatal(err)
+		}
+		diff := 0
+		for i, q := range names {
+			if m.IsTunnel(q) != want[i] {
+				diff++
+				if diff < 5 {
+					t.Errorf("%s: %q compiled %v, golearn %v", f, q, !want[i], want[i])
+				}
+			}
+		}
+		if diff > 0 {
+			t.Errorf("%s: %d of %d names differ", f, diff, len(names))
+		}
+	}
+	q := "0iyb2ka3rlhcqsfwnv4d6tjxnb7rkdfpnhkgmxqaxcc.pirate.sea."
+	if n := testing.AllocsPerRun(100, func() { m.IsTunnel(q) }); n != 0 {
+		t.Errorf("IsTunnel: %v allocations, want 0", n)
+	}
+}
+
+func BenchmarkIsTunnel(b *testing.B) {
+	m, err := Load(filepath.Join("..", "..", "models", "qname-id3.model"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		m.IsTunnel("0iyb2ka3rlhcqsfwnv4d6tjxnb7rkdfpnhkgmxqaxcc.pirate.sea.")
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/csv"
+	"encoding/json"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"netwatch/detector/internal/qname"
 	"netwatch/schema/pb"
 	"netwatch/testkit"
 )
@@ -167,6 +169,7 @@ func tsharkFlowsOpt(t *testing.T, path string, perQueryFlows, enricherOrient boo
 // and pcaps/lab/labels.csv.
 func TestCaptures(t *testing.T) {
 	pcaps := testkit.Pcaps(t)
+	nameModel := shippedNameModel(t)
 	type want struct{ category, orig, resp string }
 	cases := []struct {
 		file     string
@@ -206,6 +209,17 @@ func TestCaptures(t *testing.T) {
 		{"ipv6-fragments-dns.pcap", nil, 1, true, false},
 		{"quic-v1-chromium-sni-api-cirrus-ci-com.pcap", nil, 1, false, false},
 		{"rawip-linktype101-tcp-syn-hourly.pcap", nil, 1, false, false},
+	}
+	// dns_tunnel signals the iodine captures must show (in some publish of
+	// the window), from tshark: every query of the tunnel flow is of type
+	// NULL (lab 1,245, shared 222: dns.qry.type == 10), and the shipped
+	// query-name model flags 1,246 of their 1,467 distinct names
+	// (qname.TestCaptureNames), so with one flow per name it reaches 20.
+	tunnelSignals := map[string][]string{
+		"lab/lab-dns-tunnel-iodine.pcap":           {"txt_null"},
+		"lab/lab-dns-tunnel-iodine.pcap/per-query": {"model", "txt_null"},
+		"attack-dns-tunnel-iodine.pcap":            {"txt_null"},
+		"attack-dns-tunnel-iodine.pcap/per-query":  {"model", "txt_null"},
 	}
 	// Every benign capture of the two label files raises nothing, in both
 	// DNS modes and both orientations.
@@ -250,6 +264,7 @@ func TestCaptures(t *testing.T) {
 				t.Fatalf("tshark gave %d flows, want at least %d", len(flows), c.minFlows)
 			}
 			e := New(DefaultConfig())
+			e.SetNameModel(nameModel, "qname-id3")
 			var alerts []*pb.Alert
 			for _, f := range flows {
 				alerts = append(alerts, e.Observe("cap", f)...)
@@ -274,6 +289,24 @@ func TestCaptures(t *testing.T) {
 				}
 				if !found {
 					t.Errorf("no %s alert %q -> %s among %d alerts (%d flows)", w.category, w.orig, w.resp, len(alerts), len(flows))
+				}
+			}
+			if want, ok := tunnelSignals[name]; ok {
+				seen := map[string]bool{}
+				for _, a := range alerts {
+					var ev struct {
+						Signals []string `json:"signals"`
+					}
+					if a.Category == "dns_tunnel" && json.Unmarshal(a.Evidence, &ev) == nil {
+						for _, s := range ev.Signals {
+							seen[s] = true
+						}
+					}
+				}
+				for _, w := range want {
+					if !seen[w] {
+						t.Errorf("dns_tunnel signal %q not in any alert's evidence (saw %v)", w, seen)
+					}
 				}
 			}
 			// Every alert names a labelled attacker (or no one: spoofed) and victim.
@@ -355,4 +388,15 @@ func maxPorts(flows []*pb.Flow, rule string) int {
 		}
 	}
 	return best
+}
+
+// shippedNameModel loads models/qname-id3.model, the query-name model the
+// service gives dns_tunnel.
+func shippedNameModel(t testing.TB) *qname.Model {
+	t.Helper()
+	m, err := qname.Load(filepath.Join("..", "..", "models", "qname-id3.model"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

@@ -244,6 +244,12 @@ func (e *Engine) observeMore(out []*pb.Alert, sensor string, f *pb.Flow, orig, r
 			if h, n := Entropy(sub); n >= tunnelMinLen && h >= tunnelMinEntropy {
 				s.nlong++
 			}
+			if e.names != nil && e.names.IsTunnel(q) {
+				s.nmodel++
+			}
+			if qt := f.GetDnsQtype(); qt == QtypeTXT || qt == QtypeNULL {
+				s.ntxt += pkts
+			}
 			s.addName(fnv64(sub), e.cfg.DNSUnique)
 			if len(q) > len(s.sample) && !s.fired {
 				s.sample = q // evidence only; the flow's string, not copied
@@ -384,27 +390,88 @@ func (e *Engine) bruteAlert(k key, s *state, f *pb.Flow, threshold int) *pb.Aler
 	}
 }
 
+// QTYPE values (RFC 1035 3.2.2) that dns_tunnel counts as TXT/NULL-heavy.
+const (
+	QtypeNULL = 10
+	QtypeTXT  = 16
+)
+
+// dnsSignals returns the dns_tunnel criteria a state meets, in a fixed
+// order: "long" (DNSLong long high-entropy names), "model" (DNSModel names
+// the query-name model classifies as tunnel), "txt_null" (DNSTxtNull
+// TXT/NULL query packets, at least half of them), "unique" (DNSUnique
+// distinct subdomains), "queries" (DNSQueries query packets); and, for
+// each, its count and threshold.
+func (e *Engine) dnsSignals(s *state) (names []string, n, threshold []int) {
+	for _, c := range []struct {
+		name    string
+		n, thr  int
+		extraOK bool
+	}{
+		{"long", s.nlong, e.cfg.DNSLong, true},
+		{"model", s.nmodel, e.cfg.DNSModel, e.names != nil},
+		{"txt_null", s.ntxt, e.cfg.DNSTxtNull, 2*s.ntxt >= s.count},
+		{"unique", s.nnames, e.cfg.DNSUnique, true},
+		{"queries", s.count, e.cfg.DNSQueries, true},
+	} {
+		if c.extraOK && c.n >= c.thr {
+			names, n, threshold = append(names, c.name), append(n, c.n), append(threshold, c.thr)
+		}
+	}
+	return names, n, threshold
+}
+
+// dnsMet reports whether any dns_tunnel criterion is met (dnsSignals
+// without allocating).
+func (e *Engine) dnsMet(s *state) bool {
+	return s.nlong >= e.cfg.DNSLong || (e.names != nil && s.nmodel >= e.cfg.DNSModel) ||
+		(s.ntxt >= e.cfg.DNSTxtNull && 2*s.ntxt >= s.count) || s.nnames >= e.cfg.DNSUnique || s.count >= e.cfg.DNSQueries
+}
+
 func (e *Engine) dnsAlert(k key, s *state, f *pb.Flow, resolver netip.Addr) *pb.Alert {
 	o := k.orig.String()
 	elapsed := elapsedSince(f, s)
-	sev, why := pb.Severity_SEVERITY_HIGH, fmt.Sprintf("%d long high-entropy names", s.nlong)
-	score := strength(s.nlong, e.cfg.DNSLong)
-	switch {
-	case s.nlong >= e.cfg.DNSLong:
-	case s.nnames >= e.cfg.DNSUnique:
-		sev, why = pb.Severity_SEVERITY_MEDIUM, fmt.Sprintf("%d distinct subdomains", s.nnames)
-		score = strength(s.nnames, e.cfg.DNSUnique)
-	default:
-		sev, why = pb.Severity_SEVERITY_MEDIUM, fmt.Sprintf("%d of them in %d flows (%d distinct names seen)", s.count, s.flows, s.nnames)
-		score = strength(s.count, e.cfg.DNSQueries)
+	signals, counts, thresholds := e.dnsSignals(s)
+	// Severity high when the names or record types look like encoded data
+	// (long, model, txt_null), medium on volume alone (unique, queries).
+	// Score: the strongest signal's strength (0.5 at its threshold, 1 at
+	// 10x), plus 0.1 for each other signal met, at most 1.
+	sev, score := pb.Severity_SEVERITY_MEDIUM, 0.0
+	var why []string
+	for i, sig := range signals {
+		switch sig {
+		case "long", "model", "txt_null":
+			sev = pb.Severity_SEVERITY_HIGH
+		}
+		score = max(score, strength(counts[i], thresholds[i]))
+		why = append(why, fmt.Sprintf(map[string]string{
+			"long":     "%d long high-entropy names",
+			"model":    "%d names the query-name model classifies as tunnel",
+			"txt_null": "%d TXT/NULL query packets",
+			"unique":   "%d distinct subdomains",
+			"queries":  "%d query packets",
+		}[sig], counts[i]))
+	}
+	score = min(1, score+0.1*float64(max(len(signals)-1, 0)))
+	share := 0.0
+	if s.count > 0 {
+		share = float64(s.ntxt) / float64(s.count)
 	}
 	ev, _ := json.Marshal(map[string]any{
 		"domain":              k.domain,
+		"signals":             signals,
 		"queries":             s.count,
 		"long_high_entropy":   s.nlong,
+		"model_tunnel_names":  s.nmodel,
+		"name_model":          e.namesName,
+		"txt_null_queries":    s.ntxt,
+		"txt_null_share":      share,
 		"distinct_subdomains": s.nnames,
 		"threshold_long":      e.cfg.DNSLong,
+		"threshold_model":     e.cfg.DNSModel,
+		"threshold_txt_null":  e.cfg.DNSTxtNull,
 		"threshold_unique":    e.cfg.DNSUnique,
+		"threshold_queries":   e.cfg.DNSQueries,
 		"sample_query":        s.sample,
 		"resolver":            resolver.String(),
 		"window_start_ns":     k.win,
@@ -421,7 +488,7 @@ func (e *Engine) dnsAlert(k key, s *state, f *pb.Flow, resolver netip.Addr) *pb.
 		Technique:     "T1071.004",
 		OrigAddr:      o,
 		RespAddr:      resolver.String(),
-		Summary:       fmt.Sprintf("%s sent %d DNS query packets for names under %s within %.1fs, %s", o, s.count, k.domain, elapsed.Seconds(), why),
+		Summary:       fmt.Sprintf("%s sent %d DNS query packets for names under %s within %.1fs: %s", o, s.count, k.domain, elapsed.Seconds(), strings.Join(why, ", ")),
 		Evidence:      ev,
 		Rule:          RuleDNSTunnel,
 		WindowStartNs: k.win,
@@ -430,12 +497,12 @@ func (e *Engine) dnsAlert(k key, s *state, f *pb.Flow, resolver netip.Addr) *pb.
 	}
 }
 
-// dueDNS is due for dns_tunnel, whose three criteria each have their own
-// threshold: the first publish when any one is reached, an update when the
+// dueDNS is due for dns_tunnel, whose five criteria (dnsSignals) each
+// have their own threshold: the first publish when any one is reached, an update when the
 // query count doubles.
 func (e *Engine) dueDNS(s *state) bool {
 	if !s.fired {
-		if s.nlong >= e.cfg.DNSLong || s.nnames >= e.cfg.DNSUnique || s.count >= e.cfg.DNSQueries {
+		if e.dnsMet(s) {
 			s.fired = true
 			s.next = 2 * max(s.count, 1)
 			return true

@@ -249,3 +249,101 @@ func TestTunnelNamesDataset(t *testing.T) {
 		}
 	}
 }
+
+// TestDNSTunnelSignals: the TXT/NULL criterion at 49/50 query packets and
+// at less than half of the window's queries, and the query-name model
+// wired in: the rule counts exactly the names the shipped model flags,
+// and its evidence names the signals that fired.
+func TestDNSTunnelSignals(t *testing.T) {
+	ms := int64(time.Millisecond)
+	typed := func(count int, qtype uint32, name func(i int) string, from int) []*pb.Flow {
+		var fs []*pb.Flow
+		for i := 0; i < count; i++ {
+			f := dnsQuery(name(i), t0+int64(from+i)*ms)
+			f.DnsQtype = qtype
+			fs = append(fs, f)
+		}
+		return fs
+	}
+	same := func(int) string { return "www.example.org." }
+	type evidence struct {
+		Signals []string `json:"signals"`
+		TxtNull int      `json:"txt_null_queries"`
+		Model   int      `json:"model_tunnel_names"`
+		Queries int      `json:"queries"`
+	}
+	for _, c := range []struct {
+		name     string
+		flows    []*pb.Flow
+		signals  []string // nil: no alert
+		txtNull  int
+		severity pb.Severity
+	}{
+		{"49 TXT queries", typed(49, QtypeTXT, same, 0), nil, 0, 0},
+		{"50 TXT queries", typed(50, QtypeTXT, same, 0), []string{"txt_null"}, 50, pb.Severity_SEVERITY_HIGH},
+		{"50 NULL queries", typed(50, QtypeNULL, same, 0), []string{"txt_null"}, 50, pb.Severity_SEVERITY_HIGH},
+		{"50 NULL after 51 A queries (under half)", append(typed(51, 1, same, 0), typed(50, QtypeNULL, same, 51)...), nil, 0, 0},
+		{"50 NULL after 50 A queries (half)", append(typed(50, 1, same, 0), typed(50, QtypeNULL, same, 50)...), []string{"txt_null"}, 50, pb.Severity_SEVERITY_HIGH},
+		{"100 MX queries", typed(100, 15, same, 0), nil, 0, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := run(New(DefaultConfig()), c.flows)
+			if c.signals == nil {
+				if len(got) != 0 {
+					t.Fatalf("alert: %s", got[0].Summary)
+				}
+				return
+			}
+			if len(got) != 1 || got[0].Category != "dns_tunnel" || got[0].Severity != c.severity || got[0].OrigAddr != "10.0.0.66" {
+				t.Fatalf("alerts %v", got)
+			}
+			var ev evidence
+			if err := json.Unmarshal(got[0].Evidence, &ev); err != nil {
+				t.Fatal(err)
+			}
+			if strings.Join(ev.Signals, ",") != strings.Join(c.signals, ",") || ev.TxtNull != c.txtNull {
+				t.Errorf("evidence %s, want signals %v, %d TXT/NULL", got[0].Evidence, c.signals, c.txtNull)
+			}
+		})
+	}
+
+	// The model: dnscat2-style hex names (not long enough for IsTunnelName's
+	// 24 characters below the parent) under one domain. The expected count
+	// is the model's own verdict on each name (qname tests its accuracy);
+	// here the rule must count exactly those and fire at the 20th.
+	m := shippedNameModel(t)
+	var flagged []string
+	for i := 0; len(flagged) < 25 && i < 10000; i++ {
+		q := fmt.Sprintf("%016x.c2.example.net.", uint64(i)*0x9e3779b97f4a7c15)
+		if m.IsTunnel(q) && !IsTunnelName(q) {
+			flagged = append(flagged, q)
+		}
+	}
+	if len(flagged) < 20 {
+		t.Fatalf("only %d generated names flagged by the model", len(flagged))
+	}
+	for _, n := range []int{19, 20} {
+		e := New(DefaultConfig())
+		e.SetNameModel(m, "qname-id3")
+		got := run(e, typed(n, 1, func(i int) string { return flagged[i] }, 0))
+		if n == 19 {
+			if len(got) != 0 {
+				t.Errorf("19 flagged names: %s", got[0].Summary)
+			}
+			continue
+		}
+		if len(got) != 1 {
+			t.Fatalf("20 flagged names: %d alerts", len(got))
+		}
+		var ev evidence
+		_ = json.Unmarshal(got[0].Evidence, &ev)
+		if strings.Join(ev.Signals, ",") != "model" || ev.Model != 20 || got[0].Severity != pb.Severity_SEVERITY_HIGH ||
+			!strings.Contains(string(got[0].Evidence), `"name_model":"qname-id3"`) {
+			t.Errorf("evidence %s severity %v", got[0].Evidence, got[0].Severity)
+		}
+	}
+	// Without the model the same names raise nothing.
+	if got := run(New(DefaultConfig()), typed(20, 1, func(i int) string { return flagged[i] }, 0)); len(got) != 0 {
+		t.Errorf("no model: %s", got[0].Summary)
+	}
+}

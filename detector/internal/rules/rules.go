@@ -75,6 +75,16 @@ type Config struct {
 	// iodine sends every query from one socket: one flow, one name, many
 	// packets; this is what catches it.
 	DNSQueries int
+	// DNSModel is the number of query names under one parent domain per
+	// window that the query-name model (SetNameModel) classifies as
+	// tunnel traffic.
+	DNSModel int
+	// DNSTxtNull is the number of query packets for names under one parent
+	// domain per window in flows whose first question is of type TXT (16)
+	// or NULL (10) (RFC 1035 3.2.2), when they are at least half of the
+	// window's query packets (TXT/NULL-heavy: the record types that carry
+	// the most downstream data, iodine's default NULL among them).
+	DNSTxtNull int
 }
 
 // DefaultConfig returns the thresholds documented in README.md.
@@ -85,7 +95,7 @@ func DefaultConfig() Config {
 		MaxKeys:     1_000_000,
 		FloodWindow: 10 * time.Second, SynFloodPkts: 1000, UDPFloodPkts: 10000, ICMPFloodPkts: 1000,
 		BruteWindow: time.Minute, BruteSessions: 4, BruteHTTP: 30,
-		DNSWindow: time.Minute, DNSLong: 20, DNSUnique: 100, DNSQueries: 150,
+		DNSWindow: time.Minute, DNSLong: 20, DNSUnique: 100, DNSQueries: 150, DNSModel: 20, DNSTxtNull: 50,
 		DGAWindow: time.Minute, DGADomains: 10,
 		AmpPkts: 1000, AmpSources: 10,
 		BeaconWindow: time.Hour, BeaconConns: 8, BeaconMinPeriod: 10 * time.Second, BeaconMaxCV: 0.2,
@@ -122,6 +132,7 @@ func (c Config) Validate() error {
 	}{{"-synflood.pkts", c.SynFloodPkts}, {"-udpflood.pkts", c.UDPFloodPkts}, {"-icmpflood.pkts", c.ICMPFloodPkts},
 		{"-bruteforce.sessions", c.BruteSessions}, {"-bruteforce.http-sessions", c.BruteHTTP},
 		{"-dnstunnel.long", c.DNSLong}, {"-dnstunnel.unique", c.DNSUnique}, {"-dnstunnel.queries", c.DNSQueries},
+		{"-dnstunnel.model-names", c.DNSModel}, {"-dnstunnel.txt-null", c.DNSTxtNull},
 		{"-dga.domains", c.DGADomains}, {"-amplification.pkts", c.AmpPkts}} {
 		if n.v < 2 {
 			errs = append(errs, fmt.Errorf("%s %d: want at least 2", n.name, n.v))
@@ -256,6 +267,8 @@ type state struct {
 	// hashes; the first inline, the set made for a second one and not grown
 	// past the threshold).
 	nlong  int
+	nmodel int // dns_tunnel: query names the name model classifies as tunnel
+	ntxt   int // dns_tunnel: query packets of flows whose first question is TXT or NULL
 	nnames int
 	name0  uint64
 	names  map[uint64]struct{}
@@ -358,6 +371,23 @@ type Engine struct {
 	// may outlive its expiry by up to scanGap.
 	lastScan, scanGap int64
 	free              []*state // states of expired windows, for reuse
+	// names classifies query names for dns_tunnel (nil: no model).
+	names     NameModel
+	namesName string
+}
+
+// NameModel classifies a DNS query name as tunnel traffic; qname.Model
+// implements it. IsTunnel is called for each DNS flow with labels below
+// its parent domain and must not allocate.
+type NameModel interface {
+	IsTunnel(q string) bool
+}
+
+// SetNameModel makes dns_tunnel count the query names m classifies as
+// tunnel traffic (Config.DNSModel); name is the model's name for the
+// evidence. A nil m turns the model signal off.
+func (e *Engine) SetNameModel(m NameModel, name string) {
+	e.names, e.namesName = m, name
 }
 
 // New returns an engine with cfg (which must be valid).

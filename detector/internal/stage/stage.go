@@ -38,6 +38,8 @@ type Config struct {
 	ModelAlerts    bool            // publish "anomaly" alerts from the model
 	ModelThreshold float64         // score at or above which a flow is anomalous, 0..1
 	ModelWindow    time.Duration   // one anomaly alert per (originator, responder, window)
+	NameModel      rules.NameModel // query-name model for dns_tunnel (nil: that signal off)
+	NameModelName  string          // its name, for the alert evidence
 	FetchBatch     int             // messages per pull request
 	NakDelay       time.Duration   // redelivery delay after a failed publish
 }
@@ -149,7 +151,11 @@ func New(cfg Config, js jetstream.JetStream, scorer model.Scorer, m *Metrics, lo
 	if cfg.ARP.Window == 0 {
 		cfg.ARP = arp.DefaultConfig()
 	}
-	return &Stage{cfg: cfg, js: js, scorer: scorer, engine: rules.New(cfg.Rules),
+	engine := rules.New(cfg.Rules)
+	if cfg.NameModel != nil {
+		engine.SetNameModel(cfg.NameModel, cfg.NameModelName)
+	}
+	return &Stage{cfg: cfg, js: js, scorer: scorer, engine: engine,
 		anomaly: map[anomalyKey]bool{}, m: m, log: log, arp: arp.New(cfg.ARP)}
 }
 
