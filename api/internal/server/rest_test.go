@@ -286,6 +286,12 @@ func TestAlerts(t *testing.T) {
 func TestSensorsAndHostMetrics(t *testing.T) {
 	e := newEnv(t)
 	e.exec(t, `INSERT INTO sensors (sensor, host, last_flow) VALUES ('s1', 'h1', $1), ('s2', 'h2', NULL)`, base)
+	// s1's newest flow ended at base + 2 s and was stored 7.5 s later: lag 7.5 s.
+	e.exec(t, `INSERT INTO flows (id, sensor, community_id, proto, orig_addr, orig_port, resp_addr, resp_port, start, "end",
+		flow_start, orig_pkts, orig_ip_bytes, orig_bytes, resp_pkts, resp_ip_bytes, resp_bytes, inserted_at)
+		VALUES ('old', 's1', '', 6, '10.0.0.1', 1, '10.0.0.2', 2, $1, $1, $1, 1, 1, 0, 0, 0, 0, $1::timestamptz + interval '1 hour'),
+		('new', 's1', '', 6, '10.0.0.1', 1, '10.0.0.2', 2, $2, $3, $2, 1, 1, 0, 0, 0, 0, $3::timestamptz + interval '7.5 seconds')`,
+		base.Add(-time.Hour), base, base.Add(2*time.Second))
 	for i := 0; i < 3; i++ {
 		e.exec(t, `INSERT INTO host_metrics (sensor, boot, seq, time, host, cpu_percent, mem_total_bytes, mem_used_bytes,
 			load1, uptime_s, disks, interfaces, captures) VALUES ('s1', 'b', $1, $2, 'h1', $3, 8000, $4, 0.5, 60,
@@ -304,6 +310,7 @@ func TestSensorsAndHostMetrics(t *testing.T) {
 			Received   uint64         `json:"received"`
 			Dropped    uint64         `json:"dropped"`
 			Interfaces []string       `json:"interfaces"`
+			LagSeconds *float64       `json:"lag_seconds"`
 		} `json:"sensors"`
 	}
 	if code := e.get(t, "/api/v1/sensors", &s); code != 200 || len(s.Sensors) != 2 {
@@ -324,6 +331,9 @@ func TestSensorsAndHostMetrics(t *testing.T) {
 		t.Errorf("disks = %v", m["disks"])
 	}
 	// The latest sample (seq 2): eth0 100 received, 2 + 3 dropped; eth1 5 received, 4 dropped in the agent.
+	if s1.LagSeconds == nil || *s1.LagSeconds != 7.5 || s2.LagSeconds != nil {
+		t.Errorf("lag: s1 %v (want 7.5), s2 %v (want absent)", s1.LagSeconds, s2.LagSeconds)
+	}
 	if !s1.Online || s1.Received != 105 || s1.Dropped != 9 || fmt.Sprint(s1.Interfaces) != "[eth0]" {
 		t.Errorf("s1 summary: online %v received %d dropped %d interfaces %v", s1.Online, s1.Received, s1.Dropped, s1.Interfaces)
 	}

@@ -34,7 +34,7 @@ export interface Metrics {
 
 export interface Sensor {
   sensor: string; host: string; first_seen: string; last_seen: string; online: boolean; last_flow?: string;
-  metrics: Metrics | null; received: number; dropped: number; interfaces: string[];
+  metrics: Metrics | null; received: number; dropped: number; interfaces: string[]; lag_seconds?: number;
 }
 
 export interface Counters { sensor: string; time: string; packets: number; ip_bytes: number; bps: number; pps: number; syn: number }

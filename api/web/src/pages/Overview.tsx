@@ -149,6 +149,13 @@ export default function Overview() {
   );
 }
 
+function lag(sec: number): string {
+  if (sec < 120) return `${sec.toFixed(1)} s`;
+  if (sec < 7200) return `${(sec / 60).toFixed(0)} min`;
+  if (sec < 172800) return `${(sec / 3600).toFixed(0)} h`;
+  return `${(sec / 86400).toFixed(0)} d (a replay)`;
+}
+
 export function SensorCard({ s }: { s: Sensor }) {
   const m = s.metrics;
   const caps = m?.captures || [];
@@ -166,6 +173,7 @@ export function SensorCard({ s }: { s: Sensor }) {
         <dt>disk</dt><dd>{m ? `${(100 * disk).toFixed(0)} %` : '—'}</dd>
         <dt>captured</dt><dd>{recv}</dd>
         <dt>drops</dt><dd className={drop > 0 ? 'warn' : ''}>{drop}</dd>
+        <dt>flow lag</dt><dd title="stored time minus last packet time of its newest flow">{s.lag_seconds != null ? lag(s.lag_seconds) : '—'}</dd>
         <dt>interfaces</dt><dd>{(m?.interfaces || []).map((i) => i.name).join(', ') || '—'}</dd>
       </dl>
     </div>
