@@ -30,7 +30,7 @@ import (
 // RCODE (dns.flags.rcode), as the enricher sets them. With perQuery, every DNS query name gets a flow of
 // its own (as from a resolver that uses a fresh source port per query), so
 // the per-name criteria of dns_tunnel are exercised too.
-func tsharkFlows(t *testing.T, path string, perQuery ...bool) []*pb.Flow {
+func tsharkFlows(t testing.TB, path string, perQuery ...bool) []*pb.Flow {
 	return tsharkFlowsOpt(t, path, len(perQuery) > 0 && perQuery[0], false)
 }
 
@@ -38,7 +38,7 @@ func tsharkFlows(t *testing.T, path string, perQuery ...bool) []*pb.Flow {
 // first packet is a response (TCP SYN-ACK, UDP from an amplification port
 // to another port) is turned around, as the enricher's originator()
 // does: the receiver becomes the originator, with no packets of its own.
-func tsharkFlowsOpt(t *testing.T, path string, perQueryFlows, enricherOrient bool) []*pb.Flow {
+func tsharkFlowsOpt(t testing.TB, path string, perQueryFlows, enricherOrient bool) []*pb.Flow {
 	t.Helper()
 	tshark := testkit.Tool(t, "tshark")
 	fields := []string{"frame.time_epoch", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "ip.proto", "ipv6.nxt",
