@@ -1,13 +1,16 @@
 package rest
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
+	"sort"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"netwatch/api/internal/record"
+	"netwatch/schema"
 )
 
 const metricsColumns = `sensor, host, time, boot, seq, cpu_percent, mem_total_bytes, mem_used_bytes, load1, uptime_s,
@@ -48,6 +51,15 @@ type Sensor struct {
 	// live sensor how far behind the pipeline is (idle/active timeouts
 	// included), for a replayed capture its age. Absent without flows.
 	LagSeconds *float64 `json:"lag_seconds,omitempty"`
+	// From the SENSORS registry (schema.List: the agent's own record and
+	// heartbeat), when the agent announced itself: its build version,
+	// capture interfaces (or file), start and the server time of its last
+	// heartbeat. A registered sensor is online when it heartbeated within
+	// schema.DefaultOnlineWithin, whatever the database says.
+	Version           string       `json:"version"`
+	CaptureInterfaces []string     `json:"capture_interfaces"`
+	Started           *record.Time `json:"started,omitempty"`
+	Heartbeat         *record.Time `json:"heartbeat,omitempty"`
 }
 
 func (a *API) sensors(w http.ResponseWriter, r *http.Request) {
@@ -118,6 +130,7 @@ func (a *API) sensors(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, "query sensors", err)
 		return
 	}
+	out = a.withRegistry(ctx, out)
 	WriteJSON(w, http.StatusOK, map[string]any{"sensors": out})
 }
 
@@ -158,4 +171,53 @@ func (a *API) hostMetrics(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	WriteJSON(w, http.StatusOK, map[string]any{"metrics": out})
+}
+
+// withRegistry merges the SENSORS registry into the sensors of the
+// database (adding registered sensors nothing was stored for yet). Without
+// NATS or a registry bucket the list is returned as it is.
+func (a *API) withRegistry(ctx context.Context, out []Sensor) []Sensor {
+	for i := range out {
+		out[i].CaptureInterfaces = []string{}
+	}
+	if a.JS == nil {
+		return out
+	}
+	kv, err := schema.OpenRegistry(ctx, a.JS)
+	if err != nil {
+		return out
+	}
+	regs, err := schema.List(ctx, kv, time.Now(), 0)
+	if err != nil {
+		if a.Log != nil {
+			a.Log.Warn("list the sensor registry", "err", err)
+		}
+		return out
+	}
+	at := map[string]int{}
+	for i, s := range out {
+		at[s.Sensor] = i
+	}
+	for _, rg := range regs {
+		i, ok := at[rg.Name]
+		if !ok {
+			out = append(out, Sensor{Sensor: rg.Name, Host: rg.Host, Interfaces: []string{}})
+			i = len(out) - 1
+		}
+		s := &out[i]
+		s.Version = rg.Version
+		s.CaptureInterfaces = append([]string{}, rg.Interfaces...)
+		if !rg.Started.IsZero() {
+			v := record.Time(rg.Started)
+			s.Started = &v
+		}
+		hb := record.Time(rg.LastSeen)
+		s.Heartbeat = &hb
+		s.Online = rg.Online
+		if s.Host == "" {
+			s.Host = rg.Host
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Sensor < out[j].Sensor })
+	return out
 }

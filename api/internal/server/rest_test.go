@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"netwatch/schema"
 )
 
 var base = time.Date(2024, 5, 1, 12, 0, 0, 123456000, time.UTC)
@@ -341,6 +344,35 @@ func TestSensorsAndHostMetrics(t *testing.T) {
 	e.get(t, "/api/v1/sensors", &s)
 	if s.Sensors[1].Online {
 		t.Errorf("s2 last seen 2 minutes ago is online")
+	}
+
+	// The SENSORS registry adds the agent's version and capture interfaces,
+	// and sensors that stored nothing yet.
+	ctx := context.Background()
+	kv, err := schema.ProvisionRegistry(ctx, e.js, schema.StreamOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rec := range []schema.SensorRecord{{Name: "s1", Host: "h1", Version: "v1.2.3", Interfaces: []string{"eth1"}, Boot: "b"},
+		{Name: "s3", Host: "h3", Version: "v9", Interfaces: []string{"/tmp/x.pcap"}, Boot: "c"}} {
+		if _, err := schema.Announce(ctx, kv, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var reg struct {
+		Sensors []struct {
+			Sensor            string   `json:"sensor"`
+			Version           string   `json:"version"`
+			CaptureInterfaces []string `json:"capture_interfaces"`
+			Online            bool     `json:"online"`
+			Heartbeat         *string  `json:"heartbeat"`
+		} `json:"sensors"`
+	}
+	e.get(t, "/api/v1/sensors", &reg)
+	if got := fmt.Sprint(reg.Sensors); len(reg.Sensors) != 3 || reg.Sensors[0].Version != "v1.2.3" ||
+		fmt.Sprint(reg.Sensors[0].CaptureInterfaces) != "[eth1]" || !reg.Sensors[0].Online || reg.Sensors[0].Heartbeat == nil ||
+		reg.Sensors[1].Version != "" || reg.Sensors[1].Online || reg.Sensors[2].Sensor != "s3" || !reg.Sensors[2].Online {
+		t.Errorf("sensors with the registry: %s", got)
 	}
 	if s2.Sensor != "s2" || s2.Metrics != nil || s2.LastFlow != nil {
 		t.Errorf("s2 = %+v, want no metrics, no last_flow", s2)

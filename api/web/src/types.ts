@@ -35,6 +35,7 @@ export interface Metrics {
 export interface Sensor {
   sensor: string; host: string; first_seen: string; last_seen: string; online: boolean; last_flow?: string;
   metrics: Metrics | null; received: number; dropped: number; interfaces: string[]; lag_seconds?: number;
+  version: string; capture_interfaces: string[]; started?: string; heartbeat?: string;
 }
 
 export interface Counters { sensor: string; time: string; packets: number; ip_bytes: number; bps: number; pps: number; syn: number }

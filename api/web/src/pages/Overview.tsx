@@ -166,7 +166,7 @@ export function SensorCard({ s }: { s: Sensor }) {
   return (
     <div className="card" data-testid="sensor-card" data-sensor={s.sensor}>
       <h3><span className={`dot ${online ? 'on' : 'off'}`} title={online ? 'online' : 'offline'} />{s.sensor}</h3>
-      <div className="muted">{s.host || m?.host} · seen {ago(m?.time || s.last_seen)}</div>
+      <div className="muted">{s.host || m?.host}{s.version && ` · ${s.version}`} · seen {ago(s.heartbeat || m?.time || s.last_seen)}</div>
       <dl>
         <dt>CPU</dt><dd>{m ? `${m.cpu_percent.toFixed(1)} %` : '—'}</dd>
         <dt>memory</dt><dd>{m ? pct(m.mem_used_bytes, m.mem_total_bytes) : '—'}</dd>
@@ -174,6 +174,7 @@ export function SensorCard({ s }: { s: Sensor }) {
         <dt>captured</dt><dd>{recv}</dd>
         <dt>drops</dt><dd className={drop > 0 ? 'warn' : ''}>{drop}</dd>
         <dt>flow lag</dt><dd title="stored time minus last packet time of its newest flow">{s.lag_seconds != null ? lag(s.lag_seconds) : '—'}</dd>
+        <dt>capturing</dt><dd>{(s.capture_interfaces || []).join(', ') || '—'}</dd>
         <dt>interfaces</dt><dd>{(m?.interfaces || []).map((i) => i.name).join(', ') || '—'}</dd>
       </dl>
     </div>
