@@ -474,6 +474,7 @@ func evaluate(args []string, stdout io.Writer, getenv func(string) string) error
 	path := fs.String("model", "", "model file (empty: the shipped model of -format)")
 	data := fs.String("data", "", "file to evaluate on (default: KDDTrain+_20Percent.txt for nsl-kdd, validate.csv for qnames)")
 	split := fs.Bool("split", true, "nsl-kdd: evaluate only the held-out fifth of -data (index%5 == 4) when -data is the training file; false: every record")
+	holdout := fs.Bool("holdout-types", false, "nsl-kdd: instead of the shipped model, train 5-class ID3 trees on -data with whole attack types held out (two folds) and report normal/dos/probe/r2l/u2r on the held-out records; the folds go to stderr")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -487,6 +488,20 @@ func evaluate(args []string, stdout io.Writer, getenv func(string) string) error
 			*data = "../shared/data/labeled/nsl-kdd/KDDTrain+_20Percent.txt"
 		} else if !flagSet(fs, "split") {
 			*split = false // another file: all of it
+		}
+		if *holdout {
+			recs, err := model.ReadKDDFile(*data)
+			if err != nil {
+				return err
+			}
+			var folds []model.HoldOutFold
+			if rep, folds, err = model.HoldOutTypes(recs, *data); err != nil {
+				return err
+			}
+			for i, f := range folds {
+				fmt.Fprintf(os.Stderr, "fold %d: %d training rows, %d test rows, held-out types %v\n", i, f.Train, f.Test, f.HeldOut)
+			}
+			break
 		}
 		t, err := loadModel(*path)
 		if err != nil {

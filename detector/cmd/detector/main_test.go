@@ -286,6 +286,25 @@ func TestEvaluateJSON(t *testing.T) {
 	if err := evaluate([]string{"-format", "pcap"}, &bytes.Buffer{}, func(string) string { return "" }); err == nil {
 		t.Error("-format pcap accepted")
 	}
+	// -holdout-types: one JSON object with the five classes; n = the
+	// file's attack records (11,743) + its held-out normal records (2,691),
+	// hand counts (awk on the label column).
+	var out bytes.Buffer
+	if err := evaluate([]string{"-format", "nsl-kdd", "-holdout-types", "-data", filepath.Join(shared, "data/labeled/nsl-kdd/KDDTrain+_20Percent.txt")},
+		&out, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		N         int                        `json:"n"`
+		Classes   map[string]json.RawMessage `json:"classes"`
+		Confusion struct {
+			Labels []string `json:"labels"`
+		} `json:"confusion_matrix"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil || rep.N != 14434 || len(rep.Classes) != 5 ||
+		strings.Join(rep.Confusion.Labels, ",") != "normal,dos,probe,r2l,u2r" {
+		t.Errorf("-holdout-types: %v %+v", err, rep)
+	}
 }
 
 // TestRescoreCommand runs `detector rescore` against an in-process

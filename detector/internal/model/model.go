@@ -147,6 +147,7 @@ type node struct {
 	children map[string]*node // golearn's Children: "0"/"1" for numeric splits, the value for categorical ones
 	keys     []string         // children names, sorted: the fallback for a value no child has
 	attack   float64          // leaf: attack probability (PredictProba of ClassAttack)
+	class    string           // leaf: golearn's predicted class (Class)
 }
 
 // compile turns a golearn tree node into a node, resolving split attributes
@@ -156,10 +157,15 @@ func (a *attrs) compile(d *trees.DecisionTreeNode) (*node, error) {
 		return nil, errors.New("nil tree node")
 	}
 	if d.Children == nil {
-		n := &node{feature: leaf}
-		total := 0
-		for _, c := range d.ClassDist {
+		n := &node{feature: leaf, class: d.Class}
+		total, best := 0, -1
+		for k, c := range d.ClassDist {
 			total += c
+			// the majority class; golearn breaks ties in map order
+			// (random), this takes the smallest name
+			if c > best || c == best && k < n.class {
+				n.class, best = k, c
+			}
 		}
 		if c, ok := d.ClassDist[ClassAttack]; ok {
 			n.attack = float64(c) / float64(total)
@@ -196,7 +202,10 @@ func (a *attrs) compile(d *trees.DecisionTreeNode) (*node, error) {
 }
 
 // walk returns the attack probability of the leaf x reaches.
-func (n *node) walk(x *Features) float64 {
+func (n *node) walk(x *Features) float64 { return n.leaf(x).attack }
+
+// leaf returns the leaf x reaches.
+func (n *node) leaf(x *Features) *node {
 	for n.feature != leaf {
 		var v string
 		switch n.feature {
@@ -234,7 +243,7 @@ func (n *node) walk(x *Features) float64 {
 		}
 		n = next
 	}
-	return n.attack
+	return n
 }
 
 // Name is the model's name (Meta.Name), used as the rule of its alerts.

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -215,4 +216,57 @@ func (n *node) exact(x *Features) bool {
 		n = next
 	}
 	return true
+}
+
+// TestHoldOutTypes: the 5-class whole-attack-type hold-out on
+// KDDTrain+_20Percent.txt. Supports are hand counts of the file's labels
+// (`cut -d, -f42 | sort | uniq -c`, grouped by the KDD Cup 99 categories:
+// dos 8282+529+196+188+38+1, probe 710+691+587+301, r2l
+// 181+10+7+5+2+2+1+1, u2r 6+4+1) and of its held-out normal records (awk
+// 'NR%5==0 && $42=="normal"': 2,691): every attack record is tested once,
+// with its type absent from its fold's training data.
+func TestHoldOutTypes(t *testing.T) {
+	recs, err := ReadKDDFile(kdd(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, folds, err := HoldOutTypes(recs, "KDDTrain+_20Percent.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{CatNormal: 2691, CatDoS: 9234, CatProbe: 2289, CatR2L: 209, CatU2R: 11}
+	for c, n := range want {
+		if rep.Classes[c].Support != n {
+			t.Errorf("%s support %d, want %d", c, rep.Classes[c].Support, n)
+		}
+	}
+	if rep.N != 14434 {
+		t.Errorf("n %d, want 14,434", rep.N)
+	}
+	held := map[string]int{}
+	for _, f := range folds {
+		for _, ty := range f.HeldOut {
+			held[ty]++
+		}
+	}
+	if len(held) != 21 { // the 21 attack labels of the file
+		t.Errorf("%d attack types held out, want 21: %v", len(held), held)
+	}
+	for ty, n := range held {
+		if n != 1 {
+			t.Errorf("%s held out in %d folds", ty, n)
+		}
+	}
+	// binary accuracy from the matrix: normal row and column.
+	m := rep.Confusion.Matrix
+	right := m[0][0]
+	for i := 1; i < len(m); i++ {
+		for j := 1; j < len(m); j++ {
+			right += m[i][j]
+		}
+	}
+	if got := float64(right) / float64(rep.N); math.Abs(got-rep.BinaryAccuracy) > 1e-12 {
+		t.Errorf("binary accuracy %v, matrix says %v", rep.BinaryAccuracy, got)
+	}
+	t.Logf("hold-out types: binary accuracy %.4f; %+v; matrix %v", rep.BinaryAccuracy, rep.Classes, m)
 }

@@ -70,3 +70,45 @@ func class(tp, fp, fn int) Class {
 	}
 	return c
 }
+
+// Multi builds a report of a multi-class evaluation over labels (the
+// confusion matrix's order); binary_accuracy counts a record right when
+// its actual and predicted classes are both negative or both not
+// negative (attack vs normal, whatever the attack class).
+func Multi(model, format, data, negative string, labels, actual, predicted []string) Report {
+	idx := map[string]int{}
+	for i, l := range labels {
+		idx[l] = i
+	}
+	m := make([][]int, len(labels))
+	for i := range m {
+		m[i] = make([]int, len(labels))
+	}
+	right := 0
+	for i := range actual {
+		a, okA := idx[actual[i]]
+		p, okP := idx[predicted[i]]
+		if okA && okP {
+			m[a][p]++
+		}
+		if (actual[i] == negative) == (predicted[i] == negative) {
+			right++
+		}
+	}
+	r := Report{Model: model, Format: format, Data: data, N: len(actual), Classes: map[string]Class{},
+		Confusion: Confusion{Labels: labels, Matrix: m}}
+	for i, l := range labels {
+		tp, fp, fn := m[i][i], 0, 0
+		for j := range labels {
+			if j != i {
+				fp += m[j][i]
+				fn += m[i][j]
+			}
+		}
+		r.Classes[l] = class(tp, fp, fn)
+	}
+	if r.N > 0 {
+		r.BinaryAccuracy = float64(right) / float64(r.N)
+	}
+	return r
+}

@@ -35,3 +35,30 @@ func TestBinary(t *testing.T) {
 		t.Errorf("empty %+v", e)
 	}
 }
+
+// TestMulti: 8 records hand-counted over classes n, a, b: actual
+// n n n a a b b b, predicted n a n a b b n b → matrix rows n [2 1 0],
+// a [0 1 1], b [1 0 2]; a: tp 1, fp 1 (an n), fn 1 (to b); attack vs
+// normal right for records 1, 3, 4, 5, 6, 8 (6 of 8).
+func TestMulti(t *testing.T) {
+	r := Multi("m", "nsl-kdd", "f", "n", []string{"n", "a", "b"},
+		[]string{"n", "n", "n", "a", "a", "b", "b", "b"}, []string{"n", "a", "n", "a", "b", "b", "n", "b"})
+	want := [][]int{{2, 1, 0}, {0, 1, 1}, {1, 0, 2}}
+	for i := range want {
+		for j := range want[i] {
+			if r.Confusion.Matrix[i][j] != want[i][j] {
+				t.Fatalf("matrix %v, want %v", r.Confusion.Matrix, want)
+			}
+		}
+	}
+	if r.N != 8 || r.BinaryAccuracy != 0.75 {
+		t.Errorf("n %d binary accuracy %v, want 8, 0.75", r.N, r.BinaryAccuracy)
+	}
+	if a := r.Classes["a"]; a.Precision != 0.5 || a.Recall != 0.5 || a.Support != 2 {
+		t.Errorf("a %+v", a)
+	}
+	// b: tp 2, fp 1 (from a), fn 1 (to n).
+	if b := r.Classes["b"]; math.Abs(b.Precision-2.0/3) > 1e-12 || math.Abs(b.Recall-2.0/3) > 1e-12 || b.Support != 3 {
+		t.Errorf("b %+v", b)
+	}
+}
