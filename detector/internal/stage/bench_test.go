@@ -2,9 +2,9 @@ package stage
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
-	"fmt"
 	"math/rand/v2"
 	"syscall"
 	"testing"
