@@ -400,3 +400,51 @@ func shippedNameModel(t testing.TB) *qname.Model {
 	}
 	return m
 }
+
+// TestDGACapture runs the rules on testdata/dga-nxdomain.pcap (synthetic:
+// gen-dga-nxdomain.py; no DGA capture in shared/): 10.0.0.66 gets NXDOMAIN
+// for 40 generated random-looking domains and 5 benign names, and NOERROR
+// for 20 benign lookups. Expected, by hand from the generator: one dga
+// alert id naming 10.0.0.66, published at 10, 20 and 40 distinct domains
+// (the updates double), with 2 and 4 of the benign NXDOMAIN answers
+// before the 10th and 20th generated one; and from tshark: the last publish has seen every NXDOMAIN
+// answer of the capture (dns.flags.rcode == 3).
+func TestDGACapture(t *testing.T) {
+	path := filepath.Join("testdata", "dga-nxdomain.pcap")
+	out, err := exec.Command(testkit.Tool(t, "tshark"), "-r", path, "-n", "-Y", "dns.flags.rcode == 3", "-T", "fields", "-e", "frame.number").Output()
+	if err != nil {
+		t.Fatalf("tshark: %v", err)
+	}
+	nx := len(strings.Fields(string(out)))
+	if nx != 45 {
+		t.Fatalf("tshark counts %d NXDOMAIN answers, the generator wrote 45", nx)
+	}
+	e := New(DefaultConfig())
+	e.SetNameModel(shippedNameModel(t), "qname-id3")
+	var alerts []*pb.Alert
+	for _, f := range tsharkFlows(t, path) {
+		alerts = append(alerts, e.Observe("cap", f)...)
+	}
+	type ev struct {
+		Random  int    `json:"nxdomain_random_domains"`
+		Answers int    `json:"nxdomain_answers"`
+		Update  int    `json:"update"`
+		Res     string `json:"resolver"`
+	}
+	want := []ev{{10, 12, 0, "10.0.0.53"}, {20, 24, 1, "10.0.0.53"}, {40, nx, 2, "10.0.0.53"}}
+	if len(alerts) != len(want) {
+		for _, a := range alerts {
+			t.Logf("%s %s", a.Summary, a.Evidence)
+		}
+		t.Fatalf("%d alerts, want %d dga publishes", len(alerts), len(want))
+	}
+	for i, a := range alerts {
+		var got ev
+		if err := json.Unmarshal(a.Evidence, &got); err != nil {
+			t.Fatal(err)
+		}
+		if a.Category != "dga" || a.OrigAddr != "10.0.0.66" || a.Id != alerts[0].Id || got != want[i] {
+			t.Errorf("publish %d: %s %q %+v, want dga 10.0.0.66 %+v", i, a.Category, a.OrigAddr, got, want[i])
+		}
+	}
+}
