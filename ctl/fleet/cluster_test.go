@@ -47,6 +47,7 @@ func newClusterOn(t *testing.T, host, extra string) *cluster {
 server_name: n%d
 listen: %s:%d
 max_payload: 8MB
+max_control_line: 16KB # role JWTs with their permission lists exceed the 4 KB default in CONNECT
 jetstream { store_dir: %s }
 cluster {
   name: netwatch

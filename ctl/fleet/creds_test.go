@@ -3,7 +3,12 @@ package fleet_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -13,9 +18,13 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 
 	"netwatch/ctl/internal/cli"
+	"netwatch/ctl/internal/perms"
 	"netwatch/schema"
+	"netwatch/schema/pb"
+	"netwatch/testkit"
 )
 
 // ctl runs netwatchctl with args and fails the test on a non-zero exit.
@@ -36,17 +45,27 @@ func runCtl(args []string, stdout, stderr *bytes.Buffer) int {
 // JetStream server that includes its resolver.conf (operator mode: every
 // client needs a user JWT signed by the NETWATCH account).
 func operatorServer(t *testing.T) (dir, url string) {
+	dir, url, _ = operatorServerLog(t)
+	return dir, url
+}
+
+// operatorServerLog is operatorServer with the server logging to the
+// returned file (permission violations are logged there).
+func operatorServerLog(t *testing.T) (dir, url, logFile string) {
 	t.Helper()
 	dir = t.TempDir()
 	ctl(t, "init", "-dir", dir)
+	logFile = filepath.Join(dir, "server.log")
 	s := startConf(t, dir, "server", `
 server_name: nw-test
 listen: 127.0.0.1:-1
 max_payload: 8MB
+max_control_line: 16KB # role JWTs with their permission lists exceed the 4 KB default in CONNECT
 jetstream { store_dir: `+q(filepath.Join(dir, "js"))+` }
 include resolver.conf
+log_file: `+q(logFile)+`
 `)
-	return dir, s.ClientURL()
+	return dir, s.ClientURL(), logFile
 }
 
 // violations collects the asynchronous errors the server sends a client
@@ -232,4 +251,308 @@ func stream2prefix(stream string) string {
 		return schema.MetricsPrefix
 	}
 	return "netwatch"
+}
+
+// buildStage builds a stage's command (./<stage>/cmd/<stage> of this tree)
+// into dir and returns the binary; with NETWATCH_BIN set it takes the
+// binary from that directory instead (e.g. bin/ of make build).
+func buildStage(t *testing.T, root, dir, stage string) string {
+	t.Helper()
+	if d := os.Getenv("NETWATCH_BIN"); d != "" {
+		return filepath.Join(d, stage)
+	}
+	bin := filepath.Join(dir, stage)
+	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./"+stage+"/cmd/"+stage)
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", stage, err, out)
+	}
+	return bin
+}
+
+// startReady starts a stage binary with args plus -http.addr and waits for
+// its /readyz.
+func startReady(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	addr := freeAddr(t)
+	pr := startProc(t, name, append(args, "-http.addr", addr, "-log.format", "text")...)
+	waitFor(t, 20*time.Second, name+" ready", func() error {
+		select {
+		case err := <-pr.done:
+			pr.done <- err
+			return fmt.Errorf("exited: %v\n%s", err, tail(pr.output(), 10))
+		default:
+		}
+		r, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return fmt.Errorf("%v\n%s", err, tail(pr.output(), 10))
+		}
+		r.Body.Close()
+		if r.StatusCode != 200 {
+			return fmt.Errorf("readyz %d\n%s", r.StatusCode, tail(pr.output(), 10))
+		}
+		return nil
+	})
+	return pr
+}
+
+// logViolations returns the lines of a server log that report a
+// permissions violation.
+func logViolations(t *testing.T, files ...string) []string {
+	t.Helper()
+	var out []string
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.Contains(l, "Violation") {
+				out = append(out, l)
+			}
+		}
+	}
+	return out
+}
+
+// TestStageCredentials runs the enricher (two members of consumer group
+// perms.EnricherGroup) and the detector (flow rules, the ARP durable
+// detector-arp, the health rules' METRICS consumer and lag checks, and a
+// rescore run over FLOWS) from this tree with netwatchctl's role
+// credentials on an operator-mode server, fed by sensor-a's credentials.
+// Their real work goes through with no permission violation in the server
+// log: the UDP exchange sensor-a published (3 packets of 60 IP bytes out,
+// 2 of 76 back, counted by hand) comes out of FLOWS as one record, the
+// detector's ARP durable has read and acked both PACKETS messages, rescore
+// reads the record back. Then calls outside each role are refused: the
+// enricher deleting PACKETS or pulling the sink's durable, the detector
+// purging FLOWS, deleting its own durable, pulling the sink's METRICS
+// durable or the enrichers' work queue.
+func TestStageCredentials(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the enricher and the detector (~20 s)")
+	}
+	root := testkit.Root(t)
+	dir, url, logFile := operatorServerLog(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			data, _ := os.ReadFile(logFile)
+			t.Logf("--- server log:\n%s", tail(string(data), 30))
+		}
+	})
+	bins := t.TempDir()
+	enricher, detector := buildStage(t, root, bins, "enricher"), buildStage(t, root, bins, "detector")
+	admin := filepath.Join(dir, "admin.creds")
+	ctl(t, "creds", "-dir", dir, "-role", "admin", "-o", admin)
+	ctl(t, "provision", "-nats.url", url, "-nats.creds", admin, "-replicas", "1", "-timeout", "20s")
+	creds := map[string]string{}
+	for _, r := range []string{"enricher", "detector"} {
+		creds[r] = filepath.Join(dir, r+".creds")
+		ctl(t, "creds", "-dir", dir, "-role", r, "-o", creds[r])
+	}
+	sensorA := filepath.Join(dir, "sensor-a.creds")
+	ctl(t, "creds", "-dir", dir, "-sensor", "sensor-a", "-o", sensorA)
+
+	var procs []*proc
+	for _, m := range []string{"m1", "m2"} {
+		procs = append(procs, startReady(t, "enricher "+m, enricher, "-nats.url", url, "-nats.creds", creds["enricher"],
+			"-instance", "e-"+m, "-consume.group", perms.EnricherGroup, "-consume.member", m,
+			"-consume.ack-wait", "5s", "-consume.keepalive", "2s",
+			"-flow.idle-timeout.udp", "1s", "-flow.wall-tick", "200ms"))
+	}
+	det := startReady(t, "detector", detector, "-nats.url", url, "-nats.creds", creds["detector"], "-health.check", "1s")
+	procs = append(procs, det)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, p := range procs {
+				t.Logf("--- %s:\n%s", p.name, tail(p.output(), 20))
+			}
+		}
+	})
+
+	// sensor-a: a DNS-like UDP exchange and an ARP reply, live timestamps.
+	nc, err := nats.Connect(url, nats.UserCredentials(sensorA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	a, b := []byte{10, 0, 0, 1}, []byte{10, 0, 0, 2}
+	now := time.Now().UnixNano()
+	var pkts []*pb.PacketSummary
+	for i := range 5 {
+		p := &pb.PacketSummary{TsNs: now + int64(i)*int64(time.Millisecond), SrcAddr: a, DstAddr: b, SrcPort: 40000, DstPort: 53,
+			Proto: 17, IpBytes: 60, PayloadBytes: 32}
+		if i >= 3 { // replies
+			p.SrcAddr, p.DstAddr, p.SrcPort, p.DstPort, p.IpBytes, p.PayloadBytes = b, a, 53, 40000, 76, 48
+		}
+		pkts = append(pkts, p)
+	}
+	bucket := schema.PacketBucket(a, 40000, b, 53, 17, 0)
+	arpBucket := schema.AddrBucket(b)
+	for i, batch := range []*pb.PacketBatch{
+		{Sensor: "sensor-a", Boot: "boot1", Seq: 1, Bucket: bucket, Packets: pkts, SentNs: now},
+		{Sensor: "sensor-a", Boot: "boot1", Seq: 2, Bucket: arpBucket, SentNs: now, Arp: []*pb.ArpSummary{{TsNs: now, Op: 2,
+			SenderMac: []byte{2, 0, 0, 0, 0, 2}, SenderIp: b, TargetMac: []byte{2, 0, 0, 0, 0, 1}, TargetIp: a}}},
+	} {
+		data, _ := proto.Marshal(batch)
+		if _, err := js.Publish(ctx, schema.PacketsSubject("sensor-a", batch.Bucket), data,
+			jetstream.WithMsgID(fmt.Sprintf("sensor-a.boot1.%d", i+1))); err != nil {
+			t.Fatalf("sensor-a publish: %v", err)
+		}
+	}
+
+	// Read as admin: the flow record in FLOWS, the ARP durable's progress.
+	anc, err := nats.Connect(url, nats.UserCredentials(admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anc.Close()
+	ajs, _ := jetstream.New(anc)
+	var flows []*pb.Flow
+	waitFor(t, 60*time.Second, "the flow record in FLOWS", func() error {
+		st, err := ajs.Stream(ctx, schema.StreamFlows)
+		if err != nil {
+			return err
+		}
+		oc, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+		if err != nil {
+			return err
+		}
+		defer ajs.DeleteConsumer(ctx, schema.StreamFlows, oc.CachedInfo().Name)
+		flows = nil
+		mb, err := oc.Fetch(100, jetstream.FetchMaxWait(300*time.Millisecond))
+		if err != nil {
+			return err
+		}
+		for m := range mb.Messages() {
+			var fb pb.FlowBatch
+			if err := proto.Unmarshal(m.Data(), &fb); err != nil {
+				return err
+			}
+			flows = append(flows, fb.Flows...)
+		}
+		if len(flows) == 0 {
+			return errors.New("no flow yet")
+		}
+		return nil
+	})
+	time.Sleep(time.Second) // a second record would be a split flow
+	if len(flows) != 1 {
+		t.Fatalf("FLOWS holds %d records, want 1: %v", len(flows), flows)
+	}
+	f := flows[0]
+	if f.OrigPort != 40000 || f.RespPort != 53 || f.OrigPkts != 3 || f.OrigIpBytes != 180 || f.RespPkts != 2 || f.RespIpBytes != 152 {
+		t.Errorf("flow %d->%d pkts %d/%d ip bytes %d/%d, want 40000->53, 3/2 packets, 180/152 IP bytes",
+			f.OrigPort, f.RespPort, f.OrigPkts, f.RespPkts, f.OrigIpBytes, f.RespIpBytes)
+	}
+	waitFor(t, 30*time.Second, "detector-arp read and acked both PACKETS messages", func() error {
+		ci, err := ajs.Consumer(ctx, schema.StreamPackets, perms.ConsumerDetectorARP)
+		if err != nil {
+			return err
+		}
+		info, err := ci.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.AckFloor.Stream != 2 || info.NumPending != 0 {
+			return fmt.Errorf("ack floor %d, pending %d", info.AckFloor.Stream, info.NumPending)
+		}
+		return nil
+	})
+	// The health rules: the METRICS consumer runs and the lag checks (every
+	// 1 s) have had time to read every durable's info.
+	waitFor(t, 10*time.Second, "health checks", func() error {
+		if !strings.Contains(det.output(), "health checks") {
+			return fmt.Errorf("%s", tail(det.output(), 5))
+		}
+		return nil
+	})
+	time.Sleep(2 * time.Second)
+	// rescore: an ordered consumer on FLOWS with the detector's credentials.
+	rs := exec.Command(detector, "rescore", "-from", time.Now().Add(-time.Hour).UTC().Format(time.RFC3339),
+		"-run", "creds-test", "-nats.url", url, "-nats.creds", creds["detector"], "-http.addr", "", "-log.format", "text")
+	var rout, rerr bytes.Buffer
+	rs.Stdout, rs.Stderr = &rout, &rerr
+	if err := rs.Run(); err != nil {
+		t.Fatalf("detector rescore: %v\n%s", err, rerr.String())
+	}
+	var sum struct {
+		Flows int `json:"flows"`
+	}
+	if err := json.Unmarshal(rout.Bytes(), &sum); err != nil || sum.Flows != 1 {
+		t.Errorf("rescore summary %s (%v), want 1 flow", rout.String(), err)
+	}
+	for _, p := range procs {
+		if err := p.stop(30 * time.Second); err != nil {
+			t.Errorf("%s: %v", p.name, err)
+		}
+	}
+	if v := logViolations(t, logFile); len(v) > 0 {
+		t.Errorf("the stages' real work hit %d permission violations:\n%s", len(v), strings.Join(v, "\n"))
+	}
+	if o := det.output(); strings.Contains(o, "rule stopped") || strings.Contains(o, "health: ") {
+		t.Errorf("detector: an auxiliary consumer failed:\n%s", tail(o, 20))
+	}
+
+	// Outside each role: refused by the server.
+	type call struct {
+		role, what, subject string
+		do                  func(context.Context, jetstream.JetStream) error
+	}
+	pullOne := func(stream, durable string) func(context.Context, jetstream.JetStream) error {
+		return func(ctx context.Context, js jetstream.JetStream) error {
+			c, err := js.Consumer(ctx, stream, durable)
+			if err != nil {
+				return err
+			}
+			_, err = c.Next(jetstream.FetchMaxWait(time.Second))
+			return err
+		}
+	}
+	wq := schema.StreamPackets + "-" + perms.EnricherGroup
+	for _, c := range []call{
+		{"enricher", "delete PACKETS", "$JS.API.STREAM.DELETE.PACKETS", func(ctx context.Context, js jetstream.JetStream) error {
+			return js.DeleteStream(ctx, schema.StreamPackets)
+		}},
+		{"enricher", "pull the sink's FLOWS durable", "$JS.API.CONSUMER.MSG.NEXT.FLOWS.sink-flows", pullOne(schema.StreamFlows, schema.ConsumerSinkFlows)},
+		{"detector", "purge FLOWS", "$JS.API.STREAM.PURGE.FLOWS", func(ctx context.Context, js jetstream.JetStream) error {
+			s, err := js.Stream(ctx, schema.StreamFlows)
+			if err != nil {
+				return err
+			}
+			return s.Purge(ctx)
+		}},
+		{"detector", "delete its own durable", "$JS.API.CONSUMER.DELETE.FLOWS.detector", func(ctx context.Context, js jetstream.JetStream) error {
+			return js.DeleteConsumer(ctx, schema.StreamFlows, schema.ConsumerDetector)
+		}},
+		{"detector", "pull the sink's METRICS durable", "$JS.API.CONSUMER.MSG.NEXT.METRICS.sink-metrics", pullOne(schema.StreamMetrics, schema.ConsumerSinkMetrics)},
+		{"detector", "read the enrichers' work queue", "$JS.API.CONSUMER.CREATE." + wq, func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := js.OrderedConsumer(ctx, wq, jetstream.OrderedConsumerConfig{MaxResetAttempts: 1})
+			return err
+		}},
+	} {
+		var v violations
+		cnc, err := nats.Connect(url, nats.UserCredentials(creds[c.role]), nats.ErrorHandler(v.handler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cjs, _ := jetstream.New(cnc)
+		cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
+		err = c.do(cctx, cjs)
+		ccancel()
+		if err == nil {
+			t.Errorf("%s could %s", c.role, c.what)
+		}
+		waitFor(t, 5*time.Second, c.role+": "+c.what, func() error {
+			return v.find(`Permissions Violation for Publish to "` + c.subject)
+		})
+		t.Logf("%s: %s refused (%v)", c.role, c.what, err)
+		cnc.Close()
+	}
+	if v := logViolations(t, logFile); len(v) == 0 {
+		t.Error("the server log shows no violation for the refused calls: the log scan above proves nothing")
+	}
 }

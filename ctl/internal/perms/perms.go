@@ -19,10 +19,89 @@ import (
 )
 
 // Set is one user's permissions: subjects it may publish and subscribe to
-// (NATS wildcards). Everything else is denied.
+// (NATS wildcards). Everything else is denied. PubDeny carves subjects out
+// of Pub's wildcards (a deny wins over an allow in nats-server): a role
+// that creates ephemeral consumers on a stream (names are random, so the
+// allow is a wildcard) may still not touch another stage's durable there.
 type Set struct {
-	Pub []string
-	Sub []string
+	Pub     []string
+	PubDeny []string
+	Sub     []string
+}
+
+// EnricherGroup is the consumer group name (the enricher's -consume.group)
+// the enricher role's permissions are written for: its work-queue stream
+// PACKETS-<EnricherGroup>, its membership key in pcgroups' bucket and its
+// checkpoint keys. Another group name needs its own lines.
+const EnricherGroup = "enrichers"
+
+// ConsumerDetectorARP is the detector's durable consumer on PACKETS for
+// ARP summaries (detector/internal/stage.ConsumerARP; not in schema).
+const ConsumerDetectorARP = "detector-arp"
+
+// pcgroupsBucket is the key-value bucket in which
+// github.com/synadia-io/orbit.go/pcgroups keeps every elastic consumer
+// group's configuration and membership (key <stream>.<group>).
+const pcgroupsBucket = "elastic-consumer-groups"
+
+// durables lists every durable consumer of the pipeline by stream, with
+// the role that owns it.
+func durables() map[string]map[string]string {
+	out := map[string]map[string]string{}
+	add := func(stream, durable, owner string) {
+		if out[stream] == nil {
+			out[stream] = map[string]string{}
+		}
+		out[stream][durable] = owner
+	}
+	for _, cd := range schema.ConsumerConfigs(schema.StreamOptions{}) {
+		owner := "sink"
+		switch cd.Config.Durable {
+		case schema.ConsumerEnricher:
+			owner = "enricher"
+		case schema.ConsumerDetector:
+			owner = "detector"
+		}
+		add(cd.Stream, cd.Config.Durable, owner)
+	}
+	add(schema.StreamPackets, ConsumerDetectorARP, "detector")
+	return out
+}
+
+// ephemeral is what ordered (ephemeral) consumers on stream need: create
+// with or without a filter subject, next, info, delete (nats.go deletes a
+// reset ordered consumer). Names are random, so these are wildcards; the
+// returned deny list takes the durables of the stream back out: no role
+// deletes a durable, and only its owner pulls from it. (Creating them
+// stays allowed: every stage provisions all durables at start with the
+// schema's configuration, see provisioning.)
+func ephemeral(role, stream string) (allow, deny []string) {
+	allow = []string{"$JS.API.CONSUMER.CREATE." + stream + ".*", "$JS.API.CONSUMER.CREATE." + stream + ".*.>",
+		"$JS.API.CONSUMER.MSG.NEXT." + stream + ".*", "$JS.API.CONSUMER.INFO." + stream + ".*",
+		"$JS.API.CONSUMER.DELETE." + stream + ".*"}
+	var names []string
+	for d := range durables()[stream] {
+		names = append(names, d)
+	}
+	slices.Sort(names)
+	for _, d := range names {
+		deny = append(deny, "$JS.API.CONSUMER.DELETE."+stream+"."+d)
+		if durables()[stream][d] != role {
+			deny = append(deny, "$JS.API.CONSUMER.MSG.NEXT."+stream+"."+d)
+		}
+	}
+	return allow, deny
+}
+
+// kvBucket is what a client of one key-value bucket needs besides its
+// puts: stream info, direct gets (Get) and watches (an ordered push
+// consumer on the bucket's stream: create with the key filter, flow
+// control, delete when it stops). keys is the watched key pattern.
+func kvBucket(bucket, keys string) []string {
+	st := "KV_" + bucket
+	return []string{"$JS.API.STREAM.INFO." + st, "$JS.API.DIRECT.GET." + st + ".$KV." + bucket + "." + keys,
+		"$JS.API.CONSUMER.CREATE." + st + ".*.$KV." + bucket + "." + keys,
+		"$JS.API.CONSUMER.DELETE." + st + ".*", "$JS.FC." + st + ".>"}
 }
 
 // Roles are the pipeline users netwatchctl knows, besides "sensor".
@@ -100,11 +179,28 @@ func Role(role string) (Set, error) {
 	case "enricher":
 		s.Pub = slices.Concat([]string{schema.FlowsPrefix + ".>", schema.CountersPrefix + ".>"},
 			pull(schema.StreamPackets, schema.ConsumerEnricher),
-			info(schema.StreamPackets, schema.StreamFlows, schema.StreamCounters), provisioning())
+			info(schema.StreamPackets, schema.StreamFlows, schema.StreamCounters), provisioning(),
+			enricherGroup(EnricherGroup))
 	case "detector":
 		s.Pub = slices.Concat([]string{schema.AlertsPrefix + ".>"},
 			pull(schema.StreamFlows, schema.ConsumerDetector),
-			info(schema.StreamFlows, schema.StreamAlerts), provisioning())
+			info(schema.StreamFlows, schema.StreamAlerts, schema.StreamPackets, schema.StreamMetrics), provisioning(),
+			// ARP rule: its own durable on PACKETS, created at start
+			[]string{"$JS.API.CONSUMER.CREATE." + schema.StreamPackets + "." + ConsumerDetectorARP,
+				"$JS.API.CONSUMER.CREATE." + schema.StreamPackets + "." + ConsumerDetectorARP + ".>"},
+			pull(schema.StreamPackets, ConsumerDetectorARP))
+		// health (METRICS live) and rescore (FLOWS by time): ordered consumers
+		for _, st := range []string{schema.StreamMetrics, schema.StreamFlows} {
+			allow, deny := ephemeral("detector", st)
+			s.Pub = append(s.Pub, allow...)
+			s.PubDeny = append(s.PubDeny, deny...)
+		}
+		// lag rule: consumer info (read only) of every durable
+		for st, ds := range durables() {
+			for d := range ds {
+				s.Pub = append(s.Pub, "$JS.API.CONSUMER.INFO."+st+"."+d)
+			}
+		}
 	case "sink":
 		s.Pub = slices.Concat(pull(schema.StreamFlows, schema.ConsumerSinkFlows),
 			pull(schema.StreamAlerts, schema.ConsumerSinkAlerts),
@@ -117,10 +213,12 @@ func Role(role string) (Set, error) {
 		s.Pub = info(streams...)
 		for _, st := range streams {
 			// ordered consumers for replay and the registry listing: ephemeral
-			// create (with a filter subject), next, delete, flow control
-			s.Pub = append(s.Pub, "$JS.API.CONSUMER.CREATE."+st+".>", "$JS.API.CONSUMER.MSG.NEXT."+st+".>",
-				"$JS.API.CONSUMER.DELETE."+st+".>", "$JS.API.CONSUMER.INFO."+st+".>",
-				"$JS.API.CONSUMER.LIST."+st, "$JS.FC."+st+".>")
+			// create (with a filter subject), next, delete, flow control; the
+			// stages' durables are denied but their info (lag) stays readable
+			allow, deny := ephemeral("api", st)
+			s.Pub = append(s.Pub, allow...)
+			s.Pub = append(s.Pub, "$JS.API.CONSUMER.LIST."+st, "$JS.FC."+st+".>")
+			s.PubDeny = append(s.PubDeny, deny...)
 		}
 		s.Pub = append(s.Pub, "$JS.API.DIRECT.GET."+kvStream+".>", "$JS.API.STREAM.MSG.GET."+kvStream)
 		s.Sub = []string{schema.FlowsPrefix + ".>", schema.AlertsPrefix + ".>",
@@ -133,7 +231,34 @@ func Role(role string) (Set, error) {
 	}
 	s.Sub = append(s.Sub, inbox)
 	s.Pub = dedup(s.Pub)
+	s.PubDeny = dedup(s.PubDeny)
 	return s, nil
+}
+
+// enricherGroup is what the enricher needs in consumer-group mode
+// (-consume.group group, enricher README "Scaling" and "Crash and
+// membership changes"): pcgroups' configuration bucket (create it if
+// missing, read and update the group's key, watch it), the group's
+// work-queue stream PACKETS-<group> sourced from PACKETS (create, info,
+// direct gets of unacked messages for the replay), its member consumers
+// (named after the members: create with their partition filters, info,
+// delete when membership changes, pinned pulls, acks), and the checkpoint
+// bucket ENRICHER_FLOWS (create, info, puts and watches of the group's
+// keys). Nothing of it reaches PACKETS itself or another stage's consumer.
+func enricherGroup(group string) []string {
+	wq := schema.StreamPackets + "-" + group
+	cp := "ENRICHER_FLOWS" // enricher/internal/consume.CheckpointBucket
+	key := schema.StreamPackets + "." + group
+	out := []string{
+		"$JS.API.STREAM.CREATE.KV_" + pcgroupsBucket, "$KV." + pcgroupsBucket + "." + key,
+		"$JS.API.STREAM.CREATE." + wq, "$JS.API.STREAM.INFO." + wq, "$JS.API.DIRECT.GET." + wq,
+		"$JS.API.CONSUMER.CREATE." + wq + ".*", "$JS.API.CONSUMER.CREATE." + wq + ".*.>",
+		"$JS.API.CONSUMER.INFO." + wq + ".*", "$JS.API.CONSUMER.DELETE." + wq + ".*",
+		"$JS.API.CONSUMER.MSG.NEXT." + wq + ".*", "$JS.ACK." + wq + ".>",
+		"$JS.API.STREAM.CREATE.KV_" + cp, "$JS.API.STREAM.UPDATE.KV_" + cp, "$KV." + cp + "." + group + ".>",
+	}
+	out = append(out, kvBucket(pcgroupsBucket, key)...)
+	return append(out, kvBucket(cp, group+".>")...)
 }
 
 func dedup(xs []string) []string {
@@ -171,15 +296,23 @@ accounts {
 `)
 	user := func(name, comment string, p Set) {
 		fmt.Fprintf(&b, "      # %s\n      { user: %s, password: %q,\n        permissions: {\n", comment, name, "change-me-"+name)
-		for _, dir := range []struct {
-			key  string
-			subj []string
-		}{{"publish", p.Pub}, {"subscribe", p.Sub}} {
-			fmt.Fprintf(&b, "          %s: { allow: [\n", dir.key)
-			for _, s := range dir.subj {
-				fmt.Fprintf(&b, "            %q\n", s)
+		list := func(key string, subj []string) {
+			fmt.Fprintf(&b, "            %s: [\n", key)
+			for _, s := range subj {
+				fmt.Fprintf(&b, "              %q\n", s)
 			}
-			b.WriteString("          ] }\n")
+			b.WriteString("            ]\n")
+		}
+		for _, dir := range []struct {
+			key         string
+			allow, deny []string
+		}{{"publish", p.Pub, p.PubDeny}, {"subscribe", p.Sub, nil}} {
+			fmt.Fprintf(&b, "          %s: {\n", dir.key)
+			list("allow", dir.allow)
+			if len(dir.deny) > 0 {
+				list("deny", dir.deny)
+			}
+			b.WriteString("          }\n")
 		}
 		b.WriteString("        } }\n")
 	}
