@@ -15,10 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
+	"netwatch/ctl/internal/perms"
 	"netwatch/schema"
 	"netwatch/schema/pb"
 	"netwatch/testkit"
@@ -85,22 +87,23 @@ func (p *proc) stop(d time.Duration) error {
 	}
 }
 
-// TestFleetNamespaces is issue 8's fleet on one machine, as far as it goes
-// today: two sensor hosts in their own network namespaces joined by a veth
-// pair (the capture link), each also linked to the root namespace where a
-// 3-node JetStream cluster (JWT auth from netwatchctl) listens; an agent per
-// host captures its veth live with its own credentials; tcpdump in each
-// namespace is the independent count. Traffic: ICMP echo, HTTP, a TCP
-// connect scan of 200 ports and UDP to port 53, from host a to host b.
-// During it the PACKETS leader is stopped and brought back. A third agent
-// on host a calls itself sensor-c with sensor-a's credentials: the broker
-// refuses every publish (its server log shows the violation) and PACKETS
-// holds nothing of sensor-c. Afterwards, per sensor, the IP packet
-// summaries in PACKETS equal tcpdump's IP frame count exactly.
-//
-// Not covered yet: enricher, detector and sink instances (and stopping one
-// of each), stored flows against the capture, the port-scan alert and the
-// WebSocket latency; see the report in ctl/README.md.
+// TestFleetNamespaces is issue 8's fleet on one machine: two sensor hosts
+// in their own network namespaces joined by a veth pair (the capture link),
+// each also linked to the root namespace where a 3-node JetStream cluster
+// (JWT auth from netwatchctl) listens; an agent per host captures its veth
+// live with its own credentials; tcpdump in each namespace is the
+// independent count; enricher (consumer group members), detector and sink
+// instances and an api run with their role credentials. Traffic from a to
+// b: ICMP echo, HTTP, a TCP connect scan of 200 ports, UDP to port 53 and
+// eight UDP exchanges open throughout. During it the PACKETS leader is
+// stopped, one instance of each stage restarted, the node brought back. A
+// third agent on host a calls itself sensor-c with sensor-a's credentials.
+// Checked: PACKETS against tcpdump (summaries, bucket order), stored flows
+// against tshark (per directional 5-tuple, one flow per connection with
+// complete record chains), one portscan alert per sensor and no other
+// traffic category, detector-arp caught up, the impostor refused and no
+// other permission violation in the servers' logs; the WebSocket latency
+// is logged (ctl/README.md).
 func TestFleetNamespaces(t *testing.T) {
 	if os.Getenv("NETWATCH_MULTIHOST") == "" {
 		t.Skip("set NETWATCH_MULTIHOST=1 (make test-multihost) to build namespaces and veth pairs")
@@ -202,7 +205,13 @@ func TestFleetNamespaces(t *testing.T) {
 	agentArgs := func(ns, iface, sensor, creds string) []string {
 		return []string{"ip", "netns", "exec", ns, agentBin, "-interface", iface, "-sensor", sensor,
 			"-nats.url", c.urls(), "-nats.creds", creds, "-nats.provision=false", "-http.addr", "",
-			"-log.format", "text", "-batch.flush", "100ms", "-metrics.interval", "1s"}
+			"-log.format", "text", "-batch.flush", "100ms", "-metrics.interval", "1s",
+			// One batch in flight: a batch whose ack is lost while the PACKETS
+			// leader is down is retried before the next is sent. With the
+			// default 256 the retry is stored behind later batches of its
+			// bucket and the enricher, which takes a bucket's batches in
+			// stream order, splits their flows (a SYN-ACK after the FIN).
+			"-publish.max-inflight", "1"}
 	}
 	for _, h := range hosts {
 		h.agent = startProc(t, "agent "+h.sensor, agentArgs(h.ns, h.iface, h.sensor, filepath.Join(authDir, h.sensor+".creds"))...)
@@ -228,6 +237,18 @@ func TestFleetNamespaces(t *testing.T) {
 	if out, err := nsa("python3", "-c", pingPy, "10.77.1.2", "20").CombinedOutput(); err != nil {
 		t.Fatalf("ping: %v\n%s", err, out)
 	}
+	// Eight UDP exchanges that stay open across the outage and the restarts
+	// (a datagram from each of ports 41000-41007 every 0.5 s, echoed by b):
+	// spread over the group's partitions, some are the restarted member's,
+	// and each must still be one flow.
+	echo := startProc(t, "udp echo", "ip", "netns", "exec", nsB, "python3", "-c", udpEchoPy, "10.77.1.2", "9999")
+	chatter := startProc(t, "udp chatter", "ip", "netns", "exec", nsA, "python3", "-c", udpChatterPy, "10.77.1.2", "9999")
+	waitFor(t, 10*time.Second, "udp chatter", func() error {
+		if !strings.Contains(chatter.output(), "sending") {
+			return fmt.Errorf("chatter: %s; echo: %s", chatter.output(), echo.output())
+		}
+		return nil
+	})
 	st, err := js.Stream(ctx, schema.StreamPackets)
 	if err != nil {
 		t.Fatal(err)
@@ -237,6 +258,8 @@ func TestFleetNamespaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	leader := c.index(si.Cluster.Leader)
+	var outage [2]time.Time
+	outage[0] = time.Now()
 	c.stop(leader)
 	t.Logf("stopped %s (PACKETS leader)", si.Cluster.Leader)
 	for range 5 {
@@ -253,7 +276,11 @@ func TestFleetNamespaces(t *testing.T) {
 s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for i in range(5): s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01", ("10.77.1.2", 53))`).Run()
 	c.start(leader)
+	outage[1] = time.Now()
 	t.Logf("restarted %s", si.Cluster.Leader)
+	time.Sleep(2 * time.Second)
+	chatter.stop(5 * time.Second)
+	echo.stop(5 * time.Second)
 	if out, err := nsa("python3", "-c", pingPy, "10.77.1.2", "10").CombinedOutput(); err != nil {
 		t.Fatalf("ping: %v\n%s", err, out)
 	}
@@ -279,40 +306,108 @@ for i in range(5): s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x
 			t.Fatalf("tcpdump -r %s: %v", h.pcap, err)
 		}
 		want := bytes.Count(out, []byte("\n"))
-		got := countSummaries(t, ctx, js, h.sensor)
-		t.Logf("%s: tcpdump %d IP frames, PACKETS %d packet summaries", h.sensor, want, got)
+		got, behind := countSummaries(t, ctx, js, h.sensor)
+		t.Logf("%s: tcpdump %d IP frames, PACKETS %d packet summaries, %d batches stored behind a later batch of their bucket", h.sensor, want, got, behind)
 		if got != want || want == 0 {
 			t.Errorf("%s: PACKETS holds %d packet summaries, tcpdump saw %d IP frames", h.sensor, got, want)
+		}
+		if behind != 0 {
+			t.Errorf("%s: %d batches stored out of their bucket's order: the enricher will split their flows", h.sensor, behind)
 		}
 	}
 	for _, h := range hosts {
 		pl.checkFlows(t, ctx, h.sensor, h.pcap)
-		pl.checkAlerts(t, ctx, h.sensor)
+		pl.checkAlerts(t, ctx, h.sensor, outage)
 	}
+	pl.logEnricherMetrics(t)
+	// The detectors' ARP durable (detector credentials) read all of PACKETS.
+	waitFor(t, 30*time.Second, "detector-arp caught up", func() error {
+		cons, err := js.Consumer(ctx, schema.StreamPackets, perms.ConsumerDetectorARP)
+		if err != nil {
+			return err
+		}
+		ci, err := cons.Info(ctx)
+		if err != nil {
+			return err
+		}
+		si, err := st.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if ci.NumPending != 0 || ci.NumAckPending != 0 || ci.AckFloor.Stream != si.State.LastSeq {
+			return fmt.Errorf("pending %d, ack pending %d, ack floor %d of %d", ci.NumPending, ci.NumAckPending, ci.AckFloor.Stream, si.State.LastSeq)
+		}
+		t.Logf("detector-arp: acked every PACKETS message (%d)", si.State.LastSeq)
+		return nil
+	})
 	feed.report(t, ctx, pl, "sensor-a", "sensor-b")
 	if si, err := st.Info(ctx); err == nil {
 		t.Logf("PACKETS replicas at the end: %d (the sink provisions with 1 at every start: see the report)", si.Config.Replicas)
 	}
-	if got := countSummaries(t, ctx, js, "sensor-c"); got != 0 {
+	if got, _ := countSummaries(t, ctx, js, "sensor-c"); got != 0 {
 		t.Errorf("sensor-c (sensor-a's credentials) got %d packets into PACKETS", got)
 	}
 	t.Logf("impostor agent (sensor-c with sensor-a's credentials), last lines:\n%s", tail(impostor.output(), 8))
-	found := false
+	// The servers' logs: the impostor's violations, and none by anyone else
+	// (the stages' and the agents' real work is within their permissions).
+	users := map[string]string{} // user public key -> creds name
+	for _, n := range []string{"admin", "enricher", "detector", "sink", "api", "sensor-a", "sensor-b"} {
+		users[credsUser(t, filepath.Join(authDir, n+".creds"))] = n
+	}
+	found, others := false, 0
 	for _, f := range c.logs() {
 		data, _ := os.ReadFile(f)
 		sc := bufio.NewScanner(bytes.NewReader(data))
 		for sc.Scan() {
-			if strings.Contains(sc.Text(), `Publish Violation - Subject "netwatch.packets.sensor-c.`) {
+			line := sc.Text()
+			if !strings.Contains(line, "Violation") {
+				continue
+			}
+			who := "unknown user"
+			for k, n := range users {
+				if strings.Contains(line, k) {
+					who = n
+				}
+			}
+			if who == "sensor-a" && strings.Contains(line, `Publish Violation - Subject "netwatch.packets.sensor-c.`) {
 				if !found {
-					t.Logf("broker: %s", sc.Text())
+					t.Logf("broker: %s", line)
 				}
 				found = true
+				continue
+			}
+			if who == "sensor-a" && strings.Contains(line, "sensor-c") {
+				continue // the impostor's metrics and registry record
+			}
+			others++
+			if others <= 10 {
+				t.Errorf("%s: permissions violation by %s: %s", filepath.Base(f), who, line)
 			}
 		}
 	}
 	if !found {
 		t.Error("no server logged a permissions violation for sensor-c")
 	}
+	t.Logf("permission violations in the servers' logs other than the impostor's: %d", others)
+}
+
+// credsUser returns the user public key (the JWT's subject) of a .creds
+// file: the servers' log lines name the user by it.
+func credsUser(t *testing.T, file string) string {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.ParseDecoratedJWT(data)
+	if err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	uc, err := jwt.DecodeUserClaims(tok)
+	if err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	return uc.Subject
 }
 
 // pingPy sends COUNT ICMP echo requests to ADDR (RFC 792) on a raw socket
@@ -337,8 +432,39 @@ for seq in range(count):
     time.sleep(0.05)
 `
 
-// countSummaries sums the packet summaries of every PACKETS batch of sensor.
-func countSummaries(t *testing.T, ctx context.Context, js jetstream.JetStream, sensor string) int {
+// udpEchoPy answers every UDP datagram to ADDR:PORT with the same bytes.
+const udpEchoPy = `import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(data, peer)
+`
+
+// udpChatterPy sends a datagram from each of local ports 41000-41007 to
+// ADDR:PORT every 0.5 s until killed (SIGTERM).
+const udpChatterPy = `import socket, sys, time
+socks = []
+for p in range(41000, 41008):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", p))
+    s.setblocking(False)
+    socks.append(s)
+print("sending", flush=True)
+while True:
+    for s in socks:
+        s.sendto(b"netwatch-fleet-chatter", (sys.argv[1], int(sys.argv[2])))
+        try:
+            s.recv(2048)
+        except BlockingIOError:
+            pass
+    time.sleep(0.5)
+`
+
+// countSummaries sums the packet summaries of every PACKETS batch of
+// sensor and counts the batches stored after a batch of the same subject
+// (bucket) and agent boot with a higher batch sequence (out of order).
+func countSummaries(t *testing.T, ctx context.Context, js jetstream.JetStream, sensor string) (total, behind int) {
 	t.Helper()
 	st, err := js.Stream(ctx, schema.StreamPackets)
 	if err != nil {
@@ -354,13 +480,15 @@ func countSummaries(t *testing.T, ctx context.Context, js jetstream.JetStream, s
 		msgs += int(n)
 	}
 	if msgs == 0 {
-		return 0
+		return 0, 0
 	}
+	type sb struct{ subj, boot string }
+	last := map[sb]uint64{}
 	oc, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	total, read := 0, 0
+	read := 0
 	for read < msgs {
 		b, err := oc.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
@@ -373,6 +501,11 @@ func countSummaries(t *testing.T, ctx context.Context, js jetstream.JetStream, s
 				t.Fatalf("decode batch on %s: %v", m.Subject(), err)
 			}
 			total += len(batch.Packets)
+			k := sb{m.Subject(), batch.Boot}
+			if batch.Seq < last[k] {
+				behind++
+			}
+			last[k] = max(last[k], batch.Seq)
 			read++
 			n++
 		}
@@ -380,7 +513,7 @@ func countSummaries(t *testing.T, ctx context.Context, js jetstream.JetStream, s
 			t.Fatal(ctx.Err())
 		}
 	}
-	return total
+	return total, behind
 }
 
 func tail(s string, n int) string {

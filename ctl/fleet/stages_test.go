@@ -3,14 +3,18 @@ package fleet_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -18,6 +22,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
 
+	"netwatch/ctl/internal/perms"
 	"netwatch/testkit"
 	"netwatch/testkit/e2e"
 )
@@ -33,6 +38,8 @@ type stages struct {
 	procs                        map[string][]*proc
 	args                         map[string][]string
 	started                      map[string]int
+	own                          map[*proc][]string // an instance's own arguments (enricher: its member name)
+	addr                         map[*proc]string   // an instance's -http.addr (/metrics)
 }
 
 func envInt(name string, def int) int {
@@ -57,7 +64,7 @@ func startStages(t *testing.T, root, authDir, natsURL string) *stages {
 		testkit.Unavailable(t, "no tshark: %v", err)
 	}
 	p := &stages{bin: filepath.Join(root, "bin"), authDir: authDir, natsURL: natsURL,
-		procs: map[string][]*proc{}, args: map[string][]string{}, started: map[string]int{}}
+		procs: map[string][]*proc{}, args: map[string][]string{}, started: map[string]int{}, own: map[*proc][]string{}, addr: map[*proc]string{}}
 	for _, s := range []string{"enricher", "detector", "sink"} {
 		if _, err := os.Stat(filepath.Join(p.bin, s)); err != nil {
 			testkit.Unavailable(t, "no %s (make build): %v", filepath.Join(p.bin, s), err)
@@ -73,8 +80,16 @@ func startStages(t *testing.T, root, authDir, natsURL string) *stages {
 	}
 	p.db = db
 	t.Cleanup(func() { db.Close(context.Background()) })
-	p.args["enricher"] = []string{"-nats.replicas", "3", "-flow.idle-timeout.tcp", "3s", "-flow.idle-timeout.udp", "3s",
-		"-flow.idle-timeout.icmp", "3s", "-flow.idle-timeout.other", "3s", "-flow.wall-tick", "500ms"}
+	// The enrichers are members of one consumer group (every packet of a
+	// flow reaches one member); a member's short AckWait (also the pinned
+	// TTL) lets its restarted process take its partitions back within
+	// seconds. -shutdown.flush=false: a stopped member ends no flow early,
+	// it returns its held messages and the restarted one rebuilds its open
+	// flows from the checkpoints, so a connection open across the restart
+	// is still one flow.
+	p.args["enricher"] = []string{"-nats.replicas", "3", "-flow.idle-timeout.tcp", idle.String(), "-flow.idle-timeout.udp", idle.String(),
+		"-flow.idle-timeout.icmp", idle.String(), "-flow.idle-timeout.other", idle.String(), "-flow.wall-tick", "500ms",
+		"-consume.group", perms.EnricherGroup, "-consume.ack-wait", "5s", "-consume.keepalive", "2s", "-shutdown.flush=false"}
 	p.args["detector"] = []string{"-stream.replicas", "3"}
 	p.args["sink"] = []string{"-database.url", p.dbURL}
 	counts := map[string]int{"sink": envInt("NETWATCH_FLEET_SINKS", 2), "detector": envInt("NETWATCH_FLEET_DETECTORS", 2),
@@ -89,22 +104,30 @@ func startStages(t *testing.T, root, authDir, natsURL string) *stages {
 		}
 	})
 	for _, s := range []string{"sink", "detector", "enricher"} { // data-flow order reversed: consumers first
-		for range counts[s] {
-			p.start(t, s)
+		for i := range counts[s] {
+			var own []string
+			if s == "enricher" {
+				own = []string{"-consume.member", fmt.Sprintf("m%d", i), "-instance", fmt.Sprintf("enricher-m%d", i)}
+			}
+			p.start(t, s, own...)
 		}
 	}
 	t.Logf("stages: %d enricher, %d detector, %d sink", counts["enricher"], counts["detector"], counts["sink"])
 	return p
 }
 
-func (p *stages) start(t *testing.T, name string) {
+// start starts one more instance of stage name with the stage's arguments
+// and own, the instance's.
+func (p *stages) start(t *testing.T, name string, own ...string) {
 	t.Helper()
 	addr := freeAddr(t)
 	args := append([]string{filepath.Join(p.bin, name), "-nats.url", p.natsURL, "-nats.creds",
 		filepath.Join(p.authDir, name+".creds"), "-http.addr", addr, "-log.format", "text"}, p.args[name]...)
-	pr := startProc(t, fmt.Sprintf("%s-%d", name, p.started[name]), args...)
+	pr := startProc(t, fmt.Sprintf("%s-%d", name, p.started[name]), append(args, own...)...)
 	p.started[name]++
 	p.procs[name] = append(p.procs[name], pr)
+	p.own[pr] = own
+	p.addr[pr] = addr
 	waitFor(t, 60*time.Second, pr.name+" ready", func() error {
 		select {
 		case err := <-pr.done:
@@ -125,7 +148,8 @@ func (p *stages) start(t *testing.T, name string) {
 }
 
 // restartOneOfEach stops the first instance of every stage (SIGTERM: each
-// drains) and starts a new one.
+// drains) and starts a new one with the same own arguments (the enricher:
+// the same group member).
 func (p *stages) restartOneOfEach(t *testing.T) {
 	t.Helper()
 	for _, s := range []string{"enricher", "detector", "sink"} {
@@ -134,24 +158,40 @@ func (p *stages) restartOneOfEach(t *testing.T) {
 			t.Errorf("stop %s: %v", pr.name, err)
 		}
 		p.procs[s] = p.procs[s][1:]
-		p.start(t, s)
-		t.Logf("restarted one %s", s)
+		p.start(t, s, p.own[pr]...)
+		t.Logf("restarted one %s %v", s, p.own[pr])
 	}
 }
 
+// idle is every protocol's idle timeout in the harness (the enrichers'
+// -flow.idle-timeout.*): a silence longer than this ends a flow.
+const idle = 15 * time.Second
+
+// record is a stored flow record: the e2e.Flow counters plus what ties a
+// record to its flow.
+type record struct {
+	e2e.Flow
+	ICMPType  int
+	FlowStart time.Time
+	Index     int
+	Final     bool
+	EndReason string
+}
+
 // storedFlows reads sensor's flow records from PostgreSQL.
-func (p *stages) storedFlows(ctx context.Context, sensor string) ([]e2e.Flow, error) {
-	rows, err := p.db.Query(ctx, `SELECT host(orig_addr), orig_port, host(resp_addr), resp_port, proto,
-		orig_pkts, orig_ip_bytes, resp_pkts, resp_ip_bytes FROM flows WHERE sensor = $1`, sensor)
+func (p *stages) storedFlows(ctx context.Context, sensor string) ([]record, error) {
+	rows, err := p.db.Query(ctx, `SELECT id, host(orig_addr), orig_port, host(resp_addr), resp_port, proto,
+		orig_pkts, orig_ip_bytes, resp_pkts, resp_ip_bytes, icmp_type, flow_start, record_index, final, end_reason
+		FROM flows WHERE sensor = $1`, sensor)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []e2e.Flow
+	var out []record
 	for rows.Next() {
-		var f e2e.Flow
-		if err := rows.Scan(&f.OrigAddr, &f.OrigPort, &f.RespAddr, &f.RespPort, &f.Proto,
-			&f.OrigPkts, &f.OrigIPBytes, &f.RespPkts, &f.RespIPBytes); err != nil {
+		var f record
+		if err := rows.Scan(&f.ID, &f.OrigAddr, &f.OrigPort, &f.RespAddr, &f.RespPort, &f.Proto,
+			&f.OrigPkts, &f.OrigIPBytes, &f.RespPkts, &f.RespIPBytes, &f.ICMPType, &f.FlowStart, &f.Index, &f.Final, &f.EndReason); err != nil {
 			return nil, err
 		}
 		f.Sensor = sensor
@@ -160,9 +200,101 @@ func (p *stages) storedFlows(ctx context.Context, sensor string) ([]e2e.Flow, er
 	return out, rows.Err()
 }
 
+// conn is a bidirectional 5-tuple (endpoints in canonical order); ICMP
+// tuples carry the message class instead of ports (echo request and reply
+// are one exchange, any other type is its sender's own, as in the
+// enricher's flow key).
+type conn struct {
+	a, b  netip.AddrPort
+	proto uint8
+	icmp  string
+}
+
+func (c conn) String() string {
+	if c.icmp != "" {
+		return fmt.Sprintf("icmp %s %s <-> %s", c.icmp, c.a.Addr(), c.b.Addr())
+	}
+	return fmt.Sprintf("proto %d %s <-> %s", c.proto, c.a, c.b)
+}
+
+func connOf(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, proto uint8, icmpType int) conn {
+	a, b := netip.AddrPortFrom(src, sport), netip.AddrPortFrom(dst, dport)
+	c := conn{proto: proto}
+	if proto == 1 {
+		a, b = netip.AddrPortFrom(src, 0), netip.AddrPortFrom(dst, 0)
+		c.icmp = "echo"
+		if icmpType != 0 && icmpType != 8 {
+			c.icmp = fmt.Sprintf("type %d from %s", icmpType, src)
+		}
+	}
+	if a.Compare(b) > 0 {
+		a, b = b, a
+	}
+	c.a, c.b = a, b
+	return c
+}
+
+// capturedFlows reads pcap with tshark (outer IP header of each frame,
+// ports of TCP and UDP, the ICMP type) and returns how many flows each
+// bidirectional 5-tuple makes under the idle timeout: one, plus one per
+// silence longer than idle between two of its packets. A tuple with a
+// silence within a wall tick or so of idle (1 s below, 1.5 s above) may
+// end or not depending on when the enricher's clock moved: it is in
+// unsure, and one flow more is accepted.
+func capturedFlows(ctx context.Context, pcap string) (want map[conn]int, unsure map[conn]bool, err error) {
+	out, err := exec.CommandContext(ctx, "tshark", "-n", "-r", pcap, "-o", "ip.defragment:FALSE", "-T", "fields",
+		"-E", "occurrence=f", "-E", "separator=/t", "-e", "frame.time_epoch", "-e", "ip.src", "-e", "ip.dst", "-e", "ip.proto",
+		"-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "udp.srcport", "-e", "udp.dstport", "-e", "icmp.type", "ip").Output()
+	if err != nil {
+		return nil, nil, fmt.Errorf("tshark %s: %w", pcap, err)
+	}
+	last := map[conn]float64{}
+	want, unsure = map[conn]int{}, map[conn]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Split(line, "\t")
+		for len(f) < 9 {
+			f = append(f, "")
+		}
+		ts, err1 := strconv.ParseFloat(f[0], 64)
+		src, err2 := netip.ParseAddr(f[1])
+		dst, err3 := netip.ParseAddr(f[2])
+		proto, err4 := strconv.Atoi(f[3])
+		if err := errors.Join(err1, err2, err3, err4); err != nil {
+			return nil, nil, fmt.Errorf("tshark line %q: %w", line, err)
+		}
+		num := func(s string) int { n, _ := strconv.Atoi(s); return n }
+		var sp, dp int
+		switch proto {
+		case 6:
+			sp, dp = num(f[4]), num(f[5])
+		case 17:
+			sp, dp = num(f[6]), num(f[7])
+		}
+		c := connOf(src, uint16(sp), dst, uint16(dp), uint8(proto), num(f[8]))
+		if prev, ok := last[c]; !ok {
+			want[c] = 1
+		} else if gap := time.Duration((ts - prev) * float64(time.Second)); gap > idle {
+			want[c]++
+			if gap < idle+1500*time.Millisecond {
+				unsure[c] = true
+			}
+		} else if gap > idle-time.Second {
+			unsure[c] = true
+		}
+		last[c] = ts
+	}
+	return want, unsure, nil
+}
+
 // checkFlows waits until sensor's stored flows carry as many packets as
 // tshark counts in the capture of the same link, then compares per
-// directional 5-tuple: packets and IP bytes must be equal.
+// directional 5-tuple (packets and IP bytes equal) and per connection:
+// every bidirectional 5-tuple of the capture is as many flows as its
+// silences say (capturedFlows; one for every connection here but the two
+// pings), and every flow's records (same tuple and flow_start) are a
+// complete record_index chain 0..n-1 whose last alone is final. A flow
+// split between two enrichers, or ended early by a restart and continued
+// as a new flow, fails it.
 func (p *stages) checkFlows(t *testing.T, ctx context.Context, sensor, pcap string) {
 	t.Helper()
 	want, err := e2e.Tshark(ctx, "tshark", pcap)
@@ -171,11 +303,16 @@ func (p *stages) checkFlows(t *testing.T, ctx context.Context, sensor, pcap stri
 	}
 	wt := e2e.Totals(want.Flows)
 	var got map[e2e.Tuple]e2e.Count
+	var recs []record
 	deadline := time.Now().Add(90 * time.Second)
 	for {
-		flows, err := p.storedFlows(ctx, sensor)
+		recs, err = p.storedFlows(ctx, sensor)
 		if err != nil {
 			t.Fatal(err)
+		}
+		flows := make([]e2e.Flow, len(recs))
+		for i, r := range recs {
+			flows[i] = r.Flow
 		}
 		var bad []string
 		got, bad = e2e.Sum(flows)
@@ -185,61 +322,169 @@ func (p *stages) checkFlows(t *testing.T, ctx context.Context, sensor, pcap stri
 		gt := e2e.Totals(got)
 		if gt.Pkts >= wt.Pkts || time.Now().After(deadline) {
 			t.Logf("%s: stored %d flow records, %d packets, %d IP bytes; tshark %d tuples, %d packets, %d IP bytes",
-				sensor, len(flows), gt.Pkts, gt.IPBytes, len(want.Flows), wt.Pkts, wt.IPBytes)
+				sensor, len(recs), gt.Pkts, gt.IPBytes, len(want.Flows), wt.Pkts, wt.IPBytes)
 			break
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	// Per-tuple sums add up records, so a flow split between two enricher
-	// instances would still match; the record count shows it (every
-	// connection here has its own ports; ICMP echo may end in two records
-	// across an idle timeout).
-	pairs := map[[2]e2e.Tuple]bool{}
-	for k := range want.Flows {
-		r := e2e.Tuple{Src: k.Dst, SPort: k.DPort, Dst: k.Src, DPort: k.SPort, Proto: k.Proto}
-		if r.String() < k.String() {
-			k, r = r, k
-		}
-		pairs[[2]e2e.Tuple{k, r}] = true
-	}
-	if flows, err := p.storedFlows(ctx, sensor); err == nil {
-		t.Logf("%s: %d flow records for %d bidirectional 5-tuples in the capture", sensor, len(flows), len(pairs))
-	}
 	if d := e2e.Diff(want.Flows, got, 20); len(d) > 0 {
 		t.Errorf("%s: stored flows differ from tshark on the capture:\n%v", sensor, d)
+	}
+
+	wantConns, unsure, err := capturedFlows(ctx, pcap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type flowKey struct {
+		c     conn
+		start time.Time
+	}
+	chains := map[flowKey][]record{}
+	for _, r := range recs {
+		oa, err1 := netip.ParseAddr(r.OrigAddr)
+		ra, err2 := netip.ParseAddr(r.RespAddr)
+		if err := errors.Join(err1, err2); err != nil {
+			t.Fatalf("%s: record %s: %v", sensor, r.ID, err)
+		}
+		c := connOf(oa, uint16(r.OrigPort), ra, uint16(r.RespPort), uint8(r.Proto), r.ICMPType)
+		k := flowKey{c, r.FlowStart.UTC()}
+		chains[k] = append(chains[k], r)
+	}
+	gotConns := map[conn]int{}
+	byConn := map[conn][]record{}
+	var problems []string
+	for k, rs := range chains {
+		gotConns[k.c]++
+		byConn[k.c] = append(byConn[k.c], rs...)
+		slices.SortFunc(rs, func(a, b record) int { return a.Index - b.Index })
+		for i, r := range rs {
+			if r.Index != i || r.Final != (i == len(rs)-1) {
+				var idx []string
+				for _, r := range rs {
+					idx = append(idx, fmt.Sprintf("%d(final=%v,%s)", r.Index, r.Final, r.EndReason))
+				}
+				problems = append(problems, fmt.Sprintf("%s flow from %s: records %s, want 0..%d, the last final",
+					k.c, k.start.Format(time.RFC3339Nano), strings.Join(idx, " "), len(rs)-1))
+				break
+			}
+		}
+	}
+	records, multi := 0, 0 // records: what the capture's silences make
+	for c, n := range wantConns {
+		g := gotConns[c]
+		if g != n && !(unsure[c] && g == n+1) {
+			rs := byConn[c]
+			slices.SortFunc(rs, func(a, b record) int { return a.FlowStart.Compare(b.FlowStart) })
+			var desc []string
+			for i, r := range rs {
+				if i == 4 {
+					desc = append(desc, "...")
+					break
+				}
+				desc = append(desc, fmt.Sprintf("[%s +%d/%d pkts, %s]", r.FlowStart.Format("15:04:05.000"), r.OrigPkts, r.RespPkts, r.EndReason))
+			}
+			problems = append(problems, fmt.Sprintf("%s: %d flows stored, the capture's silences make %d: %s", c, g, n, strings.Join(desc, " ")))
+		}
+		if n > 1 {
+			multi++
+		}
+		records += n
+	}
+	for c, g := range gotConns {
+		if _, ok := wantConns[c]; !ok {
+			problems = append(problems, fmt.Sprintf("%s: %d flows stored, not in the capture", c, g))
+		}
+	}
+	slices.Sort(problems)
+	t.Logf("%s: %d flow records in %d flows for %d bidirectional 5-tuples of the capture, whose silences make %d flows (%d tuples more than one, %d unsure)",
+		sensor, len(recs), len(chains), len(wantConns), records, multi, len(unsure))
+	if len(problems) > 0 {
+		if len(problems) > 20 {
+			problems = append(problems[:20], fmt.Sprintf("... %d more", len(problems)-20))
+		}
+		t.Errorf("%s: stored flows are not one flow per connection:\n%s", sensor, strings.Join(problems, "\n"))
+	}
+}
+
+// logEnricherMetrics logs the running enrichers' counters that tell why
+// a flow split: packets older than their table's clock (a bucket's batch
+// processed after a later one), redelivered batches, packets a replay
+// skipped by a checkpoint.
+func (p *stages) logEnricherMetrics(t *testing.T) {
+	t.Helper()
+	for _, pr := range p.procs["enricher"] {
+		r, err := http.Get("http://" + p.addr[pr] + "/metrics")
+		if err != nil {
+			t.Logf("%s metrics: %v", pr.name, err)
+			continue
+		}
+		body, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		var keep []string
+		for _, l := range strings.Split(string(body), "\n") {
+			for _, m := range []string{"netwatch_enricher_packets_backwards_total", "netwatch_enricher_batches_total",
+				"netwatch_enricher_packets_replayed_total", "netwatch_enricher_flows_emitted_total"} {
+				if strings.HasPrefix(l, m) {
+					keep = append(keep, l)
+				}
+			}
+		}
+		t.Logf("%s %v: %s", pr.name, p.own[pr], strings.Join(keep, "; "))
 	}
 }
 
 // checkAlerts expects exactly one portscan alert for sensor (a to b, 200
-// ports) and no alert of another category.
-func (p *stages) checkAlerts(t *testing.T, ctx context.Context, sensor string) {
+// ports) and no alert of another traffic category. Health alerts (category
+// health: rules about netwatch itself, from METRICS and consumer info with
+// the detector's credentials) are about the pipeline, not the traffic: a
+// sensor's METRICS pause while the cluster loses a node (health_sensor_silent,
+// 3 of the agents' 1 s intervals) is a true one; it must fall within
+// outage (from the node's stop to 30 s after its restart), any other health
+// alert fails.
+func (p *stages) checkAlerts(t *testing.T, ctx context.Context, sensor string, outage [2]time.Time) {
 	t.Helper()
+	type alert struct {
+		category, rule, summary string
+		at                      time.Time
+	}
 	var cats map[string]int
+	var health []alert
 	waitFor(t, 30*time.Second, sensor+" portscan alert", func() error {
-		rows, err := p.db.Query(ctx, `SELECT category, count(*) FROM alerts WHERE sensor = $1 GROUP BY category`, sensor)
+		rows, err := p.db.Query(ctx, `SELECT category, rule, summary, time FROM alerts WHERE sensor = $1`, sensor)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
-		cats = map[string]int{}
+		cats, health = map[string]int{}, nil
 		for rows.Next() {
-			var c string
-			var n int
-			if err := rows.Scan(&c, &n); err != nil {
+			var a alert
+			if err := rows.Scan(&a.category, &a.rule, &a.summary, &a.at); err != nil {
 				return err
 			}
-			cats[c] = n
+			if a.category == "health" {
+				health = append(health, a)
+				continue
+			}
+			cats[a.category]++
 		}
 		if cats["portscan"] == 0 {
 			return fmt.Errorf("alerts %v", cats)
 		}
-		return nil
+		return rows.Err()
 	})
 	time.Sleep(2 * time.Second) // a second alert would come from the same flows: give it time
 	if cats["portscan"] != 1 || len(cats) != 1 {
 		t.Errorf("%s: alerts by category %v, want exactly one portscan", sensor, cats)
 	} else {
-		t.Logf("%s: alerts %v", sensor, cats)
+		t.Logf("%s: traffic alerts %v", sensor, cats)
+	}
+	for _, a := range health {
+		in := !a.at.Before(outage[0]) && !a.at.After(outage[1].Add(30*time.Second))
+		t.Logf("%s: health alert %s at %s (node down %s to %s): %s", sensor, a.rule, a.at.Format("15:04:05.000"),
+			outage[0].Format("15:04:05.000"), outage[1].Format("15:04:05.000"), a.summary)
+		if a.rule != "health_sensor_silent" || !in {
+			t.Errorf("%s: health alert %s at %s not explained by the node outage", sensor, a.rule, a.at.Format(time.RFC3339Nano))
+		}
 	}
 }
 
