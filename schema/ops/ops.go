@@ -11,8 +11,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -89,6 +92,31 @@ func (c *Common) Validate() error {
 	}
 	if c.LogFormat != "json" && c.LogFormat != "text" {
 		errs = append(errs, fmt.Errorf("-log.format %q: want json or text", c.LogFormat))
+	}
+	for _, u := range strings.Split(c.NATSURL, ",") {
+		if c.NATSURL == "" {
+			break
+		}
+		u = strings.TrimSpace(u)
+		if !strings.Contains(u, "://") {
+			u = "nats://" + u // as nats.go reads a bare host:port
+		}
+		pu, err := url.Parse(u)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("-nats.url %q: %w", u, err))
+		case pu.Scheme != "nats" && pu.Scheme != "tls" && pu.Scheme != "ws" && pu.Scheme != "wss":
+			errs = append(errs, fmt.Errorf("-nats.url %q: scheme %q, want nats://, tls://, ws:// or wss://", u, pu.Scheme))
+		case pu.Hostname() == "":
+			errs = append(errs, fmt.Errorf("-nats.url %q: no host", u))
+		}
+	}
+	if c.HTTPAddr != "" {
+		if _, port, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			errs = append(errs, fmt.Errorf("-http.addr %q: %w", c.HTTPAddr, err))
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			errs = append(errs, fmt.Errorf("-http.addr %q: port %q is not a number 0..65535", c.HTTPAddr, port))
+		}
 	}
 	if (c.NATSCert == "") != (c.NATSKey == "") {
 		errs = append(errs, errors.New("-nats.tls-cert and -nats.tls-key go together"))

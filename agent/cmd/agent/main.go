@@ -24,7 +24,17 @@ import (
 	"netwatch/schema/ops"
 )
 
+// memoryLimit is the agent's soft Go memory limit (runtime/debug), unless
+// GOMEMLIMIT sets another: the publish buffer (-buffer.max-mb, 96 MiB), the
+// NATS client's reconnect buffer (64 MiB) and the read-ahead chunks fit
+// under it, and the collector works harder near it instead of letting the
+// heap double, so that a broker outage keeps the agent under 256 MB.
+const memoryLimit = 224 << 20
+
 func main() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit)
+	}
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 

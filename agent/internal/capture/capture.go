@@ -90,6 +90,14 @@ type File struct {
 	ng   bool
 	link layers.LinkType
 	n    uint64 // records read
+
+	// pcapng: the first record, read at open so that the first interface's
+	// link type is known there (pcapgo reads interface blocks lazily).
+	first     []byte
+	firstCI   gopacket.CaptureInfo
+	firstErr  error
+	firstOff  int64
+	firstSeen bool
 }
 
 // OpenFile opens a capture file and reads its header. The format comes from
@@ -129,7 +137,17 @@ func OpenFile(path string) (*File, error) {
 			f.Close()
 			return nil, fmt.Errorf("read %s: pcapng header: %w", path, noEOF(err))
 		}
-		c.r, c.ng, c.link = ng, true, ng.LinkType()
+		c.r, c.ng = ng, true
+		// Read the first record now: it brings the interface blocks before
+		// it, so the link type checked at open is the first interface's.
+		c.firstOff = c.Offset()
+		data, ci, err := ng.ZeroCopyReadPacketData()
+		c.first, c.firstCI, c.firstErr, c.firstSeen = append([]byte(nil), data...), ci, err, true
+		if ng.NInterfaces() > 0 {
+			if ifc, err := ng.Interface(0); err == nil {
+				c.link = ifc.LinkType
+			}
+		}
 	} else {
 		r, err := pcapgo.NewReader(c.br)
 		if err != nil {
@@ -161,7 +179,15 @@ func (c *File) Progress() (done, total int64) { return min(c.raw.n.Load(), c.siz
 // Next implements Source.
 func (c *File) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
 	off := c.Offset()
-	data, ci, err := c.r.ZeroCopyReadPacketData()
+	var data []byte
+	var ci gopacket.CaptureInfo
+	var err error
+	if c.firstSeen {
+		data, ci, err, off = c.first, c.firstCI, c.firstErr, c.firstOff
+		c.first, c.firstSeen = nil, false
+	} else {
+		data, ci, err = c.r.ZeroCopyReadPacketData()
+	}
 	if err != nil {
 		// pcapgo returns io.EOF only when a block or record header starts at
 		// the end of the file (after any trailing statistics blocks); a cut

@@ -124,6 +124,11 @@ func OpenDir(dir string, check LinkCheck) (*Dir, error) {
 			return nil, fmt.Errorf("open capture directory: %w", err)
 		}
 		if !info.Mode().IsRegular() {
+			// subdirectories are not read (no recursion) but named, like
+			// other files that are not captures
+			if info.IsDir() {
+				d.skipped = append(d.skipped, e.Name()+"/")
+			}
 			continue
 		}
 		if !isCapture(filepath.Join(dir, e.Name())) {

@@ -239,6 +239,48 @@ func (d *Decoder) ethertype(et uint16, data []byte, p *Packet, depth int, outer 
 		data = data[4:]
 	}
 	switch et {
+	case 0x8847, 0x8848: // MPLS (RFC 3032): labels up to the bottom of the stack, then IP by version
+		for {
+			if len(data) < 4 {
+				if outer {
+					p.malformed(ReasonShortLink)
+				}
+				return false
+			}
+			bottom := data[2]&1 == 1
+			data = data[4:]
+			if bottom {
+				break
+			}
+		}
+		if len(data) == 0 {
+			if outer {
+				p.malformed(ReasonShortLink)
+			}
+			return false
+		}
+		switch data[0] >> 4 {
+		case 4:
+			et = 0x0800
+		case 6:
+			et = 0x86dd
+		}
+	case 0x8864: // PPPoE session (RFC 2516): 6-byte header, then the PPP protocol (RFC 1661)
+		if len(data) < 8 {
+			if outer {
+				p.malformed(ReasonShortLink)
+			}
+			return false
+		}
+		switch binary.BigEndian.Uint16(data[6:8]) {
+		case 0x0021:
+			et = 0x0800
+		case 0x0057:
+			et = 0x86dd
+		}
+		data = data[8:]
+	}
+	switch et {
 	case 0x0800:
 		if outer {
 			p.Network = NetIPv4

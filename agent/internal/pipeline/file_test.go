@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -77,7 +78,10 @@ func TestDirectory(t *testing.T) {
 	// not captures: skipped
 	os.WriteFile(filepath.Join(dir, "MANIFEST.md"), []byte("# captures\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, "SHA256SUMS"), []byte("00  0-x.pcap\n"), 0o644)
-	if r, err := Summarize(dir, nil); err != nil || len(r.SkippedFiles) != 2 {
+	// a subdirectory is not read, and is named among the skipped
+	os.Mkdir(filepath.Join(dir, "older"), 0o755)
+	os.Symlink(filepath.Join(pc, "eth-ipv4-icmp-echo-5-pings.pcap"), filepath.Join(dir, "older", "x.pcap"))
+	if r, err := Summarize(dir, nil); err != nil || len(r.SkippedFiles) != 3 || !slices.Contains(r.SkippedFiles, "older/") {
 		t.Errorf("summary: %v, skipped %v", err, r.SkippedFiles)
 	}
 	got, _, err := runAgent(t, dir)

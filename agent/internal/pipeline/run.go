@@ -93,7 +93,7 @@ type Agent struct {
 }
 
 // DefaultBufferMB is -buffer.max-mb's default.
-const DefaultBufferMB = 128
+const DefaultBufferMB = 96
 
 // BufferDropped is the number of batches, and of packet summaries in them,
 // dropped so far because the publish buffer was full.
