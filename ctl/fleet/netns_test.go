@@ -205,13 +205,7 @@ func TestFleetNamespaces(t *testing.T) {
 	agentArgs := func(ns, iface, sensor, creds string) []string {
 		return []string{"ip", "netns", "exec", ns, agentBin, "-interface", iface, "-sensor", sensor,
 			"-nats.url", c.urls(), "-nats.creds", creds, "-nats.provision=false", "-http.addr", "",
-			"-log.format", "text", "-batch.flush", "100ms", "-metrics.interval", "1s",
-			// One batch in flight: a batch whose ack is lost while the PACKETS
-			// leader is down is retried before the next is sent. With the
-			// default 256 the retry is stored behind later batches of its
-			// bucket and the enricher, which takes a bucket's batches in
-			// stream order, splits their flows (a SYN-ACK after the FIN).
-			"-publish.max-inflight", "1"}
+			"-log.format", "text", "-batch.flush", "100ms", "-metrics.interval", "1s"}
 	}
 	for _, h := range hosts {
 		h.agent = startProc(t, "agent "+h.sensor, agentArgs(h.ns, h.iface, h.sensor, filepath.Join(authDir, h.sensor+".creds"))...)
