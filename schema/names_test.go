@@ -15,7 +15,7 @@ func TestNames(t *testing.T) {
 			t.Errorf("SeverityName(%d) = %q, want %q", v, got, want)
 		}
 	}
-	end := map[pb.EndReason]string{0: "", 1: "idle", 2: "active", 3: "fin", 4: "rst", 5: "eof", 6: "shutdown", 7: ""}
+	end := map[pb.EndReason]string{0: "", 1: "idle", 2: "active", 3: "fin", 4: "rst", 5: "eof", 6: "shutdown", 7: "evicted", 8: ""}
 	for v, want := range end {
 		if got := EndReasonName(v); got != want {
 			t.Errorf("EndReasonName(%d) = %q, want %q", v, got, want)

@@ -381,7 +381,7 @@ func TestMaxFlows(t *testing.T) {
 	var pkts uint64
 	for _, f := range flows {
 		pkts += f.OrigPkts + f.RespPkts
-		if f.OrigPort == 40002 && f.EndReason != pb.EndReason_END_IDLE {
+		if f.OrigPort == 40002 && f.EndReason != pb.EndReason_END_EVICTED {
 			t.Errorf("evicted flow ended %v", f.EndReason)
 		}
 	}
