@@ -195,6 +195,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	pub.DropWhenFull = !file
 	a.pub.Store(pub)
 	batcher := publish.NewBatcher(pub, a.cfg.Sensor, a.Boot, a.cfg.BatchSize, a.cfg.BatchFlush)
+	batcher.Full = a.cfg.SummaryFull
 
 	var metricsMu sync.Mutex
 	mctx, stopMetrics := context.WithCancel(context.Background())

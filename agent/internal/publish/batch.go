@@ -24,6 +24,10 @@ import (
 type Batcher struct {
 	Size  int           // packets per batch; a batch is sent when full
 	Flush time.Duration // a batch is sent when its first packet is this old (wall clock)
+	// Full adds tcp_seq, tcp_ack and every packet's ip_id to the summaries
+	// (-summary.full); without it they are left out (0) except the ip_id
+	// of fragments.
+	Full bool
 
 	sensor, boot string
 	pub          *Publisher
@@ -74,7 +78,7 @@ func NewBatcher(pub *Publisher, sensor, boot string, size int, flush time.Durati
 // unique): one per capture worker. b and its forks may be used from
 // different goroutines, each by one.
 func (b *Batcher) Fork() *Batcher {
-	f := &Batcher{Size: b.Size, Flush: b.Flush, sensor: b.sensor, boot: b.boot, pub: b.pub, seq: b.seq,
+	f := &Batcher{Size: b.Size, Flush: b.Flush, Full: b.Full, sensor: b.sensor, boot: b.boot, pub: b.pub, seq: b.seq,
 		subjects: b.subjects}
 	return f
 }
@@ -105,7 +109,7 @@ func (b *Batcher) Add(p *decode.Packet) {
 	// bytes or more moves right by the extra length bytes
 	data := append(*bk.buf, batchPackets<<3|byte(protowire.BytesType), 0)
 	at := len(data)
-	data = appendSummary(data, p, l7)
+	data = appendSummary(data, p, l7, b.Full)
 	if n := len(data) - at; n < 0x80 {
 		data[at-1] = byte(n)
 	} else {
