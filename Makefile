@@ -66,9 +66,11 @@ build: web
 	@echo "build: go build -trimpath -o bin/ ./ctl/cmd/netwatchctl"; $(GO) build -trimpath -o bin/ ./ctl/cmd/netwatchctl
 	@ls bin/
 
-## test: every test of every module; under CI=true a test that needs PostgreSQL fails, not skips
+## test: every test of every module, then the api's WebSocket tests again under -race; under CI=true a test that needs PostgreSQL fails, not skips
 test: setup pg build
 	@scripts/test.sh $(MODULES)
+	@echo "=== api WebSocket tests under -race (50 clients, one stalled; keep-alive; slow clients)"
+	@cd api && $(GO) test -count=1 -race -run 'TestStalledClient|TestLive' ./internal/server/
 
 ## test-multihost: the fleet on one machine: ctl/fleet (JWT credentials, 3-node cluster losing a node,
 # and with root the network-namespace harness) and ctl/deploytest (deploy/ checked)
