@@ -63,7 +63,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 0
 	}
 	if cfg.Summary {
-		r, err := pipeline.Summarize(cfg.PCAP, progressTo(stderr))
+		sctx, sstop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		r, err := pipeline.SummarizeContext(sctx, cfg.PCAP, progressTo(stderr))
+		sstop()
 		printJSON(stdout, r)
 		if err != nil {
 			log.Error("summary failed", "err", err)

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -39,6 +40,17 @@ func meter(w io.Writer, src capture.Reader, packets *atomic.Uint64) (stop func()
 // which then holds every packet before it. progress, when not nil (a
 // terminal), gets a progress line.
 func Summarize(path string, progress io.Writer) (*summary.Report, error) {
+	return SummarizeContext(context.Background(), path, progress)
+}
+
+// ErrInterrupted is SummarizeContext's error when ctx ended first.
+var ErrInterrupted = errors.New("interrupted: the counts cover the frames read until then")
+
+// SummarizeContext is Summarize until ctx ends (SIGINT, SIGTERM): then the
+// file is closed (which also ends a read blocked on a pipe) and the report
+// of the frames read so far is returned, marked Interrupted, with
+// ErrInterrupted.
+func SummarizeContext(ctx context.Context, path string, progress io.Writer) (*summary.Report, error) {
 	r := summary.New(path)
 	src, err := OpenFiles(path)
 	if err != nil {
@@ -46,6 +58,15 @@ func Summarize(path string, progress io.Writer) (*summary.Report, error) {
 		return r, err
 	}
 	defer src.Close()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+			src.Close()
+		case <-done:
+		}
+	}()
 	if d, ok := src.(*capture.Dir); ok {
 		r.SkippedFiles = d.Skipped()
 	}
@@ -59,6 +80,14 @@ func Summarize(path string, progress io.Writer) (*summary.Report, error) {
 		data, ci, link, err := src.Next()
 		if err == io.EOF {
 			break
+		}
+		if err == nil && ctx.Err() != nil {
+			err = ErrInterrupted
+		}
+		if err != nil && ctx.Err() != nil {
+			r.Error, r.Interrupted = ErrInterrupted.Error(), true
+			r.Finish()
+			return r, ErrInterrupted
 		}
 		if err != nil {
 			r.Error = err.Error()

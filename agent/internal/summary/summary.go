@@ -36,6 +36,7 @@ type Report struct {
 	ErrorFile    string                `json:"error_file,omitempty"`   // the file of a read error (File may be a directory)
 	ErrorPacket  uint64                `json:"error_packet,omitempty"` // 1-based record number of a read error
 	ErrorOffset  int64                 `json:"error_offset,omitempty"` // byte offset of that record
+	Interrupted  bool                  `json:"interrupted,omitempty"`  // stopped by SIGINT/SIGTERM: counts cover the frames read until then
 	Packets      uint64                `json:"packets"`
 	IPPackets    uint64                `json:"ip_packets"`
 	IPBytes      uint64                `json:"ip_bytes"`
