@@ -127,7 +127,12 @@ func (p *params) bad(format string, args ...any) {
 	}
 }
 
-func (p *params) str(name string) string { return strings.TrimSpace(QueryParam(p.r, name)) }
+func (p *params) str(name string) string {
+	if vs := p.r.URL.Query()[name]; len(vs) > 1 {
+		p.bad("parameter %s given %d times; give it once", name, len(vs))
+	}
+	return strings.TrimSpace(QueryParam(p.r, name))
+}
 
 // QueryParam is r's query parameter name; every handler reads its
 // parameters through it, so that TraceParams can list them.

@@ -4,6 +4,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"github.com/gorilla/websocket"
 	"net/http"
 	"os"
 	"strings"
@@ -134,7 +135,9 @@ func bearer(r *http.Request) (string, error) {
 		}
 		return strings.TrimSpace(tok), nil
 	}
-	if t := r.URL.Query().Get("token"); t != "" {
+	// ?token= only on WebSocket URLs (browsers cannot set headers there);
+	// elsewhere a token in the URL would end up in logs and history.
+	if t := r.URL.Query().Get("token"); t != "" && websocket.IsWebSocketUpgrade(r) {
 		return t, nil
 	}
 	return "", errors.New("a bearer token is required (Authorization: Bearer <token>, or ?token= on WebSocket URLs)")

@@ -152,6 +152,10 @@ func TestBadRequests(t *testing.T) {
 		detail       string // a substring of the detail
 	}{
 		{"GET", "/api/v1/flows?limit=1001", 400, "limit"},
+		{"GET", "/api/v1/flows?sensor=s1;limit=1", 400, "query string"}, // Go's parser would drop the pair
+		{"GET", "/api/v1/flows?addr=%ZZ", 400, "query string"},
+		{"GET", "/api/v1/flows?sensor=a&sensor=b", 400, "given 2 times"},
+		{"GET", "/api/v1/flows?limit=5&limit=2000", 400, "given 2 times"},
 		{"GET", "/api/v1/flows?limit=0", 400, "limit"},
 		{"GET", "/api/v1/flows?limit=x", 400, "limit"},
 		{"GET", "/api/v1/flows?from=yesterday", 400, "from"},

@@ -10,7 +10,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -82,7 +84,22 @@ func New(pool *pgxpool.Pool, nc *nats.Conn, reg *prometheus.Registry, log *slog.
 	for _, rt := range api.Routes() {
 		routes = append(routes, rt.Pattern)
 	}
-	return &Server{Handler: instrument(authenticate(mux, opts.Tokens, admin), mux, reg), Hub: hub, API: api, Routes: routes}, nil
+	return &Server{Handler: instrument(badQuery(authenticate(mux, opts.Tokens, admin)), mux, reg), Hub: hub, API: api, Routes: routes}, nil
+}
+
+// badQuery answers 400 for an /api/ request whose query string does not
+// parse (a bad %-escape, a ';' separator): Go's parser skips such a pair,
+// which would silently drop a filter and answer with unfiltered data.
+func badQuery(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/api/") {
+			if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
+				rest.WriteError(w, http.StatusBadRequest, "query string: "+err.Error())
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // instrument counts requests by route pattern and status code, and times
