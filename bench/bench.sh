@@ -16,7 +16,7 @@
 # $NETWATCH_SHARED/tools/make-bench-pcap), BENCH_ROUNDS (rounds of that tool, default 18),
 # DATABASE_URL (its server and role; the database used is netwatch_bench),
 # DRAIN_TIMEOUT (seconds, default 900), BENCH_PEERS=0 skips the other tools, BENCH_NETWATCH=0
-# skips the pipeline; AGENT_ARGS, ENRICHER_ARGS, DETECTOR_ARGS, SINK_ARGS add flags (tuning).
+# skips the pipeline; BENCH_OPS_PORT (19100) moves the stages' ops ports; AGENT_ARGS, ENRICHER_ARGS, DETECTOR_ARGS, SINK_ARGS add flags (tuning).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -33,6 +33,7 @@ base_url=${DATABASE_URL:-postgres://netwatch:netwatch@127.0.0.1:5432/netwatch?ss
 db_url=$(sed -E 's|(://[^/]+/)[^?]+|\1netwatch_bench|' <<<"$base_url")
 adm_url=$(sed -E 's|(://[^/]+/)[^?]+|\1postgres|' <<<"$base_url")
 nats_port=14222 mon=127.0.0.1:18222 api=127.0.0.1:18080
+ops=${BENCH_OPS_PORT:-19100} # the stages' /metrics on ops+1 (agent) .. ops+4 (sink)
 nats_url=nats://127.0.0.1:$nats_port
 
 now() { date +%s.%N; }
@@ -67,7 +68,7 @@ add() { results+=("$1|$2|$3|$(pps "$frames" "$3")"); }
 netwatch_e2e() {
   local b a nats s t0 t1 agent_end agent_cpu=? deadline last_report e2e nflows nalerts check
   for b in agent sink detector enricher api; do [ -x "bin/$b" ] || { nw_err "bin/$b missing: make build"; return 1; }; done
-  for a in 127.0.0.1:$nats_port $mon $api 127.0.0.1:19101 127.0.0.1:19102 127.0.0.1:19103 127.0.0.1:19104; do
+  for a in 127.0.0.1:$nats_port $mon $api 127.0.0.1:$((ops + 1)) 127.0.0.1:$((ops + 2)) 127.0.0.1:$((ops + 3)) 127.0.0.1:$((ops + 4)); do
     nw_port_busy "$a" && { nw_err "$a is in use (another make bench?)"; return 1; }
   done
   nats=$(nw_nats_server) || { nw_err "no nats-server: scripts/setup.sh"; return 1; }
@@ -81,12 +82,12 @@ netwatch_e2e() {
   nw_start nats "$nats" -c "$out/nats.conf"
   nw_wait_ready nats "http://$mon/healthz?js-enabled-only=true" || return 1
   local c=(-nats.url "$nats_url" -log.level warn)
-  nw_start sink bin/sink "${c[@]}" -http.addr 127.0.0.1:19104 -database.url "$db_url" ${SINK_ARGS:-}
-  nw_wait_ready sink http://127.0.0.1:19104/readyz || return 1
-  nw_start detector bin/detector "${c[@]}" -http.addr 127.0.0.1:19103 ${DETECTOR_ARGS:-}
-  nw_wait_ready detector http://127.0.0.1:19103/readyz || return 1
-  nw_start enricher bin/enricher "${c[@]}" -http.addr 127.0.0.1:19102 ${ENRICHER_ARGS:-}
-  nw_wait_ready enricher http://127.0.0.1:19102/readyz || return 1
+  nw_start sink bin/sink "${c[@]}" -http.addr 127.0.0.1:$((ops + 4)) -database.url "$db_url" ${SINK_ARGS:-}
+  nw_wait_ready sink http://127.0.0.1:$((ops + 4))/readyz || return 1
+  nw_start detector bin/detector "${c[@]}" -http.addr 127.0.0.1:$((ops + 3)) ${DETECTOR_ARGS:-}
+  nw_wait_ready detector http://127.0.0.1:$((ops + 3))/readyz || return 1
+  nw_start enricher bin/enricher "${c[@]}" -http.addr 127.0.0.1:$((ops + 2)) ${ENRICHER_ARGS:-}
+  nw_wait_ready enricher http://127.0.0.1:$((ops + 2))/readyz || return 1
   nw_start api bin/api "${c[@]}" -http.addr $api -database.url "$db_url"
   nw_wait_ready api "http://$api/readyz" || return 1
 
@@ -97,7 +98,7 @@ netwatch_e2e() {
   # times, cutime + cstime), which this shell cannot read after bash has reaped it.
   rm -f "$out/agent.cpu"
   nw_start agent bash -c '"$@"; rc=$?; awk -v t="$(getconf CLK_TCK)" '"'"'{ sub(/^.*\) /, ""); split($0, f, " "); printf "%.1f\n", (f[14] + f[15]) / t }'"'"' /proc/$$/stat >"'"$out"'/agent.cpu"; exit $rc' \
-    agent bin/agent "${c[@]}" -http.addr 127.0.0.1:19101 -pcap "$pcap" -sensor bench -replay-speed 0 ${AGENT_ARGS:-}
+    agent bin/agent "${c[@]}" -http.addr 127.0.0.1:$((ops + 1)) -pcap "$pcap" -sensor bench -replay-speed 0 ${AGENT_ARGS:-}
   agent_end=
   deadline=$((SECONDS + ${DRAIN_TIMEOUT:-900}))
   last_report=$SECONDS
@@ -180,7 +181,7 @@ agent_alone() {
   rm -f "$out/agent-alone.cpu"
   t0=$(now)
   bash -c '"$@"; rc=$?; awk -v t="$(getconf CLK_TCK)" '"'"'{ sub(/^.*\) /, ""); split($0, f, " "); printf "%.2f\n", (f[14] + f[15]) / t }'"'"' /proc/$$/stat >"'"$out"'/agent-alone.cpu"; exit $rc' \
-    agent /usr/bin/time -f %M -o "$out/agent-alone.rss" bin/agent -nats.url "$nats_url" -log.level warn -http.addr 127.0.0.1:19101 -pcap "$pcap" -sensor bench \
+    agent /usr/bin/time -f %M -o "$out/agent-alone.rss" bin/agent -nats.url "$nats_url" -log.level warn -http.addr 127.0.0.1:$((ops + 1)) -pcap "$pcap" -sensor bench \
     -replay-speed 0 ${AGENT_ARGS:-} 2>"$NW_LOGDIR/agent-alone.log" || { nw_err "agent (alone) failed"; return 1; }
   t1=$(now)
   ncpu=$(cpu_of "${NW_PID[nats]}")
