@@ -56,7 +56,7 @@ fi
 read -r frames ipframes <"$counts"
 nw_say "capture: $pcap, $frames frames, $ipframes with an IP header ($(du -h "$pcap" | cut -f1))"
 
-stop_order=(agent enricher detector sink api nats)
+stop_order=(agent enricher detector sink api nats nats-alone)
 trap 'trap "" INT TERM; nw_stop_all "${stop_order[@]}"; exit 130' INT TERM
 trap 'nw_stop_all "${stop_order[@]}"' EXIT
 
@@ -176,16 +176,16 @@ agent_alone() {
   sed -E -e "s|^port: .*|port: $nats_port|" -e "s|^http: [^ ]*|http: $mon|" \
     -e "s|store_dir: .*|store_dir: \"$out/nats-alone\"|" -e 's|^server_name: .*|server_name: netwatch-bench|' \
     nats.conf >"$out/nats-alone.conf"
-  nw_start nats "$nats" -c "$out/nats-alone.conf"
-  nw_wait_ready nats "http://$mon/healthz?js-enabled-only=true" || return 1
+  nw_start nats-alone "$nats" -c "$out/nats-alone.conf"
+  nw_wait_ready nats-alone "http://$mon/healthz?js-enabled-only=true" || return 1
   rm -f "$out/agent-alone.cpu"
   t0=$(now)
   bash -c '"$@"; rc=$?; awk -v t="$(getconf CLK_TCK)" '"'"'{ sub(/^.*\) /, ""); split($0, f, " "); printf "%.2f\n", (f[14] + f[15]) / t }'"'"' /proc/$$/stat >"'"$out"'/agent-alone.cpu"; exit $rc' \
     agent /usr/bin/time -f %M -o "$out/agent-alone.rss" bin/agent -nats.url "$nats_url" -log.level warn -http.addr 127.0.0.1:$((ops + 1)) -pcap "$pcap" -sensor bench \
     -replay-speed 0 ${AGENT_ARGS:-} 2>"$NW_LOGDIR/agent-alone.log" || { nw_err "agent (alone) failed"; return 1; }
   t1=$(now)
-  ncpu=$(cpu_of "${NW_PID[nats]}")
-  nw_stop_all nats
+  ncpu=$(cpu_of "${NW_PID[nats-alone]}")
+  nw_stop_all nats-alone
   local rss; rss=$(awk '{ printf "%.0f", $1 / 1024 }' "$out/agent-alone.rss" 2>/dev/null || echo '?')
   nw_say "agent alone: $(secs "$t0" "$t1") s, agent CPU $(cat "$out/agent-alone.cpu") s, max RSS $rss MiB, nats-server CPU $ncpu s"
   add "netwatch agent → JetStream alone" "read, decode, publish to a local JetStream (file store) with acks, no consumers; agent CPU $(cat "$out/agent-alone.cpu") s, max RSS $rss MiB; nats-server CPU $ncpu s" "$(secs "$t0" "$t1")"
