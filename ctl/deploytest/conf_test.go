@@ -221,6 +221,7 @@ jetstream { store_dir: %q }
 
 	errs := make(chan error, 16)
 	sensor, err := nats.Connect(url, nats.RootCAs(caFile), nats.UserInfo("sensor-a", "change-me-sensor-a"),
+		nats.CustomInboxPrefix(perms.SensorInbox("sensor-a")),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
 	if err != nil {
 		t.Fatalf("sensor-a over TLS: %v", err)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -102,8 +103,11 @@ func (v *violations) find(sub string) error {
 // netwatchctl creds and shows the broker refusing everything outside
 // sensor-a's subjects: publishing as sensor-b (packets, metrics, registry
 // record), subscribing to any stream subject, creating or deleting a
-// stream. What sensor-a may do still works, and PACKETS holds exactly the
-// one batch sensor-a published in its own name.
+// stream, subscribing to nats.go's shared inbox _INBOX.> or to sensor-b's
+// inbox _INBOX_sensor-b.> (a sensor's replies come to its own inbox,
+// perms.SensorInbox; with the default prefix its publish gets no ack).
+// What sensor-a may do still works, and PACKETS holds exactly the batches
+// sensor-a published in its own name.
 func TestSensorCannotUseAnotherName(t *testing.T) {
 	dir, url := operatorServer(t)
 	admin := filepath.Join(dir, "admin.creds")
@@ -120,8 +124,11 @@ func TestSensorCannotUseAnotherName(t *testing.T) {
 		t.Logf("no credentials: %v", err)
 	}
 
+	// sensor-a connects as the agent does, with its own inbox prefix
+	// (_INBOX_sensor-a): publish acks and API replies come back there.
 	var v violations
-	nc, err := nats.Connect(url, nats.UserCredentials(sensorA), nats.ErrorHandler(v.handler))
+	nc, err := nats.Connect(url, nats.UserCredentials(sensorA), nats.ErrorHandler(v.handler),
+		nats.CustomInboxPrefix(perms.SensorInbox("sensor-a")))
 	if err != nil {
 		t.Fatalf("connect as sensor-a: %v", err)
 	}
@@ -179,6 +186,49 @@ func TestSensorCannotUseAnotherName(t *testing.T) {
 	waitFor(t, 5*time.Second, "subscribe violation", func() error {
 		return v.find(`Permissions Violation for Subscription to "netwatch.flows.>"`)
 	})
+	// Replies meant for others: nats.go's shared inbox (_INBOX.>, every
+	// stage's replies, pulled messages included) and sensor-b's inbox are
+	// refused; its own inbox is not.
+	for _, subj := range []string{"_INBOX.>", "_INBOX.*", perms.SensorInbox("sensor-b") + ".>", "_INBOX_sensor-b.abc", ">"} {
+		if _, err := nc.SubscribeSync(subj); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "subscribe violation for "+subj, func() error {
+			return v.find(`Permissions Violation for Subscription to "` + subj + `"`)
+		})
+		t.Logf("sensor-a subscribing to %s: server: Permissions Violation for Subscription to %q", subj, subj)
+	}
+	if _, err := nc.SubscribeSync(perms.SensorInbox("sensor-a") + ".x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range v.all() {
+		if strings.Contains(e, perms.SensorInbox("sensor-a")+".") {
+			t.Errorf("sensor-a refused its own inbox: %s", e)
+		}
+	}
+	// The same credentials with nats.go's default inbox prefix get no
+	// publish ack: the broker refuses the reply subscription.
+	var dv violations
+	dnc, err := nats.Connect(url, nats.UserCredentials(sensorA), nats.ErrorHandler(dv.handler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dnc.Close()
+	djs, _ := jetstream.New(dnc)
+	c, cf = short()
+	_, err = djs.Publish(c, schema.PacketsSubject("sensor-a", 8), []byte("batch-default-inbox"), jetstream.WithMsgID("sensor-a/1/2"))
+	cf()
+	if err == nil {
+		t.Error("sensor-a with the default inbox prefix got a publish ack")
+	}
+	waitFor(t, 5*time.Second, "default inbox violation", func() error {
+		return dv.find(`Permissions Violation for Subscription to "_INBOX.`)
+	})
+	t.Logf("sensor-a with nats.go's default inbox: publish %v; server: %s", err, dv.all()[0])
+	dnc.Close()
 	// Provisioning: creating or deleting a stream is refused.
 	c, cf = short()
 	_, err = js.CreateStream(c, jetstream.StreamConfig{Name: "EVIL", Subjects: []string{"evil.>"}})
@@ -203,7 +253,11 @@ func TestSensorCannotUseAnotherName(t *testing.T) {
 	}
 	defer anc.Close()
 	ajs, _ := jetstream.New(anc)
-	for stream, want := range map[string]string{schema.StreamPackets: "netwatch.packets.sensor-a.7", schema.StreamMetrics: "netwatch.metrics.sensor-a"} {
+	// PACKETS: the batch of its own inbox and the one whose ack the default
+	// inbox lost (a sensor may publish there; only the reply was refused).
+	for stream, want := range map[string]map[string]uint64{
+		schema.StreamPackets: {"netwatch.packets.sensor-a.7": 1, "netwatch.packets.sensor-a.8": 1},
+		schema.StreamMetrics: {"netwatch.metrics.sensor-a": 1}} {
 		st, err := ajs.Stream(ctx, stream)
 		if err != nil {
 			t.Fatal(err)
@@ -212,8 +266,8 @@ func TestSensorCannotUseAnotherName(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if si.State.Msgs != 1 || len(si.State.Subjects) != 1 || si.State.Subjects[want] != 1 {
-			t.Errorf("%s holds %d messages on %v, want 1 on %s", stream, si.State.Msgs, si.State.Subjects, want)
+		if si.State.Msgs != uint64(len(want)) || !maps.Equal(si.State.Subjects, want) {
+			t.Errorf("%s holds %d messages on %v, want %v", stream, si.State.Msgs, si.State.Subjects, want)
 		}
 	}
 	// The api's credentials read the registry (List: stream info, an ordered
@@ -371,7 +425,7 @@ func TestStageCredentials(t *testing.T) {
 	})
 
 	// sensor-a: a DNS-like UDP exchange and an ARP reply, live timestamps.
-	nc, err := nats.Connect(url, nats.UserCredentials(sensorA))
+	nc, err := nats.Connect(url, nats.UserCredentials(sensorA), nats.CustomInboxPrefix(perms.SensorInbox("sensor-a")))
 	if err != nil {
 		t.Fatal(err)
 	}

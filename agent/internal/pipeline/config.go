@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/gopacket/gopacket/layers"
@@ -40,6 +41,7 @@ type Config struct {
 	RingMB            int           // -afpacket.ring-mb: ring size per socket, MiB
 	BufferMB          int           // -buffer.max-mb: unacked PACKETS bytes held while NATS is slow or away, MiB
 	Provision         bool          // -nats.provision: create or update the streams at start (false for a least-privilege sensor user)
+	InboxPrefix       string        // -nats.inbox-prefix: reply subjects' prefix; empty means "_INBOX_" + Sensor (Inbox)
 }
 
 // DefaultSensor is the host name with every character a sensor name may not
@@ -83,6 +85,7 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.IntVar(&c.Fanout, "afpacket.fanout", 1, "afpacket: sockets in one PACKET_FANOUT_HASH group, each read and decoded by its own goroutine")
 	fs.IntVar(&c.RingMB, "afpacket.ring-mb", 32, "afpacket: ring size of each socket, MiB")
 	fs.BoolVar(&c.Provision, "nats.provision", true, "create or update the streams at start; false with a sensor's own credentials, which may not (netwatchctl provision does it)")
+	fs.StringVar(&c.InboxPrefix, "nats.inbox-prefix", "", "prefix of the agent's reply subjects (publish acks, API replies); empty: _INBOX_<sensor>, the only inbox a sensor's credentials may subscribe to (netwatchctl creds -sensor)")
 	fs.IntVar(&c.BufferMB, "buffer.max-mb", DefaultBufferMB, "unacked PACKETS messages held while NATS is slow or unreachable, MiB (live: beyond it batches are dropped and counted; files wait)")
 }
 
@@ -131,6 +134,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RingMB < 1 || c.RingMB > 4096 {
 		errs = append(errs, fmt.Errorf("-afpacket.ring-mb %d: want 1..4096", c.RingMB))
+	}
+	if p := c.Inbox(); p == "" || strings.ContainsAny(p, "*> \t\r\n") || strings.HasPrefix(p, ".") || strings.HasSuffix(p, ".") || strings.Contains(p, "..") {
+		errs = append(errs, fmt.Errorf("-nats.inbox-prefix %q: want subject tokens without wildcards, spaces or a trailing '.'", p))
 	}
 	if c.BufferMB < 1 {
 		errs = append(errs, fmt.Errorf("-buffer.max-mb %d: want >= 1", c.BufferMB))

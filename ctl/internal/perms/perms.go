@@ -107,7 +107,10 @@ func kvBucket(bucket, keys string) []string {
 // Roles are the pipeline users netwatchctl knows, besides "sensor".
 var Roles = []string{"enricher", "detector", "sink", "api", "admin"}
 
-const inbox = "_INBOX.>" // replies: publish acks, API responses, pulled messages
+// inbox is the stages' reply subjects (nats.go's default prefix): publish
+// acks, API responses, pulled messages. Sensors have their own
+// (SensorInbox).
+const inbox = "_INBOX.>"
 
 func info(streams ...string) []string {
 	out := []string{"$JS.API.INFO"}
@@ -127,15 +130,23 @@ func pull(stream, durable string) []string {
 
 var kvStream = "KV_" + schema.RegistryBucket
 
+// SensorInbox is the inbox prefix of the agent named sensor
+// ("_INBOX_<sensor>", the agent's -nats.inbox-prefix default): its replies
+// (publish acks, API responses) arrive on SensorInbox(sensor)+".<nuid>",
+// a subject space no other client's permissions reach. The prefix follows
+// nats.go's CustomInboxPrefix rules (no wildcard, no trailing '.'); a
+// valid sensor name (schema.ValidSensor: letters, digits, '-', '_') is a
+// single token, so the prefix is one token too and two sensors' inboxes
+// never overlap.
+func SensorInbox(sensor string) string { return "_INBOX_" + sensor }
+
 // Sensor is what the agent named sensor needs: publish its packet batches
 // (netwatch.packets.<sensor>.>), its metrics (netwatch.metrics.<sensor>)
 // and its registry record ($KV.SENSORS.<sensor>), the stream-info requests
-// a publisher and a KV client make, and receive replies on its inbox. It
-// provisions nothing and reads no stream. An invalid name is an error.
-//
-// The inbox is _INBOX.> because the agent connects with nats.go's default
-// inbox prefix; the sensor can subscribe there but only receives replies
-// whose subjects it guesses (nuid, 22 random characters).
+// a publisher and a KV client make, and receive replies on its own inbox
+// (SensorInbox: the agent connects with nats.CustomInboxPrefix), so it
+// cannot read other clients' replies on _INBOX.>. It provisions nothing
+// and reads no stream. An invalid name is an error.
 func Sensor(name string) (Set, error) {
 	if err := schema.ValidSensor(name); err != nil {
 		return Set{}, err
@@ -146,7 +157,7 @@ func Sensor(name string) (Set, error) {
 		"$KV." + schema.RegistryBucket + "." + name,
 	}
 	pub = append(pub, info(schema.StreamPackets, schema.StreamMetrics, kvStream)...)
-	return Set{Pub: pub, Sub: []string{inbox}}, nil
+	return Set{Pub: pub, Sub: []string{SensorInbox(name) + ".>"}}, nil
 }
 
 // provisioning is what schema.ProvisionRetry asks for: create or update
