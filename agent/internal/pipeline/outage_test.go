@@ -73,7 +73,8 @@ func (r *restartable) url() string { return "nats://127.0.0.1:" + strconv.Itoa(r
 // grows while NATS is down), buffers, retries with the same Nats-Msg-Ids,
 // and once the broker is back on the same port and store, PACKETS holds
 // every packet exactly once (totals equal tshark's), every batch id once,
-// and an end-of-input marker on every bucket; nothing was dropped.
+// every bucket's batches in the order they were made (batch seq), and an
+// end-of-input marker on every bucket; nothing was dropped.
 func TestOutage(t *testing.T) {
 	file := filepath.Join(testkit.Pcaps(t), "attack-portscan-nmap-syn.pcapng") // 2011 frames over 23 s
 	wantPkts, wantBytes := tsharkTotals(t, file)
@@ -134,6 +135,8 @@ func TestOutage(t *testing.T) {
 	var pkts, bytes uint64
 	ids := map[string]int{}
 	markers := map[uint32]bool{}
+	lastSeq := map[string]uint64{} // subject (bucket) -> batch seq of its latest stored batch
+	behind := 0
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
 		m, err := st.GetMsg(ctx, seq)
 		if err != nil {
@@ -147,6 +150,10 @@ func TestOutage(t *testing.T) {
 		if b.EndOfInput {
 			markers[b.Bucket] = true
 		}
+		if b.Seq < lastSeq[m.Subject] {
+			behind++ // a retried batch stored after a later one of its bucket
+		}
+		lastSeq[m.Subject] = max(lastSeq[m.Subject], b.Seq)
 		for _, p := range b.Packets {
 			pkts++
 			bytes += uint64(p.IpBytes)
@@ -159,6 +166,9 @@ func TestOutage(t *testing.T) {
 		if n != 1 {
 			t.Errorf("Nats-Msg-Id %s stored %d times", id, n)
 		}
+	}
+	if behind != 0 {
+		t.Errorf("%d batches stored behind a later batch of their bucket: retries must keep a bucket's order", behind)
 	}
 	if len(markers) != schema.Buckets {
 		t.Errorf("%d end-of-input markers, want %d", len(markers), schema.Buckets)

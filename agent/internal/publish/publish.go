@@ -44,9 +44,14 @@ type inflight struct {
 // Publisher publishes messages asynchronously and retries each one until the
 // stream acks it. Messages wait in a FIFO buffer of at most MaxBytes
 // (queued and in flight together); at most maxInflight of them are handed
-// to the client at once. A retried message keeps its Nats-Msg-Id, so the
-// stream's duplicate window drops a copy that was stored before its ack was
-// lost. Publish may be called from several goroutines, but not concurrently
+// to the client at once, and at most one per subject: a message is sent
+// only after the previous message of its subject (its PACKETS bucket) was
+// acked, so the stream stores a bucket's batches in the order they were
+// made even when a publish fails and is retried (a stream leader lost in a
+// cluster: the retried batch would otherwise be stored behind later ones,
+// and the enricher would see a flow's packets out of order). A retried
+// message keeps its Nats-Msg-Id, so the stream's duplicate window drops a
+// copy that was stored before its ack was lost. Publish may be called from several goroutines, but not concurrently
 // with Wait.
 type Publisher struct {
 	// MaxBytes bounds the bytes of unacked messages; 0 for no bound. A
@@ -65,6 +70,7 @@ type Publisher struct {
 	mu       sync.Mutex
 	cond     *sync.Cond // queue grew, bytes shrank, or closing
 	queue    []*inflight
+	busy     map[string]bool // subjects with a message handed to the client and not yet acked
 	bytes    int
 	closed   bool
 	dropping bool // in a drop episode: logged at its start and end
@@ -91,7 +97,8 @@ func New(js jetstream.JetStream, maxInflight int, log *slog.Logger, m Metrics) *
 	if maxInflight <= 0 {
 		maxInflight = MaxInflight
 	}
-	p := &Publisher{js: js, log: log, m: m, window: make(chan *inflight, maxInflight), done: make(chan struct{})}
+	p := &Publisher{js: js, log: log, m: m, window: make(chan *inflight, maxInflight), done: make(chan struct{}),
+		busy: map[string]bool{}}
 	p.cond = sync.NewCond(&p.mu)
 	go p.sendLoop()
 	go p.ackLoop()
@@ -144,28 +151,44 @@ func (p *Publisher) publish(subject, id string, data []byte, packets int, acked 
 }
 
 // sendLoop hands queued messages to the client in order, at most
-// cap(window) unacked at once.
+// cap(window) unacked at once and one per subject: the oldest queued
+// message whose subject has none in flight goes next.
 func (p *Publisher) sendLoop() {
 	for {
 		p.mu.Lock()
-		for len(p.queue) == 0 && !p.closed {
+		i := p.next()
+		for i < 0 && !(p.closed && len(p.queue) == 0) {
 			p.cond.Wait()
+			i = p.next()
 		}
-		if len(p.queue) == 0 {
+		if i < 0 {
 			p.mu.Unlock()
 			close(p.window)
 			return
 		}
-		it := p.queue[0]
-		p.queue[0] = nil
-		p.queue = p.queue[1:]
+		it := p.queue[i]
+		copy(p.queue[i:], p.queue[i+1:])
+		p.queue[len(p.queue)-1] = nil
+		p.queue = p.queue[:len(p.queue)-1]
 		if len(p.queue) == 0 {
 			p.queue = p.queue[:0:0]
 		}
+		p.busy[it.subject] = true
 		p.mu.Unlock()
 		p.send(it)
 		p.window <- it
 	}
+}
+
+// next is the index in queue of the oldest message whose subject has no
+// message in flight, or -1. The caller holds mu.
+func (p *Publisher) next() int {
+	for i, it := range p.queue {
+		if !p.busy[it.subject] {
+			return i
+		}
+	}
+	return -1
 }
 
 func (p *Publisher) send(it *inflight) {
@@ -203,6 +226,7 @@ func (p *Publisher) ackLoop() {
 		}
 		p.mu.Lock()
 		p.bytes -= it.size
+		delete(p.busy, it.subject)
 		p.cond.Broadcast()
 		p.mu.Unlock()
 		it.data = nil

@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"netwatch/schema"
 )
@@ -107,3 +109,69 @@ func TestDropWhenFull(t *testing.T) {
 		}
 	}
 }
+
+// TestRetryKeepsSubjectOrder: a message whose publish fails (no stream
+// answers yet: no responders) is retried; a later message of the same
+// subject, published while the first waits for its retry, must be stored
+// after it, and a message of another subject is not held back by it. Before
+// per-subject ordering the later message went out at once and was stored
+// first (the fleet test saw it when a cluster lost the PACKETS leader).
+func TestRetryKeepsSubjectOrder(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	s := startNATS(t, port, t.TempDir())
+	defer s.Shutdown()
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	errs := prometheus.NewCounter(prometheus.CounterOpts{Name: "errors"})
+	p := New(js, 16, slog.New(slog.DiscardHandler), Metrics{Errors: errs})
+	defer p.Close()
+
+	p.Publish("order.a", "a-1", []byte("a-1")) // no stream yet: fails, retried after a backoff
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(errs) == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if testutil.ToFloat64(errs) == 0 {
+		t.Fatal("the first publish did not fail without a stream")
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "ORDER", Subjects: []string{"order.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	p.Publish("order.a", "a-2", []byte("a-2"))
+	p.Publish("order.b", "b-1", []byte("b-1"))
+	if err := p.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := js.Stream(ctx, "ORDER")
+	var got []string
+	for seq := uint64(1); seq <= 3; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatalf("message %d: %v", seq, err)
+		}
+		got = append(got, string(m.Data))
+	}
+	pos := map[string]int{}
+	for i, g := range got {
+		pos[g] = i
+	}
+	if pos["a-1"] > pos["a-2"] {
+		t.Errorf("stored %v: a-2 before the retried a-1", got)
+	}
+	t.Logf("stored %v after %.0f failed attempt(s)", got, testutil.ToFloat64(errs))
+}
+
