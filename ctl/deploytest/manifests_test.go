@@ -3,6 +3,7 @@ package deploytest
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"netwatch/ctl/internal/perms"
 	"netwatch/testkit"
 )
 
@@ -25,8 +27,11 @@ type k8sObject struct {
 	} `yaml:"metadata"`
 	Data map[string]string `yaml:"data"`
 	Spec struct {
-		Replicas *int `yaml:"replicas"`
-		Template struct {
+		Replicas            *int   `yaml:"replicas"`
+		ServiceName         string `yaml:"serviceName"`
+		PodManagementPolicy string `yaml:"podManagementPolicy"`
+		ClusterIP           string `yaml:"clusterIP"`
+		Template            struct {
 			Spec podSpec `yaml:"spec"`
 		} `yaml:"template"`
 	} `yaml:"spec"`
@@ -142,8 +147,10 @@ func mountedFile(p podSpec, c container, path string) bool {
 
 // TestKubernetesManifests checks deploy/k8s/netwatch.yaml as issue 8 asks:
 // sensors as a DaemonSet on the host network, named after their node, with
-// their own credentials file and no provisioning; stages as Deployments
-// with 2 replicas, each with its own credentials; a 3-node NATS
+// their own credentials file and no provisioning; stages with 2 replicas
+// (the enrichers a StatefulSet of consumer-group members, checkK8sEnrichers;
+// the others Deployments sharing their durables), each with its own
+// credentials; a 3-node NATS
 // StatefulSet whose routes name its three pods; the provision Job at 3
 // replicas; everything in namespace netwatch.
 func TestKubernetesManifests(t *testing.T) {
@@ -179,7 +186,11 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 
 	for _, stage := range []string{"enricher", "detector", "sink", "api"} {
-		d := find(t, objs, "Deployment", stage)
+		kind := "Deployment"
+		if stage == "enricher" {
+			kind = "StatefulSet" // stable pod names = consumer group members
+		}
+		d := find(t, objs, kind, stage)
 		if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
 			t.Errorf("Deployment %s: replicas %v, want >= 2", stage, d.Spec.Replicas)
 		}
@@ -200,11 +211,17 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 	for stage, flag := range map[string]string{"enricher": "-nats.replicas", "detector": "-stream.replicas"} {
-		args := find(t, objs, "Deployment", stage).Spec.Template.Spec.Containers[0].Args
+		kind := map[string]string{"enricher": "StatefulSet"}[stage]
+		if kind == "" {
+			kind = "Deployment"
+		}
+		args := find(t, objs, kind, stage).Spec.Template.Spec.Containers[0].Args
 		if i := slices.Index(args, flag); i < 0 || i+1 >= len(args) || args[i+1] != "3" {
 			t.Errorf("%s args %v: want %s 3", stage, args, flag)
 		}
 	}
+
+	checkK8sEnrichers(t, objs)
 
 	sts := find(t, objs, "StatefulSet", "nats")
 	if sts.Spec.Replicas == nil || *sts.Spec.Replicas != 3 {
@@ -242,6 +259,7 @@ type composeFile struct {
 
 // TestComposeFile checks deploy/compose/docker-compose.yml: three NATS
 // nodes with their own configuration and volume, every stage twice with its
+// (the enrichers as two named group members, checkComposeEnrichers)
 // own credentials file mounted where NETWATCH_NATS_CREDS says and all three
 // nodes in NETWATCH_NATS_URL, the sensor on the host network with raw
 // sockets and no provisioning, provisioning at 3 replicas.
@@ -268,15 +286,9 @@ func TestComposeFile(t *testing.T) {
 			t.Errorf("%s: %v", n, err)
 		}
 	}
-	mounted := func(vols []string, path string) bool {
-		for _, v := range vols {
-			if parts := strings.Split(v, ":"); len(parts) >= 2 && parts[1] == path {
-				return true
-			}
-		}
-		return false
-	}
-	for _, stage := range []string{"enricher", "detector", "sink", "api"} {
+	mounted := composeMounted
+	checkComposeEnrichers(t, f)
+	for _, stage := range []string{"detector", "sink", "api"} {
 		s, ok := f.Services[stage]
 		if !ok {
 			t.Errorf("no service %s", stage)
@@ -306,5 +318,167 @@ func TestComposeFile(t *testing.T) {
 	pr := f.Services["provision"].Command
 	if i := slices.Index(pr, "-replicas"); i < 0 || pr[i+1] != "3" {
 		t.Errorf("provision runs %v, want -replicas 3", pr)
+	}
+}
+
+// checkK8sEnrichers checks that the enrichers form one consumer group with a
+// distinct, stable member per replica (enricher/README.md "Scaling": two
+// instances on the one durable would split flows): a StatefulSet (pods
+// <name>-0, <name>-1, ... keep their names across restarts and
+// rescheduling) governed by a headless Service, every pod in group
+// perms.EnricherGroup with -consume.member (and -instance) set from its own
+// pod name through the downward API, defined before use, and nothing on
+// the command line overriding them; detector and sink are plain Deployment
+// replicas with no per-pod identity (they share their durables).
+func checkK8sEnrichers(t *testing.T, objs []k8sObject) {
+	t.Helper()
+	for _, o := range objs {
+		if o.Kind == "Deployment" && o.Metadata.Name == "enricher" {
+			t.Error("enricher is a Deployment: its pods' names are random, so they cannot be stable group members")
+		}
+	}
+	sts := find(t, objs, "StatefulSet", "enricher")
+	if sts.Spec.ServiceName == "" {
+		t.Error("enricher StatefulSet without serviceName")
+	} else if svc := find(t, objs, "Service", sts.Spec.ServiceName); svc.Spec.ClusterIP != "None" {
+		t.Errorf("Service %s governing the enrichers is not headless (clusterIP %q)", sts.Spec.ServiceName, svc.Spec.ClusterIP)
+	}
+	c := sts.Spec.Template.Spec.Containers[0]
+	pos := map[string]int{}
+	for i, e := range c.Env {
+		pos[e.Name] = i
+	}
+	pod, ok := pos["POD_NAME"]
+	if !ok || c.Env[pod].ValueFrom == nil || c.Env[pod].ValueFrom.FieldRef == nil || c.Env[pod].ValueFrom.FieldRef.FieldPath != "metadata.name" {
+		t.Fatal("enricher: no POD_NAME from metadata.name")
+	}
+	if g, _ := c.env("NETWATCH_CONSUME_GROUP"); g != perms.EnricherGroup {
+		t.Errorf("enricher NETWATCH_CONSUME_GROUP = %q, want %q (the group the enricher role's permissions are written for)", g, perms.EnricherGroup)
+	}
+	for _, v := range []string{"NETWATCH_CONSUME_MEMBER", "NETWATCH_INSTANCE"} {
+		if val, _ := c.env(v); val != "$(POD_NAME)" || pos[v] < pod {
+			t.Errorf("enricher %s = %q at env %d, want $(POD_NAME) after POD_NAME (env %d)", v, val, pos[v], pod)
+		}
+	}
+	for _, a := range c.Args {
+		if strings.HasPrefix(a, "-consume.") || strings.HasPrefix(a, "--consume.") || a == "-instance" {
+			t.Errorf("enricher args %v override the group settings of the environment", c.Args)
+		}
+	}
+	// The members the StatefulSet runs: one per ordinal, all distinct.
+	members := map[string]bool{}
+	for i := range *sts.Spec.Replicas {
+		members[fmt.Sprintf("%s-%d", sts.Metadata.Name, i)] = true
+	}
+	if len(members) < 2 {
+		t.Errorf("enricher members %v, want >= 2", members)
+	}
+	for _, stage := range []string{"detector", "sink"} {
+		d := find(t, objs, "Deployment", stage)
+		c := d.Spec.Template.Spec.Containers[0]
+		for _, e := range c.Env {
+			if strings.HasPrefix(e.Name, "NETWATCH_CONSUME_") || (e.ValueFrom != nil && e.ValueFrom.FieldRef != nil) {
+				t.Errorf("%s env %s: replicas must share the stage's durables, with no per-pod setting", stage, e.Name)
+			}
+		}
+	}
+}
+
+// checkComposeEnrichers checks the compose file's enrichers: one service per
+// consumer-group member (replicas of one service would all carry the same
+// member name: hot standbys, not capacity), at least two, each with its
+// own literal NETWATCH_CONSUME_MEMBER and NETWATCH_INSTANCE (no variable
+// that could differ between restarts), all in group perms.EnricherGroup;
+// no service named "enricher" with replicas; detector and sink replicas
+// without any consumer setting (they share their durables).
+func checkComposeEnrichers(t *testing.T, f composeFile) {
+	t.Helper()
+	members := map[string]string{}
+	for name, s := range f.Services {
+		if len(s.Command) == 0 || !strings.HasSuffix(s.Command[0], "/enricher") {
+			continue
+		}
+		if s.Deploy.Replicas > 1 {
+			t.Errorf("%s: deploy.replicas %d: replicas of one service share one member name", name, s.Deploy.Replicas)
+		}
+		if g := s.Environment["NETWATCH_CONSUME_GROUP"]; g != perms.EnricherGroup {
+			t.Errorf("%s: NETWATCH_CONSUME_GROUP %q, want %q", name, g, perms.EnricherGroup)
+		}
+		m := s.Environment["NETWATCH_CONSUME_MEMBER"]
+		if m == "" || strings.Contains(m, "$") {
+			t.Errorf("%s: NETWATCH_CONSUME_MEMBER %q, want a literal member name", name, m)
+		} else if other, dup := members[m]; dup {
+			t.Errorf("%s and %s are both member %s", name, other, m)
+		}
+		members[m] = name
+		if in := s.Environment["NETWATCH_INSTANCE"]; in != m {
+			t.Errorf("%s: NETWATCH_INSTANCE %q, want the member name %q (COUNTERS ids)", name, in, m)
+		}
+		for _, a := range s.Command {
+			if strings.HasPrefix(a, "-consume.") || a == "-instance" {
+				t.Errorf("%s: command %v overrides the group settings", name, s.Command)
+			}
+		}
+		cr := s.Environment["NETWATCH_NATS_CREDS"]
+		if cr != "/etc/netwatch/creds/enricher.creds" || !composeMounted(s.Volumes, cr) {
+			t.Errorf("%s: NETWATCH_NATS_CREDS %q not the enricher's mounted credentials", name, cr)
+		}
+		u := s.Environment["NETWATCH_NATS_URL"]
+		for i := 1; i <= 3; i++ {
+			if !strings.Contains(u, "nats://nats-"+string(rune('0'+i))+":4222") {
+				t.Errorf("%s: NETWATCH_NATS_URL %q lacks nats-%d", name, u, i)
+			}
+		}
+	}
+	if len(members) < 2 {
+		t.Errorf("enricher members %v, want >= 2", members)
+	}
+	t.Logf("compose enrichers: %v", members)
+	for _, stage := range []string{"detector", "sink"} {
+		for k := range f.Services[stage].Environment {
+			if strings.HasPrefix(k, "NETWATCH_CONSUME_") {
+				t.Errorf("%s: %s: replicas must share the stage's durables", stage, k)
+			}
+		}
+	}
+}
+
+func composeMounted(vols []string, path string) bool {
+	for _, v := range vols {
+		if parts := strings.Split(v, ":"); len(parts) >= 2 && parts[1] == path {
+			return true
+		}
+	}
+	return false
+}
+
+// TestSystemdEnricherIsAGroupMember checks the enricher's systemd unit: a
+// member of group perms.EnricherGroup named after the host (%H, stable
+// across restarts), open flows left to the checkpoints on a stop
+// (-shutdown.flush=false), and enricher.env read after those lines so that
+// it can override them (systemd: EnvironmentFile= wins over Environment=).
+func TestSystemdEnricherIsAGroupMember(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(testkit.Root(t), "deploy", "systemd", "netwatch-enricher.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	envFile := false
+	for _, l := range strings.Split(string(data), "\n") {
+		l = strings.TrimSpace(l)
+		if v, ok := strings.CutPrefix(l, "Environment="); ok {
+			k, val, _ := strings.Cut(v, "=")
+			env[k] = val
+		}
+		envFile = envFile || strings.HasPrefix(l, "EnvironmentFile=")
+	}
+	want := map[string]string{"NETWATCH_CONSUME_GROUP": perms.EnricherGroup, "NETWATCH_CONSUME_MEMBER": "%H", "NETWATCH_SHUTDOWN_FLUSH": "false"}
+	for k, v := range want {
+		if env[k] != v {
+			t.Errorf("netwatch-enricher.service: Environment=%s=%q, want %q", k, env[k], v)
+		}
+	}
+	if !envFile {
+		t.Error("netwatch-enricher.service reads no EnvironmentFile")
 	}
 }

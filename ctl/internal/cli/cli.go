@@ -1,4 +1,5 @@
-// Package cli is netwatchctl's commands (init, creds, provision), callable
+// Package cli is netwatchctl's commands (init, creds, provision, group,
+// accounts-conf), callable
 // from tests with injected arguments, environment and outputs.
 package cli
 
@@ -9,11 +10,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/pcgroups"
 
 	"netwatch/ctl/internal/auth"
 	"netwatch/ctl/internal/perms"
@@ -30,6 +33,9 @@ const usage = `usage:
       write a .creds file for one sensor (publishes only its own subjects) or stage
   netwatchctl provision [-nats.url URLS] [-nats.creds FILE] [-replicas N] [-timeout D]
       create or update every stream, durable consumer and the SENSORS registry bucket
+  netwatchctl group     [-nats.url URLS] [-nats.creds FILE] [-group NAME] [-add NAMES] [-remove NAMES]
+      list (and change) the members of the enrichers' consumer group: scaling down needs
+      the removed members deleted, their partitions then move to the others
   netwatchctl accounts-conf -sensors NAME,NAME... [-o FILE]
       print static users with the same permissions (deploy/accounts.conf), for servers
       without JWT authentication
@@ -52,6 +58,8 @@ func Run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		err = cmdProvision(args[1:], getenv, stdout)
 	case "accounts-conf":
 		err = cmdAccountsConf(args[1:], getenv, stdout)
+	case "group":
+		err = cmdGroup(args[1:], getenv, stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -223,4 +231,76 @@ func cmdAccountsConf(args []string, getenv func(string) string, stdout io.Writer
 		return err
 	}
 	return os.WriteFile(*out, []byte(conf), 0o600)
+}
+
+// cmdGroup lists the members of an enricher consumer group (the elastic
+// pcgroups group -consume.group on PACKETS, enricher/README.md "Scaling")
+// and adds or deletes members first when asked. An enricher joins its group
+// at start (-consume.join) but never leaves it: a member that is stopped
+// for good keeps its partitions, which then wait unconsumed, until it is
+// deleted here; pcgroups then gives them to the remaining members, which
+// replay their unacked messages with the group's checkpoints. It prints
+// the membership and which members have a consumer (are running).
+func cmdGroup(args []string, getenv func(string) string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("group", flag.ContinueOnError)
+	url := fs.String("nats.url", "nats://127.0.0.1:4222", "NATS server URLs, comma-separated")
+	creds := fs.String("nats.creds", "", "credentials file of an admin user")
+	group := fs.String("group", perms.EnricherGroup, "consumer group name (the enrichers' -consume.group)")
+	add := fs.String("add", "", "comma-separated member names to add")
+	remove := fs.String("remove", "", "comma-separated member names to delete")
+	timeout := fs.Duration("timeout", 30*time.Second, "give up after this long")
+	if err := parse(fs, args, getenv); err != nil {
+		return err
+	}
+	names := func(s string) []string {
+		var out []string
+		for _, n := range strings.Split(s, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	opts := []nats.Option{nats.Name("netwatchctl")}
+	if *creds != "" {
+		opts = append(opts, nats.UserCredentials(*creds))
+	}
+	nc, err := nats.Connect(*url, opts...)
+	if err != nil {
+		return fmt.Errorf("connect to nats %s: %w", *url, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	if a := names(*add); len(a) > 0 {
+		if _, err := pcgroups.AddMembers(ctx, js, schema.StreamPackets, *group, a); err != nil {
+			return fmt.Errorf("add members %v to group %s: %w", a, *group, err)
+		}
+	}
+	if r := names(*remove); len(r) > 0 {
+		if _, err := pcgroups.DeleteMembers(ctx, js, schema.StreamPackets, *group, r); err != nil {
+			return fmt.Errorf("delete members %v from group %s: %w", r, *group, err)
+		}
+	}
+	c, err := pcgroups.GetElasticConsumerGroupConfig(ctx, js, schema.StreamPackets, *group)
+	if err != nil {
+		return fmt.Errorf("group %s on %s: %w", *group, schema.StreamPackets, err)
+	}
+	active, err := pcgroups.ListElasticActiveMembers(ctx, js, schema.StreamPackets, *group)
+	if err != nil {
+		return fmt.Errorf("active members of group %s: %w", *group, err)
+	}
+	fmt.Fprintf(stdout, "group %s on %s: %d partitions\n", *group, schema.StreamPackets, c.MaxMembers)
+	for _, m := range c.Members {
+		state := "no consumer (not running)"
+		if slices.Contains(active, m) {
+			state = "consuming"
+		}
+		fmt.Fprintf(stdout, "member %s: %d partitions, %s\n", m, len(pcgroups.ElasticGetPartitionFilters(*c, m)), state)
+	}
+	return nil
 }
