@@ -181,6 +181,7 @@ type bucketState struct {
 	queue   []*held           // processed and not acked, in stream order (guarded by Stage.mu)
 	resume  []*flow.FlowState // checkpoints to give the bucket's next table
 	dropped bool              // the partition moved to another member: ack nothing more
+	suspect bool              // group mode: a delivery was missed since its last message (see Stage.handle)
 	part    string            // group mode: the partition token of its subjects in the group's stream
 	tkey    tableKey          // its flow table in Stage.tables
 }
@@ -251,6 +252,7 @@ type Stage struct {
 	epoch    int64                   // group mode: creation time of the work-queue stream (Unix ns)
 	mine     map[string]bool         // group mode: partitions assigned to this member (nil: not known yet)
 	needSync bool                    // group mode: run syncAll before the next message of an unseen bucket
+	lastCons uint64                  // group mode: consumer sequence of the last delivery
 
 	flowsBy [7]prometheus.Counter // Metrics.Flows by pb.EndReason
 	okBatch prometheus.Counter    // Metrics.Batches{result="ok"}
@@ -512,6 +514,23 @@ func (s *Stage) handle(m jetstream.Msg) {
 	if s.wq != nil && !bs.synced {
 		s.sync(bs, seq)
 	}
+	if s.wq != nil {
+		// A delivery lost on its way (a consumer leader moved while it was
+		// in flight) comes back only after AckWait, behind later messages
+		// of its bucket: a gap in the consumer sequence marks every bucket
+		// suspect, and a suspect bucket reads its unprocessed older messages
+		// from the stream before this one (acked when their redelivery comes).
+		if cons := meta.Sequence.Consumer; s.lastCons != 0 && cons != s.lastCons+1 {
+			for _, b := range s.buckets {
+				b.suspect = b.synced
+			}
+		}
+		s.lastCons = meta.Sequence.Consumer
+		if bs.suspect {
+			bs.suspect = false
+			s.catchUp(bs, seq)
+		}
+	}
 	if s.mine != nil && bs.part != "" && !s.mine[bs.part] {
 		// Delivered by our consumer before it learnt that the partition
 		// moved: leave it to the new owner.
@@ -549,6 +568,41 @@ func (s *Stage) sync(bs *bucketState, seq uint64) {
 		}
 		s.process(bs, raw.Sequence, raw.Data, nil)
 		from = raw.Sequence + 1
+	}
+}
+
+// catchUp processes, in stream order, the messages of bucket bs in the
+// work-queue stream after the last one processed and before seq that this
+// instance has not seen: deliveries it missed. Group mode only.
+func (s *Stage) catchUp(bs *bucketState, seq uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	filter := "*." + bs.subj
+	n := 0
+	for from := bs.last + 1; from < seq; {
+		raw, err := s.wq.GetMsg(ctx, from, jetstream.WithGetMsgSubject(filter))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			s.log.Warn("read missed packet batches: their flows may be split", "subject", bs.subj, "err", err)
+			break
+		}
+		if raw.Sequence >= seq {
+			break
+		}
+		s.mu.Lock()
+		_, seen := s.held[raw.Sequence]
+		s.mu.Unlock()
+		if !seen {
+			s.process(bs, raw.Sequence, raw.Data, nil)
+			n++
+		}
+		from = raw.Sequence + 1
+	}
+	if n > 0 {
+		s.m.Batches.WithLabelValues("caught_up").Add(float64(n))
+		s.log.Info("processed missed packet batches from the stream before a later one", "subject", bs.subj, "messages", n)
 	}
 }
 
