@@ -118,7 +118,7 @@ type Retention struct {
 	Flows   time.Duration
 	Alerts  time.Duration
 	Metrics time.Duration
-	Rollups time.Duration // flows_1m, talkers_1m, pairs_1m, ports_1m, countries_1m
+	Rollups time.Duration // flows_, talkers_, pairs_, ports_, countries_ 1m, 1h and 1d
 	// capture_stats follows Metrics.
 }
 
@@ -128,12 +128,15 @@ type Retention struct {
 // today stays until today's window passes). It returns the names dropped.
 func (s *Store) DropExpired(ctx context.Context, r Retention, now time.Time) ([]string, error) {
 	var dropped []string
-	for _, tw := range []struct {
+	type tableWindow struct {
 		t *table
 		w time.Duration
-	}{{flowsTable, r.Flows}, {alertsTable, r.Alerts}, {metricsTable, r.Metrics}, {captureTable, r.Metrics},
-		{rollupTable, r.Rollups}, {talkersTable, r.Rollups}, {pairsTable, r.Rollups}, {portsTable, r.Rollups},
-		{countriesTable, r.Rollups}} {
+	}
+	tws := []tableWindow{{flowsTable, r.Flows}, {alertsTable, r.Alerts}, {metricsTable, r.Metrics}, {captureTable, r.Metrics}}
+	for _, t := range rollupTables {
+		tws = append(tws, tableWindow{t, r.Rollups})
+	}
+	for _, tw := range tws {
 		if tw.w <= 0 {
 			continue
 		}

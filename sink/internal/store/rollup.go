@@ -3,6 +3,7 @@ package store
 import (
 	"math"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -10,7 +11,9 @@ import (
 	"netwatch/schema/pb"
 )
 
-// This file keeps the per-minute rollups (migrations 00003 and 00006):
+// This file keeps the rollups (migrations 00003, 00006 and 00009), each in
+// three tiers: per minute (_1m, column minute), per hour (_1h, column hour)
+// and per day (_1d, column day), all UTC and of the record's start:
 //
 //	flows_1m     (minute, sensor, proto, app)                   records, orig/resp pkts, ip bytes, payload bytes
 //	talkers_1m   (minute, sensor, addr)                         sent/recv pkts and ip bytes, records
@@ -18,13 +21,17 @@ import (
 //	ports_1m     (minute, sensor, proto, resp_port)             orig/resp pkts and ip bytes, records
 //	countries_1m (minute, sensor, country)                      sent/recv pkts and ip bytes, records
 //
-// minute is the UTC minute of a record's start. In talkers_1m and
-// countries_1m an address (its country, '' when unknown) counts in both
-// roles: as originator it sent orig_* and received resp_*, as responder the
-// reverse; records counts the flow records it appears in, once when it is
-// both originator and responder. The sums of a batch are added up here and
-// added to the tables in the transaction that inserts the batch's new rows,
-// so each rollup equals a GROUP BY over flows (TestRollupsEqualGroupBy).
+// In talkers_* an address counts in both roles: as originator it sent orig_*
+// and received resp_*, as responder the reverse; records counts the flow
+// records it appears in, once when it is both originator and responder. In
+// countries_* a record adds to each distinct country of its ends ('' when
+// unknown) once: in the originator's role (sent orig_*, received resp_*),
+// and in the responder's role (sent resp_*, received orig_*) when the
+// responder's country differs; so a record within one country adds its
+// traffic there once, as the originator's (migration 00009; before, it was
+// added in both roles). The sums of a batch are added up here and added to
+// the tables in the transaction that inserts the batch's new rows, so each
+// rollup equals a GROUP BY over flows (TestRollupsEqualGroupBy).
 
 // flowRef is one valid flow of a batch, as encoded.
 type flowRef struct {
@@ -33,8 +40,19 @@ type flowRef struct {
 	start  int64  // Unix microseconds
 }
 
+// tier is one granularity of the rollups: a table suffix, the name of the
+// time column and the length of a bucket.
+type tier struct {
+	suffix string // "_1m", "_1h", "_1d"
+	col    string // "minute", "hour", "day"
+	us     int64  // bucket length in microseconds
+}
+
+// tiers are the rollup tiers, in the order every transaction writes them.
+var tiers = []tier{{"_1m", "minute", 60e6}, {"_1h", "hour", 3600e6}, {"_1d", "day", 86400e6}}
+
 type rollupKey struct {
-	minute int64 // Unix microseconds of the UTC minute
+	minute int64 // Unix microseconds of the UTC minute (hour, day: the tier's bucket)
 	sensor string
 	proto  int16
 	app    string
@@ -70,14 +88,15 @@ type countryKey struct {
 	country string
 }
 
-// roleSums is a talkers_1m or countries_1m row's counters.
+// roleSums is a talkers_* or countries_* row's counters.
 type roleSums struct{ sentPkts, sentIPBytes, recvPkts, recvIPBytes, records int64 }
 
 // dirSums is a pairs_1m or ports_1m row's counters.
 type dirSums struct{ origPkts, respPkts, origIPBytes, respIPBytes, records int64 }
 
-// rollups are one batch's sums, reused from batch to batch.
+// rollups are one batch's sums in one tier, reused from batch to batch.
 type rollups struct {
+	tier      tier
 	flows     map[rollupKey]rollupSums
 	talkers   map[talkerKey]roleSums
 	pairs     map[pairKey]dirSums
@@ -85,8 +104,8 @@ type rollups struct {
 	countries map[countryKey]roleSums
 }
 
-func newRollups() rollups {
-	return rollups{flows: map[rollupKey]rollupSums{}, talkers: map[talkerKey]roleSums{},
+func newRollups(t tier) rollups {
+	return rollups{tier: t, flows: map[rollupKey]rollupSums{}, talkers: map[talkerKey]roleSums{},
 		pairs: map[pairKey]dirSums{}, ports: map[portKey]dirSums{}, countries: map[countryKey]roleSums{}}
 }
 
@@ -106,10 +125,10 @@ func add(a, b int64) int64 {
 	return math.MaxInt64
 }
 
-// minuteOf is the start of the UTC minute of us (Unix microseconds), like
-// date_bin('1 minute', t, '2000-01-01'): rounded down, also before 1970.
-func minuteOf(us int64) int64 {
-	const m = 60 * 1e6
+// bucketOf is the start of the bucket of length m (microseconds: a minute,
+// hour or day) holding us (Unix microseconds), like date_bin('1 minute', t,
+// '2000-01-01'): rounded down, also before 1970.
+func bucketOf(us, m int64) int64 {
 	q := us / m
 	if us%m < 0 {
 		q--
@@ -141,7 +160,7 @@ func (s dirSums) add(op, rp, ob, rb int64) dirSums {
 // add adds one record to every rollup.
 func (r *rollups) add(x flowRef) {
 	f := x.f
-	minute := minuteOf(x.start)
+	minute := bucketOf(x.start, r.tier.us)
 	proto := int16(f.GetProto())
 	op, ob := i64(f.GetOrigPkts()), i64(f.GetOrigIpBytes())
 	rp, rb := i64(f.GetRespPkts()), i64(f.GetRespIpBytes())
@@ -177,7 +196,9 @@ func (r *rollups) add(x flowRef) {
 		rc.country = text(c)
 	}
 	r.countries[oc] = r.countries[oc].role(op, ob, rp, rb, true)
-	r.countries[rc] = r.countries[rc].role(rp, rb, op, ob, rc != oc)
+	if rc != oc {
+		r.countries[rc] = r.countries[rc].role(rp, rb, op, ob, true)
+	}
 }
 
 func utcMicro(us int64) time.Time { return time.UnixMicro(us).UTC() }
@@ -186,6 +207,7 @@ func utcMicro(us int64) time.Time { return time.UnixMicro(us).UTC() }
 // statement inserts in key order (ORDER BY), the lock order of concurrent
 // writers.
 func (r *rollups) queue(b *pgx.Batch) {
+	sql := tierSQL[r.tier.suffix]
 	if len(r.flows) == 0 {
 		return
 	}
@@ -198,7 +220,7 @@ func (r *rollups) queue(b *pgx.Batch) {
 				append(proto, k.proto), append(app, k.app)
 			c.add(s.records, s.origPkts, s.respPkts, s.origIPBytes, s.respIPBytes, s.origBytes, s.respBytes)
 		}
-		b.Queue(upsertRollup, append([]any{minute, sensor, proto, app}, c.args()...)...)
+		b.Queue(sql.rollup, append([]any{minute, sensor, proto, app}, c.args()...)...)
 	}
 	{
 		n := len(r.talkers)
@@ -208,7 +230,7 @@ func (r *rollups) queue(b *pgx.Batch) {
 			minute, sensor, addr = append(minute, utcMicro(k.minute)), append(sensor, k.sensor), append(addr, k.addr)
 			c.add(s.sentPkts, s.sentIPBytes, s.recvPkts, s.recvIPBytes, s.records)
 		}
-		b.Queue(upsertTalkers, append([]any{minute, sensor, addr}, c.args()...)...)
+		b.Queue(sql.talkers, append([]any{minute, sensor, addr}, c.args()...)...)
 	}
 	{
 		n := len(r.pairs)
@@ -220,7 +242,7 @@ func (r *rollups) queue(b *pgx.Batch) {
 				append(orig, k.orig), append(resp, k.resp), append(proto, k.proto)
 			c.add(s.origPkts, s.respPkts, s.origIPBytes, s.respIPBytes, s.records)
 		}
-		b.Queue(upsertPairs, append([]any{minute, sensor, orig, resp, proto}, c.args()...)...)
+		b.Queue(sql.pairs, append([]any{minute, sensor, orig, resp, proto}, c.args()...)...)
 	}
 	{
 		n := len(r.ports)
@@ -231,7 +253,7 @@ func (r *rollups) queue(b *pgx.Batch) {
 				append(proto, k.proto), append(port, k.port)
 			c.add(s.origPkts, s.respPkts, s.origIPBytes, s.respIPBytes, s.records)
 		}
-		b.Queue(upsertPorts, append([]any{minute, sensor, proto, port}, c.args()...)...)
+		b.Queue(sql.ports, append([]any{minute, sensor, proto, port}, c.args()...)...)
 	}
 	{
 		n := len(r.countries)
@@ -241,7 +263,7 @@ func (r *rollups) queue(b *pgx.Batch) {
 			minute, sensor, country = append(minute, utcMicro(k.minute)), append(sensor, k.sensor), append(country, k.country)
 			c.add(s.sentPkts, s.sentIPBytes, s.recvPkts, s.recvIPBytes, s.records)
 		}
-		b.Queue(upsertCountries, append([]any{minute, sensor, country}, c.args()...)...)
+		b.Queue(sql.countries, append([]any{minute, sensor, country}, c.args()...)...)
 	}
 }
 
@@ -328,6 +350,21 @@ ON CONFLICT (minute, sensor, country) DO UPDATE SET
 	recv_pkts = r.recv_pkts + EXCLUDED.recv_pkts, recv_ip_bytes = r.recv_ip_bytes + EXCLUDED.recv_ip_bytes,
 	records = r.records + EXCLUDED.records`
 
+// tierStatements are the upserts of one tier.
+type tierStatements struct{ rollup, talkers, pairs, ports, countries string }
+
+// tierSQL are the upserts of each tier (by suffix): the per-minute
+// statements above with the tier's tables and time column.
+var tierSQL = map[string]tierStatements{}
+
+func init() {
+	for _, t := range tiers {
+		r := strings.NewReplacer("_1m", t.suffix, "minute", t.col)
+		tierSQL[t.suffix] = tierStatements{r.Replace(upsertRollup), r.Replace(upsertTalkers), r.Replace(upsertPairs),
+			r.Replace(upsertPorts), r.Replace(upsertCountries)}
+	}
+}
+
 // flowBatch is flows encoded for COPY plus what the write needs besides
 // them. Its buffers are reused from batch to batch (Store.flowBufs).
 type flowBatch struct {
@@ -337,11 +374,36 @@ type flowBatch struct {
 	invalid int
 	days    map[time.Time]struct{}
 	sensors map[string]*sensorSeen
-	rollup  rollups
+	rollup  []rollups // one per tier, in tiers order
 }
 
 func newFlowBatch() *flowBatch {
-	return &flowBatch{days: map[time.Time]struct{}{}, sensors: map[string]*sensorSeen{}, rollup: newRollups()}
+	b := &flowBatch{days: map[time.Time]struct{}{}, sensors: map[string]*sensorSeen{}}
+	for _, t := range tiers {
+		b.rollup = append(b.rollup, newRollups(t))
+	}
+	return b
+}
+
+// resetRollups empties the sums of every tier.
+func (b *flowBatch) resetRollups() {
+	for i := range b.rollup {
+		b.rollup[i].reset()
+	}
+}
+
+// sum adds x to every tier.
+func (b *flowBatch) sum(x flowRef) {
+	for i := range b.rollup {
+		b.rollup[i].add(x)
+	}
+}
+
+// queue queues every tier's upserts into pb.
+func (b *flowBatch) queue(pb *pgx.Batch) {
+	for i := range b.rollup {
+		b.rollup[i].queue(pb)
+	}
 }
 
 func (b *flowBatch) reset() {
@@ -351,7 +413,7 @@ func (b *flowBatch) reset() {
 	b.rows, b.invalid = 0, 0
 	clear(b.days)
 	clear(b.sensors)
-	b.rollup.reset()
+	b.resetRollups()
 	// A rare huge batch must not pin its buffer forever.
 	if cap(b.copy.b) > 64<<20 {
 		b.copy.b = append([]byte(nil), copySignature...)
@@ -395,21 +457,21 @@ func (b *flowBatch) addFlows(fb *pb.FlowBatch) {
 
 // sumAll sums every row into b.rollup (the fast path: all rows are new).
 func (b *flowBatch) sumAll() {
-	b.rollup.reset()
+	b.resetRollups()
 	for _, x := range b.refs {
-		b.rollup.add(x)
+		b.sum(x)
 	}
 }
 
 // sumInserted sums into b.rollup the rows whose id is in inserted, each id
 // once (a batch may hold a row twice; it was inserted once).
 func (b *flowBatch) sumInserted(inserted map[string]struct{}) {
-	b.rollup.reset()
+	b.resetRollups()
 	for _, x := range b.refs {
 		id := text(x.f.GetId())
 		if _, ok := inserted[id]; ok {
 			delete(inserted, id)
-			b.rollup.add(x)
+			b.sum(x)
 		}
 	}
 }

@@ -94,3 +94,64 @@ func TestRollupsEqualGroupBy(t *testing.T) {
 		t.Errorf("talker 10.0.0.1 at 23:58: sent %d recv %d records %d; want 10, 12, 3", sent, recv, recs)
 	}
 }
+
+// TestCountriesOncePerFlow: a record adds its traffic once to each distinct
+// country of its ends (counted by hand), in every tier: a record within one
+// country in its originator's role only.
+func TestCountriesOncePerFlow(t *testing.T) {
+	s, _ := open(t)
+	ctx := context.Background()
+	st := time.Date(2024, 3, 9, 10, 0, 5, 0, time.UTC)
+	a := func(s string) []byte { return netip.MustParseAddr(s).AsSlice() }
+	mk := func(i int, oc, rc string, op, ob, rp, rb uint64) *pb.Flow {
+		oa, ra := a("192.0.2.1"), a("198.51.100.2")
+		return &pb.Flow{Id: schema.FlowID("s1", 6, oa, uint32(i), ra, 443, 0, 0, 0, st.UnixNano(), 0),
+			Sensor: "s1", Proto: 6, OrigAddr: oa, OrigPort: uint32(i), RespAddr: ra, RespPort: 443,
+			StartNs: st.UnixNano(), EndNs: st.Add(time.Second).UnixNano(), OrigPkts: op, OrigIpBytes: ob,
+			RespPkts: rp, RespIpBytes: rb, OrigCountry: oc, RespCountry: rc, Final: true}
+	}
+	fb := &pb.FlowBatch{Sensor: "s1", Flows: []*pb.Flow{
+		mk(1, "SE", "SE", 10, 1000, 20, 3000), // same country
+		mk(2, "SE", "DE", 1, 100, 2, 400),     // two countries
+		mk(3, "", "DE", 5, 500, 0, 0),         // unknown originator
+	}}
+	if _, err := s.WriteFlows(ctx, []*pb.FlowBatch{fb}); err != nil {
+		t.Fatal(err)
+	}
+	type row struct{ sentPkts, sentBytes, recvPkts, recvBytes, records int64 }
+	want := map[string]row{
+		// flow 1 once (originator: sent 10/1000, received 20/3000), flow 2 as originator.
+		"SE": {sentPkts: 10 + 1, sentBytes: 1000 + 100, recvPkts: 20 + 2, recvBytes: 3000 + 400, records: 2},
+		// flows 2 and 3 as responder.
+		"DE": {sentPkts: 2 + 0, sentBytes: 400 + 0, recvPkts: 1 + 5, recvBytes: 100 + 500, records: 2},
+		"":   {sentPkts: 5, sentBytes: 500, recvPkts: 0, recvBytes: 0, records: 1},
+	}
+	for _, tbl := range []string{"countries_1m", "countries_1h", "countries_1d"} {
+		rows, err := s.pool.Query(ctx, `SELECT country, sent_pkts, sent_ip_bytes, recv_pkts, recv_ip_bytes, records
+			FROM `+tbl+` WHERE sensor = 's1'`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]row{}
+		for rows.Next() {
+			var c string
+			var r row
+			if err := rows.Scan(&c, &r.sentPkts, &r.sentBytes, &r.recvPkts, &r.recvBytes, &r.records); err != nil {
+				t.Fatal(err)
+			}
+			got[c] = r
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want) {
+			t.Errorf("%s: %v, want %v", tbl, got, want)
+		}
+		for c, w := range want {
+			if got[c] != w {
+				t.Errorf("%s %q: %+v, want %+v", tbl, c, got[c], w)
+			}
+		}
+	}
+	storetest.CheckRollups(t, s.pool, "countries")
+}

@@ -55,10 +55,19 @@ var (
 	pairsTable     = &table{name: "pairs_1m"}
 	portsTable     = &table{name: "ports_1m"}
 	countriesTable = &table{name: "countries_1m"}
-	// rollupTables are the rollups in the order every transaction writes
-	// them (the lock order between concurrent writers).
+	// rollupTables are the rollups of every tier (rollup.go: tiers), in the
+	// order every transaction writes them (the lock order between
+	// concurrent writers).
 	rollupTables = []*table{rollupTable, talkersTable, pairsTable, portsTable, countriesTable}
 )
+
+func init() {
+	for _, t := range tiers[1:] {
+		for _, m := range rollupTables[:5] {
+			rollupTables = append(rollupTables, &table{name: strings.TrimSuffix(m.name, "_1m") + t.suffix})
+		}
+	}
+}
 
 func init() {
 	// The staging way returns the ids it inserted; their rollups are then

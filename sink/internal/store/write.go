@@ -167,7 +167,7 @@ func (s *Store) commitFlows(ctx context.Context, b *flowBatch, parts []string, f
 		b.sumInserted(ids)
 	}
 	var rb pgx.Batch
-	b.rollup.queue(&rb)
+	b.queue(&rb)
 	if rb.Len() > 0 {
 		if err := tx.SendBatch(ctx, &rb).Close(); err != nil {
 			return 0, fmt.Errorf("write %d flows: rollups: %w", b.rows, err)

@@ -5,45 +5,54 @@ package storetest
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // rollupChecks are, per rollup table, its columns and the same rows computed
-// by SQL over flows (the definition in migrations 00003 and 00006, written
-// independently of rollup.go).
+// by SQL over flows (the definition in migrations 00003, 00006 and 00009,
+// written independently of rollup.go); BIN is the tier's bucket of start.
 var rollupChecks = []struct{ table, cols, groupBy string }{
 	{"flows_1m", "minute, sensor, proto, app, records, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, orig_bytes, resp_bytes",
-		`SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00'), sensor, proto, app, count(*),
+		`SELECT BIN, sensor, proto, app, count(*),
 			sum(orig_pkts), sum(resp_pkts), sum(orig_ip_bytes), sum(resp_ip_bytes), sum(orig_bytes), sum(resp_bytes)
 		FROM flows GROUP BY 1, 2, 3, 4`},
 	{"talkers_1m", "minute, sensor, addr, sent_pkts, sent_ip_bytes, recv_pkts, recv_ip_bytes, records",
 		`SELECT m, sensor, a, sum(sp), sum(sb), sum(rp), sum(rb), count(DISTINCT (start, id)) FROM (
-			SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00') m, sensor, start, id,
+			SELECT BIN m, sensor, start, id,
 				orig_addr a, orig_pkts sp, orig_ip_bytes sb, resp_pkts rp, resp_ip_bytes rb FROM flows
 			UNION ALL
-			SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00'), sensor, start, id,
+			SELECT BIN, sensor, start, id,
 				resp_addr, resp_pkts, resp_ip_bytes, orig_pkts, orig_ip_bytes FROM flows) r GROUP BY 1, 2, 3`},
 	{"pairs_1m", "minute, sensor, orig_addr, resp_addr, proto, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, records",
-		`SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00'), sensor, orig_addr, resp_addr, proto,
+		`SELECT BIN, sensor, orig_addr, resp_addr, proto,
 			sum(orig_pkts), sum(resp_pkts), sum(orig_ip_bytes), sum(resp_ip_bytes), count(*)
 		FROM flows GROUP BY 1, 2, 3, 4, 5`},
 	{"ports_1m", "minute, sensor, proto, resp_port, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, records",
-		`SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00'), sensor, proto, resp_port,
+		`SELECT BIN, sensor, proto, resp_port,
 			sum(orig_pkts), sum(resp_pkts), sum(orig_ip_bytes), sum(resp_ip_bytes), count(*)
 		FROM flows GROUP BY 1, 2, 3, 4`},
+	// A record counts for each distinct country of its ends once: in the
+	// originator's role, and in the responder's when its country differs.
 	{"countries_1m", "minute, sensor, country, sent_pkts, sent_ip_bytes, recv_pkts, recv_ip_bytes, records",
-		`SELECT m, sensor, c, sum(sp), sum(sb), sum(rp), sum(rb), count(DISTINCT (start, id)) FROM (
-			SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00') m, sensor, start, id,
-				orig_country c, orig_pkts sp, orig_ip_bytes sb, resp_pkts rp, resp_ip_bytes rb FROM flows
+		`SELECT m, sensor, c, sum(sp), sum(sb), sum(rp), sum(rb), count(*) FROM (
+			SELECT BIN m, sensor, orig_country c, orig_pkts sp, orig_ip_bytes sb, resp_pkts rp, resp_ip_bytes rb FROM flows
 			UNION ALL
-			SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00'), sensor, start, id,
-				resp_country, resp_pkts, resp_ip_bytes, orig_pkts, orig_ip_bytes FROM flows) r GROUP BY 1, 2, 3`},
+			SELECT BIN, sensor, resp_country, resp_pkts, resp_ip_bytes, orig_pkts, orig_ip_bytes FROM flows
+				WHERE resp_country <> orig_country) r GROUP BY 1, 2, 3`},
 }
 
-// CheckRollups fails t unless every rollup table equals its GROUP BY over
-// flows (symmetric difference empty) and the rollups are not empty when
+// checkTiers are the rollup tiers: table suffix, time column and the
+// date_bin width of a bucket (UTC, from 2000-01-01, so minutes, hours and
+// days are UTC ones).
+var checkTiers = []struct{ suffix, col, width string }{
+	{"_1m", "minute", "1 minute"}, {"_1h", "hour", "1 hour"}, {"_1d", "day", "1 day"},
+}
+
+// CheckRollups fails t unless every rollup table of every tier equals its
+// GROUP BY over flows (symmetric difference empty) and the rollups are not empty when
 // flows is not.
 func CheckRollups(t testing.TB, pool *pgxpool.Pool, step string) {
 	t.Helper()
@@ -52,17 +61,23 @@ func CheckRollups(t testing.TB, pool *pgxpool.Pool, step string) {
 	if err := pool.QueryRow(ctx, "SELECT count(*) FROM flows").Scan(&flows); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range rollupChecks {
-		var diff, rows int
-		q := fmt.Sprintf(`WITH g AS (%s), r AS (SELECT %s FROM %s)
+	for _, tier := range checkTiers {
+		for _, c := range rollupChecks {
+			var diff, rows int
+			table := strings.TrimSuffix(c.table, "_1m") + tier.suffix
+			cols := strings.Replace(c.cols, "minute", tier.col, 1)
+			groupBy := strings.ReplaceAll(c.groupBy, "BIN",
+				"date_bin('"+tier.width+"', start, timestamptz '2000-01-01 00:00:00+00')")
+			q := fmt.Sprintf(`WITH g AS (%s), r AS (SELECT %s FROM %s)
 			SELECT (SELECT count(*) FROM ((SELECT * FROM g EXCEPT ALL SELECT * FROM r)
 				UNION ALL (SELECT * FROM r EXCEPT ALL SELECT * FROM g)) d), (SELECT count(*) FROM r)`,
-			c.groupBy, c.cols, c.table)
-		if err := pool.QueryRow(ctx, q).Scan(&diff, &rows); err != nil {
-			t.Fatalf("%s: %s: %v", step, c.table, err)
-		}
-		if diff != 0 || (flows > 0) != (rows > 0) {
-			t.Errorf("%s: %s: %d rows differ from the GROUP BY over %d flows (%d rows)", step, c.table, diff, flows, rows)
+				groupBy, cols, table)
+			if err := pool.QueryRow(ctx, q).Scan(&diff, &rows); err != nil {
+				t.Fatalf("%s: %s: %v", step, table, err)
+			}
+			if diff != 0 || (flows > 0) != (rows > 0) {
+				t.Errorf("%s: %s: %d rows differ from the GROUP BY over %d flows (%d rows)", step, table, diff, flows, rows)
+			}
 		}
 	}
 }
