@@ -12,8 +12,11 @@ import (
 // database. The sink owns the migrations; the api works against an older
 // schema too: a context column (GeoIP, JA3, …: migration 00004) that does
 // not exist reads as its default, alerts without a status column (00005)
-// are all open and cannot be acknowledged (503), and a missing rollup table
-// (00006) sends the statistics to the flows table.
+// are all open and cannot be acknowledged (503), a missing rollup table
+// (00006) sends the statistics to the flows table, and without the hourly
+// and daily tiers (00009) the statistics read the per-minute rollups only
+// (countries then come from flows: countries_1m counted a record within one
+// country twice before 00009).
 type dbSchema struct {
 	cols map[string]bool // "table.column"
 }
@@ -35,6 +38,18 @@ func (s *dbSchema) col(table, column, def string) string {
 	}
 	return def
 }
+
+// rolledTables are the tables whose columns schemaOf probes: flows, alerts
+// and every tier of the rollups (sink migrations 00003, 00006, 00009).
+var rolledTables = func() []string {
+	ts := []string{"flows", "alerts"}
+	for _, b := range []string{"flows", "talkers", "pairs", "ports", "countries"} {
+		for _, t := range rollupTiers {
+			ts = append(ts, b+t.suffix)
+		}
+	}
+	return ts
+}()
 
 // schemaTTL is how long a probe is trusted: the sink may migrate after the
 // api started.
@@ -61,7 +76,7 @@ func schemaOf(ctx context.Context, pool *pgxpool.Pool) (*dbSchema, error) {
 	}
 	rows, err := pool.Query(ctx, `SELECT table_name, column_name FROM information_schema.columns
 		WHERE table_schema = current_schema() AND table_name = ANY($1)`,
-		[]string{"flows", "alerts", "flows_1m", "talkers_1m", "pairs_1m", "ports_1m", "countries_1m"})
+		rolledTables)
 	if err != nil {
 		return nil, err
 	}

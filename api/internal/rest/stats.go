@@ -2,28 +2,98 @@ package rest
 
 import (
 	"net/http"
+	"strings"
 	"time"
 
 	"netwatch/api/internal/record"
 )
 
-// The statistics endpoints answer from the per-minute rollup tables the sink
-// keeps (flows_1m, talkers_1m, pairs_1m, ports_1m, countries_1m: the
-// database contract, each equal to a GROUP BY over flows) when the request
-// filters only on a time range on whole minutes and a sensor
-// (FlowFilter.Rollupable). Any other filter (address, port, protocol, app,
-// Community ID, direction, country, ASN, or a range that cuts a minute)
-// has no rollup, so those requests fall back to a GROUP BY over flows.
-// Both count IP-layer bytes and packets of both directions, and a flow
-// record wholly in the minute of its start. The answer's "source" says
+// The statistics endpoints answer from the rollup tables the sink keeps
+// (flows_, talkers_, pairs_, ports_, countries_ per minute _1m, hour _1h and
+// day _1d: the database contract, each equal to a GROUP BY over flows) when
+// the request filters only on a time range on whole minutes and a sensor
+// (FlowFilter.Rollupable). A range is cut into whole UTC days, whole hours
+// and the minutes left at its ends, each read from its tier (rollupFrom), so
+// a day costs one row per key instead of 1440. Any other filter (address,
+// port, protocol, app, Community ID, direction, country, ASN, or a range that
+// cuts a minute) has no rollup, so those requests fall back to a GROUP BY
+// over flows. Both count IP-layer bytes and packets of both directions, and a
+// flow record wholly in the minute of its start. The answer's "source" says
 // which was used ("rollup" or "flows").
 
-// rollupRange adds the time and sensor conditions of f on a rollup table.
+// rollupRange adds the time and sensor conditions of f on a per-minute
+// rollup table.
 func (q *where) rollupRange(f FlowFilter) {
 	q.timeRange("minute", f.From, f.To)
 	if f.Sensor != "" {
 		q.add("sensor = " + q.arg(f.Sensor))
 	}
+}
+
+// rollupTier is one granularity of the sink's rollups (sink migration
+// 00009): table suffix, time column, bucket length (UTC-aligned).
+type rollupTier struct {
+	suffix, col string
+	step        time.Duration
+}
+
+// rollupTiers, coarsest first.
+var rollupTiers = []rollupTier{{"_1d", "day", 24 * time.Hour}, {"_1h", "hour", time.Hour}, {"_1m", "minute", time.Minute}}
+
+// rollupPiece is a part of a range read from one tier.
+type rollupPiece struct {
+	tier     rollupTier
+	from, to time.Time
+}
+
+// rollupPieces cuts [from, to) (both on whole minutes) into the fewest
+// buckets of the tiers of base that exist in sch and whose length divides
+// maxStep: greedily, from the start, the coarsest bucket that starts at the
+// current time and ends by to; consecutive buckets of a tier are merged. An
+// open range (from or to zero) is read from the minutes alone.
+func rollupPieces(sch *dbSchema, base string, from, to time.Time, maxStep time.Duration) []rollupPiece {
+	minute := rollupTiers[len(rollupTiers)-1]
+	if from.IsZero() || to.IsZero() {
+		return []rollupPiece{{minute, from, to}}
+	}
+	var ps []rollupPiece
+	for t := from; t.Before(to); {
+		tr := minute
+		for _, c := range rollupTiers {
+			if c.step <= maxStep && maxStep%c.step == 0 && t.Equal(t.Truncate(c.step)) && !t.Add(c.step).After(to) &&
+				(c.suffix == minute.suffix || sch.hasTable(base+c.suffix)) {
+				tr = c
+				break
+			}
+		}
+		end := t.Add(tr.step)
+		if n := len(ps); n > 0 && ps[n-1].tier == tr && ps[n-1].to.Equal(t) {
+			ps[n-1].to = end
+		} else {
+			ps = append(ps, rollupPiece{tr, t, end})
+		}
+		t = end
+	}
+	return ps
+}
+
+// rollupFrom is a FROM item (aliased r) over the rollups of base (flows,
+// talkers, pairs, ports, countries) for f's range and sensor: the UNION ALL
+// of cols from each piece of the range (rollupPieces), where the bucket's
+// start is named t. maxStep limits the tiers to those whose buckets fit in
+// one step of a time series (24h: any).
+func (q *where) rollupFrom(sch *dbSchema, base, cols string, f FlowFilter, maxStep time.Duration) string {
+	var parts []string
+	for _, p := range rollupPieces(sch, base, f.From, f.To, maxStep) {
+		w := &where{sch: q.sch, args: q.args}
+		w.timeRange(p.tier.col, p.from, p.to)
+		if f.Sensor != "" {
+			w.add("sensor = " + w.arg(f.Sensor))
+		}
+		q.args = w.args
+		parts = append(parts, "SELECT "+p.tier.col+" AS t, "+cols+" FROM "+base+p.tier.suffix+w.sql())
+	}
+	return " FROM (" + strings.Join(parts, " UNION ALL ") + ") r"
 }
 
 // Talker is one address's traffic over a range (or one pair's, with Peer).
@@ -84,15 +154,15 @@ func (a *API) topTalkers(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case f.Rollupable() && side == "pair" && sch.hasTable("pairs_1m"):
 		source = "rollup"
-		q.rollupRange(f)
 		sql = `SELECT host(orig_addr), host(resp_addr), sum(orig_ip_bytes)::bigint sb, sum(resp_ip_bytes)::bigint rb,
-			sum(orig_pkts)::bigint sp, sum(resp_pkts)::bigint rp, sum(records)::bigint n FROM pairs_1m` + q.sql() +
+			sum(orig_pkts)::bigint sp, sum(resp_pkts)::bigint rp, sum(records)::bigint n` +
+			q.rollupFrom(sch, "pairs", "orig_addr, resp_addr, orig_ip_bytes, resp_ip_bytes, orig_pkts, resp_pkts, records", f, 24*time.Hour) +
 			` GROUP BY orig_addr, resp_addr`
 	case f.Rollupable() && side != "pair" && sch.hasTable("talkers_1m"):
 		source = "rollup"
-		q.rollupRange(f)
 		sql = `SELECT host(addr), '', sum(sent_ip_bytes)::bigint sb, sum(recv_ip_bytes)::bigint rb,
-			sum(sent_pkts)::bigint sp, sum(recv_pkts)::bigint rp, sum(records)::bigint n FROM talkers_1m` + q.sql() +
+			sum(sent_pkts)::bigint sp, sum(recv_pkts)::bigint rp, sum(records)::bigint n` +
+			q.rollupFrom(sch, "talkers", "addr, sent_ip_bytes, recv_ip_bytes, sent_pkts, recv_pkts, records", f, 24*time.Hour) +
 			` GROUP BY addr`
 	case side == "pair":
 		source = "flows" // no rollup for these filters: a GROUP BY over flows
@@ -162,9 +232,10 @@ func (a *API) protocols(w http.ResponseWriter, r *http.Request) {
 	var sql, source string
 	if f.Rollupable() && sch.hasTable("flows_1m") {
 		source = "rollup"
-		q.rollupRange(f)
 		sql = `SELECT proto, app, sum(records)::bigint, sum(orig_pkts + resp_pkts)::bigint,
-			sum(orig_ip_bytes + resp_ip_bytes)::bigint FROM flows_1m` + q.sql() + ` GROUP BY proto, app ORDER BY 5 DESC, 1, 2`
+			sum(orig_ip_bytes + resp_ip_bytes)::bigint` +
+			q.rollupFrom(sch, "flows", "proto, app, records, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes", f, 24*time.Hour) +
+			` GROUP BY proto, app ORDER BY 5 DESC, 1, 2`
 	} else {
 		source = "flows" // no rollup for these filters
 		q.flows(f)
@@ -223,9 +294,10 @@ func (a *API) ports(w http.ResponseWriter, r *http.Request) {
 	var sql, source string
 	if f.Rollupable() && sch.hasTable("ports_1m") {
 		source = "rollup"
-		q.rollupRange(f)
 		sql = `SELECT proto, resp_port, sum(records)::bigint, sum(orig_pkts + resp_pkts)::bigint,
-			sum(orig_ip_bytes + resp_ip_bytes)::bigint FROM ports_1m` + q.sql() + ` GROUP BY proto, resp_port`
+			sum(orig_ip_bytes + resp_ip_bytes)::bigint` +
+			q.rollupFrom(sch, "ports", "proto, resp_port, records, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes", f, 24*time.Hour) +
+			` GROUP BY proto, resp_port`
 	} else {
 		source = "flows" // no rollup for these filters
 		q.flows(f)
@@ -256,10 +328,16 @@ func (a *API) ports(w http.ResponseWriter, r *http.Request) {
 	WriteJSON(w, http.StatusOK, map[string]any{"ports": out, "source": source})
 }
 
-// Country is the traffic of the addresses of one country, both roles.
+// Country is the traffic of the flow records with an address of one country
+// at an end, each record once per distinct country of its ends: in the
+// originator's role (it sent orig_*, received resp_*), and in the
+// responder's role when the responder's country differs (a record within
+// one country counts once, as its originator's). With an addr filter (the
+// Host view) only the ends outside addr count: the countries of the peers,
+// with what the peer sent and received.
 type Country struct {
 	Country   string `json:"country"` // ISO 3166-1 alpha-2; "" unknown
-	Bytes     int64  `json:"bytes"`
+	Bytes     int64  `json:"bytes"`   // IP-layer bytes of those records, both directions: sent + received
 	Pkts      int64  `json:"pkts"`
 	SentBytes int64  `json:"sent_bytes"`
 	RecvBytes int64  `json:"recv_bytes"`
@@ -285,20 +363,37 @@ func (a *API) countries(w http.ResponseWriter, r *http.Request) {
 	}
 	q := &where{sch: sch}
 	var sql, source string
-	if f.Rollupable() && sch.hasTable("countries_1m") {
+	// countries_1m counts a record within one country once only since sink
+	// migration 00009 (which also adds the hourly tier); before, the flows
+	// answer.
+	if f.Rollupable() && sch.hasTable("countries_1m") && sch.hasTable("countries_1h") {
 		source = "rollup"
-		q.rollupRange(f)
 		sql = `SELECT country, sum(sent_ip_bytes)::bigint sb, sum(recv_ip_bytes)::bigint rb, sum(sent_pkts)::bigint,
-			sum(recv_pkts)::bigint, sum(records)::bigint FROM countries_1m` + q.sql() + ` GROUP BY country`
+			sum(recv_pkts)::bigint, sum(records)::bigint` +
+			q.rollupFrom(sch, "countries", "country, sent_ip_bytes, recv_ip_bytes, sent_pkts, recv_pkts, records", f, 24*time.Hour) +
+			` GROUP BY country`
 	} else {
-		source = "flows" // no rollup for these filters
+		// No rollup for these filters. With addr, an end in addr is not
+		// counted (a record between two addresses of addr counts for none).
+		source = "flows"
 		q.flows(f)
-		sql = `WITH f AS (SELECT ` + sch.col("flows", "orig_country", "''") + ` orig_country, ` +
-			sch.col("flows", "resp_country", "''") + ` resp_country, orig_ip_bytes, resp_ip_bytes, orig_pkts, resp_pkts FROM flows` + q.sql() + `),
-		t AS (SELECT orig_country c, orig_ip_bytes sb, resp_ip_bytes rb, orig_pkts sp, resp_pkts rp, 1 AS n FROM f
-			UNION ALL SELECT resp_country, resp_ip_bytes, orig_ip_bytes, resp_pkts, orig_pkts,
-				CASE WHEN resp_country = orig_country THEN 0 ELSE 1 END FROM f)
-		SELECT c, sum(sb)::bigint sb, sum(rb)::bigint rb, sum(sp)::bigint, sum(rp)::bigint, sum(n)::bigint FROM t GROUP BY c`
+		oin, rin := "false", "false"
+		if f.Addr != "" {
+			pf, _, _ := ParseAddr(f.Addr)
+			if pf.IsSingleIP() {
+				x := q.arg(pf.Addr())
+				oin, rin = "orig_addr = "+x+"::inet", "resp_addr = "+x+"::inet"
+			} else {
+				x := q.arg(pf)
+				oin, rin = "orig_addr <<= "+x+"::inet", "resp_addr <<= "+x+"::inet"
+			}
+		}
+		sql = `WITH f AS (SELECT ` + sch.col("flows", "orig_country", "''") + ` oc, ` +
+			sch.col("flows", "resp_country", "''") + ` rc, orig_ip_bytes ob, resp_ip_bytes rb, orig_pkts op, resp_pkts rp, ` +
+			oin + ` oin, ` + rin + ` rin FROM flows` + q.sql() + `),
+		t AS (SELECT oc c, ob sb, rb, op sp, rp FROM f WHERE NOT oin
+			UNION ALL SELECT rc, rb, ob, rp, op FROM f WHERE NOT rin AND (oin OR rc <> oc))
+		SELECT c, sum(sb)::bigint sb, sum(rb)::bigint rb, sum(sp)::bigint, sum(rp)::bigint, count(*) FROM t GROUP BY c`
 	}
 	sql = `SELECT * FROM (` + sql + `) g ORDER BY sb + rb DESC, 1 LIMIT ` + q.arg(limit)
 	rows, err := a.Pool.Query(ctx, sql, q.args...)
@@ -403,13 +498,16 @@ func (a *API) timeseries(w http.ResponseWriter, r *http.Request) {
 	}
 	q := &where{sch: sch}
 	var sql, source string
-	bin := `date_bin(make_interval(secs => ` + q.arg(step.Seconds()) + `), ` + timeCol + `, TIMESTAMPTZ 'epoch') AS b`
 	if rollup {
+		// Tiers whose buckets divide the step: each rollup row then lies in
+		// one bucket (buckets start at multiples of step since the epoch).
 		source = "rollup"
-		q.rollupRange(f)
-		sql = `SELECT ` + bin + `, sum(records)::bigint, sum(orig_pkts + resp_pkts)::bigint, sum(orig_ip_bytes + resp_ip_bytes)::bigint
-			FROM flows_1m` + q.sql() + ` GROUP BY b ORDER BY b`
+		bin := `date_bin(make_interval(secs => ` + q.arg(step.Seconds()) + `), t, TIMESTAMPTZ 'epoch') AS b`
+		from := q.rollupFrom(sch, "flows", "records, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes", f, step)
+		sql = `SELECT ` + bin + `, sum(records)::bigint, sum(orig_pkts + resp_pkts)::bigint, sum(orig_ip_bytes + resp_ip_bytes)::bigint` +
+			from + ` GROUP BY b ORDER BY b`
 	} else {
+		bin := `date_bin(make_interval(secs => ` + q.arg(step.Seconds()) + `), ` + timeCol + `, TIMESTAMPTZ 'epoch') AS b`
 		source = "flows" // no rollup for these filters or a step under a minute
 		q.flows(f)
 		sql = `SELECT ` + bin + `, count(*), sum(orig_pkts + resp_pkts)::bigint, sum(orig_ip_bytes + resp_ip_bytes)::bigint

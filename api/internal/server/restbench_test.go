@@ -14,12 +14,15 @@ import (
 // BenchmarkDashboardQueries is the issue's REST load: the dashboard's
 // queries over NETWATCH_BENCH_FLOWS stored flows (default 10 million)
 // spread over 24 hours (about 116 flows/s) from 4 sensors, 5,000 local
-// originators and 20,000 remote responders, 12 countries, with the
-// per-minute rollups filled (the GROUP BY the sink keeps). Each query runs
-// 30 times (after one warm-up) through HTTP, or as often as fits in 30 s;
-// it reports p50 and p99 (with fewer than 100 runs: the slowest) in
-// milliseconds per query. Generating the data takes minutes: run with
-// -benchtime 1x.
+// originators and 20,000 remote responders (each sensor sees 1,250 and
+// 5,000 of them: 25,000 talkers an hour), 12 countries, with the rollups of
+// every tier filled (the GROUP BYs the sink keeps: per minute, hour and
+// day). Each query runs 30 times (after one warm-up) through HTTP, or as
+// often as fits in 30 s; it reports p50 and p99 (with fewer than 100 runs:
+// the slowest) in milliseconds per query. The before_* queries run the
+// statistics' SQL of before the hourly and daily tiers (per-minute rollups
+// only) straight on the pool, for comparison on the same data. Generating
+// the data takes minutes: run with -benchtime 1x.
 func BenchmarkDashboardQueries(b *testing.B) {
 	n := 10_000_000
 	if v, err := strconv.Atoi(os.Getenv("NETWATCH_BENCH_FLOWS")); err == nil && v > 0 {
@@ -36,7 +39,7 @@ func BenchmarkDashboardQueries(b *testing.B) {
 		SELECT md5(i::text), 's' || (i % 4 + 1), '1:' || md5(i::text || 'c'),
 			CASE WHEN i % 10 < 7 THEN 6 ELSE 17 END,
 			('10.0.' || ((i * 2654435761) % 5000 / 250) || '.' || ((i * 2654435761) % 250 + 1))::inet, 1024 + (i * 40503) % 60000,
-			('203.' || ((i * 97) % 80) || '.' || ((i * 7919) % 250) || '.' || ((i * 31) % 250 + 1))::inet,
+			('203.' || ((i * 40503) % 20000 / 250) || '.' || ((i * 40503) % 20000 % 250) || '.7')::inet,
 			(ARRAY[443, 80, 53, 22, 123, 8080, 25, 993])[i % 8 + 1],
 			$1::timestamptz + make_interval(secs => i * 86400.0 / $2), $1::timestamptz + make_interval(secs => i * 86400.0 / $2 + 2),
 			$1::timestamptz + make_interval(secs => i * 86400.0 / $2),
@@ -45,9 +48,11 @@ func BenchmarkDashboardQueries(b *testing.B) {
 			'SE', (ARRAY['US', 'DE', 'SE', 'NL', 'FR', 'GB', 'CN', 'RU', 'BR', 'IN', 'JP', ''])[(i * 13) % 12 + 1], 64496 + i % 500
 		FROM generate_series(0::bigint, $2::bigint - 1) AS i`, day, n)
 	e.rollup(b)
+	e.rollupTiers(b)
 	e.exec(b, "ANALYZE")
 	fmt.Fprintf(os.Stderr, "BenchmarkDashboardQueries: %d flows and rollups in %s\n", n, time.Since(t0).Round(time.Second))
-	for _, t := range []string{"flows", "flows_1m", "talkers_1m", "pairs_1m", "ports_1m", "countries_1m"} {
+	for _, t := range []string{"flows", "flows_1m", "talkers_1m", "pairs_1m", "ports_1m", "countries_1m",
+		"flows_1h", "talkers_1h", "pairs_1h", "flows_1d", "talkers_1d", "pairs_1d"} {
 		var rows int64
 		var size string
 		if err := e.pool.QueryRow(b.Context(), "SELECT count(*), pg_size_pretty(pg_total_relation_size('"+t+"_default')) FROM "+t).Scan(&rows, &size); err == nil {
@@ -79,6 +84,61 @@ func BenchmarkDashboardQueries(b *testing.B) {
 		{"host_peers", "/api/v1/top-talkers?side=pair&limit=20&" + hour + host},
 		{"countries", "/api/v1/countries?" + hour},
 		{"ports", "/api/v1/ports?" + hour},
+		{"day_protocols", "/api/v1/protocols?from=2026-11-28T00:00:00Z&to=2026-11-29T00:00:00Z"},
+		{"day_countries", "/api/v1/countries?from=2026-11-28T00:00:00Z&to=2026-11-29T00:00:00Z"},
+		{"day_top_pairs", "/api/v1/top-talkers?side=pair&limit=10&from=2026-11-28T00:00:00Z&to=2026-11-29T00:00:00Z"},
+		// Ranges not on whole hours (a dashboard's "last hour" / "last
+		// 24 hours" ending at 12:30): their ends come from the minutes.
+		{"hour_unaligned_top_talkers", "/api/v1/top-talkers?limit=10&from=2026-11-28T11:30:00Z&to=2026-11-28T12:30:00Z"},
+		{"hour_unaligned_protocols", "/api/v1/protocols?from=2026-11-28T11:30:00Z&to=2026-11-28T12:30:00Z"},
+		{"day_unaligned_top_talkers", "/api/v1/top-talkers?limit=10&from=2026-11-27T12:30:00Z&to=2026-11-28T12:30:00Z"},
+		{"day_unaligned_protocols", "/api/v1/protocols?from=2026-11-27T12:30:00Z&to=2026-11-28T12:30:00Z"},
+	}
+	// The statistics' SQL before the tiers: per-minute rollups only.
+	const (
+		oldTalkers = `SELECT * FROM (SELECT host(addr), '', sum(sent_ip_bytes)::bigint sb, sum(recv_ip_bytes)::bigint rb,
+			sum(sent_pkts)::bigint sp, sum(recv_pkts)::bigint rp, sum(records)::bigint n FROM talkers_1m
+			WHERE minute >= $1 AND minute < $2 GROUP BY addr) g ORDER BY sb + rb DESC, 1, 2 LIMIT 10`
+		oldProtocols = `SELECT proto, app, sum(records)::bigint, sum(orig_pkts + resp_pkts)::bigint,
+			sum(orig_ip_bytes + resp_ip_bytes)::bigint FROM flows_1m WHERE minute >= $1 AND minute < $2
+			GROUP BY proto, app ORDER BY 5 DESC, 1, 2`
+	)
+	h0, h1 := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC), time.Date(2026, 11, 28, 13, 0, 0, 0, time.UTC)
+	before := []struct {
+		name, sql string
+		from, to  time.Time
+	}{
+		{"before_overview_top_talkers", oldTalkers, h0, h1},
+		{"before_day_top_talkers", oldTalkers, day, day.Add(24 * time.Hour)},
+		{"before_overview_protocols", oldProtocols, h0, h1},
+		{"before_day_protocols", oldProtocols, day, day.Add(24 * time.Hour)},
+	}
+	for _, q := range before {
+		b.Run(q.name, func(b *testing.B) {
+			for b.Loop() {
+				var lat []time.Duration
+				start := time.Now()
+				for i := 0; i < 31 && (i < 3 || time.Since(start) < 30*time.Second); i++ {
+					t := time.Now()
+					rows, err := e.pool.Query(b.Context(), q.sql, q.from, q.to)
+					if err != nil {
+						b.Fatal(err)
+					}
+					for rows.Next() {
+					}
+					rows.Close()
+					if err := rows.Err(); err != nil {
+						b.Fatal(err)
+					}
+					if i > 0 {
+						lat = append(lat, time.Since(t))
+					}
+				}
+				slices.Sort(lat)
+				b.ReportMetric(float64(lat[len(lat)/2])/1e6, "p50_ms")
+				b.ReportMetric(float64(lat[len(lat)*99/100])/1e6, "p99_ms")
+			}
+		})
 	}
 	for _, q := range queries {
 		b.Run(q.name, func(b *testing.B) {
