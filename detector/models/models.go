@@ -23,3 +23,13 @@ var QNameID3 []byte
 
 // QNameID3Name is the file name of QNameID3.
 const QNameID3Name = "qname-id3.model"
+
+// HostIForest is host-iforest.model: golearn's isolation forest over
+// per-host windows (internal/hostmodel), fitted on the host windows of the
+// benign labelled captures, with its threshold (README.md in detector/).
+//
+//go:embed host-iforest.model
+var HostIForest []byte
+
+// HostIForestName is the file name of HostIForest.
+const HostIForestName = "host-iforest.model"

@@ -22,6 +22,7 @@ import (
 
 	"netwatch/detector/internal/arp"
 	"netwatch/detector/internal/health"
+	"netwatch/detector/internal/hostmodel"
 	"netwatch/detector/internal/model"
 	"netwatch/detector/internal/output"
 	"netwatch/detector/internal/policy"
@@ -61,6 +62,7 @@ type Config struct {
 	ops.Common
 	Model          string        // -model: model file; empty means the shipped model built into the binary
 	QNameModel     string        // -qname.model: query-name model file for dns_tunnel; empty means the shipped one
+	HostModel      string        // -host.model: per-host anomaly model file; empty means the shipped one, "off" none
 	ModelAlerts    bool          // -model.alerts
 	ModelThreshold float64       // -model.threshold
 	ModelWindow    time.Duration // -model.window
@@ -80,6 +82,7 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.ConfigFile, "config", "", "YAML or JSON file with allow-lists and per-rule thresholds (flag names without the dash); reloaded when it changes and on SIGHUP")
 	fs.StringVar(&c.Model, "model", "", "model file written by `detector train` (empty: the shipped "+models.FlowID3Name+" built into the binary)")
 	fs.StringVar(&c.QNameModel, "qname.model", "", "DNS query-name model file for the dns_tunnel rule, written by `detector train -format qnames` (empty: the shipped "+models.QNameID3Name+" built into the binary)")
+	fs.StringVar(&c.HostModel, "host.model", "", "per-host anomaly model written by `detector train -format hosts` (empty: the shipped "+models.HostIForestName+" built into the binary; off: none); its score annotates alerts (evidence host_anomaly) and GET /hosts, it never raises an alert")
 	fs.BoolVar(&c.ModelAlerts, "model.alerts", false, "publish category \"anomaly\" alerts for flows the model scores at or above -model.threshold")
 	fs.Float64Var(&c.ModelThreshold, "model.threshold", 0.95, "model score (attack probability, 0..1) that makes a flow anomalous")
 	fs.DurationVar(&c.ModelWindow, "model.window", time.Minute, "at most one anomaly alert per originator, responder and window (packet time)")
@@ -242,8 +245,19 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	if err != nil {
 		return err
 	}
+	hm, err := loadHostModel(cfg.HostModel)
+	if err != nil {
+		return err
+	}
+	hostWindow, hostName := time.Duration(0), "off"
+	if hm != nil {
+		if hostWindow, err = time.ParseDuration(hm.Window); err != nil || hostWindow < time.Second {
+			return fmt.Errorf("host model: window %q: want a duration of at least 1s", hm.Window)
+		}
+		hostName = fmt.Sprintf("%s (threshold %.4f)", hm.Name, hm.Threshold)
+	}
 	if cfg.CheckOnly {
-		fmt.Fprintf(stderr, "configuration ok; model %s (%s); query-name model %s\n", tree.Name(), tree.Meta.Eval, qm.Name)
+		fmt.Fprintf(stderr, "configuration ok; model %s (%s); query-name model %s; host model %s\n", tree.Name(), tree.Meta.Eval, qm.Name, hostName)
 		return nil
 	}
 	log := cfg.Logger(stderr, "detector")
@@ -288,7 +302,8 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 		outputs, closers = append(outputs, sl), append(closers, sl.Close)
 	}
 	st := stage.New(stage.Config{Rules: ruleCfg, ARP: arpCfg, Outputs: outputs, ModelAlerts: cfg.ModelAlerts, ModelThreshold: cfg.ModelThreshold,
-		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch, NameModel: qm, NameModelName: qm.Name}, js, tree, stage.NewMetrics(reg), log.With("component", "stage"))
+		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch, NameModel: qm, NameModelName: qm.Name,
+		HostModel: hm, HostWindow: hostWindow}, js, tree, stage.NewMetrics(reg), log.With("component", "stage"))
 
 	sm := st.Metrics()
 	if pol != nil {
@@ -354,7 +369,9 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	go func() {
 		// Serve returns nil at once when -http.addr is empty: only a
 		// failure stops the detector.
-		if err := ops.Serve(httpCtx, cfg.HTTPAddr, ops.Handler(reg, st.Ready), log.With("component", "http")); err != nil {
+		mux := ops.Handler(reg, st.Ready)
+		mux.Handle("GET /hosts", st.HostsHandler())
+		if err := ops.Serve(httpCtx, cfg.HTTPAddr, mux, log.With("component", "http")); err != nil {
 			httpErr <- err
 		}
 	}()
@@ -414,7 +431,8 @@ func train(args []string, stdout io.Writer, getenv func(string) string) error {
 	out := fs.String("out", filepath.Join("models", models.FlowID3Name), "model file to write")
 	prune := fs.Float64("prune", 0, "golearn ID3 prune ratio (0: no pruning, deterministic)")
 	name := fs.String("name", "", "model name (default flow-id3, qname-id3)")
-	format := fs.String("format", "nsl-kdd", "nsl-kdd (flow model) or qnames (DNS query-name model: -data train.csv, -test validate.csv)")
+	format := fs.String("format", "nsl-kdd", "nsl-kdd (flow model), qnames (DNS query-name model: -data train.csv, -test validate.csv) or hosts (per-host anomaly model: -data the pcaps folder with its label files)")
+	quantile := fs.Float64("quantile", hostmodel.DefaultQuantile, "hosts: the threshold is this quantile of the benign training windows' scores")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -422,6 +440,15 @@ func train(args []string, stdout io.Writer, getenv func(string) string) error {
 		return err
 	}
 	switch *format {
+	case "hosts":
+		d, o := "../shared/data/pcaps", filepath.Join("models", models.HostIForestName)
+		if flagSet(fs, "data") {
+			d = *data
+		}
+		if flagSet(fs, "out") {
+			o = *out
+		}
+		return trainHosts(d, o, *quantile, stdout)
 	case "qnames":
 		if *name == "" {
 			*name = "qname-id3"
@@ -439,7 +466,7 @@ func train(args []string, stdout io.Writer, getenv func(string) string) error {
 			*name = "flow-id3"
 		}
 	default:
-		return fmt.Errorf("-format %q: want nsl-kdd or qnames", *format)
+		return fmt.Errorf("-format %q: want nsl-kdd, qnames or hosts", *format)
 	}
 	recs, err := model.ReadKDDFile(*data)
 	if err != nil {
@@ -470,7 +497,7 @@ func train(args []string, stdout io.Writer, getenv func(string) string) error {
 
 func evaluate(args []string, stdout io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("detector evaluate", flag.ContinueOnError)
-	format := fs.String("format", "nsl-kdd", "data format and model: nsl-kdd (flow model) or qnames (DNS query-name model)")
+	format := fs.String("format", "nsl-kdd", "data format and model: nsl-kdd (flow model), qnames (DNS query-name model) or hosts (per-host anomaly model; -data: the pcaps folder with its label files)")
 	path := fs.String("model", "", "model file (empty: the shipped model of -format)")
 	data := fs.String("data", "", "file to evaluate on (default: KDDTrain+_20Percent.txt for nsl-kdd, validate.csv for qnames)")
 	split := fs.Bool("split", true, "nsl-kdd: evaluate only the held-out fifth of -data (index%5 == 4) when -data is the training file; false: every record")
@@ -483,6 +510,24 @@ func evaluate(args []string, stdout io.Writer, getenv func(string) string) error
 	}
 	var rep report.Report
 	switch *format {
+	case "hosts":
+		if *data == "" {
+			*data = "../shared/data/pcaps"
+		}
+		f, err := loadHostModel(*path)
+		if err != nil {
+			return err
+		}
+		if f == nil {
+			return errors.New("-model off: nothing to evaluate")
+		}
+		e, err := evaluateHosts(f, *data, os.Stderr)
+		if err != nil {
+			return err
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(e)
 	case "nsl-kdd":
 		if *data == "" {
 			*data = "../shared/data/labeled/nsl-kdd/KDDTrain+_20Percent.txt"
@@ -551,7 +596,7 @@ func evaluate(args []string, stdout io.Writer, getenv func(string) string) error
 		}
 		rep = report.Binary(m.Name, *format, *data, qname.ClassBenign, qname.ClassTunnel, actual, pred)
 	default:
-		return fmt.Errorf("-format %q: want nsl-kdd or qnames", *format)
+		return fmt.Errorf("-format %q: want nsl-kdd, qnames or hosts", *format)
 	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
@@ -583,6 +628,72 @@ func loadQNameModel(path string) (*qname.Model, error) {
 		return nil, fmt.Errorf("load shipped qname model: %w", err)
 	}
 	return qname.Load(f.Name())
+}
+
+// loadHostModel loads path, or the shipped host model when empty; "off"
+// is no model (nil, nil).
+func loadHostModel(path string) (*hostmodel.Forest, error) {
+	if path == "off" {
+		return nil, nil
+	}
+	if path != "" {
+		return hostmodel.Load(path)
+	}
+	f, err := hostmodel.Parse(models.HostIForest)
+	if err != nil {
+		return nil, fmt.Errorf("load shipped host model: %w", err)
+	}
+	return f, nil
+}
+
+// hostRows reads the label files of the pcaps folder and computes the host
+// windows of its labelled captures with tshark (progress on stderr).
+func hostRows(pcaps string, progress io.Writer) ([]hostmodel.Row, error) {
+	caps, err := hostmodel.ReadLabels(pcaps)
+	if err != nil {
+		return nil, err
+	}
+	return hostmodel.Rows(pcaps, caps, hostmodel.DefaultWindow, "", progress)
+}
+
+// evaluateHosts evaluates f on the labelled captures of pcaps.
+func evaluateHosts(f *hostmodel.Forest, pcaps string, progress io.Writer) (*hostmodel.Eval, error) {
+	rows, err := hostRows(pcaps, progress)
+	if err != nil {
+		return nil, err
+	}
+	return hostmodel.Evaluate(f, rows, pcaps)
+}
+
+// trainHosts trains the per-host anomaly model (detector train -format
+// hosts) on the benign captures of the label files and evaluates it.
+func trainHosts(pcaps, out string, q float64, stdout io.Writer) error {
+	if !(q > 0 && q <= 1) {
+		return fmt.Errorf("-quantile %v: want 0 < q <= 1", q)
+	}
+	fmt.Fprintf(stdout, "computing host windows (%s) of the labelled captures in %s with tshark\n", hostmodel.DefaultWindow, pcaps)
+	rows, err := hostRows(pcaps, os.Stderr)
+	if err != nil {
+		return err
+	}
+	f, err := hostmodel.Train(rows, hostmodel.DefaultParams(), q)
+	if err != nil {
+		return err
+	}
+	f.Window = hostmodel.DefaultWindow.String()
+	f.Train.Source = "pcap-labels.csv, lab/labels.csv: benign captures"
+	fmt.Fprintf(stdout, "fitted golearn isolation forest %+v on %d benign host windows of %d captures; threshold %.4f (quantile %.2f)\n",
+		f.Params, f.Train.Rows, len(f.Train.Captures), f.Threshold, q)
+	fmt.Fprintln(stdout, "evaluating (benign captures held out one at a time)")
+	if f.Eval, err = hostmodel.Evaluate(f, rows, pcaps); err != nil {
+		return err
+	}
+	if err := f.Save(out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s; attack windows above the threshold %d/%d, benign (held out) %d/%d\n", out,
+		f.Eval.AttackAnomalous, f.Eval.AttackWindows, f.Eval.BenignAnomalous, f.Eval.BenignWindows)
+	return nil
 }
 
 // trainQNames trains the query-name model (detector train -format qnames).
@@ -668,6 +779,16 @@ func rescore(args []string, stdout, stderr io.Writer, getenv func(string) string
 	if err != nil {
 		return err
 	}
+	hm, err := loadHostModel(cfg.HostModel)
+	if err != nil {
+		return err
+	}
+	hostWindow := time.Duration(0)
+	if hm != nil {
+		if hostWindow, err = time.ParseDuration(hm.Window); err != nil || hostWindow < time.Second {
+			return fmt.Errorf("host model: window %q: want a duration of at least 1s", hm.Window)
+		}
+	}
 	log := cfg.Logger(stderr, "detector-rescore")
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
@@ -681,7 +802,8 @@ func rescore(args []string, stdout, stderr io.Writer, getenv func(string) string
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	st := stage.New(stage.Config{Rules: ruleCfg, ARP: arpCfg, ModelAlerts: cfg.ModelAlerts, ModelThreshold: cfg.ModelThreshold,
-		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch, NameModel: qm, NameModelName: qm.Name}, js, tree, stage.NewMetrics(ops.NewRegistry()), log.With("component", "rescore"))
+		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch, NameModel: qm, NameModelName: qm.Name,
+		HostModel: hm, HostWindow: hostWindow}, js, tree, stage.NewMetrics(ops.NewRegistry()), log.With("component", "rescore"))
 	if pol != nil {
 		st.SetPolicy(pol, ruleCfg, arpCfg)
 	}

@@ -307,6 +307,54 @@ func TestEvaluateJSON(t *testing.T) {
 	}
 }
 
+// TestEvaluateHosts: `detector evaluate -format hosts` on the labelled
+// captures reproduces the shipped host model's report: 135 benign and 24
+// attack host windows (hand count: internal/hostmodel/testdata/
+// count-windows.py over tshark's fields), the attack windows above the
+// threshold exactly as recorded in the model file at training (the shipped
+// forest is fixed), and attackers above the threshold more often than
+// held-out benign hosts (labels are the truth; the held-out forests are
+// refitted, so that figure varies a little from run to run).
+func TestEvaluateHosts(t *testing.T) {
+	shared := testkit.Shared(t)
+	testkit.Tool(t, "tshark")
+	var out bytes.Buffer
+	if err := evaluate([]string{"-format", "hosts", "-data", filepath.Join(shared, "data/pcaps")}, &out, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		N               int                        `json:"n"`
+		BinaryAccuracy  float64                    `json:"binary_accuracy"`
+		Classes         map[string]json.RawMessage `json:"classes"`
+		BenignWindows   int                        `json:"benign_windows"`
+		BenignAnomalous int                        `json:"benign_anomalous"`
+		BenignInSample  int                        `json:"benign_anomalous_in_sample"`
+		AttackWindows   int                        `json:"attack_windows"`
+		AttackAnomalous int                        `json:"attack_anomalous"`
+		Threshold       float64                    `json:"threshold"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("not one JSON object: %v\n%s", err, out.String())
+	}
+	f, err := loadHostModel("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("attack %d/%d, benign held out %d/%d, in sample %d, accuracy %.3f", rep.AttackAnomalous, rep.AttackWindows,
+		rep.BenignAnomalous, rep.BenignWindows, rep.BenignInSample, rep.BinaryAccuracy)
+	if rep.N != 159 || rep.BenignWindows != 135 || rep.AttackWindows != 24 || len(rep.Classes) != 2 || rep.Threshold != f.Threshold {
+		t.Errorf("n %d, benign %d, attack %d, classes %d, threshold %v", rep.N, rep.BenignWindows, rep.AttackWindows, len(rep.Classes), rep.Threshold)
+	}
+	if rep.AttackAnomalous != f.Eval.AttackAnomalous || rep.BenignInSample != f.Eval.BenignInSample {
+		t.Errorf("attack anomalous %d, benign in sample %d; the model file recorded %d and %d", rep.AttackAnomalous, rep.BenignInSample,
+			f.Eval.AttackAnomalous, f.Eval.BenignInSample)
+	}
+	if float64(rep.AttackAnomalous)/float64(rep.AttackWindows) <= float64(rep.BenignAnomalous)/float64(rep.BenignWindows) {
+		t.Errorf("attackers above the threshold %d/%d, not more often than held-out benign hosts %d/%d",
+			rep.AttackAnomalous, rep.AttackWindows, rep.BenignAnomalous, rep.BenignWindows)
+	}
+}
+
 // TestRescoreCommand runs `detector rescore` against an in-process
 // JetStream holding 60 SYN probes: one portscan alert under the run id.
 func TestRescoreCommand(t *testing.T) {

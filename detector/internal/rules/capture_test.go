@@ -1,25 +1,22 @@
 package rules
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/csv"
 	"encoding/json"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
+	"netwatch/detector/internal/capflow"
 	"netwatch/detector/internal/qname"
 	"netwatch/schema/pb"
 	"netwatch/testkit"
 )
 
 // tsharkFlows builds one flow record per bidirectional 5-tuple from tshark's
-// own dissection of a capture (independent of the enricher): the
+// own dissection (capflow.Flows) of a capture (independent of the enricher): the
 // originator is the sender of the tuple's first packet, payload bytes are
 // tcp.len or udp.length - 8, TCP flags are OR'ed per direction. ICMP
 // packets keep their type and no ports (the header quoted in an ICMP error
@@ -40,109 +37,9 @@ func tsharkFlows(t testing.TB, path string, perQuery ...bool) []*pb.Flow {
 // does: the receiver becomes the originator, with no packets of its own.
 func tsharkFlowsOpt(t testing.TB, path string, perQueryFlows, enricherOrient bool) []*pb.Flow {
 	t.Helper()
-	tshark := testkit.Tool(t, "tshark")
-	fields := []string{"frame.time_epoch", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "ip.proto", "ipv6.nxt",
-		"tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport", "tcp.flags", "tcp.len", "udp.length", "icmp.type", "icmpv6.type", "dns.qry.name",
-		"dns.qry.type", "dns.flags.response", "dns.flags.rcode"}
-	args := []string{"-r", path, "-n", "-T", "fields", "-E", "occurrence=f", "-E", "separator=\t"}
-	for _, f := range fields {
-		args = append(args, "-e", f)
-	}
-	out, err := exec.Command(tshark, args...).Output()
+	order, err := capflow.Flows(path, capflow.Options{Tshark: testkit.Tool(t, "tshark"), PerQuery: perQueryFlows})
 	if err != nil {
-		t.Fatalf("tshark %s: %v", path, err)
-	}
-	type fkey struct {
-		proto  uint32
-		a, b   netip.Addr
-		ap, bp uint32
-		qname  string
-	}
-	flows := map[fkey]*pb.Flow{}
-	var order []*pb.Flow
-	u := func(s string) uint32 {
-		if s == "" {
-			return 0
-		}
-		v, err := strconv.ParseUint(s, 0, 32)
-		if err != nil {
-			t.Fatalf("tshark field %q: %v", s, err)
-		}
-		return uint32(v)
-	}
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		c := strings.Split(sc.Text(), "\t")
-		if len(c) < len(fields) {
-			continue
-		}
-		src, dst, proto := c[1], c[2], c[5]
-		if src == "" {
-			src, dst, proto = c[3], c[4], c[6]
-		}
-		sa, err1 := netip.ParseAddr(src)
-		da, err2 := netip.ParseAddr(dst)
-		if err1 != nil || err2 != nil || proto == "" {
-			continue // not IP
-		}
-		ts, _ := strconv.ParseFloat(c[0], 64)
-		ns := int64(ts * 1e9)
-		p := u(proto)
-		var sp, dp, flags, payload, icmpType uint32
-		switch p {
-		case 6:
-			sp, dp, flags, payload = u(c[7]), u(c[8]), u(c[11]), u(c[12])
-		case 17:
-			sp, dp = u(c[9]), u(c[10])
-			if l := u(c[13]); l >= 8 {
-				payload = l - 8
-			}
-		case 1:
-			icmpType = u(c[14])
-		case 58:
-			icmpType = u(c[15])
-		}
-		qname := c[16]
-		kq := ""
-		if perQueryFlows {
-			kq = qname
-		}
-		k, rk := fkey{p, sa, da, sp, dp, kq}, fkey{p, da, sa, dp, sp, kq}
-		f, fromOrig := flows[k], true
-		if f == nil {
-			if f = flows[rk]; f != nil {
-				fromOrig = false
-			}
-		}
-		if f == nil {
-			f = &pb.Flow{Proto: p, OrigAddr: sa.AsSlice(), OrigPort: sp, RespAddr: da.AsSlice(), RespPort: dp,
-				IcmpType: icmpType, StartNs: ns, Final: true}
-			flows[k] = f
-			order = append(order, f)
-		}
-		if qname != "" && (sp == 53 || dp == 53) {
-			if f.ServerName == "" {
-				f.ServerName = qname
-			}
-			// As the enricher: the first question's type, the first
-			// response's RCODE (tshark's dns.flags.rcode).
-			if f.DnsQtype == 0 {
-				f.DnsQtype = u(c[17])
-			}
-			if c[18] == "1" && !f.DnsResponded {
-				f.DnsResponded, f.DnsRcode = true, u(c[19])
-			}
-		}
-		f.EndNs = max(f.EndNs, ns)
-		if fromOrig {
-			f.OrigPkts++
-			f.OrigBytes += uint64(payload)
-			f.OrigTcpFlags |= flags
-		} else {
-			f.RespPkts++
-			f.RespBytes += uint64(payload)
-			f.RespTcpFlags |= flags
-		}
+		t.Fatal(err)
 	}
 	if enricherOrient {
 		for _, f := range order {

@@ -15,6 +15,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 
+	"netwatch/detector/internal/hostmodel"
 	"netwatch/detector/internal/model"
 	"netwatch/detector/internal/qname"
 	"netwatch/detector/internal/rules"
@@ -127,9 +128,13 @@ func BenchmarkHandle(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	hm, err := hostmodel.Load("../../models/host-iforest.model")
+	if err != nil {
+		b.Fatal(err)
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	newStage := func() *Stage {
-		return New(Config{Rules: rules.DefaultConfig(), ModelThreshold: 0.95, NameModel: qm, NameModelName: qm.Name},
+		return New(Config{Rules: rules.DefaultConfig(), ModelThreshold: 0.95, NameModel: qm, NameModelName: qm.Name, HostModel: hm},
 			js, tree, NewMetrics(prometheus.NewRegistry()), log)
 	}
 	st := newStage()

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"netwatch/detector/internal/arp"
+	"netwatch/detector/internal/hostmodel"
 	"netwatch/detector/internal/model"
 	"netwatch/detector/internal/output"
 	"netwatch/detector/internal/policy"
@@ -33,15 +34,18 @@ import (
 // Config of the stage.
 type Config struct {
 	Rules          rules.Config
-	ARP            arp.Config      // zero: arp.DefaultConfig
-	Outputs        []output.Output // also receive every alert once ALERTS has it (webhook, syslog)
-	ModelAlerts    bool            // publish "anomaly" alerts from the model
-	ModelThreshold float64         // score at or above which a flow is anomalous, 0..1
-	ModelWindow    time.Duration   // one anomaly alert per (originator, responder, window)
-	NameModel      rules.NameModel // query-name model for dns_tunnel (nil: that signal off)
-	NameModelName  string          // its name, for the alert evidence
-	FetchBatch     int             // messages per pull request
-	NakDelay       time.Duration   // redelivery delay after a failed publish
+	ARP            arp.Config        // zero: arp.DefaultConfig
+	Outputs        []output.Output   // also receive every alert once ALERTS has it (webhook, syslog)
+	ModelAlerts    bool              // publish "anomaly" alerts from the model
+	ModelThreshold float64           // score at or above which a flow is anomalous, 0..1
+	ModelWindow    time.Duration     // one anomaly alert per (originator, responder, window)
+	NameModel      rules.NameModel   // query-name model for dns_tunnel (nil: that signal off)
+	NameModelName  string            // its name, for the alert evidence
+	HostModel      *hostmodel.Forest // per-host anomaly model (nil: off); annotates alerts and /hosts, never alerts itself
+	HostWindow     time.Duration     // host window length (0: hostmodel.DefaultWindow)
+	HostMax        int               // most open host windows (0: 1,000,000)
+	FetchBatch     int               // messages per pull request
+	NakDelay       time.Duration     // redelivery delay after a failed publish
 }
 
 // Metrics of the stage, registered on one registry.
@@ -62,6 +66,9 @@ type Metrics struct {
 	Suppressed    *prometheus.CounterVec
 	Reloads       *prometheus.CounterVec
 	HealthBad     prometheus.Counter
+	HostWindows   prometheus.Counter
+	HostAnomalous prometheus.Counter
+	HostScore     prometheus.Histogram
 }
 
 // NewMetrics creates and registers the netwatch_detector_* metrics.
@@ -100,6 +107,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		HealthBad: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_metrics_undecodable_total",
 			Help: "METRICS messages the health rules could not decode (skipped)."}),
 	}
+	m.HostWindows = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_host_windows_total",
+		Help: "Host windows closed and scored by the host anomaly model."})
+	m.HostAnomalous = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_host_windows_anomalous_total",
+		Help: "Host windows whose score reached the host model's threshold."})
+	m.HostScore = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netwatch_detector_host_score",
+		Help: "Host anomaly model score of each closed host window (0..1).", Buckets: prometheus.LinearBuckets(0.3, 0.05, 12)})
+	reg.MustRegister(m.HostWindows, m.HostAnomalous, m.HostScore)
 	reg.MustRegister(m.Messages, m.Flows, m.Scored, m.ScoreErrors, m.Score, m.Alerts, m.PublishErrors, m.Terminated, m.RuleKeys, m.Lag,
 		m.ARPMessages, m.ARPFrames, m.ARPTerminated, m.Suppressed, m.Reloads, m.HealthBad)
 	m.Reloads.WithLabelValues("ok")
@@ -117,6 +131,7 @@ type Stage struct {
 	js      jetstream.JetStream
 	scorer  model.Scorer
 	engine  *rules.Engine
+	hosts   *hostScorer // nil without a host model
 	anomaly map[anomalyKey]bool
 	m       *Metrics
 	log     *slog.Logger
@@ -155,8 +170,18 @@ func New(cfg Config, js jetstream.JetStream, scorer model.Scorer, m *Metrics, lo
 	if cfg.NameModel != nil {
 		engine.SetNameModel(cfg.NameModel, cfg.NameModelName)
 	}
-	return &Stage{cfg: cfg, js: js, scorer: scorer, engine: engine,
+	st := &Stage{cfg: cfg, js: js, scorer: scorer, engine: engine,
 		anomaly: map[anomalyKey]bool{}, m: m, log: log, arp: arp.New(cfg.ARP)}
+	if cfg.HostModel != nil {
+		if cfg.HostWindow <= 0 {
+			cfg.HostWindow = hostmodel.DefaultWindow
+		}
+		if cfg.HostMax <= 0 {
+			cfg.HostMax = 1_000_000
+		}
+		st.hosts = newHostScorer(cfg.HostModel, int64(cfg.HostWindow), cfg.HostMax, m)
+	}
+	return st
 }
 
 // Ready reports whether the stage is consuming FLOWS (the ARP and health
@@ -267,7 +292,16 @@ func (s *Stage) process(batch *pb.FlowBatch, subject string) []*pb.Alert {
 			fs = f.GetSensor()
 		}
 		s.m.Flows.Inc()
+		if s.hosts != nil {
+			s.hosts.tracker.Observe(fs, f)
+		}
+		n := len(alerts)
 		alerts = append(alerts, s.engine.Observe(fs, f)...)
+		if s.hosts != nil {
+			for _, a := range alerts[n:] {
+				s.hosts.annotate(a)
+			}
+		}
 		if a := s.score(fs, f); a != nil {
 			alerts = append(alerts, a)
 		}
