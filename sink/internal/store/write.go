@@ -22,7 +22,8 @@ type Result struct {
 }
 
 // WriteFlows stores the flows of batches in one transaction: partitions for
-// their start days, the rows, their per-minute rollups (flows_1m), last_write
+// their start days, the rows, their rollups (every table of every tier:
+// rollup.go), last_write
 // of the partitions and the sensors rows. When it returns nil everything is
 // committed; otherwise nothing is.
 //
