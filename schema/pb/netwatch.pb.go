@@ -721,15 +721,21 @@ func (x *DNSAnswer) GetTtl() uint32 {
 // PacketBatch is one PACKETS message: summaries of one sensor's packets that
 // fall in one bucket, in capture order. Nats-Msg-Id = sensor.boot.seq.
 type PacketBatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sensor        string                 `protobuf:"bytes,1,opt,name=sensor,proto3" json:"sensor,omitempty"`
-	Boot          string                 `protobuf:"bytes,2,opt,name=boot,proto3" json:"boot,omitempty"`      // agent boot id (random per start)
-	Seq           uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`       // per-boot batch sequence, from 1
-	Bucket        uint32                 `protobuf:"varint,4,opt,name=bucket,proto3" json:"bucket,omitempty"` // schema.PacketBucket of every packet in the batch
-	Packets       []*PacketSummary       `protobuf:"bytes,5,rep,name=packets,proto3" json:"packets,omitempty"`
-	EndOfInput    bool                   `protobuf:"varint,6,opt,name=end_of_input,json=endOfInput,proto3" json:"end_of_input,omitempty"` // the capture file ended; flush this sensor's flows
-	SentNs        int64                  `protobuf:"varint,7,opt,name=sent_ns,json=sentNs,proto3" json:"sent_ns,omitempty"`               // wall-clock time of publishing, Unix nanoseconds (latency)
-	Arp           []*ArpSummary          `protobuf:"bytes,8,rep,name=arp,proto3" json:"arp,omitempty"`                                    // ARP frames of this sensor (bucket = schema.AddrBucket of the sender IP)
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Sensor     string                 `protobuf:"bytes,1,opt,name=sensor,proto3" json:"sensor,omitempty"`
+	Boot       string                 `protobuf:"bytes,2,opt,name=boot,proto3" json:"boot,omitempty"`      // agent boot id (random per start)
+	Seq        uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`       // per-boot batch sequence, from 1
+	Bucket     uint32                 `protobuf:"varint,4,opt,name=bucket,proto3" json:"bucket,omitempty"` // schema.PacketBucket of every packet in the batch
+	Packets    []*PacketSummary       `protobuf:"bytes,5,rep,name=packets,proto3" json:"packets,omitempty"`
+	EndOfInput bool                   `protobuf:"varint,6,opt,name=end_of_input,json=endOfInput,proto3" json:"end_of_input,omitempty"` // the capture file ended; flush this sensor's flows
+	SentNs     int64                  `protobuf:"varint,7,opt,name=sent_ns,json=sentNs,proto3" json:"sent_ns,omitempty"`               // wall-clock time of publishing, Unix nanoseconds (latency)
+	Arp        []*ArpSummary          `protobuf:"bytes,8,rep,name=arp,proto3" json:"arp,omitempty"`                                    // ARP frames of this sensor (bucket = schema.AddrBucket of the sender IP)
+	// watermark_ns, on a batch without packets: every packet of this sensor's
+	// bucket with a time before it (Unix ns, packet time) is in an earlier
+	// batch of the subject. The enricher moves the bucket's flow clock to it
+	// instead of guessing from its own wall clock, so batches delayed by a
+	// broker failover still join their flows. 0: none.
+	WatermarkNs   int64 `protobuf:"varint,9,opt,name=watermark_ns,json=watermarkNs,proto3" json:"watermark_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -818,6 +824,13 @@ func (x *PacketBatch) GetArp() []*ArpSummary {
 		return x.Arp
 	}
 	return nil
+}
+
+func (x *PacketBatch) GetWatermarkNs() int64 {
+	if x != nil {
+		return x.WatermarkNs
+	}
+	return 0
 }
 
 // Flow is one bidirectional flow record (Zeek conn.log names).
@@ -2231,7 +2244,7 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\x04type\x18\x02 \x01(\rR\x04type\x12\x12\n" +
 	"\x04addr\x18\x03 \x01(\fR\x04addr\x12\x16\n" +
 	"\x06target\x18\x04 \x01(\tR\x06target\x12\x10\n" +
-	"\x03ttl\x18\x05 \x01(\rR\x03ttl\"\xff\x01\n" +
+	"\x03ttl\x18\x05 \x01(\rR\x03ttl\"\xa2\x02\n" +
 	"\vPacketBatch\x12\x16\n" +
 	"\x06sensor\x18\x01 \x01(\tR\x06sensor\x12\x12\n" +
 	"\x04boot\x18\x02 \x01(\tR\x04boot\x12\x10\n" +
@@ -2241,7 +2254,8 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\fend_of_input\x18\x06 \x01(\bR\n" +
 	"endOfInput\x12\x17\n" +
 	"\asent_ns\x18\a \x01(\x03R\x06sentNs\x12)\n" +
-	"\x03arp\x18\b \x03(\v2\x17.netwatch.v1.ArpSummaryR\x03arp\"\x94\r\n" +
+	"\x03arp\x18\b \x03(\v2\x17.netwatch.v1.ArpSummaryR\x03arp\x12!\n" +
+	"\fwatermark_ns\x18\t \x01(\x03R\vwatermarkNs\"\x94\r\n" +
 	"\x04Flow\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06sensor\x18\x02 \x01(\tR\x06sensor\x12!\n" +
