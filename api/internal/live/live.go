@@ -54,10 +54,15 @@ type Hub struct {
 	// PingInterval is how often clients are pinged.
 	PingInterval time.Duration
 	// WriteTimeout bounds one write to a client (a frame, a ping); a
-	// client whose socket stays full that long is disconnected.
+	// client whose socket stays full that long is disconnected without a
+	// report. Live clients' data frames leave room in the socket (see
+	// write), so this is the last resort: where the send queue cannot be
+	// measured (not Linux, not TCP), or for replays.
 	WriteTimeout time.Duration
-	// StallTimeout: a client that keeps losing messages (its queue full at
-	// every one-second report) for this long is told how many it missed
+	// StallTimeout: a client that keeps losing messages (new drops at
+	// every one-second report) for this long, or that the writer could not
+	// send a single data frame to for this long (its socket does not drain:
+	// it stopped reading), is told how many messages it missed
 	// ({"type":"dropped","dropped":N,"closing":true}) and disconnected
 	// (close 1008). 0 means never.
 	StallTimeout time.Duration
@@ -378,13 +383,17 @@ func (h *Hub) onFlows(m *nats.Msg) {
 func (h *Hub) send(to []*client, data []byte) int {
 	n := 0
 	for _, c := range to {
-		select {
-		case c.send <- data:
-			n++
-		default:
-			c.dropped.Add(1)
-			h.mDropped.Inc()
+		c.mu.RLock()
+		if !c.sealed {
+			select {
+			case c.send <- data:
+				n++
+			default:
+				c.dropped.Add(1)
+				h.mDropped.Inc()
+			}
 		}
+		c.mu.RUnlock()
 	}
 	return n
 }
@@ -579,17 +588,43 @@ func (f *Filter) matchFields(e *event) bool {
 }
 
 type client struct {
-	conn     *websocket.Conn
-	send     chan []byte
-	filter   Filter
-	mask     uint8         // filter.mask(); 0 for a replay
-	live     bool          // false for a replay, which gets no live messages
-	dropped  atomic.Uint64 // dropped since the last report
+	conn    *websocket.Conn
+	send    chan []byte
+	filter  Filter
+	mask    uint8         // filter.mask(); 0 for a replay
+	live    bool          // false for a replay, which gets no live messages
+	dropped atomic.Uint64 // messages dropped since the client connected
+	// mu guards sealed: the hub queues and counts drops under a read lock,
+	// so once seal has set it nothing more reaches send or dropped.
+	mu       sync.RWMutex
+	sealed   bool
 	done     chan struct{}
 	stopOnce sync.Once
 }
 
 func (c *client) stop() { c.stopOnce.Do(func() { close(c.done) }) }
+
+// seal stops the hub queuing messages to c (it is being closed) and
+// returns how many messages c missed and was not told about: those
+// dropped beyond reported, the one the writer holds (held, may be nil)
+// and those still queued, which will now never be sent.
+func (c *client) seal(held []byte, reported uint64) uint64 {
+	c.mu.Lock()
+	c.sealed = true
+	c.mu.Unlock()
+	n := c.dropped.Load() - reported
+	if held != nil {
+		n++
+	}
+	for {
+		select {
+		case <-c.send:
+			n++
+		default:
+			return n
+		}
+	}
+}
 
 // ServeHTTP upgrades the request to a WebSocket and streams messages until
 // the client goes away or the hub closes. With a from parameter it replays
@@ -716,23 +751,38 @@ func (h *Hub) read(c *client) {
 // maxBatch bounds the bytes of one batched frame.
 const maxBatch = 64 << 10
 
-// writeBatch writes first and the messages queued behind it (up to
-// maxBatch bytes) as one text frame, one JSON object a line (Filter.Batch).
-func (h *Hub) writeBatch(c *client, first []byte, wt time.Duration) bool {
+// gorillaBuffer is the upgrader's WriteBufferSize: a longer message goes
+// out as fragments of this size, each with its own frame header.
+const gorillaBuffer = 16 << 10
+
+// stuckPoll is how often the writer looks again at a socket that had no
+// room for the next data frame.
+const stuckPoll = 10 * time.Millisecond
+
+// writeBatch writes first and the messages queued behind it as one text
+// frame, one JSON object a line (Filter.Batch), up to maxBatch bytes and
+// the room win found in the socket. It returns a message it took from the
+// queue that did not fit, to be written next.
+func (h *Hub) writeBatch(c *client, first []byte, win *sendWindow, wt time.Duration) (rest []byte, err error) {
+	limit := min(maxBatch, max(win.room(), len(first)))
 	_ = c.conn.SetWriteDeadline(time.Now().Add(wt))
 	w, err := c.conn.NextWriter(websocket.TextMessage)
 	if err != nil {
-		return false
+		return nil, err
 	}
 	n := len(first)
 	_, err = w.Write(first)
-	for err == nil && n < maxBatch {
+	for err == nil && n < limit {
 		var b []byte
 		select {
 		case b = <-c.send:
 		default:
 		}
 		if b == nil {
+			break
+		}
+		if n+1+len(b) > limit {
+			rest = b
 			break
 		}
 		if _, err = w.Write(newline); err == nil {
@@ -743,14 +793,31 @@ func (h *Hub) writeBatch(c *client, first []byte, wt time.Duration) bool {
 	if cerr := w.Close(); err == nil {
 		err = cerr
 	}
-	return err == nil
+	win.wrote(n + n/gorillaBuffer*frameOverhead)
+	return rest, err
 }
 
 var newline = []byte{'\n'}
 
 // write is the connection's one writer: it sends queued messages, pings
-// and drop reports until c stops, and disconnects a client that stayed too
-// slow for StallTimeout after telling it how many messages it missed.
+// and drop reports until c stops.
+//
+// A live client's data frames go out only while its socket has room
+// (sendWindow): when it has none, the writer holds the next message and
+// looks again every stuckPoll, the client's queue fills and further
+// messages for it are dropped and counted, while the other clients are
+// never waited for. Drops are reported once a second while the socket
+// drains; a socket that does not drain gets no report until it does, or
+// until the client is closed. A client is closed as too slow when, for
+// StallTimeout, either it lost messages every second or the writer could
+// not write a single data frame to it; it is then sent a last report
+// ({"type":"dropped","dropped":N,"closing":true}, N counting every message
+// it missed and was not told about: dropped, held and still queued) and a
+// close frame 1008 "too slow: M messages dropped" (M: every message it
+// missed since it connected). Both fit in the room kept free in its socket,
+// so they reach a client that stopped reading entirely, once it reads again.
+// A connection closed otherwise (no pong, read error, hub shutdown) also
+// gets such a last report, when it missed anything, before its close frame.
 func (h *Hub) write(c *client) {
 	ping := time.NewTicker(h.PingInterval)
 	defer ping.Stop()
@@ -760,53 +827,121 @@ func (h *Hub) write(c *client) {
 	if wt <= 0 {
 		wt = DefaultWriteTimeout
 	}
+	stallTimeout := h.StallTimeout
+	win := &sendWindow{} // replays wait for their client: no window
+	if c.live {
+		win = newSendWindow(c.conn.NetConn())
+	}
+	retry := time.NewTimer(stuckPoll)
+	retry.Stop()
+	defer retry.Stop()
 	send := func(b []byte) bool {
 		_ = c.conn.SetWriteDeadline(time.Now().Add(wt))
 		return c.conn.WriteMessage(websocket.TextMessage, b) == nil
 	}
-	var stalled time.Duration // consecutive reports with drops
-	var missed uint64         // dropped during the stall
-	for {
-		select {
-		case b := <-c.send:
-			ok := false
-			if c.filter.Batch && len(c.send) > 0 {
-				ok = h.writeBatch(c, b, wt)
-			} else {
-				ok = send(b)
+	var (
+		held      []byte        // the next data message, waiting for room in the socket
+		heldSince time.Time     // since when no data frame could be written
+		lossy     time.Duration // consecutive report ticks that saw new drops
+		seen      uint64        // c.dropped at the last tick
+		reported  uint64        // drops told to the client
+	)
+	// deliver writes b and, batching, the messages queued behind it, as
+	// long as the socket has room; it returns what has to wait.
+	deliver := func(b []byte) (rest []byte, wrote, ok bool) {
+		for b != nil {
+			if !win.fits(len(b)) {
+				return b, wrote, true
 			}
+			var err error
+			if c.filter.Batch && len(c.send) > 0 {
+				b, err = h.writeBatch(c, b, win, wt)
+			} else {
+				_ = c.conn.SetWriteDeadline(time.Now().Add(wt))
+				err = c.conn.WriteMessage(websocket.TextMessage, b)
+				win.wrote(len(b) + len(b)/gorillaBuffer*frameOverhead)
+				b = nil
+			}
+			if err != nil {
+				return nil, wrote, false
+			}
+			wrote = true
+		}
+		return nil, wrote, true
+	}
+	// last tells c what it missed (when anything) and sends the close frame.
+	last := func(code int, reason func(total uint64) string) {
+		missed := uint64(0)
+		if c.live {
+			missed = c.seal(held, reported)
+		}
+		deadline := time.Now().Add(time.Second)
+		if missed > 0 {
+			_ = c.conn.SetWriteDeadline(deadline)
+			_ = c.conn.WriteMessage(websocket.TextMessage, marshal(message{Type: "dropped", Dropped: missed, Closing: true}))
+		}
+		_ = c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason(reported+missed)), deadline)
+	}
+	for {
+		in := c.send
+		if held != nil {
+			in = nil // no room: leave the rest queued
+		}
+		select {
+		case b := <-in:
+			rest, _, ok := deliver(b)
 			if !ok {
 				c.stop()
 				return
 			}
+			if held = rest; held != nil {
+				heldSince = time.Now()
+				retry.Reset(stuckPoll)
+			}
+		case <-retry.C:
+			rest, wrote, ok := deliver(held)
+			if !ok {
+				c.stop()
+				return
+			}
+			if held = rest; held != nil {
+				if wrote {
+					heldSince = time.Now()
+				}
+				retry.Reset(stuckPoll)
+			}
 		case <-report.C:
-			n := c.dropped.Swap(0)
-			if n == 0 {
-				stalled, missed = 0, 0
-				continue
+			total := c.dropped.Load()
+			if total == seen {
+				lossy = 0
+			} else {
+				lossy += time.Second
 			}
-			stalled += time.Second
-			missed += n
-			if h.StallTimeout > 0 && stalled >= h.StallTimeout {
+			seen = total
+			stuck := held != nil && time.Since(heldSince) >= stallTimeout
+			if stallTimeout > 0 && (lossy >= stallTimeout || stuck) {
 				h.mStalled.Inc()
-				_ = send(marshal(message{Type: "dropped", Dropped: n, Closing: true}))
-				_ = c.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.ClosePolicyViolation,
-					fmt.Sprintf("too slow: %d messages dropped", missed)), time.Now().Add(time.Second))
+				last(websocket.ClosePolicyViolation, func(total uint64) string {
+					return fmt.Sprintf("too slow: %d messages dropped", total)
+				})
 				c.stop()
 				return
 			}
-			if !send(marshal(message{Type: "dropped", Dropped: n})) {
+			if held != nil || total == reported {
+				continue // nothing to tell, or no room to tell it: later
+			}
+			if !send(marshal(message{Type: "dropped", Dropped: total - reported})) {
 				c.stop()
 				return
 			}
+			reported = total
 		case <-ping.C:
 			if err := c.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(wt)); err != nil {
 				c.stop()
 				return
 			}
 		case <-c.done:
-			_ = c.conn.WriteControl(websocket.CloseMessage,
-				websocket.FormatCloseMessage(websocket.CloseGoingAway, "server closing"), time.Now().Add(time.Second))
+			last(websocket.CloseGoingAway, func(uint64) string { return "server closing" })
 			return
 		}
 	}

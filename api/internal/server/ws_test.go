@@ -3,11 +3,13 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -140,30 +142,28 @@ func TestStreamReplay(t *testing.T) {
 	}
 }
 
-// TestStalledClient (run with -race): 50 live clients, one of which never
-// reads. The other 49 receive every probe flow within 250 ms of its
-// publication while the stalled one's socket and queue are full, and the
-// stalled one is disconnected.
+// TestStalledClient (run with -race): 50 live clients, one of which reads
+// nothing at all while flows arrive. The other 49 receive every probe flow
+// within 250 ms of its publication. The stalled one is closed once the
+// server could write it nothing for StallTimeout; when it reads again it
+// gets the flows up to the stall, in publication order, then the report of
+// what it missed, equal to the flows published for it minus the flows it
+// received, then close 1008 naming the same count. The write deadline (1 s)
+// is shorter than the stall: had the server blocked writing to the full
+// socket, it would have closed the client without a report.
 func TestStalledClient(t *testing.T) {
 	e := newEnv(t)
 	h := e.srv.Hub
 	h.Buffer = 64
 	h.WriteTimeout = time.Second
-	h.StallTimeout = time.Second
-	// The stalled client wants every flow; its receive buffer is small.
-	d := websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetReadBuffer(4096)
-		}
-		return c, err
-	}}
-	stalled, _, err := d.Dial(wsURL(e, "/api/v1/live", url.Values{"types": {"flow"}}), nil)
+	h.StallTimeout = 8 * time.Second // longer than the publication of its flows (checked)
+	// The stalled client wants the bulk flows (port 80).
+	stalled, _, err := websocket.DefaultDialer.Dial(wsURL(e, "/api/v1/live", url.Values{"types": {"flow"}, "port": {"80"}}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stalled.Close()
-	const readers, probes = 49, 40
+	const readers, probes, bulk, bulkBatches = 49, 40, 500, 20
 	type result struct {
 		got   int
 		worst time.Duration
@@ -199,16 +199,34 @@ func TestStalledClient(t *testing.T) {
 	}
 	ready.Wait()
 	testkit.Eventually(t, 5*time.Second, func() bool { return h.Clients() == readers+1 }, "clients not registered")
-	// Each batch: 500 bulk flows (about 500 KB of JSON for the stalled
-	// client) and one probe on port 9999 stamped with the publish time.
-	bulk := make([]*pb.Flow, 500)
-	for i := range bulk {
-		bulk[i] = testFlow("s1", i%250, 6, 80)
-	}
+	// Each batch: one probe on port 9999 stamped with the publish time;
+	// the first bulkBatches also carry 500 bulk flows on port 80 (about
+	// 350 KB of JSON for the stalled client: 7 MB in all, more than its
+	// socket holds). Every flow's originator port is 10000 + its place in
+	// the publication, so the stalled client can tell the order and gaps.
+	start := time.Now()
+	seq, published := 0, 0
 	for i := range probes {
+		var flows []*pb.Flow
+		for range bulk * min(1, bulkBatches-i) {
+			f := testFlow("s1", seq%250, 6, 80)
+			f.OrigPort = uint32(10000 + seq)
+			flows = append(flows, f)
+			seq++
+		}
 		probe := testFlow("s1", i, 6, 9999)
+		probe.OrigPort = uint32(10000 + seq)
 		probe.StartNs = time.Now().UnixNano()
-		publishFlows(t, e, "s1", append(bulk, probe)...)
+		seq++
+		publishFlows(t, e, "s1", append(flows, probe)...)
+		if published += len(flows); i == bulkBatches-1 {
+			// The stalled client cannot have been closed before its
+			// last flow: no write to it failed for StallTimeout yet.
+			if took := time.Since(start); took >= h.StallTimeout {
+				t.Fatalf("publishing the bulk flows took %s, not less than StallTimeout %s (machine too loaded for this test)",
+					took, h.StallTimeout)
+			}
+		}
 		time.Sleep(25 * time.Millisecond) // a feed at 40 batches/s, not a burst
 	}
 	for range readers {
@@ -217,7 +235,155 @@ func TestStalledClient(t *testing.T) {
 			t.Errorf("reader: %d/%d probes, worst latency %s, err %v", r.got, probes, r.worst, r.err)
 		}
 	}
-	testkit.Eventually(t, 10*time.Second, func() bool { return h.Clients() == readers }, "stalled client not disconnected")
+	testkit.Eventually(t, 15*time.Second, func() bool { return h.Clients() == readers }, "stalled client not disconnected")
+
+	// The stalled client reads again: what reached its socket before the
+	// stall, the report, the close.
+	got, lastPort := 0, 9999
+	var told uint64
+	var closing bool
+	for {
+		stalled.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var m wsMsg
+		err := stalled.ReadJSON(&m)
+		if err != nil {
+			var ce *websocket.CloseError
+			if !errors.As(err, &ce) || ce.Code != websocket.ClosePolicyViolation {
+				t.Fatalf("after %d flows and %d reported dropped: %v, want close 1008", got, told, err)
+			}
+			if want := fmt.Sprintf("too slow: %d messages dropped", told); ce.Text != want {
+				t.Errorf("close reason %q, want %q", ce.Text, want)
+			}
+			break
+		}
+		if closing {
+			t.Fatalf("a message after the closing report: %+v", m)
+		}
+		switch m.Type {
+		case "flow":
+			port := int(m.Flow["orig_port"].(float64))
+			if port <= lastPort {
+				t.Fatalf("flow %d: orig_port %d after %d: not in publication order", got, port, lastPort)
+			}
+			lastPort = port
+			got++
+		case "dropped":
+			told += m.Dropped
+			closing = m.Closing
+		default:
+			t.Fatalf("unexpected %+v", m)
+		}
+	}
+	if !closing || got == 0 || got+int(told) != published {
+		t.Fatalf("stalled client: %d flows received + %d reported dropped = %d, want the %d published, with a closing report (%v)",
+			got, told, got+int(told), published, closing)
+	}
+	t.Logf("stalled client: %d flows received before the stall, %d reported dropped, of %d published", got, told, published)
+}
+
+// TestLiveTCPCut: a client whose connection is cut without a FIN or a RST
+// (a proxy between it and the api stops forwarding both ways and keeps
+// both sockets open: nothing more arrives, not even pongs) and a client
+// that resets its connection are both dropped, while a client alongside
+// keeps receiving.
+func TestLiveTCPCut(t *testing.T) {
+	e := newEnv(t)
+	h := e.srv.Hub
+	h.PingInterval = 200 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cut := make(chan struct{})
+	var mu sync.Mutex
+	var open []net.Conn
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range open {
+			c.Close()
+		}
+	}()
+	forward := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			select {
+			case <-cut:
+				return // stop reading and writing; the sockets stay open
+			default:
+			}
+			if err != nil {
+				return
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}
+	go func() {
+		for {
+			cc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			sc, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+			if err != nil {
+				cc.Close()
+				return
+			}
+			mu.Lock()
+			open = append(open, cc, sc)
+			mu.Unlock()
+			go forward(sc, cc)
+			go forward(cc, sc)
+		}
+	}()
+	alive := dial(t, e, "?types=flow")
+	reset := dial(t, e, "?types=flow")
+	proxied, _, err := websocket.DefaultDialer.Dial("ws://"+ln.Addr().String()+"/api/v1/live?types=flow", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxied.Close()
+	testkit.Eventually(t, 5*time.Second, func() bool { return h.Clients() == 3 }, "clients not registered")
+	var aliveGot atomic.Int64
+	go func() { // reads on (and so answers pings)
+		for {
+			if _, _, err := alive.ReadMessage(); err != nil {
+				return
+			}
+			aliveGot.Add(1)
+		}
+	}()
+	publishFlows(t, e, "s1", testFlow("s1", 1, 6, 80))
+	for _, c := range []*websocket.Conn{proxied, reset} {
+		if m := readWS(t, c); m.Type != "flow" {
+			t.Fatalf("before the cut: %+v", m)
+		}
+	}
+	close(cut)
+	tc := reset.NetConn().(*net.TCPConn)
+	_ = tc.SetLinger(0) // close sends a RST
+	tc.Close()
+	// Flows keep coming meanwhile.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			b, _ := proto.Marshal(&pb.FlowBatch{Sensor: "s1", Flows: []*pb.Flow{testFlow("s1", i%250, 6, 80)}})
+			_ = e.nc.Publish(schema.FlowsSubject("s1", 0, 0), b)
+		}
+	}()
+	testkit.Eventually(t, 10*time.Second, func() bool { return h.Clients() == 1 }, "cut and reset clients not dropped")
+	n := aliveGot.Load()
+	testkit.Eventually(t, 5*time.Second, func() bool { return aliveGot.Load() > n+2 }, "the client alongside stopped receiving")
 }
 
 // TestSlowClientToldWhatItMissed: a client that reads slowly gets dropped
