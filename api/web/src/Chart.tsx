@@ -58,7 +58,11 @@ export default function Chart({ option, testid, height = 240, src, map }: Props)
   );
 }
 
-/** lineOption is a time-series chart with up to two y axes. */
+/**
+ * lineOption is a time-series chart with up to two y axes; each axis's fmt
+ * labels its ticks (si: SI prefixes, enough significant digits to tell
+ * ticks apart) and the tooltip values of its series.
+ */
 export function lineOption(
   series: { name: string; data: [string | number, number][]; axis?: number; area?: boolean }[],
   axes: { name: string; fmt: (v: number) => string }[],
@@ -76,6 +80,7 @@ export function lineOption(
       showSymbol: s.data.length <= 30,
       yAxisIndex: s.axis || 0,
       areaStyle: s.area ? { opacity: 0.2 } : undefined,
+      tooltip: { valueFormatter: (v: number) => axes[s.axis || 0].fmt(v) },
       data: s.data,
     })),
   };
@@ -85,7 +90,7 @@ export function lineOption(
 export function barOption(name: string, labels: string[], values: number[], fmt: (v: number) => string): Option {
   return {
     animation: false,
-    tooltip: { trigger: 'axis', axisPointer: { type: 'shadow' } },
+    tooltip: { trigger: 'axis', axisPointer: { type: 'shadow' }, valueFormatter: (v: number) => fmt(v) },
     grid: { left: 8, right: 24, top: 8, bottom: 8, containLabel: true },
     xAxis: { type: 'value', axisLabel: { formatter: fmt } },
     yAxis: { type: 'category', inverse: true, data: labels, axisLabel: { hideOverlap: true } },

@@ -5,7 +5,8 @@
 // so that the Go test publishes a live alert, LIVE_ALERT_ID, which must then
 // show up), checks that every chart's series (ECharts getOption()) equal
 // what the REST API answers for the same range (the chart's data-src and
-// data-map attributes), that no page scrolls sideways, and clicks through
+// data-map attributes) and label their value axes' ticks distinctly, that
+// no page scrolls sideways, and clicks through
 // Overview, Flows and a flow's detail, Alerts and an alert's detail
 // (acknowledging it at the first size, closing it at the second), a Host and
 // Sensors. Screenshots go to SCREENSHOT_DIR. Exits 0 on success.
@@ -57,6 +58,35 @@ async function checkChart(id) {
   return { points, nonzero, src };
 }
 
+// checkAxes runs in the page: on each value axis of the chart, the labels
+// ECharts draws for its ticks are distinct (no "0 0 0 1 1" for ticks 0 to
+// 0.8) and a tick other than 0 is not labelled as zero.
+function checkAxes(id) {
+  const chart = window.netwatchCharts && window.netwatchCharts[id];
+  if (!chart) return { error: `${id}: no chart` };
+  const out = [];
+  for (const dim of ['xAxis', 'yAxis']) {
+    for (let i = 0; i < (chart.getOption()[dim] || []).length; i++) {
+      const axis = chart.getModel().getComponent(dim, i).axis;
+      if (!axis || axis.type !== 'value') continue;
+      const labels = axis.getViewLabels().map((l) => ({ v: Number(l.tickValue), text: l.formattedLabel }));
+      const shown = labels.map((l) => l.text).join(' | ');
+      const texts = new Set(labels.map((l) => l.text));
+      if (texts.size !== labels.length) return { error: `${id} ${dim} ${i}: ticks ${labels.map((l) => l.v)} share labels: ${shown}` };
+      const zero = labels.find((l) => l.v !== 0 && /^-?0(\.0*)?(\s|$)/.test(l.text));
+      if (zero) return { error: `${id} ${dim} ${i}: tick ${zero.v} labelled ${zero.text}: ${shown}` };
+      out.push(shown);
+    }
+  }
+  return { axes: out };
+}
+
+async function axes(page, id) {
+  const res = await page.evaluate(checkAxes, id);
+  if (res.error) throw new Error(res.error);
+  console.log(`chart ${id} axis labels: ${res.axes.join(' ; ')}`);
+}
+
 async function charts(page, ids, mustHaveData) {
   for (const id of ids) {
     await page.locator(`[data-testid="${id}"][data-ready="true"]`).waitFor({ timeout });
@@ -70,6 +100,7 @@ async function charts(page, ids, mustHaveData) {
     if (res.error) throw new Error(res.error);
     if (mustHaveData && res.nonzero === 0) throw new Error(`${id}: no data (${res.src})`);
     console.log(`chart ${id}: ${res.points} points equal ${res.src}`);
+    await axes(page, id);
   }
 }
 
@@ -115,6 +146,7 @@ try {
         return s[0].data.some((d) => d[1] === bps) && s[1].data.some((d) => d[1] === pps);
       }, [pps, bps], { timeout });
       console.log(`live chart: ${bps} bit/s and ${pps} packets/s from the counters feed`);
+      await axes(page, 'live-chart');
     }
     await page.locator('[data-testid="top-talkers"] [data-testid="talker-row"]').first().waitFor({ timeout });
     await page.locator('[data-testid="sensor-card"]').first().waitFor({ timeout });

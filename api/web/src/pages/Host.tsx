@@ -1,7 +1,7 @@
 import { useMemo, useState } from 'react';
 import Chart, { barOption, lineOption } from '../Chart.tsx';
 import { query } from '../api.ts';
-import { bytes, rate, time } from '../format.ts';
+import { bytes, si, time } from '../format.ts';
 import { useFetch } from '../hooks.ts';
 import { useRange } from '../range.tsx';
 import type { Alert } from '../types.ts';
@@ -31,11 +31,11 @@ export default function Host({ addr }: { addr: string }) {
   const tsOption = useMemo(() => ts.data && lineOption(
     [{ name: 'bits/s', data: ts.data.points.map((p) => [p.time, p.bps]), area: true },
       { name: 'packets/s', data: ts.data.points.map((p) => [p.time, p.pps]), axis: 1 }],
-    [{ name: 'bits/s', fmt: (v) => rate(v, 'b') }, { name: 'pkts/s', fmt: (v) => rate(v, '') }]), [ts.data]);
+    [{ name: 'bits/s', fmt: (v) => si(v, 'b') }, { name: 'pkts/s', fmt: (v) => si(v, '') }]), [ts.data]);
   const portsOption = useMemo(() => ports.data && barOption('bytes',
-    ports.data.ports.map((p) => `${p.name}/${p.port}`), ports.data.ports.map((p) => p.bytes), bytes), [ports.data]);
+    ports.data.ports.map((p) => `${p.name}/${p.port}`), ports.data.ports.map((p) => p.bytes), (v) => si(v, 'B')), [ports.data]);
   const countriesOption = useMemo(() => countries.data && barOption('bytes',
-    countries.data.countries.map((c) => c.country || 'unknown'), countries.data.countries.map((c) => c.bytes), bytes), [countries.data]);
+    countries.data.countries.map((c) => c.country || 'unknown'), countries.data.countries.map((c) => c.bytes), (v) => si(v, 'B')), [countries.data]);
   const err = ts.error || ports.error || countries.error || peers.error;
   return (
     <div className="grid">

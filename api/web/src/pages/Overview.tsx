@@ -1,7 +1,7 @@
 import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
 import Chart, { lineOption, pieOption } from '../Chart.tsx';
 import { query } from '../api.ts';
-import { ago, bytes, pct, protoName, rate, time } from '../format.ts';
+import { ago, bytes, pct, protoName, si, time } from '../format.ts';
 import { useFetch, useLive } from '../hooks.ts';
 import { useRange } from '../range.tsx';
 import type { Alert, Counters, LiveMessage, Metrics, Sensor } from '../types.ts';
@@ -58,7 +58,7 @@ export default function Overview() {
     }
     return lineOption(
       [{ name: 'bits/s', data: bps, area: true }, { name: 'packets/s', data: pps, axis: 1 }],
-      [{ name: 'bits/s', fmt: (v) => rate(v, 'b') }, { name: 'pkts/s', fmt: (v) => rate(v, '') }],
+      [{ name: 'bits/s', fmt: (v) => si(v, 'b') }, { name: 'pkts/s', fmt: (v) => si(v, '') }],
     );
   }, [tick]);
 
@@ -75,7 +75,7 @@ export default function Overview() {
   const tsOption = useMemo(() => ts.data && lineOption(
     [{ name: 'bits/s', data: ts.data.points.map((p) => [p.time, p.bps]), area: true },
       { name: 'packets/s', data: ts.data.points.map((p) => [p.time, p.pps]), axis: 1 }],
-    [{ name: 'bits/s', fmt: (v) => rate(v, 'b') }, { name: 'pkts/s', fmt: (v) => rate(v, '') }],
+    [{ name: 'bits/s', fmt: (v) => si(v, 'b') }, { name: 'pkts/s', fmt: (v) => si(v, '') }],
   ), [ts.data]);
   const protoOption = useMemo(() => protos.data && pieOption('bytes',
     protos.data.protocols.map((p) => ({ name: p.app ? `${p.name}/${p.app}` : protoName(p.proto), value: p.bytes })), bytes), [protos.data]);

@@ -1,7 +1,7 @@
 import { useMemo, useState } from 'react';
 import Chart, { lineOption } from '../Chart.tsx';
 import { query } from '../api.ts';
-import { rate } from '../format.ts';
+import { si } from '../format.ts';
 import { useFetch } from '../hooks.ts';
 import { useRange } from '../range.tsx';
 import type { Metrics, Sensor } from '../types.ts';
@@ -38,10 +38,10 @@ export default function Sensors() {
       tx.push([b.time, Math.max(0, (8 * (sum(b, 'tx_bytes') - sum(a, 'tx_bytes'))) / dt)]);
     }
     return {
-      cpu: lineOption([{ name: 'CPU %', data: cpu, area: true }], [{ name: '%', fmt: (v) => `${v}` }]),
-      mem: lineOption([{ name: 'memory used', data: mem, area: true }], [{ name: 'bytes', fmt: (v) => rate(v, 'B') }]),
-      disk: lineOption([{ name: 'fullest disk %', data: disk }], [{ name: '%', fmt: (v) => `${v}` }]),
-      net: lineOption([{ name: 'received', data: rx }, { name: 'sent', data: tx }], [{ name: 'bits/s', fmt: (v) => rate(v, 'b') }]),
+      cpu: lineOption([{ name: 'CPU %', data: cpu, area: true }], [{ name: '%', fmt: (v) => si(v, '%') }]),
+      mem: lineOption([{ name: 'memory used', data: mem, area: true }], [{ name: 'bytes', fmt: (v) => si(v, 'B') }]),
+      disk: lineOption([{ name: 'fullest disk %', data: disk }], [{ name: '%', fmt: (v) => si(v, '%') }]),
+      net: lineOption([{ name: 'received', data: rx }, { name: 'sent', data: tx }], [{ name: 'bits/s', fmt: (v) => si(v, 'b') }]),
     };
   }, [samples]);
   return (
