@@ -63,6 +63,8 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.CloseLinger, "flow.close-linger", d.CloseLinger, "time a TCP flow stays after FIN both ways or RST, for the last ACKs (0: end at once)")
 	fs.BoolVar(&f.Features, "flow.features", false, "fill the features map of flow records (the detector does not need it)")
 	fs.DurationVar(&c.Stage.WallTick, "flow.wall-tick", 5*time.Second, "how often an idle bucket's clock follows the wall clock")
+	fs.DurationVar(&c.Stage.WatermarkSilence, "flow.watermark-silence", 30*time.Second,
+		"a sensor whose agent sent a watermark within it moves its flow clocks by watermarks only (not the wall clock)")
 	fs.StringVar(&c.LocalNets, "local-nets", defaultLocalNets, "local networks (CIDRs, comma-separated) for flow direction")
 	fs.UintVar(&c.Seed, "community-id.seed", 0, "Community ID seed (0..65535)")
 	fs.IntVar(&c.Stage.Publish.MaxFlows, "publish.max-flows", 256, "flows per FlowBatch message")

@@ -41,6 +41,12 @@ type Config struct {
 	Publish       publish.Config //
 	PullBatch     int            // messages per pull request (500)
 	WallTick      time.Duration  // how often idle buckets' clocks follow the wall clock (5 s)
+	// WatermarkSilence: a sensor that sent a watermark batch
+	// (PacketBatch.watermark_ns) within it moves its buckets' clocks by
+	// watermarks only, never by the wall clock, so batches delayed by a
+	// broker failover still join their flows; after it (agent gone or cut
+	// off) the wall clock takes over again. 30 s when 0.
+	WatermarkSilence time.Duration
 	KeepAlive     time.Duration  // InProgress interval for held messages (30 s; AckWait is 2 min)
 	ShutdownFlush bool           // on shutdown, end open flows as END_SHUTDOWN and ack (see README)
 	DrainTimeout  time.Duration  // longest wait for publish acks at shutdown (30 s)
@@ -231,6 +237,13 @@ type sensorState struct {
 	wallMark time.Time                 // wall time of the sensor's last packet
 	since    time.Time                 // wall time counters was made
 	buckets  [schema.Buckets]time.Time // wall time of each bucket's last batch with packets
+	wmark    time.Time                 // wall time of the sensor's last watermark batch (zero: none yet)
+}
+
+// watermarked says whether the sensor's clocks follow its watermarks at
+// now (Config.WatermarkSilence).
+func (s *Stage) watermarked(ss *sensorState, now time.Time) bool {
+	return ss != nil && !ss.wmark.IsZero() && now.Sub(ss.wmark) < s.cfg.WatermarkSilence
 }
 
 // Stage is the enricher's consumer loop. Create it with New and call Run once.
@@ -265,6 +278,9 @@ type Stage struct {
 func New(js jetstream.JetStream, cfg Config, log *slog.Logger, m *Metrics) *Stage {
 	if cfg.PullBatch <= 0 {
 		cfg.PullBatch = 500
+	}
+	if cfg.WatermarkSilence <= 0 {
+		cfg.WatermarkSilence = 30 * time.Second
 	}
 	if cfg.WallTick <= 0 {
 		cfg.WallTick = 5 * time.Second
@@ -775,6 +791,17 @@ func (s *Stage) process(bs *bucketState, seq uint64, data []byte, m jetstream.Ms
 	if ss.counters != nil {
 		s.m.Late.Add(float64(ss.counters.Late - late))
 	}
+	if len(b.Packets) == 0 && b.WatermarkNs > 0 {
+		// Every packet of this bucket before the watermark is in an
+		// earlier message (the agent keeps a bucket's batches in order):
+		// flows idle at it can end; deterministic on a replay.
+		ss.wmark = now
+		t.t.Advance(b.WatermarkNs)
+		if ss.counters != nil && b.Bucket < schema.Buckets {
+			ss.counters.Advance(b.Bucket, b.WatermarkNs)
+		}
+		s.m.Batches.WithLabelValues("watermark").Inc()
+	}
 	if b.EndOfInput {
 		t.t.Flush(pb.EndReason_END_EOF)
 		delete(s.tables, k)
@@ -825,7 +852,10 @@ func (s *Stage) emit(r flow.Record, prefix string) {
 // tick lets the clock of every bucket that got no packets for a WallTick
 // follow the wall clock, so live flows expire when traffic stops.
 func (s *Stage) tick(now time.Time) {
-	for _, t := range s.tables {
+	for k, t := range s.tables {
+		if s.watermarked(s.sensors[k.sensor], now) {
+			continue // its watermarks move the clock
+		}
 		if d := now.Sub(t.wallMark); d >= s.cfg.WallTick && t.t.Clock() != 0 {
 			t.t.Advance(t.t.Clock() + int64(d))
 			t.wallMark = now
@@ -833,7 +863,7 @@ func (s *Stage) tick(now time.Time) {
 	}
 	for _, ss := range s.sensors {
 		c := ss.counters
-		if c == nil || c.Open() == 0 {
+		if c == nil || c.Open() == 0 || s.watermarked(ss, now) {
 			continue
 		}
 		if now.Sub(ss.wallMark) >= s.cfg.WallTick {

@@ -389,3 +389,55 @@ func TestMaxFlows(t *testing.T) {
 		t.Errorf("%d flows with %d packets; want 3 and 4", len(flows), pkts)
 	}
 }
+
+// TestWatermark: a sensor that sends watermark batches has its flow clocks
+// moved by them, not by the wall clock. A DNS query, a watermark just after
+// it, 1.5 s of wall-clock silence (as in a broker failover; the wall tick is
+// 100 ms and the UDP idle timeout 1 s, so the wall clock alone would end
+// the flow), then the late answer: one flow of 1+1 packets, ended idle by
+// the next watermark (5 s), with no end of input. A later flow with no
+// watermark after it ends by the wall clock once the sensor's watermarks
+// are older than WatermarkSilence (2 s).
+func TestWatermark(t *testing.T) {
+	_, _, js := testkit.JetStream(t)
+	fc := flow.DefaultConfig()
+	fc.IdleUDP = time.Second
+	cfg := Config{Flow: fc, Publish: publish.Config{MaxFlows: 256, Linger: 20 * time.Millisecond},
+		WallTick: 100 * time.Millisecond, WatermarkSilence: 2 * time.Second, ShutdownFlush: false, Instance: "test"}
+	s := New(js, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	testkit.Eventually(t, 5*time.Second, func() bool { return s.Ready() == nil }, "stage not ready")
+
+	b := schema.PacketBucket(hostA, 50000, hostB, 53, 17, 0)
+	batch := func(seq uint64, wm float64, pkts ...*pb.PacketSummary) {
+		m := &pb.PacketBatch{Sensor: "s1", Boot: "boot1", Seq: seq, Bucket: b, Packets: pkts}
+		if wm > 0 {
+			m.WatermarkNs = t0 + int64(wm*1e9)
+		}
+		publishBatch(t, js, m)
+	}
+	batch(1, 0, udp(0, hostA, 50000, hostB, 53, 30))
+	batch(2, 0.1)
+	time.Sleep(1500 * time.Millisecond)
+	if n := flowsCount(t, js); n != 0 {
+		t.Fatalf("%d FLOWS messages during the silence: the wall clock ended the flow", n)
+	}
+	batch(3, 0, udp(0.5, hostB, 53, hostA, 50000, 90))
+	batch(4, 5)
+	lastWM := time.Now()
+	testkit.Eventually(t, 5*time.Second, func() bool { return flowsCount(t, js) >= 1 }, "the watermark at 5 s did not end the flow")
+	flows, _, _ := readFlows(t, js)
+	if len(flows) != 1 || flows[0].OrigPkts != 1 || flows[0].RespPkts != 1 || flows[0].EndReason != pb.EndReason_END_IDLE || !flows[0].Final {
+		t.Fatalf("flows %v, want one final idle flow of 1+1 packets", flows)
+	}
+
+	// No watermark after this one: the wall clock takes over after 2 s.
+	batch(5, 0, udp(10, hostA, 50000, hostB, 53, 30))
+	testkit.Eventually(t, 10*time.Second, func() bool { return flowsCount(t, js) >= 2 }, "the wall clock did not end a flow after the watermarks stopped")
+	if d := time.Since(lastWM); d < 2*time.Second {
+		t.Errorf("the flow ended %v after the last watermark, before WatermarkSilence (2 s)", d)
+	}
+}
