@@ -95,14 +95,15 @@ func benchWriteFlows(b *testing.B, perBatch int, hosts uint32) {
 	}
 	rows := float64(b.N * perBatch)
 	b.ReportMetric(rows/b.Elapsed().Seconds(), "rows/s")
-	// Disk per stored flow, indexes included: flows, and the five rollups.
+	// Disk per stored flow, indexes included: flows, and the five rollups
+	// of every tier (1m, 1h, 1d).
 	var flowBytes, rollupBytes, stored float64
 	if err := s.pool.QueryRow(ctx, `SELECT
 		(SELECT sum(pg_total_relation_size(c.oid)) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 			WHERE i.inhparent = 'flows'::regclass),
 		(SELECT sum(pg_total_relation_size(c.oid)) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-			WHERE i.inhparent IN ('flows_1m'::regclass, 'talkers_1m'::regclass, 'pairs_1m'::regclass,
-				'ports_1m'::regclass, 'countries_1m'::regclass)),
+			WHERE i.inhparent IN (SELECT oid FROM pg_class WHERE relnamespace = current_schema()::regnamespace
+				AND relname ~ '^(flows|talkers|pairs|ports|countries)_1[mhd]$')),
 		(SELECT count(*) FROM flows)`).Scan(&flowBytes, &rollupBytes, &stored); err != nil {
 		b.Fatal(err)
 	}
