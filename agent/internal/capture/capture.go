@@ -6,6 +6,7 @@ package capture
 
 import (
 	"bufio"
+	"bytes"
 	"compress/gzip"
 	"encoding/binary"
 	"errors"
@@ -87,6 +88,8 @@ type File struct {
 	br   *bufio.Reader
 	gz   *gzip.Reader
 	r    packetReader
+	rec  *pcapRecords // plain pcap: records read by rec, not r
+	pf   *prefetcher  // ReadAhead: the source of cr, read by another goroutine
 	ng   bool
 	link layers.LinkType
 	n    uint64 // records read
@@ -131,6 +134,7 @@ func OpenFile(path string) (*File, error) {
 		f.Close()
 		return nil, fmt.Errorf("read %s: file header: %w", path, noEOF(err))
 	}
+	magic0 := binary.LittleEndian.Uint32(magic)
 	if binary.LittleEndian.Uint32(magic) == 0x0a0d0d0a {
 		ng, err := pcapgo.NewNgReader(c.br, pcapgo.NgReaderOptions{WantMixedLinkType: true})
 		if err != nil {
@@ -155,6 +159,10 @@ func OpenFile(path string) (*File, error) {
 			return nil, fmt.Errorf("read %s: pcap header: %w", path, noEOF(err))
 		}
 		c.r, c.link = r, r.LinkType()
+		// pcapgo read the file header through c.br (bufio.NewReader returns
+		// a large enough *bufio.Reader unchanged); the records are read
+		// here, straight out of c.br's buffer.
+		c.rec = newPCAPRecords(c.br, magic0, r.Snaplen(), r.Resolution() == gopacket.TimestampResolutionNanosecond)
 	}
 	return c, nil
 }
@@ -169,7 +177,16 @@ func noEOF(err error) error {
 // Offset is the byte offset of the next unread record (for pcapng, of the
 // next block).
 // For a gzip file it is an offset in the decompressed data.
-func (c *File) Offset() int64 { return c.cr.n.Load() - int64(c.br.Buffered()) }
+func (c *File) Offset() int64 {
+	if c.rec != nil && c.rec.pf != nil {
+		return c.rec.abs
+	}
+	off := c.cr.n.Load() - int64(c.br.Buffered())
+	if c.rec != nil {
+		off += int64(c.rec.skip)
+	}
+	return off
+}
 
 // Progress returns the bytes of the file read so far (compressed bytes for
 // gzip, read ahead by up to the buffer size) and the file's size. It may be
@@ -182,7 +199,9 @@ func (c *File) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
 	var data []byte
 	var ci gopacket.CaptureInfo
 	var err error
-	if c.firstSeen {
+	if c.rec != nil {
+		data, ci, err = c.rec.next()
+	} else if c.firstSeen {
 		data, ci, err, off = c.first, c.firstCI, c.firstErr, c.firstOff
 		c.first, c.firstSeen = nil, false
 	} else {
@@ -205,6 +224,195 @@ func (c *File) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
 		}
 	}
 	return data, ci, link, nil
+}
+
+// pcapRecords reads the records of a pcap file (libpcap format: a 16-byte
+// record header — seconds, micro- or nanoseconds, captured and original
+// length, in the file's byte order — then the captured bytes) out of a
+// bufio.Reader's buffer, without copying them: what pcapgo's
+// ZeroCopyReadPacketData does with two io.ReadFull copies per record. The
+// checks and errors are pcapgo's, but a record whose header is whole and
+// whose data is missing altogether is a cut record (io.ErrUnexpectedEOF),
+// where pcapgo ends the file silently (io.EOF).
+type pcapRecords struct {
+	br     *bufio.Reader
+	be     bool   // big-endian file (magic read as a1b2c3d4 / a1b23c4d in big-endian order)
+	factor uint32 // 1000 for microsecond timestamps, 1 for nanoseconds
+	snap   uint32 // the file's snap length
+	maxCap int    // longest record taken: the snap length, at least 262144 (as pcapgo)
+	skip   int    // bytes of the last record still in br (File.Offset counts them as read)
+	big    []byte // a record longer than br's buffer
+
+	// With pf (ReadAhead) records are cut out of pf's blocks instead of
+	// br: abs is the file (or decompressed) offset of the next record, and
+	// a record split over two blocks is copied into hdr and carry.
+	pf    *prefetcher
+	abs   int64
+	hdr   [16]byte
+	carry []byte
+}
+
+// pcapgo's record length bound (pcapgo eagerReadMax): tcpdump's and
+// Wireshark's maximum snap length.
+const maxSnaplen = 262144
+
+func newPCAPRecords(br *bufio.Reader, magic uint32, snap uint32, nanos bool) *pcapRecords {
+	r := &pcapRecords{br: br, be: magic == 0xd4c3b2a1 || magic == 0x4d3cb2a1, factor: 1000, snap: snap,
+		maxCap: max(int(snap), maxSnaplen)}
+	if nanos {
+		r.factor = 1
+	}
+	return r
+}
+
+func (r *pcapRecords) u32(b []byte) uint32 {
+	if r.be {
+		return binary.BigEndian.Uint32(b)
+	}
+	return binary.LittleEndian.Uint32(b)
+}
+
+// next returns the next record; data is valid until the next call.
+func (r *pcapRecords) next() ([]byte, gopacket.CaptureInfo, error) {
+	if r.pf != nil {
+		return r.fromBlocks()
+	}
+	var ci gopacket.CaptureInfo
+	if r.skip > 0 {
+		if _, err := r.br.Discard(r.skip); err != nil {
+			return nil, ci, err
+		}
+		r.skip = 0
+	}
+	h, err := r.br.Peek(16)
+	if len(h) < 16 {
+		if len(h) > 0 && err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, ci, err
+	}
+	if err := r.header(h, &ci); err != nil {
+		return nil, ci, err
+	}
+	n := 16 + ci.CaptureLength
+	if n <= r.br.Size() {
+		rec, err := r.br.Peek(n)
+		if len(rec) < n {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, ci, err
+		}
+		r.skip = n
+		return rec[16:n:n], ci, nil
+	}
+	// longer than the buffer (a snap length above 1 MiB): copied, the
+	// buffer growing with the bytes actually read
+	if _, err := r.br.Discard(16); err != nil {
+		return nil, ci, err
+	}
+	buf := bytes.NewBuffer(r.big[:0])
+	m, err := io.CopyN(buf, r.br, int64(ci.CaptureLength))
+	r.big = buf.Bytes()
+	if m < int64(ci.CaptureLength) {
+		if err == nil || err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, ci, err
+	}
+	return r.big, ci, nil
+}
+
+// header fills ci from a record header and checks the lengths as pcapgo does.
+func (r *pcapRecords) header(h []byte, ci *gopacket.CaptureInfo) error {
+	// the same uint32 arithmetic as pcapgo, so that odd fractions give the same time
+	ci.Timestamp = time.Unix(int64(r.u32(h[0:4])), int64(r.u32(h[4:8])*r.factor)).UTC()
+	ci.CaptureLength = int(r.u32(h[8:12]))
+	ci.Length = int(r.u32(h[12:16]))
+	if ci.CaptureLength > r.maxCap {
+		return fmt.Errorf("capture length exceeds snap length: %d > %d", ci.CaptureLength, r.snap)
+	}
+	if ci.CaptureLength > ci.Length {
+		return fmt.Errorf("capture length exceeds original packet length: %d > %d", ci.CaptureLength, ci.Length)
+	}
+	return nil
+}
+
+// fromBlocks is next with ReadAhead: the header and data are slices of
+// the prefetched block that holds them, or copies when they straddle two.
+func (r *pcapRecords) fromBlocks() ([]byte, gopacket.CaptureInfo, error) {
+	var ci gopacket.CaptureInfo
+	h, err := r.take(16, r.hdr[:0], nil)
+	if len(h) < 16 {
+		if len(h) > 0 && err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, ci, err
+	}
+	if err := r.header(h, &ci); err != nil {
+		return nil, ci, err
+	}
+	data, err := r.take(ci.CaptureLength, r.carry[:0], &r.carry)
+	if len(data) < ci.CaptureLength {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, ci, err
+	}
+	r.abs += int64(16 + ci.CaptureLength)
+	return data, ci, nil
+}
+
+// take returns the next n bytes of the blocks: a slice of the current
+// block when it holds them, else a copy assembled in buf, grown with the
+// bytes actually there (and then kept in *keep when keep is not nil).
+// Fewer than n bytes come with the error that ended the blocks.
+func (r *pcapRecords) take(n int, buf []byte, keep *[]byte) ([]byte, error) {
+	b, err := r.pf.avail()
+	if len(b) >= n {
+		r.pf.pos += n
+		return b[:n:n], nil
+	}
+	for len(b) > 0 {
+		k := min(n-len(buf), len(b))
+		buf = append(buf, b[:k]...)
+		r.pf.pos += k
+		if len(buf) == n {
+			break
+		}
+		b, err = r.pf.avail()
+	}
+	if keep != nil && cap(buf) > cap(*keep) {
+		*keep = buf[:0]
+	}
+	if len(buf) == n {
+		return buf, nil
+	}
+	return buf, err
+}
+
+// prefetch makes a goroutine read the file ahead of Next (ReadAhead). A
+// plain or gzip pcap file's records are then cut straight out of the
+// prefetched blocks (pcapRecords.fromBlocks), starting with what c.br had
+// buffered; other formats read the blocks through c.br.
+func (c *File) prefetch(stop <-chan struct{}) {
+	if c.pf != nil {
+		return
+	}
+	if c.rec != nil {
+		abs := c.Offset()
+		buffered, _ := c.br.Peek(c.br.Buffered())
+		first := append([]byte(nil), buffered...)
+		_, _ = c.br.Discard(len(buffered))
+		// c.cr counts the bytes taken out of the source (raw, or
+		// decompressed for gzip) by the reading goroutine
+		c.pf = newPrefetcher(c.cr, isPipe(c.f), stop)
+		c.pf.cur = &block{b: first, spare: true}
+		c.rec.pf, c.rec.abs = c.pf, abs
+		return
+	}
+	c.pf = newPrefetcher(c.cr.r, isPipe(c.f), stop)
+	c.cr.r = c.pf
 }
 
 // Packets is the number of records read so far.

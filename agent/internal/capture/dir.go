@@ -71,6 +71,7 @@ type Dir struct {
 	done  atomic.Int64 // total size of the files before cur
 	total int64
 	err   error
+	stop  <-chan struct{} // ReadAhead: each file is prefetched, until stop closes
 
 	skipped []string
 }
@@ -174,9 +175,18 @@ func (d *Dir) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
 			d.err = err
 			continue
 		}
+		if d.stop != nil {
+			f.prefetch(d.stop)
+		}
 		d.cur = f
 		d.prog.Store(f)
 	}
+}
+
+// prefetch reads the current file, and each next one, ahead (ReadAhead).
+func (d *Dir) prefetch(stop <-chan struct{}) {
+	d.stop = stop
+	d.cur.prefetch(stop)
 }
 
 // File is the path of the file being read.

@@ -2,143 +2,178 @@ package capture
 
 import (
 	"errors"
+	"io"
+	"os"
 	"sync"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 )
 
-// readAheadChunkBytes is the frame data of one read-ahead chunk, and
-// readAheadChunks the chunks in flight between the reading goroutine and
-// the consumer: 4 × 1 MiB bounds the memory whatever the file size.
-const (
-	readAheadChunkBytes = 1 << 20
-	readAheadChunks     = 4
-)
+// prefetchBlocks is the number of blocks in flight between the reading
+// goroutine and the consumer, of prefetchBlockBytes each: 8 × 256 KiB
+// bounds the memory whatever the file size.
+const prefetchBlocks = 8
 
-// ReadAhead reads r in its own goroutine, copying frames into chunks of
-// about 1 MiB that it hands over a bounded channel, so that file reading
-// (record headers, buffered I/O, gzip) runs on another core than decoding
-// and publishing. Frames, errors and the end of the file come out of Next
-// in the file's order; as with any Source, data is valid until the next
-// call. Progress reports the reading goroutine's position, at most a few
-// chunks ahead of Next. Close stops the goroutine and closes r.
-func ReadAhead(r Reader) Reader {
-	ra := &readAhead{r: r, full: make(chan *chunk, readAheadChunks), free: make(chan *chunk, readAheadChunks+1),
-		stop: make(chan struct{})}
-	for range readAheadChunks + 1 {
-		ra.free <- &chunk{data: make([]byte, 0, readAheadChunkBytes)}
-	}
-	ra.wg.Add(1)
-	go ra.fill()
-	return ra
-}
+// prefetchBlockBytes is a variable only so that tests can make records
+// straddle blocks often.
+var prefetchBlockBytes = 256 << 10
 
 // errClosed is what Next returns after Close.
 var errClosed = errors.New("capture source closed")
 
-type frame struct {
-	off, n int
-	ci     gopacket.CaptureInfo
-	link   layers.LinkType
+// ReadAhead reads r's files in their own goroutine, ahead of the consumer:
+// the file's bytes (decompressed, for gzip) come in blocks of up to
+// 256 KiB over a bounded channel, so that the system calls, the copies out
+// of the page cache and gzip run on another core than decoding and
+// publishing, while the records are cut out of those bytes, without
+// copying, by the consumer's Next. Frames, errors and the end of the file
+// come out of Next as they do from r. Close may be called from any
+// goroutine, also while Next waits for a slow pipe: Next then returns an
+// error at once (the reading goroutine ends when its read returns). r must
+// be a *File or a *Dir from Open; another Reader is returned unchanged.
+func ReadAhead(r Reader) Reader {
+	ra := &readAhead{Reader: r, stop: make(chan struct{})}
+	switch s := r.(type) {
+	case *File:
+		s.prefetch(ra.stop)
+	case *Dir:
+		s.prefetch(ra.stop)
+	default:
+		return r
+	}
+	return ra
 }
 
-type chunk struct {
-	data   []byte
-	frames []frame
-	err    error // after the frames: io.EOF or a read error
-}
-
+// readAhead is a Reader whose files are prefetched; its Close interrupts.
 type readAhead struct {
-	r          Reader
-	full, free chan *chunk
+	Reader
 	stop       chan struct{}
-	wg         sync.WaitGroup
-	cur        *chunk
-	i          int
-	err        error
 	closeOnce  sync.Once
 	closeError error
 }
 
-func (ra *readAhead) fill() {
-	defer ra.wg.Done()
-	defer close(ra.full)
-	for {
-		var c *chunk
-		select {
-		case c = <-ra.free:
-		case <-ra.stop:
-			return
-		}
-		c.data, c.frames, c.err = c.data[:0], c.frames[:0], nil
-		for len(c.data) < readAheadChunkBytes-65536 && len(c.frames) < 16384 {
-			data, ci, link, err := ra.r.Next()
-			if err != nil {
-				c.err = err
-				break
-			}
-			c.frames = append(c.frames, frame{off: len(c.data), n: len(data), ci: ci, link: link})
-			c.data = append(c.data, data...)
-		}
-		select {
-		case ra.full <- c:
-		case <-ra.stop:
-			return
-		}
-		if c.err != nil {
-			return
-		}
-	}
-}
-
 // Next implements Source.
 func (ra *readAhead) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
-	for {
-		if ra.err != nil {
-			return nil, gopacket.CaptureInfo{}, 0, ra.err
+	data, ci, link, err := ra.Reader.Next()
+	if err != nil {
+		select {
+		case <-ra.stop:
+			err = errClosed
+		default:
 		}
-		if c := ra.cur; c != nil {
-			if ra.i < len(c.frames) {
-				f := &c.frames[ra.i]
-				ra.i++
-				return c.data[f.off : f.off+f.n : f.off+f.n], f.ci, f.link, nil
-			}
-			if c.err != nil {
-				ra.err = c.err
-				continue
-			}
-			ra.free <- c
-			ra.cur = nil
-		}
-		c, ok := <-ra.full
-		if !ok {
-			// only after Close
-			ra.err = errClosed
-			continue
-		}
-		ra.cur, ra.i = c, 0
 	}
+	return data, ci, link, err
 }
-
-// LinkType implements Source.
-func (ra *readAhead) LinkType() layers.LinkType { return ra.r.LinkType() }
-
-// Stats implements Source.
-func (ra *readAhead) Stats() (uint64, uint64, bool) { return ra.r.Stats() }
-
-// Name implements Source.
-func (ra *readAhead) Name() string { return ra.r.Name() }
-
-// Progress implements Reader.
-func (ra *readAhead) Progress() (done, total int64) { return ra.r.Progress() }
 
 // Close stops the reading goroutine and closes the underlying reader.
 func (ra *readAhead) Close() error {
 	ra.closeOnce.Do(func() {
 		close(ra.stop)
-		ra.wg.Wait()
-		ra.closeError = ra.r.Close()
+		ra.closeError = ra.Reader.Close()
 	})
 	return ra.closeError
+}
+
+// prefetcher is an io.Reader whose source is read by its own goroutine in
+// blocks, ahead of the consumer's Read.
+type prefetcher struct {
+	full, free chan *block
+	stop       <-chan struct{}
+	cur        *block
+	pos        int
+}
+
+type block struct {
+	b     []byte
+	err   error // after b: the source's io.EOF or read error
+	spare bool  // not one of the goroutine's blocks: dropped once read
+}
+
+// newPrefetcher starts reading src. A pipe (or a terminal or socket) is
+// handed over as it arrives, one read per block, so that a slow writer's
+// frames are not held back until a block fills; a regular file fills
+// blocks. Reading stops at src's first error or when stop closes.
+func newPrefetcher(src io.Reader, pipe bool, stop <-chan struct{}) *prefetcher {
+	p := &prefetcher{full: make(chan *block, prefetchBlocks), free: make(chan *block, prefetchBlocks+1), stop: stop}
+	for range prefetchBlocks + 1 {
+		p.free <- &block{b: make([]byte, 0, prefetchBlockBytes)}
+	}
+	go p.fill(src, pipe)
+	return p
+}
+
+func (p *prefetcher) fill(src io.Reader, pipe bool) {
+	for {
+		var bl *block
+		select {
+		case bl = <-p.free:
+		case <-p.stop:
+			return
+		}
+		b := bl.b[:cap(bl.b)]
+		n := 0
+		var err error
+		for n < (len(b)+1)/2 && err == nil {
+			var m int
+			m, err = src.Read(b[n:])
+			n += m
+			if pipe && n > 0 {
+				break
+			}
+		}
+		bl.b, bl.err = b[:n], err
+		select {
+		case p.full <- bl:
+		case <-p.stop:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// avail returns the unread bytes of the current block, moving to the next
+// block when it is used up (the used one goes back to the goroutine); at
+// the end it returns no bytes and the source's error, or errClosed once
+// stop is closed. The consumer marks bytes read by advancing pos.
+func (p *prefetcher) avail() ([]byte, error) {
+	for p.cur == nil || p.pos == len(p.cur.b) {
+		if p.cur != nil {
+			if p.cur.err != nil {
+				return nil, p.cur.err
+			}
+			if !p.cur.spare {
+				p.free <- p.cur
+			}
+			p.cur = nil
+		}
+		select {
+		case bl := <-p.full:
+			p.cur, p.pos = bl, 0
+		case <-p.stop:
+			return nil, errClosed
+		}
+	}
+	return p.cur.b[p.pos:], nil
+}
+
+// Read implements io.Reader: the prefetched bytes in order, then the
+// source's error; errClosed once stop is closed and nothing is at hand.
+func (p *prefetcher) Read(b []byte) (int, error) {
+	a, err := p.avail()
+	if len(a) == 0 {
+		return 0, err
+	}
+	n := copy(b, a)
+	p.pos += n
+	return n, nil
+}
+
+// isPipe reports whether f is read as a stream that may stall (a pipe,
+// FIFO, terminal or socket) rather than a regular file.
+func isPipe(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && !st.Mode().IsRegular()
 }

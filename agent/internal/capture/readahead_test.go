@@ -2,8 +2,11 @@ package capture
 
 import (
 	"bytes"
+	"compress/gzip"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -17,14 +20,37 @@ func anyLink(layers.LinkType) error { return nil }
 // TestReadAheadSameFrames reads captures directly and through ReadAhead:
 // the same frames, capture info and link types in the same order, and the
 // same final error (io.EOF, or the *ReadError of a truncated file).
+//
+// The synflood capture (3.7 MB) is also read with blocks of 7, 16, 17 and
+// 100 bytes after the first MiB, so that record headers and data straddle
+// blocks at every position, and as gzip.
 func TestReadAheadSameFrames(t *testing.T) {
 	pcaps := testkit.Pcaps(t)
-	for _, f := range []string{
-		filepath.Join(pcaps, "attack-synflood-spoofed-sources.pcap"), // 37,841 frames: many chunks
-		filepath.Join(pcaps, "pcapng-2-interfaces-nsec-and-usec-dns.pcapng"),
-		filepath.Join("..", "..", "testdata", "truncated-mid-record.pcap"),
+	big := filepath.Join(pcaps, "attack-synflood-spoofed-sources.pcap") // 37,841 frames: many blocks
+	gz := filepath.Join(t.TempDir(), "synflood.pcap.gz")
+	raw, err := os.ReadFile(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var zb bytes.Buffer
+	zw := gzip.NewWriter(&zb)
+	zw.Write(raw)
+	zw.Close()
+	if err := os.WriteFile(gz, zb.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer func(n int) { prefetchBlockBytes = n }(prefetchBlockBytes)
+	for _, c := range []struct {
+		f     string
+		block int
+	}{
+		{big, 256 << 10}, {big, 7}, {big, 16}, {big, 17}, {big, 100}, {gz, 256 << 10}, {gz, 33},
+		{filepath.Join(pcaps, "pcapng-2-interfaces-nsec-and-usec-dns.pcapng"), 256 << 10},
+		{filepath.Join("..", "..", "testdata", "truncated-mid-record.pcap"), 256 << 10},
 	} {
-		t.Run(filepath.Base(f), func(t *testing.T) {
+		f := c.f
+		prefetchBlockBytes = c.block
+		t.Run(fmt.Sprintf("%s/%d", filepath.Base(f), c.block), func(t *testing.T) {
 			direct, err := Open(f, anyLink)
 			if err != nil {
 				t.Fatal(err)

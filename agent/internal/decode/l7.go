@@ -3,6 +3,7 @@ package decode
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 	"unsafe"
 )
 
@@ -240,7 +241,8 @@ func parseDNS(b []byte, l *L7) {
 		off = n + 4
 	}
 	for i := 0; i < an && i < 32; i++ {
-		name, n, ok := dnsName(b, off, l)
+		// the name is written out only for the records kept
+		_, n, ok := dnsName(b, off, nil)
 		if !ok || n+10 > len(b) {
 			l.Undecodable = ReasonDNSBadRecord
 			return
@@ -255,12 +257,17 @@ func parseDNS(b []byte, l *L7) {
 		}
 		switch {
 		case typ == 1 && rdl == 4, typ == 28 && rdl == 16:
+			name, _, _ := dnsName(b, off, l)
 			l.DNSAnswers = append(l.DNSAnswers, DNSAnswer{Name: name, Type: typ, TTL: ttl,
 				Addr: l.bytes(b[rd : rd+rdl])})
 		case typ == 5:
+			start := len(l.arena)
+			name, _, _ := dnsName(b, off, l)
 			t, _, ok := dnsName(b, rd, l)
 			if ok {
 				l.DNSAnswers = append(l.DNSAnswers, DNSAnswer{Name: name, Type: typ, TTL: ttl, Target: t})
+			} else {
+				l.arena = l.arena[:start]
 			}
 		}
 		off = rd + rdl
@@ -268,14 +275,19 @@ func parseDNS(b []byte, l *L7) {
 }
 
 // dnsName reads a possibly compressed name at off and returns it without the
-// trailing dot and the offset just after it.
+// trailing dot and the offset just after it. With a it writes the name,
+// escaped as text does, straight into a's arena; without it only the end
+// is found.
 func dnsName(b []byte, off int, a *L7) (string, int, bool) {
-	var buf [256]byte
-	name := buf[:0]
+	start := -1
+	if a != nil {
+		start = len(a.arena)
+	}
+	raw := 0 // name length in wire bytes, dots included: at most 255 (RFC 1035 2.3.4)
 	end := -1
 	for jumps := 0; jumps < 32; {
 		if off >= len(b) {
-			return "", 0, false
+			break
 		}
 		c := int(b[off])
 		switch {
@@ -286,30 +298,73 @@ func dnsName(b []byte, off int, a *L7) (string, int, bool) {
 			if a == nil {
 				return "", end, true
 			}
-			return a.text(name), end, true
+			return a.str(start), end, true
 		case c&0xc0 == 0xc0:
 			if off+1 >= len(b) {
-				return "", 0, false
+				jumps = 32
+				continue
 			}
 			if end < 0 {
 				end = off + 2
 			}
 			off = (c&0x3f)<<8 | int(b[off+1])
 			jumps++
+			continue
 		case c&0xc0 != 0:
-			return "", 0, false
-		default:
-			if off+1+c > len(b) || len(name)+c+1 > 255 {
-				return "", 0, false
-			}
-			if len(name) > 0 {
-				name = append(name, '.')
-			}
-			name = append(name, b[off+1:off+1+c]...)
-			off += 1 + c
+			jumps = 32
+			continue
 		}
+		if off+1+c > len(b) || raw+c+1 > 255 {
+			break
+		}
+		if a != nil {
+			if raw > 0 {
+				a.arena = append(a.arena, '.')
+			}
+			a.arena = appendText(a.arena, b[off+1:off+1+c])
+		}
+		if raw > 0 {
+			raw++
+		}
+		raw += c
+		off += 1 + c
+	}
+	if a != nil {
+		a.arena = a.arena[:start]
 	}
 	return "", 0, false
+}
+
+// escapes holds, for every byte, what text writes for it, packed
+// little-endian in the low bytes, and escLen its length: the byte itself
+// (1) for printable ASCII but '\\', else \xNN (4).
+var escapes, escLen = func() (e [256]uint32, n [256]uint8) {
+	const hex = "0123456789abcdef"
+	for c := range 256 {
+		if c >= 0x20 && c <= 0x7e && c != '\\' {
+			e[c], n[c] = uint32(c), 1
+			continue
+		}
+		e[c] = uint32('\\') | uint32('x')<<8 | uint32(hex[c>>4])<<16 | uint32(hex[c&15])<<24
+		n[c] = 4
+	}
+	return e, n
+}()
+
+// appendText appends b to dst with every byte outside printable ASCII, and
+// the backslash, written as \xNN (see text), after one capacity check and
+// without a branch per byte (binary DNS labels mix both kinds at random).
+func appendText(dst, b []byte) []byte {
+	n := len(dst)
+	dst = slices.Grow(dst, 4*len(b))
+	d := dst[n : n+4*len(b)]
+	j := 0
+	for _, c := range b {
+		// j <= 4*(bytes so far), so the 4 bytes stored fit in d
+		binary.LittleEndian.PutUint32(d[j:], escapes[c])
+		j += int(escLen[c])
+	}
+	return dst[:n+j]
 }
 
 // text returns b as a printable string: bytes outside printable ASCII are
@@ -317,37 +372,17 @@ func dnsName(b []byte, off int, a *L7) (string, int, bool) {
 // (tunnels) and hostile header values survive as valid UTF-8 and stay
 // distinguishable. Protobuf string fields must hold valid UTF-8.
 //
-// The string is kept in l's arena (valid until the next ParseL7 on l).
+// The string is kept in l's arena (valid until the next ParseL7 on l). The
+// arena only grows until the next ParseL7 (a reallocation leaves earlier
+// strings' bytes in the old array), so the bytes under a string do not
+// change while it is valid.
 func (l *L7) text(b []byte) string {
 	if len(b) == 0 {
 		return ""
 	}
-	const hex = "0123456789abcdef"
 	start := len(l.arena)
-	plain := true
-	for _, c := range b {
-		if c < 0x20 || c > 0x7e || c == '\\' {
-			plain = false
-			break
-		}
-	}
-	if plain { // the common case: one copy
-		l.arena = append(l.arena, b...)
-		s := l.arena[start:len(l.arena):len(l.arena)]
-		return unsafe.String(unsafe.SliceData(s), len(s))
-	}
-	for _, c := range b {
-		if c < 0x20 || c > 0x7e || c == '\\' {
-			l.arena = append(l.arena, '\\', 'x', hex[c>>4], hex[c&15])
-			continue
-		}
-		l.arena = append(l.arena, c)
-	}
-	s := l.arena[start:len(l.arena):len(l.arena)]
-	// The arena only grows until the next ParseL7 (a reallocation leaves
-	// these bytes in the old array), so the bytes under s do not change
-	// while the string is valid.
-	return unsafe.String(unsafe.SliceData(s), len(s))
+	l.arena = appendText(l.arena, b)
+	return l.str(start)
 }
 
 // str returns the arena bytes from start to its end as a string (see text).

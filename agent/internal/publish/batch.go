@@ -35,8 +35,7 @@ type Batcher struct {
 	buckets      [schema.Buckets]bucket
 	l7           decode.L7
 	subjects     [schema.Buckets]string
-	sum          []byte    // scratch: one encoded summary
-	bufs         sync.Pool // *[]byte message buffers
+	bufs         *bufPool // message buffers, shared with the forks
 }
 
 // bucket is one open batch: buf holds headerRoom bytes kept free for the
@@ -66,7 +65,8 @@ func NewBatcher(pub *Publisher, sensor, boot string, size int, flush time.Durati
 	if flush <= 0 {
 		flush = 200 * time.Millisecond
 	}
-	b := &Batcher{Size: size, Flush: flush, sensor: sensor, boot: boot, pub: pub, seq: new(atomic.Uint64)}
+	b := &Batcher{Size: size, Flush: flush, sensor: sensor, boot: boot, pub: pub, seq: new(atomic.Uint64),
+		bufs: &bufPool{}}
 	for i := range b.subjects {
 		b.subjects[i] = schema.PacketsSubject(sensor, uint32(i))
 	}
@@ -79,7 +79,7 @@ func NewBatcher(pub *Publisher, sensor, boot string, size int, flush time.Durati
 // different goroutines, each by one.
 func (b *Batcher) Fork() *Batcher {
 	f := &Batcher{Size: b.Size, Flush: b.Flush, Full: b.Full, sensor: b.sensor, boot: b.boot, pub: b.pub, seq: b.seq,
-		subjects: b.subjects}
+		subjects: b.subjects, bufs: b.bufs}
 	return f
 }
 
@@ -89,8 +89,7 @@ func (b *Batcher) Seq() uint64 { return b.seq.Load() }
 // Add appends p (a KindIP packet) to its bucket's batch, decoding light L7
 // when the payload looks like DNS, TLS or HTTP, and sends the batch when full.
 func (b *Batcher) Add(p *decode.Packet) {
-	src, dst := p.Src[:p.AddrLen], p.Dst[:p.AddrLen]
-	bi := schema.PacketBucket(src, uint32(p.SrcPort), dst, uint32(p.DstPort), uint32(p.Proto), uint32(p.VLAN))
+	bi := packetBucket(p)
 	bk := &b.buckets[bi]
 	if bk.n == 0 && bk.arps == 0 {
 		bk.opened = time.Now()
@@ -150,19 +149,54 @@ func (b *Batcher) AddARP(p *decode.Packet) {
 func (b *Batcher) headerRoom() int { return 2*(2+2) + len(b.sensor) + len(b.boot) + 11 + 3 }
 
 // message returns a buffer for one message, reused after its ack.
-func (b *Batcher) message(size int) *[]byte {
-	bp, _ := b.bufs.Get().(*[]byte)
-	if bp == nil || cap(*bp) < size {
-		s := make([]byte, 0, size)
-		bp = &s
-	}
-	return bp
+func (b *Batcher) message(size int) *[]byte { return b.bufs.get(size) }
+
+func (b *Batcher) recycle(bp *[]byte) { b.bufs.put(bp) }
+
+// maxFreeBytes bounds the capacity of the message buffers kept for reuse
+// (about 64–128 batches), on top of the open batches and those awaiting
+// their ack.
+const maxFreeBytes = 16 << 20
+
+// bufPool keeps message buffers between a batch's ack and the next batch
+// opened. Unlike a sync.Pool it is not emptied by the garbage collector, so
+// the buffers that grew for long (DNS, TLS) summaries stay grown instead of
+// being allocated and grown again after every collection.
+type bufPool struct {
+	mu    sync.Mutex
+	free  []*[]byte
+	bytes int // capacity of free
 }
 
-func (b *Batcher) recycle(bp *[]byte) {
-	if cap(*bp) <= 2*MaxBatchBytes {
-		b.bufs.Put(bp)
+func (p *bufPool) get(size int) *[]byte {
+	p.mu.Lock()
+	if n := len(p.free); n > 0 {
+		bp := p.free[n-1]
+		p.free[n-1] = nil
+		p.free = p.free[:n-1]
+		p.bytes -= cap(*bp)
+		p.mu.Unlock()
+		if cap(*bp) >= size {
+			*bp = (*bp)[:0]
+			return bp
+		}
+	} else {
+		p.mu.Unlock()
 	}
+	s := make([]byte, 0, size)
+	return &s
+}
+
+func (p *bufPool) put(bp *[]byte) {
+	if cap(*bp) > 2*MaxBatchBytes {
+		return
+	}
+	p.mu.Lock()
+	if p.bytes+cap(*bp) <= maxFreeBytes {
+		p.free = append(p.free, bp)
+		p.bytes += cap(*bp)
+	}
+	p.mu.Unlock()
 }
 
 func (b *Batcher) send(bi uint32) {

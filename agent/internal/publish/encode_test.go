@@ -210,3 +210,35 @@ func TestBatchTrailerEOF(t *testing.T) {
 		t.Fatalf("got %x, want %x", got, want)
 	}
 }
+
+// TestEncodeExtremes: the fixed fields at their widest (negative time,
+// 16-byte addresses, every uint16/uint32 at its maximum, fragment, both
+// VLANs, tunnel) and at their narrowest (each alone, others zero) encode as
+// proto.Marshal does, with and without -summary.full: the bound of
+// maxFixedSummary and every field's tag.
+func TestEncodeExtremes(t *testing.T) {
+	wide := decode.Packet{TsNs: -1, AddrLen: 16, SrcPort: 65535, DstPort: 65535, Proto: 255, IPBytes: 1<<32 - 1,
+		PayloadBytes: 1<<32 - 1, TCPFlags: 0x1ff, ICMPType: 255, ICMPCode: 255, VLAN: 4095, InnerVLAN: 4095,
+		Tunnel: 255, TunnelID: 1<<32 - 1, IPID: 1<<32 - 1, Fragment: true, FragOffset: 65528, TTL: 255,
+		Seq: 1<<32 - 1, Ack: 1<<32 - 1, Window: 65535}
+	for i := range wide.Src {
+		wide.Src[i], wide.Dst[i] = 0xff, 0xfe
+	}
+	cases := []decode.Packet{wide, {AddrLen: 4, TsNs: 1}, {AddrLen: 4, ICMPCode: 3}, {AddrLen: 4, InnerVLAN: 7},
+		{AddrLen: 4, TunnelID: 300}, {AddrLen: 4, Tunnel: 3}, {AddrLen: 16, Fragment: true}, {AddrLen: 4, IPID: 128},
+		{AddrLen: 4, TTL: 128, Window: 127}, {AddrLen: 4, Seq: 1, Ack: 1 << 31}, {}}
+	for i, p := range cases {
+		for _, full := range []bool{true, false} {
+			want, err := proto.Marshal(slim(reference(&p, nil), full))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(want) > maxFixedSummary {
+				t.Fatalf("case %d: %d bytes, more than maxFixedSummary", i, len(want))
+			}
+			if got := appendSummary([]byte{}, &p, nil, full); !bytes.Equal(got, want) {
+				t.Errorf("case %d (full %v): encoded\n%x\nproto.Marshal\n%x", i, full, got, want)
+			}
+		}
+	}
+}
