@@ -14,6 +14,7 @@ import (
 	"github.com/gopacket/gopacket/pcap"
 
 	"netwatch/agent/internal/capture"
+	"netwatch/agent/internal/publish"
 	"netwatch/schema"
 	"netwatch/schema/ops"
 )
@@ -31,6 +32,7 @@ type Config struct {
 	SummaryFull       bool          // -summary.full: also tcp_seq, tcp_ack and every packet's ip_id
 	BatchSize         int           // -batch.size: packets per PACKETS message
 	BatchFlush        time.Duration // -batch.flush: max age (wall clock) of an open batch
+	WatermarkInterval time.Duration // -watermark.interval: live watermark batches period (publish.Watermarks); 0 for none
 	MetricsInterval   time.Duration // -metrics.interval: METRICS period
 	MaxInflight       int           // -publish.max-inflight: unacked PACKETS messages
 	ExcludePorts      string        // -exclude.ports: TCP ports never captured live
@@ -76,6 +78,8 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.IntVar(&c.BatchSize, "batch.size", 1024, "packet summaries per PACKETS message")
 	fs.BoolVar(&c.SummaryFull, "summary.full", false, "also publish tcp_seq, tcp_ack and the ip_id of every packet (no stage reads them; about a quarter of a TCP summary)")
 	fs.DurationVar(&c.BatchFlush, "batch.flush", 200*time.Millisecond, "send a batch when its first packet is this old")
+	fs.DurationVar(&c.WatermarkInterval, "watermark.interval", publish.DefaultWatermarkInterval,
+		"live: send a watermark on every bucket this often (the enricher ends idle flows by them, not by its wall clock); 0 for none")
 	fs.DurationVar(&c.MetricsInterval, "metrics.interval", 10*time.Second, "host metrics and capture statistics period")
 	fs.IntVar(&c.MaxInflight, "publish.max-inflight", 256, "max unacked PACKETS messages")
 	fs.StringVar(&c.ExcludePorts, "exclude.ports", "4222,5432,6222,7422,8222", "TCP ports not captured live (with the -nats.url ports)")
@@ -115,6 +119,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BatchFlush <= 0 {
 		errs = append(errs, fmt.Errorf("-batch.flush %s: want > 0", c.BatchFlush))
+	}
+	if c.WatermarkInterval < 0 {
+		errs = append(errs, fmt.Errorf("-watermark.interval %s: want ≥ 0", c.WatermarkInterval))
 	}
 	if c.MetricsInterval <= 0 {
 		errs = append(errs, fmt.Errorf("-metrics.interval %s: want > 0", c.MetricsInterval))

@@ -196,6 +196,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.pub.Store(pub)
 	batcher := publish.NewBatcher(pub, a.cfg.Sensor, a.Boot, a.cfg.BatchSize, a.cfg.BatchFlush)
 	batcher.Full = a.cfg.SummaryFull
+	// Live: in-band watermarks, so that the enricher ends idle flows by
+	// packet time even while NATS holds batches back (publish.Watermarks).
+	var wm *publish.Watermarks
+	if !file && a.cfg.WatermarkInterval > 0 {
+		loops := 1
+		if par, ok := src.(capture.Parallel); ok && len(par.Members()) > 1 {
+			loops = len(par.Members())
+		}
+		wm = publish.NewWatermarks(batcher, loops, a.cfg.WatermarkInterval, publish.DefaultWatermarkActive)
+	}
 
 	var metricsMu sync.Mutex
 	mctx, stopMetrics := context.WithCancel(context.Background())
@@ -237,14 +247,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				errs[i] = a.loop(ctx, m, b)
+				errs[i] = a.loop(ctx, m, b, wm, i)
 				b.FlushAll()
 			}()
 		}
 		wg.Wait()
 		readErr = errors.Join(errs...)
 	} else {
-		readErr = a.loop(ctx, src, batcher)
+		readErr = a.loop(ctx, src, batcher, wm, 0)
 	}
 
 	stopMeter()
@@ -265,7 +275,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	return errors.Join(readErr, err)
 }
 
-func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.Batcher) error {
+// loop reads src until it ends or ctx is done; it is capture loop li of
+// the watermarks wm (nil for none).
+func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.Batcher, wm *publish.Watermarks, li int) error {
 	var decs Decoders
 	frags := fragment.New()
 	pacer := capture.Pacer{Speed: a.cfg.ReplaySpeed}
@@ -284,12 +296,16 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 			default:
 			}
 			if n&255 == 0 {
-				batcher.Tick(time.Now())
+				now := time.Now()
+				batcher.Tick(now)
+				wm.Tick(li, batcher, now, p.TsNs, false)
 			}
 		}
 		data, ci, link, err := src.Next()
 		if err == capture.ErrTimeout {
-			batcher.Tick(time.Now())
+			now := time.Now()
+			batcher.Tick(now)
+			wm.Tick(li, batcher, now, p.TsNs, true) // the capture was empty at now
 			select {
 			case <-done:
 				return nil
