@@ -114,11 +114,13 @@ func TestBrowserDashboard(t *testing.T) {
 	}
 	cmd := exec.CommandContext(ctx, node, filepath.Join(webDir, "test", "browser.mjs"))
 	cmd.Dir = webDir
-	// One second of counters: 4242 packets, 1,000,000 bytes (8 Mbit/s).
+	// One second of counters: 3 packets, 150 bytes (1200 bit/s). Small on
+	// purpose: the packets/s axis then has ticks 0, 0.5, ... 3, which must
+	// get distinct labels (whole-number labels read "0 1 1 2 2 3 3").
 	counters := &pb.TrafficCounters{Sensor: sensor, SecondNs: time.Now().Truncate(time.Second).UnixNano(),
-		SentNs: time.Now().UnixNano(), Total: &pb.CounterSet{Packets: 4242, IpBytes: 1_000_000}}
+		SentNs: time.Now().UnixNano(), Total: &pb.CounterSet{Packets: 3, IpBytes: 150}}
 	cmd.Env = append(os.Environ(), "BASE_URL="+p.APIURL, "LIVE_ALERT_ID="+liveAlert.Id, "CHROMIUM="+chromium,
-		"SCREENSHOT_DIR="+shots, "LIVE_PPS=4242", "LIVE_BPS=8000000")
+		"SCREENSHOT_DIR="+shots, "LIVE_PPS=3", "LIVE_BPS=1200")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()

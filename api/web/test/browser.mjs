@@ -69,8 +69,9 @@ function checkAxes(id) {
     for (let i = 0; i < (chart.getOption()[dim] || []).length; i++) {
       const axis = chart.getModel().getComponent(dim, i).axis;
       if (!axis || axis.type !== 'value') continue;
-      const labels = axis.getViewLabels().map((l) => ({ v: Number(l.tickValue), text: l.formattedLabel }));
+      const labels = axis.getViewLabels().map((l) => ({ v: Number(l.tick ? l.tick.value : l.tickValue), text: l.formattedLabel }));
       const shown = labels.map((l) => l.text).join(' | ');
+      if (!labels.length || labels.some((l) => Number.isNaN(l.v))) return { error: `${id} ${dim} ${i}: no tick values: ${shown}` };
       const texts = new Set(labels.map((l) => l.text));
       if (texts.size !== labels.length) return { error: `${id} ${dim} ${i}: ticks ${labels.map((l) => l.v)} share labels: ${shown}` };
       const zero = labels.find((l) => l.v !== 0 && /^-?0(\.0*)?(\s|$)/.test(l.text));
