@@ -20,6 +20,7 @@ import (
 
 	"netwatch/ctl/internal/auth"
 	"netwatch/ctl/internal/perms"
+	"netwatch/ctl/internal/site"
 	"netwatch/schema"
 	"netwatch/schema/ops"
 )
@@ -31,8 +32,12 @@ const usage = `usage:
   netwatchctl creds     -dir DIR -sensor NAME [-o FILE] [-ttl DURATION]
   netwatchctl creds     -dir DIR -role enricher|detector|sink|api|admin [-name NAME] [-o FILE]
       write a .creds file for one sensor (publishes only its own subjects) or stage
-  netwatchctl provision [-nats.url URLS] [-nats.creds FILE] [-replicas N] [-timeout D]
-      create or update every stream, durable consumer and the SENSORS registry bucket
+  netwatchctl provision [-nats.url URLS] [-nats.creds FILE] [-replicas N] [-sites DOMAINS] [-timeout D]
+      create or update every stream, durable consumer and the SENSORS registry bucket; with
+      -sites, PACKETS, METRICS and KV_SENSORS also source each leaf site's buffer
+  netwatchctl provision-site [-nats.url URL] [-nats.creds FILE] [-max-age D] [-max-bytes N]
+      on a site's leaf node (its own JetStream domain): the site stream SITE that buffers
+      the site sensors' packets and metrics on its disk, and the site's SENSORS bucket
   netwatchctl group     [-nats.url URLS] [-nats.creds FILE] [-group NAME] [-add NAMES] [-remove NAMES]
       list (and change) the members of the enrichers' consumer group: scaling down needs
       the removed members deleted, their partitions then move to the others
@@ -56,6 +61,8 @@ func Run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		err = cmdCreds(args[1:], getenv, stdout)
 	case "provision":
 		err = cmdProvision(args[1:], getenv, stdout)
+	case "provision-site":
+		err = cmdProvisionSite(args[1:], getenv, stdout)
 	case "accounts-conf":
 		err = cmdAccountsConf(args[1:], getenv, stdout)
 	case "group":
@@ -175,7 +182,9 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 	fs := flag.NewFlagSet("provision", flag.ContinueOnError)
 	url := fs.String("nats.url", "nats://127.0.0.1:4222", "NATS server URLs, comma-separated")
 	creds := fs.String("nats.creds", "", "credentials file of an admin user")
+	ca := fs.String("nats.tls-ca", "", "PEM CA file that signs the servers' certificates (default: the system roots)")
 	replicas := fs.Int("replicas", 1, "replicas of every stream, consumer and the registry bucket (3 on a cluster)")
+	sites := fs.String("sites", "", "comma-separated JetStream domains of leaf sites whose SITE stream PACKETS, METRICS and KV_SENSORS source (netwatchctl provision-site)")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
 	if err := parse(fs, args, getenv); err != nil {
 		return err
@@ -183,13 +192,15 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 	if *replicas < 1 || *replicas > 5 {
 		return usageError{fmt.Errorf("-replicas %d: want 1 to 5", *replicas)}
 	}
-	opts := []nats.Option{nats.Name("netwatchctl")}
-	if *creds != "" {
-		opts = append(opts, nats.UserCredentials(*creds))
+	domains := names(*sites)
+	for _, d := range domains {
+		if err := schema.ValidSensor(d); err != nil { // a domain is one subject token
+			return usageError{fmt.Errorf("-sites %q: %w", d, err)}
+		}
 	}
-	nc, err := nats.Connect(*url, opts...)
+	nc, err := connect(*url, *creds, *ca)
 	if err != nil {
-		return fmt.Errorf("connect to nats %s: %w", *url, err)
+		return err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
@@ -205,8 +216,18 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 	if _, err := schema.ProvisionRegistry(ctx, js, o); err != nil {
 		return err
 	}
+	if len(domains) > 0 {
+		if err := site.AddSources(ctx, js, domains); err != nil {
+			return err
+		}
+	}
 	for _, sc := range schema.StreamConfigs(o) {
 		fmt.Fprintf(stdout, "stream %s: replicas %d\n", sc.Name, sc.Replicas)
+	}
+	for _, st := range site.HubStreams {
+		for _, src := range site.Sources(st, domains) {
+			fmt.Fprintf(stdout, "stream %s: sources %s %s from %s\n", st, src.Name, src.FilterSubject, src.External.APIPrefix)
+		}
 	}
 	fmt.Fprintf(stdout, "consumers: %d, key-value bucket %s: replicas %d\n", len(schema.ConsumerConfigs(o)), schema.RegistryBucket, *replicas)
 	return nil
@@ -245,6 +266,7 @@ func cmdGroup(args []string, getenv func(string) string, stdout io.Writer) error
 	fs := flag.NewFlagSet("group", flag.ContinueOnError)
 	url := fs.String("nats.url", "nats://127.0.0.1:4222", "NATS server URLs, comma-separated")
 	creds := fs.String("nats.creds", "", "credentials file of an admin user")
+	ca := fs.String("nats.tls-ca", "", "PEM CA file that signs the servers' certificates (default: the system roots)")
 	group := fs.String("group", perms.EnricherGroup, "consumer group name (the enrichers' -consume.group)")
 	add := fs.String("add", "", "comma-separated member names to add")
 	remove := fs.String("remove", "", "comma-separated member names to delete")
@@ -252,22 +274,9 @@ func cmdGroup(args []string, getenv func(string) string, stdout io.Writer) error
 	if err := parse(fs, args, getenv); err != nil {
 		return err
 	}
-	names := func(s string) []string {
-		var out []string
-		for _, n := range strings.Split(s, ",") {
-			if n = strings.TrimSpace(n); n != "" {
-				out = append(out, n)
-			}
-		}
-		return out
-	}
-	opts := []nats.Option{nats.Name("netwatchctl")}
-	if *creds != "" {
-		opts = append(opts, nats.UserCredentials(*creds))
-	}
-	nc, err := nats.Connect(*url, opts...)
+	nc, err := connect(*url, *creds, *ca)
 	if err != nil {
-		return fmt.Errorf("connect to nats %s: %w", *url, err)
+		return err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
@@ -303,4 +312,70 @@ func cmdGroup(args []string, getenv func(string) string, stdout io.Writer) error
 		fmt.Fprintf(stdout, "member %s: %d partitions, %s\n", m, len(pcgroups.ElasticGetPartitionFilters(*c, m)), state)
 	}
 	return nil
+}
+
+// names splits a comma-separated list, dropping blanks.
+func names(s string) []string {
+	var out []string
+	for _, n := range strings.Split(s, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// cmdProvisionSite provisions a site's leaf node (site.Provision): the SITE
+// stream and the site's SENSORS bucket, in the site's own JetStream domain.
+func cmdProvisionSite(args []string, getenv func(string) string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("provision-site", flag.ContinueOnError)
+	url := fs.String("nats.url", "nats://127.0.0.1:4222", "the site's leaf node")
+	creds := fs.String("nats.creds", "", "credentials file of an admin user")
+	ca := fs.String("nats.tls-ca", "", "PEM CA file that signs the server's certificate (default: the system roots)")
+	maxAge := fs.Duration("max-age", 0, "how long the site keeps a message (0: 72h)")
+	maxBytes := fs.Int64("max-bytes", 0, "disk limit of the site stream, bytes (0: 50 GiB)")
+	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
+	if err := parse(fs, args, getenv); err != nil {
+		return err
+	}
+	if *maxAge < 0 || *maxBytes < 0 {
+		return usageError{errors.New("-max-age and -max-bytes must not be negative")}
+	}
+	nc, err := connect(*url, *creds, *ca)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	domain, err := site.Provision(ctx, js, site.Options{MaxAge: *maxAge, MaxBytes: *maxBytes})
+	if err != nil {
+		return err
+	}
+	sc := site.StreamConfig(site.Options{MaxAge: *maxAge, MaxBytes: *maxBytes})
+	fmt.Fprintf(stdout, "site domain %s: stream %s (%v, %s, %d bytes) and key-value bucket %s\n"+
+		"on the hub: netwatchctl provision -sites %s (with the other sites)\n",
+		domain, sc.Name, sc.Subjects, sc.MaxAge, sc.MaxBytes, schema.RegistryBucket, domain)
+	return nil
+}
+
+// connect connects netwatchctl to url (comma-separated URLs; user and
+// password may be in them) with an optional credentials file and CA file.
+func connect(url, creds, ca string) (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name("netwatchctl")}
+	if creds != "" {
+		opts = append(opts, nats.UserCredentials(creds))
+	}
+	if ca != "" {
+		opts = append(opts, nats.RootCAs(ca))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to nats %s: %w", url, err)
+	}
+	return nc, nil
 }
