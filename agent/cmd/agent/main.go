@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/term"
 
+	"netwatch/agent/internal/capture"
 	"netwatch/agent/internal/pipeline"
 	"netwatch/schema"
 	"netwatch/schema/ops"
@@ -59,7 +60,17 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 2
 	}
 	if cfg.CheckOnly {
-		log.Info("configuration valid")
+		// The capture is part of the configuration: open it (a missing or
+		// unreadable file, one that is not a capture, an unsupported link
+		// type, a missing interface or one the agent may not capture on)
+		// and close it again, without reading a frame or touching NATS.
+		src, err := cfg.Open()
+		if err != nil {
+			log.Error("invalid configuration", "err", err)
+			return 2
+		}
+		src.Close()
+		log.Info("configuration valid", "source", src.Name(), "link_type", src.LinkType().String())
 		return 0
 	}
 	if cfg.Summary {
@@ -87,13 +98,36 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}()
 
 	// Fail fast on what needs no broker: a missing file or interface, an
-	// unsupported link type.
-	src, err := cfg.Open()
-	if err != nil {
-		log.Error("open capture", "err", err)
-		return 1
+	// unsupported link type. The source stays open for the run (a pipe
+	// cannot be opened twice); opening a pipe waits for its writer and its
+	// file header, so a signal meanwhile ends the agent (nothing was read).
+	type opened struct {
+		src capture.Source
+		err error
 	}
-	src.Close()
+	och := make(chan opened, 1)
+	go func() {
+		src, err := cfg.Open()
+		och <- opened{src, err}
+	}()
+	var src capture.Source
+	select {
+	case o := <-och:
+		if o.err != nil {
+			log.Error("open capture", "err", o.err)
+			return 1
+		}
+		src = o.src
+	case <-ctx.Done():
+		log.Info("interrupted while opening the capture: nothing was read")
+		return 0
+	}
+	closeSrc := true
+	defer func() {
+		if closeSrc {
+			src.Close()
+		}
+	}()
 
 	nc, err := cfg.ConnectNATS(ctx, "netwatch-agent-"+cfg.Sensor, log)
 	if err != nil {
@@ -124,6 +158,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	reg := ops.NewRegistry()
 	agent := pipeline.New(cfg, js, reg, log)
 	agent.Progress = progressTo(stderr)
+	agent.Source, closeSrc = src, false // Run closes it
 	hctx, hstop := context.WithCancel(context.Background())
 	defer hstop()
 	go func() {

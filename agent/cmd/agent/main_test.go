@@ -98,3 +98,41 @@ func TestRegistryAnnounce(t *testing.T) {
 		t.Errorf("the announced boot %s is not the one the agent logged", got[0].Boot)
 	}
 }
+
+// TestCheckConfigOpensCapture: -check-config opens and closes the capture,
+// so that what would stop the agent at start is reported with exit status
+// 2 (bad configuration) and the reason: a missing file, a file that is not
+// a capture (text, empty), an unsupported link type, a missing interface;
+// a readable capture and an existing interface pass with 0.
+func TestCheckConfigOpensCapture(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty.pcap")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lo := 0 // capturing needs root (or CAP_NET_RAW): without it libpcap refuses
+	if os.Geteuid() != 0 {
+		lo = 2
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"-pcap", filepath.Join(dir, "missing.pcap")}, 2, "missing.pcap: no such file"},
+		{[]string{"-pcap", "../../README.md"}, 2, "pcap header: Unknown magic"},
+		{[]string{"-pcap", empty}, 2, "empty.pcap: file header: unexpected EOF"},
+		{[]string{"-pcap", "../../testdata/linktype-147-user0.pcap"}, 2, "unsupported link type 147"},
+		{[]string{"-interface", "nosuch0"}, 2, "nosuch0"},
+		{[]string{"-interface", "nosuch0", "-capture.method", "afpacket"}, 2, "nosuch0"},
+		{[]string{"-pcap", filepath.Join(testkit.Pcaps(t), "arp-who-has-and-reply.pcap")}, 0, "configuration valid"},
+		{[]string{"-interface", "lo"}, lo, ""},
+	} {
+		var stdout, stderr bytes.Buffer
+		args := append([]string{"-check-config", "-log.format", "text"}, c.args...)
+		code := run(args, func(string) string { return "" }, &stdout, &stderr)
+		if code != c.code || !strings.Contains(stderr.String(), c.want) {
+			t.Errorf("agent %s: exit %d, want %d with %q; stderr: %s", strings.Join(args, " "), code, c.code, c.want, stderr.String())
+		}
+	}
+}

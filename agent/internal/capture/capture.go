@@ -415,6 +415,13 @@ func (c *File) prefetch(stop <-chan struct{}) {
 	c.cr.r = c.pf
 }
 
+// onWait sets the prefetcher's wait hook (Waiter).
+func (c *File) onWait(f func()) {
+	if c.pf != nil {
+		c.pf.onWait = f
+	}
+}
+
 // Packets is the number of records read so far.
 func (c *File) Packets() uint64 { return c.n }
 

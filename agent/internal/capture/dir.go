@@ -72,6 +72,7 @@ type Dir struct {
 	total int64
 	err   error
 	stop  <-chan struct{} // ReadAhead: each file is prefetched, until stop closes
+	wait  func()          // ReadAhead: each file's Waiter hook
 
 	skipped []string
 }
@@ -177,6 +178,7 @@ func (d *Dir) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
 		}
 		if d.stop != nil {
 			f.prefetch(d.stop)
+			f.onWait(d.wait)
 		}
 		d.cur = f
 		d.prog.Store(f)

@@ -19,7 +19,7 @@ const prefetchBlocks = 8
 // straddle blocks often.
 var prefetchBlockBytes = 256 << 10
 
-// errClosed is what Next returns after Close.
+// errClosed is what Next returns after Interrupt or Close.
 var errClosed = errors.New("capture source closed")
 
 // ReadAhead reads r's files in their own goroutine, ahead of the consumer:
@@ -28,10 +28,11 @@ var errClosed = errors.New("capture source closed")
 // of the page cache and gzip run on another core than decoding and
 // publishing, while the records are cut out of those bytes, without
 // copying, by the consumer's Next. Frames, errors and the end of the file
-// come out of Next as they do from r. Close may be called from any
-// goroutine, also while Next waits for a slow pipe: Next then returns an
-// error at once (the reading goroutine ends when its read returns). r must
-// be a *File or a *Dir from Open; another Reader is returned unchanged.
+// come out of Next as they do from r. The result is an Interrupter:
+// Interrupt may be called from any goroutine, also while Next waits for a
+// slow pipe, and Next then returns an error at once (the reading goroutine
+// ends when its read returns, at the latest at Close). r must be a *File or
+// a *Dir from Open; another Reader is returned unchanged.
 func ReadAhead(r Reader) Reader {
 	ra := &readAhead{Reader: r, stop: make(chan struct{})}
 	switch s := r.(type) {
@@ -45,12 +46,40 @@ func ReadAhead(r Reader) Reader {
 	return ra
 }
 
-// readAhead is a Reader whose files are prefetched; its Close interrupts.
+// readAhead is a Reader whose files are prefetched; Interrupt stops it.
 type readAhead struct {
 	Reader
 	stop       chan struct{}
+	stopOnce   sync.Once
 	closeOnce  sync.Once
 	closeError error
+}
+
+// Interrupter is a Source whose Next can be made to return at once, from
+// another goroutine, also while it waits for a slow pipe.
+type Interrupter interface {
+	// Interrupt makes Next return errClosed from now on; Close still
+	// releases the source.
+	Interrupt()
+}
+
+// Waiter is a Source that can tell when Next is about to wait for data.
+type Waiter interface {
+	// OnWait sets f, called by Next, in Next's goroutine, each time it is
+	// about to wait for the reading goroutine (a slow pipe, or a reader
+	// behind the consumer): the moment to flush counters and old batches.
+	OnWait(f func())
+}
+
+// OnWait implements Waiter.
+func (ra *readAhead) OnWait(f func()) {
+	switch s := ra.Reader.(type) {
+	case *File:
+		s.onWait(f)
+	case *Dir:
+		s.wait = f
+		s.cur.onWait(f)
+	}
 }
 
 // Next implements Source.
@@ -66,10 +95,16 @@ func (ra *readAhead) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, erro
 	return data, ci, link, err
 }
 
-// Close stops the reading goroutine and closes the underlying reader.
+// Interrupt implements Interrupter: the reading goroutine stops (once its
+// read returns) and Next returns errClosed. Safe from any goroutine.
+func (ra *readAhead) Interrupt() { ra.stopOnce.Do(func() { close(ra.stop) }) }
+
+// Close stops the reading goroutine and closes the underlying reader (which
+// ends a read that waits on a pipe). Call it from the goroutine that calls
+// Next, once Next no longer runs; Interrupt is for other goroutines.
 func (ra *readAhead) Close() error {
 	ra.closeOnce.Do(func() {
-		close(ra.stop)
+		ra.Interrupt()
 		ra.closeError = ra.Reader.Close()
 	})
 	return ra.closeError
@@ -82,6 +117,7 @@ type prefetcher struct {
 	stop       <-chan struct{}
 	cur        *block
 	pos        int
+	onWait     func() // called before waiting for a block; nil for none
 }
 
 type block struct {
@@ -148,6 +184,15 @@ func (p *prefetcher) avail() ([]byte, error) {
 				p.free <- p.cur
 			}
 			p.cur = nil
+		}
+		select {
+		case bl := <-p.full:
+			p.cur, p.pos = bl, 0
+			continue
+		default:
+		}
+		if p.onWait != nil {
+			p.onWait()
 		}
 		select {
 		case bl := <-p.full:

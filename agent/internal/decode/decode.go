@@ -18,6 +18,13 @@ const (
 	KindIP        Kind = iota // a usable IP header: counted in a flow
 	KindNonIP                 // no IP header (ARP, LLC, ...): counted per sensor
 	KindMalformed             // an IP or link header that does not parse: counted per sensor
+	// KindTruncated is an IP frame cut by the snaplen (captured length
+	// below the wire length) inside its IP header, before both addresses:
+	// its IP bytes come from the length field (IPBytes, Network, Proto are
+	// set), it counts as an IP frame per sensor, by Reason, but it cannot
+	// be put in a flow. An IPv4 header cut after its addresses (options,
+	// or no transport header) is KindIP, with ports 0.
+	KindTruncated
 )
 
 // Network is the outermost network-layer protocol of a frame.
@@ -63,21 +70,32 @@ const (
 	ReasonBadIPVersion  = "bad_ip_version"
 	ReasonShortIPv6     = "short_ipv6_header"
 	ReasonBadIPv6Ext    = "bad_ipv6_extension_header"
+
+	// Reasons of KindTruncated: the snaplen ended the capture inside the
+	// header, before the end of the destination address.
+	ReasonTruncatedIPv4 = "truncated_ipv4_header"
+	ReasonTruncatedIPv6 = "truncated_ipv6_header"
 )
 
 // Packet is the decoded summary of one frame. Payload and the L7 input
 // alias the frame's buffer and are valid only until the next read.
 type Packet struct {
 	Kind    Kind
-	Reason  string  // why the frame is malformed; "" otherwise
+	Reason  string  // why the frame is malformed or truncated; "" otherwise
 	Network Network // outermost network header
 	TsNs    int64   // packet time, Unix ns (set by the caller)
+	// WireLen is the frame's length on the wire, bytes: the original
+	// length of the capture's record header (pcap orig_len, pcapng
+	// original packet length, libpcap's len), set by the caller like TsNs;
+	// 0 when unknown. Decode reads it for IPv4 total length 0 (TSO) and to
+	// tell a frame cut by the snaplen from a malformed one.
+	WireLen uint32
 
 	Src, Dst         [16]byte // innermost IP addresses; the first AddrLen bytes are used
 	AddrLen          uint8    // 4 or 16
 	SrcPort, DstPort uint16   // 0 without ports (ICMP, non-first fragments)
 	Proto            uint8    // IP protocol number of the innermost header
-	IPBytes          uint32   // IPv4 total length (the captured length when it is 0: TSO) or IPv6 payload length + 40
+	IPBytes          uint32   // IPv4 total length (when it is 0, TSO: WireLen minus the bytes before the IP header) or IPv6 payload length + 40
 	PayloadBytes     uint32   // transport payload bytes from the length fields
 	TCPFlags         uint16   // flags byte, NS as 0x100
 	ICMPType         uint8
@@ -93,7 +111,14 @@ type Packet struct {
 	Window           uint16
 	Payload          []byte // captured transport payload (TCP/UDP), for light L7
 	ARP              ARP    // the ARP/RARP frame when Network is NetARP (ARP.OK)
+
+	frameLen int // captured bytes of the frame being decoded
 }
+
+// cut reports whether the captured frame ends before its wire length
+// (a snaplen), so that a header running past the captured bytes is
+// truncated rather than malformed.
+func (p *Packet) cut() bool { return p.WireLen > 0 && p.frameLen < int(p.WireLen) }
 
 // Decoder parses frames of one link type. The zero value is not usable:
 // call New.
@@ -126,11 +151,11 @@ func (d *Decoder) LinkType() layers.LinkType { return d.link }
 // maxDepth bounds tunnel nesting, so that crafted frames cannot loop.
 const maxDepth = 8
 
-// Decode parses data into p (overwriting it, except TsNs) and returns p.Kind.
-// It never panics on any input.
+// Decode parses data into p (overwriting it, except TsNs and WireLen) and
+// returns p.Kind. It never panics on any input.
 func (d *Decoder) Decode(data []byte, p *Packet) Kind {
-	ts := p.TsNs
-	*p = Packet{TsNs: ts}
+	ts, wire := p.TsNs, p.WireLen
+	*p = Packet{TsNs: ts, WireLen: wire, frameLen: len(data)}
 	switch d.link {
 	case layers.LinkTypeEthernet:
 		d.ether(data, p, 0, true)
@@ -178,6 +203,11 @@ func (d *Decoder) Decode(data []byte, p *Packet) Kind {
 		return p.malformed(ReasonShortLink)
 	}
 	return p.Kind
+}
+
+// truncated marks p as an IP frame of ipBytes cut inside its header.
+func (p *Packet) truncated(reason string, ipBytes uint32, n Network) {
+	p.Kind, p.Reason, p.IPBytes, p.Network, p.AddrLen = KindTruncated, reason, ipBytes, n, 0
 }
 
 func (p *Packet) malformed(reason string) Kind {
@@ -330,6 +360,15 @@ func (d *Decoder) inner(data []byte, p *Packet, depth int, version int) bool {
 // ipv4 parses an IPv4 header (RFC 791) and what follows.
 func (d *Decoder) ipv4(data []byte, p *Packet, depth int) bool {
 	if len(data) < 20 {
+		if len(data) >= 4 && data[0]>>4 == 4 && p.cut() {
+			// the snaplen ended the frame inside the header, before the
+			// addresses: counted from the total length, not in a flow
+			p.truncated(ReasonTruncatedIPv4, uint32(binary.BigEndian.Uint16(data[2:4])), NetIPv4)
+			if len(data) >= 10 {
+				p.Proto = data[9]
+			}
+			return false
+		}
 		p.malformed(ReasonShortIPv4)
 		return false
 	}
@@ -338,16 +377,25 @@ func (d *Decoder) ipv4(data []byte, p *Packet, depth int) bool {
 		return false
 	}
 	ihl := int(data[0]&0x0f) * 4
-	if ihl < 20 || len(data) < ihl {
+	// options cut by the snaplen: the addresses are there, the transport
+	// header is not (ports 0)
+	optionsCut := len(data) < ihl && p.cut()
+	if ihl < 20 || len(data) < ihl && !optionsCut {
 		p.malformed(ReasonBadIPv4Header)
 		return false
 	}
 	total := int(binary.BigEndian.Uint16(data[2:4]))
 	if total == 0 {
 		// TCP segmentation offload: a locally captured segment larger than
-		// 64 KiB, or not yet split by the NIC, has total length 0; count it
-		// from the captured length, as tshark does (issue 3).
+		// 64 KiB, or not yet split by the NIC, has total length 0 (issue
+		// 3). Its IP bytes are the frame's wire length minus the bytes
+		// before this header (link header, tunnels), so that a snaplen does
+		// not change them; the captured length when the wire length is
+		// not known.
 		total = len(data)
+		if w := int(p.WireLen) - (p.frameLen - len(data)); p.WireLen > 0 && w > total {
+			total = w
+		}
 	}
 	if total < ihl {
 		p.malformed(ReasonBadIPv4Total)
@@ -373,7 +421,7 @@ func (d *Decoder) ipv4(data []byte, p *Packet, depth int) bool {
 	p.FragOffset = off
 	plen := total - ihl
 	p.PayloadBytes = uint32(plen)
-	body := data[ihl:]
+	body := data[min(ihl, len(data)):] // empty when the snaplen cut the options
 	if len(body) > plen {
 		body = body[:plen] // Ethernet padding
 	}
@@ -404,6 +452,14 @@ func (d *Decoder) ipv4(data []byte, p *Packet, depth int) bool {
 // ipv6 parses an IPv6 header (RFC 8200), its extension headers and what follows.
 func (d *Decoder) ipv6(data []byte, p *Packet, depth int) bool {
 	if len(data) < 40 {
+		if len(data) >= 8 && data[0]>>4 == 6 && p.cut() {
+			// the snaplen ended the frame inside the header (a link header
+			// longer than Ethernet's — SLL2, 802.1Q — with snaplen 54):
+			// counted from the payload length, not in a flow
+			p.truncated(ReasonTruncatedIPv6, uint32(binary.BigEndian.Uint16(data[4:6]))+40, NetIPv6)
+			p.Proto = data[6]
+			return false
+		}
 		p.malformed(ReasonShortIPv6)
 		return false
 	}

@@ -101,7 +101,7 @@ func SummarizeContext(ctx context.Context, path string, progress io.Writer) (*su
 			return r, err
 		}
 		n.Add(1)
-		p.TsNs = ci.Timestamp.UnixNano()
+		p.TsNs, p.WireLen = ci.Timestamp.UnixNano(), uint32(ci.Length)
 		if dec := decs.Get(link); dec != nil {
 			dec.Decode(data, &p)
 		} else {
@@ -137,7 +137,7 @@ func ReadFile(path string, emit func(*decode.Packet)) (*Stats, error) {
 			return &a.Stats, err
 		}
 		a.Stats.Received.Add(1)
-		p.TsNs = ci.Timestamp.UnixNano()
+		p.TsNs, p.WireLen = ci.Timestamp.UnixNano(), uint32(ci.Length)
 		if dec := decs.Get(link); dec != nil {
 			dec.Decode(data, &p)
 		} else {
@@ -148,6 +148,10 @@ func ReadFile(path string, emit func(*decode.Packet)) (*Stats, error) {
 			a.Stats.IPPackets.Add(1)
 			a.Stats.IPBytes.Add(uint64(p.IPBytes))
 			frags.Process(&p, emit)
+		case decode.KindTruncated:
+			a.Stats.IPPackets.Add(1)
+			a.Stats.IPBytes.Add(uint64(p.IPBytes))
+			a.Stats.Truncated.Add(1)
 		case decode.KindNonIP:
 			a.Stats.NonIP.Add(1)
 			if p.ARP.OK {

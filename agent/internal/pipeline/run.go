@@ -38,6 +38,11 @@ type Stats struct {
 	// ARP is the number of ARP/RARP frames summarized (Ethernet/IPv4,
 	// published in PacketBatch.arp); they are counted in NonIP too.
 	ARP atomic.Uint64
+	// Truncated is the number of IP frames cut by the snaplen inside their
+	// IP header, before both addresses (decode.KindTruncated): counted in
+	// IPPackets and IPBytes (from the length field), not published in a
+	// flow (pb.CaptureStats has no field for them yet: Prometheus only).
+	Truncated atomic.Uint64
 }
 
 // Decoders caches one decoder per link type (pcapng interfaces may differ).
@@ -82,6 +87,10 @@ type Agent struct {
 	// Progress, when not nil (a terminal), gets a progress line while a
 	// file is read.
 	Progress io.Writer
+	// Source, when not nil, is the capture Run reads (and closes), opened
+	// by the caller with Config.Open, instead of opening it again: a pipe
+	// (-pcap /dev/stdin) cannot be opened twice.
+	Source capture.Source
 
 	published prometheus.Counter
 	pubErrors prometheus.Counter
@@ -137,6 +146,7 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slo
 			f("netwatch_agent_ring_dropped_packets_total", "Frames dropped on a full AF_PACKET ring (tp_drops).", &a.Stats.RingDrops),
 			f("netwatch_agent_ring_queue_freezes_total", "Times an AF_PACKET TPACKET_V3 ring queue froze (tp_freeze_q_cnt).", &a.Stats.RingFreezes),
 			f("netwatch_agent_arp_packets_total", "ARP/RARP frames summarized and published (Ethernet/IPv4; also in non_ip).", &a.Stats.ARP),
+			f("netwatch_agent_truncated_packets_total", "IP frames cut by the snaplen inside their IP header before both addresses: in ip_packets and ip_bytes, not in a flow.", &a.Stats.Truncated),
 		)
 	}
 	return a
@@ -167,13 +177,31 @@ func (c *Config) Open() (capture.Source, error) {
 // is returned after everything before it is published.
 func (a *Agent) Run(ctx context.Context) error {
 	file := a.cfg.PCAP != ""
-	src, err := a.cfg.Open()
-	if err != nil {
-		return err
+	src := a.Source
+	var err error
+	if src == nil {
+		if src, err = a.cfg.Open(); err != nil {
+			return err
+		}
 	}
 	if r, ok := src.(capture.Reader); ok && file {
 		// file reading on its own core, ahead of decoding and publishing
 		src = capture.ReadAhead(r)
+		// SIGINT/SIGTERM while Next waits on a pipe (-pcap /dev/stdin, a
+		// FIFO) whose writer sends nothing: interrupting the read-ahead
+		// source ends that wait, and the loop ends as interrupted (what was
+		// read is flushed and acked).
+		if in, ok := src.(capture.Interrupter); ok {
+			stopWatch := make(chan struct{})
+			defer close(stopWatch)
+			go func() {
+				select {
+				case <-ctx.Done():
+					in.Interrupt()
+				case <-stopWatch:
+				}
+			}()
+		}
 	}
 	if !file {
 		filter, _ := a.cfg.Filter()
@@ -286,10 +314,24 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 	var p decode.Packet
 	done := ctx.Done()
 	var n uint
+	// The counters are summed here and added to Stats every 64 frames and
+	// at the end: one atomic add per counter instead of one per frame.
+	var cnt localStats
+	defer cnt.flush(st)
+	if w, ok := src.(capture.Waiter); ok {
+		// before Next waits (a slow pipe): exact counters, and batches sent
+		// when -batch.flush old, as a live capture's read timeout does
+		w.OnWait(func() {
+			cnt.flush(st)
+			batcher.Tick(time.Now())
+		})
+	}
 	defer frags.Flush(emit)
+	lastLink, dec := layers.LinkType(0), (*decode.Decoder)(nil)
 	for {
 		n++
 		if n&63 == 0 {
+			cnt.flush(st)
 			select {
 			case <-done:
 				return nil
@@ -303,6 +345,7 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 		}
 		data, ci, link, err := src.Next()
 		if err == capture.ErrTimeout {
+			cnt.flush(st)
 			now := time.Now()
 			batcher.Tick(now)
 			wm.Tick(li, batcher, now, p.TsNs, true) // the capture was empty at now
@@ -317,6 +360,9 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 			return nil
 		}
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil // interrupted while waiting for a frame
+			}
 			a.log.Error("capture read failed", "err", err)
 			return err
 		}
@@ -324,28 +370,61 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 			pacer.Wait(ci.Timestamp, done)
 			batcher.Tick(time.Now())
 		}
-		st.Received.Add(1)
-		p.TsNs = ci.Timestamp.UnixNano()
-		if dec := decs.Get(link); dec != nil {
+		cnt.received++
+		p.TsNs, p.WireLen = ci.Timestamp.UnixNano(), uint32(ci.Length)
+		if link != lastLink || dec == nil {
+			lastLink, dec = link, decs.Get(link)
+		}
+		if dec != nil {
 			dec.Decode(data, &p)
 		} else {
 			p.Kind, p.Reason = decode.KindMalformed, ReasonUnsupportedLink
 		}
 		switch p.Kind {
 		case decode.KindIP:
-			st.IPPackets.Add(1)
-			st.IPBytes.Add(uint64(p.IPBytes))
-			frags.Process(&p, emit)
+			cnt.ip++
+			cnt.ipBytes += uint64(p.IPBytes)
+			if p.Fragment || frags.Pending() > 0 {
+				frags.Process(&p, emit)
+			} else {
+				batcher.Add(&p)
+			}
+		case decode.KindTruncated:
+			cnt.ip++
+			cnt.ipBytes += uint64(p.IPBytes)
+			st.Truncated.Add(1)
 		case decode.KindNonIP:
-			st.NonIP.Add(1)
+			cnt.nonIP++
 			if p.ARP.OK {
 				st.ARP.Add(1)
 				batcher.AddARP(&p)
 			}
 		default:
-			st.Malformed.Add(1)
+			cnt.malformed++
 		}
 	}
+}
+
+// localStats are counts of one capture loop not yet added to Stats.
+type localStats struct {
+	received, ip, ipBytes, nonIP, malformed uint64
+}
+
+func (c *localStats) flush(st *Stats) {
+	if c.received != 0 {
+		st.Received.Add(c.received)
+	}
+	if c.ip != 0 {
+		st.IPPackets.Add(c.ip)
+		st.IPBytes.Add(c.ipBytes)
+	}
+	if c.nonIP != 0 {
+		st.NonIP.Add(c.nonIP)
+	}
+	if c.malformed != 0 {
+		st.Malformed.Add(c.malformed)
+	}
+	*c = localStats{}
 }
 
 func (a *Agent) publishMetrics(ctx context.Context, src capture.Source, pub *publish.Publisher) {

@@ -48,6 +48,11 @@ type Report struct {
 	Applications map[string]*Count     `json:"applications"`
 	Tunnels      map[string]uint64     `json:"tunnels"`
 	Undecodable  map[string]uint64     `json:"undecodable"`
+	// Truncated counts, by reason, the IP frames the snaplen cut inside
+	// their IP header before both addresses (decode.KindTruncated): they
+	// are in IPPackets, IPBytes and Transport (by the next header field),
+	// not in Applications, and cannot be put in a flow.
+	Truncated map[string]uint64 `json:"truncated"`
 	ARP          ARPCount              `json:"arp"`
 	ClientHellos HelloCount            `json:"client_hellos"`
 	FirstPacket  string                `json:"first_packet,omitempty"` // RFC 3339, UTC
@@ -98,7 +103,7 @@ type HelloCount struct {
 func New(file string) *Report {
 	r := &Report{File: file, LinkTypes: map[string]*LinkCount{}, Network: map[string]*Count{},
 		Transport: map[string]*Count{}, Applications: map[string]*Count{}, Tunnels: map[string]uint64{},
-		Undecodable: map[string]uint64{}}
+		Undecodable: map[string]uint64{}, Truncated: map[string]uint64{}}
 	for _, n := range []string{"ipv4", "ipv6", "arp", "other"} {
 		r.Network[n] = &Count{}
 	}
@@ -147,6 +152,9 @@ func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet, l7 *de
 	r.IPPackets++
 	r.IPBytes += uint64(p.IPBytes)
 	lc.IPBytes += uint64(p.IPBytes)
+	if p.Kind == decode.KindTruncated {
+		r.Truncated[p.Reason]++
+	}
 	t := "other"
 	switch p.Proto {
 	case 6:
@@ -160,6 +168,9 @@ func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet, l7 *de
 	}
 	r.Transport[t].Packets++
 	r.Transport[t].Bytes += uint64(p.IPBytes)
+	if p.Kind == decode.KindTruncated {
+		return
+	}
 	app := decode.App(p)
 	if app == "" {
 		app = "unknown"
