@@ -453,8 +453,8 @@ func composeMounted(vols []string, path string) bool {
 }
 
 // TestSystemdEnricherIsAGroupMember checks the enricher's systemd unit: a
-// member of group perms.EnricherGroup named after the host (%H, stable
-// across restarts), open flows left to the checkpoints on a stop
+// member of group perms.EnricherGroup named after the host (%l, the short
+// host name: a member name is one subject token; stable across restarts), open flows left to the checkpoints on a stop
 // (-shutdown.flush=false), and enricher.env read after those lines so that
 // it can override them (systemd: EnvironmentFile= wins over Environment=).
 func TestSystemdEnricherIsAGroupMember(t *testing.T) {
@@ -472,7 +472,7 @@ func TestSystemdEnricherIsAGroupMember(t *testing.T) {
 		}
 		envFile = envFile || strings.HasPrefix(l, "EnvironmentFile=")
 	}
-	want := map[string]string{"NETWATCH_CONSUME_GROUP": perms.EnricherGroup, "NETWATCH_CONSUME_MEMBER": "%H", "NETWATCH_SHUTDOWN_FLUSH": "false"}
+	want := map[string]string{"NETWATCH_CONSUME_GROUP": perms.EnricherGroup, "NETWATCH_CONSUME_MEMBER": "%l", "NETWATCH_INSTANCE": "%l", "NETWATCH_SHUTDOWN_FLUSH": "false"}
 	for k, v := range want {
 		if env[k] != v {
 			t.Errorf("netwatch-enricher.service: Environment=%s=%q, want %q", k, env[k], v)
