@@ -56,17 +56,35 @@ func rollupPieces(sch *dbSchema, base string, from, to time.Time, maxStep time.D
 	if from.IsZero() || to.IsZero() {
 		return []rollupPiece{{minute, from, to}}
 	}
+	var usable []rollupTier // coarsest first
+	for _, c := range rollupTiers {
+		if c.step <= maxStep && maxStep%c.step == 0 && (c.suffix == minute.suffix || sch.hasTable(base+c.suffix)) {
+			usable = append(usable, c)
+		}
+	}
 	var ps []rollupPiece
 	for t := from; t.Before(to); {
-		tr := minute
-		for _, c := range rollupTiers {
-			if c.step <= maxStep && maxStep%c.step == 0 && t.Equal(t.Truncate(c.step)) && !t.Add(c.step).After(to) &&
-				(c.suffix == minute.suffix || sch.hasTable(base+c.suffix)) {
-				tr = c
+		i := len(usable) - 1 // the minutes
+		for j, c := range usable {
+			if t.Equal(t.Truncate(c.step)) && !t.Add(c.step).After(to) {
+				i = j
 				break
 			}
 		}
-		end := t.Add(tr.step)
+		tr := usable[i]
+		// As many buckets of tr as fit, up to the first boundary of a
+		// coarser tier whose bucket then fits (the next piece).
+		limit := to
+		for _, c := range usable[:i] {
+			nb := t.Truncate(c.step)
+			if nb.Before(t) {
+				nb = nb.Add(c.step)
+			}
+			if !nb.Add(c.step).After(to) && nb.Before(limit) {
+				limit = nb
+			}
+		}
+		end := t.Add(max(1, limit.Sub(t)/tr.step) * tr.step)
 		if n := len(ps); n > 0 && ps[n-1].tier == tr && ps[n-1].to.Equal(t) {
 			ps[n-1].to = end
 		} else {
