@@ -198,15 +198,11 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 			return usageError{fmt.Errorf("-sites %q: %w", d, err)}
 		}
 	}
-	nc, err := connect(*url, *creds, *ca)
+	nc, js, err := connect(*url, *creds, *ca)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	o := schema.StreamOptions{Replicas: *replicas}
@@ -274,15 +270,11 @@ func cmdGroup(args []string, getenv func(string) string, stdout io.Writer) error
 	if err := parse(fs, args, getenv); err != nil {
 		return err
 	}
-	nc, err := connect(*url, *creds, *ca)
+	nc, js, err := connect(*url, *creds, *ca)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	if a := names(*add); len(a) > 0 {
@@ -341,15 +333,11 @@ func cmdProvisionSite(args []string, getenv func(string) string, stdout io.Write
 	if *maxAge < 0 || *maxBytes < 0 {
 		return usageError{errors.New("-max-age and -max-bytes must not be negative")}
 	}
-	nc, err := connect(*url, *creds, *ca)
+	nc, js, err := connect(*url, *creds, *ca)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	domain, err := site.Provision(ctx, js, site.Options{MaxAge: *maxAge, MaxBytes: *maxBytes})
@@ -364,8 +352,10 @@ func cmdProvisionSite(args []string, getenv func(string) string, stdout io.Write
 }
 
 // connect connects netwatchctl to url (comma-separated URLs; user and
-// password may be in them) with an optional credentials file and CA file.
-func connect(url, creds, ca string) (*nats.Conn, error) {
+// password may be in them) with an optional credentials file and CA file,
+// and returns the connection (the caller closes it) and its JetStream
+// context.
+func connect(url, creds, ca string) (*nats.Conn, jetstream.JetStream, error) {
 	opts := []nats.Option{nats.Name("netwatchctl")}
 	if creds != "" {
 		opts = append(opts, nats.UserCredentials(creds))
@@ -375,7 +365,12 @@ func connect(url, creds, ca string) (*nats.Conn, error) {
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to nats %s: %w", url, err)
+		return nil, nil, fmt.Errorf("connect to nats %s: %w", url, err)
 	}
-	return nc, nil
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
 }
