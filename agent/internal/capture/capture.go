@@ -325,42 +325,61 @@ func (r *pcapRecords) next() ([]byte, gopacket.CaptureInfo, error) {
 
 // header fills ci from a record header and checks the lengths as pcapgo does.
 func (r *pcapRecords) header(h []byte, ci *gopacket.CaptureInfo) error {
-	// the same uint32 arithmetic as pcapgo, so that odd fractions give the same time
-	ci.Timestamp = time.Unix(int64(r.u32(h[0:4])), int64(r.u32(h[4:8])*r.factor)).UTC()
-	ci.CaptureLength = int(r.u32(h[8:12]))
-	ci.Length = int(r.u32(h[12:16]))
-	if ci.CaptureLength > r.maxCap {
-		return fmt.Errorf("capture length exceeds snap length: %d > %d", ci.CaptureLength, r.snap)
-	}
-	if ci.CaptureLength > ci.Length {
-		return fmt.Errorf("capture length exceeds original packet length: %d > %d", ci.CaptureLength, ci.Length)
-	}
-	return nil
+	sec, frac, err := r.parse(h, &ci.CaptureLength, &ci.Length)
+	ci.Timestamp = time.Unix(sec, frac).UTC()
+	return err
 }
 
-// fromBlocks is next with ReadAhead: the header and data are slices of
-// the prefetched block that holds them, or copies when they straddle two.
+// parse reads a record header: its time (seconds and nanoseconds, with the
+// same uint32 arithmetic as pcapgo, so that odd fractions give the same
+// time), captured and original lengths, checked as pcapgo does.
+func (r *pcapRecords) parse(h []byte, capLen, wireLen *int) (sec, nsec int64, err error) {
+	sec, nsec = int64(r.u32(h[0:4])), int64(r.u32(h[4:8])*r.factor)
+	*capLen, *wireLen = int(r.u32(h[8:12])), int(r.u32(h[12:16]))
+	if *capLen > r.maxCap {
+		return sec, nsec, fmt.Errorf("capture length exceeds snap length: %d > %d", *capLen, r.snap)
+	}
+	if *capLen > *wireLen {
+		return sec, nsec, fmt.Errorf("capture length exceeds original packet length: %d > %d", *capLen, *wireLen)
+	}
+	return sec, nsec, nil
+}
+
+// fromBlocks is next with ReadAhead (see frame).
 func (r *pcapRecords) fromBlocks() ([]byte, gopacket.CaptureInfo, error) {
-	var ci gopacket.CaptureInfo
+	var f Frame
+	err := r.frame(&f)
+	ci := gopacket.CaptureInfo{Timestamp: time.Unix(0, f.TsNs).UTC(), CaptureLength: len(f.Data), Length: f.WireLen}
+	return f.Data, ci, err
+}
+
+// frame reads the next record out of the prefetched blocks into f (but
+// Link): the header and data are slices of the block that holds them, or
+// copies when they straddle two.
+func (r *pcapRecords) frame(f *Frame) error {
 	h, err := r.take(16, r.hdr[:0], nil)
 	if len(h) < 16 {
 		if len(h) > 0 && err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return nil, ci, err
+		return err
 	}
-	if err := r.header(h, &ci); err != nil {
-		return nil, ci, err
+	var capLen int
+	sec, nsec, err := r.parse(h, &capLen, &f.WireLen)
+	if err != nil {
+		return err
 	}
-	data, err := r.take(ci.CaptureLength, r.carry[:0], &r.carry)
-	if len(data) < ci.CaptureLength {
+	f.TsNs = sec*1e9 + nsec
+	data, err := r.take(capLen, r.carry[:0], &r.carry)
+	if len(data) < capLen {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return nil, ci, err
+		return err
 	}
-	r.abs += int64(16 + ci.CaptureLength)
-	return data, ci, nil
+	r.abs += int64(16 + capLen)
+	f.Data = data
+	return nil
 }
 
 // take returns the next n bytes of the blocks: a slice of the current
@@ -420,6 +439,45 @@ func (c *File) onWait(f func()) {
 	if c.pf != nil {
 		c.pf.onWait = f
 	}
+}
+
+// Frame is one captured frame as FrameSource returns it.
+type Frame struct {
+	Data    []byte          // captured bytes, valid until the next call
+	TsNs    int64           // capture time, Unix ns
+	WireLen int             // length on the wire (the record's original length), bytes
+	Link    layers.LinkType // link type of the frame
+}
+
+// FrameSource is a Source whose frames can be read without building a
+// gopacket.CaptureInfo (a time.Time, copied through every layer): the
+// agent's loop over files.
+type FrameSource interface {
+	Source
+	// NextFrame is Next into f: the same frames, errors and end.
+	NextFrame(f *Frame) error
+}
+
+// NextFrame implements FrameSource.
+func (c *File) NextFrame(f *Frame) error {
+	if c.rec == nil || c.rec.pf == nil {
+		data, ci, link, err := c.Next()
+		if err != nil {
+			return err
+		}
+		*f = Frame{Data: data, TsNs: ci.Timestamp.UnixNano(), WireLen: ci.Length, Link: link}
+		return nil
+	}
+	off := c.rec.abs
+	if err := c.rec.frame(f); err != nil {
+		if err == io.EOF {
+			return io.EOF
+		}
+		return &ReadError{Path: c.path, Packet: c.n + 1, Offset: off, Gzip: c.gz != nil, Err: err}
+	}
+	c.n++
+	f.Link = c.link
+	return nil
 }
 
 // Packets is the number of records read so far.

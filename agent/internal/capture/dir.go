@@ -163,32 +163,52 @@ func (d *Dir) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
 		if err != io.EOF {
 			return data, ci, link, err
 		}
-		d.cur.Close()
-		d.prog.Store(nil)
-		d.done.Add(d.sizes[d.i])
-		d.i++
-		if d.i == len(d.files) {
-			d.err = io.EOF
-			continue
-		}
-		f, err := openChecked(d.files[d.i], d.check)
-		if err != nil {
-			d.err = err
-			continue
-		}
-		if d.stop != nil {
-			f.prefetch(d.stop)
-			f.onWait(d.wait)
-		}
-		d.cur = f
-		d.prog.Store(f)
+		d.nextFile()
 	}
+}
+
+// nextFile closes the file read to its end and opens the next one (d.err:
+// io.EOF after the last, or the error of one that does not open).
+func (d *Dir) nextFile() {
+	d.cur.Close()
+	d.prog.Store(nil)
+	d.done.Add(d.sizes[d.i])
+	d.i++
+	if d.i == len(d.files) {
+		d.err = io.EOF
+		return
+	}
+	f, err := openChecked(d.files[d.i], d.check)
+	if err != nil {
+		d.err = err
+		return
+	}
+	if d.stop != nil {
+		f.prefetch(d.stop)
+		f.onWait(d.wait)
+	}
+	d.cur = f
+	d.prog.Store(f)
 }
 
 // prefetch reads the current file, and each next one, ahead (ReadAhead).
 func (d *Dir) prefetch(stop <-chan struct{}) {
 	d.stop = stop
 	d.cur.prefetch(stop)
+}
+
+// NextFrame implements FrameSource: Next into f.
+func (d *Dir) NextFrame(f *Frame) error {
+	for {
+		if d.err != nil {
+			return d.err
+		}
+		err := d.cur.NextFrame(f)
+		if err != io.EOF {
+			return err
+		}
+		d.nextFile()
+	}
 }
 
 // File is the path of the file being read.

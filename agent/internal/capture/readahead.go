@@ -95,6 +95,19 @@ func (ra *readAhead) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, erro
 	return data, ci, link, err
 }
 
+// NextFrame implements FrameSource.
+func (ra *readAhead) NextFrame(f *Frame) error {
+	err := ra.Reader.(FrameSource).NextFrame(f)
+	if err != nil {
+		select {
+		case <-ra.stop:
+			err = errClosed
+		default:
+		}
+	}
+	return err
+}
+
 // Interrupt implements Interrupter: the reading goroutine stops (once its
 // read returns) and Next returns errClosed. Safe from any goroutine.
 func (ra *readAhead) Interrupt() { ra.stopOnce.Do(func() { close(ra.stop) }) }

@@ -62,10 +62,25 @@ func TestReadAheadSameFrames(t *testing.T) {
 			}
 			ra := ReadAhead(r)
 			defer ra.Close()
+			r3, err := Open(f, anyLink)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fs := ReadAhead(r3).(FrameSource) // the agent's loop reads files this way
+			defer fs.Close()
+			var fr Frame
 			n := 0
 			for {
 				d1, c1, l1, e1 := direct.Next()
 				d2, c2, l2, e2 := ra.Next()
+				e3 := fs.NextFrame(&fr)
+				if e1 != e3 && (e1 == nil || e3 == nil || e1.Error() != e3.Error()) {
+					t.Fatalf("frame %d: errors %v and NextFrame's %v", n, e1, e3)
+				}
+				if e1 == nil && (!bytes.Equal(d1, fr.Data) || c1.Timestamp.UnixNano() != fr.TsNs || c1.Length != fr.WireLen ||
+					l1 != fr.Link) {
+					t.Fatalf("frame %d differs from NextFrame's", n+1)
+				}
 				if e1 != nil || e2 != nil {
 					var r1, r2 *ReadError
 					if !(e1 == e2 || (errors.As(e1, &r1) && errors.As(e2, &r2) && e1.Error() == e2.Error())) {

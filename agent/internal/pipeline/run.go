@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -328,6 +329,8 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 	}
 	defer frags.Flush(emit)
 	lastLink, dec := layers.LinkType(0), (*decode.Decoder)(nil)
+	fs, _ := src.(capture.FrameSource)
+	var fr capture.Frame
 	for {
 		n++
 		if n&63 == 0 {
@@ -343,7 +346,19 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 				wm.Tick(li, batcher, now, p.TsNs, false)
 			}
 		}
-		data, ci, link, err := src.Next()
+		var (
+			data []byte
+			link layers.LinkType
+			err  error
+		)
+		if fs != nil { // files: no gopacket.CaptureInfo to build and copy
+			err = fs.NextFrame(&fr)
+			data, link, p.TsNs, p.WireLen = fr.Data, fr.Link, fr.TsNs, uint32(fr.WireLen)
+		} else {
+			var ci gopacket.CaptureInfo
+			data, ci, link, err = src.Next()
+			p.TsNs, p.WireLen = ci.Timestamp.UnixNano(), uint32(ci.Length)
+		}
 		if err == capture.ErrTimeout {
 			cnt.flush(st)
 			now := time.Now()
@@ -367,11 +382,10 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 			return err
 		}
 		if pacer.Speed > 0 {
-			pacer.Wait(ci.Timestamp, done)
+			pacer.Wait(time.Unix(0, p.TsNs), done)
 			batcher.Tick(time.Now())
 		}
 		cnt.received++
-		p.TsNs, p.WireLen = ci.Timestamp.UnixNano(), uint32(ci.Length)
 		if link != lastLink || dec == nil {
 			lastLink, dec = link, decs.Get(link)
 		}
