@@ -755,9 +755,13 @@ const maxBatch = 64 << 10
 // out as fragments of this size, each with its own frame header.
 const gorillaBuffer = 16 << 10
 
-// stuckPoll is how often the writer looks again at a socket that had no
-// room for the next data frame.
-const stuckPoll = 10 * time.Millisecond
+// The writer looks again at a socket that had no room for the next data
+// frame after stuckPoll, doubling the wait while there is still none, up to
+// stuckPollMax.
+const (
+	stuckPoll    = time.Millisecond
+	stuckPollMax = 16 * time.Millisecond
+)
 
 // writeBatch writes first and the messages queued behind it as one text
 // frame, one JSON object a line (Filter.Batch), up to maxBatch bytes and
@@ -804,7 +808,7 @@ var newline = []byte{'\n'}
 //
 // A live client's data frames go out only while its socket has room
 // (sendWindow): when it has none, the writer holds the next message and
-// looks again every stuckPoll, the client's queue fills and further
+// looks again after 1 to 16 ms, the client's queue fills and further
 // messages for it are dropped and counted, while the other clients are
 // never waited for. Drops are reported once a second while the socket
 // drains; a socket that does not drain gets no report until it does, or
@@ -835,6 +839,7 @@ func (h *Hub) write(c *client) {
 	retry := time.NewTimer(stuckPoll)
 	retry.Stop()
 	defer retry.Stop()
+	poll := stuckPoll // the next wait for room
 	send := func(b []byte) bool {
 		_ = c.conn.SetWriteDeadline(time.Now().Add(wt))
 		return c.conn.WriteMessage(websocket.TextMessage, b) == nil
@@ -895,8 +900,8 @@ func (h *Hub) write(c *client) {
 				return
 			}
 			if held = rest; held != nil {
-				heldSince = time.Now()
-				retry.Reset(stuckPoll)
+				heldSince, poll = time.Now(), stuckPoll
+				retry.Reset(poll)
 			}
 		case <-retry.C:
 			rest, wrote, ok := deliver(held)
@@ -906,9 +911,11 @@ func (h *Hub) write(c *client) {
 			}
 			if held = rest; held != nil {
 				if wrote {
-					heldSince = time.Now()
+					heldSince, poll = time.Now(), stuckPoll
+				} else {
+					poll = min(2*poll, stuckPollMax)
 				}
-				retry.Reset(stuckPoll)
+				retry.Reset(poll)
 			}
 		case <-report.C:
 			total := c.dropped.Load()
