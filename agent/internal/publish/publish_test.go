@@ -174,4 +174,3 @@ func TestRetryKeepsSubjectOrder(t *testing.T) {
 	}
 	t.Logf("stored %v after %.0f failed attempt(s)", got, testutil.ToFloat64(errs))
 }
-

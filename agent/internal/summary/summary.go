@@ -52,12 +52,12 @@ type Report struct {
 	// their IP header before both addresses (decode.KindTruncated): they
 	// are in IPPackets, IPBytes and Transport (by the next header field),
 	// not in Applications, and cannot be put in a flow.
-	Truncated map[string]uint64 `json:"truncated"`
-	ARP          ARPCount              `json:"arp"`
-	ClientHellos HelloCount            `json:"client_hellos"`
-	FirstPacket  string                `json:"first_packet,omitempty"` // RFC 3339, UTC
-	LastPacket   string                `json:"last_packet,omitempty"`
-	DurationS    float64               `json:"duration_s"`
+	Truncated    map[string]uint64 `json:"truncated"`
+	ARP          ARPCount          `json:"arp"`
+	ClientHellos HelloCount        `json:"client_hellos"`
+	FirstPacket  string            `json:"first_packet,omitempty"` // RFC 3339, UTC
+	LastPacket   string            `json:"last_packet,omitempty"`
+	DurationS    float64           `json:"duration_s"`
 
 	first, last int64
 	bindings    map[[10]byte]bool   // sender IPv4 + MAC pairs seen
