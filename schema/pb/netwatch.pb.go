@@ -735,9 +735,13 @@ type PacketBatch struct {
 	// batch of the subject. The enricher moves the bucket's flow clock to it
 	// instead of guessing from its own wall clock, so batches delayed by a
 	// broker failover still join their flows. 0: none.
-	WatermarkNs   int64 `protobuf:"varint,9,opt,name=watermark_ns,json=watermarkNs,proto3" json:"watermark_ns,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	WatermarkNs int64 `protobuf:"varint,9,opt,name=watermark_ns,json=watermarkNs,proto3" json:"watermark_ns,omitempty"`
+	// final_watermark: the agent stopped capturing (a clean stop of a live
+	// capture, after every batch was acked); the enricher's wall clock takes
+	// over this bucket's idle timeouts at once.
+	FinalWatermark bool `protobuf:"varint,10,opt,name=final_watermark,json=finalWatermark,proto3" json:"final_watermark,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PacketBatch) Reset() {
@@ -831,6 +835,13 @@ func (x *PacketBatch) GetWatermarkNs() int64 {
 		return x.WatermarkNs
 	}
 	return 0
+}
+
+func (x *PacketBatch) GetFinalWatermark() bool {
+	if x != nil {
+		return x.FinalWatermark
+	}
+	return false
 }
 
 // Flow is one bidirectional flow record (Zeek conn.log names).
@@ -2244,7 +2255,7 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\x04type\x18\x02 \x01(\rR\x04type\x12\x12\n" +
 	"\x04addr\x18\x03 \x01(\fR\x04addr\x12\x16\n" +
 	"\x06target\x18\x04 \x01(\tR\x06target\x12\x10\n" +
-	"\x03ttl\x18\x05 \x01(\rR\x03ttl\"\xa2\x02\n" +
+	"\x03ttl\x18\x05 \x01(\rR\x03ttl\"\xcb\x02\n" +
 	"\vPacketBatch\x12\x16\n" +
 	"\x06sensor\x18\x01 \x01(\tR\x06sensor\x12\x12\n" +
 	"\x04boot\x18\x02 \x01(\tR\x04boot\x12\x10\n" +
@@ -2255,7 +2266,9 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"endOfInput\x12\x17\n" +
 	"\asent_ns\x18\a \x01(\x03R\x06sentNs\x12)\n" +
 	"\x03arp\x18\b \x03(\v2\x17.netwatch.v1.ArpSummaryR\x03arp\x12!\n" +
-	"\fwatermark_ns\x18\t \x01(\x03R\vwatermarkNs\"\x94\r\n" +
+	"\fwatermark_ns\x18\t \x01(\x03R\vwatermarkNs\x12'\n" +
+	"\x0ffinal_watermark\x18\n" +
+	" \x01(\bR\x0efinalWatermark\"\x94\r\n" +
 	"\x04Flow\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06sensor\x18\x02 \x01(\tR\x06sensor\x12!\n" +
