@@ -292,6 +292,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	} else {
 		batcher.FlushAll()
 		err = pub.Wait(context.Background())
+		if err == nil && wm != nil {
+			// every batch is stored: a final watermark hands the sensor's
+			// idle timeouts back to the enricher's wall clock at once
+			wm.Final(time.Now())
+			err = pub.Wait(context.Background())
+		}
 	}
 	stopMetrics()
 	mwg.Wait()

@@ -24,7 +24,8 @@ import (
 // watermarks increase, and no batch after a watermark W holds a packet
 // stamped before W (the promise the enricher relies on). Every bucket gets
 // watermarks, and they follow the traffic (the last is after the first
-// datagram).
+// datagram); after the stop, the last message of every bucket is a final
+// watermark.
 func TestLiveWatermarks(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testkit.Unavailable(t, "live capture needs root (CAP_NET_RAW)")
@@ -86,6 +87,7 @@ func TestLiveWatermarks(t *testing.T) {
 	wmOf := map[string]int64{} // subject -> latest watermark
 	wmN := map[string]int{}    // subject -> watermarks
 	lastWM := map[string]int64{}
+	lastFinal := map[string]bool{} // subject -> its latest message is a final watermark
 	pkts, late, backwards := 0, 0, 0
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
 		m, err := st.GetMsg(context.Background(), seq)
@@ -100,14 +102,16 @@ func TestLiveWatermarks(t *testing.T) {
 			if len(b.Packets) != 0 {
 				t.Errorf("seq %d: a watermark batch with %d packets", seq, len(b.Packets))
 			}
-			if b.WatermarkNs <= wmOf[m.Subject] {
+			if b.WatermarkNs < wmOf[m.Subject] || b.WatermarkNs == wmOf[m.Subject] && !b.FinalWatermark {
 				backwards++
 			}
 			wmOf[m.Subject] = max(wmOf[m.Subject], b.WatermarkNs)
 			lastWM[m.Subject] = b.WatermarkNs
+			lastFinal[m.Subject] = b.FinalWatermark
 			wmN[m.Subject]++
 			continue
 		}
+		lastFinal[m.Subject] = false
 		for _, p := range b.Packets {
 			pkts++
 			if p.TsNs < wmOf[m.Subject] {
@@ -124,6 +128,15 @@ func TestLiveWatermarks(t *testing.T) {
 	}
 	if len(wmN) != schema.Buckets {
 		t.Errorf("watermarks on %d subjects, want all %d buckets", len(wmN), schema.Buckets)
+	}
+	finals := 0
+	for _, f := range lastFinal {
+		if f {
+			finals++
+		}
+	}
+	if finals != schema.Buckets {
+		t.Errorf("%d buckets end with a final watermark after the stop, want %d", finals, schema.Buckets)
 	}
 	minN := 1 << 30
 	for subj, n := range wmN {

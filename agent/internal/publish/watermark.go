@@ -99,12 +99,38 @@ func (w *Watermarks) full() bool {
 	return p.DropWhenFull && p.MaxBytes > 0 && p.Buffered() > p.MaxBytes/10*9
 }
 
+// Final sends the last watermark, marked final_watermark, on every bucket
+// after the capture stopped and every batch was acked (a clean stop): the
+// enricher ends the sensor's idle flows by its wall clock from then on
+// instead of waiting for its watermark silence. Every loop has stopped and
+// every packet is in an acked batch, so the watermark is the newest of the
+// loops' clocks, the newest packet and now. A nil w does nothing.
+func (w *Watermarks) Final(now time.Time) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	wm := max(w.sent, w.last, now.Add(-idleMargin).UnixNano())
+	for _, c := range w.clocks {
+		wm = max(wm, c)
+	}
+	if w.last == 0 {
+		w.mu.Unlock()
+		return // no packet: no flow to end
+	}
+	w.mu.Unlock()
+	w.sendFinal(wm, now, true)
+}
+
 // send publishes watermark wm on every bucket of the sensor.
-func (w *Watermarks) send(wm int64, now time.Time) {
+func (w *Watermarks) send(wm int64, now time.Time) { w.sendFinal(wm, now, false) }
+
+func (w *Watermarks) sendFinal(wm int64, now time.Time, final bool) {
 	b := w.b
 	for i := uint32(0); i < schema.Buckets; i++ {
 		seq := b.seq.Add(1)
-		m := pb.PacketBatch{Sensor: b.sensor, Boot: b.boot, Seq: seq, Bucket: i, SentNs: now.UnixNano(), WatermarkNs: wm}
+		m := pb.PacketBatch{Sensor: b.sensor, Boot: b.boot, Seq: seq, Bucket: i, SentNs: now.UnixNano(), WatermarkNs: wm,
+			FinalWatermark: final}
 		data, err := proto.Marshal(&m)
 		if err != nil { // cannot happen for a well-formed message
 			continue
