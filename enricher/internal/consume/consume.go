@@ -228,6 +228,7 @@ type tableKey struct {
 type table struct {
 	t        *flow.Table
 	wallMark time.Time // wall time the clock last followed (a packet or a tick)
+	wmark    time.Time // wall time of its last watermark batch (zero: none, or a final one)
 }
 
 // sensorState is the state shared by a sensor's tables.
@@ -240,10 +241,10 @@ type sensorState struct {
 	wmark    time.Time                 // wall time of the sensor's last watermark batch (zero: none yet)
 }
 
-// watermarked says whether the sensor's clocks follow its watermarks at
-// now (Config.WatermarkSilence).
-func (s *Stage) watermarked(ss *sensorState, now time.Time) bool {
-	return ss != nil && !ss.wmark.IsZero() && now.Sub(ss.wmark) < s.cfg.WatermarkSilence
+// watermarked says whether a clock whose last watermark arrived at wmark
+// follows its watermarks at now (Config.WatermarkSilence).
+func (s *Stage) watermarked(wmark, now time.Time) bool {
+	return !wmark.IsZero() && now.Sub(wmark) < s.cfg.WatermarkSilence
 }
 
 // Stage is the enricher's consumer loop. Create it with New and call Run once.
@@ -795,7 +796,11 @@ func (s *Stage) process(bs *bucketState, seq uint64, data []byte, m jetstream.Ms
 		// Every packet of this bucket before the watermark is in an
 		// earlier message (the agent keeps a bucket's batches in order):
 		// flows idle at it can end; deterministic on a replay.
-		ss.wmark = now
+		ss.wmark, t.wmark = now, now
+		if b.FinalWatermark {
+			// the agent stopped: the wall clock takes over at once
+			ss.wmark, t.wmark = time.Time{}, time.Time{}
+		}
 		t.t.Advance(b.WatermarkNs)
 		if ss.counters != nil && b.Bucket < schema.Buckets {
 			ss.counters.Advance(b.Bucket, b.WatermarkNs)
@@ -852,8 +857,8 @@ func (s *Stage) emit(r flow.Record, prefix string) {
 // tick lets the clock of every bucket that got no packets for a WallTick
 // follow the wall clock, so live flows expire when traffic stops.
 func (s *Stage) tick(now time.Time) {
-	for k, t := range s.tables {
-		if s.watermarked(s.sensors[k.sensor], now) {
+	for _, t := range s.tables {
+		if s.watermarked(t.wmark, now) {
 			continue // its watermarks move the clock
 		}
 		if d := now.Sub(t.wallMark); d >= s.cfg.WallTick && t.t.Clock() != 0 {
@@ -863,7 +868,7 @@ func (s *Stage) tick(now time.Time) {
 	}
 	for _, ss := range s.sensors {
 		c := ss.counters
-		if c == nil || c.Open() == 0 || s.watermarked(ss, now) {
+		if c == nil || c.Open() == 0 || s.watermarked(ss.wmark, now) {
 			continue
 		}
 		if now.Sub(ss.wallMark) >= s.cfg.WallTick {

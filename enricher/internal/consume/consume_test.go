@@ -397,13 +397,14 @@ func TestMaxFlows(t *testing.T) {
 // the flow), then the late answer: one flow of 1+1 packets, ended idle by
 // the next watermark (5 s), with no end of input. A later flow with no
 // watermark after it ends by the wall clock once the sensor's watermarks
-// are older than WatermarkSilence (2 s).
+// are older than WatermarkSilence (4 s); a flow followed by a final
+// watermark (the agent stopped) ends by the wall clock at once (idle 1 s).
 func TestWatermark(t *testing.T) {
 	_, _, js := testkit.JetStream(t)
 	fc := flow.DefaultConfig()
 	fc.IdleUDP = time.Second
 	cfg := Config{Flow: fc, Publish: publish.Config{MaxFlows: 256, Linger: 20 * time.Millisecond},
-		WallTick: 100 * time.Millisecond, WatermarkSilence: 2 * time.Second, ShutdownFlush: false, Instance: "test"}
+		WallTick: 100 * time.Millisecond, WatermarkSilence: 4 * time.Second, ShutdownFlush: false, Instance: "test"}
 	s := New(js, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -434,10 +435,19 @@ func TestWatermark(t *testing.T) {
 		t.Fatalf("flows %v, want one final idle flow of 1+1 packets", flows)
 	}
 
-	// No watermark after this one: the wall clock takes over after 2 s.
+	// No watermark after this one: the wall clock takes over after 4 s.
 	batch(5, 0, udp(10, hostA, 50000, hostB, 53, 30))
 	testkit.Eventually(t, 10*time.Second, func() bool { return flowsCount(t, js) >= 2 }, "the wall clock did not end a flow after the watermarks stopped")
-	if d := time.Since(lastWM); d < 2*time.Second {
-		t.Errorf("the flow ended %v after the last watermark, before WatermarkSilence (2 s)", d)
+	if d := time.Since(lastWM); d < 4*time.Second {
+		t.Errorf("the flow ended %v after the last watermark, before WatermarkSilence (4 s)", d)
+	}
+
+	// A final watermark: the wall clock takes over at once.
+	batch(6, 0, udp(20, hostA, 50000, hostB, 53, 30))
+	publishBatch(t, js, &pb.PacketBatch{Sensor: "s1", Boot: "boot1", Seq: 7, Bucket: b, WatermarkNs: t0 + 20.1e9, FinalWatermark: true})
+	final := time.Now()
+	testkit.Eventually(t, 10*time.Second, func() bool { return flowsCount(t, js) >= 3 }, "no flow ended after the final watermark")
+	if d := time.Since(final); d > 3*time.Second {
+		t.Errorf("the flow ended %v after the final watermark; the wall clock should end it after its 1 s idle timeout", d)
 	}
 }
