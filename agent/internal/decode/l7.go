@@ -131,6 +131,11 @@ func App(p *Packet) string {
 	if bytes.HasPrefix(b, []byte("SSH-")) {
 		return AppSSH
 	}
+	switch b[0] { // the first letters of "HTTP/1." and of the methods: most payloads stop here
+	case 'H', 'G', 'P', 'D', 'O', 'C', 'T':
+	default:
+		return ""
+	}
 	if bytes.HasPrefix(b, []byte("HTTP/1.")) {
 		return AppHTTP
 	}

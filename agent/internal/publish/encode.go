@@ -188,13 +188,30 @@ func appendFixed(b []byte, p *decode.Packet, full bool) []byte {
 		b = slices.Grow(b, maxFixedSummary)
 	}
 	d := (*[maxFixedSummary]byte)(b[n : n+maxFixedSummary])
-	i := putField(d, 0, sumTsNs<<3, uint64(p.TsNs))
-	al := min(int(p.AddrLen), 16) // 4 or 16
-	if al > 0 {
-		d[i], d[i+1] = sumSrcAddr<<3|byte(protowire.BytesType), byte(al)
-		i += 2 + copy(d[i+2:], p.Src[:al])
-		d[i], d[i+1] = sumDstAddr<<3|byte(protowire.BytesType), byte(al)
-		i += 2 + copy(d[i+2:], p.Dst[:al])
+	var i int
+	if ts := uint64(p.TsNs); ts>>56 != 0 && ts>>63 == 0 {
+		// every time from 1972 to 2262 is a 9-byte varint: unrolled
+		d[0] = sumTsNs << 3
+		d[1], d[2], d[3], d[4] = byte(ts)|0x80, byte(ts>>7)|0x80, byte(ts>>14)|0x80, byte(ts>>21)|0x80
+		d[5], d[6], d[7], d[8] = byte(ts>>28)|0x80, byte(ts>>35)|0x80, byte(ts>>42)|0x80, byte(ts>>49)|0x80
+		d[9] = byte(ts >> 56)
+		i = 10
+	} else {
+		i = putField(d, 0, sumTsNs<<3, ts)
+	}
+	switch p.AddrLen {
+	case 4:
+		d[i], d[i+1] = sumSrcAddr<<3|byte(protowire.BytesType), 4
+		copy(d[i+2:i+6], p.Src[:4])
+		d[i+6], d[i+7] = sumDstAddr<<3|byte(protowire.BytesType), 4
+		copy(d[i+8:i+12], p.Dst[:4])
+		i += 12
+	case 16:
+		d[i], d[i+1] = sumSrcAddr<<3|byte(protowire.BytesType), 16
+		copy(d[i+2:i+18], p.Src[:])
+		d[i+18], d[i+19] = sumDstAddr<<3|byte(protowire.BytesType), 16
+		copy(d[i+20:i+36], p.Dst[:])
+		i += 36
 	}
 	i = putField(d, i, sumSrcPort<<3, uint64(p.SrcPort))
 	i = putField(d, i, sumDstPort<<3, uint64(p.DstPort))
