@@ -312,8 +312,8 @@ func wantRange(w map[batchKey]bool, sensor, boot string, from, to int) {
 //   - hub restarted: PACKETS holds exactly the 260 batches, each once
 //     (content and Nats-Msg-Id checked), METRICS sensor-a's metrics, and
 //     KV_SENSORS sensor-a's record, sourced from the site;
-//   - a stage's start-up provisioning (schema.Provision, the enricher,
-//     detector and sink call it) removes the sources: 30 batches published
+//   - a stage's start-up provisioning (schema.ProvisionRetry, the
+//     enricher, detector and sink call it) removes the sources: 30 batches published
 //     then stay at the site until netwatchctl provision -sites runs again,
 //     after which PACKETS holds 290, each once.
 func TestLeafSiteBuffersOutage(t *testing.T) {
@@ -327,7 +327,7 @@ func TestLeafSiteBuffersOutage(t *testing.T) {
 	out := f.ctl("provision", "-nats.url", f.hubURL("admin"), "-nats.tls-ca", f.ca, "-replicas", "3", "-sites", "site-a", "-timeout", "60s")
 	t.Logf("netwatchctl provision:\n%s", out)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	_, sjs := f.connect(f.siteURL("sensor-a"), nats.CustomInboxPrefix(perms.SensorInbox("sensor-a")))
 	_, hsjs := f.connect(f.hubURL("sensor-b"), nats.CustomInboxPrefix(perms.SensorInbox("sensor-b")))
@@ -466,7 +466,7 @@ func TestLeafSiteBuffersOutage(t *testing.T) {
 	})
 
 	// A stage starting with its own provisioning drops the sources ...
-	if err := schema.Provision(ctx, hjs, schema.StreamOptions{Replicas: 3}); err != nil {
+	if err := schema.ProvisionRetry(ctx, hjs, schema.StreamOptions{Replicas: 3}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := hjs.Stream(ctx, schema.StreamPackets)
