@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -57,12 +58,19 @@ func main() {
 	}
 }
 
+// DefaultGCPercent is the -gc.percent default: the live heap of the rule
+// and host windows may grow 4× before a collection, which halves the CPU
+// the collector takes on the stage's path (BenchmarkHandle, README
+// Performance) for a larger heap.
+const DefaultGCPercent = 400
+
 // Config is the detector service configuration.
 type Config struct {
 	ops.Common
 	Model          string        // -model: model file; empty means the shipped model built into the binary
 	QNameModel     string        // -qname.model: query-name model file for dns_tunnel; empty means the shipped one
 	HostModel      string        // -host.model: per-host anomaly model file; empty means the shipped one, "off" none
+	GCPercent      int           // -gc.percent: Go GC target percentage (debug.SetGCPercent); GOGC in the environment wins
 	ModelAlerts    bool          // -model.alerts
 	ModelThreshold float64       // -model.threshold
 	ModelWindow    time.Duration // -model.window
@@ -99,6 +107,7 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Webhook, "output.webhook", "", "also POST every alert as JSON to this http(s) URL (bounded queue, retries with backoff)")
 	fs.StringVar(&c.Syslog, "output.syslog", "", "also send every alert as an RFC 5424 syslog message to udp://host:port, tcp://host:port or host:port (UDP)")
 	fs.IntVar(&c.FetchBatch, "consume.batch", 256, "FLOWS messages per pull request")
+	fs.IntVar(&c.GCPercent, "gc.percent", DefaultGCPercent, "Go garbage collector target: heap growth in percent of the live heap before a collection (Go's default 100); higher spends less CPU on GC for more memory; ignored when GOGC is set")
 	fs.IntVar(&c.Replicas, "stream.replicas", 1, "stream and consumer replicas when provisioning (1 on one node, 3 on a cluster)")
 }
 
@@ -109,6 +118,7 @@ func registerThresholds(fs *flag.FlagSet, r *rules.Config, a *arp.Config) {
 	fs.IntVar(&r.PortscanPorts, "portscan.ports", d.PortscanPorts, "distinct probed ports from one originator to one responder in a window that make a port scan")
 	fs.DurationVar(&r.PortscanWindow, "portscan.window", d.PortscanWindow, "port scan tumbling window (packet time, aligned to the Unix epoch)")
 	fs.DurationVar(&r.PortscanFast, "portscan.fast", d.PortscanFast, "a scan that reaches -portscan.ports within this time of its first probe is severity high, else medium")
+	fs.IntVar(&r.PortscanFlagProbes, "portscan.flag-probes", d.PortscanFlagProbes, "distinct (port, flags) NULL, FIN, Xmas or other flag probes from one originator to one responder in a window that make a port scan on their own (0: off)")
 	fs.IntVar(&r.SweepHosts, "hostsweep.hosts", d.SweepHosts, "distinct probed responders on one port (or ICMP echo) from one originator in a window that make a host sweep")
 	fs.DurationVar(&r.SweepWindow, "hostsweep.window", d.SweepWindow, "host sweep tumbling window (packet time)")
 	fs.DurationVar(&r.SweepFast, "hostsweep.fast", d.SweepFast, "a sweep that reaches -hostsweep.hosts within this time is severity high, else medium")
@@ -175,6 +185,9 @@ func (c *Config) Validate() error {
 	}
 	if c.FetchBatch < 1 {
 		errs = append(errs, fmt.Errorf("-consume.batch %d: want at least 1", c.FetchBatch))
+	}
+	if c.GCPercent < 10 || c.GCPercent > 10000 {
+		errs = append(errs, fmt.Errorf("-gc.percent %d: want 10..10000", c.GCPercent))
 	}
 	if c.Webhook != "" {
 		if u, err := url.Parse(c.Webhook); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -261,6 +274,9 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 		return nil
 	}
 	log := cfg.Logger(stderr, "detector")
+	if getenv("GOGC") == "" {
+		debug.SetGCPercent(cfg.GCPercent)
+	}
 	log.Info("model loaded", "model", tree.Name(), "path", cfg.Model, "eval_accuracy", tree.Meta.Eval.Accuracy,
 		"qname_model", qm.Name, "qname_path", cfg.QNameModel)
 

@@ -41,6 +41,9 @@ func TestCheckConfig(t *testing.T) {
 	}
 	for _, args := range [][]string{
 		{"-check-config", "-portscan.ports", "1"},
+		{"-check-config", "-portscan.flag-probes", "1"},
+		{"-check-config", "-gc.percent", "5"},
+		{"-check-config", "-host.model", "no-such-file"},
 		{"-check-config", "-model.threshold", "2"},
 		{"-check-config", "-model", "/nonexistent/model"},
 		{"-check-config", "-synflood.pkts", "1"},

@@ -7,7 +7,7 @@
 package hostmodel
 
 import (
-	"hash/maphash"
+	"encoding/binary"
 	"math"
 	"net/netip"
 
@@ -112,10 +112,19 @@ type state struct {
 	peersOut, portsOut, peersIn set
 }
 
-type key struct {
-	sensor string
-	addr   netip.Addr
-	win    int64
+// hkey is a host within one window's map: no pointer, so the map is not
+// scanned by the garbage collector, and 20 bytes to hash.
+type hkey struct {
+	addr   [16]byte
+	sensor uint32 // index into Tracker.sensors
+}
+
+// winMap holds the hosts of one window. Closing a window walks and clears
+// its map, which keeps its capacity for a later window (no regrowth in a
+// steady state).
+type winMap struct {
+	win int64
+	m   map[hkey]int32 // index into Tracker.states
 }
 
 // Window is a closed (or current) host window.
@@ -134,9 +143,21 @@ type Window struct {
 type Tracker struct {
 	window   int64
 	maxHosts int
-	m        map[key]*state
-	free     []*state
-	seed     maphash.Seed
+	open     int       // host windows open, all windows together
+	wins     []*winMap // open windows (a few: one window past the watermark is kept)
+	spare    []*winMap // cleared maps for the next windows
+	chunks   [][]state // the states, in chunks of chunkLen: growing never copies them
+	nstates  int32
+	free     []int32
+	// recent are the last two hosts looked up (a flood's victim, a
+	// scanner): a hit skips the map. Cleared when windows close.
+	recent [2]recentHost
+	next   int
+
+	sensors    []string
+	sensorIDs  map[string]uint32
+	lastSensor string
+	lastID     uint32
 
 	watermark int64
 	nextScan  int64
@@ -151,11 +172,33 @@ type Tracker struct {
 // most maxHosts open host windows (further hosts are counted in Dropped,
 // not tracked).
 func NewTracker(window int64, maxHosts int) *Tracker {
-	return &Tracker{window: window, maxHosts: maxHosts, m: map[key]*state{}, seed: maphash.MakeSeed()}
+	return &Tracker{window: window, maxHosts: maxHosts,
+		sensorIDs: map[string]uint32{}, lastID: ^uint32(0)}
 }
 
 // Len is the number of open host windows.
-func (t *Tracker) Len() int { return len(t.m) }
+func (t *Tracker) Len() int { return t.open }
+
+// winMap returns the map of window win, making it when create is set.
+func (t *Tracker) winMap(win int64, create bool) *winMap {
+	for _, w := range t.wins {
+		if w.win == win {
+			return w
+		}
+	}
+	if !create {
+		return nil
+	}
+	var w *winMap
+	if n := len(t.spare); n > 0 {
+		w, t.spare = t.spare[n-1], t.spare[:n-1]
+		w.win = win
+	} else {
+		w = &winMap{win: win, m: map[hkey]int32{}}
+	}
+	t.wins = append(t.wins, w)
+	return w
+}
 
 func (t *Tracker) winOf(ns int64) int64 {
 	w := ns - ns%t.window
@@ -165,29 +208,74 @@ func (t *Tracker) winOf(ns int64) int64 {
 	return w
 }
 
-func (t *Tracker) hashAddr(a netip.Addr) uint64 {
-	b := a.As16()
-	return maphash.Bytes(t.seed, b[:])
+// addrKey folds a 16-byte address into the 64-bit value the distinct
+// sets hold: exact for IPv4 (the upper half of a mapped address is
+// constant), a fold of the two halves for IPv6 (two addresses of one host
+// window that fold alike count once: a distinct count, not an identity).
+func addrKey(a *[16]byte) uint64 {
+	return binary.BigEndian.Uint64(a[:8]) ^ binary.BigEndian.Uint64(a[8:])
 }
 
-func (t *Tracker) get(sensor string, a netip.Addr, win int64) *state {
-	k := key{sensor, a, win}
-	s := t.m[k]
-	if s != nil {
-		return s
+// sensorID interns a sensor name (one map lookup per new name in a row).
+func (t *Tracker) sensorID(sensor string) uint32 {
+	if t.lastID != ^uint32(0) && sensor == t.lastSensor {
+		return t.lastID
 	}
-	if len(t.m) >= t.maxHosts {
+	id, ok := t.sensorIDs[sensor]
+	if !ok {
+		id = uint32(len(t.sensors))
+		t.sensors = append(t.sensors, sensor)
+		t.sensorIDs[sensor] = id
+	}
+	t.lastSensor, t.lastID = sensor, id
+	return id
+}
+
+// chunkLen is the number of states per chunk.
+const chunkLen = 4096
+
+func (t *Tracker) st(i int32) *state { return &t.chunks[i/chunkLen][i%chunkLen] }
+
+type recentHost struct {
+	w *winMap
+	k hkey
+	i int32
+}
+
+func (t *Tracker) get(w *winMap, k hkey) *state {
+	for j := range t.recent {
+		if r := &t.recent[j]; r.w == w && r.k == k {
+			return t.st(r.i)
+		}
+	}
+	if i, ok := w.m[k]; ok {
+		t.remember(w, k, i)
+		return t.st(i)
+	}
+	if t.open >= t.maxHosts {
 		t.Dropped++
 		return nil
 	}
+	t.open++
+	var i int32
 	if n := len(t.free); n > 0 {
-		s = t.free[n-1]
+		i = t.free[n-1]
 		t.free = t.free[:n-1]
 	} else {
-		s = &state{}
+		if t.nstates%chunkLen == 0 {
+			t.chunks = append(t.chunks, make([]state, chunkLen))
+		}
+		i = t.nstates
+		t.nstates++
 	}
-	t.m[k] = s
-	return s
+	w.m[k] = i
+	t.remember(w, k, i)
+	return t.st(i)
+}
+
+func (t *Tracker) remember(w *winMap, k hkey, i int32) {
+	t.recent[t.next] = recentHost{w, k, i}
+	t.next = (t.next + 1) % len(t.recent)
 }
 
 // Observe adds one flow record (interim records carry deltas, so they add
@@ -198,13 +286,14 @@ func (t *Tracker) Observe(sensor string, f *pb.Flow) {
 	o, ok1 := netip.AddrFromSlice(f.GetOrigAddr())
 	r, ok2 := netip.AddrFromSlice(f.GetRespAddr())
 	if ok1 && ok2 {
-		o, r = o.Unmap(), r.Unmap()
-		win := t.winOf(f.GetStartNs())
+		ob, rb := o.Unmap().As16(), r.Unmap().As16()
+		sid := t.sensorID(sensor)
+		w := t.winMap(t.winOf(f.GetStartNs()), true)
 		port := uint64(f.GetProto())<<32 | uint64(f.GetRespPort())
 		if f.GetProto() == 1 || f.GetProto() == 58 {
 			port = uint64(f.GetProto())<<32 | 1<<16 | uint64(f.GetIcmpType())
 		}
-		if s := t.get(sensor, o, win); s != nil {
+		if s := t.get(w, hkey{ob, sid}); s != nil {
 			s.c.FlowsOut++
 			if Failed(f) {
 				s.c.FailedOut++
@@ -212,16 +301,16 @@ func (t *Tracker) Observe(sensor string, f *pb.Flow) {
 			s.c.PktsOut += f.GetOrigPkts()
 			s.c.BytesOut += f.GetOrigBytes()
 			s.c.BytesIn += f.GetRespBytes()
-			s.peersOut.add(t.hashAddr(r))
+			s.peersOut.add(addrKey(&rb))
 			s.portsOut.add(port)
 			s.c.PeersOut, s.c.PortsOut = s.peersOut.n, s.portsOut.n
 		}
-		if s := t.get(sensor, r, win); s != nil {
+		if s := t.get(w, hkey{rb, sid}); s != nil {
 			s.c.FlowsIn++
 			s.c.PktsOut += f.GetRespPkts()
 			s.c.BytesOut += f.GetRespBytes()
 			s.c.BytesIn += f.GetOrigBytes()
-			s.peersIn.add(t.hashAddr(o))
+			s.peersIn.add(addrKey(&ob))
 			s.c.PeersIn = s.peersIn.n
 		}
 	}
@@ -239,22 +328,30 @@ func (t *Tracker) Observe(sensor string, f *pb.Flow) {
 
 // close closes every window that ended at or before limit.
 func (t *Tracker) close(limit int64) {
-	for k, s := range t.m {
-		if k.win+t.window > limit {
+	t.recent = [2]recentHost{}
+	keep := t.wins[:0]
+	for _, w := range t.wins {
+		if w.win+t.window > limit {
+			keep = append(keep, w)
 			continue
 		}
-		if t.OnClose != nil {
-			t.OnClose(Window{Sensor: k.sensor, Addr: k.addr, Start: k.win, Counts: s.c})
+		for k, i := range w.m {
+			s := t.st(i)
+			if t.OnClose != nil {
+				t.OnClose(Window{Sensor: t.sensors[k.sensor], Addr: netip.AddrFrom16(k.addr).Unmap(), Start: w.win, Counts: s.c})
+			}
+			s.c = Counts{}
+			s.peersOut.reset()
+			s.portsOut.reset()
+			s.peersIn.reset()
+			t.free = append(t.free, i)
 		}
-		delete(t.m, k)
-		s.c = Counts{}
-		s.peersOut.reset()
-		s.portsOut.reset()
-		s.peersIn.reset()
-		if len(t.free) < 1024 {
-			t.free = append(t.free, s)
-		}
+		t.open -= len(w.m)
+		clear(w.m)
+		t.spare = append(t.spare, w)
 	}
+	clear(t.wins[len(keep):])
+	t.wins = keep
 }
 
 // Flush closes every open window (end of input).
@@ -262,10 +359,17 @@ func (t *Tracker) Flush() { t.close(math.MaxInt64) }
 
 // Current returns the counts so far of addr's window at packet time ns.
 func (t *Tracker) Current(sensor string, addr netip.Addr, ns int64) (Window, bool) {
-	win := t.winOf(ns)
-	s := t.m[key{sensor, addr.Unmap(), win}]
-	if s == nil {
+	id, ok := t.sensorIDs[sensor]
+	if !ok {
 		return Window{}, false
 	}
-	return Window{Sensor: sensor, Addr: addr.Unmap(), Start: win, Counts: s.c}, true
+	w := t.winMap(t.winOf(ns), false)
+	if w == nil {
+		return Window{}, false
+	}
+	i, ok := w.m[hkey{addr.Unmap().As16(), id}]
+	if !ok {
+		return Window{}, false
+	}
+	return Window{Sensor: sensor, Addr: addr.Unmap(), Start: w.win, Counts: t.st(i).c}, true
 }

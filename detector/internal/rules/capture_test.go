@@ -94,6 +94,10 @@ func TestCaptures(t *testing.T) {
 		// Reflection: SYN-ACKs and RSTs from ~7.1k reflectors to the spoofed victim.
 		{"attack-ddos-tcp-synack-reflection.pcap", []want{{"amplification", "", "10.10.10.10"}}, 1000, false, false},
 		{"attack-ddos-tcp-synack-reflection.pcap", []want{{"amplification", "", "10.10.10.10"}}, 1000, false, true},
+		// 63 one-way segments to port 80, one per flag combination; 12 are
+		// flag probes (StealthKind; a python count over tshark's tcp.flags),
+		// 8 of them in the first aligned minute.
+		{"tcp-all-flag-combinations-null-fin-xmas.pcap", []want{{"portscan", "10.0.0.10", "10.0.0.80"}}, 63, false, false},
 		{"eth-ipv4-dns-http-browsing-wikipedia.pcap", nil, 1, false, false},
 		{"eth-ipv4-dns-http-browsing-wikipedia.pcap", nil, 1, true, false},
 		{"lab/lab-benign-mixed.pcap", nil, 1, false, false},
@@ -230,7 +234,6 @@ var outOfScope = map[string]string{
 	"attack-recon-nmap-arp-sweep-and-version-probe.pcap": "an ARP sweep (no IP flows for absent hosts) plus version probes to a few ports: below every flow threshold",
 	"lab/lab-nmap-host-sweep.pcap":                       "mostly ARP on a LAN: 3 SYNs reach IP (README, hostsweep)",
 	"attack-portscan-vnc-scanner.pcap":                   "one VNC session to one port (20 frames): a flow cannot tell it from one login",
-	"tcp-all-flag-combinations-null-fin-xmas.pcap":       "63 crafted segments, one per flag combination, to one port over 45 s: no NULL/FIN/Xmas flag rule yet",
 	"attack-dhcp-inform-flood.pcap":                      "250 INFORM/ACK exchanges between 500 rewritten addresses, one each: no per-target or per-source count reaches a threshold",
 	"lab/lab-nmap-syn-scan.pcapng":                       "same packets as lab-nmap-syn-scan.pcap (tested)",
 }
@@ -343,5 +346,77 @@ func TestDGACapture(t *testing.T) {
 		if a.Category != "dga" || a.OrigAddr != "10.0.0.66" || a.Id != alerts[0].Id || got != want[i] {
 			t.Errorf("publish %d: %s %q %+v, want dga 10.0.0.66 %+v", i, a.Category, a.OrigAddr, got, want[i])
 		}
+	}
+}
+
+// TestStealthCapture: testdata/stealth-scans.pcap (gen-stealth-scans.py)
+// holds a NULL, a FIN and an Xmas scan of 30 ports from 10.0.0.66 to
+// 10.0.0.20, one per aligned minute, and an HTTP connection from 10.0.0.5
+// each minute. tshark counts 30 segments with each probe's flags (0x000,
+// 0x001, 0x029); the flows built from tshark's fields raise, per minute,
+// one portscan alert id (T1046) naming the scanner and the victim with the
+// minute's scan type, published at 5 flag probes (below the 50-port
+// threshold: 30 ports) and updated at 10 and 20; nothing names 10.0.0.5.
+func TestStealthCapture(t *testing.T) {
+	path := filepath.Join("testdata", "stealth-scans.pcap")
+	kinds := []string{"null", "fin", "xmas"}
+	for i, fl := range []string{"0x000", "0x001", "0x029"} {
+		out, err := exec.Command(testkit.Tool(t, "tshark"), "-r", path, "-n", "-Y", "tcp.flags == "+fl, "-T", "fields", "-e", "frame.number").Output()
+		if err != nil {
+			t.Fatalf("tshark: %v", err)
+		}
+		if n := len(strings.Fields(string(out))); n != 30 {
+			t.Fatalf("tshark counts %d %s segments (%s), the generator wrote 30", n, kinds[i], fl)
+		}
+	}
+	e := New(DefaultConfig())
+	var alerts []*pb.Alert
+	for _, f := range tsharkFlows(t, path) {
+		alerts = append(alerts, e.Observe("cap", f)...)
+	}
+	type ev struct {
+		ScanType   string           `json:"scan_type"`
+		FlagProbes int              `json:"flag_probes"`
+		Ports      int              `json:"distinct_ports"`
+		Kinds      map[string]int32 `json:"probe_kinds"`
+		Update     int              `json:"update"`
+	}
+	if len(alerts) != 9 {
+		for _, a := range alerts {
+			t.Logf("%s %s", a.Summary, a.Evidence)
+		}
+		t.Fatalf("%d alerts, want 9 (3 scans x first publish + 2 updates)", len(alerts))
+	}
+	ids := map[string]bool{}
+	for i, a := range alerts {
+		var got ev
+		if err := json.Unmarshal(a.Evidence, &got); err != nil {
+			t.Fatal(err)
+		}
+		scan, pub := i/3, i%3
+		probes := []int{5, 10, 20}[pub]
+		want := ev{ScanType: kinds[scan], FlagProbes: probes, Ports: probes, Kinds: map[string]int32{kinds[scan]: int32(probes)}, Update: pub}
+		if a.Category != "portscan" || a.Technique != "T1046" || a.OrigAddr != "10.0.0.66" || a.RespAddr != "10.0.0.20" ||
+			got.ScanType != want.ScanType || got.FlagProbes != want.FlagProbes || got.Ports != want.Ports || got.Update != want.Update ||
+			len(got.Kinds) != 1 || got.Kinds[kinds[scan]] != want.Kinds[kinds[scan]] || !strings.Contains(a.Summary, kinds[scan]+" scan") {
+			t.Errorf("alert %d: %s %s %s->%s %q %+v, want %+v", i, a.Category, a.Technique, a.OrigAddr, a.RespAddr, a.Summary, got, want)
+		}
+		ids[a.Id] = true
+	}
+	if len(ids) != 3 {
+		t.Errorf("%d alert ids, want one per scan window", len(ids))
+	}
+}
+
+// TestStealthKind on hand-set flags.
+func TestStealthKind(t *testing.T) {
+	for fl, want := range map[uint32]int{0x00: KindNull, 0x01: KindFIN, 0x29: KindXmas, 0xe9: KindXmas, 0x08: KindOther, 0x20: KindOther,
+		0x03: KindOther, 0x0b: KindOther, 0x02: KindSYN, 0x06: KindSYN, 0x12: KindSYN, 0x13: KindSYN, 0x04: KindSYN, 0x10: KindSYN, 0x11: KindSYN, 0x17: KindSYN} {
+		if got := StealthKind(&pb.Flow{Proto: 6, OrigTcpFlags: fl}); got != want {
+			t.Errorf("flags %#x: %s, want %s", fl, KindNames[got], KindNames[want])
+		}
+	}
+	if StealthKind(&pb.Flow{Proto: 17}) != KindUDP {
+		t.Error("udp")
 	}
 }

@@ -276,7 +276,7 @@ func (e *Engine) retractExtra(a *pb.Alert, k key) {
 	default:
 		return
 	}
-	if s, ok := e.state[k]; ok {
+	if s, ok := e.state[e.mk(k)]; ok {
 		retractState(s, a)
 	}
 }

@@ -234,10 +234,9 @@ func (e *Engine) observeMore(out []*pb.Alert, sensor string, f *pb.Flow, orig, r
 		q := f.GetServerName()
 		sub, parent := SplitQName(q)
 		if sub != "" && !strings.HasSuffix(parent, ".arpa") && !strings.HasSuffix(parent, ".local") {
+			// The state map holds a hash of the domain, not the string
+			// (mkey): nothing pins the flow's memory.
 			k := key{rule: dnsTunnel, sensor: sensor, orig: orig, domain: parent, win: windowStart(t, e.cfg.DNSWindow)}
-			if _, ok := e.state[k]; !ok {
-				k.domain = strings.Clone(parent) // do not pin the flow's memory
-			}
 			s := e.get(k, t, e.cfg.DNSWindow)
 			s.flows++
 			s.count += pkts
@@ -285,7 +284,7 @@ func (e *Engine) retractMore(a *pb.Alert) {
 		e.retractExtra(a, k)
 		return
 	}
-	if s, ok := e.state[k]; ok {
+	if s, ok := e.state[e.mk(k)]; ok {
 		retractState(s, a)
 	}
 }

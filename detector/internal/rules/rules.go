@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"net/netip"
 	"sort"
@@ -24,10 +25,15 @@ type Config struct {
 	PortscanPorts  int           // distinct probed responder ports from one originator to one responder per window
 	PortscanWindow time.Duration // tumbling window length, packet time
 	PortscanFast   time.Duration // threshold reached within this time of the first probe: severity high
-	SweepHosts     int           // distinct probed responders on one port (or ICMP echo) from one originator per window
-	SweepWindow    time.Duration
-	SweepFast      time.Duration
-	MaxKeys        int // most (originator, target, window) states kept; beyond it the oldest windows are dropped
+	// PortscanFlagProbes: distinct (port, TCP flags) flag probes (StealthKind:
+	// NULL, FIN, Xmas and other segments no TCP stack opens with) from one
+	// originator to one responder per window that make a port scan on their
+	// own; 0 turns the criterion off.
+	PortscanFlagProbes int
+	SweepHosts         int // distinct probed responders on one port (or ICMP echo) from one originator per window
+	SweepWindow        time.Duration
+	SweepFast          time.Duration
+	MaxKeys            int // most (originator, target, window) states kept; beyond it the oldest windows are dropped
 
 	// Floods (per target: the responder). Counts are originator packets
 	// of matching flows in one window, all sources together.
@@ -90,7 +96,7 @@ type Config struct {
 // DefaultConfig returns the thresholds documented in README.md.
 func DefaultConfig() Config {
 	return Config{
-		PortscanPorts: 50, PortscanWindow: time.Minute, PortscanFast: 10 * time.Second,
+		PortscanPorts: 50, PortscanWindow: time.Minute, PortscanFast: 10 * time.Second, PortscanFlagProbes: 5,
 		SweepHosts: 32, SweepWindow: time.Minute, SweepFast: 10 * time.Second,
 		MaxKeys:     1_000_000,
 		FloodWindow: 10 * time.Second, SynFloodPkts: 1000, UDPFloodPkts: 10000, ICMPFloodPkts: 1000,
@@ -107,6 +113,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.PortscanPorts < 2 {
 		errs = append(errs, fmt.Errorf("-portscan.ports %d: want at least 2", c.PortscanPorts))
+	}
+	if c.PortscanFlagProbes < 0 || c.PortscanFlagProbes == 1 {
+		errs = append(errs, fmt.Errorf("-portscan.flag-probes %d: want 0 (off) or at least 2", c.PortscanFlagProbes))
 	}
 	if c.PortscanWindow < time.Second {
 		errs = append(errs, fmt.Errorf("-portscan.window %s: want at least 1s", c.PortscanWindow))
@@ -172,7 +181,9 @@ const (
 	flagFIN = 0x01
 	flagSYN = 0x02
 	flagRST = 0x04
+	flagPSH = 0x08
 	flagACK = 0x10
+	flagURG = 0x20
 )
 
 // IsProbe reports whether a flow looks like a scan probe rather than a
@@ -203,6 +214,50 @@ func IsProbe(f *pb.Flow) bool {
 		return f.GetRespPkts() == 0 && f.GetOrigPkts() > 0
 	}
 	return false
+}
+
+// Probe kinds of a port scan (StealthKind and the portscan evidence).
+const (
+	KindSYN   = iota // TCP probe that opens with SYN (nmap -sS, -sT)
+	KindNull         // no flag at all (nmap -sN)
+	KindFIN          // FIN alone (nmap -sF)
+	KindXmas         // FIN, PSH and URG (nmap -sX)
+	KindOther        // another combination no TCP stack opens with: no SYN, ACK or RST, or SYN with FIN
+	KindUDP          // UDP probe
+	numKinds
+)
+
+// KindNames name the probe kinds in the portscan evidence.
+var KindNames = [numKinds]string{"syn", "null", "fin", "xmas", "other_flags", "udp"}
+
+// StealthKind classifies a TCP flow by the flags its originator sent
+// (OR of all its segments, ECE and CWR ignored): KindNull, KindFIN,
+// KindXmas or KindOther for segments that RFC 9293 gives no role in opening
+// a connection and that scanners send because closed ports answer them
+// with RST and open ports stay silent (RFC 9293 3.10.7.1; nmap's -sN, -sF,
+// -sX); KindSYN for every other TCP flow, KindUDP for UDP. A lone RST or
+// an ACK without SYN is not stealth (a connection picked up mid-stream, or
+// a reset), nor is SYN with RST (a SYN scan's half-open probe).
+func StealthKind(f *pb.Flow) int {
+	if f.GetProto() == 17 {
+		return KindUDP
+	}
+	fl := f.GetOrigTcpFlags() & 0x3f
+	switch {
+	case fl&(flagSYN|flagACK|flagRST) == 0:
+		switch fl {
+		case 0:
+			return KindNull
+		case flagFIN:
+			return KindFIN
+		case flagFIN | flagPSH | flagURG:
+			return KindXmas
+		}
+		return KindOther
+	case fl&flagSYN != 0 && fl&flagFIN != 0 && fl&(flagACK|flagRST) == 0:
+		return KindOther
+	}
+	return KindSYN
 }
 
 // isEchoRequest is an ICMP or ICMPv6 echo request flow.
@@ -253,6 +308,10 @@ type state struct {
 	nports int
 	port0  uint32              // the first port
 	ports  map[uint32]struct{} // every port (port0 included) once there are two
+	// portscan: probe flows per kind (StealthKind) and the distinct
+	// (port, flags) of the flag probes (made at the first one).
+	kinds   [numKinds]int32
+	flagSet map[uint32]struct{}
 	// hostsweep: responders per service key (proto<<16 | port or ICMP type).
 	nhosts int // 0, or 1 while only (svc0, host0) was seen; then hosts is used
 	svc0   uint32
@@ -357,7 +416,13 @@ func (s *state) hostsOf(svc uint32) []netip.Addr {
 // concurrent use: one goroutine per partition.
 type Engine struct {
 	cfg   Config
-	state map[key]*state
+	state map[mkey]*state
+	// seed hashes DNS parent domains into mkey; sensorIDs interns sensor
+	// names (the last one cached).
+	seed       maphash.Seed
+	sensorIDs  map[string]uint32
+	lastSensor string
+	lastID     uint32
 	// watermark is the latest flow end time seen (packet time); windows
 	// that ended more than one window length before it are dropped.
 	watermark int64
@@ -393,7 +458,42 @@ func (e *Engine) SetNameModel(m NameModel, name string) {
 // New returns an engine with cfg (which must be valid).
 func New(cfg Config) *Engine {
 	gap := max(cfg.PortscanWindow, cfg.SweepWindow, cfg.FloodWindow, cfg.BruteWindow, cfg.DNSWindow, cfg.DGAWindow, cfg.BeaconWindow)
-	return &Engine{cfg: cfg, state: map[key]*state{}, nextExpiry: math.MaxInt64, lastScan: math.MinInt64, scanGap: int64(gap)}
+	return &Engine{cfg: cfg, state: map[mkey]*state{}, nextExpiry: math.MaxInt64, lastScan: math.MinInt64, scanGap: int64(gap),
+		seed: maphash.MakeSeed(), sensorIDs: map[string]uint32{}, lastID: ^uint32(0)}
+}
+
+// mkey is the map key of a key: fixed size (64 bytes) and free of
+// pointers, so the state map hashes one block of memory, is smaller, and
+// its keys are not scanned by the garbage collector. Addresses are their
+// 16-byte form (the zero address where the rule keys none), the sensor an
+// interned index, the DNS parent domain a 64-bit maphash (the alert
+// builders get the domain from the key of the flow being observed).
+type mkey struct {
+	orig, target [16]byte
+	domain       uint64
+	win          int64
+	port         uint32
+	sensor       uint32
+	rule         rule
+}
+
+// mk returns the map key of k.
+func (e *Engine) mk(k key) mkey {
+	m := mkey{orig: k.orig.As16(), target: k.target.As16(), win: k.win, port: k.port, rule: k.rule}
+	if k.domain != "" {
+		m.domain = maphash.String(e.seed, k.domain)
+	}
+	if e.lastID != ^uint32(0) && k.sensor == e.lastSensor {
+		m.sensor = e.lastID
+	} else {
+		id, ok := e.sensorIDs[k.sensor]
+		if !ok {
+			id = uint32(len(e.sensorIDs))
+			e.sensorIDs[k.sensor] = id
+		}
+		e.lastSensor, e.lastID, m.sensor = k.sensor, id, id
+	}
+	return m
 }
 
 // SetConfig replaces the thresholds (cfg must be valid). Open windows keep
@@ -449,7 +549,17 @@ func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 		k := key{rule: portscan, sensor: sensor, orig: orig, target: resp, win: windowStart(t, e.cfg.PortscanWindow)}
 		s := e.get(k, t, e.cfg.PortscanWindow)
 		s.flows++
-		if n := s.addPort(proto<<16 | f.GetRespPort()); e.due(s, e.cfg.PortscanPorts, n) {
+		n := s.addPort(proto<<16 | f.GetRespPort())
+		kind := StealthKind(f)
+		s.kinds[kind]++
+		if kind >= KindNull && kind <= KindOther {
+			if s.flagSet == nil {
+				s.flagSet = map[uint32]struct{}{}
+			}
+			s.flagSet[f.GetRespPort()<<8|f.GetOrigTcpFlags()&0x3f] = struct{}{}
+			n = e.portscanCount(s)
+		}
+		if e.due(s, e.cfg.PortscanPorts, n) {
 			out = append(out, e.portscanAlert(k, s, f))
 		}
 	}
@@ -481,12 +591,13 @@ func (e *Engine) Retract(a *pb.Alert) {
 	}
 	orig, _ := netip.ParseAddr(a.GetOrigAddr())
 	target, _ := netip.ParseAddr(a.GetRespAddr())
-	if s, ok := e.state[key{rule: r, sensor: a.GetSensor(), orig: orig, target: target, win: a.GetWindowStartNs()}]; ok {
+	if s, ok := e.state[e.mk(key{rule: r, sensor: a.GetSensor(), orig: orig, target: target, win: a.GetWindowStartNs()})]; ok {
 		retractState(s, a)
 	}
 }
 
-func (e *Engine) get(k key, t int64, w time.Duration) *state {
+func (e *Engine) get(lk key, t int64, w time.Duration) *state {
+	k := e.mk(lk)
 	s, ok := e.state[k]
 	if !ok {
 		if len(e.state) >= e.cfg.MaxKeys {
@@ -511,7 +622,7 @@ func (e *Engine) get(k key, t int64, w time.Duration) *state {
 
 // expiry is the watermark beyond which the state of k is dropped: one
 // window length after the window's end.
-func expiry(k key, s *state) int64 { return s.winEndNs + (s.winEndNs - k.win) }
+func expiry(k mkey, s *state) int64 { return s.winEndNs + (s.winEndNs - k.win) }
 
 // expire drops windows that ended more than one window length before the
 // watermark (one window of lateness for flows that arrive out of order).
@@ -532,7 +643,7 @@ func (e *Engine) expire() {
 }
 
 func (e *Engine) evictOldest() {
-	var oldest key
+	var oldest mkey
 	first := true
 	for k := range e.state {
 		if first || k.win < oldest.win {
@@ -581,17 +692,31 @@ func (e *Engine) portscanAlert(k key, s *state, f *pb.Flow) *pb.Alert {
 	if elapsed < 0 {
 		elapsed = 0
 	}
+	kinds := map[string]int32{}
+	scanType, most := "", int32(0)
+	for i, n := range s.kinds {
+		if n > 0 {
+			kinds[KindNames[i]] = n
+			if n > most {
+				scanType, most = KindNames[i], n
+			}
+		}
+	}
 	ev, _ := json.Marshal(map[string]any{
-		"distinct_ports":   s.nports,
-		"probe_flows":      s.flows,
-		"threshold":        e.cfg.PortscanPorts,
-		"sample_tcp_ports": tcp,
-		"sample_udp_ports": udp,
-		"window_start_ns":  k.win,
-		"window_end_ns":    s.winEndNs,
-		"first_probe_ns":   s.firstNs,
-		"elapsed_seconds":  elapsed.Seconds(),
-		"update":           s.updates,
+		"distinct_ports":        s.nports,
+		"probe_flows":           s.flows,
+		"threshold":             e.cfg.PortscanPorts,
+		"scan_type":             scanType, // the most frequent probe kind
+		"probe_kinds":           kinds,
+		"flag_probes":           len(s.flagSet), // distinct (port, flags) NULL/FIN/Xmas/other-flag probes
+		"flag_probes_threshold": e.cfg.PortscanFlagProbes,
+		"sample_tcp_ports":      tcp,
+		"sample_udp_ports":      udp,
+		"window_start_ns":       k.win,
+		"window_end_ns":         s.winEndNs,
+		"first_probe_ns":        s.firstNs,
+		"elapsed_seconds":       elapsed.Seconds(),
+		"update":                s.updates,
 	})
 	o, t := k.orig.String(), k.target.String()
 	return &pb.Alert{
@@ -603,13 +728,26 @@ func (e *Engine) portscanAlert(k key, s *state, f *pb.Flow) *pb.Alert {
 		Technique:     "T1046",
 		OrigAddr:      o,
 		RespAddr:      t,
-		Summary:       fmt.Sprintf("%s probed %d distinct ports on %s within %.1fs", o, s.nports, t, elapsed.Seconds()),
+		Summary:       fmt.Sprintf("%s probed %d distinct ports on %s within %.1fs (%s scan, %d probes)", o, s.nports, t, elapsed.Seconds(), scanType, s.flows),
 		Evidence:      ev,
 		Rule:          RulePortscan,
 		WindowStartNs: k.win,
 		WindowEndNs:   s.winEndNs,
-		Score:         strength(s.nports, e.cfg.PortscanPorts),
+		Score:         strength(e.portscanCount(s), e.cfg.PortscanPorts),
 	}
+}
+
+// portscanCount is the count the portscan threshold and updates apply to:
+// the distinct ports, or, once the flag probes reach their own threshold,
+// the flag probes scaled onto the port threshold if that is more (10 flag
+// probes count as 50 ports with the defaults, so updates come at their
+// doublings).
+func (e *Engine) portscanCount(s *state) int {
+	n := s.nports
+	if fp := e.cfg.PortscanFlagProbes; fp > 0 && len(s.flagSet) >= fp {
+		n = max(n, len(s.flagSet)*e.cfg.PortscanPorts/fp)
+	}
+	return n
 }
 
 func portName(p uint32) string {

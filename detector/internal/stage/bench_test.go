@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
 	"syscall"
 	"testing"
 	"time"
@@ -139,6 +140,8 @@ func BenchmarkHandle(b *testing.B) {
 	}
 	st := newStage()
 	ctx := context.Background()
+	// As the service does by default (-gc.percent 400, cmd/detector).
+	defer debug.SetGCPercent(debug.SetGCPercent(400))
 	b.ReportAllocs()
 	i := 0
 	alertMsgs, alertWall := 0, time.Duration(0)

@@ -291,7 +291,6 @@ func (s *Stage) process(batch *pb.FlowBatch, subject string) []*pb.Alert {
 		if f.GetSensor() != "" {
 			fs = f.GetSensor()
 		}
-		s.m.Flows.Inc()
 		if s.hosts != nil {
 			s.hosts.tracker.Observe(fs, f)
 		}
@@ -306,6 +305,7 @@ func (s *Stage) process(batch *pb.FlowBatch, subject string) []*pb.Alert {
 			alerts = append(alerts, a)
 		}
 	}
+	s.m.Flows.Add(float64(len(batch.GetFlows()))) // once per batch: an atomic add per flow showed in profiles
 	s.m.RuleKeys.Set(float64(s.engine.Keys()))
 	return alerts
 }
