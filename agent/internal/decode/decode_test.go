@@ -95,6 +95,20 @@ func FuzzDecode(f *testing.F) {
 		if p.ARP.OK && (p.Network != NetARP || p.Kind != KindNonIP) {
 			t.Fatalf("ARP summary on a %v frame of kind %d", p.Network, p.Kind)
 		}
+		// the same bytes as a frame cut by a snaplen (a wire length beyond
+		// them, from the link byte): the truncated-header and TSO paths
+		var c Packet
+		c.WireLen = uint32(len(data)) + 1 + uint32(link)*37
+		switch d.Decode(data, &c) {
+		case KindIP:
+			if c.AddrLen != 4 && c.AddrLen != 16 {
+				t.Fatalf("cut frame: address length %d", c.AddrLen)
+			}
+		case KindTruncated:
+			if c.AddrLen != 0 || c.Reason == "" || (c.Network != NetIPv4 && c.Network != NetIPv6) {
+				t.Fatalf("truncated frame: %+v", c)
+			}
+		}
 		var l L7
 		ParseL7(&p, &l)
 		checkL7(t, &l)
