@@ -98,9 +98,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}()
 
 	// Fail fast on what needs no broker: a missing file or interface, an
-	// unsupported link type. The source stays open for the run (a pipe
-	// cannot be opened twice); opening a pipe waits for its writer and its
-	// file header, so a signal meanwhile ends the agent (nothing was read).
+	// unsupported link type. A file stays open for the run (a pipe cannot
+	// be opened twice); opening a pipe waits for its writer and its file
+	// header, so a signal meanwhile ends the agent (nothing was read). An
+	// interface is closed again and reopened by Run, so that the kernel
+	// does not queue (and drop) frames while NATS is being connected.
 	type opened struct {
 		src capture.Source
 		err error
@@ -122,7 +124,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		log.Info("interrupted while opening the capture: nothing was read")
 		return 0
 	}
-	closeSrc := true
+	if cfg.PCAP == "" {
+		src.Close()
+		src = nil
+	}
+	closeSrc := src != nil
 	defer func() {
 		if closeSrc {
 			src.Close()
@@ -158,7 +164,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	reg := ops.NewRegistry()
 	agent := pipeline.New(cfg, js, reg, log)
 	agent.Progress = progressTo(stderr)
-	agent.Source, closeSrc = src, false // Run closes it
+	if src != nil {
+		agent.Source, closeSrc = src, false // Run closes it
+	}
 	hctx, hstop := context.WithCancel(context.Background())
 	defer hstop()
 	go func() {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -134,5 +135,38 @@ func TestCheckConfigOpensCapture(t *testing.T) {
 		if code != c.code || !strings.Contains(stderr.String(), c.want) {
 			t.Errorf("agent %s: exit %d, want %d with %q; stderr: %s", strings.Join(args, " "), code, c.code, c.want, stderr.String())
 		}
+	}
+}
+
+// TestPipeInput: `agent -pcap FIFO` reads a capture written into a named
+// pipe (as `tcpdump -w - | agent -pcap /dev/stdin`) once: the 10 frames of
+// the 5 pings are read and published, exit 0. The capture used to be
+// opened twice (a fail-fast check, then the run), the check consuming the
+// pipe's data: "file header: unexpected EOF".
+func TestPipeInput(t *testing.T) {
+	u, _, _ := testkit.JetStream(t)
+	data, err := os.ReadFile(filepath.Join(testkit.Pcaps(t), "eth-ipv4-icmp-echo-5-pings.pcap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(t.TempDir(), "in.pcap")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		f.Write(data)
+		f.Close()
+	}()
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-nats.url", u, "-sensor", "pipe-test", "-http.addr", "", "-pcap", fifo},
+		func(string) string { return "" }, &stdout, &stderr)
+	if code != 0 || !strings.Contains(stderr.String(), `"msg":"capture done"`) ||
+		!strings.Contains(stderr.String(), `"ip_packets":10`) {
+		t.Fatalf("exit %d, want 0 after 10 IP packets; stderr: %s", code, stderr.String())
 	}
 }
