@@ -154,9 +154,10 @@ func (b *Batcher) message(size int) *[]byte { return b.bufs.get(size) }
 func (b *Batcher) recycle(bp *[]byte) { b.bufs.put(bp) }
 
 // maxFreeBytes bounds the capacity of the message buffers kept for reuse
-// (about 64–128 batches), on top of the open batches and those awaiting
-// their ack.
-const maxFreeBytes = 16 << 20
+// (about 32–64 batches: enough for the batches opened while others are
+// acked), on top of the open batches and those awaiting their ack, so
+// that the agent stays under its memory bound (-buffer.max-mb, README).
+const maxFreeBytes = 8 << 20
 
 // bufPool keeps message buffers between a batch's ack and the next batch
 // opened. Unlike a sync.Pool it is not emptied by the garbage collector, so
