@@ -66,9 +66,17 @@ func RegistryConfig(replicas int, ttl time.Duration) jetstream.KeyValueConfig {
 }
 
 // ProvisionRegistry creates or updates the registry bucket with
-// RegistryConfig(o.Replicas, 0); calling it again changes nothing.
+// RegistryConfig(o.Replicas, 0), keeping an existing bucket's sources and
+// higher replicas; calling it again changes nothing.
 func ProvisionRegistry(ctx context.Context, js jetstream.JetStream, o StreamOptions) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, RegistryConfig(o.Replicas, 0))
+	cfg := RegistryConfig(o.Replicas, 0)
+	if st, err := js.Stream(ctx, "KV_"+RegistryBucket); err == nil {
+		// a hub's registry sources the leaf sites' (netwatchctl provision
+		// -sites): keep them, and never lower the replicas
+		cfg.Sources = st.CachedInfo().Config.Sources
+		cfg.Replicas = max(cfg.Replicas, st.CachedInfo().Config.Replicas)
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("provision key-value bucket %s: %w", RegistryBucket, err)
 	}

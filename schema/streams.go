@@ -113,14 +113,18 @@ func ConsumerConfigs(o StreamOptions) []ConsumerDef {
 // Provision creates or updates every stream and durable consumer; calling it
 // again with the same options changes nothing. It never lowers the replicas
 // of an existing stream or consumer: a stage started with the default of 1
-// on a cluster provisioned at 3 keeps the streams at 3. Errors name the
-// stream or consumer that failed.
+// on a cluster provisioned at 3 keeps the streams at 3; it keeps an existing
+// stream's sources (a hub sourcing from leaf sites). Errors name the stream
+// or consumer that failed.
 func Provision(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
 	for _, sc := range StreamConfigs(o) {
 		if st, err := js.Stream(ctx, sc.Name); err == nil {
 			if r := st.CachedInfo().Config.Replicas; r > sc.Replicas {
 				sc.Replicas = r
 			}
+			// a hub's PACKETS and METRICS source from leaf sites
+			// (netwatchctl provision -sites): a stage's start keeps them
+			sc.Sources = st.CachedInfo().Config.Sources
 		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
 		}

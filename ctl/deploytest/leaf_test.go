@@ -313,9 +313,10 @@ func wantRange(w map[batchKey]bool, sensor, boot string, from, to int) {
 //     (content and Nats-Msg-Id checked), METRICS sensor-a's metrics, and
 //     KV_SENSORS sensor-a's record, sourced from the site;
 //   - a stage's start-up provisioning (schema.ProvisionRetry, the
-//     enricher, detector and sink call it) removes the sources: 30 batches published
-//     then stay at the site until netwatchctl provision -sites runs again,
-//     after which PACKETS holds 290, each once.
+//     enricher, detector and sink call it; schema.ProvisionRegistry, the
+//     agent's) keeps the sources: 30 batches published then reach the hub
+//     without netwatchctl provision -sites running again, PACKETS holds
+//     290, each once.
 func TestLeafSiteBuffersOutage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("4 servers, a hub restart")
@@ -465,25 +466,25 @@ func TestLeafSiteBuffersOutage(t *testing.T) {
 		return nil
 	})
 
-	// A stage starting with its own provisioning drops the sources ...
+	// A stage starting with its own provisioning keeps the sources.
 	if err := schema.ProvisionRetry(ctx, hjs, schema.StreamOptions{Replicas: 3}); err != nil {
 		t.Fatal(err)
 	}
-	st, err := hjs.Stream(ctx, schema.StreamPackets)
-	if err != nil {
+	if _, err := schema.ProvisionRegistry(ctx, hjs, schema.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(st.CachedInfo().Config.Sources); n != 0 {
-		t.Logf("PACKETS kept %d sources through schema.Provision", n)
-	} else {
-		t.Log("schema.Provision (a stage's start) removed PACKETS' sources")
+	for _, name := range []string{schema.StreamPackets, schema.StreamMetrics, "KV_" + schema.RegistryBucket} {
+		st, err := hjs.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := st.CachedInfo().Config; len(c.Sources) != 1 || c.Replicas != 3 {
+			t.Errorf("%s after a stage's provisioning: %d sources, %d replicas; want 1 and 3", name, len(c.Sources), c.Replicas)
+		}
 	}
 	publishBatches(t, ctx, sjs, "sensor-a", "boot1", 240, 270)
 	wantRange(want, "sensor-a", "boot1", 240, 270)
-	// ... and netwatchctl provision -sites puts them back: the source
-	// resumes after the last batch PACKETS holds from the site.
-	f.ctl("provision", "-nats.url", f.hubURL("admin"), "-nats.tls-ca", f.ca, "-replicas", "3", "-sites", "site-a", "-timeout", "60s")
-	waitHub("sources re-added", 290)
+	waitHub("after a stage's provisioning", 290)
 }
 
 // waitLeafs waits until s has n leaf node connections.
