@@ -332,7 +332,9 @@ func (h *Hub) listeners(typ int, buf []*client) []*client {
 
 // onFlows fans a FlowBatch out: decoded once, each flow matched against
 // the filters of the clients that want flows and encoded to JSON once, only
-// when one of them wants it; those clients share the bytes.
+// when one of them wants it and has room in its queue; those clients share
+// the bytes. A client whose queue is full costs a filter check and a drop
+// count per flow, not an encoding.
 func (h *Hub) onFlows(m *nats.Msg) {
 	var stack [8]*client
 	cs := h.listeners(typeFlow, stack[:0])
@@ -359,6 +361,10 @@ func (h *Hub) onFlows(m *nats.Msg) {
 		to := match[:0]
 		for _, c := range cs {
 			if c.filter.matchFields(&e) {
+				if len(c.send) == cap(c.send) {
+					h.drop(c) // no room: not worth encoding for
+					continue
+				}
 				to = append(to, c)
 			}
 		}
@@ -375,6 +381,16 @@ func (h *Hub) onFlows(m *nats.Msg) {
 	if sent > 0 {
 		h.sent[typeFlow].Add(float64(sent))
 	}
+}
+
+// drop counts a message c wanted but had no room for (reported to it).
+func (h *Hub) drop(c *client) {
+	c.mu.RLock()
+	if !c.sealed {
+		c.dropped.Add(1)
+		h.mDropped.Inc()
+	}
+	c.mu.RUnlock()
 }
 
 // send queues data to every client of to without blocking and returns how

@@ -154,7 +154,12 @@ func TestStreamReplay(t *testing.T) {
 func TestStalledClient(t *testing.T) {
 	e := newEnv(t)
 	h := e.srv.Hub
-	h.Buffer = 64
+	// The default queue (1024) takes a whole batch: the stalled client's
+	// writer gets every bulk flow until its socket is full, rather than
+	// the hub dropping most of each burst before the socket fills (then
+	// the socket would hold everything it was sent, with nothing left to
+	// wait for: an idle client, left to the ping timeout).
+	h.Buffer = 1024
 	h.WriteTimeout = time.Second
 	h.StallTimeout = 8 * time.Second // longer than the publication of its flows (checked)
 	// The stalled client wants the bulk flows (port 80).
