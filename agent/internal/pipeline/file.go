@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 
 	"netwatch/agent/internal/capture"
@@ -52,22 +53,30 @@ var ErrInterrupted = errors.New("interrupted: the counts cover the frames read u
 // ErrInterrupted.
 func SummarizeContext(ctx context.Context, path string, progress io.Writer) (*summary.Report, error) {
 	r := summary.New(path)
-	src, err := OpenFiles(path)
+	opened, err := OpenFiles(path)
 	if err != nil {
 		r.Error = err.Error()
 		return r, err
 	}
+	// read ahead on another core, as Run does; Interrupt ends a read
+	// that waits on a pipe
+	src := capture.ReadAhead(opened)
 	defer src.Close()
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
 		select {
 		case <-ctx.Done():
-			src.Close()
+			if in, ok := src.(capture.Interrupter); ok {
+				in.Interrupt()
+			} else {
+				src.Close()
+			}
 		case <-done:
 		}
 	}()
-	if d, ok := src.(*capture.Dir); ok {
+	d, _ := opened.(*capture.Dir)
+	if d != nil {
 		r.SkippedFiles = d.Skipped()
 	}
 	var n atomic.Uint64
@@ -76,8 +85,16 @@ func SummarizeContext(ctx context.Context, path string, progress io.Writer) (*su
 	var decs Decoders
 	var p decode.Packet
 	var l7 decode.L7
+	fs, _ := src.(capture.FrameSource)
+	var fr capture.Frame
 	for {
-		data, ci, link, err := src.Next()
+		if fs != nil {
+			err = fs.NextFrame(&fr)
+		} else {
+			var ci gopacket.CaptureInfo
+			fr.Data, ci, fr.Link, err = src.Next()
+			fr.TsNs, fr.WireLen = ci.Timestamp.UnixNano(), ci.Length
+		}
 		if err == io.EOF {
 			break
 		}
@@ -94,20 +111,20 @@ func SummarizeContext(ctx context.Context, path string, progress io.Writer) (*su
 			var re *capture.ReadError
 			if errors.As(err, &re) {
 				r.ErrorFile, r.ErrorPacket, r.ErrorOffset = re.Path, re.Packet, re.Offset
-			} else if d, ok := src.(*capture.Dir); ok {
+			} else if d != nil {
 				r.ErrorFile = d.File() // a later file that does not open
 			}
 			r.Finish()
 			return r, err
 		}
 		n.Add(1)
-		p.TsNs, p.WireLen = ci.Timestamp.UnixNano(), uint32(ci.Length)
-		if dec := decs.Get(link); dec != nil {
-			dec.Decode(data, &p)
+		p.TsNs, p.WireLen = fr.TsNs, uint32(fr.WireLen)
+		if dec := decs.Get(fr.Link); dec != nil {
+			dec.Decode(fr.Data, &p)
 		} else {
 			p = decode.Packet{TsNs: p.TsNs, Kind: decode.KindMalformed, Reason: ReasonUnsupportedLink}
 		}
-		r.Add(link, ci.Length, &p, &l7)
+		r.Add(fr.Link, fr.WireLen, &p, &l7)
 	}
 	r.Finish()
 	return r, nil
