@@ -38,7 +38,7 @@ func TestHostAnnotation(t *testing.T) {
 		batch.Flows = append(batch.Flows, &pb.Flow{Proto: 6, OrigAddr: scanner, OrigPort: 40000, RespAddr: victim, RespPort: p,
 			StartNs: at, EndNs: at + 1e5, OrigPkts: 1, RespPkts: 1, OrigTcpFlags: 0x02, RespTcpFlags: 0x14, Final: true})
 	}
-	alerts := st.process(batch, "netwatch.flows.s1.1.2")
+	alerts := st.process(batch.GetSensor(), batch.GetFlows(), "netwatch.flows.s1.1.2")
 	if len(alerts) != 1 || alerts[0].GetCategory() != "portscan" {
 		t.Fatalf("alerts %v", alerts)
 	}
@@ -72,8 +72,8 @@ func TestHostAnnotation(t *testing.T) {
 		t.Errorf("orig %+v, resp %+v", ha.Orig, ha.Resp)
 	}
 	later := t0 + int64(3*time.Minute)
-	if a := st.process(&pb.FlowBatch{Sensor: "s1", Flows: []*pb.Flow{{Proto: 17, OrigAddr: []byte{10, 0, 0, 5}, RespAddr: []byte{10, 0, 0, 53},
-		RespPort: 53, StartNs: later, EndNs: later, OrigPkts: 1, RespPkts: 1}}}, "netwatch.flows.s1.1.2"); len(a) != 0 {
+	if a := st.process("s1", []*pb.Flow{{Proto: 17, OrigAddr: []byte{10, 0, 0, 5}, RespAddr: []byte{10, 0, 0, 53},
+		RespPort: 53, StartNs: later, EndNs: later, OrigPkts: 1, RespPkts: 1}}, "netwatch.flows.s1.1.2"); len(a) != 0 {
 		t.Errorf("alerts %v", a)
 	}
 	if n := testutil.ToFloat64(m.HostWindows); n != 2 {

@@ -85,7 +85,7 @@ func (s *Stage) Rescore(ctx context.Context, runID string, from, to time.Time) (
 			} else {
 				sum.Messages++
 				sum.Flows += len(fb.GetFlows())
-				for _, a := range s.process(&fb, msg.Subject()) {
+				for _, a := range s.process(fb.GetSensor(), fb.GetFlows(), msg.Subject()) {
 					if ok, _ := s.policy.Load().Allowed(a); ok {
 						sum.Suppressed++
 						continue
