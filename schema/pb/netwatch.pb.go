@@ -1922,6 +1922,7 @@ type CaptureStats struct {
 	RingFreezes      uint64                 `protobuf:"varint,11,opt,name=ring_freezes,json=ringFreezes,proto3" json:"ring_freezes,omitempty"`       // AF_PACKET TPACKET_V3: ring queue freezes (tp_freeze_q_cnt)
 	BufferDropped    uint64                 `protobuf:"varint,12,opt,name=buffer_dropped,json=bufferDropped,proto3" json:"buffer_dropped,omitempty"` // packet summaries dropped on a full agent publish buffer (NATS unreachable)
 	Arp              uint64                 `protobuf:"varint,13,opt,name=arp,proto3" json:"arp,omitempty"`                                          // ARP frames summarized
+	Truncated        uint64                 `protobuf:"varint,14,opt,name=truncated,proto3" json:"truncated,omitempty"`                              // IP frames cut by the snaplen inside their IP header before both addresses: in ip_packets and ip_bytes, in no flow
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -2043,6 +2044,13 @@ func (x *CaptureStats) GetBufferDropped() uint64 {
 func (x *CaptureStats) GetArp() uint64 {
 	if x != nil {
 		return x.Arp
+	}
+	return 0
+}
+
+func (x *CaptureStats) GetTruncated() uint64 {
+	if x != nil {
+		return x.Truncated
 	}
 	return 0
 }
@@ -2391,7 +2399,7 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\n" +
 	"rx_dropped\x18\b \x01(\x04R\trxDropped\x12\x1d\n" +
 	"\n" +
-	"tx_dropped\x18\t \x01(\x04R\ttxDropped\"\x96\x03\n" +
+	"tx_dropped\x18\t \x01(\x04R\ttxDropped\"\xb4\x03\n" +
 	"\fCaptureStats\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x1a\n" +
 	"\breceived\x18\x02 \x01(\x04R\breceived\x12\x18\n" +
@@ -2408,7 +2416,8 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	" \x01(\x04R\vringPackets\x12!\n" +
 	"\fring_freezes\x18\v \x01(\x04R\vringFreezes\x12%\n" +
 	"\x0ebuffer_dropped\x18\f \x01(\x04R\rbufferDropped\x12\x10\n" +
-	"\x03arp\x18\r \x01(\x04R\x03arp\"\xb9\x03\n" +
+	"\x03arp\x18\r \x01(\x04R\x03arp\x12\x1c\n" +
+	"\ttruncated\x18\x0e \x01(\x04R\ttruncated\"\xb9\x03\n" +
 	"\aMetrics\x12\x16\n" +
 	"\x06sensor\x18\x01 \x01(\tR\x06sensor\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x17\n" +

@@ -42,7 +42,7 @@ type Stats struct {
 	// Truncated is the number of IP frames cut by the snaplen inside their
 	// IP header, before both addresses (decode.KindTruncated): counted in
 	// IPPackets and IPBytes (from the length field), not published in a
-	// flow (pb.CaptureStats has no field for them yet: Prometheus only).
+	// flow (METRICS: pb.CaptureStats.truncated).
 	Truncated atomic.Uint64
 }
 
@@ -469,7 +469,8 @@ func (a *Agent) publishMetrics(ctx context.Context, src capture.Source, pub *pub
 	m.Captures = []*pb.CaptureStats{{Source: src.Name(), Received: st.Received.Load(), Dropped: st.Dropped.Load(),
 		IfDropped: st.IfDropped.Load(), IpPackets: st.IPPackets.Load(), NonIp: st.NonIP.Load(),
 		Malformed: st.Malformed.Load(), PublishedBatches: pub.Acked(), IpBytes: st.IPBytes.Load(), Arp: st.ARP.Load(),
-		RingPackets: st.RingPackets.Load(), RingFreezes: st.RingFreezes.Load(), BufferDropped: droppedPkts}}
+		RingPackets: st.RingPackets.Load(), RingFreezes: st.RingFreezes.Load(), BufferDropped: droppedPkts,
+		Truncated: st.Truncated.Load()}}
 	data, err := proto.Marshal(m)
 	if err != nil {
 		a.log.Error("marshal metrics", "err", err)
