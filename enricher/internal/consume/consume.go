@@ -188,6 +188,8 @@ type bucketState struct {
 	resume  []*flow.FlowState // checkpoints to give the bucket's next table
 	dropped bool              // the partition moved to another member: ack nothing more
 	suspect bool              // group mode: a delivery was missed since its last message (see Stage.handle)
+	boot    string            // agent boot of the last batch processed
+	aseq    uint64            // its agent batch sequence (PacketBatch.seq)
 	part    string            // group mode: the partition token of its subjects in the group's stream
 	tkey    tableKey          // its flow table in Stage.tables
 }
@@ -733,6 +735,15 @@ func (s *Stage) process(bs *bucketState, seq uint64, data []byte, m jetstream.Ms
 		return
 	}
 	s.okBatch.Inc()
+	if b.Boot == bs.boot && b.Seq < bs.aseq {
+		// the agent keeps a bucket's batches in order: this one was
+		// stored or delivered behind a later one
+		s.m.Batches.WithLabelValues("out_of_order").Inc()
+		s.log.Warn("packet batch behind a later one of its bucket", "subject", bs.subj, "stream_seq", seq,
+			"batch_seq", b.Seq, "after_batch_seq", bs.aseq, "replay", m == nil, "watermark", b.WatermarkNs != 0)
+	} else {
+		bs.boot, bs.aseq = b.Boot, b.Seq
+	}
 	sensor := schema.SensorFromSubject(bs.subj) // authoritative: sensors may publish only under their own subjects
 	if sensor == "" {
 		sensor = b.Sensor
@@ -758,7 +769,10 @@ func (s *Stage) process(bs *bucketState, seq uint64, data []byte, m jetstream.Ms
 		if s.kv != nil {
 			prefix = s.keyPrefix(bs.subj)
 		}
-		t = &table{t: flow.NewTable(cfg, func(r flow.Record) { s.emit(r, prefix) })}
+		// a new bucket of a sensor that sends watermarks waits for them
+		// too: its first batch may be followed by one held up by a
+		// failover, which the wall clock would cut off from its flow
+		t = &table{t: flow.NewTable(cfg, func(r flow.Record) { s.emit(r, prefix) }), wmark: ss.wmark}
 		t.t.Resume(bs.resume)
 		bs.resume = nil
 		s.tables[k] = t
