@@ -436,6 +436,11 @@ type Engine struct {
 	// may outlive its expiry by up to scanGap.
 	lastScan, scanGap int64
 	free              []*state // states of expired windows, for reuse
+	// singles: originators' first probes per window (singles.go), and
+	// their number; spareSingles are cleared maps for reuse.
+	singles, spareSingles []*singleWin
+	nsingles              int
+	noSingles             bool // tests: every probe opens its states (the engine before singles)
 	// names classifies query names for dns_tunnel (nil: no model).
 	names     NameModel
 	namesName string
@@ -483,16 +488,7 @@ func (e *Engine) mk(k key) mkey {
 	if k.domain != "" {
 		m.domain = maphash.String(e.seed, k.domain)
 	}
-	if e.lastID != ^uint32(0) && k.sensor == e.lastSensor {
-		m.sensor = e.lastID
-	} else {
-		id, ok := e.sensorIDs[k.sensor]
-		if !ok {
-			id = uint32(len(e.sensorIDs))
-			e.sensorIDs[k.sensor] = id
-		}
-		e.lastSensor, e.lastID, m.sensor = k.sensor, id, id
-	}
+	m.sensor = e.sensorID(k.sensor)
 	return m
 }
 
@@ -504,7 +500,7 @@ func (e *Engine) SetConfig(cfg Config) {
 }
 
 // Keys is the number of (rule, originator, target, window) states held.
-func (e *Engine) Keys() int { return len(e.state) }
+func (e *Engine) Keys() int { return len(e.state) + e.nsingles }
 
 func addr(b []byte) (netip.Addr, bool) {
 	a, ok := netip.AddrFromSlice(b)
@@ -537,6 +533,9 @@ func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 			e.lastScan = e.watermark
 			e.expire()
 		}
+		if len(e.singles) > 0 && e.singles[0].win+2*int64(e.cfg.PortscanWindow) < e.watermark {
+			e.expireSingles()
+		}
 	}
 	var out []*pb.Alert
 	out = e.observeMore(out, sensor, f, orig, resp)
@@ -545,12 +544,22 @@ func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 		return out
 	}
 	proto := f.GetProto()
+	port := proto<<16 | f.GetRespPort()
+	if proto == 1 || proto == 58 {
+		port = proto<<16 | f.GetIcmpType()
+	}
+	kind := KindSYN
+	if probe {
+		kind = StealthKind(f)
+	}
+	if e.firstProbe(sensor, orig, resp, t, probe, proto<<16|f.GetRespPort(), port, f.GetRespPort()<<8|f.GetOrigTcpFlags()&0x3f, kind) {
+		return out
+	}
 	if probe {
 		k := key{rule: portscan, sensor: sensor, orig: orig, target: resp, win: windowStart(t, e.cfg.PortscanWindow)}
 		s := e.get(k, t, e.cfg.PortscanWindow)
 		s.flows++
 		n := s.addPort(proto<<16 | f.GetRespPort())
-		kind := StealthKind(f)
 		s.kinds[kind]++
 		if kind >= KindNull && kind <= KindOther {
 			if s.flagSet == nil {
@@ -562,10 +571,6 @@ func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 		if e.due(s, e.cfg.PortscanPorts, n) {
 			out = append(out, e.portscanAlert(k, s, f))
 		}
-	}
-	port := proto<<16 | f.GetRespPort()
-	if proto == 1 || proto == 58 {
-		port = proto<<16 | f.GetIcmpType()
 	}
 	k := key{rule: hostsweep, sensor: sensor, orig: orig, win: windowStart(t, e.cfg.SweepWindow)}
 	s := e.get(k, t, e.cfg.SweepWindow)
