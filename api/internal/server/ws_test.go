@@ -240,7 +240,13 @@ func TestStalledClient(t *testing.T) {
 			t.Errorf("reader: %d/%d probes, worst latency %s, err %v", r.got, probes, r.worst, r.err)
 		}
 	}
-	testkit.Eventually(t, 15*time.Second, func() bool { return h.Clients() == readers }, "stalled client not disconnected")
+	// 7 MB of flows for the stalled client exceed what its connection
+	// holds (half the server's send buffer, at most net.ipv4.tcp_wmem's
+	// maximum / 2, here 2 MB, plus the client's receive buffer) and its
+	// queue (about 0.7 MB): its writer has to wait for room, and is closed
+	// StallTimeout later.
+	testkit.Eventually(t, 15*time.Second, func() bool { return h.Clients() == readers },
+		"stalled client not disconnected (did its socket take every flow? see net.ipv4.tcp_wmem)")
 
 	// The stalled client reads again: what reached its socket before the
 	// stall, the report, the close.
