@@ -87,7 +87,10 @@ func crossing(b *testing.B, path, filter string, distinctPorts bool, threshold i
 //   - enricher-delay-s: records emitted as the enricher does with its
 //     default timeouts (2 s close-linger after RST/FIN, else the 5 min TCP
 //     or 1 min UDP/ICMP idle timeout): the delay a deployment with those
-//     defaults sees.
+//     defaults sees;
+//   - live-delay-ms (icmp_flood): the ICMP requests counted from the
+//     packet summaries as they arrive (live.go), the path the stage runs
+//     on PACKETS: no flow record needed.
 //
 // ns/op is the rules' time to process the capture's flows.
 func BenchmarkDetectionLatency(b *testing.B) {
@@ -146,6 +149,23 @@ func BenchmarkDetectionLatency(b *testing.B) {
 			outEnr, ok := first(enricherEmit)
 			if !ok {
 				b.Fatalf("no %s alert for %s with enricher emission", c.category, c.target)
+			}
+			if c.category == "icmp_flood" {
+				// live: the ICMP requests counted from packet summaries
+				// (ObserveICMPPacket, the detector-arp consumer of PACKETS),
+				// independent of when a flow record is emitted.
+				e := New(d)
+				live := int64(-1)
+				for _, p := range tsharkICMP(b, path) {
+					if a := e.ObserveICMPPacket("lat", p.src, p.dst, p.proto, p.typ, p.ts); a != nil && a.RespAddr == c.target {
+						live = a.GetTimeNs()
+						break
+					}
+				}
+				if live < 0 {
+					b.Fatalf("no live icmp_flood alert for %s", c.target)
+				}
+				b.ReportMetric(float64(live-cross)/1e6, "live-delay-ms")
 			}
 			b.ReportMetric(float64(out-cross)/1e6, "delay-ms")
 			b.ReportMetric(float64(outEnr-cross)/1e9, "enricher-delay-s")

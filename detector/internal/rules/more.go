@@ -39,16 +39,24 @@ func IsHalfOpen(f *pb.Flow) bool {
 // isICMPRequest is an ICMP message that is neither an error nor a reply
 // (ICMPv4 types 0, 3, 4, 5, 11, 12, 14, 16, 18 excluded, RFC 792/950), or an
 // ICMPv6 echo request (RFC 4443): a reply flood is the victim answering.
-func isICMPRequest(f *pb.Flow) bool {
-	switch f.GetProto() {
+func isICMPRequest(f *pb.Flow) bool { return IsICMPRequest(f.GetProto(), f.GetIcmpType()) }
+
+// IsICMPRequest reports whether an IP packet or flow of protocol proto
+// (1 ICMP, 58 ICMPv6) with ICMP type typ counts for icmp_flood: ICMPv4
+// other than replies and errors (echo reply 0, unreachable 3, source
+// quench 4, redirect 5, time exceeded 11, parameter problem 12, timestamp
+// reply 14, information reply 16, mask reply 18; RFC 792, RFC 950), or an
+// ICMPv6 echo request (128, RFC 4443).
+func IsICMPRequest(proto, typ uint32) bool {
+	switch proto {
 	case 1:
-		switch f.GetIcmpType() {
+		switch typ {
 		case 0, 3, 4, 5, 11, 12, 14, 16, 18:
 			return false
 		}
 		return true
 	case 58:
-		return f.GetIcmpType() == 128
+		return typ == 128
 	}
 	return false
 }
@@ -198,7 +206,7 @@ func (e *Engine) observeMore(out []*pb.Alert, sensor string, f *pb.Flow, orig, r
 		if r == synFlood {
 			s.addPort(f.GetRespPort())
 		}
-		if s.count >= threshold && (ok == nil || ok(s)) && e.due(s, threshold, s.count) {
+		if n := s.floodCount(); n >= threshold && (ok == nil || ok(s)) && e.due(s, threshold, n) {
 			out = append(out, e.floodAlert(k, s, f, threshold))
 		}
 	}
@@ -309,7 +317,9 @@ func (e *Engine) floodAlert(k key, s *state, f *pb.Flow, threshold int) *pb.Aler
 		what = "UDP packets"
 	}
 	ev := map[string]any{
-		"packets":         s.count,
+		"packets":         s.floodCount(),
+		"flow_packets":    s.count,  // from flow records (FLOWS)
+		"live_packets":    s.pcount, // from packet summaries as they arrive (PACKETS; icmp_flood)
 		"flows":           s.flows,
 		"threshold":       threshold,
 		"many_sources":    s.manySrc,
@@ -332,7 +342,7 @@ func (e *Engine) floodAlert(k key, s *state, f *pb.Flow, threshold int) *pb.Aler
 	if o != "" {
 		from = o
 	}
-	rate := float64(s.count) / max(elapsed.Seconds(), 0.001)
+	rate := float64(s.floodCount()) / max(elapsed.Seconds(), 0.001)
 	return &pb.Alert{
 		Id:            schema.AlertID(k.sensor, name, o, t, k.win),
 		TimeNs:        f.GetEndNs(),
@@ -342,7 +352,7 @@ func (e *Engine) floodAlert(k key, s *state, f *pb.Flow, threshold int) *pb.Aler
 		Technique:     technique,
 		OrigAddr:      o,
 		RespAddr:      t,
-		Summary:       fmt.Sprintf("%s sent %d %s to %s within %.1fs (%.0f/s)", from, s.count, what, t, elapsed.Seconds(), rate),
+		Summary:       fmt.Sprintf("%s sent %d %s to %s within %.1fs (%.0f/s)", from, s.floodCount(), what, t, elapsed.Seconds(), rate),
 		Evidence:      evb,
 		Rule:          name,
 		WindowStartNs: k.win,

@@ -319,6 +319,9 @@ type state struct {
 	hosts  map[uint32]map[netip.Addr]struct{}
 	// floods, bruteforce, dns_tunnel: packets, sessions or queries.
 	count int
+	// icmp_flood: ICMP request packets counted from packet summaries
+	// (ObserveICMPPacket) as they arrive, before any flow record.
+	pcount int
 	// floods: the first source, and whether another one was seen.
 	src0    netip.Addr
 	manySrc bool

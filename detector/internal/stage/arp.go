@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"netwatch/detector/internal/arp"
+	"netwatch/detector/internal/rules"
 	"netwatch/schema"
 	"netwatch/schema/pb"
 )
@@ -88,15 +90,40 @@ func (s *Stage) HandleARP(ctx context.Context, msg jetstream.Msg) {
 	}
 	s.arpMu.Unlock()
 	s.m.ARPFrames.Add(float64(len(arps)))
+	narp := len(alerts)
+	// icmp_flood from the packet summaries, as they arrive (rules/live.go).
+	s.engMu.Lock()
+	nicmp := 0
+	err = icmpPackets(msg.Data(), func(ts int64, src, dst []byte, proto, typ uint32) {
+		if !rules.IsICMPRequest(proto, typ) {
+			return
+		}
+		nicmp++
+		sa, _ := netip.AddrFromSlice(src)
+		da, _ := netip.AddrFromSlice(dst)
+		if a := s.engine.ObserveICMPPacket(sensor, sa, da, proto, typ, ts); a != nil {
+			alerts = append(alerts, a)
+		}
+	})
+	s.engMu.Unlock()
+	s.m.LiveICMP.Add(float64(nicmp))
+	if err != nil { // arp.Extract accepted the framing: only a summary is broken
+		s.log.Warn("packet summary", "consumer", ConsumerARP, "subject", msg.Subject(), "err", err)
+	}
 	for i, a := range alerts {
 		if err := s.emit(ctx, a); err != nil {
 			s.m.PublishErrors.Inc()
 			s.log.Error("publish alert", "alert_id", a.GetId(), "err", err)
 			s.arpMu.Lock()
-			for _, r := range alerts[i:] {
+			for _, r := range alerts[i:max(i, narp)] {
 				s.arp.Retract(r)
 			}
 			s.arpMu.Unlock()
+			s.engMu.Lock()
+			for _, r := range alerts[max(i, narp):] {
+				s.engine.Retract(r)
+			}
+			s.engMu.Unlock()
 			_ = msg.NakWithDelay(s.cfg.NakDelay)
 			return
 		}

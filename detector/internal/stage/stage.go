@@ -62,6 +62,7 @@ type Metrics struct {
 	Lag           prometheus.Histogram
 	ARPMessages   prometheus.Counter
 	ARPFrames     prometheus.Counter
+	LiveICMP      prometheus.Counter
 	ARPTerminated prometheus.Counter
 	Suppressed    *prometheus.CounterVec
 	Reloads       *prometheus.CounterVec
@@ -96,6 +97,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Time to process one FLOWS message, publish its alerts and ack it.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
 		ARPMessages: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_arp_messages_total",
 			Help: "PACKETS messages read for their ARP summaries and acked (consumer detector-arp)."}),
+		LiveICMP: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_live_icmp_packets_total",
+			Help: "ICMP request packets counted for icmp_flood from the packet summaries of PACKETS (detector-arp consumer)"}),
 		ARPFrames: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_arp_frames_total",
 			Help: "ARP summaries evaluated by the arp_spoof rule."}),
 		ARPTerminated: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_arp_messages_terminated_total",
@@ -115,7 +118,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Host anomaly model score of each closed host window (0..1).", Buckets: prometheus.LinearBuckets(0.3, 0.05, 12)})
 	reg.MustRegister(m.HostWindows, m.HostAnomalous, m.HostScore)
 	reg.MustRegister(m.Messages, m.Flows, m.Scored, m.ScoreErrors, m.Score, m.Alerts, m.PublishErrors, m.Terminated, m.RuleKeys, m.Lag,
-		m.ARPMessages, m.ARPFrames, m.ARPTerminated, m.Suppressed, m.Reloads, m.HealthBad)
+		m.ARPMessages, m.ARPFrames, m.LiveICMP, m.ARPTerminated, m.Suppressed, m.Reloads, m.HealthBad)
 	m.Reloads.WithLabelValues("ok")
 	m.Reloads.WithLabelValues("error")
 	for _, c := range []string{"portscan", "hostsweep", "syn_flood", "udp_flood", "icmp_flood", "amplification", "bruteforce",
@@ -131,6 +134,7 @@ type Stage struct {
 	js      jetstream.JetStream
 	scorer  model.Scorer
 	engine  *rules.Engine
+	engMu   sync.Mutex  // engine: Handle (FLOWS) and HandleARP (live ICMP counts of PACKETS) share it
 	dec     decoder     // FlowBatch decoding into reused flows (Handle runs on one goroutine)
 	hosts   *hostScorer // nil without a host model
 	anomaly map[anomalyKey]bool
@@ -245,9 +249,6 @@ func (s *Stage) SetPolicy(p *policy.Policy, r rules.Config, a arp.Config) {
 // Handle processes one FLOWS message: decode, score, rules, publish, ack.
 func (s *Stage) Handle(ctx context.Context, msg jetstream.Msg) {
 	start := time.Now()
-	if r := s.nextRules.Swap(nil); r != nil {
-		s.engine.SetConfig(*r)
-	}
 	sensor, flows, err := s.dec.decode(msg.Data())
 	if err != nil {
 		s.m.Terminated.Inc()
@@ -260,14 +261,21 @@ func (s *Stage) Handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
+	s.engMu.Lock()
+	if r := s.nextRules.Swap(nil); r != nil {
+		s.engine.SetConfig(*r)
+	}
 	alerts := s.process(sensor, flows, msg.Subject())
+	s.engMu.Unlock()
 	for i, a := range alerts {
 		if err := s.emit(ctx, a); err != nil {
 			s.m.PublishErrors.Inc()
 			s.log.Error("publish alert", "alert_id", a.GetId(), "subject", schema.AlertsSubject(a.GetSensor()), "err", err)
+			s.engMu.Lock()
 			for _, r := range alerts[i:] {
 				s.retract(r)
 			}
+			s.engMu.Unlock()
 			_ = msg.NakWithDelay(s.cfg.NakDelay)
 			return
 		}

@@ -1,0 +1,130 @@
+package stage
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/proto"
+
+	"netwatch/detector/internal/rules"
+	"netwatch/schema"
+	"netwatch/schema/pb"
+	"netwatch/testkit"
+)
+
+// TestStageLiveICMP: the lab hping3 ICMP flood (one ICMP flow, so no flow
+// record before the enricher's timeouts) as PacketBatches of 1,024 packet
+// summaries built from tshark's fields (every packet of the capture:
+// ICMP, ARP-less IP, the echo replies) on PACKETS. Through the
+// detector-arp consumer the stage counts the echo requests and publishes
+// icmp_flood naming 10.99.1.10 → 10.99.1.20 (never the flooder as a
+// target), first with the time of the packet tshark finds crossing the
+// threshold, then updates at 2,000, 4,000 and 8,000 (12,372 requests,
+// tshark). Every ICMP request tshark counts is counted; nothing pending.
+func TestStageLiveICMP(t *testing.T) {
+	path := filepath.Join(testkit.Pcaps(t), "lab/lab-hping3-icmp-flood.pcap")
+	tshark := testkit.Tool(t, "tshark")
+	out, err := exec.Command(tshark, "-r", path, "-n", "-Y", "ip", "-T", "fields", "-E", "separator=\t", "-E", "occurrence=f",
+		"-e", "frame.time_epoch", "-e", "ip.src", "-e", "ip.dst", "-e", "ip.proto", "-e", "icmp.type", "-e", "ip.len").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pkts []*pb.PacketSummary
+	requests, toVictim := 0, []int64{}
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		c := strings.Split(l, "\t")
+		ts, _ := strconv.ParseFloat(c[0], 64)
+		src, dst := netip.MustParseAddr(c[1]), netip.MustParseAddr(c[2])
+		p, _ := strconv.Atoi(c[3])
+		typ, _ := strconv.Atoi(c[4])
+		n, _ := strconv.Atoi(c[5])
+		s := &pb.PacketSummary{TsNs: int64(ts * 1e9), SrcAddr: src.AsSlice(), DstAddr: dst.AsSlice(), Proto: uint32(p), IpBytes: uint32(n), Ttl: 64}
+		if p == 1 {
+			s.IcmpType = uint32(typ)
+			if typ == 8 {
+				requests++
+				if c[2] == "10.99.1.20" {
+					toVictim = append(toVictim, s.TsNs)
+				}
+			}
+		}
+		pkts = append(pkts, s)
+	}
+	d := rules.DefaultConfig()
+	// the crossing, from tshark's packets: the request that brings an
+	// aligned window's count to the threshold.
+	cross, perWin := int64(0), map[int64]int{}
+	for _, ts := range toVictim {
+		w := ts - ts%int64(d.FloodWindow)
+		if perWin[w]++; perWin[w] == d.ICMPFloodPkts && cross == 0 {
+			cross = ts
+		}
+	}
+	_, _, js := testkit.JetStream(t)
+	ctx := context.Background()
+	nb := 0
+	for i := 0; i < len(pkts); i += 1024 {
+		b := &pb.PacketBatch{Sensor: "lab", Boot: "b", Seq: uint64(nb + 1), Packets: pkts[i:min(i+1024, len(pkts))]}
+		data, err := proto.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		publish(t, js, schema.PacketsSubject("lab", 0), data, fmt.Sprintf("b.%d", nb))
+		nb++
+	}
+	m := NewMetrics(prometheus.NewRegistry())
+	st := New(Config{Rules: d}, js, nil, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- st.RunARP(rctx, 1) }()
+	defer func() { cancel(); <-done }()
+	testkit.Eventually(t, 30*time.Second, func() bool {
+		cons, err := js.Consumer(ctx, schema.StreamPackets, ConsumerARP)
+		if err != nil {
+			return false
+		}
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.AckFloor.Stream == uint64(nb)
+	}, "detector-arp consumer still has pending messages")
+	if got := testutil.ToFloat64(m.LiveICMP); got != float64(requests) {
+		t.Errorf("live ICMP requests counted = %v, tshark %d", got, requests)
+	}
+	s, err := js.Stream(ctx, schema.StreamAlerts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := s.Info(ctx)
+	var counts []string
+	for seq := uint64(1); seq <= info.State.Msgs; seq++ {
+		raw, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var a pb.Alert
+		if err := proto.Unmarshal(raw.Data, &a); err != nil {
+			t.Fatal(err)
+		}
+		if a.Category != "icmp_flood" || a.RespAddr != "10.99.1.20" || a.OrigAddr != "10.99.1.10" || a.Technique != "T1498.001" {
+			t.Fatalf("alert %s %q → %q", a.Category, a.OrigAddr, a.RespAddr)
+		}
+		if seq == 1 && a.TimeNs != cross {
+			t.Errorf("first alert at %d, threshold crossed at %d (tshark)", a.TimeNs, cross)
+		}
+		counts = append(counts, strings.Fields(a.Summary)[2])
+	}
+	if got := strings.Join(counts, ","); got != "1000,2000,4000,8000" {
+		t.Fatalf("alerts at %s requests, want 1000,2000,4000,8000 (%d requests to 10.99.1.20, tshark)", got, len(toVictim))
+	}
+	t.Logf("%d packets in %d batches, %d ICMP requests (%d to the victim); alerts at %s", len(pkts), nb, requests, len(toVictim), strings.Join(counts, ","))
+}
