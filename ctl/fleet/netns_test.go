@@ -300,8 +300,11 @@ for i in range(5): s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x
 			t.Fatalf("tcpdump -r %s: %v", h.pcap, err)
 		}
 		want := bytes.Count(out, []byte("\n"))
-		got, behind := countSummaries(t, ctx, js, h.sensor)
-		t.Logf("%s: tcpdump %d IP frames, PACKETS %d packet summaries, %d batches stored behind a later batch of their bucket", h.sensor, want, got, behind)
+		got, behind, late := countSummaries(t, ctx, js, h.sensor)
+		t.Logf("%s: tcpdump %d IP frames, PACKETS %d packet summaries, %d batches stored behind a later batch of their bucket, %d packets stored after a later watermark of their bucket", h.sensor, want, got, behind, late)
+		if late != 0 {
+			t.Errorf("%s: %d packets stored after a watermark later than their time: the enricher will end their flows early", h.sensor, late)
+		}
 		if got != want || want == 0 {
 			t.Errorf("%s: PACKETS holds %d packet summaries, tcpdump saw %d IP frames", h.sensor, got, want)
 		}
@@ -338,7 +341,7 @@ for i in range(5): s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x
 	if si, err := st.Info(ctx); err == nil {
 		t.Logf("PACKETS replicas at the end: %d (the sink provisions with 1 at every start: see the report)", si.Config.Replicas)
 	}
-	if got, _ := countSummaries(t, ctx, js, "sensor-c"); got != 0 {
+	if got, _, _ := countSummaries(t, ctx, js, "sensor-c"); got != 0 {
 		t.Errorf("sensor-c (sensor-a's credentials) got %d packets into PACKETS", got)
 	}
 	t.Logf("impostor agent (sensor-c with sensor-a's credentials), last lines:\n%s", tail(impostor.output(), 8))
@@ -457,8 +460,10 @@ while True:
 
 // countSummaries sums the packet summaries of every PACKETS batch of
 // sensor and counts the batches stored after a batch of the same subject
-// (bucket) and agent boot with a higher batch sequence (out of order).
-func countSummaries(t *testing.T, ctx context.Context, js jetstream.JetStream, sensor string) (total, behind int) {
+// (bucket) and agent boot with a higher batch sequence (out of order), and
+// the packets stored after a watermark of their subject later than their
+// time (the agent's promise broken).
+func countSummaries(t *testing.T, ctx context.Context, js jetstream.JetStream, sensor string) (total, behind, late int) {
 	t.Helper()
 	st, err := js.Stream(ctx, schema.StreamPackets)
 	if err != nil {
@@ -474,8 +479,9 @@ func countSummaries(t *testing.T, ctx context.Context, js jetstream.JetStream, s
 		msgs += int(n)
 	}
 	if msgs == 0 {
-		return 0, 0
+		return 0, 0, 0
 	}
+	wm := map[string]int64{} // subject -> latest watermark
 	type sb struct{ subj, boot string }
 	last := map[sb]uint64{}
 	oc, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}})
@@ -495,6 +501,18 @@ func countSummaries(t *testing.T, ctx context.Context, js jetstream.JetStream, s
 				t.Fatalf("decode batch on %s: %v", m.Subject(), err)
 			}
 			total += len(batch.Packets)
+			for _, p := range batch.Packets {
+				if p.TsNs < wm[m.Subject()] {
+					late++
+					if late <= 5 {
+						t.Logf("%s: packet at %s stored after watermark %s (%v later)", m.Subject(), time.Unix(0, p.TsNs).Format("15:04:05.000"),
+							time.Unix(0, wm[m.Subject()]).Format("15:04:05.000"), time.Duration(wm[m.Subject()]-p.TsNs))
+					}
+				}
+			}
+			if batch.WatermarkNs != 0 { // covers this batch and the ones before
+				wm[m.Subject()] = max(wm[m.Subject()], batch.WatermarkNs)
+			}
 			k := sb{m.Subject(), batch.Boot}
 			if batch.Seq < last[k] {
 				behind++
@@ -507,7 +525,7 @@ func countSummaries(t *testing.T, ctx context.Context, js jetstream.JetStream, s
 			t.Fatal(ctx.Err())
 		}
 	}
-	return total, behind
+	return total, behind, late
 }
 
 func tail(s string, n int) string {

@@ -730,11 +730,13 @@ type PacketBatch struct {
 	EndOfInput bool                   `protobuf:"varint,6,opt,name=end_of_input,json=endOfInput,proto3" json:"end_of_input,omitempty"` // the capture file ended; flush this sensor's flows
 	SentNs     int64                  `protobuf:"varint,7,opt,name=sent_ns,json=sentNs,proto3" json:"sent_ns,omitempty"`               // wall-clock time of publishing, Unix nanoseconds (latency)
 	Arp        []*ArpSummary          `protobuf:"bytes,8,rep,name=arp,proto3" json:"arp,omitempty"`                                    // ARP frames of this sensor (bucket = schema.AddrBucket of the sender IP)
-	// watermark_ns, on a batch without packets: every packet of this sensor's
-	// bucket with a time before it (Unix ns, packet time) is in an earlier
-	// batch of the subject. The enricher moves the bucket's flow clock to it
-	// instead of guessing from its own wall clock, so batches delayed by a
-	// broker failover still join their flows. 0: none.
+	// watermark_ns: every packet of this sensor's bucket with a time before
+	// it (Unix ns, packet time) is in this or an earlier batch of the
+	// subject. Sent on batches without packets every -watermark.interval and
+	// carried by data batches made after one (live captures). The enricher
+	// moves the bucket's flow clock to it instead of guessing from its own
+	// wall clock, so batches delayed by a broker failover still join their
+	// flows. 0: none.
 	WatermarkNs int64 `protobuf:"varint,9,opt,name=watermark_ns,json=watermarkNs,proto3" json:"watermark_ns,omitempty"`
 	// final_watermark: the agent stopped capturing (a clean stop of a live
 	// capture, after every batch was acked); the enricher's wall clock takes

@@ -32,6 +32,7 @@ type Batcher struct {
 	sensor, boot string
 	pub          *Publisher
 	seq          *atomic.Uint64 // shared by the forks of one batcher
+	wmark        *atomic.Int64  // the last watermark sent (Watermarks), shared by the forks; 0 for none
 	buckets      [schema.Buckets]bucket
 	l7           decode.L7
 	subjects     [schema.Buckets]string
@@ -66,7 +67,7 @@ func NewBatcher(pub *Publisher, sensor, boot string, size int, flush time.Durati
 		flush = 200 * time.Millisecond
 	}
 	b := &Batcher{Size: size, Flush: flush, sensor: sensor, boot: boot, pub: pub, seq: new(atomic.Uint64),
-		bufs: &bufPool{}}
+		wmark: new(atomic.Int64), bufs: &bufPool{}}
 	for i := range b.subjects {
 		b.subjects[i] = schema.PacketsSubject(sensor, uint32(i))
 	}
@@ -79,7 +80,7 @@ func NewBatcher(pub *Publisher, sensor, boot string, size int, flush time.Durati
 // different goroutines, each by one.
 func (b *Batcher) Fork() *Batcher {
 	f := &Batcher{Size: b.Size, Flush: b.Flush, Full: b.Full, sensor: b.sensor, boot: b.boot, pub: b.pub, seq: b.seq,
-		subjects: b.subjects, bufs: b.bufs}
+		wmark: b.wmark, subjects: b.subjects, bufs: b.bufs}
 	return f
 }
 
@@ -214,6 +215,12 @@ func (b *Batcher) send(bi uint32) {
 	copy((*bp)[start:], h)
 	*bp = appendBatchTrailer(*bp, false, time.Now().UnixNano())
 	*bp = append(*bp, bk.arp...)
+	if w := b.wmark.Load(); w > 0 {
+		// every packet of the bucket before the last watermark sent is
+		// in an earlier batch (or this one): the enricher knows the
+		// sensor sends watermarks from any of its batches
+		*bp = appendUint(*bp, batchWatermark, uint64(w))
+	}
 	data := (*bp)[start:]
 	n := bk.n + bk.arps // summaries lost if a full buffer drops the batch
 	bk.n, bk.arps, bk.arp = 0, 0, bk.arp[:0]

@@ -17,6 +17,7 @@ import (
 const (
 	batchSensor, batchBoot, batchSeq, batchBucket, batchPackets, batchEOF, batchSentNs = 1, 2, 3, 4, 5, 6, 7
 	batchARP                                                                           = 8
+	batchWatermark                                                                     = 9
 
 	sumTsNs, sumSrcAddr, sumDstAddr, sumSrcPort, sumDstPort, sumProto    = 1, 2, 3, 4, 5, 6
 	sumIPBytes, sumPayloadBytes, sumTCPFlags, sumICMPType, sumICMPCode   = 7, 8, 9, 10, 11

@@ -88,6 +88,7 @@ func (w *Watermarks) Tick(i int, b *Batcher, now time.Time, lastPkt int64, idle 
 	}
 	w.sent = wm
 	w.mu.Unlock()
+	w.b.wmark.Store(wm)
 	w.send(wm, now)
 }
 
@@ -119,6 +120,7 @@ func (w *Watermarks) Final(now time.Time) {
 		return // no packet: no flow to end
 	}
 	w.mu.Unlock()
+	w.b.wmark.Store(wm)
 	w.sendFinal(wm, now, true)
 }
 

@@ -231,6 +231,8 @@ type table struct {
 	t        *flow.Table
 	wallMark time.Time // wall time the clock last followed (a packet or a tick)
 	wmark    time.Time // wall time of its last watermark batch (zero: none, or a final one)
+	from     string    // what last moved the clock past the packets: "wall" or "watermark" (diagnostics)
+	warned   bool      // a batch behind the clock was logged
 }
 
 // sensorState is the state shared by a sensor's tables.
@@ -794,6 +796,14 @@ func (s *Stage) process(bs *bucketState, seq uint64, data []byte, m jetstream.Ms
 	if ss.counters != nil {
 		late = ss.counters.Late
 	}
+	if len(b.Packets) > 0 && t.t.Clock()-b.Packets[0].TsNs > int64(time.Second) && !t.warned {
+		// a batch more than a second behind its bucket's clock: its
+		// packets may end up in flows of their own (logged once per bucket)
+		t.warned = true
+		s.log.Warn("packet batch behind its bucket's clock", "subject", bs.subj, "stream_seq", seq, "batch_seq", b.Seq,
+			"behind", time.Duration(t.t.Clock()-b.Packets[0].TsNs), "clock_from", t.from, "watermark_age", time.Since(t.wmark),
+			"replay", m == nil)
+	}
 	for i, p := range b.Packets {
 		t.t.AddAt(p, h, flow.Pos{Seq: seq, Idx: uint32(i)})
 		ss.counters.Add(p, b.Bucket, h)
@@ -806,20 +816,27 @@ func (s *Stage) process(bs *bucketState, seq uint64, data []byte, m jetstream.Ms
 	if ss.counters != nil {
 		s.m.Late.Add(float64(ss.counters.Late - late))
 	}
-	if len(b.Packets) == 0 && b.WatermarkNs > 0 {
-		// Every packet of this bucket before the watermark is in an
-		// earlier message (the agent keeps a bucket's batches in order):
-		// flows idle at it can end; deterministic on a replay.
+	if b.WatermarkNs > 0 {
+		// Every packet of this bucket before the watermark is in this or
+		// an earlier message (the agent keeps a bucket's batches in
+		// order; a data batch carries the last watermark sent, so its
+		// bucket is in watermark mode from its first batch): flows idle
+		// at it can end; deterministic on a replay.
 		ss.wmark, t.wmark = now, now
 		if b.FinalWatermark {
 			// the agent stopped: the wall clock takes over at once
 			ss.wmark, t.wmark = time.Time{}, time.Time{}
 		}
+		if b.WatermarkNs > t.t.Clock() {
+			t.from = "watermark"
+		}
 		t.t.Advance(b.WatermarkNs)
 		if ss.counters != nil && b.Bucket < schema.Buckets {
 			ss.counters.Advance(b.Bucket, b.WatermarkNs)
 		}
-		s.m.Batches.WithLabelValues("watermark").Inc()
+		if len(b.Packets) == 0 {
+			s.m.Batches.WithLabelValues("watermark").Inc()
+		}
 	}
 	if b.EndOfInput {
 		t.t.Flush(pb.EndReason_END_EOF)
@@ -876,6 +893,7 @@ func (s *Stage) tick(now time.Time) {
 			continue // its watermarks move the clock
 		}
 		if d := now.Sub(t.wallMark); d >= s.cfg.WallTick && t.t.Clock() != 0 {
+			t.from = "wall"
 			t.t.Advance(t.t.Clock() + int64(d))
 			t.wallMark = now
 		}
