@@ -35,10 +35,13 @@ func ARPConsumerConfig(replicas int) jetstream.ConsumerConfig {
 }
 
 // RunARP consumes PACKETS through ConsumerARP until ctx ends: it reads
-// only the sensor and the ARP summaries of each PacketBatch (arp.Extract,
-// the packet summaries are skipped undecoded), runs the ARP rule, publishes
-// its alerts and acks. A batch whose framing is broken is terminated and
-// counted.
+// the sensor and the ARP summaries of each PacketBatch (arp.Extract) and
+// the first fields of its ICMP packet summaries (icmpPackets; the others
+// are skipped after a few tag reads), runs the ARP rule and the live
+// icmp_flood count (rules.Engine.ObserveICMPPacket), publishes their
+// alerts and acks. A batch whose framing is broken is terminated and
+// counted; a broken packet summary is logged and ends the ICMP count of
+// its batch.
 func (s *Stage) RunARP(ctx context.Context, replicas int) error {
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, schema.StreamPackets, ARPConsumerConfig(replicas))
 	if err != nil {
@@ -68,7 +71,8 @@ func (s *Stage) RunARP(ctx context.Context, replicas int) error {
 	}
 }
 
-// HandleARP processes one PACKETS message for the ARP rule.
+// HandleARP processes one PACKETS message for the ARP rule and the live
+// icmp_flood count.
 func (s *Stage) HandleARP(ctx context.Context, msg jetstream.Msg) {
 	sensor, arps, err := arp.Extract(msg.Data())
 	if err != nil {

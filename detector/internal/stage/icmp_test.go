@@ -128,3 +128,47 @@ func TestStageLiveICMP(t *testing.T) {
 	}
 	t.Logf("%d packets in %d batches, %d ICMP requests (%d to the victim); alerts at %s", len(pkts), nb, requests, len(toVictim), strings.Join(counts, ","))
 }
+
+// TestICMPPacketsMatchesProto: icmpPackets reports exactly the ICMP and
+// ICMPv6 summaries of a batch, with the time, addresses, protocol and type
+// proto.Unmarshal gives, when every summary has every field up to 43 set
+// (TCP, UDP, ICMP, ICMPv6 mixed, ARP summaries and other batch fields
+// around them); a cut batch is an error, never a panic.
+func TestICMPPacketsMatchesProto(t *testing.T) {
+	b := &pb.PacketBatch{Sensor: "s", Boot: "x", Seq: 7, Bucket: 3, SentNs: 9, WatermarkNs: 11,
+		Arp: []*pb.ArpSummary{{TsNs: 1, Op: 1, SenderIp: []byte{1, 2, 3, 4}}}}
+	for i := 0; i < 200; i++ {
+		p := &pb.PacketSummary{TsNs: int64(1e18) + int64(i)*1e6, SrcAddr: []byte{10, 0, 0, byte(i)}, DstAddr: []byte{10, 0, 1, byte(i)},
+			SrcPort: 1, DstPort: 2, Proto: []uint32{6, 17, 1, 58}[i%4], IpBytes: 60, PayloadBytes: 10, TcpFlags: 0x12,
+			IcmpType: uint32(i % 20), IcmpCode: 3, Vlan: 5, InnerVlan: 6, TunnelId: 8, IpId: 9, Fragment: true, Ttl: 64,
+			TcpSeq: 1, TcpAck: 2, TcpWindow: 3, DnsQuery: "a.example", DnsQtype: 1, DnsRcode: 3, DnsResponse: true,
+			TlsSni: "x", HttpHost: "h", HttpMethod: "GET", HttpUserAgent: "u", App: "dns", TlsAlpn: []string{"h2"}, Ja3: "j", Ja4: "k", QuicVersion: 1}
+		if p.Proto == 58 {
+			p.SrcAddr, p.DstAddr = netip.MustParseAddr("2001:db8::1").AsSlice(), netip.MustParseAddr("2001:db8::2").AsSlice()
+		}
+		b.Packets = append(b.Packets, p)
+	}
+	data, err := proto.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want, got []string
+	for _, p := range b.Packets {
+		if p.Proto == 1 || p.Proto == 58 {
+			want = append(want, fmt.Sprint(p.TsNs, p.SrcAddr, p.DstAddr, p.Proto, p.IcmpType))
+		}
+	}
+	if err := icmpPackets(data, func(ts int64, src, dst []byte, proto, typ uint32) {
+		got = append(got, fmt.Sprint(ts, src, dst, proto, typ))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) || len(want) != 100 {
+		t.Fatalf("icmpPackets gave %d summaries, proto %d; first differences:\n%v\n%v", len(got), len(want), got[:min(2, len(got))], want[:2])
+	}
+	for cut := 1; cut < len(data); cut += 97 {
+		if err := icmpPackets(data[:cut], func(int64, []byte, []byte, uint32, uint32) {}); err == nil && proto.Unmarshal(data[:cut], &pb.PacketBatch{}) != nil {
+			t.Fatalf("cut at %d: no error, proto.Unmarshal fails", cut)
+		}
+	}
+}
