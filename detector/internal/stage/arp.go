@@ -97,6 +97,9 @@ func (s *Stage) HandleARP(ctx context.Context, msg jetstream.Msg) {
 	narp := len(alerts)
 	// icmp_flood from the packet summaries, as they arrive (rules/live.go).
 	s.engMu.Lock()
+	if r := s.nextRules.Swap(nil); r != nil { // a reloaded -config applies here too
+		s.engine.SetConfig(*r)
+	}
 	nicmp := 0
 	err = icmpPackets(msg.Data(), func(ts int64, src, dst []byte, proto, typ uint32) {
 		if !rules.IsICMPRequest(proto, typ) {
