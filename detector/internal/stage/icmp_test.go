@@ -1,6 +1,7 @@
 package stage
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -186,4 +187,37 @@ func TestICMPPacketsMatchesProto(t *testing.T) {
 			t.Fatalf("cut at %d: no error, proto.Unmarshal fails", cut)
 		}
 	}
+}
+
+// FuzzICMPPackets: icmpPackets never panics, and on a PacketBatch as the
+// agent's proto.Marshal writes it (fields in number order: input equal to
+// its own re-encoding) it reports exactly its ICMP summaries.
+func FuzzICMPPackets(f *testing.F) {
+	b := &pb.PacketBatch{Sensor: "s", Packets: []*pb.PacketSummary{
+		{TsNs: 1, SrcAddr: []byte{1, 2, 3, 4}, DstAddr: []byte{5, 6, 7, 8}, Proto: 1, IcmpType: 8, Ttl: 3, App: "x"},
+		{TsNs: 2, Proto: 6, TcpFlags: 2}}}
+	data, _ := proto.Marshal(b)
+	f.Add(data)
+	f.Add([]byte{0x2a, 0x02, 0x08, 0x01})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		n := 0
+		err := icmpPackets(data, func(int64, []byte, []byte, uint32, uint32) { n++ })
+		var pbb pb.PacketBatch
+		if proto.Unmarshal(data, &pbb) != nil || err != nil {
+			return
+		}
+		opts := proto.MarshalOptions{Deterministic: true}
+		if again, _ := opts.Marshal(&pbb); !bytes.Equal(again, data) {
+			return // not in field order: icmpPackets reads fields 1-10 only up to the first higher one
+		}
+		want := 0
+		for _, p := range pbb.Packets {
+			if p.Proto == 1 || p.Proto == 58 {
+				want++
+			}
+		}
+		if n != want {
+			t.Fatalf("icmpPackets reported %d ICMP summaries, proto.Unmarshal has %d", n, want)
+		}
+	})
 }
