@@ -54,9 +54,14 @@ const DefaultWatermarkInterval = time.Second
 // linger and a margin.
 const DefaultWatermarkActive = 6 * time.Minute
 
-// idleMargin is subtracted from the wall time of an empty read: a packet
-// stamped just before it may still be on its way into the capture ring.
-const idleMargin = 50 * time.Millisecond
+// margin is subtracted from a loop's clock: a packet stamped before an empty
+// read may still sit in a capture block the kernel has not handed over
+// (libpcap's TPACKET_V3 block timeout is its 100 ms read timeout; a
+// straggler 24 ms behind a 50 ms margin was seen on a veth at load 10),
+// and packets stamped on different CPUs reach one ring slightly out of
+// order. Flows end this much later; a packet later than it still joins its
+// flow while the flow's idle timeout or close linger has not passed.
+const margin = 500 * time.Millisecond
 
 // Tick is called by capture loop i, on its own goroutine, with its batcher
 // b (the root batcher or its fork), the wall time now, the time of the
@@ -72,7 +77,10 @@ func (w *Watermarks) Tick(i int, b *Batcher, now time.Time, lastPkt int64, idle 
 	b.FlushAll()
 	clock := lastPkt
 	if idle {
-		clock = max(clock, now.Add(-idleMargin).UnixNano())
+		clock = max(clock, now.UnixNano())
+	}
+	if clock != 0 {
+		clock -= int64(margin)
 	}
 	w.mu.Lock()
 	w.next[i] = now.Add(w.Interval)
@@ -111,7 +119,7 @@ func (w *Watermarks) Final(now time.Time) {
 		return
 	}
 	w.mu.Lock()
-	wm := max(w.sent, w.last, now.Add(-idleMargin).UnixNano())
+	wm := max(w.sent, w.last, now.UnixNano())
 	for _, c := range w.clocks {
 		wm = max(wm, c)
 	}
