@@ -337,6 +337,7 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 	lastLink, dec := layers.LinkType(0), (*decode.Decoder)(nil)
 	fs, _ := src.(capture.FrameSource)
 	var fr capture.Frame
+	var lastTs int64 // time of the newest frame read (p.TsNs is overwritten by a read that times out)
 	for {
 		n++
 		if n&63 == 0 {
@@ -349,7 +350,7 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 			if n&255 == 0 {
 				now := time.Now()
 				batcher.Tick(now)
-				wm.Tick(li, batcher, now, p.TsNs, false)
+				wm.Tick(li, batcher, now, lastTs, false)
 			}
 		}
 		var (
@@ -369,7 +370,7 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 			cnt.flush(st)
 			now := time.Now()
 			batcher.Tick(now)
-			wm.Tick(li, batcher, now, p.TsNs, true) // the capture was empty at now
+			wm.Tick(li, batcher, now, lastTs, true) // the capture was empty at now
 			select {
 			case <-done:
 				return nil
@@ -392,6 +393,7 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 			batcher.Tick(time.Now())
 		}
 		cnt.received++
+		lastTs = max(lastTs, p.TsNs)
 		if link != lastLink || dec == nil {
 			lastLink, dec = link, decs.Get(link)
 		}

@@ -19,8 +19,9 @@ import (
 )
 
 // TestLiveWatermarks captures live on loopback while two UDP senders (two
-// 5-tuples, so two buckets) send a datagram every 5 ms for 1.5 s, with a
-// watermark every 100 ms. On every PACKETS subject, in stream order: the
+// 5-tuples, so two buckets) send a datagram every 150 ms for 0.9 s (reads
+// time out between them: watermarks must go out before 256 frames were
+// read), then every 5 ms for 0.6 s, with a watermark every 100 ms. On every PACKETS subject, in stream order: the
 // watermarks increase, and no batch after a watermark W holds a packet
 // stamped before W (the promise the enricher relies on). Every bucket gets
 // watermarks, and they follow the traffic (the last is after the first
@@ -67,11 +68,18 @@ func TestLiveWatermarks(t *testing.T) {
 	testkit.Eventually(t, 10*time.Second, func() bool { conns[0].Write([]byte("warm")); return a.Stats.Received.Load() > 0 },
 		"live capture on lo saw nothing")
 	first := time.Now().UnixNano()
+	fastStart := time.Now().Add(900 * time.Millisecond)
 	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); {
 		for _, c := range conns {
 			c.Write(make([]byte, 64))
 		}
-		time.Sleep(5 * time.Millisecond)
+		// slow, then fast: the loop's ticks come from reads that time out
+		// (100 ms) between datagrams first, then from every 256 frames
+		if time.Now().Before(fastStart) {
+			time.Sleep(150 * time.Millisecond)
+		} else {
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	time.Sleep(300 * time.Millisecond) // a few more watermarks over the quiet end
 	cancel()
@@ -88,7 +96,7 @@ func TestLiveWatermarks(t *testing.T) {
 	wmN := map[string]int{}    // subject -> watermarks
 	lastWM := map[string]int64{}
 	lastFinal := map[string]bool{} // subject -> its latest message is a final watermark
-	pkts, late, backwards, dataWM := 0, 0, 0, 0
+	pkts, late, backwards, dataWM, slowWM := 0, 0, 0, 0, 0
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
 		m, err := st.GetMsg(context.Background(), seq)
 		if err != nil {
@@ -104,6 +112,9 @@ func TestLiveWatermarks(t *testing.T) {
 			}
 			wmOf[m.Subject] = max(wmOf[m.Subject], b.WatermarkNs)
 			lastWM[m.Subject] = b.WatermarkNs
+			if b.SentNs < fastStart.UnixNano() {
+				slowWM++
+			}
 			lastFinal[m.Subject] = b.FinalWatermark
 			wmN[m.Subject]++
 			continue
@@ -147,6 +158,9 @@ func TestLiveWatermarks(t *testing.T) {
 		if lastWM[subj] < first {
 			t.Errorf("%s: last watermark %d is before the first datagram %d", subj, lastWM[subj], first)
 		}
+	}
+	if slowWM < schema.Buckets {
+		t.Errorf("%d watermarks sent during the slow phase, want at least a round of %d", slowWM, schema.Buckets)
 	}
 	if dataWM == 0 {
 		t.Error("no data batch carried a watermark")
