@@ -18,7 +18,18 @@ import (
 // (countries then come from flows: countries_1m counted a record within one
 // country twice before 00009).
 type dbSchema struct {
-	cols map[string]bool // "table.column"
+	cols    map[string]bool // "table.column"
+	sumInt8 bool            // the aggregate sum_int8(bigint) exists (sink migration 00010)
+}
+
+// sum is the SQL sum of the bigint expression x as a bigint: sum_int8 (no
+// numeric accumulator, about twice as fast; an overflow is an error) when
+// the database has it, else sum()::bigint.
+func (s *dbSchema) sum(x string) string {
+	if s != nil && s.sumInt8 {
+		return "sum_int8(" + x + ")"
+	}
+	return "sum(" + x + ")::bigint"
 }
 
 // has reports whether table.column exists; a nil schema (not probed) says yes.
@@ -91,6 +102,9 @@ func schemaOf(ctx context.Context, pool *pgxpool.Pool) (*dbSchema, error) {
 		s.cols[t+"."] = true
 	}
 	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if err := pool.QueryRow(ctx, "SELECT to_regprocedure('sum_int8(bigint)') IS NOT NULL").Scan(&s.sumInt8); err != nil {
 		return nil, err
 	}
 	e.s, e.at = s, time.Now()

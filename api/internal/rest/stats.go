@@ -172,14 +172,14 @@ func (a *API) topTalkers(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case f.Rollupable() && side == "pair" && sch.hasTable("pairs_1m"):
 		source = "rollup"
-		sql = `SELECT host(orig_addr), host(resp_addr), sum(orig_ip_bytes)::bigint sb, sum(resp_ip_bytes)::bigint rb,
-			sum(orig_pkts)::bigint sp, sum(resp_pkts)::bigint rp, sum(records)::bigint n` +
+		sql = `SELECT host(orig_addr), host(resp_addr), ` + sch.sum("orig_ip_bytes") + ` sb, ` + sch.sum("resp_ip_bytes") + ` rb, ` +
+			sch.sum("orig_pkts") + ` sp, ` + sch.sum("resp_pkts") + ` rp, ` + sch.sum("records") + ` n` +
 			q.rollupFrom(sch, "pairs", "orig_addr, resp_addr, orig_ip_bytes, resp_ip_bytes, orig_pkts, resp_pkts, records", f, 24*time.Hour) +
 			` GROUP BY orig_addr, resp_addr`
 	case f.Rollupable() && side != "pair" && sch.hasTable("talkers_1m"):
 		source = "rollup"
-		sql = `SELECT host(addr), '', sum(sent_ip_bytes)::bigint sb, sum(recv_ip_bytes)::bigint rb,
-			sum(sent_pkts)::bigint sp, sum(recv_pkts)::bigint rp, sum(records)::bigint n` +
+		sql = `SELECT host(addr), '', ` + sch.sum("sent_ip_bytes") + ` sb, ` + sch.sum("recv_ip_bytes") + ` rb, ` +
+			sch.sum("sent_pkts") + ` sp, ` + sch.sum("recv_pkts") + ` rp, ` + sch.sum("records") + ` n` +
 			q.rollupFrom(sch, "talkers", "addr, sent_ip_bytes, recv_ip_bytes, sent_pkts, recv_pkts, records", f, 24*time.Hour) +
 			` GROUP BY addr`
 	case side == "pair":
