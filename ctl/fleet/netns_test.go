@@ -337,7 +337,7 @@ for i in range(5): s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x
 		t.Logf("detector-arp: acked every PACKETS message (%d)", si.State.LastSeq)
 		return nil
 	})
-	feed.report(t, ctx, pl, "sensor-a", "sensor-b")
+	feed.report(t, ctx, pl, outage, "sensor-a", "sensor-b")
 	if si, err := st.Info(ctx); err == nil {
 		t.Logf("PACKETS replicas at the end: %d (the sink provisions with 1 at every start: see the report)", si.Config.Replicas)
 	}

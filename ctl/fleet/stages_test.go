@@ -495,6 +495,7 @@ type live struct {
 	conn *websocket.Conn
 	mu   sync.Mutex
 	lat  []time.Duration
+	ends []time.Time // each flow's last packet, as lat
 	ids  map[string]bool
 	done chan struct{}
 }
@@ -547,6 +548,7 @@ func (p *stages) startAPI(t *testing.T) *live {
 			}
 			l.mu.Lock()
 			l.lat = append(l.lat, now.Sub(m.Flow.End))
+			l.ends = append(l.ends, m.Flow.End)
 			l.ids[m.Flow.ID] = true
 			l.mu.Unlock()
 		}
@@ -556,8 +558,10 @@ func (p *stages) startAPI(t *testing.T) *live {
 }
 
 // report logs how many stored flow records of sensors came over the feed and
-// the latency percentiles.
-func (l *live) report(t *testing.T, ctx context.Context, p *stages, sensors ...string) {
+// the latency percentiles: all flows, and apart those whose last packet
+// fell in the outage (from a second before the node stopped until it was
+// back), whose batches may wait for the agent's 10 s publish ack timeout.
+func (l *live) report(t *testing.T, ctx context.Context, p *stages, outage [2]time.Time, sensors ...string) {
 	t.Helper()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -588,4 +592,23 @@ func (l *live) report(t *testing.T, ctx context.Context, p *stages, sensors ...s
 	pct := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
 	t.Logf("live: %d flow records over the WebSocket (%d stored, %d of them not seen live); last packet -> WebSocket p50 %v, p99 %v, max %v",
 		len(lat), stored, missing, pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond))
+	var in, out []time.Duration
+	for i, d := range l.lat {
+		if e := l.ends[i]; !e.Before(outage[0].Add(-time.Second)) && !e.After(outage[1]) {
+			in = append(in, d)
+		} else {
+			out = append(out, d)
+		}
+	}
+	for _, part := range []struct {
+		name string
+		d    []time.Duration
+	}{{"outside the outage", out}, {"ending in the outage", in}} {
+		if len(part.d) == 0 {
+			continue
+		}
+		slices.Sort(part.d)
+		q := func(x float64) time.Duration { return part.d[min(len(part.d)-1, int(x*float64(len(part.d))))] }
+		t.Logf("live: %d flows %s: p50 %v, p99 %v", len(part.d), part.name, q(0.5).Round(time.Millisecond), q(0.99).Round(time.Millisecond))
+	}
 }
