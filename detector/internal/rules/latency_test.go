@@ -88,9 +88,10 @@ func crossing(b *testing.B, path, filter string, distinctPorts bool, threshold i
 //     default timeouts (2 s close-linger after RST/FIN, else the 5 min TCP
 //     or 1 min UDP/ICMP idle timeout): the delay a deployment with those
 //     defaults sees;
-//   - live-delay-ms (icmp_flood): the ICMP requests counted from the
-//     packet summaries as they arrive (live.go), the path the stage runs
-//     on PACKETS: no flow record needed.
+//   - live-delay-ms: the packets counted from their summaries as they
+//     arrive (live.go: ObservePacket for icmp_flood, syn_flood, udp_flood,
+//     portscan, hostsweep), the path the stage runs on PACKETS: no flow
+//     record needed.
 //
 // ns/op is the rules' time to process the capture's flows.
 func BenchmarkDetectionLatency(b *testing.B) {
@@ -105,8 +106,12 @@ func BenchmarkDetectionLatency(b *testing.B) {
 	}{
 		{"portscan/nmap-syn", "lab/lab-nmap-syn-scan.pcap", "portscan", "10.99.1.20",
 			"ip.src == 10.99.1.10 && ip.dst == 10.99.1.20 && tcp.flags.syn == 1 && tcp.flags.ack == 0", true, d.PortscanPorts, d.PortscanWindow},
+		{"portscan/nmap-syn-internet", "attack-portscan-nmap-syn.pcapng", "portscan", "64.13.134.52",
+			"ip.src == 172.16.0.8 && ip.dst == 64.13.134.52 && tcp.flags.syn == 1 && tcp.flags.ack == 0", true, d.PortscanPorts, d.PortscanWindow},
 		{"portscan/masscan-udp", "attack-portscan-masscan-udp-0-1000.pcap", "portscan", "198.124.152.15",
 			"ip.src == 172.31.15.102 && ip.dst == 198.124.152.15 && udp", true, d.PortscanPorts, d.PortscanWindow},
+		{"portscan/nmap-udp", "lab/lab-nmap-udp-scan.pcap", "portscan", "10.99.1.20",
+			"ip.src == 10.99.1.10 && ip.dst == 10.99.1.20 && udp && !icmp", true, d.PortscanPorts, d.PortscanWindow},
 		{"syn_flood/spoofed", "attack-synflood-spoofed-sources.pcap", "syn_flood", "10.10.10.10",
 			"ip.dst == 10.10.10.10 && tcp.flags.syn == 1 && tcp.flags.ack == 0", false, d.SynFloodPkts, d.FloodWindow},
 		{"syn_flood/hping3", "lab/lab-hping3-syn-flood.pcap", "syn_flood", "10.99.1.20",
@@ -150,23 +155,27 @@ func BenchmarkDetectionLatency(b *testing.B) {
 			if !ok {
 				b.Fatalf("no %s alert for %s with enricher emission", c.category, c.target)
 			}
-			if c.category == "icmp_flood" {
-				// live: the ICMP requests counted from packet summaries
-				// (ObserveICMPPacket, the detector-arp consumer of PACKETS),
-				// independent of when a flow record is emitted.
-				e := New(d)
-				live := int64(-1)
-				for _, p := range tsharkICMP(b, path) {
-					if a := e.ObserveICMPPacket("lat", p.src, p.dst, p.proto, p.typ, p.ts); a != nil && a.RespAddr == c.target {
+			// live: the packets counted from their summaries (ObservePacket,
+			// the detector-arp consumer of PACKETS), independent of when a
+			// flow record is emitted.
+			e := New(d)
+			live := int64(-1)
+			var alerts []*pb.Alert
+			pkts := tsharkPackets(b, path)
+		packets:
+			for i := range pkts {
+				alerts = e.ObservePacket(alerts[:0], "lat", &pkts[i])
+				for _, a := range alerts {
+					if a.Category == c.category && a.RespAddr == c.target {
 						live = a.GetTimeNs()
-						break
+						break packets
 					}
 				}
-				if live < 0 {
-					b.Fatalf("no live icmp_flood alert for %s", c.target)
-				}
-				b.ReportMetric(float64(live-cross)/1e6, "live-delay-ms")
 			}
+			if live < 0 {
+				b.Fatalf("no live %s alert for %s", c.category, c.target)
+			}
+			b.ReportMetric(float64(live-cross)/1e6, "live-delay-ms")
 			b.ReportMetric(float64(out-cross)/1e6, "delay-ms")
 			b.ReportMetric(float64(outEnr-cross)/1e9, "enricher-delay-s")
 			b.ReportMetric(float64(len(flows)), "flows")

@@ -212,7 +212,7 @@ func (e *Engine) observeMore(out []*pb.Alert, sensor string, f *pb.Flow, orig, r
 	}
 	switch {
 	case IsHalfOpen(f):
-		flood(synFlood, e.cfg.SynFloodPkts, func(s *state) bool { return s.count >= synPerPort*s.nports })
+		flood(synFlood, e.cfg.SynFloodPkts, func(s *state) bool { return s.floodCount() >= synPerPort*s.nports })
 	case f.GetProto() == 17:
 		flood(udpFlood, e.cfg.UDPFloodPkts, nil)
 	case isICMPRequest(f):

@@ -444,6 +444,11 @@ type Engine struct {
 	singles, spareSingles []*singleWin
 	nsingles              int
 	noSingles             bool // tests: every probe opens its states (the engine before singles)
+	// half: connections whose SYN waits for the originator's ACK (live
+	// syn_flood, live.go), swept at each new flood window (halfWin).
+	half    map[hkey]hval
+	halfWin int64
+	pf      pb.Flow // scratch one-packet flow of ObservePacket
 	// names classifies query names for dns_tunnel (nil: no model).
 	names     NameModel
 	namesName string
@@ -542,7 +547,13 @@ func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 	}
 	var out []*pb.Alert
 	out = e.observeMore(out, sensor, f, orig, resp)
-	probe := IsProbe(f)
+	return e.observeProbe(out, sensor, f, orig, resp, t, IsProbe(f), false)
+}
+
+// observeProbe runs portscan and hostsweep on a probe (probe) or ICMP echo
+// request flow starting at t: a flow record, or one packet made into a
+// one-packet flow by ObservePacket (live).
+func (e *Engine) observeProbe(out []*pb.Alert, sensor string, f *pb.Flow, orig, resp netip.Addr, t int64, probe, live bool) []*pb.Alert {
 	if !probe && !isEchoRequest(f) {
 		return out
 	}
@@ -555,7 +566,7 @@ func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 	if probe {
 		kind = StealthKind(f)
 	}
-	if e.firstProbe(sensor, orig, resp, t, probe, proto<<16|f.GetRespPort(), port, f.GetRespPort()<<8|f.GetOrigTcpFlags()&0x3f, kind) {
+	if e.firstProbe(sensor, orig, resp, t, probe, proto<<16|f.GetRespPort(), port, f.GetRespPort()<<8|f.GetOrigTcpFlags()&0x3f, kind, live) {
 		return out
 	}
 	if probe {

@@ -33,6 +33,7 @@ type single struct {
 	flag     uint32   // flag-probe key (port<<8 | flags), when kind is a flag probe
 	kind     uint8    // StealthKind
 	promoted bool
+	live     bool // counted from a packet summary (ObservePacket), not a flow record
 }
 
 // singleWin is the singles of one window.
@@ -91,7 +92,12 @@ func (e *Engine) expireSingles() {
 // hostsweep states are touched: it reports true when the flow was kept as
 // its originator's single (nothing else to do), and promotes a single to
 // states when its originator sends again.
-func (e *Engine) firstProbe(sensor string, orig, resp netip.Addr, t int64, probe bool, port, svc, flag uint32, kind int) bool {
+//
+// A probe counted live from its packet (live) and then again from its flow
+// record, or the other way round, is the same probe: when it matches the
+// single (responder, port, service, flags) it is dropped, so neither
+// opens states for a spoofed source's one SYN.
+func (e *Engine) firstProbe(sensor string, orig, resp netip.Addr, t int64, probe bool, port, svc, flag uint32, kind int, live bool) bool {
 	ok := e.singlesOK()
 	if !ok && e.nsingles == 0 {
 		return false
@@ -106,6 +112,8 @@ func (e *Engine) firstProbe(sensor string, orig, resp netip.Addr, t int64, probe
 	switch {
 	case found && p.promoted:
 		return false
+	case found && (p.live || live) && probe && p.resp == resp.As16() && p.port == port && p.svc == svc && p.flag == flag:
+		return true
 	case found:
 		m[sk] = single{promoted: true}
 		e.promote(sensor, orig, p)
@@ -117,7 +125,7 @@ func (e *Engine) firstProbe(sensor string, orig, resp netip.Addr, t int64, probe
 		e.nsingles++
 		return false
 	}
-	m[sk] = single{resp: resp.As16(), t: t, port: port, svc: svc, flag: flag, kind: uint8(kind)}
+	m[sk] = single{resp: resp.As16(), t: t, port: port, svc: svc, flag: flag, kind: uint8(kind), live: live}
 	e.nsingles++
 	return true
 }

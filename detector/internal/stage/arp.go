@@ -36,9 +36,9 @@ func ARPConsumerConfig(replicas int) jetstream.ConsumerConfig {
 
 // RunARP consumes PACKETS through ConsumerARP until ctx ends: it reads
 // the sensor and the ARP summaries of each PacketBatch (arp.Extract) and
-// the first fields of its ICMP packet summaries (icmpPackets; the others
-// are skipped after a few tag reads), runs the ARP rule and the live
-// icmp_flood count (rules.Engine.ObserveICMPPacket), publishes their
+// the first fields (1-10) of its packet summaries (packetSummaries), runs
+// the ARP rule and the live scan and flood counts (rules.Engine.ObservePacket:
+// icmp_flood, syn_flood, udp_flood, portscan, hostsweep), publishes their
 // alerts and acks. A batch whose framing is broken is terminated and
 // counted; a broken packet summary is logged and ends the ICMP count of
 // its batch.
@@ -72,7 +72,7 @@ func (s *Stage) RunARP(ctx context.Context, replicas int) error {
 }
 
 // HandleARP processes one PACKETS message for the ARP rule and the live
-// icmp_flood count.
+// scan and flood counts.
 func (s *Stage) HandleARP(ctx context.Context, msg jetstream.Msg) {
 	sensor, arps, err := arp.Extract(msg.Data())
 	if err != nil {
@@ -95,24 +95,27 @@ func (s *Stage) HandleARP(ctx context.Context, msg jetstream.Msg) {
 	s.arpMu.Unlock()
 	s.m.ARPFrames.Add(float64(len(arps)))
 	narp := len(alerts)
-	// icmp_flood from the packet summaries, as they arrive (rules/live.go).
+	// icmp_flood, syn_flood, udp_flood, portscan and hostsweep from the
+	// packet summaries, as they arrive (rules/live.go).
 	s.engMu.Lock()
 	if r := s.nextRules.Swap(nil); r != nil { // a reloaded -config applies here too
 		s.engine.SetConfig(*r)
 	}
-	nicmp := 0
-	err = icmpPackets(msg.Data(), func(ts int64, src, dst []byte, proto, typ uint32) {
-		if !rules.IsICMPRequest(proto, typ) {
-			return
+	nicmp, npkt := 0, 0
+	var lp rules.Packet
+	err = packetSummaries(msg.Data(), func(p *summary) {
+		npkt++
+		if rules.IsICMPRequest(p.proto, p.icmp) {
+			nicmp++
 		}
-		nicmp++
-		sa, _ := netip.AddrFromSlice(src)
-		da, _ := netip.AddrFromSlice(dst)
-		if a := s.engine.ObserveICMPPacket(sensor, sa, da, proto, typ, ts); a != nil {
-			alerts = append(alerts, a)
-		}
+		sa, _ := netip.AddrFromSlice(p.src)
+		da, _ := netip.AddrFromSlice(p.dst)
+		lp = rules.Packet{TsNs: p.ts, Src: sa, Dst: da, SrcPort: p.sport, DstPort: p.dport, Proto: p.proto,
+			Payload: p.payload, TCPFlags: p.flags, ICMPType: p.icmp}
+		alerts = s.engine.ObservePacket(alerts, sensor, &lp)
 	})
 	s.engMu.Unlock()
+	s.m.LivePackets.Add(float64(npkt))
 	s.m.LiveICMP.Add(float64(nicmp))
 	if err != nil { // arp.Extract accepted the framing: only a summary is broken
 		s.log.Warn("packet summary", "consumer", ConsumerARP, "subject", msg.Subject(), "err", err)

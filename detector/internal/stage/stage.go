@@ -63,6 +63,7 @@ type Metrics struct {
 	ARPMessages   prometheus.Counter
 	ARPFrames     prometheus.Counter
 	LiveICMP      prometheus.Counter
+	LivePackets   prometheus.Counter
 	ARPTerminated prometheus.Counter
 	Suppressed    *prometheus.CounterVec
 	Reloads       *prometheus.CounterVec
@@ -99,6 +100,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "PACKETS messages read for their ARP summaries and acked (consumer detector-arp)."}),
 		LiveICMP: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_live_icmp_packets_total",
 			Help: "ICMP request packets counted for icmp_flood from the packet summaries of PACKETS (detector-arp consumer)"}),
+		LivePackets: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_live_packets_total",
+			Help: "TCP, UDP, ICMP and ICMPv6 packet summaries of PACKETS run through the live scan and flood rules (detector-arp consumer)."}),
 		ARPFrames: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_arp_frames_total",
 			Help: "ARP summaries evaluated by the arp_spoof rule."}),
 		ARPTerminated: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_arp_messages_terminated_total",
@@ -118,7 +121,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Host anomaly model score of each closed host window (0..1).", Buckets: prometheus.LinearBuckets(0.3, 0.05, 12)})
 	reg.MustRegister(m.HostWindows, m.HostAnomalous, m.HostScore)
 	reg.MustRegister(m.Messages, m.Flows, m.Scored, m.ScoreErrors, m.Score, m.Alerts, m.PublishErrors, m.Terminated, m.RuleKeys, m.Lag,
-		m.ARPMessages, m.ARPFrames, m.LiveICMP, m.ARPTerminated, m.Suppressed, m.Reloads, m.HealthBad)
+		m.ARPMessages, m.ARPFrames, m.LiveICMP, m.LivePackets, m.ARPTerminated, m.Suppressed, m.Reloads, m.HealthBad)
 	m.Reloads.WithLabelValues("ok")
 	m.Reloads.WithLabelValues("error")
 	for _, c := range []string{"portscan", "hostsweep", "syn_flood", "udp_flood", "icmp_flood", "amplification", "bruteforce",
