@@ -265,3 +265,92 @@ func TestLiveBenign(t *testing.T) {
 		t.Fatalf("%d benign captures in the label files, want at least 20", n)
 	}
 }
+
+// TestLiveCrafted: edge cases of the live rules on crafted packets.
+func TestLiveCrafted(t *testing.T) {
+	server := netip.MustParseAddr("192.0.2.1")
+	client := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 51, byte(100 + i/250), byte(1 + i%250)}) }
+	t0 := int64(1_700_000_000_000_000_000) // aligned to 10 s
+	syn := func(src netip.Addr, sport uint32, i int) Packet {
+		return Packet{TsNs: t0 + int64(i)*1_000_000, Src: src, Dst: server, SrcPort: sport, DstPort: 443, Proto: 6, TCPFlags: flagSYN}
+	}
+	count := func(e *Engine, pkts []Packet, category string) (n int, first *pb.Alert) {
+		var out []*pb.Alert
+		for i := range pkts {
+			out = e.ObservePacket(out[:0], "c", &pkts[i])
+			for _, a := range out {
+				if a.Category == category {
+					if n++; first == nil {
+						first = a
+					}
+				}
+			}
+		}
+		return n, first
+	}
+	d := DefaultConfig()
+	t.Run("busy server: 2000 completed handshakes", func(t *testing.T) {
+		var pkts []Packet
+		for i := range 2000 {
+			p := syn(client(i), 40000, i)
+			pkts = append(pkts, p)
+			ack := p
+			ack.TsNs += 500_000
+			ack.TCPFlags = flagACK
+			pkts = append(pkts, ack)
+		}
+		if n, a := count(New(d), pkts, RuleSynFlood); n != 0 {
+			t.Fatalf("%d syn_flood alerts on completed connections: %s", n, a.Summary)
+		}
+	})
+	t.Run("2000 unanswered SYNs from many sources", func(t *testing.T) {
+		var pkts []Packet
+		for i := range 2000 {
+			pkts = append(pkts, syn(client(i), 40000, i))
+		}
+		n, a := count(New(d), pkts, RuleSynFlood)
+		if n != 2 || a.OrigAddr != "" || a.TimeNs != pkts[999].TsNs {
+			t.Fatalf("%d alerts (want 1000 and update at 2000), first %+v", n, a)
+		}
+	})
+	t.Run("RST and SYN-ACK are no probes, backscatter no scan", func(t *testing.T) {
+		var pkts []Packet
+		for i := range 200 {
+			// the server answers a scanner's probes: SYN-ACK or RST from
+			// many ports to one port of the scanner.
+			fl := uint32(flagSYN | flagACK)
+			if i%2 == 0 {
+				fl = flagRST | flagACK
+			}
+			pkts = append(pkts, Packet{TsNs: t0 + int64(i), Src: server, Dst: client(0), SrcPort: uint32(1 + i), DstPort: 40000, Proto: 6, TCPFlags: fl})
+			pkts = append(pkts, Packet{TsNs: t0 + int64(i), Src: client(0), Dst: server, SrcPort: 40000, DstPort: uint32(1 + i), Proto: 6, TCPFlags: flagRST})
+		}
+		e := New(d)
+		if n, a := count(e, pkts, RulePortscan); n != 0 {
+			t.Fatalf("portscan on replies and resets: %s", a.Summary)
+		}
+	})
+	t.Run("UDP answers from a service port are not counted", func(t *testing.T) {
+		var pkts []Packet
+		for i := range 12000 {
+			// a resolver answering one client from port 53 to 12,000 source ports
+			pkts = append(pkts, Packet{TsNs: t0 + int64(i)*100_000, Src: server, Dst: client(0), SrcPort: 53, DstPort: uint32(10000 + i), Proto: 17, Payload: 80})
+		}
+		e := New(d)
+		for _, r := range []string{RulePortscan, RuleUDPFlood, RuleHostsweep} {
+			if n, a := count(e, pkts, r); n != 0 {
+				t.Fatalf("%s on a resolver's answers: %s", r, a.Summary)
+			}
+		}
+		// the same packets the other way round are a UDP flood (and a scan)
+		for i := range pkts {
+			p := &pkts[i]
+			p.Src, p.Dst, p.SrcPort, p.DstPort = p.Dst, p.Src, p.DstPort, p.SrcPort
+			p.DstPort = uint32(10000 + i)
+		}
+		n, a := count(New(d), pkts, RuleUDPFlood)
+		if n != 1 || a.TimeNs != pkts[9999].TsNs || a.OrigAddr != client(0).String() {
+			t.Fatalf("udp_flood: %d alerts, first %+v", n, a)
+		}
+	})
+}
