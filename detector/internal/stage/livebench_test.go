@@ -44,16 +44,29 @@ func benchPacketBatches(b *testing.B) ([][]byte, int) {
 			return batchesOf(b, set.Packets), len(set.Packets)
 		}
 	}
-	cmd := exec.Command(testkit.Tool(b, "tshark"), "-r", pcap, "-n", "-Y", "tcp || udp || icmp || icmpv6", "-T", "fields",
+	pkts := tsharkSummaries(b, pcap)
+	if data, err := proto.Marshal(&pb.PacketBatch{Packets: pkts}); err == nil {
+		_ = os.WriteFile(cache, data, 0o644)
+	}
+	return batchesOf(b, pkts), len(pkts)
+}
+
+// tsharkSummaries returns the TCP, UDP, ICMP and ICMPv6 packets of a
+// capture as packet summaries, from tshark's fields (outer header, -E
+// occurrence=f: an ICMP error is ICMP, not the header it quotes; payload
+// tcp.len or udp.length - 8).
+func tsharkSummaries(t testing.TB, pcap string) []*pb.PacketSummary {
+	t.Helper()
+	cmd := exec.Command(testkit.Tool(t, "tshark"), "-r", pcap, "-n", "-Y", "tcp || udp || icmp || icmpv6", "-T", "fields",
 		"-E", "separator=\t", "-E", "occurrence=f", "-e", "frame.time_epoch", "-e", "ip.src", "-e", "ip.dst",
 		"-e", "ipv6.src", "-e", "ipv6.dst", "-e", "icmp.type", "-e", "icmpv6.type", "-e", "tcp.srcport", "-e", "tcp.dstport",
 		"-e", "tcp.flags", "-e", "tcp.len", "-e", "udp.srcport", "-e", "udp.dstport", "-e", "udp.length")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
 	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
 	num := func(s string) uint32 {
 		v, _ := strconv.ParseUint(s, 0, 32)
@@ -90,15 +103,12 @@ func benchPacketBatches(b *testing.B) ([][]byte, int) {
 		pkts = append(pkts, p)
 	}
 	if err := cmd.Wait(); err != nil {
-		b.Fatalf("tshark %s: %v", pcap, err)
+		t.Fatalf("tshark %s: %v", pcap, err)
 	}
-	if data, err := proto.Marshal(&pb.PacketBatch{Packets: pkts}); err == nil {
-		_ = os.WriteFile(cache, data, 0o644)
-	}
-	return batchesOf(b, pkts), len(pkts)
+	return pkts
 }
 
-func batchesOf(b *testing.B, pkts []*pb.PacketSummary) [][]byte {
+func batchesOf(b testing.TB, pkts []*pb.PacketSummary) [][]byte {
 	var out [][]byte
 	for i := 0; i < len(pkts); i += 1024 {
 		data, err := proto.Marshal(&pb.PacketBatch{Sensor: "bench", Boot: "b", Seq: uint64(len(out) + 1), Packets: pkts[i:min(i+1024, len(pkts))]})
