@@ -68,6 +68,9 @@ build: web
 
 ## test: every test of every module, then the api's WebSocket tests again under -race; under CI=true a test that needs PostgreSQL fails, not skips
 test: setup pg build
+	@if [ ! -d api/web/node_modules/esbuild ] || [ ! -d api/web/node_modules/playwright-core ]; then \
+	  echo "test: the dashboard's npm packages (api/web: npm ci) for its format and browser tests"; \
+	  (cd api/web && npm ci --no-audit --no-fund --loglevel=error); fi
 	@scripts/test.sh $(MODULES)
 	@echo "=== api WebSocket tests under -race (50 clients, one stalled; keep-alive; slow clients)"
 	@cd api && $(GO) test -count=1 -race -run 'TestStalledClient|TestLive' ./internal/server/
