@@ -94,9 +94,11 @@ func (e *Engine) expireSingles() {
 // states when its originator sends again.
 //
 // A probe counted live from its packet (live) and then again from its flow
-// record, or the other way round, is the same probe: when it matches the
-// single (responder, port, service, flags) it is dropped, so neither
-// opens states for a spoofed source's one SYN.
+// record (or its retransmission), or the other way round, is the same
+// probe: when it matches the single (responder, port, service, flags) and
+// either side is live, it is dropped, so a spoofed source's one SYN opens
+// no states. Two flow records never match this way (as before the live
+// path: TestSinglesSameAlerts).
 func (e *Engine) firstProbe(sensor string, orig, resp netip.Addr, t int64, probe bool, port, svc, flag uint32, kind int, live bool) bool {
 	ok := e.singlesOK()
 	if !ok && e.nsingles == 0 {
