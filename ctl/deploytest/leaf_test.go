@@ -3,8 +3,11 @@ package deploytest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -485,6 +488,72 @@ func TestLeafSiteBuffersOutage(t *testing.T) {
 	publishBatches(t, ctx, sjs, "sensor-a", "boot1", 240, 270)
 	wantRange(want, "sensor-a", "boot1", 240, 270)
 	waitHub("after a stage's provisioning", 290)
+
+	f.checkLeafUserConfined(ctx, hjs)
+	waitHub("after the leaf user's misuse", 290)
+}
+
+// checkLeafUserConfined shows the QA's attacks with the leaf user's
+// password (it is in every site's site.conf) refused by the hub:
+//   - as a client it cannot log in (allowed_connection_types LEAFNODE);
+//   - as a leaf node of a rogue server (no deny_exports, no users, so its
+//     local client's messages go wherever the leaf user's permissions let
+//     them), a forged netwatch.packets.sensor-b.1 publish does not reach the
+//     hub's PACKETS and $JS.API.STREAM.DELETE.PACKETS and
+//     $JS.hub.API.STREAM.DELETE.PACKETS get no answer: PACKETS is still there.
+func (f *leafFleet) checkLeafUserConfined(ctx context.Context, hjs jetstream.JetStream) {
+	t := f.t
+	t.Helper()
+	_, err := nats.Connect(f.hubURL("leaf"), nats.RootCAs(f.ca), nats.MaxReconnects(0))
+	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
+		t.Errorf("a client logging in to the hub as user leaf: %v, want an authorization violation", err)
+	} else {
+		t.Logf("client login as leaf refused by the hub: %v", err)
+	}
+
+	u, err := url.Parse(fmt.Sprintf("nats-leaf://leaf:change-me-leaf@127.0.0.1:%d", f.hubLeaf[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, err := os.ReadFile(f.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	rogue, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true,
+		LeafNode: server.LeafNodeOpts{Remotes: []*server.RemoteLeafOpts{{URLs: []*url.URL{u}, TLS: true,
+			TLSConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go rogue.Start()
+	defer func() { rogue.Shutdown(); rogue.WaitForShutdown() }()
+	if !rogue.ReadyForConnections(10 * time.Second) {
+		t.Fatal("rogue leaf server not ready")
+	}
+	waitLeafs(t, rogue, 1)
+	nc, err := nats.Connect(rogue.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := nc.Publish(schema.PacketsSubject("sensor-b", 1), []byte("forged")); err != nil {
+		t.Fatal(err)
+	}
+	for _, subj := range []string{"$JS.API.STREAM.DELETE." + schema.StreamPackets, "$JS.hub.API.STREAM.DELETE." + schema.StreamPackets} {
+		if m, err := nc.Request(subj, nil, 2*time.Second); err == nil {
+			t.Errorf("%s through a leaf node logged in as leaf: answered %s", subj, m.Data)
+		} else {
+			t.Logf("%s through a rogue leaf node: %v", subj, err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hjs.Stream(ctx, schema.StreamPackets); err != nil {
+		t.Errorf("PACKETS after the rogue leaf's delete request: %v", err)
+	}
 }
 
 // waitLeafs waits until s has n leaf node connections.

@@ -154,6 +154,7 @@ func (t *Tree) UserCreds(name string, p perms.Set, ttl time.Duration) ([]byte, e
 	uc.Permissions.Pub.Allow.Add(p.Pub...)
 	uc.Permissions.Pub.Deny.Add(p.PubDeny...)
 	uc.Permissions.Sub.Allow.Add(p.Sub...)
+	uc.AllowedConnectionTypes.Add(p.ConnTypes...)
 	if ttl > 0 {
 		uc.Expires = time.Now().Add(ttl).Unix()
 	}

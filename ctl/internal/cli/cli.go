@@ -132,7 +132,7 @@ func cmdCreds(args []string, getenv func(string) string, stdout io.Writer) error
 	fs := flag.NewFlagSet("creds", flag.ContinueOnError)
 	dir := fs.String("dir", "", "directory written by netwatchctl init")
 	sensor := fs.String("sensor", "", "sensor name (the agent's -sensor)")
-	role := fs.String("role", "", "pipeline role instead of a sensor: enricher, detector, sink, api, admin")
+	role := fs.String("role", "", "role instead of a sensor: enricher, detector, sink, api, admin, leaf (a site's leaf node link)")
 	name := fs.String("name", "", "user name for a role (default: the role)")
 	out := fs.String("o", "", "output file (mode 0600; default: stdout)")
 	ttl := fs.Duration("ttl", 0, "credentials expire after this long (0: never)")

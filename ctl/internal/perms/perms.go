@@ -27,6 +27,10 @@ type Set struct {
 	Pub     []string
 	PubDeny []string
 	Sub     []string
+	// ConnTypes, when not empty, are the only connection types the user
+	// may log in with (nats-server's allowed_connection_types, the JWT's
+	// allowed_connection_types: "STANDARD", "WEBSOCKET", "LEAFNODE", ...).
+	ConnTypes []string
 }
 
 // EnricherGroup is the consumer group name (the enricher's -consume.group)
@@ -104,8 +108,41 @@ func kvBucket(bucket, keys string) []string {
 		"$JS.API.CONSUMER.DELETE." + st + ".*", "$JS.FC." + st + ".>"}
 }
 
-// Roles are the pipeline users netwatchctl knows, besides "sensor".
-var Roles = []string{"enricher", "detector", "sink", "api", "admin"}
+// Roles are the users netwatchctl knows, besides "sensor": the pipeline
+// stages, admin, and leaf (a remote site's leaf node link, LeafSite).
+var Roles = []string{"enricher", "detector", "sink", "api", "admin", "leaf"}
+
+// SiteStream is the name of every site's buffer stream (site.Stream; the
+// site package imports this one's users, so the name is repeated here).
+const SiteStream = "SITE"
+
+// leaf is the user a remote site's leaf node logs in to the hub with
+// (deploy/leaf/site.conf, deploy/README.md "Sites"), and nothing else: it
+// may connect only as a leaf node (ConnTypes LEAFNODE: a client with its
+// password is refused), and it carries only what the hub's stream sources
+// exchange with the site's JetStream domain (nats-server stream.go,
+// trySetupSourceConsumer and tryDeleteSourcingConsumer; ADR-28 of
+// nats-architecture-and-design). On a leaf connection a user's publish
+// list is what the leaf node may send into the hub and its subscribe list
+// what the hub forwards to it (nats-server docs, "Leaf Nodes"):
+//   - into the hub: the sourced messages and heartbeats on the source
+//     consumers' deliver subjects ($JS.S.<random>) and the replies to the
+//     hub's consumer create requests ($JSC.R.>);
+//   - to the site: the hub's requests on a site domain's API to create or
+//     delete a source consumer on SITE or KV_SENSORS ($JS.<site>.API.
+//     CONSUMER.CREATE/DELETE.<stream>...), and the hub's flow-control
+//     replies ($JS.FC.>).
+//
+// It reaches no netwatch subject (the site's sensors' messages cross only
+// through the sources), no hub JetStream API and no client's inbox.
+func leaf() Set {
+	var sub []string
+	for _, st := range []string{SiteStream, kvStream} {
+		sub = append(sub, "$JS.*.API.CONSUMER.CREATE."+st, "$JS.*.API.CONSUMER.CREATE."+st+".>",
+			"$JS.*.API.CONSUMER.DELETE."+st+".*")
+	}
+	return Set{Pub: []string{"$JS.S.>", "$JSC.R.>"}, Sub: append(sub, "$JS.FC.>"), ConnTypes: []string{"LEAFNODE"}}
+}
 
 // inbox is the stages' reply subjects (nats.go's default prefix): publish
 // acks, API responses, pulled messages. Sensors have their own
@@ -237,6 +274,8 @@ func Role(role string) (Set, error) {
 	case "admin":
 		s.Pub = []string{"$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "netwatch.>"}
 		s.Sub = []string{"netwatch.>", "$JS.EVENT.>"}
+	case "leaf":
+		return leaf(), nil
 	default:
 		return Set{}, fmt.Errorf("unknown role %q: want sensor or one of %v", role, Roles)
 	}
@@ -325,7 +364,15 @@ accounts {
 			}
 			b.WriteString("          }\n")
 		}
-		b.WriteString("        } }\n")
+		b.WriteString("        }")
+		if len(p.ConnTypes) > 0 {
+			q := make([]string, len(p.ConnTypes))
+			for i, c := range p.ConnTypes {
+				q[i] = fmt.Sprintf("%q", c)
+			}
+			fmt.Fprintf(&b, ",\n        allowed_connection_types: [%s]", strings.Join(q, ", "))
+		}
+		b.WriteString(" }\n")
 	}
 	for _, r := range Roles {
 		p, _ := Role(r)
@@ -338,10 +385,7 @@ accounts {
 		}
 		user(sn, "sensor "+sn+": the agent's -sensor "+sn, p)
 	}
-	b.WriteString(`      # Remote sites' leaf nodes log in as this user (leaf/site.conf); their sensors are
-      # checked by the leaf node's own copy of these users.
-      { user: leaf, password: "change-me-leaf" }
-    ]
+	b.WriteString(`    ]
   }
   SYS {
     users: [ { user: sys, password: "change-me-sys" } ]
@@ -358,4 +402,7 @@ var roleDoc = map[string]string{
 	"sink":     "sink: FLOWS, ALERTS, METRICS in (durables sink-*); provisions at start",
 	"api":      "api: live subscriptions, replay and registry through ordered consumers, stream info",
 	"admin":    "admin: netwatchctl provision, operators' tools (the whole JetStream API)",
+	"leaf": "leaf: remote sites' leaf nodes (leaf/site.conf) log in as this user, as leaf nodes only;\n" +
+		"      # it carries only the hub's stream sources of the sites' SITE and KV_SENSORS streams.\n" +
+		"      # A site's sensors are checked by the leaf node's own copy of these users.",
 }
