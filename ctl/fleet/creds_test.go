@@ -610,3 +610,99 @@ func TestStageCredentials(t *testing.T) {
 		t.Error("the server log shows no violation for the refused calls: the log scan above proves nothing")
 	}
 }
+
+// TestStageCredentialsAPI shows the api's credentials confined to
+// ephemeral consumers: a create request on a stage's durable name (which
+// would rewrite its configuration: the QA moved sink-flows' filter with
+// the api's credentials) is refused by the server for sink-flows,
+// sink-alerts, the detector's and the enricher's durables, and sink-flows
+// keeps the schema's filter; an ordered consumer on FLOWS (replay) still
+// works with no violation.
+func TestStageCredentialsAPI(t *testing.T) {
+	dir, url, logFile := operatorServerLog(t)
+	admin := filepath.Join(dir, "admin.creds")
+	ctl(t, "creds", "-dir", dir, "-role", "admin", "-o", admin)
+	ctl(t, "provision", "-nats.url", url, "-nats.creds", admin, "-replicas", "1", "-timeout", "20s")
+	api := filepath.Join(dir, "api.creds")
+	ctl(t, "creds", "-dir", dir, "-role", "api", "-o", api)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	var v violations
+	nc, err := nats.Connect(url, nats.UserCredentials(api), nats.ErrorHandler(v.handler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	st, err := js.Stream(ctx, schema.StreamFlows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oc, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatalf("api ordered consumer on FLOWS: %v", err)
+	}
+	if _, err := oc.Fetch(1, jetstream.FetchMaxWait(300*time.Millisecond)); err != nil {
+		t.Fatalf("api fetch from its ordered consumer: %v", err)
+	}
+	if e := v.all(); len(e) > 0 {
+		t.Fatalf("api replay hit violations: %v", e)
+	}
+	for _, d := range []struct{ stream, durable, filter string }{
+		{schema.StreamFlows, schema.ConsumerSinkFlows, schema.FlowsPrefix + ".x"},
+		{schema.StreamAlerts, schema.ConsumerSinkAlerts, ""},
+		{schema.StreamFlows, schema.ConsumerDetector, ""},
+		{schema.StreamPackets, schema.ConsumerEnricher, schema.PacketsPrefix + ".x.>"},
+		{schema.StreamPackets, perms.ConsumerDetectorARP, ""},
+	} {
+		cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := js.CreateOrUpdateConsumer(cctx, d.stream, jetstream.ConsumerConfig{Durable: d.durable,
+			FilterSubject: d.filter, AckPolicy: jetstream.AckExplicitPolicy, MaxDeliver: 1})
+		ccancel()
+		if err == nil {
+			t.Errorf("api could rewrite %s's durable %s", d.stream, d.durable)
+		}
+		subj := "$JS.API.CONSUMER.CREATE." + d.stream + "." + d.durable
+		waitFor(t, 5*time.Second, "api rewriting "+d.durable, func() error {
+			return v.find(`Permissions Violation for Publish to "` + subj)
+		})
+		t.Logf("api: create/update of %s.%s refused (%v)", d.stream, d.durable, err)
+	}
+	anc, err := nats.Connect(url, nats.UserCredentials(admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anc.Close()
+	ajs, _ := jetstream.New(anc)
+	c, err := ajs.Consumer(ctx, schema.StreamFlows, schema.ConsumerSinkFlows)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cd := range schema.ConsumerConfigs(schema.StreamOptions{}) {
+		if cd.Config.Durable == schema.ConsumerSinkFlows && c.CachedInfo().Config.FilterSubject != cd.Config.FilterSubject {
+			t.Errorf("sink-flows filter %q, want the schema's %q", c.CachedInfo().Config.FilterSubject, cd.Config.FilterSubject)
+		}
+	}
+	if len(logViolations(t, logFile)) == 0 {
+		t.Error("the server log shows no violation for the refused calls")
+	}
+}
+
+// TestStageCredentialsLeaf issues netwatchctl creds -role leaf (a site's
+// leaf node link in JWT mode) and shows the JWT restricted to leaf node
+// connections: a client connecting with it is refused by the server.
+func TestStageCredentialsLeaf(t *testing.T) {
+	dir, url := operatorServer(t)
+	leaf := filepath.Join(dir, "leaf.creds")
+	ctl(t, "creds", "-dir", dir, "-role", "leaf", "-o", leaf)
+	nc, err := nats.Connect(url, nats.UserCredentials(leaf), nats.MaxReconnects(0))
+	if err == nil {
+		nc.Close()
+		t.Fatal("a client logged in with the leaf role's credentials")
+	}
+	if !strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
+		t.Fatalf("client login with the leaf credentials: %v, want an authorization violation", err)
+	}
+	t.Logf("client login with leaf.creds refused: %v", err)
+}

@@ -76,10 +76,13 @@ func durables() map[string]map[string]string {
 // with or without a filter subject, next, info, delete (nats.go deletes a
 // reset ordered consumer). Names are random, so these are wildcards; the
 // returned deny list takes the durables of the stream back out: no role
-// deletes a durable, and only its owner pulls from it. (Creating them
-// stays allowed: every stage provisions all durables at start with the
-// schema's configuration, see provisioning.)
-func ephemeral(role, stream string) (allow, deny []string) {
+// deletes a durable, and only its owner pulls from it. A role that does
+// not provision (provisions false: the api) may not create or update any
+// durable either (a create request on a durable's name rewrites its
+// configuration, e.g. sink-flows' filter). A provisioning stage keeps
+// that: schema.ProvisionRetry, which the enricher, detector and sink call
+// at start, writes every durable (see provisioning).
+func ephemeral(role, stream string, provisions bool) (allow, deny []string) {
 	allow = []string{"$JS.API.CONSUMER.CREATE." + stream + ".*", "$JS.API.CONSUMER.CREATE." + stream + ".*.>",
 		"$JS.API.CONSUMER.MSG.NEXT." + stream + ".*", "$JS.API.CONSUMER.INFO." + stream + ".*",
 		"$JS.API.CONSUMER.DELETE." + stream + ".*"}
@@ -90,6 +93,9 @@ func ephemeral(role, stream string) (allow, deny []string) {
 	slices.Sort(names)
 	for _, d := range names {
 		deny = append(deny, "$JS.API.CONSUMER.DELETE."+stream+"."+d)
+		if !provisions {
+			deny = append(deny, "$JS.API.CONSUMER.CREATE."+stream+"."+d, "$JS.API.CONSUMER.CREATE."+stream+"."+d+".>")
+		}
 		if durables()[stream][d] != role {
 			deny = append(deny, "$JS.API.CONSUMER.MSG.NEXT."+stream+"."+d)
 		}
@@ -239,7 +245,7 @@ func Role(role string) (Set, error) {
 			pull(schema.StreamPackets, ConsumerDetectorARP))
 		// health (METRICS live) and rescore (FLOWS by time): ordered consumers
 		for _, st := range []string{schema.StreamMetrics, schema.StreamFlows} {
-			allow, deny := ephemeral("detector", st)
+			allow, deny := ephemeral("detector", st, true)
 			s.Pub = append(s.Pub, allow...)
 			s.PubDeny = append(s.PubDeny, deny...)
 		}
@@ -263,7 +269,7 @@ func Role(role string) (Set, error) {
 			// ordered consumers for replay and the registry listing: ephemeral
 			// create (with a filter subject), next, delete, flow control; the
 			// stages' durables are denied but their info (lag) stays readable
-			allow, deny := ephemeral("api", st)
+			allow, deny := ephemeral("api", st, false)
 			s.Pub = append(s.Pub, allow...)
 			s.Pub = append(s.Pub, "$JS.API.CONSUMER.LIST."+st, "$JS.FC."+st+".>")
 			s.PubDeny = append(s.PubDeny, deny...)
