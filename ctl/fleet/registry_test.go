@@ -2,9 +2,16 @@ package fleet_test
 
 import (
 	"context"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"netwatch/ctl/internal/perms"
 
 	"netwatch/schema"
 	"netwatch/testkit"
@@ -97,5 +104,64 @@ func TestRegistry(t *testing.T) {
 	}
 	if len(got) != 3 || got[2].Name != "sensor-c" || got[2].Online || got[2].Host != "" {
 		t.Errorf("undecodable record listed as %+v", got[len(got)-1])
+	}
+}
+
+// TestRegistrySensorCannotRollUp provisions with netwatchctl provision (as
+// admin, on an operator-mode server) and shows the QA's attack refused: a
+// put of sensor-a's own key $KV.SENSORS.sensor-a with the header
+// "Nats-Rollup: all" (which, with the KV default allow_rollup_hdrs, erased
+// sensor-b's record) gets JetStream's "rollup not permitted" error, and
+// sensor-b's record is still there; sensor-a's plain put still works.
+func TestRegistrySensorCannotRollUp(t *testing.T) {
+	dir, url := operatorServer(t)
+	admin := filepath.Join(dir, "admin.creds")
+	ctl(t, "creds", "-dir", dir, "-role", "admin", "-o", admin)
+	ctl(t, "provision", "-nats.url", url, "-nats.creds", admin, "-replicas", "1", "-timeout", "20s")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kvs := map[string]jetstream.KeyValue{}
+	jss := map[string]jetstream.JetStream{}
+	for _, sn := range []string{"sensor-a", "sensor-b"} {
+		creds := filepath.Join(dir, sn+".creds")
+		ctl(t, "creds", "-dir", dir, "-sensor", sn, "-o", creds)
+		nc, err := nats.Connect(url, nats.UserCredentials(creds), nats.CustomInboxPrefix(perms.SensorInbox(sn)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		jss[sn], _ = jetstream.New(nc)
+		if kvs[sn], err = schema.OpenRegistry(ctx, jss[sn]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := schema.Announce(ctx, kvs[sn], schema.SensorRecord{Name: sn, Host: "host-" + sn}); err != nil {
+			t.Fatalf("%s announcing itself: %v", sn, err)
+		}
+	}
+	m := nats.NewMsg("$KV." + schema.RegistryBucket + ".sensor-a")
+	m.Header.Set("Nats-Rollup", "all")
+	m.Data = []byte(`{"name":"sensor-a"}`)
+	_, err := jss["sensor-a"].PublishMsg(ctx, m)
+	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "rollup") {
+		t.Errorf("sensor-a's put with Nats-Rollup: all: %v, want a rollup-not-permitted error", err)
+	} else {
+		t.Logf("sensor-a's rollup put refused: %v", err)
+	}
+	anc, err := nats.Connect(url, nats.UserCredentials(admin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anc.Close()
+	ajs, _ := jetstream.New(anc)
+	akv, err := schema.OpenRegistry(ctx, ajs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := akv.Get(ctx, "sensor-b")
+	if err != nil || !strings.Contains(string(e.Value()), "host-sensor-b") {
+		t.Fatalf("sensor-b's record after sensor-a's rollup attempt: %v", err)
+	}
+	if _, err := schema.Announce(ctx, kvs["sensor-a"], schema.SensorRecord{Name: "sensor-a", Host: "host-a2"}); err != nil {
+		t.Errorf("sensor-a's plain put after: %v", err)
 	}
 }

@@ -217,6 +217,9 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 			return err
 		}
 	}
+	if err := site.DenyRegistryRollups(ctx, js); err != nil {
+		return err
+	}
 	for _, sc := range schema.StreamConfigs(o) {
 		fmt.Fprintf(stdout, "stream %s: replicas %d\n", sc.Name, sc.Replicas)
 	}
