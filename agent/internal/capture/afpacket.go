@@ -82,6 +82,18 @@ func linkTypeOf(iface string) (layers.LinkType, error) {
 	return 0, fmt.Errorf("interface %s: unsupported ARPHRD type %d for AF_PACKET", iface, t)
 }
 
+// dltOf maps a pcap-file link type (LINKTYPE_*, tcpdump.org/linktypes.html)
+// to the libpcap DLT_* value that pcap_compile expects (pcap.CompileBPFFilter
+// takes a DLT). They differ only for raw IP: LINKTYPE_RAW is 101, DLT_RAW is
+// 12 on Linux (pcap/dlt.h); every other link type the AF_PACKET path opens
+// (Ethernet 1, LINKTYPE_IPV4 228, LINKTYPE_IPV6 229) has the same number.
+func dltOf(link layers.LinkType) layers.LinkType {
+	if link == layers.LinkTypeRaw {
+		return 12 // DLT_RAW on Linux (pcap/dlt.h)
+	}
+	return link
+}
+
 // OpenAFPacket opens c.Fanout sockets on c.Interface, each with its own
 // ring of c.RingBytes, joined in one PACKET_FANOUT_HASH group (the kernel
 // hashes the symmetric flow key, so both directions of a flow, and every
@@ -98,7 +110,7 @@ func OpenAFPacket(c AFPacketConfig, supported func(layers.LinkType) bool) (*AFPa
 		return nil, fmt.Errorf("interface %s: unsupported link type %d (%s)", c.Interface, int(link), link)
 	}
 	expr := c.BPF
-	prog, err := pcap.CompileBPFFilter(link, c.Snaplen, expr)
+	prog, err := pcap.CompileBPFFilter(dltOf(link), c.Snaplen, expr)
 	if err != nil {
 		return nil, fmt.Errorf("compile bpf filter %q: %w", expr, err)
 	}
