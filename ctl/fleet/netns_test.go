@@ -318,7 +318,9 @@ for i in range(5): s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x
 	}
 	pl.logEnricherMetrics(t)
 	// The detectors' ARP durable (detector credentials) read all of PACKETS.
-	waitFor(t, 30*time.Second, "detector-arp caught up", func() error {
+	// Messages delivered to the detector that was restarted and not yet
+	// handled come back after the consumer's AckWait (1 min).
+	waitFor(t, 90*time.Second, "detector-arp caught up", func() error {
 		cons, err := js.Consumer(ctx, schema.StreamPackets, perms.ConsumerDetectorARP)
 		if err != nil {
 			return err
