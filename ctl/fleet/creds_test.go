@@ -24,6 +24,7 @@ import (
 	"netwatch/ctl/internal/cli"
 	"netwatch/ctl/internal/perms"
 	"netwatch/schema"
+	"netwatch/schema/ops"
 	"netwatch/schema/pb"
 	"netwatch/testkit"
 )
@@ -275,7 +276,8 @@ func TestSensorCannotUseAnotherName(t *testing.T) {
 	apiCreds := filepath.Join(dir, "api.creds")
 	ctl(t, "creds", "-dir", dir, "-role", "api", "-o", apiCreds)
 	var av violations
-	apinc, err := nats.Connect(url, nats.UserCredentials(apiCreds), nats.ErrorHandler(av.handler))
+	apinc, err := nats.Connect(url, nats.UserCredentials(apiCreds), nats.ErrorHandler(av.handler),
+		nats.CustomInboxPrefix(ops.StageInbox("api")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -589,7 +591,8 @@ func TestStageCredentials(t *testing.T) {
 		}},
 	} {
 		var v violations
-		cnc, err := nats.Connect(url, nats.UserCredentials(creds[c.role]), nats.ErrorHandler(v.handler))
+		cnc, err := nats.Connect(url, nats.UserCredentials(creds[c.role]), nats.ErrorHandler(v.handler),
+			nats.CustomInboxPrefix(ops.StageInbox(c.role)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -617,7 +620,9 @@ func TestStageCredentials(t *testing.T) {
 // the api's credentials) is refused by the server for sink-flows,
 // sink-alerts, the detector's and the enricher's durables, and sink-flows
 // keeps the schema's filter; an ordered consumer on FLOWS (replay) still
-// works with no violation.
+// works with no violation. The api may subscribe to its own inbox only
+// (ops.StageInbox("api")): _INBOX.>, the sink's and the enricher's inboxes
+// and > are refused.
 func TestStageCredentialsAPI(t *testing.T) {
 	dir, url, logFile := operatorServerLog(t)
 	admin := filepath.Join(dir, "admin.creds")
@@ -629,7 +634,8 @@ func TestStageCredentialsAPI(t *testing.T) {
 	defer cancel()
 
 	var v violations
-	nc, err := nats.Connect(url, nats.UserCredentials(api), nats.ErrorHandler(v.handler))
+	nc, err := nats.Connect(url, nats.UserCredentials(api), nats.ErrorHandler(v.handler),
+		nats.CustomInboxPrefix(ops.StageInbox("api")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -668,6 +674,17 @@ func TestStageCredentialsAPI(t *testing.T) {
 			return v.find(`Permissions Violation for Publish to "` + subj)
 		})
 		t.Logf("api: create/update of %s.%s refused (%v)", d.stream, d.durable, err)
+	}
+	// Other roles' replies: the api has only its own inbox (ops.StageInbox).
+	for _, subj := range []string{"_INBOX.>", "_INBOX.abc", ops.StageInbox("sink") + ".>", ops.StageInbox("enricher") + ".x", ">"} {
+		sub, err := nc.SubscribeSync(subj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "api subscribing to "+subj, func() error {
+			return v.find(`Permissions Violation for Subscription to "` + subj + `"`)
+		})
+		sub.Unsubscribe()
 	}
 	anc, err := nats.Connect(url, nats.UserCredentials(admin))
 	if err != nil {

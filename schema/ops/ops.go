@@ -149,6 +149,31 @@ func (c *Common) Logger(w io.Writer, service string) *slog.Logger {
 // forever afterwards (a broker outage is survived, DESIGN.md). name is the
 // connection name the server shows.
 func (c *Common) ConnectNATS(ctx context.Context, name string, log *slog.Logger) (*nats.Conn, error) {
+	return c.connectNATS(ctx, name, log)
+}
+
+// StageInbox is the reply-subject prefix of a pipeline stage's NATS
+// connection, "_INBOX_<role>" (role: enricher, detector, sink, api): the
+// stage's publish acks, JetStream API replies and pulled messages arrive
+// on StageInbox(role)+".<nuid>", the only inbox its role's credentials may
+// subscribe to (netwatchctl creds -role, ctl/internal/perms), so no other
+// role reads them on nats.go's shared _INBOX.> (the agent does the same
+// with _INBOX_<sensor>). The prefix follows nats.CustomInboxPrefix's rules
+// (no wildcard, no trailing '.').
+func StageInbox(role string) string { return "_INBOX_" + role }
+
+// ConnectNATSInbox is ConnectNATS with the connection's reply subjects
+// under inbox (nats.CustomInboxPrefix; a stage passes StageInbox(role)).
+// An empty inbox is ConnectNATS (nats.go's _INBOX); an invalid one is an
+// error.
+func (c *Common) ConnectNATSInbox(ctx context.Context, name, inbox string, log *slog.Logger) (*nats.Conn, error) {
+	if inbox == "" {
+		return c.connectNATS(ctx, name, log)
+	}
+	return c.connectNATS(ctx, name, log, nats.CustomInboxPrefix(inbox))
+}
+
+func (c *Common) connectNATS(ctx context.Context, name string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -171,7 +196,7 @@ func (c *Common) ConnectNATS(ctx context.Context, name string, log *slog.Logger)
 	if c.NATSCert != "" {
 		opts = append(opts, nats.ClientCert(c.NATSCert, c.NATSKey))
 	}
-	nc, err := nats.Connect(c.NATSURL, opts...)
+	nc, err := nats.Connect(c.NATSURL, append(opts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to nats %s: %w", c.NATSURL, err)
 	}

@@ -159,7 +159,7 @@ func run(ctx context.Context, cfg *Config) error {
 		return fmt.Errorf("database pool: %w", err)
 	}
 	defer pool.Close()
-	nc, err := cfg.ConnectNATS(ctx, "netwatch-api", log)
+	nc, err := cfg.ConnectNATSInbox(ctx, "netwatch-api", ops.StageInbox("api"), log)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"netwatch/schema"
+	"netwatch/schema/ops"
 )
 
 // Set is one user's permissions: subjects it may publish and subscribe to
@@ -150,10 +151,18 @@ func leaf() Set {
 	return Set{Pub: []string{"$JS.S.>", "$JSC.R.>"}, Sub: append(sub, "$JS.FC.>"), ConnTypes: []string{"LEAFNODE"}}
 }
 
-// inbox is the stages' reply subjects (nats.go's default prefix): publish
-// acks, API responses, pulled messages. Sensors have their own
-// (SensorInbox).
-const inbox = "_INBOX.>"
+// inbox is a role's reply subjects: publish acks, API responses, pulled
+// messages. A stage connects with its own prefix (ops.StageInbox: the
+// enricher, detector, sink and api pass it to ops.ConnectNATSInbox), so no
+// role reads another's replies; admin (netwatchctl, operators' tools with
+// nats.go's default prefix) keeps _INBOX.>, which no stage's or sensor's
+// replies use. Sensors have their own (SensorInbox).
+func inbox(role string) string {
+	if role == "admin" {
+		return "_INBOX.>"
+	}
+	return ops.StageInbox(role) + ".>"
+}
 
 func info(streams ...string) []string {
 	out := []string{"$JS.API.INFO"}
@@ -285,7 +294,7 @@ func Role(role string) (Set, error) {
 	default:
 		return Set{}, fmt.Errorf("unknown role %q: want sensor or one of %v", role, Roles)
 	}
-	s.Sub = append(s.Sub, inbox)
+	s.Sub = append(s.Sub, inbox(role))
 	s.Pub = dedup(s.Pub)
 	s.PubDeny = dedup(s.PubDeny)
 	return s, nil

@@ -283,7 +283,7 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
 
-	nc, err := cfg.ConnectNATS(ctx, "netwatch-detector", log.With("component", "nats"))
+	nc, err := cfg.ConnectNATSInbox(ctx, "netwatch-detector", ops.StageInbox("detector"), log.With("component", "nats"))
 	if err != nil {
 		if ctx.Err() != nil { // signalled before NATS came up: a clean stop
 			return nil
@@ -808,7 +808,7 @@ func rescore(args []string, stdout, stderr io.Writer, getenv func(string) string
 	log := cfg.Logger(stderr, "detector-rescore")
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
-	nc, err := cfg.ConnectNATS(ctx, "netwatch-detector-rescore", log.With("component", "nats"))
+	nc, err := cfg.ConnectNATSInbox(ctx, "netwatch-detector-rescore", ops.StageInbox("detector"), log.With("component", "nats"))
 	if err != nil {
 		return err
 	}

@@ -194,7 +194,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	nc, err := cfg.ConnectNATS(ctx, "enricher", log)
+	nc, err := cfg.ConnectNATSInbox(ctx, "enricher", ops.StageInbox("enricher"), log)
 	if err != nil {
 		return err
 	}

@@ -281,7 +281,7 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	defer s.Close()
 	st.Store(s)
 
-	nc, err := cfg.ConnectNATS(ctx, "sink", log.With("component", "nats"))
+	nc, err := cfg.ConnectNATSInbox(ctx, "sink", ops.StageInbox("sink"), log.With("component", "nats"))
 	if err != nil {
 		return err
 	}
