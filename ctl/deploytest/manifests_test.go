@@ -38,12 +38,14 @@ type k8sObject struct {
 }
 
 type podSpec struct {
-	HostNetwork bool        `yaml:"hostNetwork"`
-	DNSPolicy   string      `yaml:"dnsPolicy"`
-	Containers  []container `yaml:"containers"`
-	Volumes     []struct {
-		Name   string `yaml:"name"`
-		Secret *struct {
+	HostNetwork    bool        `yaml:"hostNetwork"`
+	DNSPolicy      string      `yaml:"dnsPolicy"`
+	InitContainers []container `yaml:"initContainers"`
+	Containers     []container `yaml:"containers"`
+	Volumes        []struct {
+		Name     string    `yaml:"name"`
+		EmptyDir *struct{} `yaml:"emptyDir"`
+		Secret   *struct {
 			SecretName string `yaml:"secretName"`
 			Items      []struct{ Key, Path string }
 		} `yaml:"secret"`
@@ -181,9 +183,10 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Errorf("agent NETWATCH_SENSOR = %q, want $(NODE_NAME)", v)
 	}
 	creds, _ := a.env("NETWATCH_NATS_CREDS")
-	if creds != "/etc/netwatch/creds/$(NODE_NAME).creds" || !mountedFile(p, a, creds) {
-		t.Errorf("agent NETWATCH_NATS_CREDS %q is not its own node's file in a mounted secret", creds)
+	if creds != "/etc/netwatch/creds/$(NODE_NAME).creds" {
+		t.Errorf("agent NETWATCH_NATS_CREDS %q is not its own node's file", creds)
 	}
+	checkAgentOwnCreds(t, p, a, creds)
 
 	for _, stage := range []string{"enricher", "detector", "sink", "api"} {
 		kind := "Deployment"
@@ -481,4 +484,56 @@ func TestSystemdEnricherIsAGroupMember(t *testing.T) {
 	if !envFile {
 		t.Error("netwatch-enricher.service reads no EnvironmentFile")
 	}
+}
+
+// checkAgentOwnCreds checks that the agent container a of pod p holds only
+// its own node's credentials (issue 8, QA: the DaemonSet mounted the whole
+// netwatch-sensor-creds secret, every sensor's credentials on every node):
+// the agent mounts no secret volume, its credentials file creds is in an
+// emptyDir, and an init container with NODE_NAME from spec.nodeName copies
+// exactly $(NODE_NAME).creds of a netwatch-sensor-creds volume there.
+func checkAgentOwnCreds(t *testing.T, p podSpec, a container, creds string) {
+	t.Helper()
+	vol := map[string]int{}
+	for i, v := range p.Volumes {
+		vol[v.Name] = i
+	}
+	var credsVol string
+	for _, m := range a.VolumeMounts {
+		i, ok := vol[m.Name]
+		if !ok {
+			t.Errorf("agent mounts unknown volume %s", m.Name)
+			continue
+		}
+		if p.Volumes[i].Secret != nil {
+			t.Errorf("agent mounts secret %s at %s: it must hold only its own node's credentials", p.Volumes[i].Secret.SecretName, m.MountPath)
+		}
+		if m.MountPath == filepath.Dir(creds) {
+			credsVol = m.Name
+		}
+	}
+	if credsVol == "" || p.Volumes[vol[credsVol]].EmptyDir == nil {
+		t.Fatalf("agent: %s is not in a mounted emptyDir", creds)
+	}
+	for _, ic := range p.InitContainers {
+		if len(ic.Env) == 0 || ic.Env[0].Name != "NODE_NAME" || ic.Env[0].ValueFrom == nil || ic.Env[0].ValueFrom.FieldRef == nil ||
+			ic.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" || len(ic.Command) != 3 || ic.Command[0] != "cp" {
+			continue
+		}
+		src, dst := ic.Command[1], ic.Command[2]
+		var srcSecret, dstEmpty bool
+		for _, m := range ic.VolumeMounts {
+			v := p.Volumes[vol[m.Name]]
+			if m.MountPath == filepath.Dir(src) && v.Secret != nil && v.Secret.SecretName == "netwatch-sensor-creds" {
+				srcSecret = true
+			}
+			if m.MountPath == filepath.Dir(dst) && m.Name == credsVol {
+				dstEmpty = true
+			}
+		}
+		if filepath.Base(src) == "$(NODE_NAME).creds" && dst == creds && srcSecret && dstEmpty {
+			return
+		}
+	}
+	t.Errorf("agent: no init container copies only $(NODE_NAME).creds of netwatch-sensor-creds into %s", creds)
 }
