@@ -22,6 +22,14 @@ tso-snaplen.pcap (Ethernet, snaplen 262144), one TCP segment 10.0.0.1:40000 ->
   10.0.0.2:80 with IPv4 total length 0 (TSO) and 3000 payload bytes, wire 3054
   bytes, written three times: captured whole (3054), cut at 54 and at 96.
   IP bytes 3054 - 14 = 3040 each (payload 3000), whatever the snaplen.
+snaplen20-ipv6.pcap (Ethernet, snaplen 262144), one Ethernet + IPv6 + UDP
+  40001 -> 53 datagram with 100 payload bytes (wire 162, payload length 108),
+  written three times, cut by the record's captured length:
+  1. at 20: 6 bytes of IPv6, the payload length (bytes 4-5) kept: truncated,
+     IP bytes 40 + 108 = 148, next header not kept (transport "other")
+  2. at 21: 7 bytes, the next header kept too: truncated, IP bytes 148, udp
+  3. at 19: 5 bytes, the payload length itself cut: malformed
+     (short_ipv6_header), not an IP frame
 """
 import struct, os
 
@@ -78,3 +86,10 @@ with open(os.path.join(here, "tso-snaplen.pcap"), "wb") as f:
     for i, n in enumerate((len(seg), 54, 96)):
         f.write(struct.pack("<IIII", 1700000000 + i, 0, n, len(seg)))
         f.write(seg[:n])
+
+d6 = eth(0x86dd) + ip6(17, udp(40001, 53, b"\x00" * 100))
+with open(os.path.join(here, "snaplen20-ipv6.pcap"), "wb") as f:
+    f.write(struct.pack("<IHHiIII", 0xa1b2c3d4, 2, 4, 0, 0, 262144, 1))
+    for i, n in enumerate((20, 21, 19)):
+        f.write(struct.pack("<IIII", 1700000000 + i, 0, n, len(d6)))
+        f.write(d6[:n])

@@ -452,12 +452,16 @@ func (d *Decoder) ipv4(data []byte, p *Packet, depth int) bool {
 // ipv6 parses an IPv6 header (RFC 8200), its extension headers and what follows.
 func (d *Decoder) ipv6(data []byte, p *Packet, depth int) bool {
 	if len(data) < 40 {
-		if len(data) >= 8 && data[0]>>4 == 6 && p.cut() {
+		if len(data) >= 6 && data[0]>>4 == 6 && p.cut() {
 			// the snaplen ended the frame inside the header (a link header
-			// longer than Ethernet's — SLL2, 802.1Q — with snaplen 54):
-			// counted from the payload length, not in a flow
+			// longer than Ethernet's — SLL2, 802.1Q — with snaplen 54, or
+			// Ethernet with snaplen 20) after its payload length (bytes
+			// 4-5, RFC 8200 section 3): counted from the payload length,
+			// not in a flow; the next header (byte 6) when it was kept
 			p.truncated(ReasonTruncatedIPv6, uint32(binary.BigEndian.Uint16(data[4:6]))+40, NetIPv6)
-			p.Proto = data[6]
+			if len(data) >= 7 {
+				p.Proto = data[6]
+			}
 			return false
 		}
 		p.malformed(ReasonShortIPv6)

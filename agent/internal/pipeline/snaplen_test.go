@@ -16,6 +16,7 @@ var (
 	vlanIPv6 = filepath.Join("..", "..", "testdata", "snaplen54-vlan-ipv6.pcap")
 	sll2IPv6 = filepath.Join("..", "..", "testdata", "snaplen54-sll2-ipv6.pcap")
 	tsoCut   = filepath.Join("..", "..", "testdata", "tso-snaplen.pcap")
+	cut20    = filepath.Join("..", "..", "testdata", "snaplen20-ipv6.pcap")
 )
 
 type flowPkt struct {
@@ -87,6 +88,31 @@ func TestSnaplenCutIPHeader(t *testing.T) {
 	}
 	if r.Transport["icmpv6"].Packets != 1 || r.Transport["icmpv6"].Bytes != 56 || r.Truncated[decode.ReasonTruncatedIPv6] != 1 {
 		t.Errorf("SLL2 file summary: icmpv6 %+v, truncated %v", *r.Transport["icmpv6"], r.Truncated)
+	}
+}
+
+// TestSnaplenCutIPv6AfterLength: an IPv6 header cut after its payload
+// length field (Ethernet with snaplen 20 keeps 6 bytes of it) is an IP frame
+// counted from that field, truncated like an IPv4 header cut after its total
+// length; cut inside the field it stays malformed (hand count in
+// testdata/gen-snaplen-cases.py; before, 6 bytes were short_ipv6_header).
+func TestSnaplenCutIPv6AfterLength(t *testing.T) {
+	pk, st := emitted(t, cut20)
+	if len(pk) != 0 || st.Received.Load() != 3 || st.IPPackets.Load() != 2 || st.IPBytes.Load() != 2*148 ||
+		st.Truncated.Load() != 2 || st.Malformed.Load() != 1 {
+		t.Errorf("flow packets %d, received %d, IP %d (%d bytes), truncated %d, malformed %d; want 0, 3, 2 (296), 2, 1",
+			len(pk), st.Received.Load(), st.IPPackets.Load(), st.IPBytes.Load(), st.Truncated.Load(), st.Malformed.Load())
+	}
+	r, err := Summarize(cut20, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.IPPackets != 2 || r.IPBytes != 296 || r.Truncated[decode.ReasonTruncatedIPv6] != 2 ||
+		r.Undecodable[decode.ReasonShortIPv6] != 1 || r.Malformed != 1 || r.Network["ipv6"].Packets != 3 ||
+		r.Transport["other"].Packets != 1 || r.Transport["other"].Bytes != 148 ||
+		r.Transport["udp"].Packets != 1 || r.Transport["udp"].Bytes != 148 {
+		t.Errorf("summary: IP %d (%d bytes), truncated %v, undecodable %v, network ipv6 %+v, other %+v, udp %+v",
+			r.IPPackets, r.IPBytes, r.Truncated, r.Undecodable, *r.Network["ipv6"], *r.Transport["other"], *r.Transport["udp"])
 	}
 }
 
