@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -99,10 +100,11 @@ func TestBrowserDashboard(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	liveAlert := &pb.Alert{Id: "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0", TimeNs: time.Now().UnixNano(), Sensor: sensor,
-		Severity: pb.Severity_SEVERITY_CRITICAL, Category: "syn_flood", Technique: "T1498", OrigAddr: "198.51.100.7",
-		RespAddr: "192.0.2.80", Summary: "a live alert published by the browser test", Evidence: []byte(`{"syn_per_s":9000}`),
-		Rule: "browser_test"}
+	// The live alert is a real one: once the page's WebSocket is live, the
+	// agent replays the scan again as another sensor, and the detector's
+	// portscan alert for it must appear on the open page.
+	const liveSensor = "scan-live"
+	liveErr := make(chan error, 1)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -119,10 +121,14 @@ func TestBrowserDashboard(t *testing.T) {
 	// get distinct labels (whole-number labels read "0 1 1 2 2 3 3").
 	counters := &pb.TrafficCounters{Sensor: sensor, SecondNs: time.Now().Truncate(time.Second).UnixNano(),
 		SentNs: time.Now().UnixNano(), Total: &pb.CounterSet{Packets: 3, IpBytes: 150}}
-	cmd.Env = append(os.Environ(), "BASE_URL="+p.APIURL, "LIVE_ALERT_ID="+liveAlert.Id, "CHROMIUM="+chromium,
+	cmd.Env = append(os.Environ(), "BASE_URL="+p.APIURL, "LIVE_ALERT_STDIN=1", "CHROMIUM="+chromium,
 		"SCREENSHOT_DIR="+shots, "LIVE_PPS=3", "LIVE_BPS=1200")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -136,16 +142,43 @@ func TestBrowserDashboard(t *testing.T) {
 		l := sc.Text()
 		out = append(out, l)
 		if l == "connected" {
-			// The page's WebSocket is live: publish the alert it must show.
-			b, _ := proto.Marshal(liveAlert)
-			if err := nc.Publish(schema.AlertsSubject(sensor), b); err != nil {
-				t.Fatal(err)
-			}
-			b, _ = proto.Marshal(counters)
+			// The page's WebSocket is live: replay the attack as another
+			// sensor and hand the browser the id of the detector's alert.
+			go func() {
+				id := ""
+				defer func() { fmt.Fprintln(stdin, id) }()
+				if r := p.RunAgent(t, liveSensor, capture); r.Err != nil {
+					liveErr <- fmt.Errorf("agent: %v\n%s", r.Err, r.Stderr)
+					return
+				}
+				deadline := time.Now().Add(60 * time.Second)
+				for time.Now().Before(deadline) {
+					if as, err := p.Alerts(liveSensor); err == nil {
+						for _, a := range as {
+							if a.Category == "portscan" {
+								id = a.ID
+								liveErr <- nil
+								return
+							}
+						}
+					}
+					time.Sleep(200 * time.Millisecond)
+				}
+				liveErr <- fmt.Errorf("no portscan alert for sensor %s within 60 s", liveSensor)
+			}()
+			b, _ := proto.Marshal(counters)
 			if err := nc.Publish(schema.CountersSubject(sensor), b); err != nil {
 				t.Fatal(err)
 			}
 		}
+	}
+	select {
+	case err := <-liveErr:
+		if err != nil {
+			t.Errorf("live alert: %v", err)
+		}
+	default:
+		t.Error("the browser ended before the live alert was raised")
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("browser test: %v\nstdout:\n%s\nstderr:\n%s", err, strings.Join(out, "\n"), stderr.String())

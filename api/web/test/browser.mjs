@@ -16,7 +16,19 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const base = process.env.BASE_URL;
-const liveAlert = process.env.LIVE_ALERT_ID || '';
+// The live alert's id: LIVE_ALERT_ID, or with LIVE_ALERT_STDIN=1 the first
+// line on stdin, written by the Go test once the detector raised a real
+// alert on a capture the agent replays after "connected".
+let liveAlert = process.env.LIVE_ALERT_ID || '';
+async function readLine() {
+  let buf = '';
+  for await (const chunk of process.stdin) {
+    buf += chunk;
+    const i = buf.indexOf('\n');
+    if (i >= 0) return buf.slice(0, i).trim();
+  }
+  return buf.trim();
+}
 const timeout = Number(process.env.TIMEOUT_MS || 20000);
 const shots = process.env.SCREENSHOT_DIR || '';
 if (!base) {
@@ -135,6 +147,11 @@ try {
     await page.goto(base + '/#/', { waitUntil: 'domcontentloaded', timeout });
     await page.getByTestId('ws-status').filter({ hasText: 'live' }).waitFor({ timeout });
     if (first) console.log('connected');
+    if (first && process.env.LIVE_ALERT_STDIN === '1') {
+      liveAlert = await readLine();
+      if (!liveAlert) throw new Error('no live alert id from the test');
+      console.log(`live alert ${liveAlert} from the detector`);
+    }
     if (liveAlert) await page.locator(`[data-testid="alerts"] [data-alert-id="${liveAlert}"]`).waitFor({ timeout });
     if (first && process.env.LIVE_PPS) {
       // The live chart plots the COUNTERS messages the Go test publishes:
