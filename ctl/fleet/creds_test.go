@@ -105,7 +105,8 @@ func (v *violations) find(sub string) error {
 // sensor-a's subjects: publishing as sensor-b (packets, metrics, registry
 // record), subscribing to any stream subject, creating or deleting a
 // stream, subscribing to nats.go's shared inbox _INBOX.> or to sensor-b's
-// inbox _INBOX_sensor-b.> (a sensor's replies come to its own inbox,
+// inbox _INBOX_sensor-b.>, reading PACKETS' or METRICS' stream info (whose
+// subjects_filter lists every sensor's subjects) (a sensor's replies come to its own inbox,
 // perms.SensorInbox; with the default prefix its publish gets no ack).
 // What sensor-a may do still works, and PACKETS holds exactly the batches
 // sensor-a published in its own name.
@@ -246,6 +247,19 @@ func TestSensorCannotUseAnotherName(t *testing.T) {
 	waitFor(t, 5*time.Second, "delete violation", func() error {
 		return v.find(`Permissions Violation for Publish to "$JS.API.STREAM.DELETE.PACKETS"`)
 	})
+	// Other sensors' subjects and counts: PACKETS' and METRICS' stream info
+	// (subjects_filter) is refused; the agent needs neither.
+	for _, st := range []string{schema.StreamPackets, schema.StreamMetrics} {
+		c, cf = short()
+		_, err = js.Stream(c, st)
+		cf()
+		if err == nil {
+			t.Errorf("sensor-a read %s's stream info", st)
+		}
+		waitFor(t, 5*time.Second, "stream info violation", func() error {
+			return v.find(`Permissions Violation for Publish to "$JS.API.STREAM.INFO.` + st + `"`)
+		})
+	}
 
 	// The independent count: what the streams hold, read as admin.
 	anc, err := nats.Connect(url, nats.UserCredentials(admin))

@@ -194,8 +194,9 @@ func SensorInbox(sensor string) string { return "_INBOX_" + sensor }
 
 // Sensor is what the agent named sensor needs: publish its packet batches
 // (netwatch.packets.<sensor>.>), its metrics (netwatch.metrics.<sensor>)
-// and its registry record ($KV.SENSORS.<sensor>), the stream-info requests
-// a publisher and a KV client make, and receive replies on its own inbox
+// and its registry record ($KV.SENSORS.<sensor>), the registry's stream
+// info (a KV client binds with it; a subjects_filter on it still lists
+// the registry's keys, i.e. the sensor names), and receive replies on its own inbox
 // (SensorInbox: the agent connects with nats.CustomInboxPrefix), so it
 // cannot read other clients' replies on _INBOX.>. It provisions nothing
 // and reads no stream. An invalid name is an error.
@@ -208,7 +209,11 @@ func Sensor(name string) (Set, error) {
 		schema.MetricsSubject(name),
 		"$KV." + schema.RegistryBucket + "." + name,
 	}
-	pub = append(pub, info(schema.StreamPackets, schema.StreamMetrics, kvStream)...)
+	// The registry's stream info only: nats.go binds a key-value bucket
+	// with it (schema.OpenRegistry). The agent publishes without stream
+	// info, so PACKETS' and METRICS' info (whose subjects_filter lists every
+	// sensor's subjects and counts) and $JS.API.INFO are not granted.
+	pub = append(pub, "$JS.API.STREAM.INFO."+kvStream)
 	return Set{Pub: pub, Sub: []string{SensorInbox(name) + ".>"}}, nil
 }
 
