@@ -73,7 +73,7 @@ test: setup pg build
 	  (cd api/web && npm ci --no-audit --no-fund --loglevel=error); fi
 	@scripts/test.sh $(MODULES)
 	@echo "=== api WebSocket tests under -race (50 clients, one stalled; keep-alive; slow clients)"
-	@cd api && $(GO) test -count=1 -race -run 'TestStalledClient|TestLive' ./internal/server/
+	@cd api && $(GO) test -count=1 -race -run 'TestStalledClient|TestLive|TestSlowClientToldWhatItMissed|TestStreamReplay|TestReplay' ./internal/server/
 
 ## test-multihost: the fleet on one machine: ctl/fleet (JWT credentials, 3-node cluster losing a node,
 # and with root the network-namespace harness) and ctl/deploytest (deploy/ checked)

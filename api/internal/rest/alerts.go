@@ -210,6 +210,10 @@ func (a *API) setAlertStatus(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusBadRequest, "status: "+strconv.Quote(ch.Status)+" is not acknowledged, closed or open")
 		return
 	}
+	if !Text(ch.Note) || !Text(ch.By) {
+		writeProblem(w, r, http.StatusBadRequest, "note and by: UTF-8 text without NUL characters")
+		return
+	}
 	if len([]rune(ch.Note)) > 2000 || len([]rune(ch.By)) > 200 {
 		writeProblem(w, r, http.StatusBadRequest, "note (2000) or by (200 characters) too long")
 		return

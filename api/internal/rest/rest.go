@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
@@ -131,8 +132,24 @@ func (p *params) str(name string) string {
 	if vs := p.r.URL.Query()[name]; len(vs) > 1 {
 		p.bad("parameter %s given %d times; give it once", name, len(vs))
 	}
-	return strings.TrimSpace(QueryParam(p.r, name))
+	v := strings.TrimSpace(QueryParam(p.r, name))
+	if !Text(v) {
+		p.bad("%s: not UTF-8 text, or holds a NUL character", name)
+		return ""
+	}
+	return v
 }
+
+// Text says whether s can be a text parameter: valid UTF-8 without NUL
+// (PostgreSQL text holds neither).
+func Text(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
+
+// Times outside [MinTime, MaxTime] are refused: Go's Unix nanoseconds (and
+// the time buckets computed from them) cover 1677-09-21 to 2262-04-11.
+var (
+	MinTime = time.Date(1678, 1, 1, 0, 0, 0, 0, time.UTC)
+	MaxTime = time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC)
+)
 
 // QueryParam is r's query parameter name; every handler reads its
 // parameters through it, so that TraceParams can list them.
@@ -162,6 +179,11 @@ func (p *params) time(name string) time.Time {
 	t, err := time.Parse(time.RFC3339Nano, v)
 	if err != nil {
 		p.bad("%s: %q is not an RFC 3339 time (e.g. 2024-05-01T12:00:00Z)", name, v)
+		return time.Time{}
+	}
+	if t.Before(MinTime) || t.After(MaxTime) {
+		p.bad("%s: %s is outside %s to %s", name, v, MinTime.Format("2006-01-02"), MaxTime.Format("2006-01-02"))
+		return time.Time{}
 	}
 	return t
 }

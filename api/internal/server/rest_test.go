@@ -158,6 +158,17 @@ func TestBadRequests(t *testing.T) {
 		{"GET", "/api/v1/flows?limit=5&limit=2000", 400, "given 2 times"},
 		{"GET", "/api/v1/flows?limit=0", 400, "limit"},
 		{"GET", "/api/v1/flows?limit=x", 400, "limit"},
+		{"GET", "/api/v1/flows?sensor=%00", 400, "NUL"}, // PostgreSQL text cannot hold it: was a 500
+		{"GET", "/api/v1/live?sensor=%00", 400, "NUL"},  // before the WebSocket handshake, not after
+		{"GET", "/api/v1/flows?app=%ff", 400, "UTF-8"},
+		{"GET", "/api/v1/flows?community_id=%00", 400, "NUL"},
+		{"GET", "/api/v1/alerts?category=%00", 400, "NUL"},
+		{"GET", "/api/v1/top-talkers?sensor=%ff", 400, "UTF-8"},
+		{"GET", "/api/v1/countries?sensor=%00", 400, "NUL"},
+		{"GET", "/api/v1/metrics/hosts?sensor=%00", 400, "NUL"},
+		{"GET", "/api/v1/timeseries?from=2300-01-01T00:00:00Z&to=2300-01-01T01:00:00Z", 400, "outside"}, // was a panic
+		{"GET", "/api/v1/timeseries?to=2300-01-01T00:00:00Z", 400, "outside"},
+		{"GET", "/api/v1/flows?from=0001-01-01T00:00:00Z&to=0001-01-01T00:10:00Z", 400, "outside"},
 		{"GET", "/api/v1/flows?from=yesterday", 400, "from"},
 		{"GET", "/api/v1/flows?to=2024-13-01T00:00:00Z", 400, "to"},
 		{"GET", "/api/v1/flows?from=2024-05-02T00:00:00Z&to=2024-05-01T00:00:00Z", 400, "from must be before to"},

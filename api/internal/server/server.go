@@ -89,13 +89,26 @@ func New(pool *pgxpool.Pool, nc *nats.Conn, reg *prometheus.Registry, log *slog.
 
 // badQuery answers 400 for an /api/ request whose query string does not
 // parse (a bad %-escape, a ';' separator): Go's parser skips such a pair,
-// which would silently drop a filter and answer with unfiltered data.
+// which would silently drop a filter and answer with unfiltered data; and
+// for a name or value that is not UTF-8 text or holds a NUL.
 func badQuery(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/api/") {
-			if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
+			q, err := url.ParseQuery(r.URL.RawQuery)
+			if err != nil {
 				rest.WriteError(w, http.StatusBadRequest, "query string: "+err.Error())
 				return
+			}
+			for name, vs := range q {
+				for _, v := range vs {
+					if !rest.Text(name) || !rest.Text(v) {
+						// PostgreSQL text holds neither; the live feed's
+						// filters would only fail after the handshake
+						rest.WriteError(w, http.StatusBadRequest, "query string: parameter "+strconv.Quote(name)+
+							" is not UTF-8 text, or holds a NUL character")
+						return
+					}
+				}
 			}
 		}
 		next.ServeHTTP(w, r)
