@@ -94,6 +94,14 @@ type File struct {
 	link layers.LinkType
 	n    uint64 // records read
 
+	// used is the offset (decompressed for gzip) after the last record
+	// handed out by Next or NextFrame, stored every usedEvery records and
+	// at the end; produced counts the bytes (decompressed for gzip) taken
+	// from the source so far, also those read ahead. Progress reads both
+	// from the meter's goroutine.
+	used     atomic.Int64
+	produced atomic.Pointer[countingReader]
+
 	// pcapng: the first record, read at open so that the first interface's
 	// link type is known there (pcapgo reads interface blocks lazily).
 	first     []byte
@@ -116,6 +124,7 @@ func OpenFile(path string) (*File, error) {
 		c.size = st.Size()
 	}
 	c.cr = c.raw
+	c.produced.Store(c.raw)
 	// pcapgo wraps its input in bufio.NewReader, which returns this reader
 	// unchanged, so counted minus buffered is the exact offset.
 	c.br = bufio.NewReaderSize(c.cr, 1<<20)
@@ -127,6 +136,7 @@ func OpenFile(path string) (*File, error) {
 		}
 		c.gz = gz
 		c.cr = &countingReader{r: gz}
+		c.produced.Store(c.cr)
 		c.br = bufio.NewReaderSize(c.cr, 1<<20)
 	}
 	magic, err := c.br.Peek(4)
@@ -188,10 +198,30 @@ func (c *File) Offset() int64 {
 	return off
 }
 
-// Progress returns the bytes of the file read so far (compressed bytes for
-// gzip, read ahead by up to the buffer size) and the file's size. It may be
-// called from any goroutine.
-func (c *File) Progress() (done, total int64) { return min(c.raw.n.Load(), c.size), c.size }
+// usedEvery is how many records Next hands out between two updates of the
+// offset Progress reports (an atomic store is not free on every record).
+const usedEvery = 8
+
+// markUsed records the offset after the records handed out so far.
+func (c *File) markUsed() { c.used.Store(c.Offset()) }
+
+// Progress returns the bytes of the file processed so far — up to the end of
+// the last record Next or NextFrame handed out (within usedEvery records),
+// not what was read ahead or buffered, so that a paced replay shows its
+// pace — and the file's size. For gzip, the decompressed offset is scaled to
+// compressed bytes by the ratio of compressed bytes read to decompressed
+// bytes produced so far. It may be called from any goroutine.
+func (c *File) Progress() (done, total int64) {
+	done = c.used.Load()
+	if c.gz != nil {
+		prod := c.produced.Load().n.Load()
+		if prod <= 0 {
+			return 0, c.size
+		}
+		done = int64(float64(c.raw.n.Load()) * float64(done) / float64(prod))
+	}
+	return max(min(done, c.size), 0), c.size
+}
 
 // Next implements Source.
 func (c *File) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
@@ -211,12 +241,16 @@ func (c *File) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
 		// pcapgo returns io.EOF only when a block or record header starts at
 		// the end of the file (after any trailing statistics blocks); a cut
 		// record is io.ErrUnexpectedEOF.
+		c.markUsed()
 		if err == io.EOF {
 			return nil, ci, 0, io.EOF
 		}
 		return nil, ci, 0, &ReadError{Path: c.path, Packet: c.n + 1, Offset: off, Gzip: c.gz != nil, Err: err}
 	}
 	c.n++
+	if c.n%usedEvery == 0 {
+		c.markUsed()
+	}
 	link := c.link
 	if c.ng && len(ci.AncillaryData) > 0 {
 		if l, ok := ci.AncillaryData[0].(layers.LinkType); ok {
@@ -430,7 +464,11 @@ func (c *File) prefetch(stop <-chan struct{}) {
 		c.rec.pf, c.rec.abs = c.pf, abs
 		return
 	}
-	c.pf = newPrefetcher(c.cr.r, isPipe(c.f), stop)
+	// c.cr now counts what the consumer takes; count what the reading
+	// goroutine takes out of the source (raw, or gzip) apart
+	prod := &countingReader{r: c.cr.r}
+	c.produced.Store(prod)
+	c.pf = newPrefetcher(prod, isPipe(c.f), stop)
 	c.cr.r = c.pf
 }
 
@@ -470,12 +508,16 @@ func (c *File) NextFrame(f *Frame) error {
 	}
 	off := c.rec.abs
 	if err := c.rec.frame(f); err != nil {
+		c.markUsed()
 		if err == io.EOF {
 			return io.EOF
 		}
 		return &ReadError{Path: c.path, Packet: c.n + 1, Offset: off, Gzip: c.gz != nil, Err: err}
 	}
 	c.n++
+	if c.n%usedEvery == 0 {
+		c.markUsed()
+	}
 	f.Link = c.link
 	return nil
 }
