@@ -482,7 +482,8 @@ func (c *File) onWait(f func()) {
 // Frame is one captured frame as FrameSource returns it.
 type Frame struct {
 	Data    []byte          // captured bytes, valid until the next call
-	TsNs    int64           // capture time, Unix ns
+	TsNs    int64           // capture time, Unix ns; 0 when NoTime
+	NoTime  bool            // the record has no timestamp (a pcapng Simple Packet Block)
 	WireLen int             // length on the wire (the record's original length), bytes
 	Link    layers.LinkType // link type of the frame
 }
@@ -503,7 +504,7 @@ func (c *File) NextFrame(f *Frame) error {
 		if err != nil {
 			return err
 		}
-		*f = Frame{Data: data, TsNs: ci.Timestamp.UnixNano(), WireLen: ci.Length, Link: link}
+		*f = Frame{Data: data, TsNs: TsNs(ci.Timestamp), NoTime: ci.Timestamp.IsZero(), WireLen: ci.Length, Link: link}
 		return nil
 	}
 	off := c.rec.abs
@@ -520,6 +521,16 @@ func (c *File) NextFrame(f *Frame) error {
 	}
 	f.Link = c.link
 	return nil
+}
+
+// TsNs is t in Unix nanoseconds, or 0 for the zero time: what Next gives a
+// record without a timestamp (a pcapng Simple Packet Block, pcapng spec
+// section 4.4), whose UnixNano would be a meaningless year-1754 value.
+func TsNs(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }
 
 // Packets is the number of records read so far.

@@ -87,13 +87,14 @@ func SummarizeContext(ctx context.Context, path string, progress io.Writer) (*su
 	var l7 decode.L7
 	fs, _ := src.(capture.FrameSource)
 	var fr capture.Frame
+	var lastTs int64 // newest frame time so far: the time of a frame without one
 	for {
 		if fs != nil {
 			err = fs.NextFrame(&fr)
 		} else {
 			var ci gopacket.CaptureInfo
 			fr.Data, ci, fr.Link, err = src.Next()
-			fr.TsNs, fr.WireLen = ci.Timestamp.UnixNano(), ci.Length
+			fr.TsNs, fr.NoTime, fr.WireLen = capture.TsNs(ci.Timestamp), ci.Timestamp.IsZero(), ci.Length
 		}
 		if err == io.EOF {
 			break
@@ -119,12 +120,21 @@ func SummarizeContext(ctx context.Context, path string, progress io.Writer) (*su
 		}
 		n.Add(1)
 		p.TsNs, p.WireLen = fr.TsNs, uint32(fr.WireLen)
+		if fr.NoTime {
+			p.TsNs = lastTs // as the agent publishes it
+		} else {
+			lastTs = max(lastTs, p.TsNs)
+		}
 		if dec := decs.Get(fr.Link); dec != nil {
 			dec.Decode(fr.Data, &p)
 		} else {
 			p = decode.Packet{TsNs: p.TsNs, Kind: decode.KindMalformed, Reason: ReasonUnsupportedLink}
 		}
-		r.Add(fr.Link, fr.WireLen, &p, &l7)
+		if fr.NoTime {
+			r.AddUntimed(fr.Link, fr.WireLen, &p, &l7)
+		} else {
+			r.Add(fr.Link, fr.WireLen, &p, &l7)
+		}
 	}
 	r.Finish()
 	return r, nil
@@ -154,7 +164,7 @@ func ReadFile(path string, emit func(*decode.Packet)) (*Stats, error) {
 			return &a.Stats, err
 		}
 		a.Stats.Received.Add(1)
-		p.TsNs, p.WireLen = ci.Timestamp.UnixNano(), uint32(ci.Length)
+		p.TsNs, p.WireLen = capture.TsNs(ci.Timestamp), uint32(ci.Length)
 		if dec := decs.Get(link); dec != nil {
 			dec.Decode(data, &p)
 		} else {

@@ -361,10 +361,18 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 		if fs != nil { // files: no gopacket.CaptureInfo to build and copy
 			err = fs.NextFrame(&fr)
 			data, link, p.TsNs, p.WireLen = fr.Data, fr.Link, fr.TsNs, uint32(fr.WireLen)
+			if fr.NoTime {
+				p.TsNs = lastTs
+			}
 		} else {
 			var ci gopacket.CaptureInfo
 			data, ci, link, err = src.Next()
 			p.TsNs, p.WireLen = ci.Timestamp.UnixNano(), uint32(ci.Length)
+			if ci.Timestamp.IsZero() {
+				// a record without a timestamp (pcapng Simple Packet
+				// Block): the newest earlier frame's time (0 before any)
+				p.TsNs = lastTs
+			}
 		}
 		if err == capture.ErrTimeout {
 			cnt.flush(st)

@@ -60,6 +60,8 @@ type Report struct {
 	DurationS    float64           `json:"duration_s"`
 
 	first, last int64
+	timed       bool                // first and last hold a packet's time
+	untimed     bool                // the frame being added has no timestamp (AddUntimed)
 	bindings    map[[10]byte]bool   // sender IPv4 + MAC pairs seen
 	ipMAC       map[[4]byte][6]byte // the first MAC seen for each sender IP
 	conflicts   map[[4]byte]bool    // sender IPs seen with more than one MAC
@@ -122,11 +124,14 @@ var tunnelNames = [...]string{decode.TunnelGRE: "gre", decode.TunnelERSPAN: "ers
 // TLS and QUIC ClientHellos. ARP frames are counted in ARP.
 func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet, l7 *decode.L7) {
 	r.Packets++
-	if r.first == 0 || p.TsNs < r.first {
-		r.first = p.TsNs
-	}
-	if p.TsNs > r.last {
-		r.last = p.TsNs
+	if !r.untimed {
+		if !r.timed || p.TsNs < r.first {
+			r.first = p.TsNs
+		}
+		if !r.timed || p.TsNs > r.last {
+			r.last = p.TsNs
+		}
+		r.timed = true
 	}
 	lc := r.LinkTypes[link.String()]
 	if lc == nil {
@@ -249,9 +254,19 @@ func (r *Report) addARP(a *decode.ARP) {
 	}
 }
 
-// Finish fills the time fields.
+// AddUntimed is Add for a frame without a timestamp (a pcapng Simple Packet
+// Block, pcapng spec section 4.4): counted like any frame, but its p.TsNs
+// (the newest earlier frame's time) is not taken into first/last packet.
+func (r *Report) AddUntimed(link layers.LinkType, wireLen int, p *decode.Packet, l7 *decode.L7) {
+	r.untimed = true
+	r.Add(link, wireLen, p, l7)
+	r.untimed = false
+}
+
+// Finish fills the time fields from the frames that have a timestamp (none
+// when no frame has one).
 func (r *Report) Finish() {
-	if r.Packets == 0 {
+	if !r.timed {
 		return
 	}
 	r.FirstPacket = time.Unix(0, r.first).UTC().Format(time.RFC3339Nano)
