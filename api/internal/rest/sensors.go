@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -139,6 +140,14 @@ func (a *API) hostMetrics(w http.ResponseWriter, r *http.Request) {
 	from, to := p.time("from"), p.time("to")
 	sensor := p.str("sensor")
 	limit := p.limit()
+	var step time.Duration
+	if v := p.str("step"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Second || d > 24*time.Hour {
+			p.bad("step: %q is not a duration from 1s to 24h (e.g. 5m)", v)
+		}
+		step = d
+	}
 	if p.err != nil {
 		badRequest(w, r, p.err)
 		return
@@ -150,7 +159,15 @@ func (a *API) hostMetrics(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := a.ctx(r)
 	defer cancel()
-	rows, err := a.Pool.Query(ctx, "SELECT "+metricsColumns+" FROM host_metrics"+q.sql()+
+	src := "host_metrics" + q.sql()
+	if step > 0 {
+		// one sample per sensor and step (its newest): a long range fits
+		// the limit instead of showing only its newest samples
+		bin := "date_bin(" + q.arg(strconv.Itoa(int(step.Seconds()))+" seconds") + "::interval, time, TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+		src = "(SELECT DISTINCT ON (sensor, " + bin + ") " + metricsColumns + " FROM host_metrics" + q.sql() +
+			" ORDER BY sensor, " + bin + ", time DESC) m"
+	}
+	rows, err := a.Pool.Query(ctx, "SELECT "+metricsColumns+" FROM "+src+
 		" ORDER BY time DESC, sensor, boot, seq LIMIT "+q.arg(limit), q.args...)
 	if err != nil {
 		a.fail(w, r, "query host metrics", err)

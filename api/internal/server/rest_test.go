@@ -200,6 +200,7 @@ func TestBadRequests(t *testing.T) {
 		{"GET", "/api/v1/timeseries?step=1ms", 400, "step"},
 		{"GET", "/api/v1/timeseries?step=1s&from=2000-01-01T00:00:00Z&to=2024-01-01T00:00:00Z", 400, "too many buckets"},
 		{"GET", "/api/v1/metrics/hosts?limit=5000", 400, "limit"},
+		{"GET", "/api/v1/metrics/hosts?step=500ms", 400, "step"},
 		{"GET", "/api/v1/live?types=bogus", 400, "types"},
 		{"GET", "/api/v1/live", 400, "WebSocket"},
 		{"GET", "/api/v1/replay", 400, "from"},
@@ -398,6 +399,23 @@ func TestSensorsAndHostMetrics(t *testing.T) {
 	if code := e.get(t, "/api/v1/metrics/hosts?sensor=s1&limit=2", &hm); code != 200 || len(hm.Metrics) != 2 ||
 		hm.Metrics[0]["seq"] != 2.0 || hm.Metrics[1]["seq"] != 1.0 {
 		t.Errorf("host metrics: %d %v", code, hm.Metrics)
+	}
+	// step: one sample per sensor and step, its newest. Samples at 12:00:00.123,
+	// :01.123 and :02.123 (seq 0, 1, 2): 2 s bins [12:00:00, :02) and [:02, :04)
+	// keep seq 1 and seq 2; a 1 h bin keeps seq 2.
+	for _, tc := range []struct {
+		step string
+		want []float64
+	}{{"2s", []float64{2, 1}}, {"1h", []float64{2}}} {
+		hm.Metrics = nil
+		code := e.get(t, "/api/v1/metrics/hosts?sensor=s1&step="+tc.step, &hm)
+		var got []float64
+		for _, m := range hm.Metrics {
+			got = append(got, m["seq"].(float64))
+		}
+		if code != 200 || fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("host metrics step=%s: %d seq %v, want %v", tc.step, code, got, tc.want)
+		}
 	}
 }
 

@@ -13,7 +13,10 @@ export default function Sensors() {
   const [picked, setPicked] = useState('');
   const list = sensors.data?.sensors || [];
   const sensor = picked || list[0]?.sensor || '';
-  const inRange = sensor && range ? query('/api/v1/metrics/hosts', { sensor, from: range.from, to: range.to, limit: 1000 }) : null;
+  // One sample per step: a long range (24 h of 10 s samples) fits the
+  // 1,000-sample limit instead of showing only its newest samples.
+  const step = range ? Math.max(1, Math.ceil((Date.parse(range.to) - Date.parse(range.from)) / 1000 / 900)) + 's' : '';
+  const inRange = sensor && range ? query('/api/v1/metrics/hosts', { sensor, from: range.from, to: range.to, step, limit: 1000 }) : null;
   const ranged = useFetch<{ metrics: Metrics[] }>(inRange);
   // Host metrics carry wall-clock times; a range over a replayed capture's
   // packet times may hold none: then show the latest samples instead.
