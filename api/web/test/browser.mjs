@@ -52,6 +52,36 @@ async function checkChart(id) {
   const series = chart.getOption().series;
   let points = 0;
   let nonzero = 0;
+  // Derived series, computed here from the REST samples (oldest first) by
+  // their definitions: "=fullest-disk" the largest used/total of a sample's
+  // disks in %; "=interface-rates" received and sent bit/s between
+  // consecutive samples of one boot (sum over interfaces, never negative).
+  const derived = (name, ms) => {
+    ms = [...ms].reverse();
+    if (name === 'fullest-disk') return [ms.map((m) => Math.max(0, ...m.disks.map((d) => (d.total_bytes ? (100 * d.used_bytes) / d.total_bytes : 0))))];
+    const rx = [];
+    const tx = [];
+    for (let i = 1; i < ms.length; i++) {
+      const dt = (Date.parse(ms[i].time) - Date.parse(ms[i - 1].time)) / 1000;
+      if (dt <= 0 || ms[i].boot !== ms[i - 1].boot) continue;
+      const sum = (m, k) => m.interfaces.reduce((n, x) => n + x[k], 0);
+      rx.push(Math.max(0, (8 * (sum(ms[i], 'rx_bytes') - sum(ms[i - 1], 'rx_bytes'))) / dt));
+      tx.push(Math.max(0, (8 * (sum(ms[i], 'tx_bytes') - sum(ms[i - 1], 'tx_bytes'))) / dt));
+    }
+    return [rx, tx];
+  };
+  if (map.startsWith('=')) {
+    const wants = derived(map.slice(1), answer.metrics);
+    for (let i = 0; i < wants.length; i++) {
+      const got = (series[i] ? series[i].data : []).map((d) => (Array.isArray(d) ? d[1] : d));
+      if (JSON.stringify(got) !== JSON.stringify(wants[i])) {
+        return { error: `${id} series ${i}: chart ${JSON.stringify(got).slice(0, 300)} != ${map} of REST ${src} ${JSON.stringify(wants[i]).slice(0, 300)}` };
+      }
+      points += got.length;
+      nonzero += got.filter((v) => v).length;
+    }
+    return { points, nonzero, src };
+  }
   const specs = map.split(';');
   for (let i = 0; i < specs.length; i++) {
     let spec = specs[i];
@@ -226,7 +256,7 @@ try {
     // Sensors.
     await page.getByTestId('nav-sensors').click();
     await page.locator('[data-testid="sensor-card"]').first().waitFor({ timeout });
-    await charts(page, ['sensor-cpu-chart', 'sensor-mem-chart'], false);
+    await charts(page, ['sensor-cpu-chart', 'sensor-mem-chart', 'sensor-disk-chart', 'sensor-net-chart'], false);
     await noSidewaysScroll(page, `sensors ${size}`);
     await shot(page, `sensors-${size}`);
 

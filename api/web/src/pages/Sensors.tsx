@@ -69,8 +69,8 @@ export default function Sensors() {
           </section>
           <section><h2>CPU</h2><Chart testid="sensor-cpu-chart" option={charts?.cpu || null} src={src || undefined} map="~metrics.cpu_percent" /></section>
           <section><h2>Memory</h2><Chart testid="sensor-mem-chart" option={charts?.mem || null} src={src || undefined} map="~metrics.mem_used_bytes" /></section>
-          <section><h2>Disk</h2><Chart testid="sensor-disk-chart" option={charts?.disk || null} /></section>
-          <section><h2>Interface throughput</h2><Chart testid="sensor-net-chart" option={charts?.net || null} /></section>
+          <section><h2>Disk</h2><Chart testid="sensor-disk-chart" option={charts?.disk || null} src={src || undefined} map="=fullest-disk" /></section>
+          <section><h2>Interface throughput</h2><Chart testid="sensor-net-chart" option={charts?.net || null} src={src || undefined} map="=interface-rates" /></section>
         </>
       )}
     </div>
