@@ -26,6 +26,16 @@ func parseReplay(r *http.Request) (*replay, error) {
 		}
 		return nil, nil
 	}
+	if v := q.Get("types"); v != "" {
+		// stored flows only: a types filter without flows would be ignored
+		f, err := ParseFilter(r)
+		if err != nil {
+			return nil, err
+		}
+		if !f.Types["flow"] {
+			return nil, fmt.Errorf("types: a replay with from has flows only (stored flows); /api/v1/replay replays alerts, metrics and counters")
+		}
+	}
 	rp := &replay{speed: 1, filter: rest.FlowFilter{Sensor: q.Get("sensor"), Port: -1, Proto: -1}}
 	var err error
 	if rp.filter.From, err = time.Parse(time.RFC3339Nano, q.Get("from")); err != nil {

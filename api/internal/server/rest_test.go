@@ -202,6 +202,7 @@ func TestBadRequests(t *testing.T) {
 		{"GET", "/api/v1/metrics/hosts?limit=5000", 400, "limit"},
 		{"GET", "/api/v1/metrics/hosts?step=500ms", 400, "step"},
 		{"GET", "/api/v1/live?types=bogus", 400, "types"},
+		{"GET", "/api/v1/live?from=2024-05-01T00:00:00Z&types=alert", 400, "flows only"}, // was ignored: flows were sent
 		{"GET", "/api/v1/live", 400, "WebSocket"},
 		{"GET", "/api/v1/replay", 400, "from"},
 		{"GET", "/api/v1/replay?from=2024-05-01T00:00:00Z&speed=-2", 400, "speed"},
