@@ -588,7 +588,7 @@ func (d *Decoder) ipv6(data []byte, p *Packet, depth int) bool {
 	return true
 }
 
-// transport parses TCP, UDP, ICMP or ICMPv6 in body (captured bytes) of an IP
+// transport parses TCP, UDP, SCTP, ICMP or ICMPv6 in body (captured bytes) of an IP
 // payload that is plen bytes long by the IP length fields. It decapsulates
 // VXLAN and Geneve.
 func (d *Decoder) transport(body []byte, plen int, p *Packet, depth int) {
@@ -646,6 +646,12 @@ func (d *Decoder) transport(body []byte, plen int, p *Packet, depth int) {
 			p.ICMPCode = body[1]
 		}
 		p.PayloadBytes = uint32(max(plen-8, 0))
+	case 132: // SCTP: source and destination port open its 12-byte common header (RFC 9260 §3.1)
+		if len(body) >= 4 {
+			p.SrcPort = binary.BigEndian.Uint16(body[0:2])
+			p.DstPort = binary.BigEndian.Uint16(body[2:4])
+		}
+		p.PayloadBytes = uint32(max(plen-12, 0))
 	}
 }
 

@@ -10,6 +10,8 @@ import (
 
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
+
+	"netwatch/testkit"
 )
 
 // frames reads up to max frames of a classic pcap file, for seeds and benchmarks.
@@ -268,5 +270,30 @@ func TestIPv6ExtOverrun(t *testing.T) {
 	de, _ := New(layers.LinkTypeEthernet)
 	if k := de.Decode(eth, &p); k != KindMalformed || p.Reason != ReasonBadIPv6Ext {
 		t.Errorf("AH overrun: kind %v reason %q", k, p.Reason)
+	}
+}
+
+// TestSCTPPorts: the Community ID spec's SCTP capture (../shared/data/
+// community-id/sctp.pcap): tshark reads sctp.srcport 7, sctp.dstport 7 in
+// every frame, frame lengths 78, 174 and 150 (IPv4 over Ethernet: SCTP
+// payload = frame - 14 - 20 - 12 common header bytes). Without the ports the
+// enricher hashed ports 0 and its Community ID differed from the spec's.
+func TestSCTPPorts(t *testing.T) {
+	file := filepath.Join("..", "..", "..", "..", "shared", "data", "community-id", "sctp.pcap")
+	if _, err := os.Stat(file); err != nil {
+		testkit.Unavailable(t, "no spec capture: %v", err)
+	}
+	fs, link := frames(t, file, 3)
+	if len(fs) != 3 {
+		t.Fatalf("%d frames, want 3", len(fs))
+	}
+	d, _ := New(link)
+	var p Packet
+	for i, f := range fs {
+		if k := d.Decode(f, &p); k != KindIP || p.Proto != 132 || p.SrcPort != 7 || p.DstPort != 7 ||
+			int(p.PayloadBytes) != len(f)-14-20-12 {
+			t.Errorf("frame %d: kind %v proto %d ports %d > %d payload %d, want IP SCTP 7 > 7 payload %d",
+				i+1, k, p.Proto, p.SrcPort, p.DstPort, p.PayloadBytes, len(f)-14-20-12)
+		}
 	}
 }
