@@ -512,7 +512,9 @@ func (s *Stage) handle(m jetstream.Msg) {
 		// handle, its packets are already in the tables.
 		h.msg = m
 		s.advance(h.b)
+		n := len(s.held)
 		s.mu.Unlock()
+		s.m.Held.Set(float64(n)) // advance may have acked and forgotten it (a replayed message)
 		s.m.Batches.WithLabelValues("redelivered").Inc()
 		return
 	}
