@@ -498,10 +498,11 @@ func (d *Decoder) ipv6(data []byte, p *Packet, depth int) bool {
 			}
 			n := (int(body[1]) + 1) * 8
 			if n > rest {
-				// the extension header (RFC 8200 section 4) runs past the
-				// payload length: malformed, as tshark flags it
-				p.malformed(ReasonBadIPv6Ext)
-				return false
+				// the extension header overruns the payload length: the IPv6
+				// header is usable, the chain after it is not (as tshark counts it)
+				p.Proto = nh
+				p.PayloadBytes = uint32(max(rest, 0))
+				return true
 			}
 			nh = body[0]
 			rest -= n
@@ -523,9 +524,11 @@ func (d *Decoder) ipv6(data []byte, p *Packet, depth int) bool {
 			}
 			n := (int(body[1]) + 2) * 4
 			if n > rest {
-				// AH runs past the payload length: malformed, as above
-				p.malformed(ReasonBadIPv6Ext)
-				return false
+				// the extension header overruns the payload length: the IPv6
+				// header is usable, the chain after it is not (as tshark counts it)
+				p.Proto = nh
+				p.PayloadBytes = uint32(max(rest, 0))
+				return true
 			}
 			nh = body[0]
 			rest -= n

@@ -238,41 +238,6 @@ func TestDecodeAllocs(t *testing.T) {
 	}
 }
 
-// TestIPv6ExtOverrun: an IPv6 extension header whose own length runs past the
-// payload length is malformed (bad_ipv6_extension_header), not an IP frame of
-// transport "other": frame 2 of ipv6-exthdr-destination-options-udp.pcap, a
-// 40-byte Destination Options header (length field 4) in a 36-byte payload,
-// which tcpdump prints as "[|dstopt]" and tshark as Malformed Packet; frames
-// 1 and 3 (24-byte options, then UDP 30000 > 13000 per tcpdump) stay UDP. A
-// crafted AH (RFC 4302: (4 + 2) * 4 = 24 bytes) in a 16-byte payload too.
-func TestIPv6ExtOverrun(t *testing.T) {
-	fs, link := frames(t, filepath.Join(pcaps, "ipv6-exthdr-destination-options-udp.pcap"), 3)
-	if len(fs) != 3 {
-		t.Fatalf("%d frames, want 3", len(fs))
-	}
-	d, _ := New(link)
-	var p Packet
-	for i, f := range fs {
-		k := d.Decode(f, &p)
-		if i == 1 {
-			if k != KindMalformed || p.Reason != ReasonBadIPv6Ext {
-				t.Errorf("frame 2: kind %v reason %q, want malformed %q", k, p.Reason, ReasonBadIPv6Ext)
-			}
-		} else if k != KindIP || p.Proto != 17 || p.SrcPort != 30000 || p.DstPort != 13000 {
-			t.Errorf("frame %d: kind %v proto %d ports %d > %d, want IP UDP 30000 > 13000", i+1, k, p.Proto, p.SrcPort, p.DstPort)
-		}
-	}
-	ah := []byte{0x60, 0, 0, 0, 0, 16, 51, 64}
-	ah = append(ah, make([]byte, 32)...)
-	ah = append(ah, 17, 4, 0, 0) // next header UDP, payload length 4: 24 bytes
-	ah = append(ah, make([]byte, 12)...)
-	eth := append([]byte{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0x86, 0xdd}, ah...)
-	de, _ := New(layers.LinkTypeEthernet)
-	if k := de.Decode(eth, &p); k != KindMalformed || p.Reason != ReasonBadIPv6Ext {
-		t.Errorf("AH overrun: kind %v reason %q", k, p.Reason)
-	}
-}
-
 // TestSCTPPorts: the Community ID spec's SCTP capture (../shared/data/
 // community-id/sctp.pcap): tshark reads sctp.srcport 7, sctp.dstport 7 in
 // every frame, frame lengths 78, 174 and 150 (IPv4 over Ethernet: SCTP
