@@ -98,6 +98,11 @@ func TestCaptures(t *testing.T) {
 		// flag probes (StealthKind; a python count over tshark's tcp.flags),
 		// 8 of them in the first aligned minute.
 		{"tcp-all-flag-combinations-null-fin-xmas.pcap", []want{{"portscan", "10.0.0.10", "10.0.0.80"}}, 63, false, false},
+		// Crafted (no such capture in shared/; generators beside them):
+		// a UDP flood from 10.0.0.66 and one from spoofed sources, and an
+		// IP host sweep (ICMP echo, then TCP/22) of a routed /24.
+		{"testdata/udp-flood.pcap.gz", []want{{"udp_flood", "10.0.0.66", "10.0.0.20"}, {"udp_flood", "", "10.0.0.20"}}, 24000, false, false},
+		{"testdata/ip-host-sweep.pcap", []want{{"hostsweep", "10.0.0.66", ""}}, 500, false, false},
 		{"eth-ipv4-dns-http-browsing-wikipedia.pcap", nil, 1, false, false},
 		{"eth-ipv4-dns-http-browsing-wikipedia.pcap", nil, 1, true, false},
 		{"lab/lab-benign-mixed.pcap", nil, 1, false, false},
@@ -160,7 +165,7 @@ func TestCaptures(t *testing.T) {
 			name += "/enricher-orientation"
 		}
 		t.Run(name, func(t *testing.T) {
-			flows := tsharkFlowsOpt(t, filepath.Join(pcaps, c.file), c.perQuery, c.enricher)
+			flows := tsharkFlowsOpt(t, capPath(pcaps, c.file), c.perQuery, c.enricher)
 			if len(flows) < c.minFlows {
 				t.Fatalf("tshark gave %d flows, want at least %d", len(flows), c.minFlows)
 			}
@@ -236,6 +241,15 @@ var outOfScope = map[string]string{
 	"attack-portscan-vnc-scanner.pcap":                   "one VNC session to one port (20 frames): a flow cannot tell it from one login",
 	"attack-dhcp-inform-flood.pcap":                      "250 INFORM/ACK exchanges between 500 rewritten addresses, one each: no per-target or per-source count reaches a threshold",
 	"lab/lab-nmap-syn-scan.pcapng":                       "same packets as lab-nmap-syn-scan.pcap (tested)",
+}
+
+// capPath is file's path: under shared/data/pcaps, or this package's
+// testdata/ for the crafted captures.
+func capPath(pcaps, file string) string {
+	if strings.HasPrefix(file, "testdata/") {
+		return file
+	}
+	return filepath.Join(pcaps, file)
 }
 
 type captureLabel struct {
@@ -418,5 +432,76 @@ func TestStealthKind(t *testing.T) {
 	}
 	if StealthKind(&pb.Flow{Proto: 17}) != KindUDP {
 		t.Error("udp")
+	}
+}
+
+// TestCraftedFloodAndSweep runs the rules with their default thresholds on
+// the crafted captures (no UDP flood and no IP host sweep in shared/):
+// flows built by tshark from testdata/udp-flood.pcap.gz and
+// testdata/ip-host-sweep.pcap. Every expected publish is derived by hand
+// from the generators' docstrings (T0 = 1795968000 s):
+//   - udp_flood, 4,000 datagrams/s from T0+2 s (10.0.0.66) and T0+32 s
+//     (spoofed): one alert per 10 s window at the 10,000th datagram,
+//     T0+2+9999*0.00025 s and T0+32+9999*0.00025 s, 12,000 < 20,000 so no
+//     update; the first names 10.0.0.66, the second no originator;
+//   - hostsweep, one probe round per address 1 ms apart: the 32nd, 64th
+//     and 128th address (all absent hosts) publish. Minute 0: on the ICMP
+//     echo flow, whose record ends with the timestamp request 750 us after
+//     the echo (one ICMP flow per address pair, as tshark's 5-tuple and
+//     the enricher key it); minute 1: on the port 22 flow, whose record
+//     ends with nmap's retry 1 s after the first SYN.
+func TestCraftedFloodAndSweep(t *testing.T) {
+	const t0 = int64(1795968000) * 1e9
+	type pub struct {
+		category, orig, resp, service string
+		timeNs                        int64
+		count, update                 int
+	}
+	for _, c := range []struct {
+		file string
+		want []pub
+	}{
+		{"testdata/udp-flood.pcap.gz", []pub{
+			{"udp_flood", "10.0.0.66", "10.0.0.20", "", t0 + 2e9 + 9999*250e3, 10000, 0},
+			{"udp_flood", "", "10.0.0.20", "", t0 + 32e9 + 9999*250e3, 10000, 0}}},
+		{"testdata/ip-host-sweep.pcap", []pub{
+			{"hostsweep", "10.0.0.66", "", "icmp/echo", t0 + 5e9 + 31e6 + 750e3, 32, 0},
+			{"hostsweep", "10.0.0.66", "", "icmp/echo", t0 + 5e9 + 63e6 + 750e3, 64, 1},
+			{"hostsweep", "10.0.0.66", "", "icmp/echo", t0 + 5e9 + 127e6 + 750e3, 128, 2},
+			{"hostsweep", "10.0.0.66", "", "tcp/22", t0 + 65e9 + 31e6 + 1e9, 32, 0},
+			{"hostsweep", "10.0.0.66", "", "tcp/22", t0 + 65e9 + 63e6 + 1e9, 64, 1},
+			{"hostsweep", "10.0.0.66", "", "tcp/22", t0 + 65e9 + 127e6 + 1e9, 128, 2}}},
+	} {
+		t.Run(c.file, func(t *testing.T) {
+			e := New(DefaultConfig())
+			e.SetNameModel(shippedNameModel(t), "qname-id3")
+			var got []pub
+			for _, f := range tsharkFlows(t, c.file) {
+				for _, a := range e.Observe("cap", f) {
+					var ev struct {
+						Packets int    `json:"packets"`
+						Hosts   int    `json:"distinct_hosts"`
+						Service string `json:"service"`
+						Update  int    `json:"update"`
+					}
+					if err := json.Unmarshal(a.Evidence, &ev); err != nil {
+						t.Fatal(err)
+					}
+					// tshark's frame.time_epoch goes through a float64: compare to the
+					// microsecond of the pcap's timestamps
+					us := (a.TimeNs + 500) / 1000 * 1000
+					got = append(got, pub{a.Category, a.OrigAddr, a.RespAddr, ev.Service, us, max(ev.Packets, ev.Hosts), ev.Update})
+					t.Logf("%s %s", a.Summary, a.Evidence)
+				}
+			}
+			if len(got) != len(c.want) {
+				t.Fatalf("%d publishes, want %d: %+v", len(got), len(c.want), got)
+			}
+			for i := range got {
+				if got[i] != c.want[i] {
+					t.Errorf("publish %d: %+v, want %+v", i, got[i], c.want[i])
+				}
+			}
+		})
 	}
 }

@@ -151,14 +151,25 @@ var (
 			"ip.dst == 10.99.1.20 && " + synNoAck, nil, nil, synThr, floodWin, []string{"10.99.1.10", ""}},
 		{"icmp_flood/lab-hping3", "lab/lab-hping3-icmp-flood.pcap", "icmp_flood", "10.99.1.10", "10.99.1.20",
 			"ip.dst == 10.99.1.20 && icmp.type == 8", nil, nil, func(c Config) int { return c.ICMPFloodPkts }, floodWin, nil},
-		// No UDP flood capture in shared/: the masscan scan (1,001 UDP
-		// packets to one host in 10 s) with -udpflood.pkts 500 exercises the
-		// live count.
+		// No UDP flood or IP host sweep capture in shared/: crafted ones
+		// (testdata/gen-udp-flood.py, gen-ip-host-sweep.py) at the default
+		// thresholds. udp-flood: 10.0.0.66 floods 10.0.0.20:5060 in the
+		// first 10 s window, spoofed sources in the fourth.
+		{"udp_flood/crafted", "testdata/udp-flood.pcap.gz", "udp_flood", "", "10.0.0.20",
+			"ip.dst == 10.0.0.20 && udp && !icmp", nil, nil,
+			func(c Config) int { return c.UDPFloodPkts }, floodWin, []string{"10.0.0.66", ""}},
+		// ip-host-sweep: nmap -sn (ICMP echo counted) in minute 0, a SYN
+		// sweep of port 22 in minute 1, of 192.0.2.1-254 from 10.0.0.66.
+		{"hostsweep/crafted", "testdata/ip-host-sweep.pcap", "hostsweep", "10.0.0.66", "",
+			"ip.src == 10.0.0.66 && (icmp.type == 8 || (tcp.dstport == 22 && " + synNoAck + "))", []string{"ip.dst"}, nil,
+			func(c Config) int { return c.SweepHosts }, func(c Config) time.Duration { return c.SweepWindow }, nil},
+		// The masscan scan (1,001 UDP packets to one host in 10 s) with
+		// -udpflood.pkts 500: a second capture through the live count.
 		{"udp_flood/masscan-udp-500", "attack-portscan-masscan-udp-0-1000.pcap", "udp_flood", "172.31.15.102", "198.124.152.15",
 			"ip.dst == 198.124.152.15 && udp && !icmp", nil, func(c *Config) { c.UDPFloodPkts = 500 },
 			func(c Config) int { return c.UDPFloodPkts }, floodWin, nil},
-		// No IP host sweep capture reaches 32 hosts (the lab sweep is ARP on
-		// a LAN; 3 SYNs to port 22 reach IP): with -hostsweep.hosts 3.
+		// The lab sweep is ARP on a LAN (3 SYNs to port 22 reach IP): with
+		// -hostsweep.hosts 3.
 		{"hostsweep/lab-tcp22-3", "lab/lab-nmap-host-sweep.pcap", "hostsweep", "10.99.1.10", "",
 			"ip.src == 10.99.1.10 && tcp.dstport == 22 && " + synNoAck, []string{"ip.dst"}, func(c *Config) { c.SweepHosts = 3 },
 			func(c Config) int { return c.SweepHosts }, func(c Config) time.Duration { return c.SweepWindow }, nil},
@@ -199,7 +210,7 @@ func TestLiveScansAndFloods(t *testing.T) {
 			if c.cfg != nil {
 				c.cfg(&d)
 			}
-			path := filepath.Join(pcaps, c.file)
+			path := capPath(pcaps, c.file)
 			cross := crossings(t, path, c.filter, c.fields, c.threshold(d), c.window(d))
 			if len(cross) == 0 {
 				t.Fatalf("tshark: no window reaches %d", c.threshold(d))
