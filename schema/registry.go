@@ -80,7 +80,37 @@ func ProvisionRegistry(ctx context.Context, js jetstream.JetStream, o StreamOpti
 	if err != nil {
 		return nil, fmt.Errorf("provision key-value bucket %s: %w", RegistryBucket, err)
 	}
+	if err := DenyRegistryRollups(ctx, js); err != nil {
+		return nil, fmt.Errorf("provision key-value bucket %s: %w", RegistryBucket, err)
+	}
 	return kv, nil
+}
+
+// DenyRegistryRollups turns off rollups (the stream option
+// allow_rollup_hdrs) on the registry bucket's stream KV_SENSORS, which
+// nats.go's CreateOrUpdateKeyValue always turns on. A sensor may put only
+// its own key ($KV.SENSORS.<sensor>), but a put carrying the header
+// "Nats-Rollup: all" would erase every other sensor's record, and
+// nats-server permissions cannot see headers; with rollups off the server
+// refuses such a put (JetStream error 10111, "rollup not permitted"). A
+// sensor never needs one (a KV put is a plain message; only KV Purge sends
+// a rollup). ProvisionRegistry calls it; call it after any other
+// CreateOrUpdateKeyValue of the bucket. Already off: nothing is updated.
+func DenyRegistryRollups(ctx context.Context, js jetstream.JetStream) error {
+	name := "KV_" + RegistryBucket
+	st, err := js.Stream(ctx, name)
+	if err != nil {
+		return fmt.Errorf("deny rollups on %s: %w", name, err)
+	}
+	cfg := st.CachedInfo().Config
+	if !cfg.AllowRollup {
+		return nil
+	}
+	cfg.AllowRollup = false
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("deny rollups on %s: %w", name, err)
+	}
+	return nil
 }
 
 // OpenRegistry binds to the existing registry bucket; it needs only the

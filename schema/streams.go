@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -145,6 +146,64 @@ func Provision(ctx context.Context, js jetstream.JetStream, o StreamOptions) err
 	return nil
 }
 
+// Needs names what a stage uses of what Provision creates: streams (it
+// publishes to or reads) and durable consumers (stream name → durable).
+type Needs struct {
+	Streams   []string
+	Consumers map[string][]string // stream → durables
+}
+
+// AwaitProvisioned waits until every stream and durable consumer of n
+// exists, checking with the stream and consumer info requests a
+// least-privilege stage user is granted, every 200 ms doubling to 5 s,
+// and calls waiting (when not nil) with what is missing before each wait.
+// It is what a stage started with -nats.provision=false does instead of
+// Provision: an administrator provisions (netwatchctl provision), and a
+// stage started first waits for it rather than failing. It returns nil
+// when everything exists, or an error joining the last missing item and
+// ctx's error when ctx ends.
+func AwaitProvisioned(ctx context.Context, js jetstream.JetStream, n Needs, waiting func(missing error)) error {
+	wait := 200 * time.Millisecond
+	for {
+		err := checkProvisioned(ctx, js, n)
+		if err == nil {
+			return nil
+		}
+		if waiting != nil {
+			waiting(err)
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+func checkProvisioned(ctx context.Context, js jetstream.JetStream, n Needs) error {
+	actx, cancel := context.WithTimeout(ctx, provisionAttempt)
+	defer cancel()
+	for _, s := range n.Streams {
+		if _, err := js.Stream(actx, s); err != nil {
+			return fmt.Errorf("stream %s: %w", s, err)
+		}
+	}
+	streams := make([]string, 0, len(n.Consumers))
+	for s := range n.Consumers {
+		streams = append(streams, s)
+	}
+	sort.Strings(streams)
+	for _, s := range streams {
+		for _, d := range n.Consumers[s] {
+			if _, err := js.Consumer(actx, s, d); err != nil {
+				return fmt.Errorf("consumer %s on %s: %w", d, s, err)
+			}
+		}
+	}
+	return nil
+}
+
 // provisionAttempt bounds one Provision call of ProvisionRetry: a request
 // sent while a new cluster has no meta leader gets no answer, and must not
 // hold the caller's whole deadline.
@@ -169,4 +228,15 @@ func ProvisionRetry(ctx context.Context, js jetstream.JetStream, o StreamOptions
 		}
 		wait = min(2*wait, 5*time.Second)
 	}
+}
+
+// ProvisionOrAwait is what a stage does at start with its -nats.provision
+// flag: ProvisionRetry when provision is true (one node, make run, a user
+// allowed to create streams), AwaitProvisioned of n otherwise (a
+// least-privilege user on a fleet provisioned by netwatchctl provision).
+func ProvisionOrAwait(ctx context.Context, js jetstream.JetStream, provision bool, o StreamOptions, n Needs, waiting func(missing error)) error {
+	if provision {
+		return ProvisionRetry(ctx, js, o)
+	}
+	return AwaitProvisioned(ctx, js, n, waiting)
 }

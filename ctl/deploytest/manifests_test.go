@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -212,6 +213,10 @@ func TestKubernetesManifests(t *testing.T) {
 		if u, _ := c.env("NETWATCH_NATS_URL"); u != "nats://nats-client.netwatch.svc:4222" {
 			t.Errorf("%s: NETWATCH_NATS_URL %q", stage, u)
 		}
+		// the role's user may not create streams or durables: the Job does
+		if stage != "api" && !slices.Contains(c.Args, "-nats.provision=false") {
+			t.Errorf("%s args %v: want -nats.provision=false (its user may not provision)", stage, c.Args)
+		}
 	}
 	for stage, flag := range map[string]string{"enricher": "-nats.replicas", "detector": "-stream.replicas"} {
 		kind := map[string]string{"enricher": "StatefulSet"}[stage]
@@ -309,6 +314,12 @@ func TestComposeFile(t *testing.T) {
 			if !strings.Contains(u, "nats://nats-"+string(rune('0'+i))+":4222") {
 				t.Errorf("%s: NETWATCH_NATS_URL %q lacks nats-%d", stage, u, i)
 			}
+		}
+	}
+	for name, sv := range f.Services {
+		if len(sv.Command) > 0 && slices.Contains([]string{"/opt/netwatch/bin/enricher", "/opt/netwatch/bin/detector",
+			"/opt/netwatch/bin/sink"}, sv.Command[0]) && !slices.Contains(sv.Command, "-nats.provision=false") {
+			t.Errorf("%s: command %v, want -nats.provision=false (its user may not provision)", name, sv.Command)
 		}
 	}
 	ag := f.Services["agent"]
@@ -461,6 +472,17 @@ func composeMounted(vols []string, path string) bool {
 // (-shutdown.flush=false), and enricher.env read after those lines so that
 // it can override them (systemd: EnvironmentFile= wins over Environment=).
 func TestSystemdEnricherIsAGroupMember(t *testing.T) {
+	root := testkit.Root(t)
+	// every stage's user may not provision: its unit must not try
+	for _, stage := range []string{"enricher", "detector", "sink"} {
+		data, err := os.ReadFile(filepath.Join(root, "deploy", "systemd", "netwatch-"+stage+".service"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !regexp.MustCompile(`(?m)^ExecStart=\S+/` + stage + ` .*-nats\.provision=false`).Match(data) {
+			t.Errorf("netwatch-%s.service: ExecStart without -nats.provision=false", stage)
+		}
+	}
 	data, err := os.ReadFile(filepath.Join(testkit.Root(t), "deploy", "systemd", "netwatch-enricher.service"))
 	if err != nil {
 		t.Fatal(err)

@@ -346,6 +346,14 @@ func startReady(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
 	addr := freeAddr(t)
 	pr := startProc(t, name, append(args, "-http.addr", addr, "-log.format", "text")...)
+	waitReady(t, pr, addr)
+	return pr
+}
+
+// waitReady waits for the /readyz at addr of the stage pr started.
+func waitReady(t *testing.T, pr *proc, addr string) {
+	t.Helper()
+	name := pr.name
 	waitFor(t, 20*time.Second, name+" ready", func() error {
 		select {
 		case err := <-pr.done:
@@ -363,7 +371,6 @@ func startReady(t *testing.T, name string, args ...string) *proc {
 		}
 		return nil
 	})
-	return pr
 }
 
 // logViolations returns the lines of a server log that report a
@@ -389,15 +396,18 @@ func logViolations(t *testing.T, files ...string) []string {
 // perms.EnricherGroup) and the detector (flow rules, the ARP durable
 // detector-arp, the health rules' METRICS consumer and lag checks, and a
 // rescore run over FLOWS) from this tree with netwatchctl's role
-// credentials on an operator-mode server, fed by sensor-a's credentials.
+// credentials and -nats.provision=false on an operator-mode server, fed by
+// sensor-a's credentials. The detector is started before netwatchctl
+// provision: it waits for the streams, then becomes ready.
 // Their real work goes through with no permission violation in the server
 // log: the UDP exchange sensor-a published (3 packets of 60 IP bytes out,
 // 2 of 76 back, counted by hand) comes out of FLOWS as one record, the
 // detector's ARP durable has read and acked both PACKETS messages, rescore
 // reads the record back. Then calls outside each role are refused: the
-// enricher deleting PACKETS or pulling the sink's durable, the detector
-// purging FLOWS, deleting its own durable, pulling the sink's METRICS
-// durable or the enrichers' work queue.
+// enricher deleting PACKETS, shrinking it, re-creating its own durable or
+// pulling the sink's durable, the detector purging FLOWS, creating a
+// stream, deleting its own durable, re-filtering sink-flows, pulling the
+// sink's METRICS durable or the enrichers' work queue.
 func TestStageCredentials(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the enricher and the detector (~20 s)")
@@ -414,7 +424,6 @@ func TestStageCredentials(t *testing.T) {
 	enricher, detector := buildStage(t, root, bins, "enricher"), buildStage(t, root, bins, "detector")
 	admin := filepath.Join(dir, "admin.creds")
 	ctl(t, "creds", "-dir", dir, "-role", "admin", "-o", admin)
-	ctl(t, "provision", "-nats.url", url, "-nats.creds", admin, "-replicas", "1", "-timeout", "20s")
 	creds := map[string]string{}
 	for _, r := range []string{"enricher", "detector"} {
 		creds[r] = filepath.Join(dir, r+".creds")
@@ -423,15 +432,27 @@ func TestStageCredentials(t *testing.T) {
 	sensorA := filepath.Join(dir, "sensor-a.creds")
 	ctl(t, "creds", "-dir", dir, "-sensor", "sensor-a", "-o", sensorA)
 
-	var procs []*proc
+	// The stages may not provision (their users cannot create streams):
+	// started before netwatchctl provision, the detector waits for it.
+	detAddr := freeAddr(t)
+	det := startProc(t, "detector", detector, "-nats.url", url, "-nats.creds", creds["detector"], "-nats.provision=false",
+		"-health.check", "1s", "-http.addr", detAddr, "-log.format", "text")
+	waitFor(t, 20*time.Second, "the detector waiting for the streams", func() error {
+		if !strings.Contains(det.output(), "waiting for the streams") {
+			return fmt.Errorf("%s", tail(det.output(), 5))
+		}
+		return nil
+	})
+	ctl(t, "provision", "-nats.url", url, "-nats.creds", admin, "-replicas", "1", "-timeout", "20s")
+	waitReady(t, det, detAddr)
+
+	procs := []*proc{det}
 	for _, m := range []string{"m1", "m2"} {
 		procs = append(procs, startReady(t, "enricher "+m, enricher, "-nats.url", url, "-nats.creds", creds["enricher"],
-			"-instance", "e-"+m, "-consume.group", perms.EnricherGroup, "-consume.member", m,
+			"-nats.provision=false", "-instance", "e-"+m, "-consume.group", perms.EnricherGroup, "-consume.member", m,
 			"-consume.ack-wait", "5s", "-consume.keepalive", "2s",
 			"-flow.idle-timeout.udp", "1s", "-flow.wall-tick", "200ms"))
 	}
-	det := startReady(t, "detector", detector, "-nats.url", url, "-nats.creds", creds["detector"], "-health.check", "1s")
-	procs = append(procs, det)
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, p := range procs {
@@ -572,13 +593,12 @@ func TestStageCredentials(t *testing.T) {
 		role, what, subject string
 		do                  func(context.Context, jetstream.JetStream) error
 	}
+	// pullOne sends the pull request itself (no consumer info first, which
+	// the role may not read either): the refusal must be of the pull.
 	pullOne := func(stream, durable string) func(context.Context, jetstream.JetStream) error {
 		return func(ctx context.Context, js jetstream.JetStream) error {
-			c, err := js.Consumer(ctx, stream, durable)
-			if err != nil {
-				return err
-			}
-			_, err = c.Next(jetstream.FetchMaxWait(time.Second))
+			_, err := js.Conn().RequestWithContext(ctx, "$JS.API.CONSUMER.MSG.NEXT."+stream+"."+durable,
+				[]byte(`{"batch":1,"expires":1000000000}`))
 			return err
 		}
 	}
@@ -588,6 +608,34 @@ func TestStageCredentials(t *testing.T) {
 			return js.DeleteStream(ctx, schema.StreamPackets)
 		}},
 		{"enricher", "pull the sink's FLOWS durable", "$JS.API.CONSUMER.MSG.NEXT.FLOWS.sink-flows", pullOne(schema.StreamFlows, schema.ConsumerSinkFlows)},
+		{"enricher", "shrink PACKETS (provisioning is admin's)", "$JS.API.STREAM.UPDATE.PACKETS", func(ctx context.Context, js jetstream.JetStream) error {
+			for _, cfg := range schema.StreamConfigs(schema.StreamOptions{}) {
+				if cfg.Name == schema.StreamPackets {
+					cfg.MaxBytes = 1 << 20
+					_, err := js.UpdateStream(ctx, cfg)
+					return err
+				}
+			}
+			return errors.New("no PACKETS in the schema")
+		}},
+		{"enricher", "re-create its own durable", "$JS.API.CONSUMER.CREATE.PACKETS.enricher", func(ctx context.Context, js jetstream.JetStream) error {
+			for _, cd := range schema.ConsumerConfigs(schema.StreamOptions{}) {
+				if cd.Config.Durable == schema.ConsumerEnricher {
+					_, err := js.CreateOrUpdateConsumer(ctx, cd.Stream, cd.Config)
+					return err
+				}
+			}
+			return errors.New("no enricher durable in the schema")
+		}},
+		{"detector", "re-filter the sink's FLOWS durable", "$JS.API.CONSUMER.CREATE.FLOWS.sink-flows", func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := js.CreateOrUpdateConsumer(ctx, schema.StreamFlows, jetstream.ConsumerConfig{Durable: schema.ConsumerSinkFlows,
+				FilterSubject: schema.FlowsPrefix + ".nothing", AckPolicy: jetstream.AckExplicitPolicy})
+			return err
+		}},
+		{"detector", "create a stream", "$JS.API.STREAM.CREATE.EVIL", func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "EVIL", Subjects: []string{"evil.>"}})
+			return err
+		}},
 		{"detector", "purge FLOWS", "$JS.API.STREAM.PURGE.FLOWS", func(ctx context.Context, js jetstream.JetStream) error {
 			s, err := js.Stream(ctx, schema.StreamFlows)
 			if err != nil {

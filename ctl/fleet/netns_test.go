@@ -340,8 +340,15 @@ for i in range(5): s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x
 		return nil
 	})
 	feed.report(t, ctx, pl, outage, "sensor-a", "sensor-b")
-	if si, err := st.Info(ctx); err == nil {
-		t.Logf("PACKETS replicas at the end: %d (the sink provisions with 1 at every start: see the report)", si.Config.Replicas)
+	// No stage provisions (-nats.provision=false): the streams keep the 3
+	// replicas netwatchctl provision gave them through every restart.
+	for _, name := range []string{schema.StreamPackets, schema.StreamFlows, schema.StreamAlerts, schema.StreamMetrics} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Errorf("stream %s: %v", name, err)
+		} else if r := s.CachedInfo().Config.Replicas; r != 3 {
+			t.Errorf("stream %s has %d replicas at the end, want the 3 it was provisioned with", name, r)
+		}
 	}
 	if got, _, _ := countSummaries(t, ctx, js, "sensor-c"); got != 0 {
 		t.Errorf("sensor-c (sensor-a's credentials) got %d packets into PACKETS", got)

@@ -121,8 +121,10 @@ func startStages(t *testing.T, root, authDir, natsURL string) *stages {
 func (p *stages) start(t *testing.T, name string, own ...string) {
 	t.Helper()
 	addr := freeAddr(t)
+	// -nats.provision=false: the role's user may not create streams or
+	// durables (the test provisioned them as admin, at 3 replicas)
 	args := append([]string{filepath.Join(p.bin, name), "-nats.url", p.natsURL, "-nats.creds",
-		filepath.Join(p.authDir, name+".creds"), "-http.addr", addr, "-log.format", "text"}, p.args[name]...)
+		filepath.Join(p.authDir, name+".creds"), "-nats.provision=false", "-http.addr", addr, "-log.format", "text"}, p.args[name]...)
 	pr := startProc(t, fmt.Sprintf("%s-%d", name, p.started[name]), append(args, own...)...)
 	p.started[name]++
 	p.procs[name] = append(p.procs[name], pr)

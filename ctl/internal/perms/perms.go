@@ -77,13 +77,13 @@ func durables() map[string]map[string]string {
 // with or without a filter subject, next, info, delete (nats.go deletes a
 // reset ordered consumer). Names are random, so these are wildcards; the
 // returned deny list takes the durables of the stream back out: no role
-// deletes a durable, and only its owner pulls from it. A role that does
-// not provision (provisions false: the api) may not create or update any
-// durable either (a create request on a durable's name rewrites its
-// configuration, e.g. sink-flows' filter). A provisioning stage keeps
-// that: schema.ProvisionRetry, which the enricher, detector and sink call
-// at start, writes every durable (see provisioning).
-func ephemeral(role, stream string, provisions bool) (allow, deny []string) {
+// deletes a durable, and only its owner pulls from it, and no role
+// creates or updates one of them either (a create
+// request on a durable's name rewrites its configuration, e.g. sink-flows'
+// filter). Streams and the schema's durables are created by admin
+// (netwatchctl provision); a stage run with these users passes
+// -nats.provision=false and waits for them (schema.AwaitProvisioned).
+func ephemeral(role, stream string) (allow, deny []string) {
 	allow = []string{"$JS.API.CONSUMER.CREATE." + stream + ".*", "$JS.API.CONSUMER.CREATE." + stream + ".*.>",
 		"$JS.API.CONSUMER.MSG.NEXT." + stream + ".*", "$JS.API.CONSUMER.INFO." + stream + ".*",
 		"$JS.API.CONSUMER.DELETE." + stream + ".*"}
@@ -94,9 +94,7 @@ func ephemeral(role, stream string, provisions bool) (allow, deny []string) {
 	slices.Sort(names)
 	for _, d := range names {
 		deny = append(deny, "$JS.API.CONSUMER.DELETE."+stream+"."+d)
-		if !provisions {
-			deny = append(deny, "$JS.API.CONSUMER.CREATE."+stream+"."+d, "$JS.API.CONSUMER.CREATE."+stream+"."+d+".>")
-		}
+		deny = append(deny, "$JS.API.CONSUMER.CREATE."+stream+"."+d, "$JS.API.CONSUMER.CREATE."+stream+"."+d+".>")
 		if durables()[stream][d] != role {
 			deny = append(deny, "$JS.API.CONSUMER.MSG.NEXT."+stream+"."+d)
 		}
@@ -217,24 +215,6 @@ func Sensor(name string) (Set, error) {
 	return Set{Pub: pub, Sub: []string{SensorInbox(name) + ".>"}}, nil
 }
 
-// provisioning is what schema.ProvisionRetry asks for: create or update
-// every stream and durable consumer. The stages call it at start today, so
-// their users carry it (without delete or purge); netwatchctl provision
-// uses the admin user.
-func provisioning() []string {
-	var out []string
-	for _, sc := range schema.StreamConfigs(schema.StreamOptions{}) {
-		out = append(out, "$JS.API.STREAM.CREATE."+sc.Name, "$JS.API.STREAM.UPDATE."+sc.Name, "$JS.API.STREAM.INFO."+sc.Name)
-	}
-	for _, cd := range schema.ConsumerConfigs(schema.StreamOptions{}) {
-		out = append(out, "$JS.API.CONSUMER.CREATE."+cd.Stream+"."+cd.Config.Durable,
-			"$JS.API.CONSUMER.CREATE."+cd.Stream+"."+cd.Config.Durable+".>",
-			// schema.Provision reads a durable's replicas so as never to lower them
-			"$JS.API.CONSUMER.INFO."+cd.Stream+"."+cd.Config.Durable)
-	}
-	return out
-}
-
 // Role returns the permissions of a pipeline user: enricher (PACKETS in,
 // FLOWS and COUNTERS out), detector (FLOWS in, ALERTS out), sink (FLOWS,
 // ALERTS, METRICS in), api (read every stream: live core subscriptions,
@@ -247,33 +227,36 @@ func Role(role string) (Set, error) {
 	case "enricher":
 		s.Pub = slices.Concat([]string{schema.FlowsPrefix + ".>", schema.CountersPrefix + ".>"},
 			pull(schema.StreamPackets, schema.ConsumerEnricher),
-			info(schema.StreamPackets, schema.StreamFlows, schema.StreamCounters), provisioning(),
+			info(schema.StreamPackets, schema.StreamFlows, schema.StreamCounters),
 			enricherGroup(EnricherGroup))
 	case "detector":
 		s.Pub = slices.Concat([]string{schema.AlertsPrefix + ".>"},
 			pull(schema.StreamFlows, schema.ConsumerDetector),
-			info(schema.StreamFlows, schema.StreamAlerts, schema.StreamPackets, schema.StreamMetrics), provisioning(),
+			info(schema.StreamFlows, schema.StreamAlerts, schema.StreamPackets, schema.StreamMetrics),
 			// ARP rule: its own durable on PACKETS, created at start
 			[]string{"$JS.API.CONSUMER.CREATE." + schema.StreamPackets + "." + ConsumerDetectorARP,
 				"$JS.API.CONSUMER.CREATE." + schema.StreamPackets + "." + ConsumerDetectorARP + ".>"},
 			pull(schema.StreamPackets, ConsumerDetectorARP))
 		// health (METRICS live) and rescore (FLOWS by time): ordered consumers
 		for _, st := range []string{schema.StreamMetrics, schema.StreamFlows} {
-			allow, deny := ephemeral("detector", st, true)
+			allow, deny := ephemeral("detector", st)
 			s.Pub = append(s.Pub, allow...)
 			s.PubDeny = append(s.PubDeny, deny...)
 		}
 		// lag rule: consumer info (read only) of every durable
+		var lag []string
 		for st, ds := range durables() {
 			for d := range ds {
-				s.Pub = append(s.Pub, "$JS.API.CONSUMER.INFO."+st+"."+d)
+				lag = append(lag, "$JS.API.CONSUMER.INFO."+st+"."+d)
 			}
 		}
+		slices.Sort(lag) // map order: keep accounts.conf stable
+		s.Pub = append(s.Pub, lag...)
 	case "sink":
 		s.Pub = slices.Concat(pull(schema.StreamFlows, schema.ConsumerSinkFlows),
 			pull(schema.StreamAlerts, schema.ConsumerSinkAlerts),
 			pull(schema.StreamMetrics, schema.ConsumerSinkMetrics),
-			info(schema.StreamFlows, schema.StreamAlerts, schema.StreamMetrics), provisioning())
+			info(schema.StreamFlows, schema.StreamAlerts, schema.StreamMetrics))
 		s.Sub = []string{}
 	case "api":
 		streams := []string{schema.StreamPackets, schema.StreamFlows, schema.StreamAlerts,
@@ -283,7 +266,7 @@ func Role(role string) (Set, error) {
 			// ordered consumers for replay and the registry listing: ephemeral
 			// create (with a filter subject), next, delete, flow control; the
 			// stages' durables are denied but their info (lag) stays readable
-			allow, deny := ephemeral("api", st, false)
+			allow, deny := ephemeral("api", st)
 			s.Pub = append(s.Pub, allow...)
 			s.Pub = append(s.Pub, "$JS.API.CONSUMER.LIST."+st, "$JS.FC."+st+".>")
 			s.PubDeny = append(s.PubDeny, deny...)
@@ -417,9 +400,9 @@ system_account: SYS
 }
 
 var roleDoc = map[string]string{
-	"enricher": "enricher: PACKETS in (durable enricher), FLOWS and COUNTERS out; provisions at start",
-	"detector": "detector: FLOWS in (durable detector), ALERTS out; provisions at start",
-	"sink":     "sink: FLOWS, ALERTS, METRICS in (durables sink-*); provisions at start",
+	"enricher": "enricher: PACKETS in (durable enricher), FLOWS and COUNTERS out; run with -nats.provision=false",
+	"detector": "detector: FLOWS in (durable detector), ALERTS out; run with -nats.provision=false",
+	"sink":     "sink: FLOWS, ALERTS, METRICS in (durables sink-*); run with -nats.provision=false",
 	"api":      "api: live subscriptions, replay and registry through ordered consumers, stream info",
 	"admin":    "admin: netwatchctl provision, operators' tools (the whole JetStream API)",
 	"leaf": "leaf: remote sites' leaf nodes (leaf/site.conf) log in as this user, as leaf nodes only;\n" +

@@ -160,29 +160,9 @@ func Provision(ctx context.Context, js jetstream.JetStream, o Options) (domain s
 	return ai.Domain, nil
 }
 
-// DenyRegistryRollups turns off rollups (the stream option
-// allow_rollup_hdrs) on the registry bucket's stream KV_SENSORS, which
-// nats.go's CreateOrUpdateKeyValue always turns on. A sensor may put only
-// its own key ($KV.SENSORS.<sensor>), but a put carrying the header
-// "Nats-Rollup: all" would erase every other sensor's record, and
-// nats-server permissions cannot see headers; with rollups off the server
-// refuses such a put (JetStream error 10111, "rollup not permitted"). A
-// sensor never needs one (a KV put is a plain message; only KV Purge sends
-// a rollup). Call it after every schema.ProvisionRegistry or
-// CreateOrUpdateKeyValue of the bucket. Already off: nothing is updated.
+// DenyRegistryRollups is schema.DenyRegistryRollups: rollups off on
+// KV_SENSORS, so that a sensor's put with "Nats-Rollup: all" cannot erase
+// the other sensors' records.
 func DenyRegistryRollups(ctx context.Context, js jetstream.JetStream) error {
-	name := "KV_" + schema.RegistryBucket
-	st, err := js.Stream(ctx, name)
-	if err != nil {
-		return fmt.Errorf("deny rollups on %s: %w", name, err)
-	}
-	cfg := st.CachedInfo().Config
-	if !cfg.AllowRollup {
-		return nil
-	}
-	cfg.AllowRollup = false
-	if _, err := js.UpdateStream(ctx, cfg); err != nil {
-		return fmt.Errorf("deny rollups on %s: %w", name, err)
-	}
-	return nil
+	return schema.DenyRegistryRollups(ctx, js)
 }

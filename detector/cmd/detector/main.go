@@ -78,6 +78,7 @@ type Config struct {
 	ARP            arp.Config
 	FetchBatch     int
 	Replicas       int
+	Provision      bool // -nats.provision: create or update the streams and durables at start (else wait for them)
 	Health         health.Config
 	HealthCheck    time.Duration // -health.check; 0 turns the health rules off
 	ConfigFile     string        // -config
@@ -108,6 +109,7 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Syslog, "output.syslog", "", "also send every alert as an RFC 5424 syslog message to udp://host:port, tcp://host:port or host:port (UDP)")
 	fs.IntVar(&c.FetchBatch, "consume.batch", 256, "FLOWS messages per pull request")
 	fs.IntVar(&c.GCPercent, "gc.percent", DefaultGCPercent, "Go garbage collector target: heap growth in percent of the live heap before a collection (Go's default 100); higher spends less CPU on GC for more memory; ignored when GOGC is set")
+	fs.BoolVar(&c.Provision, "nats.provision", true, "create or update the streams and durable consumers at start; false with the least-privilege detector user, which waits for netwatchctl provision")
 	fs.IntVar(&c.Replicas, "stream.replicas", 1, "stream and consumer replicas when provisioning (1 on one node, 3 on a cluster)")
 }
 
@@ -295,7 +297,11 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	if err := schema.ProvisionRetry(ctx, js, schema.StreamOptions{Replicas: cfg.Replicas}); err != nil {
+	needs := schema.Needs{Streams: []string{schema.StreamFlows, schema.StreamAlerts, schema.StreamPackets, schema.StreamMetrics},
+		Consumers: map[string][]string{schema.StreamFlows: {schema.ConsumerDetector}}}
+	if err := schema.ProvisionOrAwait(ctx, js, cfg.Provision, schema.StreamOptions{Replicas: cfg.Replicas}, needs, func(missing error) {
+		log.Warn("waiting for the streams (-nats.provision=false: netwatchctl provision creates them)", "missing", missing)
+	}); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}

@@ -39,6 +39,7 @@ type Config struct {
 	LocalNets string // -local-nets, comma-separated CIDRs; empty leaves Flow.Direction empty
 	Seed      uint   // -community-id.seed
 	Replicas  int    // -nats.replicas of the provisioned streams
+	Provision bool   // -nats.provision: create or update the streams and durables at start (else wait for them)
 	GeoCity   string // -geoip.city, a MaxMind City (or Country) database; empty for none
 	GeoASN    string // -geoip.asn, a MaxMind ASN database; empty for none
 	GeoCache  int    // -geoip.cache, addresses whose lookups are cached
@@ -74,6 +75,7 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Stage.KeepAlive, "consume.keepalive", 30*time.Second, "InProgress interval of held PACKETS messages (AckWait is 2m)")
 	fs.BoolVar(&c.Stage.ShutdownFlush, "shutdown.flush", true, "on SIGTERM end open flows as END_SHUTDOWN and ack; false leaves them for redelivery")
 	fs.DurationVar(&c.Stage.DrainTimeout, "shutdown.timeout", 30*time.Second, "longest wait for flow publish acks at shutdown")
+	fs.BoolVar(&c.Provision, "nats.provision", true, "create or update the streams and durable consumers at start; false with the least-privilege enricher user, which waits for netwatchctl provision")
 	fs.IntVar(&c.Replicas, "nats.replicas", 1, "stream replicas when provisioning (1 on one node, 3 on a cluster)")
 	fs.IntVar(&c.Stage.MaxFlows, "flow.max-flows", DefaultMaxFlows, "open flows in all flow tables; at the limit the least recently active flow of the table is ended early (0: no bound)")
 	fs.StringVar(&c.GeoCity, "geoip.city", "", "MaxMind GeoIP2/GeoLite2 City (or Country) database file for orig_/resp_country and _city")
@@ -204,7 +206,13 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	if err := schema.ProvisionRetry(ctx, js, schema.StreamOptions{Replicas: cfg.Replicas}); err != nil {
+	needs := schema.Needs{Streams: []string{schema.StreamPackets, schema.StreamFlows, schema.StreamCounters}}
+	if cfg.Stage.Group.Name == "" { // a group reads its own work-queue stream, which it creates
+		needs.Consumers = map[string][]string{schema.StreamPackets: {schema.ConsumerEnricher}}
+	}
+	if err := schema.ProvisionOrAwait(ctx, js, cfg.Provision, schema.StreamOptions{Replicas: cfg.Replicas}, needs, func(missing error) {
+		log.Warn("waiting for the streams (-nats.provision=false: netwatchctl provision creates them)", "missing", missing)
+	}); err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
 	reg := ops.NewRegistry()

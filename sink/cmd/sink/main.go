@@ -36,6 +36,7 @@ type config struct {
 	ops.Common
 	DatabaseURL       string
 	MigrateOnly       bool          // -migrate-only or the migrate command: apply the migrations and exit
+	Provision         bool          // -nats.provision: create or update the streams and durables at start (else wait for them)
 	MigrateCmd        bool          // the migrate command: also print the schema version
 	BatchSize         int           // rows per write
 	BatchFlush        time.Duration // longest a row waits in a batch
@@ -107,6 +108,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	c.Common.Register(fs, "127.0.0.1:9104")
 	fs.StringVar(&c.DatabaseURL, "database.url", DefaultDatabaseURL, "PostgreSQL URL (env NETWATCH_DATABASE_URL, else DATABASE_URL)")
 	fs.BoolVar(&c.MigrateOnly, "migrate-only", false, "apply the migrations and exit")
+	fs.BoolVar(&c.Provision, "nats.provision", true, "create or update the streams and durable consumers at start; false with the least-privilege sink user, which waits for netwatchctl provision")
 	fs.IntVar(&c.BatchSize, "batch.size", 5000, "rows per database write")
 	fs.DurationVar(&c.BatchFlush, "batch.flush", 250*time.Millisecond, "longest a row waits before its batch is written")
 	fs.IntVar(&c.BatchWriters, "batch.writers", 2, "batches of one table written at once (one connection each) while the next fills")
@@ -293,7 +295,12 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	if err := schema.ProvisionRetry(ctx, js, schema.StreamOptions{}); err != nil {
+	needs := schema.Needs{Streams: []string{schema.StreamFlows, schema.StreamAlerts, schema.StreamMetrics},
+		Consumers: map[string][]string{schema.StreamFlows: {schema.ConsumerSinkFlows},
+			schema.StreamAlerts: {schema.ConsumerSinkAlerts}, schema.StreamMetrics: {schema.ConsumerSinkMetrics}}}
+	if err := schema.ProvisionOrAwait(ctx, js, cfg.Provision, schema.StreamOptions{}, needs, func(missing error) {
+		log.Warn("waiting for the streams (-nats.provision=false: netwatchctl provision creates them)", "missing", missing)
+	}); err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
 	consumer := func(stream, name string) (jetstream.Consumer, error) {
