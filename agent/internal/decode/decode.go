@@ -23,7 +23,11 @@ const (
 	// its IP bytes come from the length field (IPBytes, Network, Proto are
 	// set), it counts as an IP frame per sensor, by Reason, but it cannot
 	// be put in a flow. An IPv4 header cut after its addresses (options,
-	// or no transport header) is KindIP, with ports 0.
+	// or no transport header) is KindIP, with ports 0. A tunnel's inner IP
+	// header cut the same way makes the frame KindTruncated too, with the
+	// inner header's bytes (Network stays the outermost header, Tunnel is
+	// set); so does an inner frame cut before that header's length field
+	// (ReasonTruncatedTunnel).
 	KindTruncated
 )
 
@@ -75,6 +79,12 @@ const (
 	// header, before the end of the destination address.
 	ReasonTruncatedIPv4 = "truncated_ipv4_header"
 	ReasonTruncatedIPv6 = "truncated_ipv6_header"
+	// ReasonTruncatedTunnel: the snaplen ended the capture inside a
+	// tunnel's inner frame before the inner IP header's length field (for
+	// VXLAN, Geneve and ERSPAN with snaplen 54, inside the inner Ethernet
+	// header); the inner packet's IP bytes are the outer length fields'
+	// share left after the encapsulation headers (see tunnelCut).
+	ReasonTruncatedTunnel = "truncated_tunnel"
 )
 
 // Packet is the decoded summary of one frame. Payload and the L7 input
@@ -158,7 +168,7 @@ func (d *Decoder) Decode(data []byte, p *Packet) Kind {
 	*p = Packet{TsNs: ts, WireLen: wire, frameLen: len(data)}
 	switch d.link {
 	case layers.LinkTypeEthernet:
-		d.ether(data, p, 0, true)
+		d.ether(data, p, 0, true, -1)
 		if p.ARP.OK {
 			copy(p.ARP.EthSrc[:], data[6:12])
 			p.ARP.HasEthSrc = true
@@ -167,12 +177,12 @@ func (d *Decoder) Decode(data []byte, p *Packet) Kind {
 		if len(data) < 16 {
 			return p.malformed(ReasonShortLink)
 		}
-		d.ethertype(binary.BigEndian.Uint16(data[14:16]), data[16:], p, 0, true)
+		d.ethertype(binary.BigEndian.Uint16(data[14:16]), data[16:], p, 0, true, -1)
 	case layers.LinkTypeLinuxSLL2:
 		if len(data) < 20 {
 			return p.malformed(ReasonShortLink)
 		}
-		d.ethertype(binary.BigEndian.Uint16(data[0:2]), data[20:], p, 0, true)
+		d.ethertype(binary.BigEndian.Uint16(data[0:2]), data[20:], p, 0, true, -1)
 	case layers.LinkTypeRaw, 12, 14:
 		d.rawIP(data, p)
 	case layers.LinkTypeIPv4:
@@ -207,7 +217,26 @@ func (d *Decoder) Decode(data []byte, p *Packet) Kind {
 
 // truncated marks p as an IP frame of ipBytes cut inside its header.
 func (p *Packet) truncated(reason string, ipBytes uint32, n Network) {
-	p.Kind, p.Reason, p.IPBytes, p.Network, p.AddrLen = KindTruncated, reason, ipBytes, n, 0
+	p.Kind, p.Reason, p.IPBytes, p.Network, p.AddrLen, p.Proto = KindTruncated, reason, ipBytes, n, 0, 0
+	p.SrcPort, p.DstPort, p.TCPFlags, p.ICMPType, p.ICMPCode = 0, 0, 0, 0, 0
+	p.Seq, p.Ack, p.Window, p.Payload, p.Fragment, p.FragOffset, p.PayloadBytes = 0, 0, 0, nil, false, 0, 0
+}
+
+// tunnelCut marks p as a tunnelled IP packet of ipBytes whose inner frame
+// the snaplen cut before the inner IP header's length field could be read
+// (ReasonTruncatedTunnel), when data, the captured part of the inner frame,
+// is shorter than avail, its length by the outer length fields, and the
+// frame was cut. ipBytes is at most what the wire held after data's start.
+// It reports whether p was marked; p.Network (the outermost header) stays.
+func (p *Packet) tunnelCut(data []byte, avail, ipBytes int) bool {
+	if !p.cut() || avail <= len(data) || ipBytes <= 0 {
+		return false
+	}
+	if w := int(p.WireLen) - (p.frameLen - len(data)); ipBytes > w {
+		return false // the outer length fields claim more than the wire held
+	}
+	p.truncated(ReasonTruncatedTunnel, uint32(ipBytes), p.Network)
+	return true
 }
 
 func (p *Packet) malformed(reason string) Kind {
@@ -235,26 +264,34 @@ func (d *Decoder) rawIP(data []byte, p *Packet) {
 
 // ether parses an Ethernet frame; outer is true for the captured frame
 // (whose VLAN tags and network header are recorded) and false inside tunnels.
-func (d *Decoder) ether(data []byte, p *Packet, depth int, outer bool) bool {
+// avail is the frame's length by the outer length fields (a tunnel's
+// payload), -1 when unknown: an inner frame the snaplen cut inside its
+// Ethernet header is taken for untagged Ethernet carrying IP, of avail - 14
+// IP bytes (ReasonTruncatedTunnel: its EtherType was not captured).
+func (d *Decoder) ether(data []byte, p *Packet, depth int, outer bool, avail int) bool {
 	if len(data) < 14 {
 		if outer {
 			p.malformed(ReasonShortLink)
+			return false
 		}
-		return false
+		return p.tunnelCut(data, avail, avail-14)
 	}
-	return d.ethertype(binary.BigEndian.Uint16(data[12:14]), data[14:], p, depth, outer)
+	return d.ethertype(binary.BigEndian.Uint16(data[12:14]), data[14:], p, depth, outer, avail-14)
 }
 
 // ethertype parses what follows an EtherType, including 802.1Q/802.1ad tags.
-// It returns whether a usable IP header was found.
-func (d *Decoder) ethertype(et uint16, data []byte, p *Packet, depth int, outer bool) bool {
+// It returns whether a usable IP header was found (or, inside a tunnel, an
+// IP packet cut by the snaplen: KindTruncated). avail is the length of data
+// by the outer length fields, < 0 when unknown or outer.
+func (d *Decoder) ethertype(et uint16, data []byte, p *Packet, depth int, outer bool, avail int) bool {
 	tags := 0
 	for et == 0x8100 || et == 0x88a8 || et == 0x9100 {
 		if len(data) < 4 {
 			if outer {
 				p.malformed(ReasonShortLink)
+				return false
 			}
-			return false
+			return p.tunnelCut(data, avail, avail-4) // taken for a tag followed by IP
 		}
 		if outer {
 			id := binary.BigEndian.Uint16(data[0:2]) & 0x0fff
@@ -267,6 +304,7 @@ func (d *Decoder) ethertype(et uint16, data []byte, p *Packet, depth int, outer 
 		tags++
 		et = binary.BigEndian.Uint16(data[2:4])
 		data = data[4:]
+		avail -= 4
 	}
 	switch et {
 	case 0x8847, 0x8848: // MPLS (RFC 3032): labels up to the bottom of the stack, then IP by version
@@ -279,6 +317,7 @@ func (d *Decoder) ethertype(et uint16, data []byte, p *Packet, depth int, outer 
 			}
 			bottom := data[2]&1 == 1
 			data = data[4:]
+			avail -= 4
 			if bottom {
 				break
 			}
@@ -309,6 +348,7 @@ func (d *Decoder) ethertype(et uint16, data []byte, p *Packet, depth int, outer 
 			et = 0x86dd
 		}
 		data = data[8:]
+		avail -= 8
 	}
 	switch et {
 	case 0x0800:
@@ -316,13 +356,13 @@ func (d *Decoder) ethertype(et uint16, data []byte, p *Packet, depth int, outer 
 			p.Network = NetIPv4
 			return d.ipv4(data, p, depth)
 		}
-		return d.inner(data, p, depth, 4)
+		return d.inner(data, p, depth, 4, avail)
 	case 0x86dd:
 		if outer {
 			p.Network = NetIPv6
 			return d.ipv6(data, p, depth)
 		}
-		return d.inner(data, p, depth, 6)
+		return d.inner(data, p, depth, 6, avail)
 	case 0x0806, 0x8035:
 		if outer {
 			p.Network = NetARP
@@ -337,11 +377,22 @@ func (d *Decoder) ethertype(et uint16, data []byte, p *Packet, depth int, outer 
 	return false
 }
 
-// inner decodes a tunnelled IP header into a scratch copy of p, and commits
-// it only when it is usable, so that an unusable inner header leaves the
-// frame counted at its outer header.
-func (d *Decoder) inner(data []byte, p *Packet, depth int, version int) bool {
-	if depth >= maxDepth || len(data) < 1 || int(data[0]>>4) != version {
+// inner decodes a tunnelled IP header of the given version into a scratch
+// copy of p, and commits it only when it is usable, so that an unusable inner
+// header leaves the frame counted at its outer header. avail is the inner
+// packet's length by the outer length fields (< 0 when unknown). An inner
+// header the snaplen cut is committed as KindTruncated (DESIGN.md: a frame's
+// bytes are its innermost header's length, whatever the snaplen cut off):
+// from its own length field when that was captured (IPv4 bytes 2-3, IPv6
+// 4-5), else from avail (ReasonTruncatedTunnel); inner reports true then too.
+func (d *Decoder) inner(data []byte, p *Packet, depth int, version int, avail int) bool {
+	if depth >= maxDepth {
+		return false
+	}
+	if len(data) < 1 {
+		return p.tunnelCut(data, avail, avail)
+	}
+	if int(data[0]>>4) != version {
 		return false
 	}
 	q := *p
@@ -351,8 +402,15 @@ func (d *Decoder) inner(data []byte, p *Packet, depth int, version int) bool {
 	} else {
 		ok = d.ipv6(data, &q, depth+1)
 	}
-	if ok {
+	switch {
+	case ok:
 		*p = q
+	case q.Kind == KindTruncated: // cut after its length field, before its addresses
+		q.Network = p.Network
+		*p = q
+		ok = true
+	case version == 4 && len(data) < 4, version == 6 && len(data) < 6:
+		ok = p.tunnelCut(data, avail, avail)
 	}
 	return ok
 }
@@ -431,17 +489,17 @@ func (d *Decoder) ipv4(data []byte, p *Packet, depth int) bool {
 	if !p.Fragment {
 		switch p.Proto {
 		case 4:
-			if d.inner(body, p, depth, 4) {
+			if d.inner(body, p, depth, 4, plen) {
 				p.Tunnel = TunnelIPIP
 			}
 			return true
 		case 41:
-			if d.inner(body, p, depth, 6) {
+			if d.inner(body, p, depth, 6, plen) {
 				p.Tunnel = TunnelIPIP
 			}
 			return true
 		case 47:
-			d.gre(body, p, depth)
+			d.gre(body, plen, p, depth)
 			return true
 		}
 	}
@@ -566,19 +624,19 @@ func (d *Decoder) ipv6(data []byte, p *Packet, depth int) bool {
 				switch nh {
 				case 4:
 					p.PayloadBytes = uint32(rest)
-					if d.inner(body, p, depth, 4) {
+					if d.inner(body, p, depth, 4, rest) {
 						p.Tunnel = TunnelIPIP
 					}
 					return true
 				case 41:
 					p.PayloadBytes = uint32(rest)
-					if d.inner(body, p, depth, 6) {
+					if d.inner(body, p, depth, 6, rest) {
 						p.Tunnel = TunnelIPIP
 					}
 					return true
 				case 47:
 					p.PayloadBytes = uint32(rest)
-					d.gre(body, p, depth)
+					d.gre(body, rest, p, depth)
 					return true
 				}
 			}
@@ -637,9 +695,9 @@ func (d *Decoder) transport(body []byte, plen int, p *Packet, depth int) {
 			if depth < maxDepth && p.Proto == 17 && !p.Fragment {
 				switch p.DstPort {
 				case 4789:
-					d.vxlan(p.Payload, p, depth)
+					d.vxlan(p.Payload, ulen-8, p, depth)
 				case 6081:
-					d.geneve(p.Payload, p, depth)
+					d.geneve(p.Payload, ulen-8, p, depth)
 				}
 			}
 		}
@@ -658,20 +716,24 @@ func (d *Decoder) transport(body []byte, plen int, p *Packet, depth int) {
 	}
 }
 
-// vxlan decapsulates a VXLAN header (RFC 7348) and the inner Ethernet frame.
-func (d *Decoder) vxlan(b []byte, p *Packet, depth int) {
+// vxlan decapsulates a VXLAN header (RFC 7348) and the inner Ethernet frame;
+// avail is the UDP payload's length by the UDP length field. A VXLAN header
+// the snaplen cut leaves the frame counted at its outer header.
+func (d *Decoder) vxlan(b []byte, avail int, p *Packet, depth int) {
 	if len(b) < 8 || b[0]&0x08 == 0 {
 		return
 	}
 	vni := uint32(b[4])<<16 | uint32(b[5])<<8 | uint32(b[6])
-	if d.ether(b[8:], p, depth+1, false) {
+	if d.ether(b[8:], p, depth+1, false, avail-8) {
 		p.Tunnel = TunnelVXLAN
 		p.TunnelID = vni
 	}
 }
 
-// geneve decapsulates a Geneve header (RFC 8926).
-func (d *Decoder) geneve(b []byte, p *Packet, depth int) {
+// geneve decapsulates a Geneve header (RFC 8926); avail is the UDP payload's
+// length by the UDP length field. A Geneve header (with its options) the
+// snaplen cut leaves the frame counted at its outer header.
+func (d *Decoder) geneve(b []byte, avail int, p *Packet, depth int) {
 	if len(b) < 8 || b[0]>>6 != 0 {
 		return
 	}
@@ -684,11 +746,11 @@ func (d *Decoder) geneve(b []byte, p *Packet, depth int) {
 	var ok bool
 	switch pt {
 	case 0x6558:
-		ok = d.ether(b[hl:], p, depth+1, false)
+		ok = d.ether(b[hl:], p, depth+1, false, avail-hl)
 	case 0x0800:
-		ok = d.inner(b[hl:], p, depth, 4)
+		ok = d.inner(b[hl:], p, depth, 4, avail-hl)
 	case 0x86dd:
-		ok = d.inner(b[hl:], p, depth, 6)
+		ok = d.inner(b[hl:], p, depth, 6, avail-hl)
 	}
 	if ok {
 		p.Tunnel = TunnelGeneve
@@ -696,8 +758,10 @@ func (d *Decoder) geneve(b []byte, p *Packet, depth int) {
 	}
 }
 
-// gre decapsulates GRE (RFC 2784, 2890) and ERSPAN type I/II/III.
-func (d *Decoder) gre(b []byte, p *Packet, depth int) {
+// gre decapsulates GRE (RFC 2784, 2890) and ERSPAN type I/II/III; avail is
+// the GRE packet's length by the outer IP length fields. A GRE or ERSPAN
+// header the snaplen cut leaves the frame counted at its outer header.
+func (d *Decoder) gre(b []byte, avail int, p *Packet, depth int) {
 	if depth >= maxDepth || len(b) < 4 {
 		return
 	}
@@ -726,15 +790,16 @@ func (d *Decoder) gre(b []byte, p *Packet, depth int) {
 		return
 	}
 	body := b[hl:]
+	avail -= hl
 	tunnel, id := uint8(TunnelGRE), key
 	var ok bool
 	switch pt {
 	case 0x0800:
-		ok = d.inner(body, p, depth, 4)
+		ok = d.inner(body, p, depth, 4, avail)
 	case 0x86dd:
-		ok = d.inner(body, p, depth, 6)
+		ok = d.inner(body, p, depth, 6, avail)
 	case 0x6558:
-		ok = d.ether(body, p, depth+1, false)
+		ok = d.ether(body, p, depth+1, false, avail)
 	case 0x88be: // ERSPAN type II (sequence bit set) or type I (no header)
 		tunnel = TunnelERSPAN
 		if seq {
@@ -743,8 +808,9 @@ func (d *Decoder) gre(b []byte, p *Packet, depth int) {
 			}
 			id = uint32(binary.BigEndian.Uint16(body[2:4]) & 0x03ff)
 			body = body[8:]
+			avail -= 8
 		}
-		ok = d.ether(body, p, depth+1, false)
+		ok = d.ether(body, p, depth+1, false, avail)
 	case 0x22eb: // ERSPAN type III
 		tunnel = TunnelERSPAN
 		if len(body) < 12 {
@@ -753,13 +819,15 @@ func (d *Decoder) gre(b []byte, p *Packet, depth int) {
 		id = uint32(binary.BigEndian.Uint16(body[2:4]) & 0x03ff)
 		o := body[11]&1 != 0
 		body = body[12:]
+		avail -= 12
 		if o {
 			if len(body) < 8 {
 				return
 			}
 			body = body[8:]
+			avail -= 8
 		}
-		ok = d.ether(body, p, depth+1, false)
+		ok = d.ether(body, p, depth+1, false, avail)
 	}
 	if ok {
 		p.Tunnel = tunnel

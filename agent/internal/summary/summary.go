@@ -49,9 +49,11 @@ type Report struct {
 	Tunnels      map[string]uint64     `json:"tunnels"`
 	Undecodable  map[string]uint64     `json:"undecodable"`
 	// Truncated counts, by reason, the IP frames the snaplen cut inside
-	// their IP header before both addresses (decode.KindTruncated): they
-	// are in IPPackets, IPBytes and Transport (by the next header field),
-	// not in Applications, and cannot be put in a flow.
+	// their (innermost) IP header before both addresses, or inside a
+	// tunnel's inner frame before its IP length field (truncated_tunnel;
+	// decode.KindTruncated): they are in IPPackets, IPBytes, Transport (by
+	// the next header field, "other" when it was cut) and Tunnels, not in
+	// Applications, and cannot be put in a flow.
 	Truncated    map[string]uint64 `json:"truncated"`
 	ARP          ARPCount          `json:"arp"`
 	ClientHellos HelloCount        `json:"client_hellos"`
@@ -173,6 +175,9 @@ func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet, l7 *de
 	}
 	r.Transport[t].Packets++
 	r.Transport[t].Bytes += uint64(p.IPBytes)
+	if p.Tunnel != decode.TunnelNone && int(p.Tunnel) < len(tunnelNames) {
+		r.Tunnels[tunnelNames[p.Tunnel]]++ // also for an inner header the snaplen cut
+	}
 	if p.Kind == decode.KindTruncated {
 		return
 	}
@@ -212,9 +217,6 @@ func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet, l7 *de
 				c.QUIC++
 			}
 		}
-	}
-	if p.Tunnel != decode.TunnelNone && int(p.Tunnel) < len(tunnelNames) {
-		r.Tunnels[tunnelNames[p.Tunnel]]++
 	}
 }
 
