@@ -142,7 +142,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4*cfg.MaxInflight),
-		jetstream.WithPublishAsyncTimeout(10*time.Second))
+		jetstream.WithPublishAsyncTimeout(cfg.AckTimeout))
 	if err != nil {
 		log.Error("jetstream", "err", err)
 		return 1

@@ -44,6 +44,7 @@ type Config struct {
 	BufferMB          int           // -buffer.max-mb: unacked PACKETS bytes held while NATS is slow or away, MiB
 	Provision         bool          // -nats.provision: create or update the streams at start (false for a least-privilege sensor user)
 	InboxPrefix       string        // -nats.inbox-prefix: reply subjects' prefix; empty means "_INBOX_" + Sensor (Inbox)
+	AckTimeout        time.Duration // -nats.ack-timeout: a publish without a JetStream ack after this is retried
 }
 
 // DefaultSensor is the host name with every character a sensor name may not
@@ -82,6 +83,8 @@ func (c *Config) Register(fs *flag.FlagSet) {
 		"live: send a watermark on every bucket this often (the enricher ends idle flows by them, not by its wall clock); 0 for none")
 	fs.DurationVar(&c.MetricsInterval, "metrics.interval", 10*time.Second, "host metrics and capture statistics period")
 	fs.IntVar(&c.MaxInflight, "publish.max-inflight", 256, "max unacked PACKETS messages")
+	fs.DurationVar(&c.AckTimeout, "nats.ack-timeout", 5*time.Second,
+		"a publish not acknowledged by JetStream within this is sent again (same Nats-Msg-Id, so never stored twice); it bounds the delay a stream leader's loss adds")
 	fs.StringVar(&c.ExcludePorts, "exclude.ports", "4222,5432,6222,7422,8222", "TCP ports not captured live (with the -nats.url ports)")
 	fs.BoolVar(&c.CaptureOwnTraffic, "capture.own-traffic", false, "capture the pipeline's own NATS and PostgreSQL traffic too")
 	fs.BoolVar(&c.Summary, "summary", false, "print a JSON summary of -pcap on stdout, without a broker, and exit")
@@ -125,6 +128,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MetricsInterval <= 0 {
 		errs = append(errs, fmt.Errorf("-metrics.interval %s: want > 0", c.MetricsInterval))
+	}
+	if c.AckTimeout < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("-nats.ack-timeout %v: want at least 100ms", c.AckTimeout))
 	}
 	if c.MaxInflight < 1 {
 		errs = append(errs, fmt.Errorf("-publish.max-inflight %d: want >= 1", c.MaxInflight))
