@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -498,6 +499,7 @@ type live struct {
 	mu   sync.Mutex
 	lat  []time.Duration
 	ends []time.Time // each flow's last packet, as lat
+	why  []string    // each flow's end_reason, as lat
 	ids  map[string]bool
 	done chan struct{}
 }
@@ -541,8 +543,9 @@ func (p *stages) startAPI(t *testing.T) *live {
 			now := time.Now()
 			var m struct {
 				Flow *struct {
-					ID  string    `json:"id"`
-					End time.Time `json:"end"`
+					ID        string    `json:"id"`
+					End       time.Time `json:"end"`
+					EndReason string    `json:"end_reason"`
 				} `json:"flow"`
 			}
 			if json.Unmarshal(b, &m) != nil || m.Flow == nil {
@@ -551,6 +554,7 @@ func (p *stages) startAPI(t *testing.T) *live {
 			l.mu.Lock()
 			l.lat = append(l.lat, now.Sub(m.Flow.End))
 			l.ends = append(l.ends, m.Flow.End)
+			l.why = append(l.why, m.Flow.EndReason)
 			l.ids[m.Flow.ID] = true
 			l.mu.Unlock()
 		}
@@ -560,9 +564,13 @@ func (p *stages) startAPI(t *testing.T) *live {
 }
 
 // report logs how many stored flow records of sensors came over the feed and
-// the latency percentiles: all flows, and apart those whose last packet
-// fell in the outage (from a second before the node stopped until it was
-// back), whose batches may wait for the agent's 10 s publish ack timeout.
+// the latency percentiles (a flow's last packet -> the flow on the
+// WebSocket): all flows; apart those whose last packet fell in the outage
+// (from a second before the node stopped until it was back), whose batches
+// may wait for the agent's publish ack timeout (-nats.ack-timeout); and by
+// how the flows ended, since a flow ended by its idle timeout is on the feed
+// no sooner than that timeout (the stages' idle) after its last packet:
+// for those the time beyond it is given too.
 func (l *live) report(t *testing.T, ctx context.Context, p *stages, outage [2]time.Time, sensors ...string) {
 	t.Helper()
 	l.mu.Lock()
@@ -602,10 +610,28 @@ func (l *live) report(t *testing.T, ctx context.Context, p *stages, outage [2]ti
 			out = append(out, d)
 		}
 	}
-	for _, part := range []struct {
+	byEnd := map[string][]time.Duration{}
+	for i, d := range l.lat {
+		if l.why[i] == "idle" {
+			d -= idle // the idle timeout is part of the definition, not a delay
+		}
+		byEnd[l.why[i]] = append(byEnd[l.why[i]], d)
+	}
+	parts := []struct {
 		name string
 		d    []time.Duration
-	}{{"outside the outage", out}, {"ending in the outage", in}} {
+	}{{"outside the outage", out}, {"ending in the outage", in}}
+	for _, r := range slices.Sorted(maps.Keys(byEnd)) {
+		name := "ended by " + r
+		if r == "idle" {
+			name += " (time beyond the " + idle.String() + " idle timeout)"
+		}
+		parts = append(parts, struct {
+			name string
+			d    []time.Duration
+		}{name, byEnd[r]})
+	}
+	for _, part := range parts {
 		if len(part.d) == 0 {
 			continue
 		}
