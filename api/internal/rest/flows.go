@@ -2,6 +2,8 @@ package rest
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"net/http"
 	"strconv"
@@ -36,11 +38,14 @@ var contextColumns = []struct{ name, def string }{
 	{"app_from_port", "false"}, {"ja3", "''"}, {"ja4", "''"}, {"http_user_agent", "''"},
 }
 
-// ScanFlow reads one row selected with flowColumns.
+// ScanFlow reads one row selected with flowColumns. Since sink migration
+// 00011 id is a uuid and community_id a bytea (see StoredCommunityID); both
+// come out as before: 32 lower-case hex digits and the Community ID text.
 func ScanFlow(row pgx.Row) (record.Flow, error) {
 	var f record.Flow
 	var start, end, flowStart time.Time
-	err := row.Scan(&f.ID, &f.CommunityID, &f.Sensor, &f.Proto, &f.OrigAddr, &f.OrigPort, &f.RespAddr, &f.RespPort,
+	var cid []byte
+	err := row.Scan(&f.ID, &cid, &f.Sensor, &f.Proto, &f.OrigAddr, &f.OrigPort, &f.RespAddr, &f.RespPort,
 		&f.Vlan, &f.InnerVlan, &f.IcmpType, &f.IcmpCode, &start, &end, &flowStart,
 		&f.OrigPkts, &f.OrigIPBytes, &f.OrigBytes, &f.RespPkts, &f.RespIPBytes, &f.RespBytes,
 		&f.OrigTCPFlags, &f.RespTCPFlags, &f.RecordIndex, &f.Final, &f.EndReason, &f.DirectionGuessed,
@@ -49,7 +54,64 @@ func ScanFlow(row pgx.Row) (record.Flow, error) {
 		&f.AppFromPort, &f.JA3, &f.JA4, &f.HTTPUserAgent)
 	f.Start, f.End, f.FlowStart = record.Time(start), record.Time(end), record.Time(flowStart)
 	f.Duration = end.Sub(start).Seconds()
+	f.ID = flowIDText(f.ID)
+	f.CommunityID = communityIDText(cid)
 	return f, err
+}
+
+// flowIDText is a stored flow id as the api shows it: a uuid (sink 00011,
+// 8-4-4-4-12 hex digits) as the 32 hex digits of schema.FlowID; a text id
+// (before 00011) as it is.
+func flowIDText(id string) string {
+	if len(id) == 36 && id[8] == '-' && id[13] == '-' && id[18] == '-' && id[23] == '-' {
+		return id[:8] + id[9:13] + id[14:18] + id[19:23] + id[24:]
+	}
+	return id
+}
+
+// communityIDText is the text of a stored community_id: since sink
+// migration 00011 a Community ID v1 is stored as the byte 1 and its 20-byte
+// SHA-1 ("1:" + base64, https://github.com/corelight/community-id-spec), a
+// text starting with byte 0 or 1 behind a 0 byte, any other text as its
+// bytes (and before 00011 it was text).
+func communityIDText(b []byte) string {
+	switch {
+	case len(b) == 21 && b[0] == 1:
+		return "1:" + base64.StdEncoding.EncodeToString(b[1:])
+	case len(b) > 0 && b[0] == 0:
+		return string(b[1:])
+	}
+	return string(b)
+}
+
+// StoredCommunityID is s as stored in community_id since sink migration
+// 00011 (the inverse of communityIDText; the sink's rule).
+func StoredCommunityID(s string) []byte {
+	if s == "" {
+		return []byte{}
+	}
+	if len(s) == 30 && s[:2] == "1:" {
+		var h [21]byte
+		if n, err := base64.StdEncoding.Decode(h[1:], []byte(s[2:])); err == nil && n == 20 &&
+			base64.StdEncoding.EncodeToString(h[1:]) == s[2:] {
+			h[0] = 1
+			return h[:]
+		}
+	}
+	if s[0] <= 1 {
+		return append([]byte{0}, s...)
+	}
+	return []byte(s)
+}
+
+// isFlowUUID reports whether id is 32 hex digits, the only ids a flows
+// table of sink migration 00011 (id uuid) holds.
+func isFlowUUID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil
 }
 
 // FlowFilter selects flows; zero fields match everything.
@@ -123,7 +185,11 @@ func (q *where) flows(f FlowFilter) {
 		q.add("proto = " + q.arg(f.Proto))
 	}
 	if f.CommunityID != "" {
-		q.add("community_id = " + q.arg(f.CommunityID))
+		if q.sch.compact() {
+			q.add("community_id = " + q.arg(StoredCommunityID(f.CommunityID)))
+		} else {
+			q.add("community_id = " + q.arg(f.CommunityID))
+		}
 	}
 	if f.App != "" {
 		q.add("app = " + q.arg(f.App))
@@ -190,6 +256,10 @@ func (a *API) flows(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, "read the database schema", err)
 		return
 	}
+	if hasCur && sch.compact() && !isFlowUUID(cur.ID) {
+		badRequest(w, r, errors.New("cursor: it is not a cursor from a previous page's next"))
+		return
+	}
 	q := &where{sch: sch}
 	q.flows(f)
 	op, dir := ">", "ASC"
@@ -242,6 +312,11 @@ func (a *API) flow(w http.ResponseWriter, r *http.Request) {
 	sch, err := schemaOf(ctx, a.Pool)
 	if err != nil {
 		a.fail(w, r, "read the database schema", err)
+		return
+	}
+	if sch.compact() && !isFlowUUID(id) {
+		// Not 32 hex digits: no stored flow has this id (flows.id is a uuid).
+		writeProblem(w, r, http.StatusNotFound, "no flow with id "+id)
 		return
 	}
 	f, err := ScanFlow(a.Pool.QueryRow(ctx, "SELECT "+flowColumns(sch)+" FROM flows WHERE id = $1 LIMIT 1", id))
@@ -297,6 +372,9 @@ func QueryFlows(ctx context.Context, pool *pgxpool.Pool, f FlowFilter, after tim
 	}
 	q := &where{sch: sch}
 	q.flows(f)
+	if afterID != "" && sch.compact() && !isFlowUUID(afterID) {
+		return nil, errors.New("after id " + strconv.Quote(afterID) + " is not a flow id (32 hex digits)")
+	}
 	if afterID != "" {
 		q.add("(start, id) > (" + q.arg(after) + ", " + q.arg(afterID) + ")")
 	}

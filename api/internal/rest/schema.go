@@ -32,6 +32,10 @@ func (s *dbSchema) sum(x string) string {
 	return "sum(" + x + ")::bigint"
 }
 
+// compact reports whether flows has the layout of sink migration 00011: id
+// uuid, community_id bytea (StoredCommunityID), a batch column.
+func (s *dbSchema) compact() bool { return s != nil && s.cols["flows.batch"] }
+
 // has reports whether table.column exists; a nil schema (not probed) says yes.
 func (s *dbSchema) has(table, column string) bool {
 	return s == nil || s.cols[table+"."+column]

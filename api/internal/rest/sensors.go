@@ -47,10 +47,11 @@ type Sensor struct {
 	Dropped  uint64 `json:"dropped"`
 	// Interfaces are the latest sample's interface names.
 	Interfaces []string `json:"interfaces"`
-	// LagSeconds is, for the sensor's newest stored flow record (by
-	// start), when the sink stored it minus its last packet's time: for a
-	// live sensor how far behind the pipeline is (idle/active timeouts
-	// included), for a replayed capture its age. Absent without flows.
+	// LagSeconds is, for the sensor's newest stored flow record (by its
+	// last packet; by start before sink migration 00011), when the sink
+	// stored it minus its last packet's time: for a live sensor how far
+	// behind the pipeline is (idle/active timeouts included), for a
+	// replayed capture its age. Absent without flows.
 	LagSeconds *float64 `json:"lag_seconds,omitempty"`
 	// From the SENSORS registry (schema.List: the agent's own record and
 	// heartbeat), when the agent announced itself: its build version,
@@ -66,16 +67,25 @@ type Sensor struct {
 func (a *API) sensors(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := a.ctx(r)
 	defer cancel()
+	sch, err := schemaOf(ctx, a.Pool)
+	if err != nil {
+		a.fail(w, r, "read the database schema", err)
+		return
+	}
+	// Since sink migration 00011 flows has neither inserted_at nor an index
+	// on (sensor, start): the sensors row says when its newest flow was stored.
+	lagSQL := `SELECT extract(epoch FROM f.inserted_at - f."end")::float8 AS secs FROM flows f
+			WHERE f.sensor = s.sensor ORDER BY f.start DESC LIMIT 1`
+	if sch.compact() {
+		lagSQL = `SELECT extract(epoch FROM s.last_flow_at - s.last_flow)::float8 AS secs WHERE s.last_flow_at IS NOT NULL`
+	}
 	rows, err := a.Pool.Query(ctx, `SELECT s.sensor, s.host, s.first_seen, s.last_seen, s.last_flow, lag.secs, m.time IS NOT NULL,
 		coalesce(m.sensor, ''), coalesce(m.host, ''), coalesce(m.time, 'epoch'), coalesce(m.boot, ''), coalesce(m.seq, 0),
 		coalesce(m.cpu_percent, 0), coalesce(m.mem_total_bytes, 0), coalesce(m.mem_used_bytes, 0), coalesce(m.load1, 0),
 		coalesce(m.uptime_s, 0), coalesce(m.disks, '[]'), coalesce(m.interfaces, '[]'), coalesce(m.captures, '[]')
 		FROM sensors s LEFT JOIN LATERAL (
 			SELECT `+metricsColumns+` FROM host_metrics h WHERE h.sensor = s.sensor ORDER BY h.time DESC LIMIT 1
-		) m ON true LEFT JOIN LATERAL (
-			SELECT extract(epoch FROM f.inserted_at - f."end")::float8 AS secs FROM flows f
-			WHERE f.sensor = s.sensor ORDER BY f.start DESC LIMIT 1
-		) lag ON true ORDER BY s.sensor`)
+		) m ON true LEFT JOIN LATERAL (`+lagSQL+`) lag ON true ORDER BY s.sensor`)
 	if err != nil {
 		a.fail(w, r, "query sensors", err)
 		return

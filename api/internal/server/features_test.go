@@ -27,14 +27,14 @@ func seedContext(t *testing.T, e *env) {
 		}
 		e.exec(t, `UPDATE flows SET orig_country = 'SE', resp_country = $2, resp_asn = $3, resp_as_org = 'Org',
 			direction = $4, ja3 = 'e7d705a3286e19ea42f587b344ee6865', http_user_agent = 'curl/8' WHERE id = $1`,
-			fmt.Sprintf("id%d", i), rc, 64500+i, dir)
+			tid(fmt.Sprintf("id%d", i)), rc, 64500+i, dir)
 	}
 }
 
 func ids(p flowsPage) string {
 	var out []string
 	for _, f := range p.Flows {
-		out = append(out, f["id"].(string))
+		out = append(out, untid(f["id"].(string)))
 	}
 	return strings.Join(out, " ")
 }
@@ -90,7 +90,7 @@ func TestFlowSearch(t *testing.T) {
 	}
 	// One flow by id, with its context.
 	var f map[string]any
-	if code := e.get(t, "/api/v1/flows/id3", &f); code != 200 || f["id"] != "id3" || f["resp_country"] != "DE" ||
+	if code := e.get(t, "/api/v1/flows/"+tid("id3"), &f); code != 200 || f["id"] != tid("id3") || f["resp_country"] != "DE" ||
 		f["resp_asn"] != 64503.0 || f["orig_country"] != "SE" || f["ja3"] != "e7d705a3286e19ea42f587b344ee6865" ||
 		f["http_user_agent"] != "curl/8" || f["direction"] != "inbound" || f["app_from_port"] != false {
 		t.Errorf("flow id3: %v", f)
@@ -270,7 +270,7 @@ func TestOlderSchema(t *testing.T) {
 	seedFlows(t, e)
 	e.exec(t, `INSERT INTO alerts (id, time, sensor, severity, category, summary) VALUES ('a1', $1, 's1', 'high', 'portscan', 'x')`, base)
 	var f map[string]any
-	if code := e.get(t, "/api/v1/flows/id2", &f); code != 200 || f["orig_country"] != "" || f["resp_asn"] != 0.0 || f["ja3"] != "" {
+	if code := e.get(t, "/api/v1/flows/"+tid("id2"), &f); code != 200 || f["orig_country"] != "" || f["resp_asn"] != 0.0 || f["ja3"] != "" {
 		t.Errorf("flow on the old schema: %d %v", code, f)
 	}
 	var p flowsPage

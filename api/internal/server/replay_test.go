@@ -32,7 +32,7 @@ func TestReplay(t *testing.T) {
 		if m.Type != "flow" {
 			t.Fatalf("unexpected %+v", m)
 		}
-		ids = append(ids, m.Flow["id"].(string))
+		ids = append(ids, untid(m.Flow["id"].(string)))
 	}
 	if fmt.Sprint(ids) != "[id1 id2 id3]" {
 		t.Errorf("replayed %v, want id1 id2 id3 in packet-time order", ids)
@@ -47,7 +47,7 @@ func TestReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c2.Close()
-	if m := next(t, c2); m.Flow["id"] != "id0" {
+	if m := next(t, c2); m.Flow["id"] != tid("id0") {
 		t.Fatalf("first replayed %+v", m)
 	}
 	if m := next(t, c2); m.Type != "replay_end" {
@@ -72,7 +72,7 @@ func TestFlowsPaginationTies(t *testing.T) {
 		e.exec(t, `INSERT INTO flows (id, sensor, community_id, proto, orig_addr, orig_port, resp_addr, resp_port,
 			start, "end", flow_start, orig_pkts, orig_ip_bytes, orig_bytes, resp_pkts, resp_ip_bytes, resp_bytes)
 			VALUES ($1, 's1', '', 6, '10.0.0.1', 1, '10.0.0.2', 2, $2, $2, $2, 1, 1, 0, 0, 0, 0)`,
-			fmt.Sprintf("t%d", i), base)
+			tid(fmt.Sprintf("t%d", i)), base)
 	}
 	var got []string
 	q := "/api/v1/flows?limit=3"
@@ -82,13 +82,13 @@ func TestFlowsPaginationTies(t *testing.T) {
 			t.Fatalf("status %d", code)
 		}
 		for _, f := range p.Flows {
-			got = append(got, f["id"].(string))
+			got = append(got, untid(f["id"].(string)))
 		}
 		if pages == 0 {
 			// A newer row arrives between pages: it belongs before page 1.
 			e.exec(t, `INSERT INTO flows (id, sensor, community_id, proto, orig_addr, orig_port, resp_addr, resp_port,
 				start, "end", flow_start, orig_pkts, orig_ip_bytes, orig_bytes, resp_pkts, resp_ip_bytes, resp_bytes)
-				VALUES ('new', 's1', '', 6, '10.0.0.1', 1, '10.0.0.2', 2, $1, $1, $1, 1, 1, 0, 0, 0, 0)`, base.Add(time.Hour))
+				VALUES ($2, 's1', '', 6, '10.0.0.1', 1, '10.0.0.2', 2, $1, $1, $1, 1, 1, 0, 0, 0, 0)`, base.Add(time.Hour), tid("new"))
 		}
 		if p.Next == "" {
 			break

@@ -35,7 +35,7 @@ func seedFlows(t *testing.T, e *env) {
 			start, "end", flow_start, orig_pkts, orig_ip_bytes, orig_bytes, resp_pkts, resp_ip_bytes, resp_bytes,
 			app, conn_state, history, end_reason, final, record_index)
 			VALUES ($1, $2, $3, $4, $5::inet, $6, $7::inet, $8, $9, $10, $9, $11, $12, $13, $14, $15, $16, $17, 'SF', 'ShADadFf', 'fin', true, 0)`,
-			fmt.Sprintf("id%d", i), sensor, fmt.Sprintf("1:cid%d", i), proto, fmt.Sprintf("10.0.0.%d", 1+i%2), 4000+i,
+			tid(fmt.Sprintf("id%d", i)), sensor, []byte(fmt.Sprintf("1:cid%d", i)), proto, fmt.Sprintf("10.0.0.%d", 1+i%2), 4000+i,
 			fmt.Sprintf("192.0.2.%d", i), port, start, start.Add(1500*time.Millisecond),
 			i+1, 100*(i+1), 50*(i+1), 2*(i+1), 1000*(i+1), 900*(i+1), app)
 	}
@@ -59,6 +59,7 @@ func TestFlows(t *testing.T) {
 	}
 	// Newest first: flow 4.
 	f := p.Flows[0]
+	f["id"] = untid(f["id"].(string))
 	want := map[string]any{"id": "id4", "community_id": "1:cid4", "sensor": "s2", "proto": 6.0,
 		"orig_addr": "10.0.0.1", "orig_port": 4004.0, "resp_addr": "192.0.2.4", "resp_port": 80.0,
 		"orig_pkts": 5.0, "orig_ip_bytes": 500.0, "orig_bytes": 250.0, "resp_pkts": 10.0, "resp_ip_bytes": 5000.0,
@@ -98,7 +99,7 @@ func TestFlows(t *testing.T) {
 		}
 		var got []string
 		for _, f := range p.Flows {
-			got = append(got, f["id"].(string))
+			got = append(got, untid(f["id"].(string)))
 		}
 		if fmt.Sprint(got) != fmt.Sprint(tc.ids) {
 			t.Errorf("%s: ids %v, want %v", tc.query, got, tc.ids)
@@ -120,7 +121,7 @@ func TestFlowsPagination(t *testing.T) {
 		}
 		pages++
 		for _, f := range p.Flows {
-			id := f["id"].(string)
+			id := untid(f["id"].(string))
 			if seen[id] {
 				t.Fatalf("page %d repeats %s", pages, id)
 			}
@@ -305,13 +306,15 @@ func TestAlerts(t *testing.T) {
 
 func TestSensorsAndHostMetrics(t *testing.T) {
 	e := newEnv(t)
-	e.exec(t, `INSERT INTO sensors (sensor, host, last_flow) VALUES ('s1', 'h1', $1), ('s2', 'h2', NULL)`, base)
-	// s1's newest flow ended at base + 2 s and was stored 7.5 s later: lag 7.5 s.
+	// s1's newest flow ended at base and was stored 7.5 s later (the sink
+	// keeps that in sensors.last_flow_at since its migration 00011): lag 7.5 s.
+	e.exec(t, `INSERT INTO sensors (sensor, host, last_flow, last_flow_at) VALUES ('s1', 'h1', $1, $1::timestamptz + interval '7.5 seconds'),
+		('s2', 'h2', NULL, NULL)`, base)
 	e.exec(t, `INSERT INTO flows (id, sensor, community_id, proto, orig_addr, orig_port, resp_addr, resp_port, start, "end",
-		flow_start, orig_pkts, orig_ip_bytes, orig_bytes, resp_pkts, resp_ip_bytes, resp_bytes, inserted_at)
-		VALUES ('old', 's1', '', 6, '10.0.0.1', 1, '10.0.0.2', 2, $1, $1, $1, 1, 1, 0, 0, 0, 0, $1::timestamptz + interval '1 hour'),
-		('new', 's1', '', 6, '10.0.0.1', 1, '10.0.0.2', 2, $2, $3, $2, 1, 1, 0, 0, 0, 0, $3::timestamptz + interval '7.5 seconds')`,
-		base.Add(-time.Hour), base, base.Add(2*time.Second))
+		flow_start, orig_pkts, orig_ip_bytes, orig_bytes, resp_pkts, resp_ip_bytes, resp_bytes)
+		VALUES ($4, 's1', '', 6, '10.0.0.1', 1, '10.0.0.2', 2, $1, $1, $1, 1, 1, 0, 0, 0, 0),
+		($5, 's1', '', 6, '10.0.0.1', 1, '10.0.0.2', 2, $2, $3, $2, 1, 1, 0, 0, 0, 0)`,
+		base.Add(-time.Hour), base.Add(-2*time.Second), base, tid("old"), tid("new"))
 	for i := 0; i < 3; i++ {
 		e.exec(t, `INSERT INTO host_metrics (sensor, boot, seq, time, host, cpu_percent, mem_total_bytes, mem_used_bytes,
 			load1, uptime_s, disks, interfaces, captures) VALUES ('s1', 'b', $1, $2, 'h1', $3, 8000, $4, 0.5, 60,

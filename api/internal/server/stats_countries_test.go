@@ -35,8 +35,8 @@ func seedCountryFlows(t *testing.T, e *env) {
 		e.exec(t, `INSERT INTO flows (id, sensor, community_id, proto, orig_addr, orig_port, resp_addr, resp_port,
 			start, "end", flow_start, orig_pkts, orig_ip_bytes, orig_bytes, resp_pkts, resp_ip_bytes, resp_bytes,
 			app, orig_country, resp_country)
-			VALUES ($1, 's1', '1:' || $1, 6, $2::inet, 40000, $3::inet, 443, $4, $4, $4, $5, $6, 0, $7, $8, 0, 'tls', $9, $10)`,
-			f.id, f.orig, f.resp, st, f.op, f.ob, f.rp, f.rb, f.oc, f.rc)
+			VALUES ($1, 's1', $11, 6, $2::inet, 40000, $3::inet, 443, $4, $4, $4, $5, $6, 0, $7, $8, 0, 'tls', $9, $10)`,
+			tid(f.id), f.orig, f.resp, st, f.op, f.ob, f.rp, f.rb, f.oc, f.rc, []byte("1:"+f.id))
 	}
 	e.rollup(t)
 	e.rollupTiers(t)

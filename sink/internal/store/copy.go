@@ -1,7 +1,9 @@
 package store
 
 import (
+	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"strings"
 	"unicode/utf8"
 
@@ -20,6 +22,7 @@ import (
 //	smallint    2 bytes, integer 4, bigint 8, big-endian two's complement
 //	boolean     1 byte, 0 or 1
 //	timestamptz int64 microseconds since 2000-01-01 00:00:00 UTC
+//	uuid        16 bytes, bytea the bytes
 //	inet        family (2 = IPv4, 3 = IPv6), prefix bits, is_cidr (0),
 //	            address length, address bytes (src/backend/utils/adt/network.c)
 
@@ -97,15 +100,22 @@ func (c *copyBuf) inet(a []byte) {
 }
 
 // flowColumns is the number of columns flowRow writes (flowsTable.cols).
-const flowColumns = 48
+const flowColumns = 49
 
-// flowRow appends f with sensor as one row of flowsTable.cols. f is valid
-// (validFlow).
-func (c *copyBuf) flowRow(f *pb.Flow, sensor string, start, end, flowStart int64) {
+// batchOffset is where, from the start of a row flowRow appended, the
+// 8 bytes of its batch column (the first) begin: field count (2), length (4).
+const batchOffset = 2 + 4
+
+// flowRow appends f with sensor as one row of flowsTable.cols and returns
+// the offset of the row in c. Its batch column is 0 until setBatch. f is
+// valid (validFlow).
+func (c *copyBuf) flowRow(f *pb.Flow, sensor string, start, end, flowStart int64) int {
+	at := len(c.b)
 	c.fields(flowColumns)
-	c.text(f.GetId())
+	c.int64(0) // batch, set by setBatch
+	c.uuid(f.GetId())
 	c.text(sensor)
-	c.text(f.GetCommunityId())
+	c.bytea(communityID(f.GetCommunityId()))
 	c.int16(int16(f.GetProto()))
 	c.inet(f.GetOrigAddr())
 	c.int32(int32(f.GetOrigPort()))
@@ -151,11 +161,71 @@ func (c *copyBuf) flowRow(f *pb.Flow, sensor string, start, end, flowStart int64
 	c.text(f.GetJa3())
 	c.text(f.GetJa4())
 	c.text(f.GetHttpUserAgent())
+	return at
 }
 
-// validFlow reports whether f can be stored: an id and addresses of 4 or 16
-// bytes.
+// setBatch sets the batch column of the rows at offsets to batch.
+func (c *copyBuf) setBatch(offsets []int, batch int64) {
+	for _, at := range offsets {
+		binary.BigEndian.PutUint64(c.b[at+batchOffset:], uint64(batch))
+	}
+}
+
+// uuid appends a 32-hex-digit id (validFlow) as a uuid: its 16 bytes.
+func (c *copyBuf) uuid(id string) {
+	c.b = binary.BigEndian.AppendUint32(c.b, 16)
+	var u [16]byte
+	hex.Decode(u[:], []byte(id))
+	c.b = append(c.b, u[:]...)
+}
+
+// bytea appends v as bytea.
+func (c *copyBuf) bytea(v []byte) {
+	c.b = binary.BigEndian.AppendUint32(c.b, uint32(len(v)))
+	c.b = append(c.b, v...)
+}
+
+// communityID is a Community ID as stored in flows.community_id (migration
+// 00011): a Community ID v1 ("1:" and the base64 of a 20-byte SHA-1,
+// https://github.com/corelight/community-id-spec) is the byte 1 and the 20
+// bytes; "" is empty; any other text is its bytes made storable (text),
+// behind a 0 byte when it starts with byte 0 or 1. The api reverses it.
+func communityID(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	if len(s) == 30 && s[:2] == "1:" {
+		var h [21]byte
+		if n, err := base64.StdEncoding.Decode(h[1:], []byte(s[2:])); err == nil && n == 20 &&
+			base64.StdEncoding.EncodeToString(h[1:]) == s[2:] {
+			h[0] = 1
+			return h[:]
+		}
+	}
+	s = text(s)
+	if s[0] <= 1 {
+		return append([]byte{0}, s...)
+	}
+	return []byte(s)
+}
+
+// validFlow reports whether f can be stored: an id of 32 hex digits
+// (schema.FlowID; stored as a uuid) and addresses of 4 or 16 bytes.
 func validFlow(f *pb.Flow) bool {
 	oa, ra := len(f.GetOrigAddr()), len(f.GetRespAddr())
-	return f.GetId() != "" && (oa == 4 || oa == 16) && (ra == 4 || ra == 16)
+	return isFlowID(f.GetId()) && (oa == 4 || oa == 16) && (ra == 4 || ra == 16)
+}
+
+// isFlowID reports whether id is 32 hex digits.
+func isFlowID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
 }

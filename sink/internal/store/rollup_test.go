@@ -126,6 +126,7 @@ func TestCountriesOncePerFlow(t *testing.T) {
 		"DE": {sentPkts: 2 + 0, sentBytes: 400 + 0, recvPkts: 1 + 5, recvBytes: 100 + 500, records: 2},
 		"":   {sentPkts: 5, sentBytes: 500, recvPkts: 0, recvBytes: 0, records: 1},
 	}
+	storetest.WaitRollups(t, s.pool, "countries")
 	for _, tbl := range []string{"countries_1m", "countries_1h", "countries_1d"} {
 		rows, err := s.pool.Query(ctx, `SELECT country, sent_pkts, sent_ip_bytes, recv_pkts, recv_ip_bytes, records
 			FROM `+tbl+` WHERE sensor = 's1'`)

@@ -39,7 +39,7 @@ func newTable(name string, cols ...string) *table {
 }
 
 var flowsTable = newTable("flows",
-	"id", "sensor", "community_id", "proto", "orig_addr", "orig_port", "resp_addr", "resp_port",
+	"batch", "id", "sensor", "community_id", "proto", "orig_addr", "orig_port", "resp_addr", "resp_port",
 	"vlan", "inner_vlan", "icmp_type", "icmp_code", "start", "end", "flow_start",
 	"orig_pkts", "orig_ip_bytes", "orig_bytes", "resp_pkts", "resp_ip_bytes", "resp_bytes",
 	"orig_tcp_flags", "resp_tcp_flags", "record_index", "final", "end_reason", "direction_guessed",
@@ -67,12 +67,6 @@ func init() {
 			rollupTables = append(rollupTables, &table{name: strings.TrimSuffix(m.name, "_1m") + t.suffix})
 		}
 	}
-}
-
-func init() {
-	// The staging way returns the ids it inserted; their rollups are then
-	// summed in Go like the fast path's.
-	flowsTable.ins += " RETURNING id"
 }
 
 var alertsTable = newTable("alerts",

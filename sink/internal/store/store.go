@@ -129,6 +129,8 @@ func lockKey(name string) int64 {
 type Metrics struct {
 	PartitionsCreated *prometheus.CounterVec // by table
 	PartitionsDropped *prometheus.CounterVec // by table
+	RollupBatches     prometheus.Counter     // flow batches added to the rollups by the rollup job
+	RollupLag         prometheus.Gauge       // seconds: age of the oldest batch of the job's last run (0 when none pending)
 }
 
 // NewMetrics registers the store's metrics in reg.
@@ -138,9 +140,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "netwatch_sink_partitions_created_total", Help: "Day partitions created, by table."}, []string{"table"}),
 		PartitionsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "netwatch_sink_partitions_dropped_total", Help: "Day partitions dropped by retention, by table."}, []string{"table"}),
+		RollupBatches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "netwatch_sink_rollup_batches_total", Help: "Flow batches added to the rollups by this sink's rollup job."}),
+		RollupLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "netwatch_sink_rollup_lag_seconds",
+			Help: "Age of the oldest flow batch the rollup job last added to the rollups (0 when none was pending)."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.PartitionsCreated, m.PartitionsDropped)
+		reg.MustRegister(m.PartitionsCreated, m.PartitionsDropped, m.RollupBatches, m.RollupLag)
 	}
 	return m
 }
@@ -160,6 +167,15 @@ type Store struct {
 	// (redeliveries): WriteFlows then skips its fast path.
 	flowDups atomic.Bool
 	flowBufs chan *flowBatch // encoding buffers for reuse
+
+	// The rollup job (rollup.go): woken by rollupKick, stopped by
+	// rollupStop, closes rollupDone when it has returned.
+	rollupKick chan struct{}
+	rollupStop context.CancelFunc
+	rollupDone chan struct{}
+	// rollupPaused stops the loop from running the job (benchmarks
+	// measure writing and rolling up apart).
+	rollupPaused atomic.Bool
 }
 
 // Open connects a pool to dsn. The schema must already be migrated (Migrate):
@@ -179,6 +195,9 @@ func Open(ctx context.Context, dsn string, log *slog.Logger, m *Metrics) (*Store
 				return fmt.Errorf("create staging table %s: %w", t.stage, err)
 			}
 		}
+		if _, err := c.Exec(ctx, rollupSource); err != nil {
+			return fmt.Errorf("create rollup_src: %w", err)
+		}
 		return nil
 	}
 	// Three tables with two writers each, retention and readiness checks:
@@ -195,11 +214,21 @@ func Open(ctx context.Context, dsn string, log *slog.Logger, m *Metrics) (*Store
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Store{pool: pool, log: log, metrics: m, parts: map[string]bool{}, flowBufs: make(chan *flowBatch, 4)}, nil
+	s := &Store{pool: pool, log: log, metrics: m, parts: map[string]bool{}, flowBufs: make(chan *flowBatch, 4),
+		rollupKick: make(chan struct{}, 1), rollupDone: make(chan struct{})}
+	rctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.rollupStop = stop
+	go s.rollupLoop(rctx)
+	return s, nil
 }
 
-// Close closes the pool, waiting for connections in use.
-func (s *Store) Close() { s.pool.Close() }
+// Close stops the rollup job (a run under way is rolled back: its batches
+// stay pending) and closes the pool, waiting for connections in use.
+func (s *Store) Close() {
+	s.rollupStop()
+	<-s.rollupDone
+	s.pool.Close()
+}
 
 // Ping checks that the database answers within ctx.
 func (s *Store) Ping(ctx context.Context) error {

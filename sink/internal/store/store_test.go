@@ -13,6 +13,7 @@ import (
 
 	"netwatch/schema"
 	"netwatch/schema/pb"
+	"netwatch/sink/internal/storetest"
 	"netwatch/testkit"
 )
 
@@ -50,8 +51,8 @@ func TestMigrateFreshAndIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(v, []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}) {
-		t.Fatalf("first run applied %v, want 1 to 10", v)
+	if !slices.Equal(v, []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}) {
+		t.Fatalf("first run applied %v, want 1 to 11", v)
 	}
 	v, err = Migrate(ctx, dsn, quiet())
 	if err != nil || len(v) != 0 {
@@ -136,7 +137,7 @@ func TestWriteFlowsExactValues(t *testing.T) {
 	var r row
 	get := func(id string) row {
 		t.Helper()
-		err := s.pool.QueryRow(ctx, `SELECT id, sensor, community_id, proto, orig_addr, orig_port, resp_addr, resp_port,
+		err := s.pool.QueryRow(ctx, `SELECT replace(id::text, '-', ''), sensor, convert_from(community_id, 'UTF8'), proto, orig_addr, orig_port, resp_addr, resp_port,
 			vlan, inner_vlan, icmp_type, icmp_code, start, "end", flow_start, orig_pkts, orig_ip_bytes, orig_bytes,
 			resp_pkts, resp_ip_bytes, resp_bytes, orig_tcp_flags, resp_tcp_flags, record_index, final, end_reason,
 			direction_guessed, app, conn_state, history, tunnel, tunnel_id, server_name, direction, orig_name, resp_name
@@ -212,6 +213,7 @@ func TestOldCapturePartitionAndIdempotence(t *testing.T) {
 	if len(parts) != 2 || parts[0] != want[0] || parts[1] != want[1] {
 		t.Fatalf("partitions %v, want %v", parts, want)
 	}
+	storetest.WaitRollups(t, s.pool, "old capture")
 	var recs, ipb int64
 	var minute time.Time
 	if err := s.pool.QueryRow(ctx, `SELECT sum(records), sum(orig_ip_bytes), min(minute) FROM flows_1m`).Scan(&recs, &ipb, &minute); err != nil {
@@ -382,6 +384,7 @@ func TestFastPathFallbackRollups(t *testing.T) {
 	}
 	check := func(step string, wantRows int) {
 		t.Helper()
+		storetest.WaitRollups(t, s.pool, step)
 		var n, bad int
 		if err := s.pool.QueryRow(ctx, `WITH g AS (
 			SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00') AS minute, sensor, proto, app,
@@ -439,5 +442,48 @@ func TestFastPathFallbackRollups(t *testing.T) {
 	}
 	if want := time.Date(1969, 12, 31, 23, 59, 30, 0, time.UTC); !start.Equal(want) {
 		t.Errorf("flow 0: start %v, want %v (microseconds, rounded down)", start, want)
+	}
+}
+
+// TestCompactFlowColumns: since migration 00011 the id is stored as a uuid
+// (its 16 bytes) and a Community ID v1 as the byte 1 and the 20 bytes of its
+// SHA-1 (the spec's TCP example, 1:LQU9qZlK+B5F3KDmev6m5PMibrg=, decoded by
+// PostgreSQL's own base64); other text keeps its bytes (behind a 0 byte when
+// it starts with byte 0 or 1); an id that is not 32 hex digits is invalid.
+func TestCompactFlowColumns(t *testing.T) {
+	s, _ := open(t)
+	ctx := context.Background()
+	at := time.Date(2024, 8, 1, 10, 0, 0, 0, time.UTC)
+	cids := []string{"1:LQU9qZlK+B5F3KDmev6m5PMibrg=", "1:abc=", "\x01x", ""}
+	fb := &pb.FlowBatch{Sensor: "s1"}
+	for i, c := range cids {
+		f := flow("s1", at, uint32(100+i), 0)
+		f.CommunityId = c
+		fb.Flows = append(fb.Flows, f)
+	}
+	bad := flow("s1", at, 200, 0)
+	bad.Id = "not-32-hex"
+	fb.Flows = append(fb.Flows, bad)
+	res, err := s.WriteFlows(ctx, []*pb.FlowBatch{fb})
+	if err != nil || res.Inserted != 4 || res.Invalid != 1 {
+		t.Fatalf("%+v, %v; want 4 inserted, 1 invalid", res, err)
+	}
+	want := []string{`\x01` + "2d053da9994af81e45dca0e67afea6e4f3226eb8", `\x313a6162633d`, `\x000178`, `\x`}
+	for i, f := range fb.Flows[:4] {
+		var got, canon string
+		var idText string
+		if err := s.pool.QueryRow(ctx, `SELECT community_id::text, ('\x01'::bytea || decode('LQU9qZlK+B5F3KDmev6m5PMibrg=', 'base64'))::text,
+			id::text FROM flows WHERE id = $1::uuid`, f.Id).Scan(&got, &canon, &idText); err != nil {
+			t.Fatal(err)
+		}
+		if got != want[i] {
+			t.Errorf("community_id %q stored as %s, want %s", cids[i], got, want[i])
+		}
+		if i == 0 && got != canon {
+			t.Errorf("Community ID v1 stored as %s, PostgreSQL decodes it as %s", got, canon)
+		}
+		if dashed := f.Id[:8] + "-" + f.Id[8:12] + "-" + f.Id[12:16] + "-" + f.Id[16:20] + "-" + f.Id[20:]; idText != dashed {
+			t.Errorf("id %s stored as uuid %s", f.Id, idText)
+		}
 	}
 }

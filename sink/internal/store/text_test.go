@@ -71,7 +71,7 @@ func TestBadTextNeverFailsABatch(t *testing.T) {
 	want := strs{`ex\x00ample.org`, `me\xff.lan`, `\xc0\xafetc`, `Mozilla\x00/5.0 \xfe`, `\x00`, `t13d\xff`,
 		`S\xffE`, `G\x00teborg`, `AS\xff`, `ht\x00tp`, `S\xff`, `Sh\x00`, `1:\xff`}
 	rows, err := s.pool.Query(ctx, `SELECT server_name, orig_name, resp_name, http_user_agent, ja3, ja4, orig_country,
-		orig_city, orig_as_org, app, conn_state, history, community_id FROM flows WHERE orig_port IN (1, 3) ORDER BY orig_port`)
+		orig_city, orig_as_org, app, conn_state, history, convert_from(community_id, 'UTF8') FROM flows WHERE orig_port IN (1, 3) ORDER BY orig_port`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,6 +89,7 @@ func TestBadTextNeverFailsABatch(t *testing.T) {
 	if n != 2 {
 		t.Fatalf("%d bad-text rows stored, want 2", n)
 	}
+	storetest.WaitRollups(t, s.pool, "bad text")
 	var country string
 	if err := s.pool.QueryRow(ctx, "SELECT country FROM countries_1m WHERE country <> '' LIMIT 1").Scan(&country); err != nil || country != `S\xffE` {
 		t.Errorf("countries_1m country %q (%v)", country, err)

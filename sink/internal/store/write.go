@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -22,18 +23,20 @@ type Result struct {
 }
 
 // WriteFlows stores the flows of batches in one transaction: partitions for
-// their start days, the rows, their rollups (every table of every tier:
-// rollup.go), last_write
-// of the partitions and the sensors rows. When it returns nil everything is
-// committed; otherwise nothing is.
+// their start days, the rows stamped with a new batch number (sequence
+// flow_batch), the batch in rollup_pending (the rollup job adds its rows to
+// the rollups later: rollup.go), last_write of the partitions and the
+// sensors rows. When it returns nil everything is committed; otherwise
+// nothing is.
 //
 // The rows are encoded straight into a binary COPY stream. The fast path
-// copies them directly into flows and adds the batch's rollups, summed here,
-// in one statement; a redelivered row makes that COPY fail with
-// unique_violation, and the batch is then written again through the staging
-// table with INSERT … ON CONFLICT DO NOTHING, which adds to the rollups only
-// the rows it inserts. After a batch with duplicates the next batch goes the
-// staging way directly, until one has none again (a redelivery comes in runs).
+// copies them directly into flows; a redelivered row makes that COPY fail
+// with unique_violation, and the batch is then written again through the
+// staging table with INSERT … ON CONFLICT DO NOTHING, so only the new rows
+// carry this batch's number (a row already stored keeps its own, and is
+// never rolled up twice). After a batch with duplicates the next batch goes
+// the staging way directly, until one has none again (a redelivery comes in
+// runs).
 func (s *Store) WriteFlows(ctx context.Context, batches []*pb.FlowBatch) (Result, error) {
 	b := s.getFlowBatch()
 	defer s.putFlowBatch(b)
@@ -49,13 +52,7 @@ func (s *Store) WriteFlows(ctx context.Context, batches []*pb.FlowBatch) (Result
 	if err != nil {
 		return res, err
 	}
-	for _, t := range rollupTables {
-		more, err := s.ensurePartitions(ctx, t, b.days)
-		if err != nil {
-			return res, err
-		}
-		names = append(names, more...)
-	}
+	defer s.kickRollup()
 	if !s.flowDups.Load() {
 		res.Inserted, err = s.commitFlows(ctx, b, names, true)
 		if err == nil {
@@ -63,25 +60,85 @@ func (s *Store) WriteFlows(ctx context.Context, batches []*pb.FlowBatch) (Result
 		}
 		if !isUniqueViolation(err) {
 			// A partition may have been dropped under the cache: re-check next time.
-			s.forgetFlows()
+			s.forget(flowsTable)
 			return res, err
 		}
 		s.flowDups.Store(true)
 	}
 	res.Inserted, err = s.commitFlows(ctx, b, names, false)
 	if err != nil {
-		s.forgetFlows()
+		s.forget(flowsTable)
 		return res, err
 	}
 	s.flowDups.Store(res.Inserted < res.Rows)
 	return res, nil
 }
 
-// forgetFlows forgets the cached partitions of flows and its rollups.
-func (s *Store) forgetFlows() {
-	s.forget(flowsTable)
-	for _, t := range rollupTables {
-		s.forget(t)
+// flowBatch is flows encoded for COPY plus what the write needs besides
+// them. Its buffers are reused from batch to batch (Store.flowBufs).
+type flowBatch struct {
+	copy    copyBuf
+	offsets []int // of the rows in copy
+	rows    int
+	invalid int
+	days    map[time.Time]struct{}
+	sensors map[string]*sensorSeen
+	lo, hi  int64 // earliest and latest start, Unix microseconds
+}
+
+func newFlowBatch() *flowBatch {
+	return &flowBatch{days: map[time.Time]struct{}{}, sensors: map[string]*sensorSeen{}}
+}
+
+func (b *flowBatch) reset() {
+	b.copy.reset()
+	b.offsets = b.offsets[:0]
+	b.rows, b.invalid = 0, 0
+	clear(b.days)
+	clear(b.sensors)
+	// A rare huge batch must not pin its buffer forever.
+	if cap(b.copy.b) > 64<<20 {
+		b.copy.b = append([]byte(nil), copySignature...)
+		b.offsets = nil
+	}
+}
+
+// addFlows appends fb's flows. A flow without a 32-hex-digit id or with an
+// address that is not 4 or 16 bytes is skipped and counted in invalid.
+func (b *flowBatch) addFlows(fb *pb.FlowBatch) {
+	for _, f := range fb.GetFlows() {
+		if !validFlow(f) {
+			b.invalid++
+			continue
+		}
+		sensor := f.GetSensor()
+		if sensor == "" {
+			sensor = fb.GetSensor()
+		}
+		sensor = text(sensor)
+		start, end := micros(f.GetStartNs()), micros(f.GetEndNs())
+		flowStart := start
+		if f.GetFlowStartNs() != 0 {
+			flowStart = micros(f.GetFlowStartNs())
+		}
+		b.offsets = append(b.offsets, b.copy.flowRow(f, sensor, start, end, flowStart))
+		if b.rows == 0 || start < b.lo {
+			b.lo = start
+		}
+		if b.rows == 0 || start > b.hi {
+			b.hi = start
+		}
+		b.rows++
+
+		b.days[dayOf(ts(f.GetStartNs()))] = struct{}{}
+		s := b.sensors[sensor]
+		if s == nil {
+			s = &sensorSeen{}
+			b.sensors[sensor] = s
+		}
+		if e := ts(f.GetEndNs()); e.After(s.lastFlow) {
+			s.lastFlow = e
+		}
 	}
 }
 
@@ -134,9 +191,16 @@ func (s *Store) commitFlows(ctx context.Context, b *flowBatch, parts []string, f
 		return 0, fmt.Errorf("write %d flows: begin: %w", b.rows, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	if err := lockPartitions(ctx, tx, parts); err != nil {
-		return 0, fmt.Errorf("write %d flows: %w", b.rows, err)
+	var batch int64
+	var held int
+	if err := tx.QueryRow(ctx, `SELECT nextval('flow_batch'), (SELECT count(*) FROM (SELECT 1 FROM partitions
+		WHERE name = ANY($1) FOR KEY SHARE) p)`, parts).Scan(&batch, &held); err != nil {
+		return 0, fmt.Errorf("write %d flows: lock partitions: %w", b.rows, err)
 	}
+	if held != len(parts) {
+		return 0, fmt.Errorf("write %d flows: %d of partitions %v are not recorded (dropped concurrently?)", b.rows, len(parts)-held, parts)
+	}
+	b.copy.setBatch(b.offsets, batch)
 	var inserted int
 	if fast {
 		tag, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(b.copy.b), copyFlows)
@@ -146,32 +210,24 @@ func (s *Store) commitFlows(ctx context.Context, b *flowBatch, parts []string, f
 		if inserted = int(tag.RowsAffected()); inserted != b.rows {
 			return 0, fmt.Errorf("write %d flows: copy stored %d rows", b.rows, inserted)
 		}
-		b.sumAll()
 	} else {
 		if _, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(b.copy.b), copyFlowsStage); err != nil {
 			return 0, fmt.Errorf("write %d flows: copy: %w", b.rows, err)
 		}
-		rows, err := tx.Query(ctx, flowsTable.ins)
+		tag, err := tx.Exec(ctx, flowsTable.ins)
 		if err != nil {
 			return 0, fmt.Errorf("write %d flows: insert: %w", b.rows, err)
 		}
-		ids := make(map[string]struct{}, b.rows)
-		var id string
-		_, err = pgx.ForEachRow(rows, []any{&id}, func() error {
-			ids[id] = struct{}{}
-			return nil
-		})
-		if err != nil {
-			return 0, fmt.Errorf("write %d flows: insert: %w", b.rows, err)
-		}
-		inserted = len(ids)
-		b.sumInserted(ids)
+		inserted = int(tag.RowsAffected())
 	}
-	var rb pgx.Batch
-	b.queue(&rb)
-	if rb.Len() > 0 {
-		if err := tx.SendBatch(ctx, &rb).Close(); err != nil {
-			return 0, fmt.Errorf("write %d flows: rollups: %w", b.rows, err)
+	if inserted > 0 {
+		days := make([]time.Time, 0, len(b.days))
+		for d := range b.days {
+			days = append(days, d)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO rollup_pending (batch, days, lo, hi) VALUES ($1, $2, $3, $4)`,
+			batch, days, utcMicro(b.lo), utcMicro(b.hi)); err != nil {
+			return 0, fmt.Errorf("write %d flows: rollup_pending: %w", b.rows, err)
 		}
 	}
 	if err := finish(ctx, tx, parts, b.sensors); err != nil {
@@ -179,6 +235,8 @@ func (s *Store) commitFlows(ctx context.Context, b *flowBatch, parts []string, f
 	}
 	return inserted, nil
 }
+
+func utcMicro(us int64) time.Time { return time.UnixMicro(us).UTC() }
 
 // WriteAlerts stores alerts like WriteFlows, keyed on (time, id).
 func (s *Store) WriteAlerts(ctx context.Context, alerts []*pb.Alert) (Result, error) {
@@ -199,12 +257,16 @@ func (s *Store) WriteMetrics(ctx context.Context, ms []*pb.Metrics) (Result, err
 	return s.write(ctx, metricsTable, b)
 }
 
-const upsertSensor = `INSERT INTO sensors AS s (sensor, host, first_seen, last_seen, last_flow)
-VALUES ($1, $2, now(), now(), $3)
+// upsertSensor keeps a sensors row ($1 sensor, $2 host or ”, $3 newest
+// flow end or NULL): last_flow_at (00011) is when last_flow last rose.
+const upsertSensor = `INSERT INTO sensors AS s (sensor, host, first_seen, last_seen, last_flow, last_flow_at)
+VALUES ($1, $2, now(), now(), $3, CASE WHEN $3::timestamptz IS NOT NULL THEN now() END)
 ON CONFLICT (sensor) DO UPDATE SET
 	last_seen = now(),
 	host = CASE WHEN EXCLUDED.host <> '' THEN EXCLUDED.host ELSE s.host END,
-	last_flow = GREATEST(s.last_flow, EXCLUDED.last_flow)`
+	last_flow = GREATEST(s.last_flow, EXCLUDED.last_flow),
+	last_flow_at = CASE WHEN EXCLUDED.last_flow > s.last_flow OR s.last_flow IS NULL AND EXCLUDED.last_flow IS NOT NULL
+		THEN now() ELSE s.last_flow_at END`
 
 func (s *Store) write(ctx context.Context, t *table, b *rowBatch) (Result, error) {
 	res := Result{Rows: len(b.rows), Invalid: b.invalid}
