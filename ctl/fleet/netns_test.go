@@ -205,7 +205,7 @@ func TestFleetNamespaces(t *testing.T) {
 	agentArgs := func(ns, iface, sensor, creds string) []string {
 		return []string{"ip", "netns", "exec", ns, agentBin, "-interface", iface, "-sensor", sensor,
 			"-nats.url", c.urls(), "-nats.creds", creds, "-nats.provision=false", "-http.addr", "",
-			"-log.format", "text", "-batch.flush", "100ms", "-metrics.interval", "1s", "-watermark.interval", "500ms"}
+			"-log.format", "text", "-batch.flush", "100ms", "-watermark.interval", "500ms"}
 	}
 	for _, h := range hosts {
 		h.agent = startProc(t, "agent "+h.sensor, agentArgs(h.ns, h.iface, h.sensor, filepath.Join(authDir, h.sensor+".creds"))...)

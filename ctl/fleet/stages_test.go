@@ -441,7 +441,8 @@ func (p *stages) logEnricherMetrics(t *testing.T) {
 // health: rules about netwatch itself, from METRICS and consumer info with
 // the detector's credentials) are about the pipeline, not the traffic: a
 // sensor's METRICS pause while the cluster loses a node (health_sensor_silent,
-// 3 of the agents' 1 s intervals) is a true one; it must fall within
+// 3 of the agents' intervals: 30 s at the default 10 s, so not expected;
+// with 1 s intervals it fired in most runs) would be a true one; it must fall within
 // outage (from the node's stop to 30 s after its restart), any other health
 // alert fails.
 func (p *stages) checkAlerts(t *testing.T, ctx context.Context, sensor string, outage [2]time.Time) {
