@@ -25,6 +25,7 @@ import (
 	"netwatch/detector/internal/health"
 	"netwatch/detector/internal/hostmodel"
 	"netwatch/detector/internal/model"
+	"netwatch/detector/internal/modelstore"
 	"netwatch/detector/internal/output"
 	"netwatch/detector/internal/policy"
 	"netwatch/detector/internal/qname"
@@ -46,6 +47,8 @@ func main() {
 		err = evaluate(args[1:], os.Stdout, os.Getenv)
 	case len(args) > 0 && args[0] == "rescore":
 		err = rescore(args[1:], os.Stdout, os.Stderr, os.Getenv)
+	case len(args) > 0 && args[0] == "push":
+		err = push(args[1:], os.Stdout, os.Stderr, os.Getenv)
 	default:
 		err = run(args, os.Stderr, os.Getenv)
 	}
@@ -84,6 +87,9 @@ type Config struct {
 	ConfigFile     string        // -config
 	Webhook        string        // -output.webhook
 	Syslog         string        // -output.syslog
+	ModelsBucket   string        // -models.bucket: object store of models (modelstore); "" off
+	HostScores     string        // -host.scores-bucket: key-value bucket of host window scores; "" off
+	HostScoresTTL  time.Duration // -host.scores-ttl
 }
 
 func (c *Config) register(fs *flag.FlagSet) {
@@ -108,6 +114,9 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Webhook, "output.webhook", "", "also POST every alert as JSON to this http(s) URL (bounded queue, retries with backoff)")
 	fs.StringVar(&c.Syslog, "output.syslog", "", "also send every alert as an RFC 5424 syslog message to udp://host:port, tcp://host:port or host:port (UDP)")
 	fs.IntVar(&c.FetchBatch, "consume.batch", 256, "FLOWS messages per pull request")
+	fs.StringVar(&c.ModelsBucket, "models.bucket", modelstore.DefaultBucket, "JetStream object store bucket of models (objects flow, qname, host; `detector push` puts them): the newest of each kind is loaded at start and whenever it changes, for each kind whose file flag (-model, -qname.model, -host.model) is empty; empty: off")
+	fs.StringVar(&c.HostScores, "host.scores-bucket", stage.HostScoresBucket, "JetStream key-value bucket the host anomaly score of every closed host window is written to (key sensor.addr.window_start_s), so flows can be annotated with their hosts' scores; empty: off")
+	fs.DurationVar(&c.HostScoresTTL, "host.scores-ttl", 24*time.Hour, "age at which host scores expire from -host.scores-bucket (FLOWS keeps 24 h)")
 	fs.IntVar(&c.GCPercent, "gc.percent", DefaultGCPercent, "Go garbage collector target: heap growth in percent of the live heap before a collection (Go's default 100); higher spends less CPU on GC for more memory; ignored when GOGC is set")
 	fs.BoolVar(&c.Provision, "nats.provision", true, "create or update the streams and durable consumers at start; false with the least-privilege detector user, which waits for netwatchctl provision")
 	fs.IntVar(&c.Replicas, "stream.replicas", 1, "stream and consumer replicas when provisioning (1 on one node, 3 on a cluster)")
@@ -203,6 +212,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Replicas != 1 && c.Replicas != 3 {
 		errs = append(errs, fmt.Errorf("-stream.replicas %d: want 1 or 3", c.Replicas))
+	}
+	if c.HostScoresTTL < time.Minute {
+		errs = append(errs, fmt.Errorf("-host.scores-ttl %s: want at least 1m", c.HostScoresTTL))
 	}
 	return errors.Join(errs...)
 }
@@ -401,7 +413,7 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	// The ARP and health rules read other streams (PACKETS, METRICS,
 	// consumer info) that a deployment's credentials may not allow yet:
 	// their failure is logged and leaves the flow rules running.
-	aux := make(chan struct{}, 2)
+	aux := make(chan struct{}, 4)
 	go func() {
 		if err := st.RunARP(ctx, cfg.Replicas); err != nil {
 			log.Error("arp_spoof rule stopped; flow rules go on", "consumer", stage.ConsumerARP, "err", err)
@@ -417,6 +429,61 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 			}
 			aux <- struct{}{}
 		}()
+	}
+	// Models from the object store: the current ones before FLOWS is
+	// consumed, then every new version. Like ARP and health, a store the
+	// credentials do not allow leaves the loaded models in place.
+	if cfg.ModelsBucket != "" {
+		pinned := map[string]bool{modelstore.KindFlow: cfg.Model != "", modelstore.KindQName: cfg.QNameModel != "",
+			modelstore.KindHost: cfg.HostModel != ""}
+		if obs, err := modelstore.Open(ctx, js, cfg.ModelsBucket, cfg.Replicas); err != nil {
+			log.Error("model store not watched; the models loaded at start stay", "bucket", cfg.ModelsBucket, "err", err)
+		} else {
+			initial := make(chan struct{})
+			auxRuns++
+			go func() {
+				err := modelstore.Watch(ctx, obs, func(m modelstore.Model) {
+					if pinned[m.Kind] {
+						log.Info("model in the object store not used: its file flag is set", "kind", m.Kind, "model", m.Name(), "digest", m.Digest)
+						return
+					}
+					if err := st.ApplyModel(m); err != nil {
+						sm.ModelReloads.WithLabelValues(m.Kind, "error").Inc()
+						log.Error("model in the object store not used; the previous one stays", "kind", m.Kind, "model", m.Name(), "err", err)
+						return
+					}
+					sm.ModelReloads.WithLabelValues(m.Kind, "ok").Inc()
+					log.Info("model loaded from the object store", "kind", m.Kind, "model", m.Name(), "digest", m.Digest, "bucket", cfg.ModelsBucket)
+				}, func(kind string, err error) {
+					sm.ModelReloads.WithLabelValues(kind, "error").Inc()
+					log.Error("model in the object store not loaded; the previous one stays", "kind", kind, "err", err)
+				}, initial)
+				if err != nil {
+					log.Error("model store not watched; the models loaded at start stay", "bucket", cfg.ModelsBucket, "err", err)
+				}
+				aux <- struct{}{}
+			}()
+			select {
+			case <-initial:
+			case <-time.After(10 * time.Second):
+				log.Warn("model store: current models not read within 10s; consuming with the models loaded at start", "bucket", cfg.ModelsBucket)
+			case <-ctx.Done():
+			}
+		}
+	}
+	// Host scores for annotating flows (HOST_SCORES key-value bucket).
+	if cfg.HostScores != "" && hm != nil {
+		if kv, err := stage.OpenHostScores(ctx, js, cfg.HostScores, cfg.Replicas, cfg.HostScoresTTL); err != nil {
+			log.Error("host scores not written; flow rules go on", "bucket", cfg.HostScores, "err", err)
+		} else {
+			auxRuns++
+			go func() {
+				if err := st.RunHostScores(ctx, kv); err != nil {
+					log.Error("host scores not written; flow rules go on", "bucket", cfg.HostScores, "err", err)
+				}
+				aux <- struct{}{}
+			}()
+		}
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- st.Run(ctx) }()
@@ -829,6 +896,29 @@ func rescore(args []string, stdout, stderr io.Writer, getenv func(string) string
 	if pol != nil {
 		st.SetPolicy(pol, ruleCfg, arpCfg)
 	}
+	// the current models: the newest in the object store, where no file
+	// flag pins the kind
+	if cfg.ModelsBucket != "" {
+		if obs, err := js.ObjectStore(ctx, cfg.ModelsBucket); err == nil {
+			ms, err := modelstore.Current(ctx, obs)
+			if err != nil {
+				return err
+			}
+			pinned := map[string]bool{modelstore.KindFlow: cfg.Model != "", modelstore.KindQName: cfg.QNameModel != "",
+				modelstore.KindHost: cfg.HostModel != ""}
+			for _, m := range ms {
+				if pinned[m.Kind] {
+					continue
+				}
+				if err := st.ApplyModel(m); err != nil {
+					return fmt.Errorf("%s model from %s: %w", m.Kind, cfg.ModelsBucket, err)
+				}
+				log.Info("model from the object store", "kind", m.Kind, "model", m.Name(), "digest", m.Digest)
+			}
+		} else if !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return fmt.Errorf("object store %s: %w", cfg.ModelsBucket, err)
+		}
+	}
 	sum, err := st.Rescore(ctx, *run, from, to)
 	if err != nil {
 		return err
@@ -839,4 +929,59 @@ func rescore(args []string, stdout, stderr io.Writer, getenv func(string) string
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(sum)
+}
+
+// push implements `detector push -kind flow|qname|host -file FILE`: the
+// file is parsed as a model of that kind (a file that does not load is an
+// error and is not stored) and put into the -models.bucket object store,
+// where every running detector picks it up (modelstore.Watch). Prints one
+// JSON object: bucket, kind, model, size, digest.
+func push(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	var common ops.Common
+	fs := flag.NewFlagSet("detector push", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	common.Register(fs, "")
+	kind := fs.String("kind", "", "model kind: flow (-model files), qname (-qname.model) or host (-host.model)")
+	file := fs.String("file", "", "model file written by `detector train`")
+	bucket := fs.String("models.bucket", modelstore.DefaultBucket, "object store bucket of models")
+	replicas := fs.Int("stream.replicas", 1, "replicas of the bucket when it is created (3 on a cluster)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := ops.ApplyEnv(fs, getenv); err != nil {
+		return err
+	}
+	if *file == "" || *kind == "" || *bucket == "" {
+		return fmt.Errorf("push: -kind, -file and -models.bucket are required")
+	}
+	data, err := os.ReadFile(*file)
+	if err != nil {
+		return fmt.Errorf("push: %w", err)
+	}
+	m, err := modelstore.Parse(*kind, data)
+	if err != nil {
+		return fmt.Errorf("push %s: %w", *file, err)
+	}
+	log := common.Logger(stderr, "detector-push")
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+	nc, err := common.ConnectNATSInbox(ctx, "netwatch-detector-push", ops.StageInbox("detector"), log.With("component", "nats"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	obs, err := modelstore.Open(ctx, js, *bucket, *replicas)
+	if err != nil {
+		return err
+	}
+	info, err := modelstore.Put(ctx, obs, *kind, data)
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(stdout).Encode(map[string]any{"bucket": *bucket, "kind": *kind, "model": m.Name(),
+		"size": info.Size, "digest": info.Digest})
 }

@@ -396,3 +396,46 @@ func TestRescoreCommand(t *testing.T) {
 		}
 	}
 }
+
+// TestPushCommand: `detector push` stores the shipped query-name model as
+// object "qname" of MODELS (one JSON line: bucket, kind, model, size =
+// the file's size, digest); a file that is not a model of the kind, or an
+// unknown kind, is an error and nothing is stored.
+func TestPushCommand(t *testing.T) {
+	url, _, js := testkit.JetStream(t)
+	ctx := context.Background()
+	noenv := func(string) string { return "" }
+	file := "../../models/qname-id3.model"
+	st, err := os.Stat(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if err := push([]string{"-nats.url", url, "-kind", "qname", "-file", file}, &out, &errOut, noenv); err != nil {
+		t.Fatalf("push: %v\n%s", err, errOut.String())
+	}
+	var res struct {
+		Bucket, Kind, Model, Digest string
+		Size                        int64
+	}
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil || res.Bucket != "MODELS" || res.Kind != "qname" || res.Model != "qname-id3" ||
+		res.Size != st.Size() || res.Digest == "" {
+		t.Fatalf("push output %s (%v)", out.String(), err)
+	}
+	obs, err := js.ObjectStore(ctx, "MODELS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(file)
+	if got, err := obs.GetBytes(ctx, "qname"); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("stored object: %v, %d bytes", err, len(got))
+	}
+	for _, args := range [][]string{{"-kind", "flow", "-file", file}, {"-kind", "nets", "-file", file}, {"-kind", "host", "-file", file}} {
+		if err := push(append([]string{"-nats.url", url}, args...), &out, &errOut, noenv); err == nil {
+			t.Errorf("push %v: no error", args)
+		}
+	}
+	if _, err := obs.GetInfo(ctx, "flow"); err == nil {
+		t.Error("a refused model was stored")
+	}
+}

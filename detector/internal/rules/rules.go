@@ -468,6 +468,9 @@ func (e *Engine) SetNameModel(m NameModel, name string) {
 	e.names, e.namesName = m, name
 }
 
+// NameModelName is the name given with the query-name model ("" without one).
+func (e *Engine) NameModelName() string { return e.namesName }
+
 // New returns an engine with cfg (which must be valid).
 func New(cfg Config) *Engine {
 	gap := max(cfg.PortscanWindow, cfg.SweepWindow, cfg.FloodWindow, cfg.BruteWindow, cfg.DNSWindow, cfg.DGAWindow, cfg.BeaconWindow)

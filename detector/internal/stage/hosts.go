@@ -48,11 +48,16 @@ type hostScorer struct {
 
 	mu     sync.Mutex
 	latest map[hostKey]HostScore
+
+	// out feeds the HOST_SCORES key-value bucket (RunHostScores); nil
+	// when it is not running. A full queue drops the window (counted).
+	out     chan HostScore
+	dropped prometheus.Counter
 }
 
 func newHostScorer(f *hostmodel.Forest, window int64, maxHosts int, m *Metrics) *hostScorer {
 	h := &hostScorer{f: f, window: window, tracker: hostmodel.NewTracker(window, maxHosts), memo: map[hostmodel.Counts]float64{},
-		windows: m.HostWindows, anom: m.HostAnomalous, hist: m.HostScore, latest: map[hostKey]HostScore{}}
+		windows: m.HostWindows, anom: m.HostAnomalous, hist: m.HostScore, latest: map[hostKey]HostScore{}, dropped: m.HostScoresDropped}
 	h.tracker.OnClose = h.closed
 	return h
 }
@@ -78,12 +83,20 @@ func (h *hostScorer) closed(w hostmodel.Window) {
 		h.anom.Inc()
 	}
 	k := hostKey{w.Sensor, w.Addr}
+	hs := HostScore{Sensor: w.Sensor, Addr: w.Addr.String(), WindowStart: w.Start, WindowEnd: w.Start + h.window,
+		Score: s, Anomalous: a, Counts: w.Counts}
 	h.mu.Lock()
 	if _, ok := h.latest[k]; ok || a || len(h.latest) < maxHostScores {
-		h.latest[k] = HostScore{Sensor: w.Sensor, Addr: w.Addr.String(), WindowStart: w.Start, WindowEnd: w.Start + h.window,
-			Score: s, Anomalous: a, Counts: w.Counts}
+		h.latest[k] = hs
 	}
 	h.mu.Unlock()
+	if h.out != nil {
+		select {
+		case h.out <- hs:
+		default:
+			h.dropped.Inc()
+		}
+	}
 }
 
 // current scores addr's window at packet time ns so far.
@@ -122,7 +135,7 @@ func (h *hostScorer) annotate(a *pb.Alert) {
 		Threshold float64 `json:"threshold"`
 		Orig      *role   `json:"orig,omitempty"`
 		Resp      *role   `json:"resp,omitempty"`
-	}{Model: h.f.Name, Threshold: h.f.Threshold}
+	}{Model: h.f.Name, Threshold: h.f.Threshold} // h.f changes under the stage's engMu, which the caller holds
 	if s, ok := h.current(a.GetSensor(), a.GetOrigAddr(), a.GetTimeNs()); ok {
 		ann.Orig = &role{s.Score, s.Anomalous, s.WindowStart, s.Counts}
 	}
@@ -180,6 +193,7 @@ func (s *Stage) HostsHandler() http.HandlerFunc {
 			limit = n
 		}
 		h.mu.Lock()
+		f := h.f
 		list := make([]HostScore, 0, len(h.latest))
 		for _, v := range h.latest {
 			if !onlyAnom || v.Anomalous {
@@ -200,7 +214,7 @@ func (s *Stage) HostsHandler() http.HandlerFunc {
 			list = list[:limit]
 		}
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(map[string]any{"model": h.f.Name, "threshold": h.f.Threshold, "quantile": h.f.Quantile,
+		_ = json.NewEncoder(w).Encode(map[string]any{"model": f.Name, "threshold": f.Threshold, "quantile": f.Quantile,
 			"window_ns": h.window, "hosts": list})
 	}
 }

@@ -71,6 +71,11 @@ type Metrics struct {
 	HostWindows   prometheus.Counter
 	HostAnomalous prometheus.Counter
 	HostScore     prometheus.Histogram
+
+	HostScoresPut     prometheus.Counter
+	HostScoresErrors  prometheus.Counter
+	HostScoresDropped prometheus.Counter
+	ModelReloads      *prometheus.CounterVec
 }
 
 // NewMetrics creates and registers the netwatch_detector_* metrics.
@@ -119,7 +124,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Host windows whose score reached the host model's threshold."})
 	m.HostScore = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netwatch_detector_host_score",
 		Help: "Host anomaly model score of each closed host window (0..1).", Buckets: prometheus.LinearBuckets(0.3, 0.05, 12)})
-	reg.MustRegister(m.HostWindows, m.HostAnomalous, m.HostScore)
+	m.HostScoresPut = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_host_scores_put_total",
+		Help: "Closed host windows written to the HOST_SCORES key-value bucket."})
+	m.HostScoresErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_host_scores_errors_total",
+		Help: "Host window writes to HOST_SCORES that failed (the window is not retried)."})
+	m.HostScoresDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_host_scores_dropped_total",
+		Help: "Closed host windows not written to HOST_SCORES because its queue was full."})
+	m.ModelReloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netwatch_detector_model_reloads_total",
+		Help: "Models loaded from the MODELS object store, by kind (flow, qname, host) and result (ok, error: the previous model stays)."},
+		[]string{"kind", "result"})
+	reg.MustRegister(m.HostWindows, m.HostAnomalous, m.HostScore, m.HostScoresPut, m.HostScoresErrors, m.HostScoresDropped, m.ModelReloads)
 	reg.MustRegister(m.Messages, m.Flows, m.Scored, m.ScoreErrors, m.Score, m.Alerts, m.PublishErrors, m.Terminated, m.RuleKeys, m.Lag,
 		m.ARPMessages, m.ARPFrames, m.LiveICMP, m.LivePackets, m.ARPTerminated, m.Suppressed, m.Reloads, m.HealthBad)
 	m.Reloads.WithLabelValues("ok")
