@@ -88,8 +88,10 @@ type File struct {
 	br   *bufio.Reader
 	gz   *gzip.Reader
 	r    packetReader
-	rec  *pcapRecords // plain pcap: records read by rec, not r
-	pf   *prefetcher  // ReadAhead: the source of cr, read by another goroutine
+	rec  *pcapRecords  // plain pcap: records read by rec, not r
+	ngc  *ngCheck      // pcapng: checks the block framing between br and nb
+	nb   *bufio.Reader // pcapng: what pcapgo reads, over ngc
+	pf   *prefetcher   // ReadAhead: the source of cr, read by another goroutine
 	ng   bool
 	link layers.LinkType
 	n    uint64 // records read
@@ -146,9 +148,15 @@ func OpenFile(path string) (*File, error) {
 	}
 	magic0 := binary.LittleEndian.Uint32(magic)
 	if binary.LittleEndian.Uint32(magic) == 0x0a0d0d0a {
-		ng, err := pcapgo.NewNgReader(c.br, pcapgo.NgReaderOptions{WantMixedLinkType: true})
+		// pcapgo skips a block's trailing length unread: ngCheck checks it
+		c.ngc = newNgCheck(c.br)
+		c.nb = bufio.NewReaderSize(c.ngc, 1<<20)
+		ng, err := pcapgo.NewNgReader(c.nb, pcapgo.NgReaderOptions{WantMixedLinkType: true})
 		if err != nil {
 			f.Close()
+			if be := c.ngc.err; be != nil {
+				return nil, fmt.Errorf("read %s: pcapng header at byte offset %d: %w", path, be.Offset, be)
+			}
 			return nil, fmt.Errorf("read %s: pcapng header: %w", path, noEOF(err))
 		}
 		c.r, c.ng = ng, true
@@ -190,6 +198,9 @@ func noEOF(err error) error {
 func (c *File) Offset() int64 {
 	if c.rec != nil && c.rec.pf != nil {
 		return c.rec.abs
+	}
+	if c.ngc != nil {
+		return c.ngc.off - int64(c.nb.Buffered())
 	}
 	off := c.cr.n.Load() - int64(c.br.Buffered())
 	if c.rec != nil {
@@ -242,6 +253,10 @@ func (c *File) Next() ([]byte, gopacket.CaptureInfo, layers.LinkType, error) {
 		// the end of the file (after any trailing statistics blocks); a cut
 		// record is io.ErrUnexpectedEOF.
 		c.markUsed()
+		if c.ngc != nil && c.ngc.err != nil {
+			// a corrupt block: name it, whatever pcapgo made of the cut
+			err, off = c.ngc.err, c.ngc.err.Offset
+		}
 		if err == io.EOF {
 			return nil, ci, 0, io.EOF
 		}
