@@ -139,7 +139,7 @@ type Decoder struct {
 // New returns a decoder for link, or an error naming an unsupported link type.
 func New(link layers.LinkType) (*Decoder, error) {
 	if !Supported(link) {
-		return nil, fmt.Errorf("unsupported link type %d (%s): want Ethernet, Linux SLL/SLL2, raw IP or BSD loopback", int(link), link)
+		return nil, fmt.Errorf("unsupported link type %d (%s): want Ethernet, Linux SLL/SLL2, raw IP or BSD loopback", int(link), LinkName(link))
 	}
 	return &Decoder{link: link}, nil
 }
@@ -153,6 +153,48 @@ func Supported(link layers.LinkType) bool {
 		return true
 	}
 	return false
+}
+
+// LinkName names a link type (LINKTYPE_ value of the pcap and pcapng
+// formats, tcpdump.org/linktypes.html) as capinfos and tshark do (Wireshark
+// 4.0's wiretap encapsulation descriptions, `capinfos -E`): "Ethernet",
+// "Linux cooked-mode capture v1" (113) and "v2" (276), "Raw IP" (12, 14 and
+// 101, one encapsulation in wiretap), "Raw IPv4" (228), "Raw IPv6" (229),
+// "NULL/Loopback" (0), "OpenBSD loopback" (108), and a few common types the
+// decoder does not read; any other is "link type N".
+func LinkName(l layers.LinkType) string {
+	switch l {
+	case 0:
+		return "NULL/Loopback"
+	case 1:
+		return "Ethernet"
+	case 9:
+		return "PPP"
+	case 12, 14, 101:
+		return "Raw IP"
+	case 105:
+		return "IEEE 802.11 Wireless LAN"
+	case 108:
+		return "OpenBSD loopback"
+	case 113:
+		return "Linux cooked-mode capture v1"
+	case 127:
+		return "IEEE 802.11 plus radiotap radio header"
+	case 195:
+		return "IEEE 802.15.4 Wireless PAN"
+	case 228:
+		return "Raw IPv4"
+	case 229:
+		return "Raw IPv6"
+	case 253:
+		return "Linux Netlink"
+	case 276:
+		return "Linux cooked-mode capture v2"
+	}
+	if l >= 147 && l <= 162 { // LINKTYPE_USER0..15
+		return fmt.Sprintf("USER %d", int(l)-147)
+	}
+	return fmt.Sprintf("link type %d", int(l))
 }
 
 // LinkType is the link type this decoder reads.

@@ -30,18 +30,20 @@ type LinkCount struct {
 // IP frames by their innermost IP header, Bytes being IP bytes (DESIGN.md
 // "Accounting").
 type Report struct {
-	File         string                `json:"file"`
-	SkippedFiles []string              `json:"skipped_files,omitempty"` // files of a directory skipped as not captures
-	Error        string                `json:"error,omitempty"`
-	ErrorFile    string                `json:"error_file,omitempty"`   // the file of a read error (File may be a directory)
-	ErrorPacket  uint64                `json:"error_packet,omitempty"` // 1-based record number of a read error
-	ErrorOffset  int64                 `json:"error_offset,omitempty"` // byte offset of that record
-	Interrupted  bool                  `json:"interrupted,omitempty"`  // stopped by SIGINT/SIGTERM: counts cover the frames read until then
-	Packets      uint64                `json:"packets"`
-	IPPackets    uint64                `json:"ip_packets"`
-	IPBytes      uint64                `json:"ip_bytes"`
-	NonIP        uint64                `json:"non_ip"`
-	Malformed    uint64                `json:"malformed"`
+	File         string   `json:"file"`
+	SkippedFiles []string `json:"skipped_files,omitempty"` // files of a directory skipped as not captures
+	Error        string   `json:"error,omitempty"`
+	ErrorFile    string   `json:"error_file,omitempty"`   // the file of a read error (File may be a directory)
+	ErrorPacket  uint64   `json:"error_packet,omitempty"` // 1-based record number of a read error
+	ErrorOffset  int64    `json:"error_offset,omitempty"` // byte offset of that record
+	Interrupted  bool     `json:"interrupted,omitempty"`  // stopped by SIGINT/SIGTERM: counts cover the frames read until then
+	Packets      uint64   `json:"packets"`
+	IPPackets    uint64   `json:"ip_packets"`
+	IPBytes      uint64   `json:"ip_bytes"`
+	NonIP        uint64   `json:"non_ip"`
+	Malformed    uint64   `json:"malformed"`
+	// LinkTypes is keyed by decode.LinkName: capinfos' names ("Ethernet",
+	// "Linux cooked-mode capture v1", "Raw IPv4", "link type N", ...).
 	LinkTypes    map[string]*LinkCount `json:"link_types"`
 	Network      map[string]*Count     `json:"network"`
 	Transport    map[string]*Count     `json:"transport"`
@@ -62,8 +64,10 @@ type Report struct {
 	DurationS    float64           `json:"duration_s"`
 
 	first, last int64
-	timed       bool                // first and last hold a packet's time
-	untimed     bool                // the frame being added has no timestamp (AddUntimed)
+	timed       bool            // first and last hold a packet's time
+	untimed     bool            // the frame being added has no timestamp (AddUntimed)
+	link        layers.LinkType // the link type named last, and its name
+	linkNameS   string
 	bindings    map[[10]byte]bool   // sender IPv4 + MAC pairs seen
 	ipMAC       map[[4]byte][6]byte // the first MAC seen for each sender IP
 	conflicts   map[[4]byte]bool    // sender IPs seen with more than one MAC
@@ -135,10 +139,11 @@ func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet, l7 *de
 		}
 		r.timed = true
 	}
-	lc := r.LinkTypes[link.String()]
+	name := r.linkName(link)
+	lc := r.LinkTypes[name]
 	if lc == nil {
 		lc = &LinkCount{}
-		r.LinkTypes[link.String()] = lc
+		r.LinkTypes[name] = lc
 	}
 	lc.Packets++
 	n := r.Network[p.Network.String()]
@@ -218,6 +223,15 @@ func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet, l7 *de
 			}
 		}
 	}
+}
+
+// linkName is decode.LinkName(l), kept for the last link type so that
+// naming a frame's link type allocates nothing.
+func (r *Report) linkName(l layers.LinkType) string {
+	if r.linkNameS == "" || l != r.link {
+		r.link, r.linkNameS = l, decode.LinkName(l)
+	}
+	return r.linkNameS
 }
 
 func (r *Report) addARP(a *decode.ARP) {
