@@ -264,26 +264,36 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 			return fmt.Errorf("config %s: %w", cfg.ConfigFile, err)
 		}
 	}
+	// A model that does not load is an error at start (issue 5): with
+	// -check-config the detector exits 1; the service logs it, counts it
+	// (netwatch_detector_model_load_errors_total) and runs every rule
+	// without that model (a new version in the object store is loaded
+	// when it arrives: flow and query-name models).
+	var modelErrs []error
 	tree, err := loadModel(cfg.Model)
 	if err != nil {
-		return err
+		modelErrs, tree = append(modelErrs, fmt.Errorf("flow model: %w", err)), nil
 	}
 	qm, err := loadQNameModel(cfg.QNameModel)
 	if err != nil {
-		return err
+		modelErrs, qm = append(modelErrs, fmt.Errorf("query-name model: %w", err)), nil
 	}
 	hm, err := loadHostModel(cfg.HostModel)
 	if err != nil {
-		return err
+		modelErrs, hm = append(modelErrs, fmt.Errorf("host model: %w", err)), nil
 	}
 	hostWindow, hostName := time.Duration(0), "off"
 	if hm != nil {
 		if hostWindow, err = time.ParseDuration(hm.Window); err != nil || hostWindow < time.Second {
-			return fmt.Errorf("host model: window %q: want a duration of at least 1s", hm.Window)
+			modelErrs, hm = append(modelErrs, fmt.Errorf("host model: window %q: want a duration of at least 1s", hm.Window)), nil
+		} else {
+			hostName = fmt.Sprintf("%s (threshold %.4f)", hm.Name, hm.Threshold)
 		}
-		hostName = fmt.Sprintf("%s (threshold %.4f)", hm.Name, hm.Threshold)
 	}
 	if cfg.CheckOnly {
+		if len(modelErrs) > 0 {
+			return errors.Join(modelErrs...)
+		}
 		fmt.Fprintf(stderr, "configuration ok; model %s (%s); query-name model %s; host model %s\n", tree.Name(), tree.Meta.Eval, qm.Name, hostName)
 		return nil
 	}
@@ -291,8 +301,18 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	if getenv("GOGC") == "" {
 		debug.SetGCPercent(cfg.GCPercent)
 	}
-	log.Info("model loaded", "model", tree.Name(), "path", cfg.Model, "eval_accuracy", tree.Meta.Eval.Accuracy,
-		"qname_model", qm.Name, "qname_path", cfg.QNameModel)
+	for _, e := range modelErrs {
+		log.Error("model not loaded; the rules run without it", "err", e)
+	}
+	var scorer model.Scorer
+	treeName, qmName := "none", ""
+	if tree != nil {
+		scorer, treeName = tree, tree.Name()
+	}
+	if qm != nil {
+		qmName = qm.Name
+	}
+	log.Info("models", "model", treeName, "path", cfg.Model, "qname_model", qmName, "qname_path", cfg.QNameModel, "host_model", hostName)
 
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
@@ -335,11 +355,15 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 		}
 		outputs, closers = append(outputs, sl), append(closers, sl.Close)
 	}
-	st := stage.New(stage.Config{Rules: ruleCfg, ARP: arpCfg, Outputs: outputs, ModelAlerts: cfg.ModelAlerts, ModelThreshold: cfg.ModelThreshold,
-		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch, NameModel: qm, NameModelName: qm.Name,
-		HostModel: hm, HostWindow: hostWindow}, js, tree, stage.NewMetrics(reg), log.With("component", "stage"))
+	sc := stage.Config{Rules: ruleCfg, ARP: arpCfg, Outputs: outputs, ModelAlerts: cfg.ModelAlerts, ModelThreshold: cfg.ModelThreshold,
+		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch, HostModel: hm, HostWindow: hostWindow}
+	if qm != nil {
+		sc.NameModel, sc.NameModelName = qm, qm.Name
+	}
+	st := stage.New(sc, js, scorer, stage.NewMetrics(reg), log.With("component", "stage"))
 
 	sm := st.Metrics()
+	sm.ModelLoadErrors.Add(float64(len(modelErrs)))
 	if pol != nil {
 		st.SetPolicy(pol, ruleCfg, arpCfg)
 		log.Info("config loaded", "path", cfg.ConfigFile, "policy", pol.String())
@@ -434,7 +458,8 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	// consumed, then every new version. Like ARP and health, a store the
 	// credentials do not allow leaves the loaded models in place.
 	if cfg.ModelsBucket != "" {
-		pinned := map[string]bool{modelstore.KindFlow: cfg.Model != "", modelstore.KindQName: cfg.QNameModel != "",
+		// a file flag pins its kind, unless that file did not load
+		pinned := map[string]bool{modelstore.KindFlow: cfg.Model != "" && tree != nil, modelstore.KindQName: cfg.QNameModel != "" && qm != nil,
 			modelstore.KindHost: cfg.HostModel != ""}
 		if obs, err := modelstore.Open(ctx, js, cfg.ModelsBucket, cfg.Replicas); err != nil {
 			log.Error("model store not watched; the models loaded at start stay", "bucket", cfg.ModelsBucket, "err", err)

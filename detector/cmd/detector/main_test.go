@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
+	"netwatch/detector/internal/modelstore"
 	"netwatch/schema"
 	"netwatch/schema/pb"
 	"netwatch/testkit"
@@ -437,5 +438,87 @@ func TestPushCommand(t *testing.T) {
 	}
 	if _, err := obs.GetInfo(ctx, "flow"); err == nil {
 		t.Error("a refused model was stored")
+	}
+}
+
+// TestRunModelLoadFailure: a flow model file that does not exist and a
+// query-name model file that is not a model are errors at start (logged,
+// netwatch_detector_model_load_errors_total; -check-config exits with
+// them) and the rules keep running: 60 SYN probes on FLOWS raise the
+// portscan alert on ALERTS. A flow model put into the MODELS object store
+// afterwards is loaded without a restart.
+func TestRunModelLoadFailure(t *testing.T) {
+	url, _, js := testkit.JetStream(t)
+	ctx := context.Background()
+	bad := filepath.Join(t.TempDir(), "qname.model")
+	if err := os.WriteFile(bad, []byte("not a model"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-nats.url", url, "-http.addr", "", "-health.check", "0", "-model", "/nonexistent/flow.model", "-qname.model", bad}
+	if err := run(append([]string{"-check-config"}, args...), &bytes.Buffer{}, func(string) string { return "" }); err == nil {
+		t.Fatal("-check-config accepted models that do not load")
+	}
+	done := make(chan error, 1)
+	var logs bytes.Buffer
+	lw := &lockedWriter{w: &logs}
+	go func() { done <- run(args, lw, func(string) string { return "" }) }()
+	stopped := false
+	defer func() {
+		if !stopped {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGTERM)
+			<-done
+		}
+	}()
+	logged := func(s string) int { lw.mu.Lock(); defer lw.mu.Unlock(); return strings.Count(logs.String(), s) }
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		_, err := js.Consumer(ctx, schema.StreamPackets, "detector-arp")
+		return err == nil && logged("model not loaded; the rules run without it") == 2
+	}, "detector not started, or the two model errors not logged")
+	batch := &pb.FlowBatch{Sensor: "s1"}
+	t0 := time.Date(2026, 1, 1, 0, 0, 10, 0, time.UTC).UnixNano()
+	for p := uint32(1); p <= 60; p++ {
+		at := t0 + int64(p)*int64(time.Millisecond)
+		batch.Flows = append(batch.Flows, &pb.Flow{Proto: 6, OrigAddr: []byte{10, 0, 0, 66}, OrigPort: 40000, RespAddr: []byte{10, 0, 0, 20},
+			RespPort: p, StartNs: at, EndNs: at + 1e5, OrigPkts: 1, RespPkts: 1, OrigTcpFlags: 0x02, RespTcpFlags: 0x14, Final: true})
+	}
+	data, _ := proto.Marshal(batch)
+	m := &nats.Msg{Subject: schema.FlowsSubject("s1", 1, 2), Data: data, Header: nats.Header{}}
+	m.Header.Set(jetstream.MsgIDHeader, "b1")
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		s, err := js.Stream(ctx, schema.StreamAlerts)
+		if err != nil {
+			return false
+		}
+		raw, err := s.GetMsg(ctx, 1)
+		if err != nil {
+			return false
+		}
+		var a pb.Alert
+		return proto.Unmarshal(raw.Data, &a) == nil && a.Category == "portscan" && a.OrigAddr == "10.0.0.66"
+	}, "no portscan alert without the models")
+	obs, err := modelstore.Open(ctx, js, modelstore.DefaultBucket, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flow, err := os.ReadFile("../../models/flow-id3.model")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := modelstore.Put(ctx, obs, modelstore.KindFlow, flow); err != nil {
+		t.Fatal(err)
+	}
+	// -model is set but did not load, so it does not pin the kind
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		return logged(`"msg":"model loaded from the object store","service":"detector","kind":"flow","model":"flow-id3"`) == 1
+	}, "stored flow model not loaded: "+logs.String())
+	stopped = true
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("run: %v", err)
 	}
 }

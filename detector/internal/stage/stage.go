@@ -76,6 +76,7 @@ type Metrics struct {
 	HostScoresErrors  prometheus.Counter
 	HostScoresDropped prometheus.Counter
 	ModelReloads      *prometheus.CounterVec
+	ModelLoadErrors   prometheus.Counter
 }
 
 // NewMetrics creates and registers the netwatch_detector_* metrics.
@@ -133,7 +134,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.ModelReloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netwatch_detector_model_reloads_total",
 		Help: "Models loaded from the MODELS object store, by kind (flow, qname, host) and result (ok, error: the previous model stays)."},
 		[]string{"kind", "result"})
-	reg.MustRegister(m.HostWindows, m.HostAnomalous, m.HostScore, m.HostScoresPut, m.HostScoresErrors, m.HostScoresDropped, m.ModelReloads)
+	m.ModelLoadErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_model_load_errors_total",
+		Help: "Model files (-model, -qname.model, -host.model or the shipped ones) that did not load at start; the rules run without them."})
+	reg.MustRegister(m.HostWindows, m.HostAnomalous, m.HostScore, m.HostScoresPut, m.HostScoresErrors, m.HostScoresDropped, m.ModelReloads,
+		m.ModelLoadErrors)
 	reg.MustRegister(m.Messages, m.Flows, m.Scored, m.ScoreErrors, m.Score, m.Alerts, m.PublishErrors, m.Terminated, m.RuleKeys, m.Lag,
 		m.ARPMessages, m.ARPFrames, m.LiveICMP, m.LivePackets, m.ARPTerminated, m.Suppressed, m.Reloads, m.HealthBad)
 	m.Reloads.WithLabelValues("ok")
