@@ -248,6 +248,14 @@ func (s *Store) rollupTx(ctx context.Context, ids []int64, lo, hi time.Time, par
 	if err := lockPartitions(ctx, tx, parts); err != nil {
 		return 0, fmt.Errorf("rollup: %w", err)
 	}
+	// The job's sorts and hash aggregates hold a few hundred thousand rows:
+	// in memory, not spilled to disk (the default work_mem is 4 MB). Its
+	// commit need not wait for the WAL flush: a commit lost in a crash
+	// loses the rollups and the ledger rows' deletion together, so the
+	// batches are pending again and rolled up once (never twice).
+	if _, err := tx.Exec(ctx, `SET LOCAL work_mem = '256MB'; SET LOCAL synchronous_commit = off`); err != nil {
+		return 0, fmt.Errorf("rollup: settings: %w", err)
+	}
 	if _, err := tx.Exec(ctx, fillRollupSource, still, lo, hi); err != nil {
 		return 0, fmt.Errorf("rollup: read flows: %w", err)
 	}
