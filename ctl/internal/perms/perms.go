@@ -44,6 +44,37 @@ const EnricherGroup = "enrichers"
 // ARP summaries (detector/internal/stage.ConsumerARP; not in schema).
 const ConsumerDetectorARP = "detector-arp"
 
+// DetectorModelsBucket and DetectorHostScoresBucket are the detector's
+// own state buckets (detector/internal/modelstore.DefaultBucket, the
+// -models.bucket object store it loads models from and watches, and
+// detector/internal/stage.HostScoresBucket, the -host.scores-bucket
+// key-value bucket of host window scores). The detector creates them when
+// missing, like the enrichers their checkpoint bucket; other names need
+// their own lines.
+const (
+	DetectorModelsBucket     = "MODELS"
+	DetectorHostScoresBucket = "HOST_SCORES"
+)
+
+// detectorBuckets is what the detector needs of its buckets: the models
+// object store (stream OBJ_<bucket>: create when missing, info, direct
+// gets of an object's meta, ordered consumers reading chunks and watching
+// the meta subjects, flow control) read only (`detector push` puts models
+// with the admin user), and the host scores key-value bucket (create or
+// update its configuration, info, puts of any key).
+func detectorBuckets() []string {
+	obj := "OBJ_" + DetectorModelsBucket
+	kv := "KV_" + DetectorHostScoresBucket
+	return []string{
+		"$JS.API.STREAM.CREATE." + obj, "$JS.API.STREAM.INFO." + obj, "$JS.API.DIRECT.GET." + obj + ".>",
+		"$JS.API.STREAM.MSG.GET." + obj,
+		"$JS.API.CONSUMER.CREATE." + obj + ".*", "$JS.API.CONSUMER.CREATE." + obj + ".*.>",
+		"$JS.API.CONSUMER.INFO." + obj + ".*", "$JS.API.CONSUMER.DELETE." + obj + ".*", "$JS.FC." + obj + ".>",
+		"$JS.API.STREAM.CREATE." + kv, "$JS.API.STREAM.UPDATE." + kv, "$JS.API.STREAM.INFO." + kv,
+		"$KV." + DetectorHostScoresBucket + ".>",
+	}
+}
+
 // pcgroupsBucket is the key-value bucket in which
 // github.com/synadia-io/orbit.go/pcgroups keeps every elastic consumer
 // group's configuration and membership (key <stream>.<group>).
@@ -236,7 +267,7 @@ func Role(role string) (Set, error) {
 			// ARP rule: its own durable on PACKETS, created at start
 			[]string{"$JS.API.CONSUMER.CREATE." + schema.StreamPackets + "." + ConsumerDetectorARP,
 				"$JS.API.CONSUMER.CREATE." + schema.StreamPackets + "." + ConsumerDetectorARP + ".>"},
-			pull(schema.StreamPackets, ConsumerDetectorARP))
+			pull(schema.StreamPackets, ConsumerDetectorARP), detectorBuckets())
 		// health (METRICS live) and rescore (FLOWS by time): ordered consumers
 		for _, st := range []string{schema.StreamMetrics, schema.StreamFlows} {
 			allow, deny := ephemeral("detector", st)
