@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -356,6 +357,121 @@ func TestEvaluateHosts(t *testing.T) {
 	if float64(rep.AttackAnomalous)/float64(rep.AttackWindows) <= float64(rep.BenignAnomalous)/float64(rep.BenignWindows) {
 		t.Errorf("attackers above the threshold %d/%d, not more often than held-out benign hosts %d/%d",
 			rep.AttackAnomalous, rep.AttackWindows, rep.BenignAnomalous, rep.BenignWindows)
+	}
+	// The shipped report (models/host-iforest.eval.json): every figure
+	// of the shipped forest (attack captures, in-sample benign) exactly;
+	// the held-out benign count, from forests refitted on each run, within
+	// 5 windows of it.
+	compareReport(t, "../../models/host-iforest.eval.json", out.Bytes(), func(k string, want, got any) bool {
+		switch k {
+		case "benign_anomalous":
+			return math.Abs(want.(float64)-got.(float64)) <= 5
+		case "binary_accuracy", "classes", "confusion_matrix":
+			return true // follow benign_anomalous
+		case "captures":
+			return fmt.Sprint(attackRows(want)) == fmt.Sprint(attackRows(got))
+		}
+		return false
+	})
+}
+
+// attackRows keeps the attack captures' rows of a host report's captures.
+func attackRows(v any) []any {
+	var out []any
+	for _, c := range v.([]any) {
+		if c.(map[string]any)["label"] != "benign" {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// compareReport compares a JSON report with the shipped one at path, key by
+// key (except "data", the path the command was given): equal, or accepted
+// by loose(key, want, got) for the keys a report documents as varying.
+func compareReport(t *testing.T, path string, got []byte, loose func(k string, want, got any) bool) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var w, g map[string]any
+	if err := json.Unmarshal(b, &w); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if err := json.Unmarshal(got, &g); err != nil {
+		t.Fatalf("report: %v", err)
+	}
+	for k, wv := range w {
+		if k == "data" {
+			continue
+		}
+		if fmt.Sprint(wv) != fmt.Sprint(g[k]) && (loose == nil || !loose(k, wv, g[k])) {
+			t.Errorf("%s: %s = %v, the shipped report has %v", path, k, g[k], wv)
+		}
+	}
+	if len(g) != len(w) {
+		t.Errorf("%s: %d keys, the shipped report has %d", path, len(g), len(w))
+	}
+}
+
+// TestShippedReports: the evaluation reports shipped in models/ (issue 5:
+// "reproduced by make test") come out of `detector evaluate` again: the
+// flow model on the held-out fifth of KDDTrain+_20Percent and the
+// query-name model on validate.csv exactly (the shipped models are fixed
+// and scored deterministically); the whole-attack-type hold-out, whose
+// trees golearn retrains with random tie-breaks, with the same rows and
+// supports and a binary accuracy within 0.01 of the report (6 runs on
+// 2026-11-29: 0.795-0.802). The host model's report: TestEvaluateHosts.
+func TestShippedReports(t *testing.T) {
+	shared := testkit.Shared(t)
+	kdd := filepath.Join(shared, "data/labeled/nsl-kdd/KDDTrain+_20Percent.txt")
+	for _, c := range []struct {
+		report string
+		args   []string
+		loose  func(k string, want, got any) bool
+	}{
+		{"flow-id3.eval.json", []string{"-format", "nsl-kdd", "-data", kdd, "-split"}, nil},
+		{"qname-id3.eval.json", []string{"-format", "qnames", "-data", filepath.Join(shared, "data/labeled/dns-tunnel-qnames/validate.csv")}, nil},
+		{"flow-id3.holdout-types.eval.json", []string{"-format", "nsl-kdd", "-holdout-types", "-data", kdd}, func(k string, want, got any) bool {
+			switch k {
+			case "binary_accuracy":
+				return math.Abs(want.(float64)-got.(float64)) <= 0.01
+			case "classes":
+				for cl, v := range want.(map[string]any) {
+					g, ok := got.(map[string]any)[cl].(map[string]any)
+					if !ok || g["support"] != v.(map[string]any)["support"] {
+						return false
+					}
+				}
+				return true
+			case "confusion_matrix":
+				w, g := want.(map[string]any), got.(map[string]any)
+				if fmt.Sprint(w["labels"]) != fmt.Sprint(g["labels"]) {
+					return false
+				}
+				for i, row := range w["matrix"].([]any) { // same row sums: the supports
+					sw, sg := 0.0, 0.0
+					for j := range row.([]any) {
+						sw += row.([]any)[j].(float64)
+						sg += g["matrix"].([]any)[i].([]any)[j].(float64)
+					}
+					if sw != sg {
+						return false
+					}
+				}
+				return true
+			}
+			return false
+		}},
+	} {
+		t.Run(c.report, func(t *testing.T) {
+			var out bytes.Buffer
+			if err := evaluate(c.args, &out, func(string) string { return "" }); err != nil {
+				t.Fatal(err)
+			}
+			compareReport(t, filepath.Join("../../models", c.report), out.Bytes(), c.loose)
+		})
 	}
 }
 
