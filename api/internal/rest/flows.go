@@ -136,6 +136,15 @@ func (f FlowFilter) Rollupable() bool {
 		f.Country == "" && f.ASN == 0 && onMinute(f.From) && onMinute(f.To)
 }
 
+// RollupableAnyRange reports whether the rollups can answer f for any time
+// range: only a time range and a sensor. A range that cuts a minute is read
+// from the rollups for its whole minutes and from flows for the seconds at
+// its ends (rollupFrom).
+func (f FlowFilter) RollupableAnyRange() bool {
+	return f.Addr == "" && f.Port < 0 && f.Proto < 0 && f.CommunityID == "" && f.App == "" && f.Direction == "" &&
+		f.Country == "" && f.ASN == 0
+}
+
 func onMinute(t time.Time) bool { return t.IsZero() || t.Equal(t.Truncate(time.Minute)) }
 
 // directions are the values of flows.direction (the enricher's local-network

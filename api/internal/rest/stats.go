@@ -1,6 +1,7 @@
 package rest
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -11,15 +12,18 @@ import (
 // The statistics endpoints answer from the rollup tables the sink keeps
 // (flows_, talkers_, pairs_, ports_, countries_ per minute _1m, hour _1h and
 // day _1d: the database contract, each equal to a GROUP BY over flows) when
-// the request filters only on a time range on whole minutes and a sensor
-// (FlowFilter.Rollupable). A range is cut into whole UTC days, whole hours
+// the request filters only on a time range and a sensor
+// (FlowFilter.RollupableAnyRange; the time series: on whole minutes,
+// FlowFilter.Rollupable). A range is cut into whole UTC days, whole hours
 // and the minutes left at its ends, each read from its tier (rollupFrom), so
-// a day costs one row per key instead of 1440. Any other filter (address,
-// port, protocol, app, Community ID, direction, country, ASN, or a range that
-// cuts a minute) has no rollup, so those requests fall back to a GROUP BY
-// over flows. Both count IP-layer bytes and packets of both directions, and a
-// flow record wholly in the minute of its start. The answer's "source" says
-// which was used ("rollup" or "flows").
+// a day costs one row per key instead of 1440; the seconds of a range that
+// cuts a minute (before its first whole minute, after its last) come from
+// flows. Any other filter (address, port, protocol, app, Community ID,
+// direction, country, ASN) has no rollup, so those requests fall back to a
+// GROUP BY over flows. Both count IP-layer bytes and packets of both
+// directions, and a flow record wholly in the minute of its start. The
+// answer's "source" says which was used ("rollup", also with the seconds at
+// the ends from flows, or "flows").
 
 // rollupRange adds the time and sensor conditions of f on a per-minute
 // rollup table.
@@ -95,14 +99,71 @@ func rollupPieces(sch *dbSchema, base string, from, to time.Time, maxStep time.D
 	return ps
 }
 
+// edgeRows are, per rollup base, the rows a flow record adds to that rollup
+// (the sink's definitions, migrations 00003, 00006, 00009), as a SELECT over
+// flows whose WHERE clause is %[1]s: t is the record's start. rollupFrom
+// reads the seconds at the ends of a range that cuts a minute with them.
+var edgeRows = map[string]string{
+	"flows": `SELECT start t, sensor, proto, app, 1::bigint records, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes,
+		orig_bytes, resp_bytes FROM flows%[1]s`,
+	"talkers": `SELECT start t, orig_addr addr, orig_pkts sent_pkts, orig_ip_bytes sent_ip_bytes, resp_pkts recv_pkts,
+		resp_ip_bytes recv_ip_bytes, 1::bigint records FROM flows%[1]s
+		UNION ALL SELECT start, resp_addr, resp_pkts, resp_ip_bytes, orig_pkts, orig_ip_bytes,
+		CASE WHEN resp_addr = orig_addr THEN 0 ELSE 1 END::bigint FROM flows%[1]s`,
+	"pairs": `SELECT start t, orig_addr, resp_addr, proto, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes,
+		1::bigint records FROM flows%[1]s`,
+	"ports": `SELECT start t, proto, resp_port, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, 1::bigint records
+		FROM flows%[1]s`,
+	"countries": `SELECT start t, orig_country country, orig_pkts sent_pkts, orig_ip_bytes sent_ip_bytes,
+		resp_pkts recv_pkts, resp_ip_bytes recv_ip_bytes, 1::bigint records FROM flows%[1]s
+		UNION ALL SELECT start, resp_country, resp_pkts, resp_ip_bytes, orig_pkts, orig_ip_bytes, 1::bigint
+		FROM flows%[1]s AND resp_country <> orig_country`,
+}
+
+// ceilMinute is t rounded up to a whole minute.
+func ceilMinute(t time.Time) time.Time {
+	m := t.Truncate(time.Minute)
+	if m.Before(t) {
+		m = m.Add(time.Minute)
+	}
+	return m
+}
+
 // rollupFrom is a FROM item (aliased r) over the rollups of base (flows,
 // talkers, pairs, ports, countries) for f's range and sensor: the UNION ALL
 // of cols from each piece of the range (rollupPieces), where the bucket's
 // start is named t. maxStep limits the tiers to those whose buckets fit in
-// one step of a time series (24h: any).
+// one step of a time series (24h: any). When the range cuts a minute, the
+// seconds before its first whole minute and after its last one come from
+// flows (edgeRows, t the record's start): a dashboard's "last hour" ending
+// now reads at most two minutes of raw flows and the rest from the rollups,
+// and the answer is still exact.
 func (q *where) rollupFrom(sch *dbSchema, base, cols string, f FlowFilter, maxStep time.Duration) string {
 	var parts []string
-	for _, p := range rollupPieces(sch, base, f.From, f.To, maxStep) {
+	edge := func(a, b time.Time) {
+		w := &where{sch: q.sch, args: q.args}
+		w.timeRange("start", a, b)
+		if f.Sensor != "" {
+			w.add("sensor = " + w.arg(f.Sensor))
+		}
+		q.args = w.args
+		parts = append(parts, "SELECT t, "+cols+" FROM ("+fmt.Sprintf(edgeRows[base], w.sql())+") e")
+	}
+	from, to := f.From, f.To
+	if !from.IsZero() {
+		from = ceilMinute(from)
+	}
+	if !to.IsZero() {
+		to = to.Truncate(time.Minute)
+	}
+	if !f.From.IsZero() && !f.To.IsZero() && !from.Before(to) {
+		edge(f.From, f.To) // no whole minute inside
+		return " FROM (" + strings.Join(parts, " UNION ALL ") + ") r"
+	}
+	if from.After(f.From) {
+		edge(f.From, from)
+	}
+	for _, p := range rollupPieces(sch, base, from, to, maxStep) {
 		w := &where{sch: q.sch, args: q.args}
 		w.timeRange(p.tier.col, p.from, p.to)
 		if f.Sensor != "" {
@@ -110,6 +171,9 @@ func (q *where) rollupFrom(sch *dbSchema, base, cols string, f FlowFilter, maxSt
 		}
 		q.args = w.args
 		parts = append(parts, "SELECT "+p.tier.col+" AS t, "+cols+" FROM "+base+p.tier.suffix+w.sql())
+	}
+	if !f.To.IsZero() && f.To.After(to) {
+		edge(to, f.To)
 	}
 	return " FROM (" + strings.Join(parts, " UNION ALL ") + ") r"
 }
@@ -170,13 +234,13 @@ func (a *API) topTalkers(w http.ResponseWriter, r *http.Request) {
 	q := &where{sch: sch}
 	var sql, source string
 	switch {
-	case f.Rollupable() && side == "pair" && sch.hasTable("pairs_1m"):
+	case f.RollupableAnyRange() && side == "pair" && sch.hasTable("pairs_1m"):
 		source = "rollup"
 		sql = `SELECT host(orig_addr), host(resp_addr), ` + sch.sum("orig_ip_bytes") + ` sb, ` + sch.sum("resp_ip_bytes") + ` rb, ` +
 			sch.sum("orig_pkts") + ` sp, ` + sch.sum("resp_pkts") + ` rp, ` + sch.sum("records") + ` n` +
 			q.rollupFrom(sch, "pairs", "orig_addr, resp_addr, orig_ip_bytes, resp_ip_bytes, orig_pkts, resp_pkts, records", f, 24*time.Hour) +
 			` GROUP BY orig_addr, resp_addr`
-	case f.Rollupable() && side != "pair" && sch.hasTable("talkers_1m"):
+	case f.RollupableAnyRange() && side != "pair" && sch.hasTable("talkers_1m"):
 		source = "rollup"
 		sql = `SELECT host(addr), '', ` + sch.sum("sent_ip_bytes") + ` sb, ` + sch.sum("recv_ip_bytes") + ` rb, ` +
 			sch.sum("sent_pkts") + ` sp, ` + sch.sum("recv_pkts") + ` rp, ` + sch.sum("records") + ` n` +
@@ -248,7 +312,7 @@ func (a *API) protocols(w http.ResponseWriter, r *http.Request) {
 	}
 	q := &where{sch: sch}
 	var sql, source string
-	if f.Rollupable() && sch.hasTable("flows_1m") {
+	if f.RollupableAnyRange() && sch.hasTable("flows_1m") {
 		source = "rollup"
 		sql = `SELECT proto, app, sum(records)::bigint, sum(orig_pkts + resp_pkts)::bigint,
 			sum(orig_ip_bytes + resp_ip_bytes)::bigint` +
@@ -310,7 +374,7 @@ func (a *API) ports(w http.ResponseWriter, r *http.Request) {
 	}
 	q := &where{sch: sch}
 	var sql, source string
-	if f.Rollupable() && sch.hasTable("ports_1m") {
+	if f.RollupableAnyRange() && sch.hasTable("ports_1m") {
 		source = "rollup"
 		sql = `SELECT proto, resp_port, sum(records)::bigint, sum(orig_pkts + resp_pkts)::bigint,
 			sum(orig_ip_bytes + resp_ip_bytes)::bigint` +
@@ -384,7 +448,7 @@ func (a *API) countries(w http.ResponseWriter, r *http.Request) {
 	// countries_1m counts a record within one country once only since sink
 	// migration 00009 (which also adds the hourly tier); before, the flows
 	// answer.
-	if f.Rollupable() && sch.hasTable("countries_1m") && sch.hasTable("countries_1h") {
+	if f.RollupableAnyRange() && sch.hasTable("countries_1m") && sch.hasTable("countries_1h") {
 		source = "rollup"
 		sql = `SELECT country, sum(sent_ip_bytes)::bigint sb, sum(recv_ip_bytes)::bigint rb, sum(sent_pkts)::bigint,
 			sum(recv_pkts)::bigint, sum(records)::bigint` +

@@ -97,7 +97,8 @@ func TestStatsCountriesOnce(t *testing.T) {
 		{"/api/v1/countries?from=2024-06-01T00:00:00Z&to=2024-06-02T00:00:00Z", "rollup"},           // one day
 		{"/api/v1/countries?from=2024-05-31T23:00:00Z&to=2024-06-02T01:00:00Z", "rollup"},           // hour, day, hour
 		{"/api/v1/countries?from=2024-06-01T09:59:00Z&to=2024-06-01T11:11:00Z", "rollup"},           // minute, hour, minutes
-		{"/api/v1/countries?from=2024-06-01T00:00:01Z&to=2024-06-02T00:00:00Z", "flows"},            // cuts a minute
+		{"/api/v1/countries?from=2024-06-01T00:00:01Z&to=2024-06-02T00:00:00Z", "rollup"},           // cuts a minute: its seconds from flows
+		{"/api/v1/countries?from=2024-06-01T00:00:00Z&to=2024-06-02T00:00:00Z&proto=tcp", "flows"},  // every flow is TCP
 		{"/api/v1/countries?from=2024-06-01T09:00:00Z&to=2024-06-01T12:00:00Z&sensor=s1", "rollup"}, // hours
 	} {
 		if got := get(r.path, r.source); !reflect.DeepEqual(got, whole) {
@@ -112,7 +113,8 @@ func TestStatsCountriesOnce(t *testing.T) {
 	}
 	for _, r := range []struct{ path, source string }{
 		{"/api/v1/countries?from=2024-06-01T10:00:00Z&to=2024-06-01T11:00:00Z", "rollup"},
-		{"/api/v1/countries?from=2024-06-01T10:00:00.5Z&to=2024-06-01T11:00:00Z", "flows"},
+		{"/api/v1/countries?from=2024-06-01T10:00:00.5Z&to=2024-06-01T11:00:00Z", "rollup"},
+		{"/api/v1/countries?from=2024-06-01T10:00:00Z&to=2024-06-01T11:00:00Z&proto=tcp", "flows"},
 	} {
 		if got := get(r.path, r.source); !reflect.DeepEqual(got, hour) {
 			t.Errorf("%s:\n got %+v\nwant %+v", r.path, got, hour)
@@ -148,9 +150,11 @@ func TestStatsCountriesOnce(t *testing.T) {
 }
 
 // TestStatsTiersEqualFlows: every statistic over ranges that the api cuts
-// into day, hour and minute rollups equals the same statistic from flows
-// (a range one second later, which no rollup answers, holding the same
-// flows), and the sums match the hand totals.
+// into day, hour and minute rollups equals the same statistic over a range
+// one second later holding the same flows (its first second, up to the next
+// whole minute, read from flows; a time series of it all from flows) and
+// the same statistic from flows alone (proto=tcp: every seeded flow is TCP,
+// and a protocol filter has no rollup), and the sums match the hand totals.
 func TestStatsTiersEqualFlows(t *testing.T) {
 	e := newEnv(t)
 	seedCountryFlows(t, e)
@@ -166,19 +170,28 @@ func TestStatsTiersEqualFlows(t *testing.T) {
 			if code := e.get(t, path+"&"+rg.rollup, &r); code != 200 || r["source"] != "rollup" {
 				t.Fatalf("%s&%s: %d, source %v", path, rg.rollup, code, r["source"])
 			}
-			if code := e.get(t, path+"&"+rg.flows, &f); code != 200 || f["source"] != "flows" {
-				t.Fatalf("%s&%s: %d, source %v", path, rg.flows, code, f["source"])
-			}
-			delete(r, "source")
-			delete(f, "source")
+			want := "rollup"
 			if strings.Contains(path, "timeseries") {
-				delete(r, "from")
-				delete(f, "from")
+				want = "flows"
 			}
-			if !reflect.DeepEqual(r, f) {
+			if code := e.get(t, path+"&"+rg.flows, &f); code != 200 || f["source"] != want {
+				t.Fatalf("%s&%s: %d, source %v, want %s", path, rg.flows, code, f["source"], want)
+			}
+			var g map[string]any
+			if code := e.get(t, path+"&proto=tcp&"+rg.rollup, &g); code != 200 || g["source"] != "flows" {
+				t.Fatalf("%s&proto=tcp&%s: %d, source %v", path, rg.rollup, code, g["source"])
+			}
+			for _, m := range []map[string]any{r, f, g} {
+				delete(m, "source")
+				if strings.Contains(path, "timeseries") {
+					delete(m, "from")
+				}
+			}
+			if !reflect.DeepEqual(r, f) || !reflect.DeepEqual(r, g) {
 				rb, _ := json.Marshal(r)
 				fb, _ := json.Marshal(f)
-				t.Errorf("%s&%s: rollup %s\n flows %s", path, rg.rollup, rb, fb)
+				gb, _ := json.Marshal(g)
+				t.Errorf("%s&%s: rollup %s\n edges from flows %s\n flows %s", path, rg.rollup, rb, fb, gb)
 			}
 		}
 	}
