@@ -21,8 +21,10 @@ import (
 // BenchmarkFlowsLoop is the whole intake of FLOWS: 100,000 flows in messages
 // of 256 (the enricher's -publish.max-flows) already in the stream, pulled,
 // decoded, written and acked by one Loop with the default batch size, for 1
-// and 2 writers. It reports rows/s and the CPU of this process per row
-// (the sink plus the in-process NATS server delivering to it).
+// and 2 writers, until every flow is stored and added to the rollups (the
+// store's rollup job runs beside the writers). It reports rows/s and the CPU
+// of this process per row (the sink plus the in-process NATS server
+// delivering to it).
 func BenchmarkFlowsLoop(b *testing.B) {
 	for _, writers := range []int{1, 2} {
 		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) { benchFlowsLoop(b, writers) })
@@ -83,6 +85,12 @@ func benchFlowsLoop(b *testing.B, writers int) {
 			ci, err := c.Info(ctx)
 			return err == nil && ci.NumPending == 0 && ci.NumAckPending == 0
 		}, "flows still pending")
+		// And in the rollups: the store's rollup job ran beside the writes.
+		testkit.Eventually(b, 5*time.Minute, func() bool {
+			var pending int
+			err := st.Pool().QueryRow(ctx, "SELECT count(*) FROM rollup_pending").Scan(&pending)
+			return err == nil && pending == 0
+		}, "batches still pending for the rollups")
 		b.StopTimer()
 		elapsed += time.Since(t0)
 		cpu += processCPU() - c0

@@ -223,12 +223,27 @@ func Open(ctx context.Context, dsn string, log *slog.Logger, m *Metrics) (*Store
 }
 
 // Close stops the rollup job (a run under way is rolled back: its batches
-// stay pending) and closes the pool, waiting for connections in use.
+// stay pending), adds what is still pending to the rollups for up to
+// closeRollupTimeout (unless another sink's job holds the lock or the
+// database fails: the batches then wait for the next job, of any sink), and
+// closes the pool, waiting for connections in use.
 func (s *Store) Close() {
 	s.rollupStop()
 	<-s.rollupDone
+	if !s.rollupPaused.Load() {
+		ctx, cancel := context.WithTimeout(context.Background(), closeRollupTimeout)
+		for {
+			if n, err := s.Rollup(ctx); err != nil || n == 0 {
+				break
+			}
+		}
+		cancel()
+	}
 	s.pool.Close()
 }
+
+// closeRollupTimeout bounds Close's last rollup runs.
+const closeRollupTimeout = 10 * time.Second
 
 // Ping checks that the database answers within ctx.
 func (s *Store) Ping(ctx context.Context) error {
