@@ -156,3 +156,55 @@ func TestCountriesOncePerFlow(t *testing.T) {
 	}
 	storetest.CheckRollups(t, s.pool, "countries")
 }
+
+// TestRollupJobAllOrNothing: a run of the rollup job that fails part way
+// (a trigger on talkers_1h raises an error after flows_1m and talkers_1m
+// were added to) adds nothing and leaves its batches pending; the next run,
+// once the fault is gone, adds them exactly once. A redelivered batch
+// written while they were pending adds no batch of its own.
+func TestRollupJobAllOrNothing(t *testing.T) {
+	s, _ := open(t)
+	s.rollupPaused.Store(true)
+	ctx := context.Background()
+	at := time.Date(2024, 9, 1, 8, 0, 0, 0, time.UTC)
+	fb := &pb.FlowBatch{Sensor: "s1"}
+	for i := 0; i < 50; i++ {
+		fb.Flows = append(fb.Flows, flow("s1", at.Add(time.Duration(i)*time.Second), uint32(i), 0))
+	}
+	if res, err := s.WriteFlows(ctx, []*pb.FlowBatch{fb}); err != nil || res.Inserted != 50 {
+		t.Fatalf("%+v, %v", res, err)
+	}
+	for _, q := range []string{
+		`CREATE FUNCTION fail_rollup() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected fault'; END $$`,
+		`CREATE TRIGGER fail_rollup BEFORE INSERT ON talkers_1h FOR EACH ROW EXECUTE FUNCTION fail_rollup()`,
+	} {
+		if _, err := s.pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := s.Rollup(ctx); err == nil || n != 0 {
+		t.Fatalf("rollup with the fault: %d batches, %v; want an error", n, err)
+	}
+	var pending, minutes int
+	if err := s.pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM rollup_pending), (SELECT count(*) FROM flows_1m)`).Scan(&pending, &minutes); err != nil {
+		t.Fatal(err)
+	}
+	if pending != 1 || minutes != 0 {
+		t.Fatalf("after the failed run: %d batches pending (want 1), %d flows_1m rows (want 0)", pending, minutes)
+	}
+	// The same batch again while pending (a redelivery): nothing new.
+	if res, err := s.WriteFlows(ctx, []*pb.FlowBatch{fb}); err != nil || res.Inserted != 0 {
+		t.Fatalf("redelivery: %+v, %v", res, err)
+	}
+	if _, err := s.pool.Exec(ctx, `DROP TRIGGER fail_rollup ON talkers_1h`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Rollup(ctx); err != nil || n != 1 {
+		t.Fatalf("rollup after the fault: %d batches, %v; want 1", n, err)
+	}
+	var recs int64
+	if err := s.pool.QueryRow(ctx, `SELECT sum(records) FROM flows_1h`).Scan(&recs); err != nil || recs != 50 {
+		t.Errorf("flows_1h records %d (%v), want 50", recs, err)
+	}
+	storetest.CheckRollups(t, s.pool, "after the fault")
+}
