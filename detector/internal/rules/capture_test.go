@@ -103,6 +103,10 @@ func TestCaptures(t *testing.T) {
 		// IP host sweep (ICMP echo, then TCP/22) of a routed /24.
 		{"testdata/udp-flood.pcap.gz", []want{{"udp_flood", "10.0.0.66", "10.0.0.20"}, {"udp_flood", "", "10.0.0.20"}}, 24000, false, false},
 		{"testdata/ip-host-sweep.pcap", []want{{"hostsweep", "10.0.0.66", ""}}, 500, false, false},
+		// DNS reflection: 2,000 ANY responses from 20 resolvers to the
+		// spoofed victim (one-way), both orientations.
+		{"testdata/dns-amplification.pcap.gz", []want{{"amplification", "", "10.0.0.20"}}, 2000, false, false},
+		{"testdata/dns-amplification.pcap.gz", []want{{"amplification", "", "10.0.0.20"}}, 2000, false, true},
 		{"eth-ipv4-dns-http-browsing-wikipedia.pcap", nil, 1, false, false},
 		{"eth-ipv4-dns-http-browsing-wikipedia.pcap", nil, 1, true, false},
 		{"lab/lab-benign-mixed.pcap", nil, 1, false, false},
@@ -436,10 +440,12 @@ func TestStealthKind(t *testing.T) {
 }
 
 // TestCraftedFloodAndSweep runs the rules with their default thresholds on
-// the crafted captures (no UDP flood and no IP host sweep in shared/):
-// flows built by tshark from testdata/udp-flood.pcap.gz and
-// testdata/ip-host-sweep.pcap. Every expected publish is derived by hand
-// from the generators' docstrings (T0 = 1795968000 s):
+// the crafted captures (no UDP flood, IP host sweep or UDP amplification
+// in shared/): flows built by tshark from testdata/udp-flood.pcap.gz,
+// testdata/ip-host-sweep.pcap and testdata/dns-amplification.pcap.gz (in
+// the first-packet orientation and turned around as the enricher does).
+// Every expected publish is derived by hand from the generators'
+// docstrings (T0 = 1795968000 s):
 //   - udp_flood, 4,000 datagrams/s from T0+2 s (10.0.0.66) and T0+32 s
 //     (spoofed): one alert per 10 s window at the 10,000th datagram,
 //     T0+2+9999*0.00025 s and T0+32+9999*0.00025 s, 12,000 < 20,000 so no
@@ -449,7 +455,11 @@ func TestStealthKind(t *testing.T) {
 //     echo flow, whose record ends with the timestamp request 750 us after
 //     the echo (one ICMP flow per address pair, as tshark's 5-tuple and
 //     the enricher key it); minute 1: on the port 22 flow, whose record
-//     ends with nmap's retry 1 s after the first SYN.
+//     ends with nmap's retry 1 s after the first SYN;
+//   - amplification, 2,000 DNS responses one per ms from T0+2 s to
+//     distinct victim ports: at the 1,000th (T0+2.999 s) and the 2,000th
+//     (T0+3.999 s, the doubling), no originator, 20 reflectors; no
+//     portscan naming a resolver (each sent to 100 victim ports).
 func TestCraftedFloodAndSweep(t *testing.T) {
 	const t0 = int64(1795968000) * 1e9
 	type pub struct {
@@ -458,25 +468,36 @@ func TestCraftedFloodAndSweep(t *testing.T) {
 		count, update                 int
 	}
 	for _, c := range []struct {
-		file string
-		want []pub
+		file     string
+		want     []pub
+		enricher bool
 	}{
 		{"testdata/udp-flood.pcap.gz", []pub{
 			{"udp_flood", "10.0.0.66", "10.0.0.20", "", t0 + 2e9 + 9999*250e3, 10000, 0},
-			{"udp_flood", "", "10.0.0.20", "", t0 + 32e9 + 9999*250e3, 10000, 0}}},
+			{"udp_flood", "", "10.0.0.20", "", t0 + 32e9 + 9999*250e3, 10000, 0}}, false},
 		{"testdata/ip-host-sweep.pcap", []pub{
 			{"hostsweep", "10.0.0.66", "", "icmp/echo", t0 + 5e9 + 31e6 + 750e3, 32, 0},
 			{"hostsweep", "10.0.0.66", "", "icmp/echo", t0 + 5e9 + 63e6 + 750e3, 64, 1},
 			{"hostsweep", "10.0.0.66", "", "icmp/echo", t0 + 5e9 + 127e6 + 750e3, 128, 2},
 			{"hostsweep", "10.0.0.66", "", "tcp/22", t0 + 65e9 + 31e6 + 1e9, 32, 0},
 			{"hostsweep", "10.0.0.66", "", "tcp/22", t0 + 65e9 + 63e6 + 1e9, 64, 1},
-			{"hostsweep", "10.0.0.66", "", "tcp/22", t0 + 65e9 + 127e6 + 1e9, 128, 2}}},
+			{"hostsweep", "10.0.0.66", "", "tcp/22", t0 + 65e9 + 127e6 + 1e9, 128, 2}}, false},
+		{"testdata/dns-amplification.pcap.gz", []pub{
+			{"amplification", "", "10.0.0.20", "", t0 + 2e9 + 999e6, 1000, 0},
+			{"amplification", "", "10.0.0.20", "", t0 + 2e9 + 1999e6, 2000, 1}}, false},
+		{"testdata/dns-amplification.pcap.gz", []pub{
+			{"amplification", "", "10.0.0.20", "", t0 + 2e9 + 999e6, 1000, 0},
+			{"amplification", "", "10.0.0.20", "", t0 + 2e9 + 1999e6, 2000, 1}}, true},
 	} {
-		t.Run(c.file, func(t *testing.T) {
+		name := c.file
+		if c.enricher {
+			name += "/enricher-orientation"
+		}
+		t.Run(name, func(t *testing.T) {
 			e := New(DefaultConfig())
 			e.SetNameModel(shippedNameModel(t), "qname-id3")
 			var got []pub
-			for _, f := range tsharkFlows(t, c.file) {
+			for _, f := range tsharkFlowsOpt(t, c.file, false, c.enricher) {
 				for _, a := range e.Observe("cap", f) {
 					var ev struct {
 						Packets int    `json:"packets"`

@@ -195,8 +195,17 @@ const (
 // A flow whose originator sent nothing (the enricher made the receiver of
 // an unsolicited SYN-ACK, RST or UDP response the originator) is never a
 // probe: that is backscatter or reflection (amplification), and counting
-// it would name the victim as a scanner.
+// it would name the victim as a scanner. Nor is the same one-way flow
+// oriented the other way round (a flow's first packet a response: TCP
+// SYN-ACK or RST with no payload, or UDP from an amplification port to a
+// port that is not one, no reply; Reflected): counted as probes, the
+// responses of a DNS reflection attack made each of its 20 resolvers a
+// port scanner of the victim (testdata/dns-amplification.pcap.gz: 100
+// distinct victim ports per resolver).
 func IsProbe(f *pb.Flow) bool {
+	if _, _, _, ok := Reflected(f); ok {
+		return false
+	}
 	switch f.GetProto() {
 	case 6:
 		if f.GetOrigBytes() != 0 || f.GetRespBytes() != 0 || f.GetOrigPkts() == 0 {
