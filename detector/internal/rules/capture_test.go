@@ -3,6 +3,7 @@ package rules
 import (
 	"encoding/csv"
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,6 +108,8 @@ func TestCaptures(t *testing.T) {
 		// spoofed victim (one-way), both orientations.
 		{"testdata/dns-amplification.pcap.gz", []want{{"amplification", "", "10.0.0.20"}}, 2000, false, false},
 		{"testdata/dns-amplification.pcap.gz", []want{{"amplification", "", "10.0.0.20"}}, 2000, false, true},
+		// A C2 beacon every 60 s +-10 % beside irregular browsing.
+		{"testdata/beaconing.pcap", []want{{"beaconing", "10.0.0.66", "203.0.113.10"}}, 35, false, false},
 		{"eth-ipv4-dns-http-browsing-wikipedia.pcap", nil, 1, false, false},
 		{"eth-ipv4-dns-http-browsing-wikipedia.pcap", nil, 1, true, false},
 		{"lab/lab-benign-mixed.pcap", nil, 1, false, false},
@@ -524,5 +527,52 @@ func TestCraftedFloodAndSweep(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestBeaconingCapture: testdata/beaconing.pcap (gen-beaconing.py; no
+// beaconing capture in shared/): 20 HTTPS connections from 10.0.0.66 to
+// 203.0.113.10 every 60 s +-10 % and 15 irregular ones from 10.0.0.5.
+// Expected, printed by the generator from its own start times: one
+// beaconing alert id (T1071) 10.0.0.66 -> 203.0.113.10, published at the
+// 8th connection (the record of the 8th ends at 1795968432.056932 s;
+// period 57.409562 s, CV 0.037968) and updated at the 16th
+// (1795968929.333503 s; 59.942900 s, 0.060537); nothing else.
+func TestBeaconingCapture(t *testing.T) {
+	e := New(DefaultConfig())
+	type pub struct {
+		orig, resp string
+		us         int64
+		conns      int
+		period, cv float64
+	}
+	var got []pub
+	ids := map[string]bool{}
+	for _, f := range tsharkFlows(t, filepath.Join("testdata", "beaconing.pcap")) {
+		for _, a := range e.Observe("cap", f) {
+			var ev struct {
+				Conns  int     `json:"connections"`
+				Period float64 `json:"period_seconds"`
+				CV     float64 `json:"jitter_cv"`
+			}
+			if err := json.Unmarshal(a.Evidence, &ev); err != nil || a.Category != "beaconing" || a.Technique != "T1071" {
+				t.Fatalf("%s %s %s (%v)", a.Category, a.Technique, a.Evidence, err)
+			}
+			got = append(got, pub{a.OrigAddr, a.RespAddr, (a.TimeNs + 500) / 1000, ev.Conns, ev.Period, ev.CV})
+			ids[a.Id] = true
+			t.Logf("%s %s", a.Summary, a.Evidence)
+		}
+	}
+	want := []pub{{"10.0.0.66", "203.0.113.10", 1795968432056932, 8, 57.409562, 0.037968},
+		{"10.0.0.66", "203.0.113.10", 1795968929333503, 16, 59.942900, 0.060537}}
+	if len(got) != len(want) || len(ids) != 1 {
+		t.Fatalf("%d publishes with %d ids, want 2 with 1: %+v", len(got), len(ids), got)
+	}
+	for i, w := range want {
+		g := got[i]
+		if g.orig != w.orig || g.resp != w.resp || g.us != w.us || g.conns != w.conns ||
+			math.Abs(g.period-w.period) > 1e-5 || math.Abs(g.cv-w.cv) > 1e-5 {
+			t.Errorf("publish %d: %+v, want %+v", i, g, w)
+		}
 	}
 }

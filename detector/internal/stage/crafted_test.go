@@ -36,6 +36,8 @@ import (
 //     32, 64 and 128 hosts: 6 alerts, 2 ids;
 //   - amp: amplification on 10.0.0.20, no originator, at the 1,000th and
 //     2,000th DNS response: 2 alerts, 1 id;
+//   - beacon: beaconing 10.0.0.66 -> 203.0.113.10 at its 8th and 16th
+//     connection: 2 alerts, 1 id;
 //
 // nothing else. Every alert carries host_anomaly. HOST_SCORES (the
 // host-score bucket that annotates flows) then holds the sweeper's minute-1
@@ -51,7 +53,7 @@ func TestStageCraftedCaptures(t *testing.T) {
 	nmsg := 0
 	for k, c := range []struct{ sensor, file string }{
 		{"udp", "../rules/testdata/udp-flood.pcap.gz"}, {"sweep", "../rules/testdata/ip-host-sweep.pcap"},
-		{"amp", "../rules/testdata/dns-amplification.pcap.gz"},
+		{"amp", "../rules/testdata/dns-amplification.pcap.gz"}, {"beacon", "../rules/testdata/beaconing.pcap"},
 	} {
 		flows, err := capflow.Flows(c.file, capflow.Options{Tshark: tshark})
 		if err != nil {
@@ -134,12 +136,13 @@ func TestStageCraftedCaptures(t *testing.T) {
 	sort.Strings(got)
 	want := []string{
 		`amp amplification "">"10.0.0.20"`, `amp amplification "">"10.0.0.20"`,
+		`beacon beaconing "10.0.0.66">"203.0.113.10"`, `beacon beaconing "10.0.0.66">"203.0.113.10"`,
 		`sweep hostsweep "10.0.0.66">""`, `sweep hostsweep "10.0.0.66">""`, `sweep hostsweep "10.0.0.66">""`,
 		`sweep hostsweep "10.0.0.66">""`, `sweep hostsweep "10.0.0.66">""`, `sweep hostsweep "10.0.0.66">""`,
 		`udp udp_flood "">"10.0.0.20"`, `udp udp_flood "10.0.0.66">"10.0.0.20"`,
 	}
-	if fmt.Sprint(got) != fmt.Sprint(want) || len(ids) != 5 {
-		t.Fatalf("alerts (%d ids):\n%v\nwant (5 ids):\n%v", len(ids), got, want)
+	if fmt.Sprint(got) != fmt.Sprint(want) || len(ids) != 6 {
+		t.Fatalf("alerts (%d ids):\n%v\nwant (6 ids):\n%v", len(ids), got, want)
 	}
 
 	var meta HostScoresModel
