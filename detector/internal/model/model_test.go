@@ -270,3 +270,54 @@ func TestHoldOutTypes(t *testing.T) {
 	}
 	t.Logf("hold-out types: binary accuracy %.4f; %+v; matrix %v", rep.BinaryAccuracy, rep.Classes, m)
 }
+
+// TestScoreEdgeFlows: issue 5 "unseen categories, constant columns,
+// single-packet flows: scored without error, no NaN". The shipped model
+// scores flows whose protocol (SCTP, GRE, ICMPv6), port (65000, 0) and
+// Zeek conn_state ("XX") it never saw, single-packet and empty flows, and
+// huge counters, each to a number in [0, 1]; a tree trained on records
+// whose duration and byte columns are constant (all 0) trains and scores
+// the same way.
+func TestScoreEdgeFlows(t *testing.T) {
+	m, err := Load(shipped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := []byte{10, 0, 0, 1}, []byte{10, 0, 0, 2}
+	flows := []*pb.Flow{
+		{},
+		{Proto: 132, OrigAddr: a, RespAddr: b, OrigPort: 5000, RespPort: 38412, OrigPkts: 1},
+		{Proto: 47, OrigAddr: a, RespAddr: b, OrigPkts: 1},
+		{Proto: 58, OrigAddr: a, RespAddr: b, IcmpType: 135, OrigPkts: 1},
+		{Proto: 6, OrigAddr: a, RespAddr: b, RespPort: 65000, OrigPkts: 1, OrigTcpFlags: 0x02, ConnState: "XX"},
+		{Proto: 17, OrigAddr: a, RespAddr: b, RespPort: 0, OrigPkts: 1, StartNs: 5, EndNs: 5},
+		{Proto: 6, OrigAddr: a, RespAddr: b, RespPort: 80, StartNs: 0, EndNs: math.MaxInt64, OrigPkts: math.MaxUint64,
+			RespPkts: math.MaxUint64, OrigBytes: math.MaxUint64, RespBytes: math.MaxUint64, OrigTcpFlags: 0xff, RespTcpFlags: 0xff},
+		{Proto: 6, OrigAddr: a, RespAddr: b, RespPort: 22, StartNs: 10, EndNs: 1, OrigPkts: 1}, // end before start
+	}
+	for i, f := range flows {
+		p, err := m.Score(f)
+		if err != nil || math.IsNaN(p) || p < 0 || p > 1 {
+			t.Errorf("flow %d (%+v): score %v, %v", i, Extract(f), p, err)
+		}
+	}
+	var recs []Record
+	for i := 0; i < 200; i++ {
+		x := Features{Protocol: "tcp", Service: "http", Flag: "SF"}
+		attack := i%2 == 0
+		if attack {
+			x.Flag = "S0"
+		}
+		recs = append(recs, Record{X: x, Attack: attack, Label: map[bool]string{true: "neptune", false: "normal"}[attack]})
+	}
+	c, err := Train(recs, 0, "constant-columns")
+	if err != nil {
+		t.Fatalf("train with constant columns: %v", err)
+	}
+	for i, f := range flows {
+		p, err := c.Score(f)
+		if err != nil || math.IsNaN(p) || p < 0 || p > 1 {
+			t.Errorf("constant-column tree, flow %d: score %v, %v", i, p, err)
+		}
+	}
+}
