@@ -582,6 +582,7 @@ func train(args []string, stdout io.Writer, getenv func(string) string) error {
 	default:
 		return fmt.Errorf("-format %q: want nsl-kdd, qnames or hosts", *format)
 	}
+	fmt.Fprintf(stdout, "reading %s\n", *data)
 	recs, err := model.ReadKDDFile(*data)
 	if err != nil {
 		return err
@@ -594,11 +595,13 @@ func train(args []string, stdout io.Writer, getenv func(string) string) error {
 	} else if testSet, err = model.ReadKDDFile(*test); err != nil {
 		return err
 	}
+	fmt.Fprintf(stdout, "training ID3 on %d records (duration, protocol_type, service, flag, src_bytes, dst_bytes)\n", len(trainSet))
 	t, err := model.Train(trainSet, *prune, *name)
 	if err != nil {
 		return err
 	}
 	t.Meta.TrainSource = source
+	fmt.Fprintf(stdout, "evaluating on %d records\n", len(testSet))
 	if t.Meta.Eval, err = model.Evaluate(t, testSet); err != nil {
 		return err
 	}
