@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -209,9 +210,26 @@ func checkProvisioned(ctx context.Context, js jetstream.JetStream, n Needs) erro
 // hold the caller's whole deadline.
 const provisionAttempt = 10 * time.Second
 
+// ErrNotPermitted is wrapped by ProvisionRetry's error when the server
+// refused a provisioning request for the user's permissions.
+var ErrNotPermitted = errors.New("provision not permitted")
+
+// permissionDenied returns the connection's last error when it is the
+// server's permissions violation for a JetStream API request (nats.go
+// reports those asynchronously; the request itself only times out).
+func permissionDenied(js jetstream.JetStream) error {
+	err := js.Conn().LastError()
+	if err != nil && strings.Contains(strings.ToLower(err.Error()), "permissions violation") &&
+		strings.Contains(err.Error(), "$JS.API.") {
+		return err
+	}
+	return nil
+}
+
 // ProvisionRetry calls Provision until it succeeds or ctx ends, backing off
 // from 200 ms to 5 s: a stage started before NATS (or during a cluster
-// election) waits for it instead of failing.
+// election) waits for it instead of failing. A user the server does not
+// permit to provision gets an error wrapping ErrNotPermitted at once.
 func ProvisionRetry(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
 	wait := 200 * time.Millisecond
 	for {
@@ -220,6 +238,11 @@ func ProvisionRetry(ctx context.Context, js jetstream.JetStream, o StreamOptions
 		cancel()
 		if err == nil {
 			return nil
+		}
+		if pe := permissionDenied(js); pe != nil {
+			// the server refused a provisioning request: no retry helps
+			return fmt.Errorf("%w: this user may not create or update the streams (%v); provision them as admin "+
+				"(netwatchctl provision) and start with -nats.provision=false", ErrNotPermitted, pe)
 		}
 		select {
 		case <-ctx.Done():

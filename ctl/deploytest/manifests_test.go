@@ -258,6 +258,7 @@ type composeFile struct {
 		Environment map[string]string `yaml:"environment"`
 		Volumes     []string          `yaml:"volumes"`
 		NetworkMode string            `yaml:"network_mode"`
+		Ports       []string          `yaml:"ports"`
 		CapAdd      []string          `yaml:"cap_add"`
 		Deploy      struct {
 			Replicas int `yaml:"replicas"`
@@ -320,6 +321,34 @@ func TestComposeFile(t *testing.T) {
 		if len(sv.Command) > 0 && slices.Contains([]string{"/opt/netwatch/bin/enricher", "/opt/netwatch/bin/detector",
 			"/opt/netwatch/bin/sink"}, sv.Command[0]) && !slices.Contains(sv.Command, "-nats.provision=false") {
 			t.Errorf("%s: command %v, want -nats.provision=false (its user may not provision)", name, sv.Command)
+		}
+	}
+	// A replicated service publishing one fixed host port: only one replica
+	// could bind it (QA of issue 8: the api's two replicas on 8080).
+	for name, sv := range f.Services {
+		for _, pt := range sv.Ports {
+			host, _, _ := strings.Cut(pt, ":")
+			if sv.Deploy.Replicas > 1 && !strings.Contains(host, "-") {
+				t.Errorf("%s: %d replicas publish the single host port %q", name, sv.Deploy.Replicas, pt)
+			}
+		}
+	}
+	// The sensor fails over between the three nodes' published ports.
+	var published []string
+	for i := 1; i <= 3; i++ {
+		for _, pt := range f.Services[fmt.Sprintf("nats-%d", i)].Ports {
+			if host, cont, _ := strings.Cut(pt, ":"); cont == "4222" {
+				published = append(published, "127.0.0.1:"+host)
+			}
+		}
+	}
+	if agURL := f.Services["agent"].Environment["NETWATCH_NATS_URL"]; len(published) != 3 {
+		t.Errorf("NATS client ports published for the agent: %v, want one per node", published)
+	} else {
+		for _, hp := range published {
+			if !strings.Contains(agURL, hp) {
+				t.Errorf("agent NETWATCH_NATS_URL %q lacks %s", agURL, hp)
+			}
 		}
 	}
 	ag := f.Services["agent"]

@@ -432,8 +432,24 @@ func TestStageCredentials(t *testing.T) {
 	sensorA := filepath.Join(dir, "sensor-a.creds")
 	ctl(t, "creds", "-dir", dir, "-sensor", "sensor-a", "-o", sensorA)
 
-	// The stages may not provision (their users cannot create streams):
-	// started before netwatchctl provision, the detector waits for it.
+	// The stages may not provision (their users cannot create streams).
+	// Started with the default -nats.provision=true, the detector stops with
+	// an error that says so (it looped on permission violations before).
+	refused := exec.Command(detector, "-nats.url", url, "-nats.creds", creds["detector"], "-http.addr", "", "-log.format", "text")
+	out, err := refused.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "may not create or update the streams") || !strings.Contains(string(out), "-nats.provision=false") {
+		t.Fatalf("detector with its role's credentials and -nats.provision=true: %v, want an exit naming -nats.provision=false:\n%s", err, tail(string(out), 10))
+	}
+	t.Logf("detector with -nats.provision=true: %v: %s", err, tail(string(out), 1))
+	waitFor(t, 5*time.Second, "the refused request in the server log", func() error {
+		if len(logViolations(t, logFile)) == 0 {
+			return errors.New("no violation logged yet")
+		}
+		return nil
+	})
+	refusedLines := len(logViolations(t, logFile)) // the stages' real work must add none
+	// Started with -nats.provision=false before netwatchctl provision, the
+	// detector waits for it.
 	detAddr := freeAddr(t)
 	det := startProc(t, "detector", detector, "-nats.url", url, "-nats.creds", creds["detector"], "-nats.provision=false",
 		"-health.check", "1s", "-http.addr", detAddr, "-log.format", "text")
@@ -581,7 +597,7 @@ func TestStageCredentials(t *testing.T) {
 			t.Errorf("%s: %v", p.name, err)
 		}
 	}
-	if v := logViolations(t, logFile); len(v) > 0 {
+	if v := logViolations(t, logFile)[refusedLines:]; len(v) > 0 {
 		t.Errorf("the stages' real work hit %d permission violations:\n%s", len(v), strings.Join(v, "\n"))
 	}
 	if o := det.output(); strings.Contains(o, "rule stopped") || strings.Contains(o, "health: ") {
@@ -630,6 +646,15 @@ func TestStageCredentials(t *testing.T) {
 		{"detector", "re-filter the sink's FLOWS durable", "$JS.API.CONSUMER.CREATE.FLOWS.sink-flows", func(ctx context.Context, js jetstream.JetStream) error {
 			_, err := js.CreateOrUpdateConsumer(ctx, schema.StreamFlows, jetstream.ConsumerConfig{Durable: schema.ConsumerSinkFlows,
 				FilterSubject: schema.FlowsPrefix + ".nothing", AckPolicy: jetstream.AckExplicitPolicy})
+			return err
+		}},
+		{"enricher", "add a source to its checkpoint bucket", "$JS.API.STREAM.UPDATE.KV_" + schema.CheckpointBucket, func(ctx context.Context, js jetstream.JetStream) error {
+			cfg := schema.CheckpointBucketConfig(1)
+			_, err := js.UpdateKeyValue(ctx, cfg)
+			return err
+		}},
+		{"detector", "update its host scores bucket", "$JS.API.STREAM.UPDATE.KV_" + schema.HostScoresBucket, func(ctx context.Context, js jetstream.JetStream) error {
+			_, err := js.UpdateKeyValue(ctx, schema.HostScoresConfig(1, time.Hour))
 			return err
 		}},
 		{"detector", "create a stream", "$JS.API.STREAM.CREATE.EVIL", func(ctx context.Context, js jetstream.JetStream) error {
@@ -737,6 +762,20 @@ func TestStageCredentialsAPI(t *testing.T) {
 		})
 		t.Logf("api: create/update of %s.%s refused (%v)", d.stream, d.durable, err)
 	}
+	// The sensors' packet summaries: no consumer on PACKETS (its info and
+	// consumer list for the pipeline page stay readable).
+	if _, err := js.Stream(ctx, schema.StreamPackets); err != nil {
+		t.Errorf("api: PACKETS stream info: %v", err)
+	}
+	pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+	_, err = js.OrderedConsumer(pctx, schema.StreamPackets, jetstream.OrderedConsumerConfig{MaxResetAttempts: 1})
+	pcancel()
+	if err == nil {
+		t.Error("api could read PACKETS with an ordered consumer")
+	}
+	waitFor(t, 5*time.Second, "api reading PACKETS", func() error {
+		return v.find(`Permissions Violation for Publish to "$JS.API.CONSUMER.CREATE.` + schema.StreamPackets + `.`)
+	})
 	// Other roles' replies: the api has only its own inbox (ops.StageInbox).
 	for _, subj := range []string{"_INBOX.>", "_INBOX.abc", ops.StageInbox("sink") + ".>", ops.StageInbox("enricher") + ".x", ">"} {
 		sub, err := nc.SubscribeSync(subj)

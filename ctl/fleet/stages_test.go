@@ -453,7 +453,7 @@ func (p *stages) checkAlerts(t *testing.T, ctx context.Context, sensor string, o
 	}
 	var cats map[string]int
 	var health []alert
-	waitFor(t, 30*time.Second, sensor+" portscan alert", func() error {
+	read := func() error {
 		rows, err := p.db.Query(ctx, `SELECT category, rule, summary, time FROM alerts WHERE sensor = $1`, sensor)
 		if err != nil {
 			return err
@@ -471,12 +471,23 @@ func (p *stages) checkAlerts(t *testing.T, ctx context.Context, sensor string, o
 			}
 			cats[a.category]++
 		}
+		return rows.Err()
+	}
+	waitFor(t, 30*time.Second, sensor+" portscan alert", func() error {
+		if err := read(); err != nil {
+			return err
+		}
 		if cats["portscan"] == 0 {
 			return fmt.Errorf("alerts %v", cats)
 		}
-		return rows.Err()
+		return nil
 	})
-	time.Sleep(2 * time.Second) // a second alert would come from the same flows: give it time
+	// A second alert would come from the same flows: give it time, then
+	// read the alerts again.
+	time.Sleep(5 * time.Second)
+	if err := read(); err != nil {
+		t.Fatalf("%s: alerts: %v", sensor, err)
+	}
 	if cats["portscan"] != 1 || len(cats) != 1 {
 		t.Errorf("%s: alerts by category %v, want exactly one portscan", sensor, cats)
 	} else {
@@ -578,7 +589,8 @@ func (l *live) report(t *testing.T, ctx context.Context, p *stages, outage [2]ti
 	defer l.mu.Unlock()
 	stored, missing := 0, 0
 	for _, s := range sensors {
-		rows, err := p.db.Query(ctx, `SELECT id::text FROM flows WHERE sensor = $1`, s)
+		// the feed's ids are 32 hex digits; a uuid column prints with dashes
+		rows, err := p.db.Query(ctx, `SELECT replace(id::text, '-', '') FROM flows WHERE sensor = $1`, s)
 		if err != nil {
 			t.Logf("live: stored ids: %v", err)
 			return
@@ -603,6 +615,9 @@ func (l *live) report(t *testing.T, ctx context.Context, p *stages, outage [2]ti
 	pct := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))] }
 	t.Logf("live: %d flow records over the WebSocket (%d stored, %d of them not seen live); last packet -> WebSocket p50 %v, p99 %v, max %v",
 		len(lat), stored, missing, pct(0.50).Round(time.Millisecond), pct(0.99).Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond))
+	if stored == 0 || missing > 0 {
+		t.Errorf("live: %d of the %d stored flow records never came over the WebSocket", missing, stored)
+	}
 	var in, out []time.Duration
 	for i, d := range l.lat {
 		if e := l.ends[i]; !e.Before(outage[0].Add(-time.Second)) && !e.After(outage[1]) {

@@ -186,6 +186,7 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 	replicas := fs.Int("replicas", 1, "replicas of every stream, consumer and the registry bucket (3 on a cluster)")
 	sites := fs.String("sites", "", "comma-separated JetStream domains of leaf sites whose SITE stream PACKETS, METRICS and KV_SENSORS source (netwatchctl provision-site)")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
+	partitions := fs.Uint("group.partitions", schema.GroupPartitions, "partitions (max members) of the enrichers' consumer group "+schema.EnricherGroup+" when it is created here")
 	if err := parse(fs, args, getenv); err != nil {
 		return err
 	}
@@ -212,6 +213,9 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 	if _, err := schema.ProvisionRegistry(ctx, js, o); err != nil {
 		return err
 	}
+	if err := provisionStageState(ctx, js, *replicas, *partitions); err != nil {
+		return err
+	}
 	if len(domains) > 0 {
 		if err := site.AddSources(ctx, js, domains); err != nil {
 			return err
@@ -229,6 +233,33 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 		}
 	}
 	fmt.Fprintf(stdout, "consumers: %d, key-value bucket %s: replicas %d\n", len(schema.ConsumerConfigs(o)), schema.RegistryBucket, *replicas)
+	fmt.Fprintf(stdout, "enricher group %s (stream %s-%s), key-value buckets %s, %s, object store %s\n", schema.EnricherGroup,
+		schema.StreamPackets, schema.EnricherGroup, schema.CheckpointBucket, schema.HostScoresBucket, schema.ModelsBucket)
+	return nil
+}
+
+// provisionStageState creates or updates what the stages keep their own
+// state in (schema/stagestate.go): the enrichers' consumer group
+// schema.EnricherGroup on PACKETS (pcgroups: its configuration key and its
+// work-queue stream, replicas as PACKETS), their checkpoint bucket, the
+// detector's host scores bucket and models object store, with replicas.
+// The stages' users may create these but not update them, so provisioning
+// them here fixes their configuration. A group that exists with another
+// partition count is an error (pcgroups cannot change it: delete the group
+// first, see deploy/README.md "Scaling the enrichers").
+func provisionStageState(ctx context.Context, js jetstream.JetStream, replicas int, partitions uint) error {
+	filter := []pcgroups.PartitioningFilter{{Filter: schema.GroupFilterSubject, PartitioningWildcards: schema.GroupPartitioningWildcards}}
+	if _, err := pcgroups.CreateElastic(ctx, js, schema.StreamPackets, schema.EnricherGroup, partitions, filter, 0, 0); err != nil {
+		return fmt.Errorf("provision enricher group %s: %w", schema.EnricherGroup, err)
+	}
+	for _, cfg := range []jetstream.KeyValueConfig{schema.CheckpointBucketConfig(replicas), schema.HostScoresConfig(replicas, 0)} {
+		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+			return fmt.Errorf("provision key-value bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	if _, err := js.CreateOrUpdateObjectStore(ctx, schema.ModelsConfig(replicas)); err != nil {
+		return fmt.Errorf("provision object store %s: %w", schema.ModelsBucket, err)
+	}
 	return nil
 }
 

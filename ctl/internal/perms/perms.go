@@ -38,7 +38,7 @@ type Set struct {
 // the enricher role's permissions are written for: its work-queue stream
 // PACKETS-<EnricherGroup>, its membership key in pcgroups' bucket and its
 // checkpoint keys. Another group name needs its own lines.
-const EnricherGroup = "enrichers"
+const EnricherGroup = schema.EnricherGroup
 
 // ConsumerDetectorARP is the detector's durable consumer on PACKETS for
 // ARP summaries (detector/internal/stage.ConsumerARP; not in schema).
@@ -49,19 +49,23 @@ const ConsumerDetectorARP = "detector-arp"
 // -models.bucket object store it loads models from and watches, and
 // detector/internal/stage.HostScoresBucket, the -host.scores-bucket
 // key-value bucket of host window scores). The detector creates them when
-// missing, like the enrichers their checkpoint bucket; other names need
-// their own lines.
+// missing (netwatchctl provision creates them first), like the enrichers
+// their checkpoint bucket; other names need their own lines.
 const (
-	DetectorModelsBucket     = "MODELS"
-	DetectorHostScoresBucket = "HOST_SCORES"
+	DetectorModelsBucket     = schema.ModelsBucket
+	DetectorHostScoresBucket = schema.HostScoresBucket
 )
 
 // detectorBuckets is what the detector needs of its buckets: the models
 // object store (stream OBJ_<bucket>: create when missing, info, direct
 // gets of an object's meta, ordered consumers reading chunks and watching
 // the meta subjects, flow control) read only (`detector push` puts models
-// with the admin user), and the host scores key-value bucket (create or
-// update its configuration, info, puts of any key).
+// with the admin user), and the host scores key-value bucket (create, info,
+// puts of any key). No update: a user that may update a stream's
+// configuration can add a source to it and read any stream through it
+// (the QA of issue 8 did that with the enricher's checkpoint bucket); a
+// create request for an existing stream with another configuration is
+// refused by the server.
 func detectorBuckets() []string {
 	obj := "OBJ_" + DetectorModelsBucket
 	kv := "KV_" + DetectorHostScoresBucket
@@ -70,7 +74,7 @@ func detectorBuckets() []string {
 		"$JS.API.STREAM.MSG.GET." + obj,
 		"$JS.API.CONSUMER.CREATE." + obj + ".*", "$JS.API.CONSUMER.CREATE." + obj + ".*.>",
 		"$JS.API.CONSUMER.INFO." + obj + ".*", "$JS.API.CONSUMER.DELETE." + obj + ".*", "$JS.FC." + obj + ".>",
-		"$JS.API.STREAM.CREATE." + kv, "$JS.API.STREAM.UPDATE." + kv, "$JS.API.STREAM.INFO." + kv,
+		"$JS.API.STREAM.CREATE." + kv, "$JS.API.STREAM.INFO." + kv,
 		"$KV." + DetectorHostScoresBucket + ".>",
 	}
 }
@@ -290,9 +294,12 @@ func Role(role string) (Set, error) {
 			info(schema.StreamFlows, schema.StreamAlerts, schema.StreamMetrics))
 		s.Sub = []string{}
 	case "api":
-		streams := []string{schema.StreamPackets, schema.StreamFlows, schema.StreamAlerts,
+		streams := []string{schema.StreamFlows, schema.StreamAlerts,
 			schema.StreamMetrics, schema.StreamCounters, kvStream}
-		s.Pub = info(streams...)
+		// PACKETS: stream info and the consumer list (the pipeline page's
+		// lag) only; no consumer on it, so the api cannot read the sensors'
+		// packet summaries (QA of issue 8)
+		s.Pub = append(info(append([]string{schema.StreamPackets}, streams...)...), "$JS.API.CONSUMER.LIST."+schema.StreamPackets)
 		for _, st := range streams {
 			// ordered consumers for replay and the registry listing: ephemeral
 			// create (with a filter subject), next, delete, flow control; the
@@ -329,9 +336,12 @@ func Role(role string) (Set, error) {
 // delete when membership changes, pinned pulls, acks), and the checkpoint
 // bucket ENRICHER_FLOWS (create, info, puts and watches of the group's
 // keys). Nothing of it reaches PACKETS itself or another stage's consumer.
+// It may create those streams (idempotent when netwatchctl provision made
+// them first: a create with another configuration is refused) but not
+// update one: an update could add a source and read any stream through it.
 func enricherGroup(group string) []string {
 	wq := schema.StreamPackets + "-" + group
-	cp := "ENRICHER_FLOWS" // enricher/internal/consume.CheckpointBucket
+	cp := schema.CheckpointBucket
 	key := schema.StreamPackets + "." + group
 	out := []string{
 		"$JS.API.STREAM.CREATE.KV_" + pcgroupsBucket, "$KV." + pcgroupsBucket + "." + key,
@@ -339,7 +349,7 @@ func enricherGroup(group string) []string {
 		"$JS.API.CONSUMER.CREATE." + wq + ".*", "$JS.API.CONSUMER.CREATE." + wq + ".*.>",
 		"$JS.API.CONSUMER.INFO." + wq + ".*", "$JS.API.CONSUMER.DELETE." + wq + ".*",
 		"$JS.API.CONSUMER.MSG.NEXT." + wq + ".*", "$JS.ACK." + wq + ".>",
-		"$JS.API.STREAM.CREATE.KV_" + cp, "$JS.API.STREAM.UPDATE.KV_" + cp, "$KV." + cp + "." + group + ".>",
+		"$JS.API.STREAM.CREATE.KV_" + cp, "$KV." + cp + "." + group + ".>",
 	}
 	out = append(out, kvBucket(pcgroupsBucket, key)...)
 	return append(out, kvBucket(cp, group+".>")...)

@@ -23,11 +23,12 @@ import (
 	"netwatch/detector/internal/hostmodel"
 	"netwatch/detector/internal/model"
 	"netwatch/detector/internal/qname"
+	"netwatch/schema"
 )
 
 // DefaultBucket is the object store bucket of the -models.bucket flag (its
 // stream is OBJ_MODELS).
-const DefaultBucket = "MODELS"
+const DefaultBucket = schema.ModelsBucket
 
 // Object names, one per model kind.
 const (
@@ -115,11 +116,9 @@ func Open(ctx context.Context, js jetstream.JetStream, bucket string, replicas i
 	if !errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, fmt.Errorf("object store %s: %w", bucket, err)
 	}
-	if replicas < 1 {
-		replicas = 1
-	}
-	obs, err = js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: bucket, Storage: jetstream.FileStorage,
-		Replicas: replicas, Description: "netwatch detector models (detector push)"})
+	cfg := schema.ModelsConfig(replicas)
+	cfg.Bucket = bucket
+	obs, err = js.CreateObjectStore(ctx, cfg)
 	if errors.Is(err, jetstream.ErrBucketExists) {
 		return js.ObjectStore(ctx, bucket)
 	}

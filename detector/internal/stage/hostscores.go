@@ -14,6 +14,7 @@ import (
 
 	"netwatch/detector/internal/hostmodel"
 	"netwatch/detector/internal/modelstore"
+	"netwatch/schema"
 )
 
 // HostScoresBucket is the default JetStream key-value bucket (stream
@@ -21,7 +22,7 @@ import (
 // score to, so that a flow can be annotated with the scores of its two
 // hosts by anyone who reads the bucket (issue 5: the host model's "score
 // annotates hosts, flows and alerts"; the detector does not write flows).
-const HostScoresBucket = "HOST_SCORES"
+const HostScoresBucket = schema.HostScoresBucket
 
 // HostScoresModelKey is the key of the bucket's HostScoresModel entry.
 const HostScoresModelKey = "model"
@@ -49,15 +50,27 @@ func HostScoreKey(sensor string, addr netip.Addr, windowStartNs int64) string {
 	return sensor + "." + a + "." + strconv.FormatInt(windowStartNs/int64(time.Second), 10)
 }
 
-// OpenHostScores creates or updates the HOST_SCORES bucket (bucket; one
-// value per key, entries expire after ttl, file storage) and returns it.
+// OpenHostScores binds the HOST_SCORES bucket (bucket), or creates it when
+// missing with schema.HostScoresConfig (one value per key, entries expire
+// after ttl, file storage), and returns it. An existing bucket keeps its
+// configuration (its TTL is the one it was created with).
 func OpenHostScores(ctx context.Context, js jetstream.JetStream, bucket string, replicas int, ttl time.Duration) (jetstream.KeyValue, error) {
-	if replicas < 1 {
-		replicas = 1
+	// An existing bucket is bound as it is (netwatchctl provision creates
+	// it on a fleet, and the detector user may not update a stream's
+	// configuration); a missing one is created.
+	kv, err := js.KeyValue(ctx, bucket)
+	if err == nil {
+		return kv, nil
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1, TTL: ttl,
-		Storage: jetstream.FileStorage, Replicas: replicas,
-		Description: "netwatch detector: host anomaly score of every closed host window (key sensor.addr.window_start_s)"})
+	if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("key-value bucket %s: %w", bucket, err)
+	}
+	cfg := schema.HostScoresConfig(replicas, ttl)
+	cfg.Bucket = bucket
+	kv, err = js.CreateKeyValue(ctx, cfg)
+	if errors.Is(err, jetstream.ErrBucketExists) {
+		kv, err = js.KeyValue(ctx, bucket)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("key-value bucket %s: %w", bucket, err)
 	}

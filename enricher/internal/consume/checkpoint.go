@@ -2,6 +2,7 @@ package consume
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -25,9 +26,12 @@ func (s *Stage) openCheckpoints(ctx context.Context) error {
 	s.epoch = st.CachedInfo().Created.UnixNano()
 	kv, err := s.js.KeyValue(ctx, CheckpointBucket)
 	if err != nil {
-		kv, err = s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: CheckpointBucket,
-			Description: "enricher flow checkpoints (see enricher README)", History: 1, TTL: CheckpointTTL,
-			Replicas: max(s.cfg.Replicas, 1)})
+		// missing: create it (netwatchctl provision does on a fleet); never
+		// update an existing one (the enricher user may not)
+		kv, err = s.js.CreateKeyValue(ctx, schema.CheckpointBucketConfig(s.cfg.Replicas))
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = s.js.KeyValue(ctx, CheckpointBucket)
+		}
 		if err != nil {
 			return fmt.Errorf("key-value bucket %s: %w", CheckpointBucket, err)
 		}

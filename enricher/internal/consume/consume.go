@@ -31,38 +31,38 @@ import (
 
 // Config tunes the stage.
 type Config struct {
-	Flow          flow.Config  // Sensor, Names and Limit are set by the stage
-	MaxFlows      int          // open flows in all tables (-flow.max-flows); ≤ 0 is no bound
-	Names         names.Config // passive DNS cache per sensor
-	NoNames       bool         // do not learn names from DNS answers
-	Counters      counters.Config
-	Instance      string         // this instance's name in COUNTERS message ids (stable across restarts)
-	Group         Group          // partitioned consumer group; zero: the shared durable (one instance)
-	Publish       publish.Config //
-	PullBatch     int            // messages per pull request (500)
-	WallTick      time.Duration  // how often idle buckets' clocks follow the wall clock (5 s)
+	Flow      flow.Config  // Sensor, Names and Limit are set by the stage
+	MaxFlows  int          // open flows in all tables (-flow.max-flows); ≤ 0 is no bound
+	Names     names.Config // passive DNS cache per sensor
+	NoNames   bool         // do not learn names from DNS answers
+	Counters  counters.Config
+	Instance  string         // this instance's name in COUNTERS message ids (stable across restarts)
+	Group     Group          // partitioned consumer group; zero: the shared durable (one instance)
+	Publish   publish.Config //
+	PullBatch int            // messages per pull request (500)
+	WallTick  time.Duration  // how often idle buckets' clocks follow the wall clock (5 s)
 	// WatermarkSilence: a sensor that sent a watermark batch
 	// (PacketBatch.watermark_ns) within it moves its buckets' clocks by
 	// watermarks only, never by the wall clock, so batches delayed by a
 	// broker failover still join their flows; after it (agent gone or cut
 	// off) the wall clock takes over again. 30 s when 0.
 	WatermarkSilence time.Duration
-	KeepAlive     time.Duration  // InProgress interval for held messages (30 s; AckWait is 2 min)
-	ShutdownFlush bool           // on shutdown, end open flows as END_SHUTDOWN and ack (see README)
-	DrainTimeout  time.Duration  // longest wait for publish acks at shutdown (30 s)
-	Replicas      int            // replicas of the checkpoint key-value bucket when it is created (-nats.replicas)
+	KeepAlive        time.Duration // InProgress interval for held messages (30 s; AckWait is 2 min)
+	ShutdownFlush    bool          // on shutdown, end open flows as END_SHUTDOWN and ack (see README)
+	DrainTimeout     time.Duration // longest wait for publish acks at shutdown (30 s)
+	Replicas         int           // replicas of the checkpoint key-value bucket when it is created (-nats.replicas)
 }
 
 // CheckpointBucket is the JetStream key-value bucket of the enricher's flow
 // checkpoints (group mode): key <group>.<sensor>.<bucket>.<flow key hash>,
 // value a flow.FlowState as JSON. Entries expire after CheckpointTTL.
-const CheckpointBucket = "ENRICHER_FLOWS"
+const CheckpointBucket = schema.CheckpointBucket
 
 // CheckpointTTL is how long a checkpoint is kept: it is needed until the
 // flow's messages are acked (at most the active or idle timeout plus AckWait
 // after it is written) or, after a crash, until the bucket is taken over
 // again; a day covers an instance down overnight.
-const CheckpointTTL = 24 * time.Hour
+const CheckpointTTL = schema.CheckpointTTL
 
 // Group selects consumption through an elastic partitioned consumer group
 // (github.com/synadia-io/orbit.go/pcgroups) instead of the single durable:
@@ -79,7 +79,7 @@ type Group struct {
 }
 
 // groupFilter partitions PACKETS on the <sensor> and <bucket> tokens.
-var groupFilter = pcgroups.PartitioningFilter{Filter: schema.PacketsPrefix + ".*.*", PartitioningWildcards: []int{1, 2}}
+var groupFilter = pcgroups.PartitioningFilter{Filter: schema.GroupFilterSubject, PartitioningWildcards: schema.GroupPartitioningWildcards}
 
 // JoinGroup creates the elastic consumer group g on PACKETS if it does not
 // exist (an existing group must have the same partitions and filter) and,
