@@ -40,9 +40,11 @@ type Stats struct {
 	// published in PacketBatch.arp); they are counted in NonIP too.
 	ARP atomic.Uint64
 	// Truncated is the number of IP frames cut by the snaplen inside their
-	// IP header, before both addresses (decode.KindTruncated): counted in
-	// IPPackets and IPBytes (from the length field), not published in a
-	// flow (METRICS: pb.CaptureStats.truncated).
+	// innermost IP header, before both addresses, or inside a tunnel's
+	// inner frame before its IP length field (decode.KindTruncated):
+	// counted in IPPackets and IPBytes (from the innermost length field, or
+	// the outer ones minus the encapsulation), not published in a flow
+	// (METRICS: pb.CaptureStats.truncated).
 	Truncated atomic.Uint64
 }
 
@@ -147,7 +149,7 @@ func New(cfg Config, js jetstream.JetStream, reg prometheus.Registerer, log *slo
 			f("netwatch_agent_ring_dropped_packets_total", "Frames dropped on a full AF_PACKET ring (tp_drops).", &a.Stats.RingDrops),
 			f("netwatch_agent_ring_queue_freezes_total", "Times an AF_PACKET TPACKET_V3 ring queue froze (tp_freeze_q_cnt).", &a.Stats.RingFreezes),
 			f("netwatch_agent_arp_packets_total", "ARP/RARP frames summarized and published (Ethernet/IPv4; also in non_ip).", &a.Stats.ARP),
-			f("netwatch_agent_truncated_packets_total", "IP frames cut by the snaplen inside their IP header before both addresses: in ip_packets and ip_bytes, not in a flow.", &a.Stats.Truncated),
+			f("netwatch_agent_truncated_packets_total", "IP frames cut by the snaplen inside their innermost IP header before both addresses, or inside a tunnel's inner frame before its IP length: in ip_packets and ip_bytes, not in a flow.", &a.Stats.Truncated),
 		)
 	}
 	return a
