@@ -80,10 +80,10 @@ const (
 	ReasonTruncatedIPv4 = "truncated_ipv4_header"
 	ReasonTruncatedIPv6 = "truncated_ipv6_header"
 	// ReasonTruncatedTunnel: the snaplen ended the capture inside a
-	// tunnel's inner frame before the inner IP header's length field (for
-	// VXLAN, Geneve and ERSPAN with snaplen 54, inside the inner Ethernet
-	// header); the inner packet's IP bytes are the outer length fields'
-	// share left after the encapsulation headers (see tunnelCut).
+	// tunnel's header or inner frame before the inner IP header's length
+	// field (for VXLAN, Geneve and ERSPAN with snaplen 54, inside the inner
+	// Ethernet header); the inner packet's IP bytes are the outer length
+	// fields' share left after the encapsulation headers (see tunnelCut).
 	ReasonTruncatedTunnel = "truncated_tunnel"
 )
 
@@ -734,13 +734,14 @@ func (d *Decoder) transport(body []byte, plen int, p *Packet, depth int) {
 			if len(p.Payload) > ulen-8 && ulen >= 8 {
 				p.Payload = p.Payload[:ulen-8]
 			}
-			if depth < maxDepth && p.Proto == 17 && !p.Fragment {
-				switch p.DstPort {
-				case 4789:
-					d.vxlan(p.Payload, ulen-8, p, depth)
-				case 6081:
-					d.geneve(p.Payload, ulen-8, p, depth)
-				}
+		}
+		// the UDP header whole (a snaplen may have cut the payload, even all of it)
+		if len(body) >= 8 && depth < maxDepth && p.Proto == 17 && !p.Fragment {
+			switch p.DstPort {
+			case 4789:
+				d.vxlan(p.Payload, ulen-8, p, depth)
+			case 6081:
+				d.geneve(p.Payload, ulen-8, p, depth)
 			}
 		}
 	case 1, 58:
@@ -760,9 +761,16 @@ func (d *Decoder) transport(body []byte, plen int, p *Packet, depth int) {
 
 // vxlan decapsulates a VXLAN header (RFC 7348) and the inner Ethernet frame;
 // avail is the UDP payload's length by the UDP length field. A VXLAN header
-// the snaplen cut leaves the frame counted at its outer header.
+// the snaplen cut (8 bytes, then the inner Ethernet header's 14) gives the
+// inner IP bytes avail - 22 (ReasonTruncatedTunnel).
 func (d *Decoder) vxlan(b []byte, avail int, p *Packet, depth int) {
-	if len(b) < 8 || b[0]&0x08 == 0 {
+	if len(b) >= 1 && b[0]&0x08 == 0 {
+		return // the I flag must be set
+	}
+	if len(b) < 8 {
+		if p.tunnelCut(b, avail, avail-8-14) {
+			p.Tunnel = TunnelVXLAN
+		}
 		return
 	}
 	vni := uint32(b[4])<<16 | uint32(b[5])<<8 | uint32(b[6])
@@ -773,14 +781,26 @@ func (d *Decoder) vxlan(b []byte, avail int, p *Packet, depth int) {
 }
 
 // geneve decapsulates a Geneve header (RFC 8926); avail is the UDP payload's
-// length by the UDP length field. A Geneve header (with its options) the
-// snaplen cut leaves the frame counted at its outer header.
+// length by the UDP length field. A Geneve header the snaplen cut after its
+// protocol type (bytes 2-3; its length, options included, is in byte 0)
+// gives the inner IP bytes from avail (ReasonTruncatedTunnel); cut before,
+// the frame counts at its outer header.
 func (d *Decoder) geneve(b []byte, avail int, p *Packet, depth int) {
-	if len(b) < 8 || b[0]>>6 != 0 {
+	if len(b) < 4 || b[0]>>6 != 0 {
 		return
 	}
 	hl := 8 + int(b[0]&0x3f)*4
 	if len(b) < hl {
+		inner := -1
+		switch binary.BigEndian.Uint16(b[2:4]) {
+		case 0x6558:
+			inner = avail - hl - 14
+		case 0x0800, 0x86dd:
+			inner = avail - hl
+		}
+		if p.tunnelCut(b, avail, inner) {
+			p.Tunnel = TunnelGeneve
+		}
 		return
 	}
 	vni := uint32(b[4])<<16 | uint32(b[5])<<8 | uint32(b[6])
@@ -802,7 +822,10 @@ func (d *Decoder) geneve(b []byte, avail int, p *Packet, depth int) {
 
 // gre decapsulates GRE (RFC 2784, 2890) and ERSPAN type I/II/III; avail is
 // the GRE packet's length by the outer IP length fields. A GRE or ERSPAN
-// header the snaplen cut leaves the frame counted at its outer header.
+// header the snaplen cut after GRE's protocol type (bytes 2-3) gives the
+// inner IP bytes from avail minus the headers, whose lengths the flags tell
+// (ReasonTruncatedTunnel), except an ERSPAN III header cut before its O
+// flag (byte 11); cut before, the frame counts at its outer header.
 func (d *Decoder) gre(b []byte, avail int, p *Packet, depth int) {
 	if depth >= maxDepth || len(b) < 4 {
 		return
@@ -818,10 +841,9 @@ func (d *Decoder) gre(b []byte, avail int, p *Packet, depth int) {
 		hl += 4
 	}
 	if flags&0x2000 != 0 {
-		if len(b) < hl+4 {
-			return
+		if len(b) >= hl+4 {
+			key = binary.BigEndian.Uint32(b[hl : hl+4])
 		}
-		key = binary.BigEndian.Uint32(b[hl : hl+4])
 		hl += 4
 	}
 	seq := flags&0x1000 != 0
@@ -829,6 +851,21 @@ func (d *Decoder) gre(b []byte, avail int, p *Packet, depth int) {
 		hl += 4
 	}
 	if len(b) < hl {
+		inner, tunnel := -1, uint8(TunnelGRE)
+		switch pt {
+		case 0x0800, 0x86dd:
+			inner = avail - hl
+		case 0x6558:
+			inner = avail - hl - 14
+		case 0x88be:
+			inner, tunnel = avail-hl-14, TunnelERSPAN
+			if seq {
+				inner -= 8
+			}
+		}
+		if p.tunnelCut(b, avail, inner) {
+			p.Tunnel, p.TunnelID = tunnel, key
+		}
 		return
 	}
 	body := b[hl:]
@@ -846,6 +883,9 @@ func (d *Decoder) gre(b []byte, avail int, p *Packet, depth int) {
 		tunnel = TunnelERSPAN
 		if seq {
 			if len(body) < 8 {
+				if p.tunnelCut(body, avail, avail-8-14) {
+					p.Tunnel = TunnelERSPAN
+				}
 				return
 			}
 			id = uint32(binary.BigEndian.Uint16(body[2:4]) & 0x03ff)
@@ -856,7 +896,7 @@ func (d *Decoder) gre(b []byte, avail int, p *Packet, depth int) {
 	case 0x22eb: // ERSPAN type III
 		tunnel = TunnelERSPAN
 		if len(body) < 12 {
-			return
+			return // the O flag (byte 11) tells whether 8 more header bytes follow
 		}
 		id = uint32(binary.BigEndian.Uint16(body[2:4]) & 0x03ff)
 		o := body[11]&1 != 0
@@ -864,6 +904,9 @@ func (d *Decoder) gre(b []byte, avail int, p *Packet, depth int) {
 		avail -= 12
 		if o {
 			if len(body) < 8 {
+				if p.tunnelCut(body, avail, avail-8-14) {
+					p.Tunnel, p.TunnelID = TunnelERSPAN, id
+				}
 				return
 			}
 			body = body[8:]
