@@ -8,7 +8,8 @@
 # For each capture (a file or a directory of them), RUNS times (default 3): a fresh store,
 # nats-server started and ready, then `AGENT -pcap CAPTURE -replay-speed 0` under
 # /usr/bin/time. Prints one line per run: frames, wall seconds of the agent process (start-up
-# and the wait for the last acks included), packets/s, agent CPU seconds (user + system) and
+# and the wait for the last acks included), packets/s, the same from the agent's "agent started"
+# to its "capture done" log line (connect and stream set-up left out), agent CPU seconds (user + system) and
 # peak RSS (/usr/bin/time %M), nats-server CPU seconds during the run (/proc/PID/stat), the
 # load average before the run, and the share of two cores' CPU time that agent + nats-server
 # used over that wall time. Frames per capture: capinfos (cached in .cache/<name>.frames).
@@ -49,14 +50,16 @@ for cap in "$@"; do
     load=$(cut -d' ' -f1 /proc/loadavg)
     n0=$(cpu_of "$npid")
     /usr/bin/time -f '%e %U %S %M' -o "$work/time" "$agent" -nats.url "nats://127.0.0.1:$port" \
-      -http.addr 127.0.0.1:0 -log.level warn -sensor bench -replay-speed 0 -pcap "$cap" ${AGENT_ARGS:-} 2>"$work/agent.log" \
+      -http.addr 127.0.0.1:0 -log.level info -sensor bench -replay-speed 0 -pcap "$cap" ${AGENT_ARGS:-} 2>"$work/agent.log" \
       || { echo "agent failed:"; cat "$work/agent.log"; exit 1; }
     n1=$(cpu_of "$npid")
     kill "$npid"; wait "$npid" 2>/dev/null || true; npid=
     read -r wall usr sys rss <"$work/time"
-    awk -v c="$cap" -v fr="$frames" -v w="$wall" -v u="$usr" -v s="$sys" -v r="$rss" -v a="$n0" -v b="$n1" -v l="$load" 'BEGIN {
-      ac = u + s; nc = b - a
-      printf "%s: %d frames, wall %.2f s, %.0f packets/s, agent CPU %.2f s (user %.2f, sys %.2f), peak RSS %.0f MiB, nats-server CPU %.2f s, load %s, CPU (agent + nats-server) / (2 cores x wall) = %.0f%%\n",
-        c, fr, w, fr / w, ac, u, s, r / 1024, nc, l, 100 * (ac + nc) / (2 * w) }'
+    logt() { date -d "$(grep -m1 "\"msg\":\"$1\"" "$work/agent.log" | sed -E 's/^\{"time":"([^"]+)".*/\1/')" +%s.%N 2>/dev/null || echo 0; }
+    ts=$(logt "agent started") te=$(logt "capture done")
+    awk -v c="$cap" -v fr="$frames" -v w="$wall" -v u="$usr" -v s="$sys" -v r="$rss" -v a="$n0" -v b="$n1" -v l="$load" -v ts="$ts" -v te="$te" 'BEGIN {
+      ac = u + s; nc = b - a; cw = te - ts
+      printf "%s: %d frames, wall %.2f s, %.0f packets/s (started -> capture done %.2f s, %.0f/s), agent CPU %.2f s (user %.2f, sys %.2f), peak RSS %.0f MiB, nats-server CPU %.2f s, load %s, CPU (agent + nats-server) / (2 cores x wall) = %.0f%%\n",
+        c, fr, w, fr / w, cw, (cw > 0 ? fr / cw : 0), ac, u, s, r / 1024, nc, l, 100 * (ac + nc) / (2 * w) }'
   done
 done
