@@ -113,6 +113,7 @@ type Metrics struct {
 	Seconds     prometheus.Counter
 	Late        prometheus.Counter
 	Replayed    prometheus.Counter
+	Rejoins     prometheus.Counter
 }
 
 // NewMetrics registers the stage's metrics on reg.
@@ -144,10 +145,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Packet summaries that arrived after their second's counters were emitted (in flows, not in COUNTERS)."}),
 		Replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_enricher_packets_replayed_total",
 			Help: "Redelivered packet summaries skipped because a flow checkpoint says they are in published records."}),
+		Rejoins: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_enricher_group_rejoins_total",
+			Help: "Times this member joined its consumer group again because its consumer had been deleted from outside."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Packets, m.Batches, m.Flows, m.ActiveFlows, m.Held, m.PubBatches, m.PubErrors, m.Skipped,
-			m.Evicted, m.Backwards, m.Seconds, m.Late, m.Replayed)
+			m.Evicted, m.Backwards, m.Seconds, m.Late, m.Replayed, m.Rejoins)
 	}
 	return m
 }
@@ -447,13 +450,16 @@ func (s *Stage) intake(ctx context.Context, cons jetstream.Consumer, msgs chan<-
 		}
 	}
 	if g := s.cfg.Group; g.Name != "" {
-		cc, err := pcgroups.ElasticConsume(ctx, s.js, schema.StreamPackets, g.Name, g.Member, deliver,
-			jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy, AckWait: g.AckWait, MaxDeliver: -1,
-				MaxAckPending: 1_000_000})
-		if err != nil {
-			return nil, fmt.Errorf("consume group %s as %s: %w", g.Name, g.Member, err)
+		join := func() (pcgroups.ConsumerGroupConsumeContext, error) {
+			cc, err := pcgroups.ElasticConsume(ctx, s.js, schema.StreamPackets, g.Name, g.Member, deliver,
+				jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy, AckWait: g.AckWait, MaxDeliver: -1,
+					MaxAckPending: 1_000_000})
+			if err != nil {
+				return nil, fmt.Errorf("consume group %s as %s: %w", g.Name, g.Member, err)
+			}
+			return cc, nil
 		}
-		return func() {
+		leave := func(cc pcgroups.ConsumerGroupConsumeContext) {
 			cc.Stop()
 			select {
 			case err := <-cc.Done():
@@ -463,6 +469,33 @@ func (s *Stage) intake(ctx context.Context, cons jetstream.Consumer, msgs chan<-
 			case <-time.After(10 * time.Second):
 				s.log.Warn("consumer group did not stop in 10 s")
 			}
+		}
+		cc, err := join()
+		if err != nil {
+			return nil, err
+		}
+		var mu sync.Mutex
+		wctx, wcancel := context.WithCancel(ctx)
+		watchDone := make(chan struct{})
+		go func() {
+			defer close(watchDone)
+			s.watchMemberConsumer(wctx, func() {
+				mu.Lock()
+				defer mu.Unlock()
+				leave(cc)
+				if ncc, err := join(); err != nil {
+					s.log.Error("rejoin consumer group", "err", err)
+				} else {
+					cc = ncc
+				}
+			})
+		}()
+		return func() {
+			wcancel()
+			<-watchDone
+			mu.Lock()
+			defer mu.Unlock()
+			leave(cc)
 		}, nil
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.PullBatch))
@@ -486,6 +519,48 @@ func (s *Stage) intake(ctx context.Context, cons jetstream.Consumer, msgs chan<-
 	// Drain (not Stop) hands over what the client already pulled, so those
 	// messages are nak'ed now instead of waiting out AckWait on the server.
 	return func() { it.Drain(); <-readDone }, nil
+}
+
+// watchMemberConsumer checks, every max(AckWait, 5 s), that this member's
+// consumer on the group's work-queue stream exists while the member is in
+// the group's membership, and calls rejoin when it has been missing at two
+// checks in a row. pcgroups re-creates a member's consumer only after a
+// membership change: when the consumer is deleted from outside (an
+// operator, or a client with the enricher's credentials), the member
+// stopped consuming without a word (QA of issue 8: 395 messages waited
+// until a membership change). A membership change deletes and re-creates
+// consumers within a second or two, which one check may see but not two.
+func (s *Stage) watchMemberConsumer(ctx context.Context, rejoin func()) {
+	g := s.cfg.Group
+	every := max(g.AckWait, 5*time.Second)
+	wq := schema.StreamPackets + "-" + g.Name
+	missing := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := s.js.Consumer(cctx, wq, g.Member)
+		gone := errors.Is(err, jetstream.ErrConsumerNotFound)
+		if gone {
+			c, cerr := pcgroups.GetElasticConsumerGroupConfig(cctx, s.js, schema.StreamPackets, g.Name)
+			gone = cerr == nil && c.IsInMembership(g.Member)
+		}
+		cancel()
+		if !gone {
+			missing = 0
+			continue
+		}
+		if missing++; missing < 2 {
+			continue
+		}
+		s.log.Warn("this member's consumer is gone from the group's stream: joining again", "stream", wq, "member", g.Member)
+		s.m.Rejoins.Inc()
+		rejoin()
+		missing = 0
+	}
 }
 
 func (s *Stage) activeFlows() int {

@@ -234,3 +234,88 @@ func groupEmpty(t *testing.T, js jetstream.JetStream) bool {
 	info, err := st.Info(context.Background())
 	return err == nil && info.State.Msgs == 0
 }
+
+// TestGroupMemberConsumerDeleted deletes the only member's consumer from
+// outside while it runs (QA of issue 8: the member then consumed nothing
+// until a membership change, and stayed ready): the member notices at its
+// next checks (watchMemberConsumer), joins again and processes the rest;
+// every packet of the capture ends up in the flows exactly once (per
+// 5-tuple equal to tshark), and the rejoin is counted.
+func TestGroupMemberConsumerDeleted(t *testing.T) {
+	url, _, js := testkit.JetStream(t)
+	tshark := testkit.Tool(t, "tshark")
+	file := filepath.Join(testkit.Pcaps(t), "eth-ipv4-dns-http-browsing-wikipedia.pcap")
+	pkts, err := tsharkread.Summaries(tshark, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[tupleKey]totals{}
+	var batches []*pb.PacketBatch
+	for i, p := range pkts {
+		k := keyOf(p.Proto, p.SrcAddr, p.SrcPort, p.DstAddr, p.DstPort, p.Vlan)
+		w := want[k]
+		w.pkts++
+		w.ipBytes += uint64(p.IpBytes)
+		want[k] = w
+		bk := schema.PacketBucket(p.SrcAddr, p.SrcPort, p.DstAddr, p.DstPort, p.Proto, p.Vlan)
+		batches = append(batches, &pb.PacketBatch{Sensor: "g1", Boot: "boot", Seq: uint64(i + 1), Bucket: bk, Packets: []*pb.PacketSummary{p}})
+	}
+	g := Group{Name: "enricher", Member: "m1", Partitions: 8, AckWait: time.Second, Join: true}
+	if err := JoinGroup(context.Background(), js, g); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	mjs, _ := jetstream.New(nc)
+	cfg := Config{Flow: flow.DefaultConfig(), Publish: publish.Config{MaxFlows: 64, Linger: 20 * time.Millisecond},
+		WallTick: time.Hour, KeepAlive: 500 * time.Millisecond, ShutdownFlush: true, Instance: "m1-a", Group: g}
+	s := New(mjs, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	testkit.Eventually(t, 10*time.Second, func() bool { return s.Ready() == nil }, "not ready")
+	processed := func() uint64 { return uint64(testutil.ToFloat64(s.m.Packets)) }
+	half := len(batches) / 2
+	for _, b := range batches[:half] {
+		publishBatch(t, js, b)
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool { return processed() == uint64(half) },
+		"first half: %d of %d packets", processed(), half)
+	if err := js.DeleteConsumer(context.Background(), schema.StreamPackets+"-enricher", "m1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range batches[half:] {
+		publishBatch(t, js, b)
+	}
+	testkit.Eventually(t, 30*time.Second, func() bool { return processed() == uint64(len(pkts)) },
+		"after the consumer was deleted: %d of %d packets processed", processed(), len(pkts))
+	if n := testutil.ToFloat64(s.m.Rejoins); n < 1 {
+		t.Errorf("rejoins counted %v, want at least 1", n)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	flows, _, _ := readFlows(t, js)
+	got := map[tupleKey]totals{}
+	for _, f := range flows {
+		k := keyOf(f.Proto, f.OrigAddr, f.OrigPort, f.RespAddr, f.RespPort, f.Vlan)
+		g := got[k]
+		g.pkts += f.OrigPkts + f.RespPkts
+		g.ipBytes += f.OrigIpBytes + f.RespIpBytes
+		got[k] = g
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%v: flows hold %+v, tshark %+v", k, got[k], w)
+		}
+	}
+	for k, g := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("%v: %+v in flows, not in the capture", k, g)
+		}
+	}
+}
