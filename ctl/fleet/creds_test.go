@@ -448,6 +448,37 @@ func TestStageCredentials(t *testing.T) {
 		return nil
 	})
 	refusedLines := len(logViolations(t, logFile)) // the stages' real work must add none
+	// Nor may a stage create what provisioning will: a stream created
+	// first with a source from ALERTS would let it read the alerts.
+	for _, c := range []struct{ role, stream string }{{"enricher", schema.StreamPackets + "-" + perms.EnricherGroup},
+		{"enricher", "KV_" + schema.CheckpointBucket}, {"enricher", "KV_elastic-consumer-groups"},
+		{"detector", "KV_" + schema.HostScoresBucket}, {"detector", "OBJ_" + schema.ModelsBucket}} {
+		var v violations
+		cnc, err := nats.Connect(url, nats.UserCredentials(creds[c.role]), nats.ErrorHandler(v.handler),
+			nats.CustomInboxPrefix(ops.StageInbox(c.role)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cjs, _ := jetstream.New(cnc)
+		cctx, ccancel := context.WithTimeout(context.Background(), 3*time.Second)
+		_, err = cjs.CreateStream(cctx, jetstream.StreamConfig{Name: c.stream, Subjects: []string{"stolen." + c.role},
+			Sources: []*jetstream.StreamSource{{Name: schema.StreamAlerts}}})
+		ccancel()
+		if err == nil {
+			t.Errorf("%s could create %s before provisioning", c.role, c.stream)
+		}
+		waitFor(t, 5*time.Second, c.role+" creating "+c.stream, func() error {
+			return v.find(`Permissions Violation for Publish to "$JS.API.STREAM.CREATE.` + c.stream)
+		})
+		cnc.Close()
+	}
+	waitFor(t, 5*time.Second, "the refused creates in the server log", func() error {
+		if n := len(logViolations(t, logFile)); n < refusedLines+5 {
+			return fmt.Errorf("%d violations logged", n)
+		}
+		return nil
+	})
+	refusedLines = len(logViolations(t, logFile))
 	// Started with -nats.provision=false before netwatchctl provision, the
 	// detector waits for it.
 	detAddr := freeAddr(t)

@@ -45,12 +45,10 @@ const EnricherGroup = schema.EnricherGroup
 const ConsumerDetectorARP = "detector-arp"
 
 // DetectorModelsBucket and DetectorHostScoresBucket are the detector's
-// own state buckets (detector/internal/modelstore.DefaultBucket, the
-// -models.bucket object store it loads models from and watches, and
-// detector/internal/stage.HostScoresBucket, the -host.scores-bucket
-// key-value bucket of host window scores). The detector creates them when
-// missing (netwatchctl provision creates them first), like the enrichers
-// their checkpoint bucket; other names need their own lines.
+// own state buckets (schema.ModelsBucket, the -models.bucket object store
+// it loads models from and watches, and schema.HostScoresBucket, the
+// -host.scores-bucket key-value bucket of host window scores), created by
+// netwatchctl provision; other names need their own lines.
 const (
 	DetectorModelsBucket     = schema.ModelsBucket
 	DetectorHostScoresBucket = schema.HostScoresBucket
@@ -60,21 +58,20 @@ const (
 // object store (stream OBJ_<bucket>: create when missing, info, direct
 // gets of an object's meta, ordered consumers reading chunks and watching
 // the meta subjects, flow control) read only (`detector push` puts models
-// with the admin user), and the host scores key-value bucket (create, info,
-// puts of any key). No update: a user that may update a stream's
+// with the admin user), and the host scores key-value bucket (info, puts of
+// any key). No create or update: a user that may update a stream's
 // configuration can add a source to it and read any stream through it
-// (the QA of issue 8 did that with the enricher's checkpoint bucket); a
-// create request for an existing stream with another configuration is
-// refused by the server.
+// (the QA of issue 8 did that with the enricher's checkpoint bucket), and
+// one that may create it can do the same before it exists.
 func detectorBuckets() []string {
 	obj := "OBJ_" + DetectorModelsBucket
 	kv := "KV_" + DetectorHostScoresBucket
 	return []string{
-		"$JS.API.STREAM.CREATE." + obj, "$JS.API.STREAM.INFO." + obj, "$JS.API.DIRECT.GET." + obj + ".>",
+		"$JS.API.STREAM.INFO." + obj, "$JS.API.DIRECT.GET." + obj + ".>",
 		"$JS.API.STREAM.MSG.GET." + obj,
 		"$JS.API.CONSUMER.CREATE." + obj + ".*", "$JS.API.CONSUMER.CREATE." + obj + ".*.>",
 		"$JS.API.CONSUMER.INFO." + obj + ".*", "$JS.API.CONSUMER.DELETE." + obj + ".*", "$JS.FC." + obj + ".>",
-		"$JS.API.STREAM.CREATE." + kv, "$JS.API.STREAM.INFO." + kv,
+		"$JS.API.STREAM.INFO." + kv,
 		"$KV." + DetectorHostScoresBucket + ".>",
 	}
 }
@@ -328,28 +325,28 @@ func Role(role string) (Set, error) {
 
 // enricherGroup is what the enricher needs in consumer-group mode
 // (-consume.group group, enricher README "Scaling" and "Crash and
-// membership changes"): pcgroups' configuration bucket (create it if
-// missing, read and update the group's key, watch it), the group's
-// work-queue stream PACKETS-<group> sourced from PACKETS (create, info,
-// direct gets of unacked messages for the replay), its member consumers
+// membership changes"): pcgroups' configuration bucket (read and update
+// the group's key, watch it), the group's
+// work-queue stream PACKETS-<group> sourced from PACKETS (info, direct
+// gets of unacked messages for the replay), its member consumers
 // (named after the members: create with their partition filters, info,
 // delete when membership changes, pinned pulls, acks), and the checkpoint
-// bucket ENRICHER_FLOWS (create, info, puts and watches of the group's
-// keys). Nothing of it reaches PACKETS itself or another stage's consumer.
-// It may create those streams (idempotent when netwatchctl provision made
-// them first: a create with another configuration is refused) but not
-// update one: an update could add a source and read any stream through it.
+// bucket ENRICHER_FLOWS (info, puts and watches of the group's keys).
+// Nothing of it reaches PACKETS itself or another stage's consumer. It
+// creates none of those streams (netwatchctl provision does, for group
+// EnricherGroup): a user that may create or update a stream can give it a
+// source and read any other stream through it.
 func enricherGroup(group string) []string {
 	wq := schema.StreamPackets + "-" + group
 	cp := schema.CheckpointBucket
 	key := schema.StreamPackets + "." + group
 	out := []string{
-		"$JS.API.STREAM.CREATE.KV_" + pcgroupsBucket, "$KV." + pcgroupsBucket + "." + key,
-		"$JS.API.STREAM.CREATE." + wq, "$JS.API.STREAM.INFO." + wq, "$JS.API.DIRECT.GET." + wq,
+		"$KV." + pcgroupsBucket + "." + key,
+		"$JS.API.STREAM.INFO." + wq, "$JS.API.DIRECT.GET." + wq,
 		"$JS.API.CONSUMER.CREATE." + wq + ".*", "$JS.API.CONSUMER.CREATE." + wq + ".*.>",
 		"$JS.API.CONSUMER.INFO." + wq + ".*", "$JS.API.CONSUMER.DELETE." + wq + ".*",
 		"$JS.API.CONSUMER.MSG.NEXT." + wq + ".*", "$JS.ACK." + wq + ".>",
-		"$JS.API.STREAM.CREATE.KV_" + cp, "$KV." + cp + "." + group + ".>",
+		"$KV." + cp + "." + group + ".>",
 	}
 	out = append(out, kvBucket(pcgroupsBucket, key)...)
 	return append(out, kvBucket(cp, group+".>")...)

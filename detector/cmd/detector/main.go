@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"netwatch/detector/internal/arp"
+	"netwatch/detector/internal/capmodel"
 	"netwatch/detector/internal/health"
 	"netwatch/detector/internal/hostmodel"
 	"netwatch/detector/internal/model"
@@ -331,6 +332,13 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	}
 	needs := schema.Needs{Streams: []string{schema.StreamFlows, schema.StreamAlerts, schema.StreamPackets, schema.StreamMetrics},
 		Consumers: map[string][]string{schema.StreamFlows: {schema.ConsumerDetector}}}
+	// its buckets: netwatchctl provision creates them (the detector user may not)
+	if cfg.HostScores != "" {
+		needs.Streams = append(needs.Streams, "KV_"+cfg.HostScores)
+	}
+	if cfg.ModelsBucket != "" {
+		needs.Streams = append(needs.Streams, "OBJ_"+cfg.ModelsBucket)
+	}
 	if err := schema.ProvisionOrAwait(ctx, js, cfg.Provision, schema.StreamOptions{Replicas: cfg.Replicas}, needs, func(missing error) {
 		log.Warn("waiting for the streams (-nats.provision=false: netwatchctl provision creates them)", "missing", missing)
 	}); err != nil {
@@ -554,6 +562,18 @@ func train(args []string, stdout io.Writer, getenv func(string) string) error {
 		return err
 	}
 	switch *format {
+	case "captures":
+		d, o := "../shared/data/pcaps", filepath.Join("models", "flow-captures-id3.model")
+		if flagSet(fs, "data") {
+			d = *data
+		}
+		if flagSet(fs, "out") {
+			o = *out
+		}
+		if *name == "" {
+			*name = "flow-captures-id3"
+		}
+		return trainCaptures(d, o, *name, stdout)
 	case "hosts":
 		d, o := "../shared/data/pcaps", filepath.Join("models", models.HostIForestName)
 		if flagSet(fs, "data") {
@@ -627,6 +647,23 @@ func evaluate(args []string, stdout io.Writer, getenv func(string) string) error
 	}
 	var rep report.Report
 	switch *format {
+	case "captures":
+		// the flow classifier trained on the labelled captures' own flows,
+		// each capture scored by a tree trained without it
+		if *data == "" {
+			*data = "../shared/data/pcaps"
+		}
+		fl, skipped, err := capmodel.Flows(*data, "", os.Stderr)
+		if err != nil {
+			return err
+		}
+		e, err := capmodel.LeaveOneCaptureOut(fl, skipped, capmodel.DefaultMaxPerCapture, *data)
+		if err != nil {
+			return err
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(e)
 	case "hosts":
 		if *data == "" {
 			*data = "../shared/data/pcaps"
@@ -1012,4 +1049,40 @@ func push(args []string, stdout, stderr io.Writer, getenv func(string) string) e
 	}
 	return json.NewEncoder(stdout).Encode(map[string]any{"bucket": *bucket, "kind": *kind, "model": m.Name(),
 		"size": info.Size, "digest": info.Digest})
+}
+
+// trainCaptures trains the flow classifier on the labelled captures' own
+// flows (detector train -format captures): every capture's flows (tshark,
+// at most capmodel.DefaultMaxPerCapture each) train one golearn ID3 tree of
+// the shipped flow model's format, written to out; the leave-one-capture-out
+// figures go into its meta and to stdout.
+func trainCaptures(pcaps, out, name string, stdout io.Writer) error {
+	fmt.Fprintf(stdout, "building flows of the labelled captures in %s with tshark\n", pcaps)
+	fl, skipped, err := capmodel.Flows(pcaps, "", os.Stderr)
+	if err != nil {
+		return err
+	}
+	for _, s := range skipped {
+		fmt.Fprintf(stdout, "skipped %s\n", s)
+	}
+	recs := capmodel.Cap(fl, capmodel.DefaultMaxPerCapture)
+	fmt.Fprintf(stdout, "training ID3 on %d flows (at most %d per capture) of %d\n", len(recs), capmodel.DefaultMaxPerCapture, len(fl))
+	t, err := model.Train(recs, 0, name)
+	if err != nil {
+		return err
+	}
+	t.Meta.TrainSource = "pcap-labels.csv, lab/labels.csv: flows of the labelled captures (tshark, per 5-tuple)"
+	fmt.Fprintln(stdout, "evaluating, one capture held out at a time")
+	e, err := capmodel.LeaveOneCaptureOut(fl, skipped, capmodel.DefaultMaxPerCapture, pcaps)
+	if err != nil {
+		return err
+	}
+	m := e.Confusion.Matrix // rows benign, attack
+	t.Meta.Eval = model.Evaluation{N: e.N, TN: m[0][0], FP: m[0][1], FN: m[1][0], TP: m[1][1], Accuracy: e.BinaryAccuracy,
+		Precision: e.Classes["attack"].Precision, Recall: e.Classes["attack"].Recall, F1: e.Classes["attack"].F1}
+	if err := t.Save(out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "wrote %s; held out by capture: %s\n", out, t.Meta.Eval)
+	return nil
 }

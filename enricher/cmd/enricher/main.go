@@ -207,8 +207,13 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		return fmt.Errorf("jetstream: %w", err)
 	}
 	needs := schema.Needs{Streams: []string{schema.StreamPackets, schema.StreamFlows, schema.StreamCounters}}
-	if cfg.Stage.Group.Name == "" { // a group reads its own work-queue stream, which it creates
+	if g := cfg.Stage.Group.Name; g == "" {
 		needs.Consumers = map[string][]string{schema.StreamPackets: {schema.ConsumerEnricher}}
+	} else {
+		// the group's work-queue stream, pcgroups' bucket and the
+		// checkpoints: netwatchctl provision creates them for group
+		// "enrichers" (schema/stagestate.go); the enricher user may not
+		needs.Streams = append(needs.Streams, schema.StreamPackets+"-"+g, "KV_elastic-consumer-groups", "KV_"+schema.CheckpointBucket)
 	}
 	if err := schema.ProvisionOrAwait(ctx, js, cfg.Provision, schema.StreamOptions{Replicas: cfg.Replicas}, needs, func(missing error) {
 		log.Warn("waiting for the streams (-nats.provision=false: netwatchctl provision creates them)", "missing", missing)

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,14 +87,57 @@ var groupFilter = pcgroups.PartitioningFilter{Filter: schema.GroupFilterSubject,
 // with g.Join, adds g.Member to its membership. The group keeps a work-queue
 // stream "PACKETS-<name>" sourced from PACKETS.
 func JoinGroup(ctx context.Context, js jetstream.JetStream, g Group) error {
-	if _, err := pcgroups.CreateElastic(ctx, js, schema.StreamPackets, g.Name, g.Partitions,
-		[]pcgroups.PartitioningFilter{groupFilter}, 0, 0); err != nil {
-		return fmt.Errorf("create consumer group %s: %w", g.Name, err)
+	if err := groupExists(ctx, js, g); err != nil {
+		if !errors.Is(err, errNoGroup) {
+			return err
+		}
+		if _, err := pcgroups.CreateElastic(ctx, js, schema.StreamPackets, g.Name, g.Partitions,
+			[]pcgroups.PartitioningFilter{groupFilter}, 0, 0); err != nil {
+			return fmt.Errorf("create consumer group %s: %w", g.Name, err)
+		}
 	}
 	if g.Join {
 		if _, err := pcgroups.AddMembers(ctx, js, schema.StreamPackets, g.Name, []string{g.Member}); err != nil {
 			return fmt.Errorf("join consumer group %s as %s: %w", g.Name, g.Member, err)
 		}
+	}
+	return nil
+}
+
+// errNoGroup: the group's configuration or its work-queue stream is missing.
+var errNoGroup = errors.New("consumer group not created")
+
+// groupExists returns nil when group g exists with g's partitions and the
+// enricher's filter and its work-queue stream exists (netwatchctl
+// provision creates both: the enricher user may not create streams),
+// errNoGroup when either is missing, and an error when the group exists
+// with another configuration (pcgroups cannot change it).
+func groupExists(ctx context.Context, js jetstream.JetStream, g Group) error {
+	// pcgroups' configuration bucket and key (GetElasticConsumerGroupConfig
+	// does not wrap "key not found"), then the configuration itself
+	kv, err := js.KeyValue(ctx, "elastic-consumer-groups")
+	if err == nil {
+		_, err = kv.Get(ctx, schema.StreamPackets+"."+g.Name)
+	}
+	if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrKeyNotFound) {
+		return errNoGroup
+	}
+	if err != nil {
+		return fmt.Errorf("consumer group %s: %w", g.Name, err)
+	}
+	c, err := pcgroups.GetElasticConsumerGroupConfig(ctx, js, schema.StreamPackets, g.Name)
+	if err != nil {
+		return fmt.Errorf("consumer group %s: %w", g.Name, err)
+	}
+	if c.MaxMembers != g.Partitions || !reflect.DeepEqual(c.PartitioningFilters, []pcgroups.PartitioningFilter{groupFilter}) {
+		return fmt.Errorf("consumer group %s exists with %d partitions and filters %v, want %d and %v: delete it first (deploy/README.md \"Scaling the enrichers\")",
+			g.Name, c.MaxMembers, c.PartitioningFilters, g.Partitions, groupFilter)
+	}
+	if _, err := js.Stream(ctx, schema.StreamPackets+"-"+g.Name); err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return errNoGroup
+		}
+		return fmt.Errorf("consumer group %s: %w", g.Name, err)
 	}
 	return nil
 }
