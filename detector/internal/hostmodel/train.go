@@ -29,6 +29,8 @@ const DefaultQuantile = 0.95
 // Attack is one labelled attack of a capture.
 type Attack struct {
 	Attacker   netip.Addr // invalid when the label names no single address (spoofed, many)
+	Victim     netip.Addr // first word of the victim column as an address (a ":port" dropped); invalid for a network or a range
+	Spoofed    bool       // the attacker column names spoofed or many sources ("~37.6k spoofed sources", "~7.1k reflector sources")
 	Start, End int64      // Unix ns; 0, 0 when the label gives no time range (the whole capture)
 	Type       string
 }
@@ -96,6 +98,16 @@ func ReadLabels(pcaps string) ([]Capture, error) {
 				if w := strings.Fields(get("attacker")); len(w) > 0 {
 					if ad, err := netip.ParseAddr(w[0]); err == nil {
 						a.Attacker = ad
+					}
+				}
+				at := strings.ToLower(get("attacker"))
+				a.Spoofed = strings.Contains(at, "spoofed") || strings.Contains(at, "sources")
+				if w := strings.Fields(get("victim")); len(w) > 0 {
+					v := w[0]
+					if ap, err := netip.ParseAddrPort(v); err == nil {
+						a.Victim = ap.Addr()
+					} else if ad, err := netip.ParseAddr(v); err == nil {
+						a.Victim = ad
 					}
 				}
 				if s, err := strconv.ParseFloat(get("start_epoch"), 64); err == nil {
