@@ -44,7 +44,7 @@ func TestLabel(t *testing.T) {
 	for _, c := range []hostmodel.Capture{
 		{Attacks: []hostmodel.Attack{{Victim: netip.MustParseAddr("172.16.0.107")}}}, // attacker by MAC only, not spoofed
 		{Attacks: []hostmodel.Attack{{Spoofed: true}}},                               // no victim address
-		{},                                                                            // an attack capture without attacks
+		{}, // an attack capture without attacks
 	} {
 		if Labelled(c) {
 			t.Errorf("%+v labelled", c)
