@@ -185,6 +185,10 @@ func (q *where) flows(f FlowFilter) {
 	if f.Addr != "" {
 		pf, _, _ := ParseAddr(f.Addr)
 		q.addrCond(pf, "orig_addr", "resp_addr")
+		if pf.IsSingleIP() && q.sch != nil && q.sch.addrGIN {
+			// The same rows, in the form the GIN index of sink 00012 serves.
+			q.add("ARRAY[orig_addr, resp_addr] @> ARRAY[" + q.arg(pf.Addr()) + "::inet]")
+		}
 	}
 	if f.Port >= 0 {
 		x := q.arg(f.Port)

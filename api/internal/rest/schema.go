@@ -20,6 +20,7 @@ import (
 type dbSchema struct {
 	cols    map[string]bool // "table.column"
 	sumInt8 bool            // the aggregate sum_int8(bigint) exists (sink migration 00010)
+	addrGIN bool            // the GIN index on ARRAY[orig_addr, resp_addr] exists (sink migration 00012)
 }
 
 // sum is the SQL sum of the bigint expression x as a bigint: sum_int8 (no
@@ -108,7 +109,8 @@ func schemaOf(ctx context.Context, pool *pgxpool.Pool) (*dbSchema, error) {
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	if err := pool.QueryRow(ctx, "SELECT to_regprocedure('sum_int8(bigint)') IS NOT NULL").Scan(&s.sumInt8); err != nil {
+	if err := pool.QueryRow(ctx, "SELECT to_regprocedure('sum_int8(bigint)') IS NOT NULL, to_regclass('flows_addrs_gin') IS NOT NULL").
+		Scan(&s.sumInt8, &s.addrGIN); err != nil {
 		return nil, err
 	}
 	e.s, e.at = s, time.Now()
