@@ -263,3 +263,12 @@ func ProvisionOrAwait(ctx context.Context, js jetstream.JetStream, provision boo
 	}
 	return AwaitProvisioned(ctx, js, n, waiting)
 }
+
+// PullExpiry is the expiry of the stages' pull requests on their consumers
+// (jetstream.PullExpiry in Consume/Messages). A pull request waits at the
+// consumer's leader; when that server is lost the client notices only by
+// missed idle heartbeats (half the expiry, nats.go), so the expiry bounds
+// the stall a leader loss adds: with nats.go's default of 30 s the fleet
+// test saw the health rule's METRICS reader silent for 31 s and flows 17 s
+// late after a node restart.
+const PullExpiry = 5 * time.Second

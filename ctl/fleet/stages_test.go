@@ -592,7 +592,7 @@ func (l *live) report(t *testing.T, ctx context.Context, p *stages, outage [2]ti
 		// the feed's ids are 32 hex digits; a uuid column prints with dashes
 		rows, err := p.db.Query(ctx, `SELECT replace(id::text, '-', '') FROM flows WHERE sensor = $1`, s)
 		if err != nil {
-			t.Logf("live: stored ids: %v", err)
+			t.Errorf("live: stored ids: %v", err)
 			return
 		}
 		for rows.Next() {

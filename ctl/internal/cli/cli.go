@@ -248,6 +248,17 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 // partition count is an error (pcgroups cannot change it: delete the group
 // first, see deploy/README.md "Scaling the enrichers").
 func provisionStageState(ctx context.Context, js jetstream.JetStream, replicas int, partitions uint) error {
+	// pcgroups' bucket with the configuration pcgroups gives it (replicas
+	// as PACKETS): CreateElastic reuses an existing bucket as it is, so an
+	// update here resets anything else (a source) set on it
+	st, err := js.Stream(ctx, schema.StreamPackets)
+	if err != nil {
+		return fmt.Errorf("provision enricher group %s: %w", schema.EnricherGroup, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "elastic-consumer-groups",
+		Replicas: st.CachedInfo().Config.Replicas, Storage: jetstream.FileStorage}); err != nil {
+		return fmt.Errorf("provision key-value bucket elastic-consumer-groups: %w", err)
+	}
 	filter := []pcgroups.PartitioningFilter{{Filter: schema.GroupFilterSubject, PartitioningWildcards: schema.GroupPartitioningWildcards}}
 	if _, err := pcgroups.CreateElastic(ctx, js, schema.StreamPackets, schema.EnricherGroup, partitions, filter, 0, 0); err != nil {
 		return fmt.Errorf("provision enricher group %s: %w", schema.EnricherGroup, err)

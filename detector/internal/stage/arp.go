@@ -47,7 +47,7 @@ func (s *Stage) RunARP(ctx context.Context, replicas int) error {
 	if err != nil {
 		return fmt.Errorf("create consumer %s: %w", ConsumerARP, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.FetchBatch))
+	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.FetchBatch), jetstream.PullExpiry(schema.PullExpiry))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", ConsumerARP, err)
 	}

@@ -45,7 +45,7 @@ func (s *Stage) RunHealth(ctx context.Context, cfg health.Config, check time.Dur
 	if err != nil {
 		return fmt.Errorf("health: metrics consumer: %w", err)
 	}
-	it, err := cons.Messages()
+	it, err := cons.Messages(jetstream.PullExpiry(schema.PullExpiry))
 	if err != nil {
 		return fmt.Errorf("health: consume metrics: %w", err)
 	}

@@ -227,7 +227,7 @@ func (s *Stage) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("bind consumer %s: %w", schema.ConsumerDetector, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.FetchBatch))
+	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.FetchBatch), jetstream.PullExpiry(schema.PullExpiry))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", schema.ConsumerDetector, err)
 	}

@@ -542,7 +542,7 @@ func (s *Stage) intake(ctx context.Context, cons jetstream.Consumer, msgs chan<-
 			leave(cc)
 		}, nil
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.PullBatch))
+	it, err := cons.Messages(jetstream.PullMaxMessages(s.cfg.PullBatch), jetstream.PullExpiry(schema.PullExpiry))
 	if err != nil {
 		return nil, fmt.Errorf("consume %s: %w", schema.ConsumerEnricher, err)
 	}
@@ -565,7 +565,7 @@ func (s *Stage) intake(ctx context.Context, cons jetstream.Consumer, msgs chan<-
 	return func() { it.Drain(); <-readDone }, nil
 }
 
-// watchMemberConsumer checks, every max(AckWait, 5 s), that this member's
+// watchMemberConsumer checks, every 5 s, that this member's
 // consumer on the group's work-queue stream exists while the member is in
 // the group's membership, and calls rejoin when it has been missing at two
 // checks in a row. pcgroups re-creates a member's consumer only after a
@@ -576,7 +576,7 @@ func (s *Stage) intake(ctx context.Context, cons jetstream.Consumer, msgs chan<-
 // consumers within a second or two, which one check may see but not two.
 func (s *Stage) watchMemberConsumer(ctx context.Context, rejoin func()) {
 	g := s.cfg.Group
-	every := max(g.AckWait, 5*time.Second)
+	const every = 5 * time.Second // pcgroups alone retries only every AckWait × its idle factor
 	wq := schema.StreamPackets + "-" + g.Name
 	missing := 0
 	for {

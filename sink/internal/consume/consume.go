@@ -212,7 +212,7 @@ func (l *Loop[T]) Run(ctx context.Context) error {
 	}
 	log = log.With("table", l.Table)
 
-	it, err := l.Consumer.Messages(jetstream.PullMaxMessages(cfg.Prefetch))
+	it, err := l.Consumer.Messages(jetstream.PullMaxMessages(cfg.Prefetch), jetstream.PullExpiry(schema.PullExpiry))
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", l.Table, err)
 	}
