@@ -278,16 +278,65 @@ func (s *Store) rollupTx(ctx context.Context, ids []int64, lo, hi time.Time, par
 	return len(still), nil
 }
 
+// indexPeriod is how often the loop summarises the flows indexes
+// (SummarizeFlowIndexes).
+const indexPeriod = 10 * time.Second
+
+// summarizeFlowIndexes brings the indexes of the flows partitions written
+// in the last 10 minutes up to date: brin_summarize_new_values for each BRIN
+// index (a page range filled since is otherwise read in full by every search
+// on id, Community ID, start or batch until autovacuum summarises it) and
+// gin_clean_pending_list for the GIN index on the addresses (whose pending
+// list every address search otherwise reads). A lock held by autovacuum
+// makes it skip (lock_timeout), not wait.
+const summarizeFlowIndexes = `SELECT count(CASE am.amname WHEN 'brin' THEN brin_summarize_new_values(x.indexrelid)
+		WHEN 'gin' THEN gin_clean_pending_list(x.indexrelid) END)
+	FROM partitions p JOIN pg_index x ON x.indrelid = to_regclass(p.name)
+	JOIN pg_class c ON c.oid = x.indexrelid JOIN pg_am am ON am.oid = c.relam
+	WHERE p.parent = 'flows' AND p.last_write > now() - interval '10 minutes' AND am.amname IN ('brin', 'gin')`
+
+// SummarizeFlowIndexes runs summarizeFlowIndexes (the rollup loop does,
+// every indexPeriod; one sink at a time: a transaction advisory lock).
+func (s *Store) SummarizeFlowIndexes(ctx context.Context) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("summarize flow indexes: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var locked bool
+	if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock(hashtextextended(current_schema() || '.summarize flows', 0))`).Scan(&locked); err != nil {
+		return fmt.Errorf("summarize flow indexes: %w", err)
+	}
+	if !locked {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '200ms'`); err != nil {
+		return fmt.Errorf("summarize flow indexes: %w", err)
+	}
+	if _, err := tx.Exec(ctx, summarizeFlowIndexes); err != nil {
+		return fmt.Errorf("summarize flow indexes: %w", err)
+	}
+	return tx.Commit(ctx)
+}
+
 // rollupLoop runs the rollup job until ctx ends: after each flows write of
-// this store (kick) and every rollupPeriod, as long as batches are pending.
+// this store (kick) and every rollupPeriod, as long as batches are pending;
+// and every indexPeriod SummarizeFlowIndexes.
 func (s *Store) rollupLoop(ctx context.Context) {
 	defer close(s.rollupDone)
 	t := time.NewTicker(rollupPeriod)
 	defer t.Stop()
+	ti := time.NewTicker(indexPeriod)
+	defer ti.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-ti.C:
+			if err := s.SummarizeFlowIndexes(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("summarizing the flows indexes failed", "err", err)
+			}
+			continue
 		case <-s.rollupKick:
 		case <-t.C:
 		}
