@@ -317,6 +317,10 @@ for i in range(5): s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x
 		pl.checkAlerts(t, ctx, h.sensor, outage)
 	}
 	pl.logEnricherMetrics(t)
+	for _, h := range hosts {
+		logDelays(t, ctx, js, schema.StreamPackets, schema.PacketsPrefix+"."+h.sensor+".>", outage)
+		logDelays(t, ctx, js, schema.StreamMetrics, schema.MetricsSubject(h.sensor), outage)
+	}
 	// The detectors' ARP durable (detector credentials) read all of PACKETS.
 	// Messages delivered to the detector that was restarted and not yet
 	// handled come back after the consumer's AckWait (1 min).
@@ -552,4 +556,72 @@ func ctlErr(args ...string) error {
 		return fmt.Errorf("netwatchctl %v: exit %d: %s", args, rc, errb.String())
 	}
 	return nil
+}
+
+// logDelays logs, for the messages of subj in stream, the longest delay
+// from the agent's own time (PacketBatch.sent_ns, Metrics.time_ns) to the
+// message's arrival in the stream and the longest gap between arrivals,
+// with when they happened relative to the outage: where a late flow or a
+// silent sensor came from (the agent's publishing, or after the stream).
+func logDelays(t *testing.T, ctx context.Context, js jetstream.JetStream, stream, subj string, outage [2]time.Time) {
+	t.Helper()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Logf("delays %s: %v", subj, err)
+		return
+	}
+	oc, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subj}})
+	if err != nil {
+		t.Logf("delays %s: %v", subj, err)
+		return
+	}
+	var maxDelay, maxGap time.Duration
+	var delayAt, gapAt, prev time.Time
+	n := 0
+	for {
+		b, err := oc.Fetch(500, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			break
+		}
+		got := 0
+		for m := range b.Messages() {
+			got++
+			md, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			var sent int64
+			if stream == schema.StreamMetrics {
+				var mt pb.Metrics
+				if proto.Unmarshal(m.Data(), &mt) == nil {
+					sent = mt.GetTimeNs()
+				}
+			} else {
+				var pbt pb.PacketBatch
+				if proto.Unmarshal(m.Data(), &pbt) == nil {
+					sent = pbt.GetSentNs()
+				}
+			}
+			if sent > 0 {
+				if d := md.Timestamp.Sub(time.Unix(0, sent)); d > maxDelay {
+					maxDelay, delayAt = d, md.Timestamp
+				}
+			}
+			if !prev.IsZero() {
+				if g := md.Timestamp.Sub(prev); g > maxGap {
+					maxGap, gapAt = g, md.Timestamp
+				}
+			}
+			prev = md.Timestamp
+			n++
+		}
+		if got == 0 {
+			break
+		}
+	}
+	rel := func(at time.Time) string {
+		return fmt.Sprintf("%+.1fs from the node's stop (back at %+.1fs)", at.Sub(outage[0]).Seconds(), outage[1].Sub(outage[0]).Seconds())
+	}
+	t.Logf("delays %s: %d messages; longest agent -> stream %v, arriving %s; longest gap between arrivals %v, ending %s",
+		subj, n, maxDelay.Round(time.Millisecond), rel(delayAt), maxGap.Round(time.Millisecond), rel(gapAt))
 }
