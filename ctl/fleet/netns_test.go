@@ -320,6 +320,16 @@ for i in range(5): s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x
 	for _, h := range hosts {
 		logDelays(t, ctx, js, schema.StreamPackets, schema.PacketsPrefix+"."+h.sensor+".>", outage)
 		logDelays(t, ctx, js, schema.StreamMetrics, schema.MetricsSubject(h.sensor), outage)
+		var warns []string
+		for _, l := range strings.Split(h.agent.output(), "\n") {
+			if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+				warns = append(warns, l)
+			}
+		}
+		if len(warns) > 6 {
+			warns = append(warns[:3], append([]string{fmt.Sprintf("... %d more ...", len(warns)-6)}, warns[len(warns)-3:]...)...)
+		}
+		t.Logf("agent %s: %d warnings/errors:\n%s", h.sensor, len(warns), strings.Join(warns, "\n"))
 	}
 	// The detectors' ARP durable (detector credentials) read all of PACKETS.
 	// Messages delivered to the detector that was restarted and not yet
