@@ -282,6 +282,8 @@ for i in range(5): s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x
 	time.Sleep(2 * time.Second) // the last batches flush (-batch.flush 100ms)
 
 	// Stop the agents (they drain: every batch acknowledged), then tcpdump.
+	// From here on a health_sensor_silent alert is a true one.
+	agentsStopped := time.Now()
 	for _, h := range hosts {
 		if err := h.agent.stop(60 * time.Second); err != nil {
 			t.Errorf("%s: %v\n%s", h.agent.name, err, tail(h.agent.output(), 20))
@@ -314,7 +316,7 @@ for i in range(5): s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x
 	}
 	for _, h := range hosts {
 		pl.checkFlows(t, ctx, h.sensor, h.pcap)
-		pl.checkAlerts(t, ctx, h.sensor, outage)
+		pl.checkAlerts(t, ctx, h.sensor, outage, agentsStopped)
 	}
 	pl.logEnricherMetrics(t)
 	for _, h := range hosts {
