@@ -92,6 +92,23 @@ type Flow struct {
 	JA3              string  `json:"ja3"`             // JA3 of the originator's TLS ClientHello, MD5 hex
 	JA4              string  `json:"ja4"`             // JA4 of the originator's TLS ClientHello
 	HTTPUserAgent    string  `json:"http_user_agent"` // first HTTP/1 User-Agent the originator sent
+	// OrigHostScore and RespHostScore are the detector's host anomaly
+	// scores of the originator and responder in the host window holding
+	// the flow's start (api/internal/hostscores), in REST answers; absent
+	// while that window is open, when it expired, without a detector host
+	// model, and on the live feed (a live flow's window is still open).
+	OrigHostScore *HostScore `json:"orig_host_score,omitempty"`
+	RespHostScore *HostScore `json:"resp_host_score,omitempty"`
+}
+
+// HostScore is one host window's anomaly score (schema.HostScore): the
+// isolation forest's score 0..1 (higher: more unusual), whether it is at
+// or above the model's threshold, and the window.
+type HostScore struct {
+	Score       float64 `json:"score"`
+	Anomalous   bool    `json:"anomalous"`
+	WindowStart Time    `json:"window_start"`
+	WindowEnd   Time    `json:"window_end"`
 }
 
 // Alert is one alert (a row of the alerts table).

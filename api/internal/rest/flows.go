@@ -309,6 +309,7 @@ func (a *API) flows(w http.ResponseWriter, r *http.Request) {
 		}
 		page.Next = c.String()
 	}
+	a.HostScores.Annotate(ctx, page.Flows)
 	WriteJSON(w, http.StatusOK, page)
 }
 
@@ -341,7 +342,9 @@ func (a *API) flow(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, "query flow", err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, f)
+	one := []record.Flow{f}
+	a.HostScores.Annotate(ctx, one)
+	WriteJSON(w, http.StatusOK, one[0])
 }
 
 // isHexID reports whether s looks like a schema.FlowID or AlertID: 1 to 64

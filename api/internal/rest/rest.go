@@ -19,6 +19,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"netwatch/api/internal/hostscores"
 )
 
 // Page sizes of the list endpoints.
@@ -35,6 +37,9 @@ type API struct {
 	Log  *slog.Logger
 	// QueryTimeout bounds one request's database work; 0 means 30 s.
 	QueryTimeout time.Duration
+	// HostScores annotates the flows answered with their hosts' anomaly
+	// scores (nil: none).
+	HostScores *hostscores.Annotator
 }
 
 // Register adds the REST routes to mux. Routes that change state

@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"netwatch/api/internal/hostscores"
 	"netwatch/api/internal/live"
 	"netwatch/api/internal/rest"
 	"netwatch/api/internal/web"
@@ -61,7 +62,7 @@ func New(pool *pgxpool.Pool, nc *nats.Conn, reg *prometheus.Registry, log *slog.
 		return pool.Ping(ctx)
 	}
 	mux := ops.Handler(reg, ready)
-	api := &rest.API{Pool: pool, JS: js, Log: log.With("component", "rest")}
+	api := &rest.API{Pool: pool, JS: js, Log: log.With("component", "rest"), HostScores: hostscores.New(js, "")}
 	api.Register(mux)
 	hub := live.New(nc, pool, log.With("component", "live"), reg)
 	mux.Handle("GET /api/v1/live", hub)

@@ -307,6 +307,9 @@ func Role(role string) (Set, error) {
 			s.PubDeny = append(s.PubDeny, deny...)
 		}
 		s.Pub = append(s.Pub, "$JS.API.DIRECT.GET."+kvStream+".>", "$JS.API.STREAM.MSG.GET."+kvStream)
+		// host anomaly scores of flows (api/internal/hostscores): read only
+		hs := "KV_" + schema.HostScoresBucket
+		s.Pub = append(s.Pub, "$JS.API.STREAM.INFO."+hs, "$JS.API.DIRECT.GET."+hs+".>")
 		s.Sub = []string{schema.FlowsPrefix + ".>", schema.AlertsPrefix + ".>",
 			schema.MetricsPrefix + ".>", schema.CountersPrefix + ".>"}
 	case "admin":

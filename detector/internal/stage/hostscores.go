@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -25,29 +23,14 @@ import (
 const HostScoresBucket = schema.HostScoresBucket
 
 // HostScoresModelKey is the key of the bucket's HostScoresModel entry.
-const HostScoresModelKey = "model"
+const HostScoresModelKey = schema.HostScoresModelKey
 
-// HostScoresModel describes the scores of the bucket: the host model's
-// name, threshold, quantile and window length (the window of a flow at
-// start_ns starts at start_ns - start_ns % window_ns).
-type HostScoresModel struct {
-	Model     string  `json:"model"`
-	Threshold float64 `json:"threshold"` // score at or above which a host window is anomalous
-	Quantile  float64 `json:"quantile"`  // of benign training scores the threshold is
-	WindowNs  int64   `json:"window_ns"` // host window length, ns
-}
+// HostScoresModel describes the scores of the bucket (schema.HostScoresModel).
+type HostScoresModel = schema.HostScoresModel
 
-// HostScoreKey is the key of one host window in HOST_SCORES:
-// "<sensor>.<addr>.<window start, Unix seconds>", where addr is the address
-// in its text form (netip.Addr.String of the unmapped address) with '.'
-// written '-' and ':' written '_' (KV keys allow neither ':' nor a
-// variable number of tokens), e.g. "s1.10-0-0-66.1795968000" or
-// "s1.fd99__10.1795968000". A flow (sensor, orig_addr, start_ns) is
-// annotated by HostScoreKey(sensor, orig_addr, start_ns - start_ns %
-// window_ns) and the same for resp_addr.
+// HostScoreKey is schema.HostScoreKey: "<sensor>.<addr>.<window start s>".
 func HostScoreKey(sensor string, addr netip.Addr, windowStartNs int64) string {
-	a := strings.NewReplacer(".", "-", ":", "_").Replace(addr.Unmap().String())
-	return sensor + "." + a + "." + strconv.FormatInt(windowStartNs/int64(time.Second), 10)
+	return schema.HostScoreKey(sensor, addr, windowStartNs)
 }
 
 // OpenHostScores binds the HOST_SCORES bucket (bucket), or creates it when
