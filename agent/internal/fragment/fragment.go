@@ -10,11 +10,18 @@ import (
 	"netwatch/agent/internal/decode"
 )
 
+// key names one IP datagram: addresses, IP id and protocol, and where it
+// was seen (both 802.1Q IDs, the tunnel and its VNI/key/session): two
+// VLANs or VXLAN segments with overlapping addresses may use the same IP
+// id at once (QA of issue 3: their fragments swapped ports).
 type key struct {
-	src, dst [16]byte
-	id       uint32
-	proto    uint8
-	v6       bool
+	src, dst        [16]byte
+	id              uint32
+	proto           uint8
+	v6              bool
+	vlan, innerVLAN uint16
+	tunnel          uint8
+	tunnelID        uint32
 }
 
 type first struct {
@@ -27,7 +34,8 @@ type held struct {
 	p decode.Packet
 }
 
-// Table maps (src, dst, proto, IP id) to the ports of a first fragment.
+// Table maps (src, dst, proto, IP id, VLANs, tunnel) to the ports of a
+// first fragment.
 // The zero value is not usable: call New. Not safe for concurrent use.
 type Table struct {
 	Hold    time.Duration // how long (packet time) a non-first fragment waits for its first; 1 s by New
@@ -45,7 +53,8 @@ func New() *Table {
 }
 
 func keyOf(p *decode.Packet) key {
-	return key{src: p.Src, dst: p.Dst, id: p.IPID, proto: p.Proto, v6: p.AddrLen == 16}
+	return key{src: p.Src, dst: p.Dst, id: p.IPID, proto: p.Proto, v6: p.AddrLen == 16,
+		vlan: p.VLAN, innerVLAN: p.InnerVLAN, tunnel: p.Tunnel, tunnelID: p.TunnelID}
 }
 
 // Process passes p to emit, now or later. emit must not keep p.

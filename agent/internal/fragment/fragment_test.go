@@ -66,3 +66,51 @@ func TestReverseOrderWithDuplicate(t *testing.T) {
 		t.Errorf("%d packets, %d IP bytes, %d datagrams; want 4, 5560, 1", n, bytes, len(ids))
 	}
 }
+
+// vlanFrag is frag inside an 802.1Q tag with VLAN id vid.
+func vlanFrag(vid uint16, off, n int, more bool, payload []byte) []byte {
+	f := frag(off, n, more, payload)
+	out := make([]byte, 0, len(f)+4)
+	out = append(out, f[:12]...)
+	out = binary.BigEndian.AppendUint16(out, 0x8100)
+	out = binary.BigEndian.AppendUint16(out, vid)
+	return append(out, f[12:]...)
+}
+
+// TestSameIDTwoVLANs: the same addresses and IP id in VLANs 10 and 20 at
+// once (QA of issue 3), frames in the order: VLAN 20's second fragment,
+// VLAN 10's first (1111 -> 2222), VLAN 20's first (3333 -> 4444), VLAN 10's
+// second. Each second fragment takes the ports of its own VLAN's first
+// (by hand: VLAN 10 1111 -> 2222 twice, VLAN 20 3333 -> 4444 twice).
+func TestSameIDTwoVLANs(t *testing.T) {
+	udp := func(sp, dp uint16) []byte {
+		b := make([]byte, 1480)
+		binary.BigEndian.PutUint16(b[0:], sp)
+		binary.BigEndian.PutUint16(b[2:], dp)
+		binary.BigEndian.PutUint16(b[4:], 1488+528)
+		return b
+	}
+	frames := [][]byte{vlanFrag(20, 1480, 528, false, nil), vlanFrag(10, 0, 1480, true, udp(1111, 2222)),
+		vlanFrag(20, 0, 1480, true, udp(3333, 4444)), vlanFrag(10, 1480, 528, false, nil)}
+	want := map[uint16][2]uint16{10: {1111, 2222}, 20: {3333, 4444}}
+	d, _ := decode.New(layers.LinkTypeEthernet)
+	tab := New()
+	n := 0
+	emit := func(p *decode.Packet) {
+		n++
+		if w := want[p.VLAN]; p.SrcPort != w[0] || p.DstPort != w[1] {
+			t.Errorf("VLAN %d fragment at %d: ports %d -> %d, want %d -> %d", p.VLAN, p.FragOffset, p.SrcPort, p.DstPort, w[0], w[1])
+		}
+	}
+	var p decode.Packet
+	for i, f := range frames {
+		p.TsNs = int64(i) * 1e6
+		if d.Decode(f, &p) != decode.KindIP {
+			t.Fatalf("frame %d: %+v", i, p)
+		}
+		tab.Process(&p, emit)
+	}
+	if n != 4 {
+		t.Errorf("%d fragments emitted, want 4", n)
+	}
+}
