@@ -100,6 +100,18 @@ func (t *Table) Process(p *decode.Packet, emit func(*decode.Packet)) {
 	t.pending = append(t.pending, h)
 }
 
+// Expire emits, without ports, the held non-first fragments that waited
+// more than Hold for their first fragment at time now (Unix ns). Process
+// does this for every packet; a live capture's idle read calls it with
+// the wall clock (live packet times are wall clock), so that a lone
+// fragment on a quiet link is not held until the next IP packet arrives
+// (QA of issue 3: it was held 20 s and more).
+func (t *Table) Expire(now int64, emit func(*decode.Packet)) {
+	if len(t.pending) > 0 {
+		t.expire(now, emit)
+	}
+}
+
 // expire emits held fragments older than Hold at packet time now, ports 0.
 func (t *Table) expire(now int64, emit func(*decode.Packet)) {
 	n := 0

@@ -114,3 +114,33 @@ func TestSameIDTwoVLANs(t *testing.T) {
 		t.Errorf("%d fragments emitted, want 4", n)
 	}
 }
+
+// TestExpireIdle: a lone non-first fragment is held for its first; Expire
+// before Hold keeps it, Expire after Hold (what a live capture's idle read
+// calls, QA of issue 3) emits it without ports, once.
+func TestExpireIdle(t *testing.T) {
+	d, _ := decode.New(layers.LinkTypeEthernet)
+	tab := New()
+	var p decode.Packet
+	p.TsNs = 10e9
+	if d.Decode(frag(1480, 100, false, nil), &p) != decode.KindIP {
+		t.Fatalf("%+v", p)
+	}
+	n := 0
+	emit := func(q *decode.Packet) {
+		n++
+		if q.SrcPort != 0 || q.DstPort != 0 || q.FragOffset != 1480 {
+			t.Errorf("emitted %d -> %d at offset %d, want no ports at 1480", q.SrcPort, q.DstPort, q.FragOffset)
+		}
+	}
+	tab.Process(&p, emit)
+	tab.Expire(10e9+int64(tab.Hold)/2, emit)
+	if n != 0 || tab.Pending() != 1 {
+		t.Fatalf("before Hold: %d emitted, %d pending; want 0 and 1", n, tab.Pending())
+	}
+	tab.Expire(10e9+2*int64(tab.Hold), emit)
+	tab.Expire(10e9+3*int64(tab.Hold), emit)
+	if n != 1 || tab.Pending() != 0 {
+		t.Fatalf("after Hold: %d emitted, %d pending; want 1 and 0", n, tab.Pending())
+	}
+}

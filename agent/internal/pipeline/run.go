@@ -379,6 +379,7 @@ func (a *Agent) loop(ctx context.Context, src capture.Source, batcher *publish.B
 		if err == capture.ErrTimeout {
 			cnt.flush(st)
 			now := time.Now()
+			frags.Expire(now.UnixNano(), emit) // a lone fragment on a quiet link
 			batcher.Tick(now)
 			wm.Tick(li, batcher, now, lastTs, true) // the capture was empty at now
 			select {
