@@ -528,7 +528,12 @@ func (d *Decoder) ipv4(data []byte, p *Packet, depth int) bool {
 	if off != 0 {
 		return true // never read ports out of a non-first fragment
 	}
-	if !p.Fragment {
+	// A first fragment holds the tunnel's inner headers: decapsulated like
+	// a whole packet (tshark does so with defragmentation off), its inner
+	// length fields give the inner packet's bytes; the later fragments stay
+	// in the outer flow (QA of issue 3: a fragmented VXLAN or GRE packet
+	// was counted in the tunnel endpoints' flow).
+	{
 		switch p.Proto {
 		case 4:
 			if d.inner(body, p, depth, 4, plen) {
@@ -662,7 +667,7 @@ func (d *Decoder) ipv6(data []byte, p *Packet, depth int) bool {
 			}
 		default:
 			p.Proto = nh
-			if !p.Fragment {
+			{ // a first fragment too (see ipv4): non-first ones returned above
 				switch nh {
 				case 4:
 					p.PayloadBytes = uint32(rest)
@@ -736,7 +741,7 @@ func (d *Decoder) transport(body []byte, plen int, p *Packet, depth int) {
 			}
 		}
 		// the UDP header whole (a snaplen may have cut the payload, even all of it)
-		if len(body) >= 8 && depth < maxDepth && p.Proto == 17 && !p.Fragment {
+		if len(body) >= 8 && depth < maxDepth && p.Proto == 17 && p.FragOffset == 0 {
 			switch p.DstPort {
 			case 4789:
 				d.vxlan(p.Payload, ulen-8, p, depth)

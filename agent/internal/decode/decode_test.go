@@ -2,6 +2,7 @@ package decode
 
 import (
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -259,6 +260,49 @@ func TestSCTPPorts(t *testing.T) {
 			int(p.PayloadBytes) != len(f)-14-20-12 {
 			t.Errorf("frame %d: kind %v proto %d ports %d > %d payload %d, want IP SCTP 7 > 7 payload %d",
 				i+1, k, p.Proto, p.SrcPort, p.DstPort, p.PayloadBytes, len(f)-14-20-12)
+		}
+	}
+}
+
+// TestTunnelOuterFragments: a 2,000-byte inner UDP datagram 192.168.5.1:1234
+// -> 192.168.5.2:5678 in VXLAN (UDP 50000 -> 4789) and in GRE, the outer
+// IPv4 packet 9.9.9.1 -> 9.9.9.2 split in two (testdata/*-outer-frag.pcap,
+// crafted by the independent QA of issue 3). Expected, from tshark with
+// defragmentation off (`tshark -o ip.defragment:FALSE -T fields -e ip.src
+// -e ip.len -e udp.srcport ...`): frame 1's innermost header is the inner
+// IPv4 packet, 2000 bytes, ports 1234 -> 5678, the tunnel recorded; frame
+// 2 is the outer fragment alone (offset 1480), 570 (VXLAN) or 544 (GRE)
+// bytes, no ports.
+func TestTunnelOuterFragments(t *testing.T) {
+	for _, c := range []struct {
+		file   string
+		tunnel uint8
+		second uint32
+	}{{"vxlan-outer-frag.pcap", TunnelVXLAN, 570}, {"gre-outer-frag.pcap", TunnelGRE, 544}} {
+		frs, link := frames(t, filepath.Join("testdata", c.file), 10)
+		if len(frs) != 2 {
+			t.Fatalf("%s: %d frames", c.file, len(frs))
+		}
+		d, err := New(link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p Packet
+		if d.Decode(frs[0], &p) != KindIP {
+			t.Fatalf("%s frame 1: %+v", c.file, p)
+		}
+		if netip.AddrFrom4([4]byte(p.Src[:4])).String() != "192.168.5.1" || p.SrcPort != 1234 || p.DstPort != 5678 ||
+			p.IPBytes != 2000 || p.Tunnel != c.tunnel {
+			t.Errorf("%s frame 1: %v:%d -> %d, %d IP bytes, tunnel %d; want 192.168.5.1:1234 -> 5678, 2000, tunnel %d",
+				c.file, netip.AddrFrom4([4]byte(p.Src[:4])), p.SrcPort, p.DstPort, p.IPBytes, p.Tunnel, c.tunnel)
+		}
+		if d.Decode(frs[1], &p) != KindIP {
+			t.Fatalf("%s frame 2: %+v", c.file, p)
+		}
+		if netip.AddrFrom4([4]byte(p.Src[:4])).String() != "9.9.9.1" || p.SrcPort != 0 || p.DstPort != 0 ||
+			p.IPBytes != c.second || p.FragOffset != 1480 || p.Tunnel != TunnelNone {
+			t.Errorf("%s frame 2: %v:%d -> %d, %d IP bytes at offset %d, tunnel %d; want 9.9.9.1, no ports, %d bytes at 1480, none",
+				c.file, netip.AddrFrom4([4]byte(p.Src[:4])), p.SrcPort, p.DstPort, p.IPBytes, p.FragOffset, p.Tunnel, c.second)
 		}
 	}
 }
