@@ -161,12 +161,21 @@ func OpenFile(path string) (*File, error) {
 		}
 		c.r, c.ng = ng, true
 		// Read the first record now: it brings the interface blocks before
-		// it, so the link type checked at open is the first interface's.
+		// it, so the link type checked at open is the first packet's
+		// interface's (the first interface's when there is no packet): a
+		// file whose interface 0 is of a type the decoder cannot read (an
+		// 802.11 monitor interface beside Ethernet) but whose packets are
+		// on a readable one is read, those interfaces' frames counted as
+		// unsupported_link_type (QA of issue 3: it was refused whole).
 		c.firstOff = c.Offset()
 		data, ci, err := ng.ZeroCopyReadPacketData()
 		c.first, c.firstCI, c.firstErr, c.firstSeen = append([]byte(nil), data...), ci, err, true
+		idx := 0
+		if err == nil && ci.InterfaceIndex > 0 && ci.InterfaceIndex < ng.NInterfaces() {
+			idx = ci.InterfaceIndex
+		}
 		if ng.NInterfaces() > 0 {
-			if ifc, err := ng.Interface(0); err == nil {
+			if ifc, err := ng.Interface(idx); err == nil {
 				c.link = ifc.LinkType
 			}
 		}

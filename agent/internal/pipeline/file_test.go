@@ -349,3 +349,20 @@ func TestDirectoryUnsupportedLink(t *testing.T) {
 		t.Errorf("error %v, report file %q packets %d", err, r.ErrorFile, r.Packets)
 	}
 }
+
+// TestPcapngFirstInterfaceUnsupported: a pcapng whose interface 0 is IEEE
+// 802.11 (link type 105, not decoded) and whose one packet is a DNS query
+// on interface 1, Ethernet (testdata/ng-wlan-first.pcapng, crafted by the
+// independent QA of issue 3): read, not refused; tshark shows that one
+// frame on interface 1, eth:ip:udp:dns, 63 bytes.
+func TestPcapngFirstInterfaceUnsupported(t *testing.T) {
+	file := "../../testdata/ng-wlan-first.pcapng"
+	r, err := Summarize(file, nil)
+	if err != nil || r.Packets != 1 || r.Network["ipv4"] == nil || r.Network["ipv4"].Packets != 1 || r.Network["ipv4"].Bytes != 63 {
+		t.Errorf("summary: %v, %d packets, network %v; want 1 IPv4 frame of 63 bytes", err, r.Packets, r.Network)
+	}
+	ips := 0
+	if _, err := ReadFile(file, func(p *decode.Packet) { ips++ }); err != nil || ips != 1 {
+		t.Errorf("ReadFile: %d IP packets, %v; want 1", ips, err)
+	}
+}
