@@ -170,6 +170,10 @@ func (p *stages) restartOneOfEach(t *testing.T) {
 // -flow.idle-timeout.*): a silence longer than this ends a flow.
 const idle = 15 * time.Second
 
+// closeLinger is the enrichers' -flow.close-linger (its default): a TCP
+// flow ends this long after its RST or its second FIN.
+const closeLinger = 2 * time.Second
+
 // record is a stored flow record: the e2e.Flow counters plus what ties a
 // record to its flow.
 type record struct {
@@ -240,22 +244,25 @@ func connOf(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, proto ui
 // capturedFlows reads pcap with tshark (outer IP header of each frame,
 // ports of TCP and UDP, the ICMP type) and returns how many flows each
 // bidirectional 5-tuple makes under the idle timeout: one, plus one per
-// silence longer than idle between two of its packets. A tuple with a
+// silence longer than idle between two of its packets, plus one per TCP
+// packet more than closeLinger after the tuple's RST or second FIN. A tuple with a
 // silence within a wall tick or so of idle (1 s below, 1.5 s above) may
 // end or not depending on when the enricher's clock moved: it is in
 // unsure, and one flow more is accepted.
 func capturedFlows(ctx context.Context, pcap string) (want map[conn]int, unsure map[conn]bool, err error) {
 	out, err := exec.CommandContext(ctx, "tshark", "-n", "-r", pcap, "-o", "ip.defragment:FALSE", "-T", "fields",
 		"-E", "occurrence=f", "-E", "separator=/t", "-e", "frame.time_epoch", "-e", "ip.src", "-e", "ip.dst", "-e", "ip.proto",
-		"-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "udp.srcport", "-e", "udp.dstport", "-e", "icmp.type", "ip").Output()
+		"-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "udp.srcport", "-e", "udp.dstport", "-e", "icmp.type", "-e", "tcp.flags", "ip").Output()
 	if err != nil {
 		return nil, nil, fmt.Errorf("tshark %s: %w", pcap, err)
 	}
 	last := map[conn]float64{}
+	closedAt := map[conn]float64{} // TCP: time of the RST, or of the second direction's FIN
+	fins := map[conn]map[netip.Addr]bool{}
 	want, unsure = map[conn]int{}, map[conn]bool{}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		f := strings.Split(line, "\t")
-		for len(f) < 9 {
+		for len(f) < 10 {
 			f = append(f, "")
 		}
 		ts, err1 := strconv.ParseFloat(f[0], 64)
@@ -274,6 +281,41 @@ func capturedFlows(ctx context.Context, pcap string) (want map[conn]int, unsure 
 			sp, dp = num(f[6]), num(f[7])
 		}
 		c := connOf(src, uint16(sp), dst, uint16(dp), uint8(proto), num(f[8]))
+		flags, _ := strconv.ParseUint(strings.TrimPrefix(f[9], "0x"), 16, 16)
+		if at, ok := closedAt[c]; ok && proto == 6 {
+			// A TCP flow ends closeLinger after its RST or second FIN
+			// (the enricher's -flow.close-linger, 2 s): a later packet (a
+			// new connection on the same ports: Linux may pick the same
+			// source port again after a refused SYN) starts another flow.
+			// Near the linger the enricher's clock decides: unsure.
+			since := time.Duration((ts - at) * float64(time.Second))
+			switch {
+			case since > closeLinger+1500*time.Millisecond:
+				want[c]++ // surely a flow of its own
+			case since > closeLinger-time.Second:
+				unsure[c] = true // one flow or two: the count allows one more
+			}
+			if since > closeLinger-time.Second {
+				delete(closedAt, c) // from here on the new connection's own ends count
+				delete(fins, c)
+				last[c] = ts
+			}
+		}
+		if proto == 6 {
+			if flags&0x04 != 0 { // RST
+				if _, ok := closedAt[c]; !ok {
+					closedAt[c] = ts
+				}
+			} else if flags&0x01 != 0 { // FIN
+				if fins[c] == nil {
+					fins[c] = map[netip.Addr]bool{}
+				}
+				fins[c][src] = true
+				if _, ok := closedAt[c]; !ok && len(fins[c]) == 2 {
+					closedAt[c] = ts
+				}
+			}
+		}
 		if prev, ok := last[c]; !ok {
 			want[c] = 1
 		} else if gap := time.Duration((ts - prev) * float64(time.Second)); gap > idle {
