@@ -51,12 +51,32 @@ func parseStreamReplay(r *http.Request) (streamReplay, error) {
 		}
 	}
 	if v := speed; v != "" {
-		if rp.Speed, err = strconv.ParseFloat(v, 64); err != nil || rp.Speed < 0 || rp.Speed > 1e6 {
-			return rp, fmt.Errorf("speed: %q is not a number from 0 (as fast as possible) to 1000000 (e.g. 1, 10)", v)
+		if rp.Speed, err = ParseSpeed(v); err != nil {
+			return rp, err
 		}
 	}
 	return rp, nil
 }
+
+// ParseSpeed parses a replay pace: 0 (as fast as the client reads) or a
+// factor of the original pace from MinSpeed to MaxSpeed (1 real time, 10 ten
+// times faster). NaN, infinities, negative numbers and factors so small that
+// a record's due time would overflow time.Duration (292 years) are an error
+// naming the parameter.
+func ParseSpeed(v string) (float64, error) {
+	s, err := strconv.ParseFloat(v, 64)
+	if err != nil || !(s == 0 || (s >= MinSpeed && s <= MaxSpeed)) {
+		return 0, fmt.Errorf("speed: %q is not 0 (as fast as possible) or a number from %g to %g (e.g. 1, 10)", v, MinSpeed, MaxSpeed)
+	}
+	return s, nil
+}
+
+// MinSpeed and MaxSpeed bound a replay's pace factor (ParseSpeed): at 0.001
+// a day of records takes under three years, within time.Duration.
+const (
+	MinSpeed = 0.001
+	MaxSpeed = 1e6
+)
 
 // ServeReplay serves /api/v1/replay: it upgrades to a WebSocket and sends
 // the same messages as /api/v1/live (same types and filters) for a past

@@ -50,8 +50,8 @@ func parseReplay(r *http.Request) (*replay, error) {
 		}
 	}
 	if v := q.Get("speed"); v != "" {
-		if rp.speed, err = strconv.ParseFloat(v, 64); err != nil || rp.speed < 0 {
-			return nil, fmt.Errorf("speed: %q is not a number >= 0", v)
+		if rp.speed, err = ParseSpeed(v); err != nil {
+			return nil, err
 		}
 	}
 	if pf, ok, err := rest.ParseAddr(q.Get("addr")); err != nil {

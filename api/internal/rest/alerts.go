@@ -206,6 +206,10 @@ func (a *API) setAlertStatus(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, r, http.StatusBadRequest, "body: not a JSON object {\"status\", \"note\", \"by\"}: "+err.Error())
 		return
 	}
+	if _, err := dec.Token(); err != io.EOF {
+		writeProblem(w, r, http.StatusBadRequest, "body: one JSON object {\"status\", \"note\", \"by\"} and nothing after it")
+		return
+	}
 	if !contains(statuses, ch.Status) {
 		writeProblem(w, r, http.StatusBadRequest, "status: "+strconv.Quote(ch.Status)+" is not acknowledged, closed or open")
 		return

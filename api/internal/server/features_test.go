@@ -256,7 +256,8 @@ func TestAuth(t *testing.T) {
 			t.Errorf("%s: %d alerts, want %d", q, len(p.Alerts), n)
 		}
 	}
-	for _, body := range []string{`{"status":"done"}`, `{"status":"closed","extra":1}`, `not json`} {
+	for _, body := range []string{`{"status":"done"}`, `{"status":"closed","extra":1}`, `not json`,
+		`{"status":"closed"} {"status":"open"}`, `{"status":"closed"}]`, `{"status":"closed"} x`} {
 		if code, _ := do("PATCH", "/api/v1/alerts/a1", adminTok, body); code != 400 {
 			t.Errorf("PATCH %s: %d, want 400", body, code)
 		}
