@@ -549,7 +549,8 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 func train(args []string, stdout io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("detector train", flag.ContinueOnError)
 	data := fs.String("data", "../shared/data/labeled/nsl-kdd/KDDTrain+_20Percent.txt", "NSL-KDD training file (CSV)")
-	test := fs.String("test", "", "NSL-KDD test file (e.g. KDDTest+.txt); empty: hold out every fifth record of -data")
+	test := fs.String("test", "", "NSL-KDD test file (e.g. KDDTest+.txt); empty: hold out every fifth record of -data (see -all)")
+	all := fs.Bool("all", false, "nsl-kdd: train on every record of -data (the shipped model); the meta's evaluation is then on the training records themselves")
 	out := fs.String("out", filepath.Join("models", models.FlowID3Name), "model file to write")
 	prune := fs.Float64("prune", 0, "golearn ID3 prune ratio (0: no pruning, deterministic)")
 	name := fs.String("name", "", "model name (default flow-id3, qname-id3)")
@@ -609,14 +610,25 @@ func train(args []string, stdout io.Writer, getenv func(string) string) error {
 	}
 	trainSet, testSet := recs, []model.Record(nil)
 	source := filepath.Base(*data)
-	if *test == "" {
+	switch {
+	case *test != "":
+		if testSet, err = model.ReadKDDFile(*test); err != nil {
+			return err
+		}
+	case *all:
+		testSet = recs
+		source += " (every record; eval in-sample)"
+	default:
 		trainSet, testSet = model.Split(recs)
 		source += " (records with index%5 != 4)"
-	} else if testSet, err = model.ReadKDDFile(*test); err != nil {
-		return err
 	}
-	fmt.Fprintf(stdout, "training ID3 on %d records (duration, protocol_type, service, flag, src_bytes, dst_bytes)\n", len(trainSet))
-	t, err := model.Train(trainSet, *prune, *name)
+	fmt.Fprintf(stdout, "training on %d records (%s): binary ID3, 5-class ID3, isolation forest on the normal records\n", len(trainSet), model.FeatureSet)
+	var t *model.Tree
+	if *prune != 0 {
+		t, err = model.Train(trainSet, *prune, *name) // the binary tree alone
+	} else {
+		t, err = model.TrainNSLKDD(trainSet, *name)
+	}
 	if err != nil {
 		return err
 	}
@@ -638,7 +650,7 @@ func evaluate(args []string, stdout io.Writer, getenv func(string) string) error
 	path := fs.String("model", "", "model file (empty: the shipped model of -format)")
 	data := fs.String("data", "", "file to evaluate on (default: KDDTrain+_20Percent.txt for nsl-kdd, validate.csv for qnames)")
 	split := fs.Bool("split", true, "nsl-kdd: evaluate only the held-out fifth of -data (index%5 == 4) when -data is the training file; false: every record")
-	holdout := fs.Bool("holdout-types", false, "nsl-kdd: instead of the shipped model, train 5-class ID3 trees on -data with whole attack types held out (two folds) and report normal/dos/probe/r2l/u2r on the held-out records; the folds go to stderr")
+	holdout := fs.Bool("holdout-types", false, "nsl-kdd: instead of the shipped model, train the shipped design (model.TrainNSLKDD) on -data with whole attack types held out (two folds) and report normal/dos/probe/r2l/u2r on the held-out records; the folds go to stderr")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -723,10 +735,19 @@ func evaluate(args []string, stdout io.Writer, getenv func(string) string) error
 			return err
 		}
 		p := make([]bool, len(pred))
+		act5, pred5 := make([]string, len(recs)), make([]string, len(recs))
 		for i, c := range pred {
 			p[i] = c == model.ClassAttack
+			if act5[i], err = model.Category(recs[i].Label); err != nil {
+				return err
+			}
+			pred5[i] = t.PredictClass(xs[i])
 		}
-		rep = report.Binary(t.Name(), *format, *data, model.ClassNormal, model.ClassAttack, actual, p)
+		five := report.Multi(t.Name(), *format, *data, model.CatNormal,
+			append(append([]string(nil), model.Categories...), model.UnknownAttack), act5, pred5)
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(kddReport{report.Binary(t.Name(), *format, *data, model.ClassNormal, model.ClassAttack, actual, p), &five})
 	case "qnames":
 		if *data == "" {
 			*data = "../shared/data/labeled/dns-tunnel-qnames/validate.csv"
@@ -755,6 +776,15 @@ func evaluate(args []string, stdout io.Writer, getenv func(string) string) error
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(rep)
+}
+
+// kddReport is `detector evaluate -format nsl-kdd`'s JSON: the binary
+// report (attack vs normal) at the top level and the 5-class one
+// (model.Tree.PredictClass: normal, dos, probe, r2l, u2r, unknown_attack)
+// under five_class.
+type kddReport struct {
+	report.Report
+	FiveClass *report.Report `json:"five_class"`
 }
 
 // flagSet reports whether the flag name was given on the command line.

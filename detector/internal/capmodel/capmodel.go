@@ -107,8 +107,9 @@ func Flows(pcaps, tshark string, progress io.Writer) ([]Flow, []string, error) {
 		if err != nil {
 			return nil, nil, err
 		}
+		tr := model.NewTraffic() // traffic features over the capture's own flows, in tshark's order
 		for _, f := range fs {
-			out = append(out, Flow{Capture: c.File, Record: model.Record{X: model.Extract(f), Attack: Label(c, f)}})
+			out = append(out, Flow{Capture: c.File, Record: model.Record{X: tr.Observe(f), Attack: Label(c, f)}})
 		}
 	}
 	if progress != nil {

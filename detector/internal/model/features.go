@@ -10,18 +10,30 @@ import (
 	"netwatch/schema/pb"
 )
 
-// Features are the attributes computable from one flow record, named after
-// their NSL-KDD columns (Tavallaee et al., "A Detailed Analysis of the KDD
-// CUP 99 Data Set", IEEE CISDA 2009). Only these six of the 41 NSL-KDD
-// columns can be computed from a single flow; the others need host windows
-// or payload inspection.
+// Features are the NSL-KDD columns netwatch computes for a flow, named
+// after their NSL-KDD columns (Tavallaee et al., "A Detailed Analysis of the
+// KDD CUP 99 Data Set", IEEE CISDA 2009; column definitions: the KDD Cup
+// 1999 task description, and Lee & Stolfo, "A framework for constructing
+// features and models for intrusion detection systems", ACM TISSEC 3(4),
+// 2000). The basic columns and Land come from the record alone (Extract);
+// the 19 traffic columns need the connections before it (Traffic.Observe).
+//
+// Not computed, and not model inputs: wrong_fragment (the count of bad
+// fragments: a flow record does not carry it), urgent (the count of urgent
+// packets: a record carries only the OR of the TCP flags) and the 13
+// content features hot, num_failed_logins, logged_in, num_compromised,
+// root_shell, su_attempted, num_root, num_file_creations, num_shells,
+// num_access_files, num_outbound_cmds, is_host_login, is_guest_login (they
+// come from the payload of login sessions, which flows do not carry).
 type Features struct {
-	Duration float64 // seconds, end - start of the record
-	Protocol string  // "tcp", "udp" or "icmp" (anything else: "icmp", the rarest class)
-	Service  string  // NSL-KDD service name from the responder port (Services), "private" when unlisted
-	Flag     string  // NSL-KDD / Zeek conn_state (Flags)
-	SrcBytes float64 // originator payload bytes (orig_bytes)
-	DstBytes float64 // responder payload bytes (resp_bytes)
+	Duration float64 `json:"duration"`      // seconds, end - start of the record
+	Protocol string  `json:"protocol_type"` // "tcp", "udp" or "icmp" (anything else: "icmp", the rarest class)
+	Service  string  `json:"service"`       // NSL-KDD service name from the responder port (Services), "private" when unlisted
+	Flag     string  `json:"flag"`          // NSL-KDD / Zeek conn_state (Flags)
+	SrcBytes float64 `json:"src_bytes"`     // originator payload bytes (orig_bytes)
+	DstBytes float64 `json:"dst_bytes"`     // responder payload bytes (resp_bytes)
+	Land     float64 `json:"land"`          // 1 when originator and responder address and port are equal, else 0
+	TrafficFeatures
 }
 
 // Protocols, Services and Flags are the fixed value lists of the categorical
@@ -69,12 +81,21 @@ func init() {
 		Services = append(Services, s)
 	}
 	sort.Strings(Services)
+	serviceIndex = make(map[string]uint16, len(Services))
+	for i, s := range Services {
+		serviceIndex[s] = uint16(i)
+	}
 }
 
-// Extract computes the Features of f. It never fails: unknown values map to
-// the nearest NSL-KDD category ("private" service, "OTH" flag).
+// Extract computes the Features of f that the record alone gives (the
+// basic columns and Land; the traffic columns stay 0: Traffic.Observe
+// fills them). It never fails: unknown values map to the nearest NSL-KDD
+// category ("private" service, "OTH" flag).
 func Extract(f *pb.Flow) Features {
 	x := Features{SrcBytes: float64(f.GetOrigBytes()), DstBytes: float64(f.GetRespBytes())}
+	if f.GetOrigPort() == f.GetRespPort() && len(f.GetOrigAddr()) > 0 && string(f.GetOrigAddr()) == string(f.GetRespAddr()) {
+		x.Land = 1
+	}
 	if d := f.GetEndNs() - f.GetStartNs(); d > 0 {
 		x.Duration = float64(d) / 1e9
 	}

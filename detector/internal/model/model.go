@@ -39,18 +39,108 @@ type Meta struct {
 	TrainRows   int        `json:"train_rows"`
 	Prune       float64    `json:"prune"`
 	Eval        Evaluation `json:"eval"`
+	// Parts lists what the file holds besides the binary tree: PartNovelty
+	// (the isolation forest on normal records, key "netwatch_novelty") and
+	// PartClasses (the 5-class ID3 tree, keys prefixed "class5").
+	Parts []string `json:"parts,omitempty"`
 }
 
-// FeatureSet names the attributes and value lists of Extract; a model file
-// trained on another feature set is refused.
-const FeatureSet = "kdd6-v1: duration,protocol_type,service,flag,src_bytes,dst_bytes"
+// Parts of a model file (Meta.Parts).
+const (
+	PartNovelty = "novelty-iforest"
+	PartClasses = "id3-5class"
+)
+
+// FeatureSet names the attributes of Features the model uses (Extract and
+// Traffic.Observe); a model file trained on another feature set is refused
+// (kdd6-v1 files, the six basic columns alone, included: retrain them).
+const FeatureSet = "kdd26-v2: duration,protocol_type,service,flag,src_bytes,dst_bytes,land,count,srv_count," +
+	"serror_rate,srv_serror_rate,rerror_rate,srv_rerror_rate,same_srv_rate,diff_srv_rate,srv_diff_host_rate," +
+	"dst_host_count,dst_host_srv_count,dst_host_same_srv_rate,dst_host_diff_srv_rate,dst_host_same_src_port_rate," +
+	"dst_host_srv_diff_host_rate,dst_host_serror_rate,dst_host_srv_serror_rate,dst_host_rerror_rate,dst_host_srv_rerror_rate"
+
+// NumericNames are the NSL-KDD names of the numeric Features, in the order
+// of Features.Num.
+var NumericNames = []string{"duration", "src_bytes", "dst_bytes", "land",
+	"count", "srv_count", "serror_rate", "srv_serror_rate", "rerror_rate", "srv_rerror_rate",
+	"same_srv_rate", "diff_srv_rate", "srv_diff_host_rate",
+	"dst_host_count", "dst_host_srv_count", "dst_host_same_srv_rate", "dst_host_diff_srv_rate",
+	"dst_host_same_src_port_rate", "dst_host_srv_diff_host_rate", "dst_host_serror_rate",
+	"dst_host_srv_serror_rate", "dst_host_rerror_rate", "dst_host_srv_rerror_rate"}
+
+// NumNumeric is len(NumericNames).
+const NumNumeric = 23
+
+// Num returns the i-th numeric feature (NumericNames[i]).
+func (x *Features) Num(i int) float64 {
+	switch i {
+	case 0:
+		return x.Duration
+	case 1:
+		return x.SrcBytes
+	case 2:
+		return x.DstBytes
+	case 3:
+		return x.Land
+	case 4:
+		return x.Count
+	case 5:
+		return x.SrvCount
+	case 6:
+		return x.SerrorRate
+	case 7:
+		return x.SrvSerrorRate
+	case 8:
+		return x.RerrorRate
+	case 9:
+		return x.SrvRerrorRate
+	case 10:
+		return x.SameSrvRate
+	case 11:
+		return x.DiffSrvRate
+	case 12:
+		return x.SrvDiffHostRate
+	case 13:
+		return x.DstHostCount
+	case 14:
+		return x.DstHostSrvCount
+	case 15:
+		return x.DstHostSameSrvRate
+	case 16:
+		return x.DstHostDiffSrvRate
+	case 17:
+		return x.DstHostSameSrcPortRate
+	case 18:
+		return x.DstHostSrvDiffHostRate
+	case 19:
+		return x.DstHostSerrorRate
+	case 20:
+		return x.DstHostSrvSerrorRate
+	case 21:
+		return x.DstHostRerrorRate
+	case 22:
+		return x.DstHostSrvRerrorRate
+	}
+	return 0
+}
+
+// setNum sets the i-th numeric feature.
+func (x *Features) setNum(i int, v float64) {
+	p := []*float64{&x.Duration, &x.SrcBytes, &x.DstBytes, &x.Land,
+		&x.Count, &x.SrvCount, &x.SerrorRate, &x.SrvSerrorRate, &x.RerrorRate, &x.SrvRerrorRate,
+		&x.SameSrvRate, &x.DiffSrvRate, &x.SrvDiffHostRate,
+		&x.DstHostCount, &x.DstHostSrvCount, &x.DstHostSameSrvRate, &x.DstHostDiffSrvRate,
+		&x.DstHostSameSrcPortRate, &x.DstHostSrvDiffHostRate, &x.DstHostSerrorRate,
+		&x.DstHostSrvSerrorRate, &x.DstHostRerrorRate, &x.DstHostSrvRerrorRate}
+	*p[i] = v
+}
 
 // attrs are the golearn attributes, built once so that every grid uses the
 // same value lists (a CategoricalAttribute only Equals one with identical
 // values, and the tree finds attributes by Equals).
 type attrs struct {
-	duration, srcBytes, dstBytes *base.FloatAttribute
-	proto, service, flag, class  *base.CategoricalAttribute
+	num                         []*base.FloatAttribute // NumericNames order
+	proto, service, flag, class *base.CategoricalAttribute
 }
 
 func newAttrs() *attrs {
@@ -62,32 +152,34 @@ func newAttrs() *attrs {
 		}
 		return a
 	}
-	return &attrs{
-		duration: base.NewFloatAttribute("duration"),
-		srcBytes: base.NewFloatAttribute("src_bytes"),
-		dstBytes: base.NewFloatAttribute("dst_bytes"),
-		proto:    cat("protocol_type", Protocols),
-		service:  cat("service", Services),
-		flag:     cat("flag", Flags),
-		class:    cat("class", []string{ClassAttack, ClassNormal}),
+	a := &attrs{
+		proto:   cat("protocol_type", Protocols),
+		service: cat("service", Services),
+		flag:    cat("flag", Flags),
+		class:   cat("class", []string{ClassAttack, ClassNormal}),
 	}
+	for _, n := range NumericNames {
+		a.num = append(a.num, base.NewFloatAttribute(n))
+	}
+	return a
 }
 
 // grid is a golearn DenseInstances of n rows with the model's attributes.
 type grid struct {
-	inst                                       *base.DenseInstances
-	dur, src, dst, proto, service, flag, class base.AttributeSpec
-	a                                          *attrs
+	inst                        *base.DenseInstances
+	num                         []base.AttributeSpec
+	proto, service, flag, class base.AttributeSpec
+	a                           *attrs
 }
 
 func (a *attrs) newGrid(n int) *grid {
 	g := &grid{inst: base.NewDenseInstances(), a: a}
-	g.dur = g.inst.AddAttribute(a.duration)
 	g.proto = g.inst.AddAttribute(a.proto)
 	g.service = g.inst.AddAttribute(a.service)
 	g.flag = g.inst.AddAttribute(a.flag)
-	g.src = g.inst.AddAttribute(a.srcBytes)
-	g.dst = g.inst.AddAttribute(a.dstBytes)
+	for _, f := range a.num {
+		g.num = append(g.num, g.inst.AddAttribute(f))
+	}
 	g.class = g.inst.AddAttribute(a.class)
 	if err := g.inst.AddClassAttribute(a.class); err != nil {
 		panic(err) // the attribute was just added
@@ -99,9 +191,9 @@ func (a *attrs) newGrid(n int) *grid {
 }
 
 func (g *grid) set(row int, x Features, class string) {
-	g.inst.Set(g.dur, row, base.PackFloatToBytes(x.Duration))
-	g.inst.Set(g.src, row, base.PackFloatToBytes(x.SrcBytes))
-	g.inst.Set(g.dst, row, base.PackFloatToBytes(x.DstBytes))
+	for i, s := range g.num {
+		g.inst.Set(s, row, base.PackFloatToBytes(x.Num(i)))
+	}
 	g.inst.Set(g.proto, row, g.a.proto.GetSysValFromString(x.Protocol))
 	g.inst.Set(g.service, row, g.a.service.GetSysValFromString(x.Service))
 	g.inst.Set(g.flag, row, g.a.flag.GetSysValFromString(x.Flag))
@@ -122,23 +214,36 @@ func (g *grid) set(row int, x Features, class string) {
 // the value; leaf: share of attack records in ClassDist). Load checks that
 // the walk and golearn's PredictProba agree on probe flows whose path
 // needs no fallback (where golearn's choice is random).
+//
+// A model may hold two more parts (Meta.Parts): a Novelty forest, which
+// makes a record attack when it scores at or above its threshold whatever
+// the tree says, and a 5-class ID3 tree, which names the category of a
+// record the model calls attack (PredictClass).
+//
+// Score keeps the traffic window (Traffic) of the flows it scored, so the
+// traffic features of a flow are over the flows this model saw before it;
+// a model loaded anew (a new version from the store) starts an empty
+// window, which is full again after 2 s and 100 connections.
 type Tree struct {
-	Meta Meta
-	id3  *trees.ID3DecisionTree
-	a    *attrs
-	root *node
-	mu   sync.Mutex // golearn's categorical attributes are not safe for concurrent use
+	Meta    Meta
+	id3     *trees.ID3DecisionTree
+	a       *attrs
+	root    *node
+	mu      sync.Mutex // golearn's categorical attributes are not safe for concurrent use
+	nov     *Novelty
+	class5  *trees.ID3DecisionTree
+	root5   *node
+	tmu     sync.Mutex // guards traffic
+	traffic *Traffic
 }
 
 // Feature indexes of a compiled node's split attribute.
 const (
 	leaf = iota
-	fDuration
 	fProtocol
 	fService
 	fFlag
-	fSrcBytes
-	fDstBytes
+	fNum // fNum+i: NumericNames[i]
 )
 
 // node is a compiled trees.DecisionTreeNode.
@@ -149,6 +254,7 @@ type node struct {
 	keys     []string         // children names, sorted: the fallback for a value no child has
 	attack   float64          // leaf: attack probability (PredictProba of ClassAttack)
 	class    string           // leaf: golearn's predicted class (Class)
+	attackAs string           // leaf: its most frequent class other than normal, "" when none
 }
 
 // compile turns a golearn tree node into a node, resolving split attributes
@@ -171,6 +277,12 @@ func (a *attrs) compile(d *trees.DecisionTreeNode) (*node, error) {
 		if c, ok := d.ClassDist[ClassAttack]; ok {
 			n.attack = float64(c) / float64(total)
 		}
+		best = 0
+		for k, c := range d.ClassDist {
+			if k != ClassNormal && (c > best || c == best && k < n.attackAs) {
+				n.attackAs, best = k, c
+			}
+		}
 		return n, nil
 	}
 	if d.SplitRule == nil || d.SplitRule.SplitAttr == nil {
@@ -178,10 +290,15 @@ func (a *attrs) compile(d *trees.DecisionTreeNode) (*node, error) {
 	}
 	n := &node{split: d.SplitRule.SplitVal, children: make(map[string]*node, len(d.Children))}
 	at := d.SplitRule.SplitAttr
-	for i, c := range []base.Attribute{a.duration, a.proto, a.service, a.flag, a.srcBytes, a.dstBytes} {
+	for i, c := range []base.Attribute{a.proto, a.service, a.flag} {
 		if c.Equals(at) {
-			n.feature = fDuration + i
+			n.feature = fProtocol + i
 			break
+		}
+	}
+	for i, c := range a.num {
+		if n.feature == leaf && c.Equals(at) {
+			n.feature = fNum + i
 		}
 	}
 	if n.feature == leaf {
@@ -225,14 +342,8 @@ func (n *node) leafExact(x *Features) (*node, bool) {
 		case fFlag:
 			v = x.Flag
 		default:
-			f := x.Duration
-			if n.feature == fSrcBytes {
-				f = x.SrcBytes
-			} else if n.feature == fDstBytes {
-				f = x.DstBytes
-			}
 			v = "0"
-			if f > n.split {
+			if x.Num(n.feature-fNum) > n.split {
 				v = "1"
 			}
 		}
@@ -259,18 +370,84 @@ func (n *node) leafExact(x *Features) (*node, bool) {
 // Name is the model's name (Meta.Name), used as the rule of its alerts.
 func (t *Tree) Name() string { return t.Meta.Name }
 
-// Score returns the fraction of attack records among the training records
-// that reached the leaf f falls in (golearn's PredictProba). It does not
-// allocate.
+// Score computes f's features (Traffic.Observe on the model's window) and
+// returns ScoreFeatures. It does not allocate.
 func (t *Tree) Score(f *pb.Flow) (float64, error) {
-	x := Extract(f)
-	return t.root.walk(&x), nil
+	p, _, err := t.ScoreWithFeatures(f)
+	return p, err
 }
 
-// ScoreFeatures scores already extracted features.
-func (t *Tree) ScoreFeatures(x Features) (float64, error) {
-	return t.root.walk(&x), nil
+// ScoreWithFeatures is Score, also returning the features it scored (for
+// an alert's evidence).
+func (t *Tree) ScoreWithFeatures(f *pb.Flow) (float64, Features, error) {
+	t.tmu.Lock()
+	x := t.traffic.Observe(f)
+	t.tmu.Unlock()
+	p, err := t.ScoreFeatures(x)
+	return p, x, err
 }
+
+// ScoreFlow scores f with sc and returns the features it used: those of
+// ScoreWithFeatures when sc has it (a Tree: with the traffic columns),
+// else Extract's.
+func ScoreFlow(sc Scorer, f *pb.Flow) (float64, Features, error) {
+	if w, ok := sc.(interface {
+		ScoreWithFeatures(*pb.Flow) (float64, Features, error)
+	}); ok {
+		return w.ScoreWithFeatures(f)
+	}
+	p, err := sc.Score(f)
+	return p, Extract(f), err
+}
+
+// ScoreFeatures scores already computed features: p, the fraction of
+// attack records among the training records that reached the leaf x falls
+// in (golearn's PredictProba). With a Novelty part, whose score s has
+// threshold θ, a p below 0.5 becomes max(p, n) with n = 0.5 + 0.5
+// (s-θ)/(1-θ) when s ≥ θ, else 0.5 s/θ: so the result is ≥ 0.5 exactly
+// when the tree says attack (p ≥ 0.5) or the record is novel (s ≥ θ), and
+// stays in [0, 1]. (The forest is not run when p ≥ 0.5: it could not
+// change the answer.)
+func (t *Tree) ScoreFeatures(x Features) (float64, error) {
+	p := t.root.walk(&x)
+	if t.nov != nil && p < 0.5 { // at 0.5 and above the tree's answer stands: the forest is not needed
+
+		s, th := t.nov.Score(&x), t.nov.Threshold
+		n := 0.5 * s / th
+		if s >= th {
+			n = 0.5 + 0.5*(s-th)/(1-th)
+		}
+		if n > p {
+			p = min(n, 1)
+		}
+	}
+	return p, nil
+}
+
+// PredictClass is the 5-class answer for x (Categories): "normal" when
+// ScoreFeatures is below 0.5; else the 5-class tree's class, or, where
+// that tree says normal, the most frequent attack category of its leaf;
+// UnknownAttack when the leaf holds none (the novelty part alone called it
+// attack) or the model has no 5-class tree.
+func (t *Tree) PredictClass(x Features) string {
+	if p, _ := t.ScoreFeatures(x); p < 0.5 {
+		return CatNormal
+	}
+	if t.root5 == nil {
+		return UnknownAttack
+	}
+	l := t.root5.leaf(&x)
+	if l.class != CatNormal {
+		return l.class
+	}
+	if l.attackAs != "" {
+		return l.attackAs
+	}
+	return UnknownAttack
+}
+
+// UnknownAttack is PredictClass's answer for an attack of no known category.
+const UnknownAttack = "unknown_attack"
 
 // scoreGolearn scores x through golearn's PredictProba on a one-row
 // DenseInstances: the reference that Load checks the compiled walk against.
@@ -296,21 +473,17 @@ func (t *Tree) scoreGolearn(x Features) (p float64, err error) {
 	return 0, nil
 }
 
-// Predict returns the class of every features row (batch form, for evaluation).
+// Predict returns the class (ClassAttack when ScoreFeatures is at least
+// 0.5, else ClassNormal) of every features row, for evaluation. It uses
+// the compiled walk, so a value no child has takes the same child on every
+// run (golearn's Predict picks one in map order).
 func (t *Tree) Predict(xs []Features) ([]string, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	g := t.a.newGrid(len(xs))
-	for i, x := range xs {
-		g.set(i, x, "")
-	}
-	pred, err := t.id3.Predict(g.inst)
-	if err != nil {
-		return nil, fmt.Errorf("predict %d rows: %w", len(xs), err)
-	}
 	out := make([]string, len(xs))
-	for i := range xs {
-		out[i] = base.GetClass(pred, i)
+	for i, x := range xs {
+		out[i] = ClassNormal
+		if p, _ := t.ScoreFeatures(x); p >= 0.5 {
+			out[i] = ClassAttack
+		}
 	}
 	return out, nil
 }
@@ -329,6 +502,16 @@ func (t *Tree) Save(path string) error {
 	if err := w.WriteJSONForKey("netwatch_meta", t.Meta); err != nil {
 		return fmt.Errorf("save model %s: %w", path, err)
 	}
+	if t.nov != nil {
+		if err := w.WriteJSONForKey("netwatch_novelty", t.nov); err != nil {
+			return fmt.Errorf("save model %s: %w", path, err)
+		}
+	}
+	if t.class5 != nil {
+		if err := t.class5.SaveWithPrefix(w, "class5"); err != nil {
+			return fmt.Errorf("save model %s: %w", path, err)
+		}
+	}
 	if err := w.Close(); err != nil {
 		return fmt.Errorf("save model %s: %w", path, err)
 	}
@@ -344,6 +527,12 @@ func (t *Tree) prepare() error {
 		return err
 	}
 	t.root = root
+	t.traffic = NewTraffic()
+	if t.class5 != nil {
+		if t.root5, err = t.a.compile(t.class5.Root); err != nil {
+			return fmt.Errorf("5-class tree: %w", err)
+		}
+	}
 	for _, x := range []Features{
 		{Protocol: "tcp", Service: "http", Flag: "SF", Duration: 0.2, SrcBytes: 230, DstBytes: 1800},
 		{Protocol: "tcp", Service: "private", Flag: "S0"},
@@ -400,6 +589,26 @@ func Load(path string) (t *Tree, err error) {
 	}
 	if t.id3.Root == nil || (t.id3.Root.Children == nil && t.id3.Root.Class == "") {
 		return nil, fmt.Errorf("load model %s: %w: empty tree", path, ErrModel)
+	}
+	for _, p := range t.Meta.Parts {
+		switch p {
+		case PartNovelty:
+			t.nov = &Novelty{}
+			if err := r.GetJSONForKey("netwatch_novelty", t.nov); err != nil {
+				return nil, fmt.Errorf("load model %s: %w: novelty: %v", path, ErrModel, err)
+			}
+			if err := t.nov.check(); err != nil {
+				return nil, fmt.Errorf("load model %s: %w: %v", path, ErrModel, err)
+			}
+			t.nov.prepare()
+		case PartClasses:
+			t.class5 = trees.NewID3DecisionTree(0)
+			if err := t.class5.LoadWithPrefix(r, "class5"); err != nil {
+				return nil, fmt.Errorf("load model %s: %w: 5-class tree: %v", path, ErrModel, err)
+			}
+		default:
+			return nil, fmt.Errorf("load model %s: %w: unknown part %q", path, ErrModel, p)
+		}
 	}
 	if err := t.prepare(); err != nil {
 		return nil, fmt.Errorf("load model %s: %w: %v", path, ErrModel, err)

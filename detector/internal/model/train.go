@@ -19,8 +19,10 @@ type Record struct {
 }
 
 // ReadKDD reads NSL-KDD records (CSV, no header, 41 features, label,
-// difficulty; see shared/data/labeled/README.md) and keeps the Features a
-// flow can supply. Every label but "normal" is an attack.
+// difficulty; see shared/data/labeled/README.md: KDDTrain+ and KDDTest+
+// have 43 columns, a file without the difficulty 42) and keeps the Features
+// netwatch computes from flows (basic columns, land and the 19 traffic
+// columns; wrong_fragment, urgent and the content columns are dropped). Every label but "normal" is an attack.
 func ReadKDD(r io.Reader) ([]Record, error) {
 	var out []Record
 	sc := bufio.NewScanner(r)
@@ -53,6 +55,16 @@ func ReadKDD(r io.Reader) ([]Record, error) {
 		}
 		if rec.X.DstBytes, err = num(5); err != nil {
 			return nil, err
+		}
+		if rec.X.Land, err = num(6); err != nil {
+			return nil, err
+		}
+		for i := 4; i < NumNumeric; i++ { // the traffic columns, 23-41
+			v, err := num(22 + i - 4)
+			if err != nil {
+				return nil, err
+			}
+			rec.X.setNum(i, v)
 		}
 		rec.X.Protocol, rec.X.Service, rec.X.Flag = c[1], c[2], c[3]
 		if !contains(Services, rec.X.Service) {
@@ -188,4 +200,43 @@ func Evaluate(t *Tree, recs []Record) (Evaluation, error) {
 func (e Evaluation) String() string {
 	return fmt.Sprintf("n=%d accuracy=%.4f precision=%.4f recall=%.4f f1=%.4f (tp=%d fp=%d tn=%d fn=%d)",
 		e.N, e.Accuracy, e.Precision, e.Recall, e.F1, e.TP, e.FP, e.TN, e.FN)
+}
+
+// The novelty forest of TrainNSLKDD: golearn's isolation forest with 100
+// trees of at most 10 levels on sub-samples of 256 records (Liu et al.
+// 2008 use 100 trees and 256), threshold at the 0.99 quantile of the
+// normal training records' scores. Chosen on the whole-attack-type
+// hold-out of KDDTrain+_20Percent (models/README.md), never on test data.
+const (
+	NoveltyTrees     = 50
+	NoveltyMaxDepth  = 8
+	NoveltySubSample = 256
+	NoveltyQuantile  = 0.99
+)
+
+// TrainNSLKDD trains the shipped flow model on NSL-KDD records: the
+// binary ID3 tree (Train, no pruning), the 5-class ID3 tree (PartClasses)
+// and the novelty forest fitted on the normal records (PartNovelty).
+func TrainNSLKDD(recs []Record, name string) (*Tree, error) {
+	t, err := Train(recs, 0, name)
+	if err != nil {
+		return nil, err
+	}
+	if t.class5, err = trainClasses(recs); err != nil {
+		return nil, err
+	}
+	var normal []Features
+	for _, r := range recs {
+		if !r.Attack {
+			normal = append(normal, r.X)
+		}
+	}
+	if t.nov, err = FitNovelty(normal, NoveltyTrees, NoveltyMaxDepth, NoveltySubSample, NoveltyQuantile); err != nil {
+		return nil, err
+	}
+	t.Meta.Parts = []string{PartNovelty, PartClasses}
+	if err := t.prepare(); err != nil {
+		return nil, fmt.Errorf("train: %w", err)
+	}
+	return t, nil
 }

@@ -402,7 +402,7 @@ func (s *Stage) score(sensor string, f *pb.Flow) *pb.Alert {
 	if s.scorer == nil {
 		return nil
 	}
-	p, err := s.scorer.Score(f)
+	p, x, err := model.ScoreFlow(s.scorer, f) // x: the features scored, traffic columns included
 	if err != nil {
 		s.m.ScoreErrors.Inc()
 		return nil
@@ -431,7 +431,6 @@ func (s *Stage) score(sensor string, f *pb.Flow) *pb.Alert {
 		clear(s.anomaly)
 	}
 	s.anomaly[k] = true
-	x := model.Extract(f)
 	ev, _ := json.Marshal(map[string]any{
 		"model": s.scorer.Name(), "score": p, "threshold": s.cfg.ModelThreshold, "flow_id": f.GetId(),
 		"features": x, "window_start_ns": win, "window_end_ns": win + w,
