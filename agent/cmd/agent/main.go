@@ -1,6 +1,8 @@
 // Command agent is the netwatch sensor: it captures packets from a file or an
 // interface, decodes them, and publishes batched packet summaries, host
 // metrics and capture statistics to NATS JetStream (see ../../README.md).
+// With -metrics-only it captures nothing and publishes host metrics only
+// (a host to watch that does not capture, such as the database's).
 package main
 
 import (
@@ -59,6 +61,10 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		log.Error("invalid configuration", "err", err)
 		return 2
 	}
+	if cfg.CheckOnly && cfg.MetricsOnly {
+		log.Info("configuration valid", "mode", "metrics-only", "paths", cfg.Paths())
+		return 0
+	}
 	if cfg.CheckOnly {
 		// The capture is part of the configuration: open it (a missing or
 		// unreadable file, one that is not a capture, an unsupported link
@@ -103,30 +109,32 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	// header, so a signal meanwhile ends the agent (nothing was read). An
 	// interface is closed again and reopened by Run, so that the kernel
 	// does not queue (and drop) frames while NATS is being connected.
-	type opened struct {
-		src capture.Source
-		err error
-	}
-	och := make(chan opened, 1)
-	go func() {
-		src, err := cfg.Open()
-		och <- opened{src, err}
-	}()
 	var src capture.Source
-	select {
-	case o := <-och:
-		if o.err != nil {
-			log.Error("open capture", "err", o.err)
-			return 1
+	if !cfg.MetricsOnly {
+		type opened struct {
+			src capture.Source
+			err error
 		}
-		src = o.src
-	case <-ctx.Done():
-		log.Info("interrupted while opening the capture: nothing was read")
-		return 0
-	}
-	if cfg.PCAP == "" {
-		src.Close()
-		src = nil
+		och := make(chan opened, 1)
+		go func() {
+			src, err := cfg.Open()
+			och <- opened{src, err}
+		}()
+		select {
+		case o := <-och:
+			if o.err != nil {
+				log.Error("open capture", "err", o.err)
+				return 1
+			}
+			src = o.src
+		case <-ctx.Done():
+			log.Info("interrupted while opening the capture: nothing was read")
+			return 0
+		}
+		if cfg.PCAP == "" {
+			src.Close()
+			src = nil
+		}
 	}
 	closeSrc := src != nil
 	defer func() {
@@ -186,11 +194,15 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		log.Warn("sensor registry unavailable; this sensor will not show as online", "err", err)
 	} else {
 		host, _ := os.Hostname()
-		source := cfg.Interface
-		if cfg.PCAP != "" {
-			source = cfg.PCAP
+		// a metrics-only agent captures on no interface: an empty list
+		interfaces := []string{}
+		switch {
+		case cfg.PCAP != "":
+			interfaces = []string{cfg.PCAP}
+		case cfg.Interface != "":
+			interfaces = []string{cfg.Interface}
 		}
-		rec := schema.SensorRecord{Name: cfg.Sensor, Host: host, Version: version(), Interfaces: []string{source},
+		rec := schema.SensorRecord{Name: cfg.Sensor, Host: host, Version: version(), Interfaces: interfaces,
 			Boot: agent.Boot, Started: time.Now().UTC()}
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if _, err := schema.Announce(actx, kv, rec); err != nil {
@@ -200,6 +212,15 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		go func() {
 			_ = schema.RunHeartbeat(hctx, kv, rec, 0, func(err error) { log.Warn("sensor registry heartbeat", "err", err) })
 		}()
+	}
+	if cfg.MetricsOnly {
+		log.Info("agent started", "sensor", cfg.Sensor, "boot", agent.Boot, "mode", "metrics-only")
+		if err := agent.RunMetrics(ctx); err != nil {
+			log.Error("agent stopped with an error", "err", err)
+			return 1
+		}
+		log.Info("agent stopped")
+		return 0
 	}
 	log.Info("agent started", "sensor", cfg.Sensor, "boot", agent.Boot, "pcap", cfg.PCAP, "interface", cfg.Interface)
 	if err := agent.Run(ctx); err != nil {

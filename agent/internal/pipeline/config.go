@@ -34,6 +34,8 @@ type Config struct {
 	BatchFlush        time.Duration // -batch.flush: max age (wall clock) of an open batch
 	WatermarkInterval time.Duration // -watermark.interval: live watermark batches period (publish.Watermarks); 0 for none
 	MetricsInterval   time.Duration // -metrics.interval: METRICS period
+	MetricsOnly       bool          // -metrics-only: no capture, host metrics only (RunMetrics); exclusive with PCAP and Interface
+	MetricsPaths      string        // -metrics.paths: comma-separated directories whose file systems METRICS reports too (Paths)
 	MaxInflight       int           // -publish.max-inflight: unacked PACKETS messages
 	ExcludePorts      string        // -exclude.ports: TCP ports never captured live
 	CaptureOwnTraffic bool          // -capture.own-traffic: do not exclude the pipeline's ports
@@ -82,6 +84,8 @@ func (c *Config) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.WatermarkInterval, "watermark.interval", publish.DefaultWatermarkInterval,
 		"live: send a watermark on every bucket this often (the enricher ends idle flows by them, not by its wall clock); 0 for none")
 	fs.DurationVar(&c.MetricsInterval, "metrics.interval", 10*time.Second, "host metrics and capture statistics period")
+	fs.BoolVar(&c.MetricsOnly, "metrics-only", false, "capture nothing: publish host metrics (CPU, memory, disks, interfaces) every -metrics.interval, e.g. on the database host; not with -pcap or -interface")
+	fs.StringVar(&c.MetricsPaths, "metrics.paths", "", "comma-separated directories (e.g. the PostgreSQL data directory) whose file systems are reported in METRICS too, even of a type not listed by default")
 	fs.IntVar(&c.MaxInflight, "publish.max-inflight", 256, "max unacked PACKETS messages")
 	fs.DurationVar(&c.AckTimeout, "nats.ack-timeout", 5*time.Second,
 		"a publish not acknowledged by JetStream within this is sent again (same Nats-Msg-Id, so never stored twice); it bounds the delay a stream leader's loss adds")
@@ -102,11 +106,26 @@ func (c *Config) Validate() error {
 	if err := c.Common.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if (c.PCAP == "") == (c.Interface == "") {
-		errs = append(errs, errors.New("want exactly one of -pcap and -interface"))
+	switch {
+	case c.MetricsOnly && (c.PCAP != "" || c.Interface != ""):
+		errs = append(errs, errors.New("-metrics-only captures nothing: it cannot be combined with -pcap or -interface"))
+	case c.MetricsOnly && c.Summary:
+		errs = append(errs, errors.New("-metrics-only captures nothing: it cannot be combined with -summary"))
+	case !c.MetricsOnly && (c.PCAP == "") == (c.Interface == ""):
+		errs = append(errs, errors.New("want exactly one of -pcap and -interface (or -metrics-only)"))
 	}
-	if c.Summary && c.PCAP == "" {
+	if c.Summary && c.PCAP == "" && !c.MetricsOnly {
 		errs = append(errs, errors.New("-summary needs -pcap"))
+	}
+	for _, p := range c.Paths() {
+		if fi, err := os.Stat(p); err != nil {
+			errs = append(errs, fmt.Errorf("-metrics.paths: %w", err))
+		} else if !fi.IsDir() {
+			errs = append(errs, fmt.Errorf("-metrics.paths: %s is not a directory", p))
+		}
+	}
+	if strings.TrimSpace(c.MetricsPaths) != "" && len(c.Paths()) == 0 {
+		errs = append(errs, fmt.Errorf("-metrics.paths %q: no directory", c.MetricsPaths))
 	}
 	if err := schema.ValidSensor(c.Sensor); err != nil {
 		errs = append(errs, fmt.Errorf("-sensor: %w", err))
@@ -162,6 +181,18 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Paths are the directories of -metrics.paths: split at commas, spaces
+// around each trimmed, empty ones dropped.
+func (c *Config) Paths() []string {
+	var out []string
+	for _, p := range strings.Split(c.MetricsPaths, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // Filter is the BPF filter of a live capture: -bpf AND-ed with the exclusion

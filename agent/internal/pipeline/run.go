@@ -472,11 +472,7 @@ func (a *Agent) publishMetrics(ctx context.Context, src capture.Source, pub *pub
 		a.Stats.RingFreezes.Store(f)
 	}
 	a.buffered.Store(int64(pub.Buffered()))
-	a.metricSeq++
-	m := &pb.Metrics{Sensor: a.cfg.Sensor, Boot: a.Boot, Seq: a.metricSeq}
-	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	hostmetrics.Sample(sctx, m)
-	cancel()
+	m := a.sample(ctx)
 	st := &a.Stats
 	_, droppedPkts := pub.Dropped()
 	m.Captures = []*pb.CaptureStats{{Source: src.Name(), Received: st.Received.Load(), Dropped: st.Dropped.Load(),
@@ -484,15 +480,33 @@ func (a *Agent) publishMetrics(ctx context.Context, src capture.Source, pub *pub
 		Malformed: st.Malformed.Load(), PublishedBatches: pub.Acked(), IpBytes: st.IPBytes.Load(), Arp: st.ARP.Load(),
 		RingPackets: st.RingPackets.Load(), RingFreezes: st.RingFreezes.Load(), BufferDropped: droppedPkts,
 		Truncated: st.Truncated.Load()}}
+	a.sendMetrics(ctx, context.Background(), m)
+}
+
+// sample returns the next METRICS message (sensor, boot, the next seq) with
+// the host part sampled (hostmetrics.Sample, with -metrics.paths).
+func (a *Agent) sample(ctx context.Context) *pb.Metrics {
+	a.metricSeq++
+	m := &pb.Metrics{Sensor: a.cfg.Sensor, Boot: a.Boot, Seq: a.metricSeq}
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	hostmetrics.Sample(sctx, m, a.cfg.Paths())
+	cancel()
+	return m
+}
+
+// sendMetrics publishes m on METRICS with Nats-Msg-Id
+// <sensor>.<boot>.metrics.<seq>, each attempt within 5 s under parent;
+// it retries (up to 20 times, 100 ms to 2 s apart) until ctx ends.
+func (a *Agent) sendMetrics(ctx, parent context.Context, m *pb.Metrics) {
 	data, err := proto.Marshal(m)
 	if err != nil {
 		a.log.Error("marshal metrics", "err", err)
 		return
 	}
-	id := a.cfg.Sensor + "." + a.Boot + ".metrics." + strconv.FormatUint(a.metricSeq, 10)
+	id := a.cfg.Sensor + "." + a.Boot + ".metrics." + strconv.FormatUint(m.GetSeq(), 10)
 	wait := 100 * time.Millisecond
 	for attempt := 0; ; attempt++ {
-		pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		pctx, cancel := context.WithTimeout(parent, 5*time.Second)
 		_, err := a.js.Publish(pctx, schema.MetricsSubject(a.cfg.Sensor), data, jetstream.WithMsgID(id))
 		cancel()
 		if err == nil {
@@ -504,7 +518,34 @@ func (a *Agent) publishMetrics(ctx context.Context, src capture.Source, pub *pub
 		if ctx.Err() != nil || attempt >= 20 {
 			return
 		}
-		time.Sleep(wait)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return
+		}
 		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+// RunMetrics is the agent of -metrics-only: it captures nothing and
+// publishes a METRICS message at once and then every -metrics.interval
+// until ctx ends (SIGINT/SIGTERM), the same message a capturing agent
+// sends (subject netwatch.metrics.<sensor>, sensor, boot, seq, host part)
+// with no capture statistics: Captures is empty, so the detector's
+// capture-drop rule has nothing to compare, while its sensor-silent rule
+// watches the messages as for any sensor. It returns nil on a clean stop.
+func (a *Agent) RunMetrics(ctx context.Context) error {
+	a.log.Info("publishing host metrics only", "sensor", a.cfg.Sensor, "interval", a.cfg.MetricsInterval,
+		"paths", a.cfg.Paths())
+	t := time.NewTicker(a.cfg.MetricsInterval)
+	defer t.Stop()
+	for {
+		a.sendMetrics(ctx, ctx, a.sample(ctx))
+		select {
+		case <-ctx.Done():
+			a.log.Info("metrics stopped", "messages", a.metricSeq)
+			return nil
+		case <-t.C:
+		}
 	}
 }
