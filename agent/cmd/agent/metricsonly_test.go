@@ -105,23 +105,9 @@ func TestMetricsOnly(t *testing.T) {
 		testkit.Unavailable(t, "/dev/shm is %s, not tmpfs", d.fstype)
 	}
 	const sensor = "db-host-metrics"
-	cmd := exec.Command(os.Args[0], "-metrics-only", "-sensor", sensor, "-nats.url", u, "-http.addr", "",
+	p := startAgent(t, "-metrics-only", "-sensor", sensor, "-nats.url", u, "-http.addr", "",
 		"-metrics.interval", "200ms", "-metrics.paths", dir)
-	cmd.Env = append(os.Environ(), runMainEnv+"=1")
-	var stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stderr, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
+	stderr := p.stderr
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -129,7 +115,7 @@ func TestMetricsOnly(t *testing.T) {
 	testkit.Eventually(t, 20*time.Second, func() bool {
 		stream, err = js.Stream(ctx, schema.StreamMetrics)
 		return err == nil
-	}, "no METRICS stream: %v; agent: %s", err, &stderr)
+	}, "no METRICS stream: %v; agent: %s", err, stderr)
 	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{schema.MetricsSubject(sensor)}})
 	if err != nil {
 		t.Fatal(err)
@@ -138,7 +124,7 @@ func TestMetricsOnly(t *testing.T) {
 		t.Helper()
 		msg, err := cons.Next(jetstream.FetchMaxWait(20 * time.Second))
 		if err != nil {
-			t.Fatalf("no METRICS message: %v; agent: %s", err, &stderr)
+			t.Fatalf("no METRICS message: %v; agent: %s", err, stderr)
 		}
 		var m pb.Metrics
 		if err := proto.Unmarshal(msg.Data(), &m); err != nil {
@@ -217,16 +203,68 @@ func TestMetricsOnly(t *testing.T) {
 		}
 	}
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	p.stop(syscall.SIGTERM)
+}
+
+// proc is an agent started as a process of its own (TestMain).
+type proc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	exited chan error
+	stderr *bytes.Buffer
+	ended  bool // stop saw it exit
+}
+
+// startAgent starts the test binary as `agent args...`; it is killed at
+// the end of the test unless stop ended it.
+func startAgent(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, cmd: exec.Command(os.Args[0], args...), exited: make(chan error, 1), stderr: &bytes.Buffer{}}
+	p.cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	p.cmd.Stdout, p.cmd.Stderr = p.stderr, p.stderr
+	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		if !p.ended {
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	return p
+}
+
+// stop sends sig and wants exit status 0 with "agent stopped" logged
+// within 15 s.
+func (p *proc) stop(sig os.Signal) {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatal(err)
+	}
 	select {
-	case err := <-exited:
-		stopped = true
-		if err != nil || !strings.Contains(stderr.String(), `"msg":"agent stopped"`) {
-			t.Fatalf("after SIGTERM: %v; stderr: %s", err, &stderr)
+	case err := <-p.exited:
+		p.ended = true
+		if err != nil || !strings.Contains(p.stderr.String(), `"msg":"agent stopped"`) {
+			p.t.Fatalf("after %v: %v; stderr: %s", sig, err, p.stderr)
 		}
 	case <-time.After(15 * time.Second):
-		t.Fatalf("still running 15 s after SIGTERM; stderr: %s", &stderr)
+		p.t.Fatalf("still running 15 s after %v; stderr: %s", sig, p.stderr)
 	}
+}
+
+// TestMetricsOnlySIGINT: SIGINT (Ctrl-C) ends a metrics-only agent as
+// SIGTERM does, exit 0, after its first message is stored.
+func TestMetricsOnlySIGINT(t *testing.T) {
+	u, nc, _ := testkit.JetStream(t)
+	const sensor = "sigint-metrics"
+	sub, err := nc.SubscribeSync(schema.MetricsSubject(sensor))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startAgent(t, "-metrics-only", "-sensor", sensor, "-nats.url", u, "-http.addr", "", "-metrics.interval", "1h")
+	if _, err := sub.NextMsg(20 * time.Second); err != nil {
+		t.Fatalf("no METRICS message: %v; stderr: %s", err, p.stderr)
+	}
+	p.stop(syscall.SIGINT)
 }
