@@ -36,3 +36,28 @@ func BenchmarkScore(b *testing.B) {
 		i++
 	}
 }
+
+// BenchmarkTrafficObserve is the traffic features' cost per flow
+// (Traffic.Observe over the benchFlows mix, windows full).
+func BenchmarkTrafficObserve(b *testing.B) {
+	tr := NewTraffic()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		tr.Observe(benchFlows[i%len(benchFlows)])
+		i++
+	}
+}
+
+// BenchmarkNovelty is the novelty forest's cost per scored record.
+func BenchmarkNovelty(b *testing.B) {
+	m, err := Load(shipped)
+	if err != nil {
+		b.Fatal(err)
+	}
+	x := Extract(benchFlows[3])
+	b.ReportAllocs()
+	for b.Loop() {
+		m.nov.Score(&x)
+	}
+}

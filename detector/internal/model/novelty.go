@@ -106,11 +106,11 @@ func noveltyGrid(xs []Features) *base.DenseInstances {
 	return inst
 }
 
-// FitNovelty fits the forest (trees isolation trees of at most maxDepth
+// FitNovelty fits the forest (nTrees isolation trees of at most maxDepth
 // levels on sub-samples of subSample rows) on xs, the normal records, and
-// sets its threshold at quantile q of their scores. golearn draws from
+// sets its threshold at quantile q of their scores (nearest rank). golearn draws from
 // math/rand's global source: two fits differ; a saved model does not.
-func FitNovelty(xs []Features, trees_, maxDepth, subSample int, q float64) (*Novelty, error) {
+func FitNovelty(xs []Features, nTrees, maxDepth, subSample int, q float64) (*Novelty, error) {
 	if len(xs) < 2 {
 		return nil, fmt.Errorf("fit novelty forest: %d normal rows, want at least 2", len(xs))
 	}
@@ -118,7 +118,7 @@ func FitNovelty(xs []Features, trees_, maxDepth, subSample int, q float64) (*Nov
 		return nil, fmt.Errorf("fit novelty forest: quantile %v, want 0 < q < 1", q)
 	}
 	g := noveltyGrid(xs)
-	ifo := trees.NewIsolationForest(trees_, maxDepth, subSample)
+	ifo := trees.NewIsolationForest(nTrees, maxDepth, subSample)
 	ifo.Fit(g)
 	ts, err := compileForest(&ifo)
 	if err != nil {
