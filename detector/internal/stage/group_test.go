@@ -1,0 +1,321 @@
+package stage
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/proto"
+
+	"netwatch/detector/internal/capflow"
+	"netwatch/detector/internal/rules"
+	"netwatch/schema"
+	"netwatch/schema/pb"
+	"netwatch/testkit"
+)
+
+// TestGroupPartitionMatchesServer: schema.GroupPartition, with which a
+// member tells which addresses its partitions hold (the live path), gives
+// the partition the NATS server's subject transform puts each FLOWS
+// subject in, in both detector groups: for two sensors, one message per
+// originator bucket o with responder bucket 7·o mod 64 (so each group
+// sees all 64 buckets of each sensor), read back from the groups'
+// work-queue streams (subjects "<partition>.netwatch.flows...").
+func TestGroupPartitionMatchesServer(t *testing.T) {
+	_, _, js := testkit.JetStream(t)
+	ctx := context.Background()
+	g := Group{Name: "dtest", Member: "m1", Partitions: 16}
+	if err := JoinGroups(ctx, js, g); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, sensor := range []string{"sensor-a", "s2"} {
+		for o := uint32(0); o < schema.Buckets; o++ {
+			if _, err := js.Publish(ctx, schema.FlowsSubject(sensor, o, o*7%schema.Buckets), []byte{}); err != nil {
+				t.Fatal(err)
+			}
+			n++
+		}
+	}
+	for i, name := range g.names() {
+		st, err := js.Stream(ctx, schema.StreamFlows+"-"+name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testkit.Eventually(t, 30*time.Second, func() bool {
+			info, err := st.Info(ctx)
+			return err == nil && info.State.Msgs == uint64(n)
+		}, "group stream %s not filled", name)
+		seen := map[uint]int{}
+		for seq := uint64(1); seq <= uint64(n); seq++ {
+			m, err := st.GetMsg(ctx, seq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			part, subj, _ := strings.Cut(m.Subject, ".")
+			tok := strings.Split(subj, ".") // netwatch flows sensor orig resp
+			bucket := tok[3+i]
+			want := schema.GroupPartition(16, tok[2], bucket)
+			if part != strconv.Itoa(int(want)) {
+				t.Fatalf("%s: server partition %s, GroupPartition %d", m.Subject, part, want)
+			}
+			seen[want]++
+		}
+		if len(seen) != 16 {
+			t.Errorf("%s: %d partitions used, want 16", name, len(seen))
+		}
+	}
+}
+
+// publishFlows publishes flows as the enricher does: batches of at most
+// 256 on netwatch.flows.<sensor>.<orig bucket>.<resp bucket>, in order
+// within a subject. It returns the number of messages.
+func publishFlows(t *testing.T, js jetstream.JetStream, sensor string, flows []*pb.Flow) int {
+	t.Helper()
+	type sk struct{ o, r uint32 }
+	var order []sk
+	by := map[sk][]*pb.Flow{}
+	for _, f := range flows {
+		k := sk{schema.AddrBucket(f.OrigAddr), schema.AddrBucket(f.RespAddr)}
+		if by[k] == nil {
+			order = append(order, k)
+		}
+		by[k] = append(by[k], f)
+	}
+	n := 0
+	for _, k := range order {
+		fs := by[k]
+		for i := 0; i < len(fs); i += 256 {
+			data, err := proto.Marshal(&pb.FlowBatch{Sensor: sensor, Flows: fs[i:min(i+256, len(fs))]})
+			if err != nil {
+				t.Fatal(err)
+			}
+			publish(t, js, schema.FlowsSubject(sensor, k.o, k.r), data, fmt.Sprintf("%s.%d.%d.%d", sensor, k.o, k.r, i))
+			n++
+		}
+	}
+	return n
+}
+
+// alertKeys reads ALERTS: one "sensor category orig>resp" line per alert
+// id, sorted, and every publish (its Nats-Msg-Id, the alert id and
+// update number, and summary with the counts), sorted.
+func alertKeys(t *testing.T, js jetstream.JetStream) ([]string, []string) {
+	t.Helper()
+	ctx := context.Background()
+	s, err := js.Stream(ctx, schema.StreamAlerts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]string{}
+	var pubs []string
+	for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
+		raw, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var a pb.Alert
+		if err := proto.Unmarshal(raw.Data, &a); err != nil {
+			t.Fatal(err)
+		}
+		ids[a.Id] = fmt.Sprintf("%s %s %q>%q", a.Sensor, a.Category, a.OrigAddr, a.RespAddr)
+		pubs = append(pubs, raw.Header.Get(jetstream.MsgIDHeader)+" "+a.Summary)
+	}
+	var out []string
+	for _, v := range ids {
+		out = append(out, v)
+	}
+	sort.Strings(out)
+	sort.Strings(pubs)
+	return out, pubs
+}
+
+// captureFlows is the flows tshark builds from a capture of the shared
+// pcaps (capflow), and their count.
+func captureFlows(t *testing.T, tshark, file string) []*pb.Flow {
+	t.Helper()
+	flows, err := capflow.Flows(filepath.Join(testkit.Pcaps(t), file), capflow.Options{Tshark: tshark})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return flows
+}
+
+// member is one detector instance of a test group.
+type member struct {
+	st     *Stage
+	m      *Metrics
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startMember(t *testing.T, js jetstream.JetStream, g Group, live bool) *member {
+	t.Helper()
+	m := NewMetrics(prometheus.NewRegistry())
+	st := New(Config{Rules: rules.DefaultConfig(), Group: g}, js, nil, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	mb := &member{st: st, m: m, cancel: cancel, done: make(chan error, 2)}
+	go func() { mb.done <- st.Run(ctx) }()
+	if live {
+		go func() { mb.done <- st.RunARP(ctx, 1) }()
+	}
+	testkit.Eventually(t, 30*time.Second, func() bool { return st.Ready() == nil }, "member %s not ready", g.Member)
+	return mb
+}
+
+func (mb *member) stop(t *testing.T, runs int) {
+	mb.cancel()
+	for i := 0; i < runs; i++ {
+		if err := <-mb.done; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// partitionsHeld waits until every member holds want[i] partitions of
+// each group (membership read by each member).
+func partitionsHeld(t *testing.T, ms []*member, want []float64) {
+	t.Helper()
+	testkit.Eventually(t, 30*time.Second, func() bool {
+		for i, mb := range ms {
+			for _, g := range []string{"originator", "target"} {
+				if testutil.ToFloat64(mb.m.Partitions.WithLabelValues(g)) != want[i] {
+					return false
+				}
+			}
+		}
+		return true
+	}, "partitions not spread as %v", want)
+}
+
+// groupDrained waits until both group streams have received n messages
+// from FLOWS and every one is acked (work-queue: none left).
+func groupDrained(t *testing.T, js jetstream.JetStream, g Group, n int) {
+	t.Helper()
+	ctx := context.Background()
+	for _, name := range g.names() {
+		testkit.Eventually(t, 120*time.Second, func() bool {
+			s, err := js.Stream(ctx, schema.StreamFlows+"-"+name)
+			if err != nil {
+				return false
+			}
+			info, err := s.Info(ctx)
+			return err == nil && info.State.LastSeq == uint64(n) && info.State.Msgs == 0
+		}, "group %s: messages left", name)
+	}
+}
+
+// TestGroupTwoMembers: two detector members (consumer groups on FLOWS)
+// fed the flows of a real scan capture (lab-nmap-syn-scan: nmap SYN scan
+// from 10.99.1.10 of 10.99.1.20, lab/labels.csv) and of a spoofed SYN
+// flood (attack-synflood-spoofed-sources: SYNs to 10.10.10.10 from
+// random sources, MANIFEST.md) raise one portscan naming the scanner and
+// one syn_flood naming the target with no originator, the alerts one
+// instance raises on the same flows, not two partial alerts or none. The
+// flood's flows come from thousands of originators in every originator
+// bucket: both members get originator-group messages, yet all the
+// target's flows reach one member through the target group. Then member 1
+// stops: member 2 takes all 16 partitions of both groups and alone raises
+// the alert of a third capture (lab-hping3-icmp-flood: hping3 -1 --flood
+// from 10.99.1.10 to 10.99.1.20, labels.csv), again as one instance does.
+func TestGroupTwoMembers(t *testing.T) {
+	tshark := testkit.Tool(t, "tshark")
+	scan := captureFlows(t, tshark, "lab/lab-nmap-syn-scan.pcap")
+	flood := captureFlows(t, tshark, "attack-synflood-spoofed-sources.pcap")
+	icmp := captureFlows(t, tshark, "lab/lab-hping3-icmp-flood.pcap")
+	want := []string{`lab portscan "10.99.1.10">"10.99.1.20"`, `lab2 syn_flood "">"10.10.10.10"`, `lab3 icmp_flood "10.99.1.10">"10.99.1.20"`}
+
+	// one instance (the shared durable), the reference
+	_, _, js1 := testkit.JetStream(t)
+	n1 := publishFlows(t, js1, "lab", scan) + publishFlows(t, js1, "lab2", flood) + publishFlows(t, js1, "lab3", icmp)
+	one := New(Config{Rules: rules.DefaultConfig()}, js1, nil, NewMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- one.Run(ctx) }()
+	testkit.Eventually(t, 120*time.Second, func() bool {
+		cons, err := js1.Consumer(context.Background(), schema.StreamFlows, schema.ConsumerDetector)
+		if err != nil {
+			return false
+		}
+		info, err := cons.Info(context.Background())
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.AckFloor.Stream == uint64(n1)
+	}, "one instance: pending messages")
+	cancel()
+	<-done
+	ref, refPubs := alertKeys(t, js1)
+	for _, w := range want {
+		if !slices.Contains(ref, w) {
+			t.Errorf("one instance: no alert %s among %v", w, ref)
+		}
+	}
+
+	// two members
+	_, _, js := testkit.JetStream(t)
+	g := Group{Name: "detectors", Partitions: 16, AckWait: 10 * time.Second, Join: true, Leave: true}
+	g1, g2 := g, g
+	g1.Member, g2.Member = "det-1", "det-2"
+	m1 := startMember(t, js, g1, false)
+	m2 := startMember(t, js, g2, false)
+	defer m2.stop(t, 1)
+	partitionsHeld(t, []*member{m1, m2}, []float64{8, 8})
+	n := publishFlows(t, js, "lab", scan) + publishFlows(t, js, "lab2", flood)
+	groupDrained(t, js, g, n)
+	total := float64(len(scan) + len(flood))
+	of := testutil.ToFloat64(m1.m.Flows) + testutil.ToFloat64(m2.m.Flows)
+	tf := testutil.ToFloat64(m1.m.TargetFlows) + testutil.ToFloat64(m2.m.TargetFlows)
+	if of != total || tf != total {
+		t.Errorf("flows evaluated: originator group %v, target group %v, want %v each", of, tf, total)
+	}
+	if testutil.ToFloat64(m1.m.Flows) == 0 || testutil.ToFloat64(m2.m.Flows) == 0 {
+		t.Errorf("originator group: member 1 %v flows, member 2 %v: the flood's sources should be spread",
+			testutil.ToFloat64(m1.m.Flows), testutil.ToFloat64(m2.m.Flows))
+	}
+	t.Logf("%d flows in %d messages; member 1: %v originator + %v target flows, member 2: %v + %v", len(scan)+len(flood), n,
+		testutil.ToFloat64(m1.m.Flows), testutil.ToFloat64(m1.m.TargetFlows), testutil.ToFloat64(m2.m.Flows),
+		testutil.ToFloat64(m2.m.TargetFlows))
+
+	// member 1 stops (and leaves): member 2 holds every partition
+	m1.stop(t, 1)
+	partitionsHeld(t, []*member{m2}, []float64{16})
+	before := testutil.ToFloat64(m2.m.Flows)
+	n += publishFlows(t, js, "lab3", icmp)
+	groupDrained(t, js, g, n)
+	if d := testutil.ToFloat64(m2.m.Flows) - before; d != float64(len(icmp)) {
+		t.Errorf("member 2 evaluated %v flows of the ICMP flood, want %d", d, len(icmp))
+	}
+	got, pubs := alertKeys(t, js)
+	all := strings.Join(got, "\n")
+	for _, w := range want {
+		if c := strings.Count(all, w); c != 1 {
+			t.Errorf("%d alert ids %s, want 1", c, w)
+		}
+	}
+	if !slices.Equal(got, ref) {
+		t.Errorf("two members' alerts:\n%s\none instance's:\n%s", all, strings.Join(ref, "\n"))
+	}
+	// every publish too: the first at the threshold and each update at a
+	// doubling, with its counts (a target split between two engines
+	// would publish the same id with smaller counts and fewer updates)
+	if !slices.Equal(pubs, refPubs) {
+		t.Errorf("two members' publishes:\n%s\none instance's:\n%s", strings.Join(pubs, "\n"), strings.Join(refPubs, "\n"))
+	}
+	t.Logf("alerts: %s; %d publishes", strings.Join(got, "; "), len(pubs))
+	for _, p := range pubs {
+		t.Log(p)
+	}
+}
