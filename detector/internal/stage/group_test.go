@@ -319,3 +319,95 @@ func TestGroupTwoMembers(t *testing.T) {
 		t.Log(p)
 	}
 }
+
+// TestGroupLive: the live path in group mode. Two members each read all
+// of PACKETS through an ordered consumer and run the live rules on the
+// packets of their partitions only. The lab nmap SYN scan and the spoofed
+// SYN flood as PacketBatches of 1,024 summaries (tshark's fields, the
+// sensors' buckets ignored: everything on bucket 0): the first portscan
+// alert names 10.99.1.10 → 10.99.1.20 and the first syn_flood alert
+// 10.10.10.10 with no originator, each at the time of the packet tshark
+// finds crossing the threshold (as one instance, TestStageLiveScansAndFloods),
+// and each category is published by one member only (the holder of the
+// scanner's originator partition, and of the target's target partition).
+func TestGroupLive(t *testing.T) {
+	pcaps := testkit.Pcaps(t)
+	d := rules.DefaultConfig()
+	type capture struct {
+		sensor, file, category, orig, target, filter, field string
+		threshold                                           int
+		window                                              time.Duration
+	}
+	cs := []capture{
+		{"lab", "lab/lab-nmap-syn-scan.pcap", "portscan", "10.99.1.10", "10.99.1.20",
+			"ip.src == 10.99.1.10 && ip.dst == 10.99.1.20 && tcp.flags.syn == 1 && tcp.flags.ack == 0", "tcp.dstport", d.PortscanPorts, d.PortscanWindow},
+		{"lab2", "attack-synflood-spoofed-sources.pcap", "syn_flood", "", "10.10.10.10",
+			"ip.dst == 10.10.10.10 && tcp.flags.syn == 1 && tcp.flags.ack == 0 && tcp.flags.reset == 0 && tcp.len == 0", "", d.SynFloodPkts, d.FloodWindow},
+	}
+	_, _, js := testkit.JetStream(t)
+	ctx := context.Background()
+	g := Group{Name: "detectors", Partitions: 16, AckWait: 10 * time.Second, Join: true, Leave: true}
+	var ms []*member
+	for _, name := range []string{"det-1", "det-2"} {
+		gm := g
+		gm.Member = name
+		mb := startMember(t, js, gm, true)
+		defer mb.stop(t, 2)
+		testkit.Eventually(t, 10*time.Second, mb.st.ARPReady, "%s: live path not consuming", name)
+		ms = append(ms, mb)
+	}
+	partitionsHeld(t, ms, []float64{8, 8})
+	npkts := 0
+	for _, c := range cs {
+		pkts := tsharkSummaries(t, filepath.Join(pcaps, c.file))
+		npkts += len(pkts)
+		for i, nb := 0, 0; i < len(pkts); i, nb = i+1024, nb+1 {
+			data, err := proto.Marshal(&pb.PacketBatch{Sensor: c.sensor, Boot: "b", Seq: uint64(nb + 1), Packets: pkts[i:min(i+1024, len(pkts))]})
+			if err != nil {
+				t.Fatal(err)
+			}
+			publish(t, js, schema.PacketsSubject(c.sensor, 0), data, fmt.Sprintf("%s.b.%d", c.sensor, nb))
+		}
+	}
+	// every member reads every summary
+	for i, mb := range ms {
+		testkit.Eventually(t, 60*time.Second, func() bool { return testutil.ToFloat64(mb.m.LivePackets) == float64(npkts) },
+			"member %d read %v of %d packet summaries", i+1, testutil.ToFloat64(mb.m.LivePackets), npkts)
+	}
+	s, err := js.Stream(ctx, schema.StreamAlerts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		cross := tsharkCrossing(t, filepath.Join(pcaps, c.file), c.filter, c.field, c.threshold, c.window)
+		var first *pb.Alert
+		testkit.Eventually(t, 10*time.Second, func() bool {
+			info, err := s.Info(ctx)
+			if err != nil {
+				return false
+			}
+			for seq := uint64(1); seq <= info.State.LastSeq && first == nil; seq++ {
+				raw, err := s.GetMsg(ctx, seq)
+				if err != nil {
+					return false
+				}
+				var a pb.Alert
+				if proto.Unmarshal(raw.Data, &a) == nil && a.Sensor == c.sensor && a.Category == c.category && a.RespAddr == c.target {
+					first = &a
+				}
+			}
+			return first != nil
+		}, "no %s alert on %s", c.category, c.target)
+		if first.OrigAddr != c.orig || first.TimeNs != cross {
+			t.Errorf("first %s alert %q -> %s at %d, want %q at %d (tshark)", c.category, first.OrigAddr, first.RespAddr, first.TimeNs, c.orig, cross)
+		}
+		var by []float64
+		for _, mb := range ms {
+			by = append(by, testutil.ToFloat64(mb.m.Alerts.WithLabelValues(c.category)))
+		}
+		if (by[0] == 0) == (by[1] == 0) {
+			t.Errorf("%s alerts published by member 1: %v, member 2: %v; want one member only", c.category, by[0], by[1])
+		}
+		t.Logf("%s: %s (publishes by member: %v)", c.category, first.Summary, by)
+	}
+}
