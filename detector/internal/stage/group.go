@@ -193,43 +193,68 @@ func (s *Stage) runGroup(ctx context.Context) error {
 		func(m jetstream.Msg) { s.Handle(hctx, m) },
 		func(m jetstream.Msg) { s.handleTarget(hctx, m) },
 	}
-	var ccs []pcgroups.ConsumerGroupConsumeContext
-	stopAll := func() {
-		for _, cc := range ccs {
-			cc.Stop()
-			select {
-			case err := <-cc.Done():
-				if err != nil {
-					s.log.Warn("consumer group stopped", "err", err)
-				}
-			case <-time.After(10 * time.Second):
-				s.log.Warn("consumer group did not stop in 10 s")
-			}
-		}
-	}
-	for i, name := range g.names() {
+	consume := func(i int) (pcgroups.ConsumerGroupConsumeContext, error) {
+		name := g.names()[i]
 		cc, err := pcgroups.ElasticConsume(ctx, s.js, schema.StreamFlows, name, g.Member, handlers[i],
 			jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy, AckWait: g.AckWait, MaxDeliver: -1,
 				MaxAckPending: 10 * s.cfg.FetchBatch})
 		if err != nil {
-			stopAll()
-			return fmt.Errorf("consume group %s as %s: %w", name, g.Member, err)
+			return nil, fmt.Errorf("consume group %s as %s: %w", name, g.Member, err)
 		}
-		ccs = append(ccs, cc)
+		return cc, nil
+	}
+	leave := func(cc pcgroups.ConsumerGroupConsumeContext) {
+		if cc == nil {
+			return
+		}
+		cc.Stop()
+		select {
+		case err := <-cc.Done():
+			if err != nil {
+				s.log.Warn("consumer group stopped", "err", err)
+			}
+		case <-time.After(10 * time.Second):
+			s.log.Warn("consumer group did not stop in 10 s")
+		}
+	}
+	var ccs [2]pcgroups.ConsumerGroupConsumeContext
+	stopAll := func() {
+		for _, cc := range ccs {
+			leave(cc)
+		}
+	}
+	for i := range ccs {
+		cc, err := consume(i)
+		if err != nil {
+			stopAll()
+			return err
+		}
+		ccs[i] = cc
 	}
 	s.readPartitions(ctx)
 	s.ready.Store(true)
 	s.log.Info("consuming", "stream", schema.StreamFlows, "groups", g.Name+","+schema.DetectorTargetGroup(g.Name), "member", g.Member)
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-loop:
-	for {
+	var missing [2]int
+	for tick := 1; ; tick++ {
 		select {
 		case <-ctx.Done():
-			break loop
 		case <-t.C:
 			s.readPartitions(ctx)
+			if tick%5 == 0 {
+				s.checkMemberConsumers(ctx, &missing, func(i int) {
+					leave(ccs[i])
+					cc, err := consume(i)
+					if err != nil {
+						s.log.Error("rejoin consumer group", "err", err)
+					}
+					ccs[i] = cc
+				})
+			}
+			continue
 		}
+		break
 	}
 	s.ready.Store(false)
 	stopAll()
@@ -247,6 +272,43 @@ loop:
 		gs.own[i].Store(nil)
 	}
 	return nil
+}
+
+// checkMemberConsumers checks (every 5 s) that this member's consumer on
+// each group's work-queue stream exists while the member is in the
+// group's membership, and calls rejoin(i) for group i when it has been
+// missing at two checks in a row. pcgroups creates a member's consumer at
+// a membership change, and fails when another member's old consumer
+// still overlaps its partitions (error 10100, "filtered consumer not
+// unique on workqueue stream", two members joining at once); it retries
+// on its own only after AckWait (a minute by default), and after a
+// consumer deleted from outside not at all (the enricher's
+// watchMemberConsumer, QA of issue 8). Seen in TestStageCredentials: the
+// second detector's target consumer missing, one flow record left in
+// the work queue.
+func (s *Stage) checkMemberConsumers(ctx context.Context, missing *[2]int, rejoin func(int)) {
+	g := s.grp.g
+	for i, name := range g.names() {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := s.js.Consumer(cctx, schema.StreamFlows+"-"+name, g.Member)
+		gone := errors.Is(err, jetstream.ErrConsumerNotFound)
+		if gone {
+			c, cerr := pcgroups.GetElasticConsumerGroupConfig(cctx, s.js, schema.StreamFlows, name)
+			gone = cerr == nil && c.IsInMembership(g.Member)
+		}
+		cancel()
+		if !gone {
+			missing[i] = 0
+			continue
+		}
+		if missing[i]++; missing[i] < 2 {
+			continue
+		}
+		s.log.Warn("this member's consumer is missing from the group's work queue: joining again", "group", name, "member", g.Member)
+		s.m.Rejoins.Inc()
+		rejoin(i)
+		missing[i] = 0
+	}
 }
 
 // readPartitions reads both groups' membership and records the

@@ -411,3 +411,46 @@ func TestGroupLive(t *testing.T) {
 		t.Logf("%s: %s (publishes by member: %v)", c.category, first.Summary, by)
 	}
 }
+
+// TestGroupMemberConsumerDeleted: a member whose consumer on a group's
+// work queue is deleted from outside (an operator, or pcgroups losing a
+// create race when two members join at once) joins again within two of
+// its 5 s checks, and the flows of the spoofed SYN flood published after
+// it are all evaluated by the target group: one syn_flood on 10.10.10.10.
+func TestGroupMemberConsumerDeleted(t *testing.T) {
+	tshark := testkit.Tool(t, "tshark")
+	flood := captureFlows(t, tshark, "attack-synflood-spoofed-sources.pcap")
+	_, _, js := testkit.JetStream(t)
+	ctx := context.Background()
+	g := Group{Name: "detectors", Partitions: 16, AckWait: time.Minute, Join: true, Leave: true}
+	var ms []*member
+	for _, name := range []string{"det-1", "det-2"} {
+		gm := g
+		gm.Member = name
+		mb := startMember(t, js, gm, false)
+		defer mb.stop(t, 1)
+		ms = append(ms, mb)
+	}
+	partitionsHeld(t, ms, []float64{8, 8})
+	wq := schema.StreamFlows + "-" + schema.DetectorTargetGroup(g.Name)
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		_, err := js.Consumer(ctx, wq, "det-1")
+		return err == nil
+	}, "det-1 has no consumer on %s", wq)
+	if err := js.DeleteConsumer(ctx, wq, "det-1"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		_, err := js.Consumer(ctx, wq, "det-1")
+		return err == nil && testutil.ToFloat64(ms[0].m.Rejoins) == 1
+	}, "det-1 did not join again (rejoins %v)", testutil.ToFloat64(ms[0].m.Rejoins))
+	n := publishFlows(t, js, "lab2", flood)
+	groupDrained(t, js, g, n)
+	if tf := testutil.ToFloat64(ms[0].m.TargetFlows) + testutil.ToFloat64(ms[1].m.TargetFlows); tf != float64(len(flood)) {
+		t.Errorf("target group evaluated %v flows, want %d", tf, len(flood))
+	}
+	got, _ := alertKeys(t, js)
+	if !slices.Contains(got, `lab2 syn_flood "">"10.10.10.10"`) {
+		t.Errorf("alerts %v, want a syn_flood on 10.10.10.10", got)
+	}
+}

@@ -83,6 +83,7 @@ type Metrics struct {
 	Partitions  *prometheus.GaugeVec // partitions held, by group: originator, target
 	TargetFlows prometheus.Counter
 	TargetKeys  prometheus.Gauge
+	Rejoins     prometheus.Counter
 }
 
 // NewMetrics creates and registers the netwatch_detector_* metrics.
@@ -149,9 +150,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Flow records of the target group evaluated by the per-target rules (group mode)."})
 	m.TargetKeys = prometheus.NewGauge(prometheus.GaugeOpts{Name: "netwatch_detector_target_rule_windows",
 		Help: "Open per-target rule states of the target engine (group mode)."})
+	m.Rejoins = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_group_rejoins_total",
+		Help: "Times this member joined a consumer group again because its consumer was missing from the group's work queue."})
 	m.Partitions.WithLabelValues("originator")
 	m.Partitions.WithLabelValues("target")
-	reg.MustRegister(m.Partitions, m.TargetFlows, m.TargetKeys)
+	reg.MustRegister(m.Partitions, m.TargetFlows, m.TargetKeys, m.Rejoins)
 	reg.MustRegister(m.HostWindows, m.HostAnomalous, m.HostScore, m.HostScoresPut, m.HostScoresErrors, m.HostScoresDropped, m.ModelReloads,
 		m.ModelLoadErrors)
 	reg.MustRegister(m.Messages, m.Flows, m.Scored, m.ScoreErrors, m.Score, m.Alerts, m.PublishErrors, m.Terminated, m.RuleKeys, m.Lag,
