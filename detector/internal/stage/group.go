@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/synadia-io/orbit.go/pcgroups"
 
+	"netwatch/detector/internal/hostmodel"
 	"netwatch/detector/internal/rules"
 	"netwatch/schema"
 	"netwatch/schema/pb"
@@ -376,6 +377,24 @@ func (s *Stage) handleTarget(ctx context.Context, msg jetstream.Msg) {
 	s.m.TargetFlows.Add(float64(len(flows)))
 	s.m.TargetKeys.Set(float64(gs.tengine.Keys()))
 	gs.mu.Unlock()
+	if s.hosts != nil {
+		// the responders' host windows (the originator group's handler
+		// counts the originators'); the tracker is the originator path's,
+		// under engMu (never taken inside gs.mu here: observeLive takes
+		// gs.mu inside engMu)
+		s.engMu.Lock()
+		for _, f := range flows {
+			fs := sensor
+			if f.GetSensor() != "" {
+				fs = f.GetSensor()
+			}
+			s.hosts.tracker.ObserveSide(fs, f, hostmodel.SideIn)
+		}
+		for _, a := range alerts {
+			s.hosts.annotate(a)
+		}
+		s.engMu.Unlock()
+	}
 	for i, a := range alerts {
 		if err := s.emit(ctx, a); err != nil {
 			s.m.PublishErrors.Inc()

@@ -2,6 +2,7 @@ package stage
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"netwatch/detector/internal/capflow"
+	"netwatch/detector/internal/hostmodel"
 	"netwatch/detector/internal/rules"
 	"netwatch/schema"
 	"netwatch/schema/pb"
@@ -78,32 +80,55 @@ func TestGroupPartitionMatchesServer(t *testing.T) {
 	}
 }
 
-// publishFlows publishes flows as the enricher does: batches of at most
-// 256 on netwatch.flows.<sensor>.<orig bucket>.<resp bucket>, in order
-// within a subject. It returns the number of messages.
+var publishSeq int
+
+// publishFlows publishes flows as the enricher does: on
+// netwatch.flows.<sensor>.<orig bucket>.<resp bucket>, a subject's batch
+// sent at 256 records or once a record ends more than a second (packet
+// time) after the batch's first, the rest at the end, so that messages go
+// out in the order the enricher emits records, at their end (flows sorted
+// by end first).
+// It returns the number of messages.
 func publishFlows(t *testing.T, js jetstream.JetStream, sensor string, flows []*pb.Flow) int {
 	t.Helper()
+	flows = slices.Clone(flows)
+	sort.SliceStable(flows, func(i, j int) bool { return flows[i].EndNs < flows[j].EndNs })
 	type sk struct{ o, r uint32 }
-	var order []sk
-	by := map[sk][]*pb.Flow{}
-	for _, f := range flows {
-		k := sk{schema.AddrBucket(f.OrigAddr), schema.AddrBucket(f.RespAddr)}
-		if by[k] == nil {
-			order = append(order, k)
-		}
-		by[k] = append(by[k], f)
+	type batch struct {
+		k     sk
+		flows []*pb.Flow
 	}
+	pending := map[sk]*batch{}
+	var order []*batch // pending batches by their first record
 	n := 0
-	for _, k := range order {
-		fs := by[k]
-		for i := 0; i < len(fs); i += 256 {
-			data, err := proto.Marshal(&pb.FlowBatch{Sensor: sensor, Flows: fs[i:min(i+256, len(fs))]})
-			if err != nil {
-				t.Fatal(err)
-			}
-			publish(t, js, schema.FlowsSubject(sensor, k.o, k.r), data, fmt.Sprintf("%s.%d.%d.%d", sensor, k.o, k.r, i))
-			n++
+	send := func(b *batch) {
+		data, err := proto.Marshal(&pb.FlowBatch{Sensor: sensor, Flows: b.flows})
+		if err != nil {
+			t.Fatal(err)
 		}
+		publishSeq++ // ids unique across calls (the stream drops a repeated Nats-Msg-Id)
+		publish(t, js, schema.FlowsSubject(sensor, b.k.o, b.k.r), data, fmt.Sprintf("%s.%d.%d.%d", sensor, b.k.o, b.k.r, publishSeq))
+		n++
+		delete(pending, b.k)
+		order = slices.DeleteFunc(order, func(x *batch) bool { return x == b })
+	}
+	for _, f := range flows {
+		for len(order) > 0 && f.EndNs-order[0].flows[0].EndNs > int64(time.Second) {
+			send(order[0])
+		}
+		k := sk{schema.AddrBucket(f.OrigAddr), schema.AddrBucket(f.RespAddr)}
+		b := pending[k]
+		if b == nil {
+			b = &batch{k: k}
+			pending[k] = b
+			order = append(order, b)
+		}
+		if b.flows = append(b.flows, f); len(b.flows) == 256 {
+			send(b)
+		}
+	}
+	for len(order) > 0 {
+		send(order[0])
 	}
 	return n
 }
@@ -145,6 +170,67 @@ func alertKeys(t *testing.T, js jetstream.JetStream) ([]string, []string) {
 	return out, pubs
 }
 
+// hostScores reads every host window score of the HOST_SCORES bucket kv
+// (the model entry left out): key → its counts and score.
+func hostScores(t *testing.T, kv jetstream.KeyValue) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for k := range keys.Keys() {
+		if k == HostScoresModelKey {
+			continue
+		}
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var hs HostScore
+		if err := json.Unmarshal(e.Value(), &hs); err != nil {
+			t.Fatal(err)
+		}
+		out[k] = fmt.Sprintf("%+v %.6f", hs.Counts, hs.Score)
+	}
+	return out
+}
+
+// closers are flows after every capture, one per pair of address buckets
+// (originator b, responder 63-b) for each sensor, the i-th sensor's 10·i
+// minutes after 2026-12-01, so that every member's host tracker passes the
+// windows of the captures published before them and closes them (a
+// tracker closes windows as the flows it sees move on, one window length
+// behind its watermark).
+func closers(sensors ...string) map[string][]*pb.Flow {
+	out := map[string][]*pb.Flow{}
+	var origs, resps [schema.Buckets][]byte
+	for i := 0; ; i++ {
+		a := []byte{198, 18, byte(i >> 8), byte(i)}
+		if b := schema.AddrBucket(a); origs[b] == nil {
+			origs[b] = a
+		} else if resps[b] == nil {
+			resps[b] = a
+		}
+		full := true
+		for b := range origs {
+			full = full && origs[b] != nil && resps[b] != nil
+		}
+		if full {
+			break
+		}
+	}
+	for i, sensor := range sensors {
+		late := time.Date(2026, 12, 1, 0, 10*i, 0, 0, time.UTC).UnixNano()
+		for b := range origs {
+			out[sensor] = append(out[sensor], &pb.Flow{Proto: 17, OrigAddr: origs[b], OrigPort: 5000, RespAddr: resps[schema.Buckets-1-b],
+				RespPort: 53, StartNs: late, EndNs: late, OrigPkts: 1, RespPkts: 1, Final: true})
+		}
+	}
+	return out
+}
+
 // captureFlows is the flows tshark builds from a capture of the shared
 // pcaps (capflow), and their count.
 func captureFlows(t *testing.T, tshark, file string) []*pb.Flow {
@@ -165,11 +251,20 @@ type member struct {
 }
 
 func startMember(t *testing.T, js jetstream.JetStream, g Group, live bool) *member {
+	return startMemberHosts(t, js, g, live, nil, nil)
+}
+
+// startMemberHosts starts a member with the host model hm writing closed
+// host windows to kv (when not nil; Run then returns twice more).
+func startMemberHosts(t *testing.T, js jetstream.JetStream, g Group, live bool, hm *hostmodel.Forest, kv jetstream.KeyValue) *member {
 	t.Helper()
 	m := NewMetrics(prometheus.NewRegistry())
-	st := New(Config{Rules: rules.DefaultConfig(), Group: g}, js, nil, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	st := New(Config{Rules: rules.DefaultConfig(), Group: g, HostModel: hm}, js, nil, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
-	mb := &member{st: st, m: m, cancel: cancel, done: make(chan error, 2)}
+	mb := &member{st: st, m: m, cancel: cancel, done: make(chan error, 3)}
+	if kv != nil {
+		go func() { mb.done <- st.RunHostScores(ctx, kv) }()
+	}
 	go func() { mb.done <- st.Run(ctx) }()
 	if live {
 		go func() { mb.done <- st.RunARP(ctx, 1) }()
@@ -453,4 +548,131 @@ func TestGroupMemberConsumerDeleted(t *testing.T) {
 	if !slices.Contains(got, `lab2 syn_flood "">"10.10.10.10"`) {
 		t.Errorf("alerts %v, want a syn_flood on 10.10.10.10", got)
 	}
+}
+
+// TestGroupHostWindows: the host anomaly model's windows in group mode.
+// A host's originator side is counted by the originator group's member
+// that holds its address, its responder side by the target group's, and
+// with the same membership and partition count both are the same member:
+// two members write the same closed host windows (counts and scores) to
+// HOST_SCORES as one instance, on the flows of the lab's benign mix (five
+// hosts talking both ways), the nmap SYN scan and the hping3 ICMP flood,
+// each sensor followed by closing flows 10 minutes later in every
+// address bucket (a tracker closes windows as its own flows move on), with
+// no window dropped by the writer's queue. The members finish each
+// capture before its closing flows come (as time orders them live: a
+// member reads its two groups' work queues independently).
+func TestGroupHostWindows(t *testing.T) {
+	tshark := testkit.Tool(t, "tshark")
+	caps := map[string][]*pb.Flow{
+		"lab":  captureFlows(t, tshark, "lab/lab-benign-mixed.pcap"),
+		"lab2": captureFlows(t, tshark, "lab/lab-nmap-syn-scan.pcap"),
+		"lab3": captureFlows(t, tshark, "lab/lab-hping3-icmp-flood.pcap"),
+	}
+	sensors := []string{"lab", "lab2", "lab3"}
+	late := closers(sensors...)
+	hm, err := hostmodel.Load("../../models/host-iforest.model")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// feed publishes each capture, then its closing flows; drained (when
+	// not nil) waits for the detectors between the two, as time separates
+	// them live: the two groups' work queues are read independently, so
+	// without it a member could see the closing flows of one group before
+	// the capture's flows of the other and close a window early
+	feed := func(js jetstream.JetStream, drained func(int)) int {
+		n := 0
+		for _, sn := range sensors {
+			n += publishFlows(t, js, sn, caps[sn])
+			if drained != nil {
+				drained(n)
+			}
+			n += publishFlows(t, js, sn, late[sn])
+			if drained != nil {
+				drained(n)
+			}
+		}
+		return n
+	}
+	ctx := context.Background()
+
+	_, _, js1 := testkit.JetStream(t)
+	n1 := feed(js1, nil)
+	kv1, err := OpenHostScores(ctx, js1, HostScoresBucket, 1, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m1 := NewMetrics(prometheus.NewRegistry())
+	one := New(Config{Rules: rules.DefaultConfig(), HostModel: hm}, js1, nil, m1, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 2)
+	go func() { done <- one.Run(rctx) }()
+	go func() { done <- one.RunHostScores(rctx, kv1) }()
+	testkit.Eventually(t, 120*time.Second, func() bool {
+		cons, err := js1.Consumer(ctx, schema.StreamFlows, schema.ConsumerDetector)
+		if err != nil {
+			return false
+		}
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.AckFloor.Stream == uint64(n1)
+	}, "one instance: pending messages")
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		return testutil.ToFloat64(m1.HostScoresPut) > 0 && testutil.ToFloat64(m1.HostScoresPut) == testutil.ToFloat64(m1.HostWindows)
+	}, "one instance: host windows not all written")
+	cancel()
+	<-done
+	<-done
+	ref := hostScores(t, kv1)
+
+	_, _, js := testkit.JetStream(t)
+	kv, err := OpenHostScores(ctx, js, HostScoresBucket, 1, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := Group{Name: "detectors", Partitions: 16, AckWait: 10 * time.Second, Join: true, Leave: true}
+	var ms []*member
+	for _, name := range []string{"det-1", "det-2"} {
+		gm := g
+		gm.Member = name
+		mb := startMemberHosts(t, js, gm, false, hm, kv)
+		defer mb.stop(t, 2)
+		ms = append(ms, mb)
+	}
+	partitionsHeld(t, ms, []float64{8, 8})
+	feed(js, func(n int) { groupDrained(t, js, g, n) })
+	var windows float64
+	testkit.Eventually(t, 20*time.Second, func() bool {
+		windows = 0
+		for _, mb := range ms {
+			if testutil.ToFloat64(mb.m.HostScoresPut) != testutil.ToFloat64(mb.m.HostWindows) {
+				return false
+			}
+			windows += testutil.ToFloat64(mb.m.HostWindows)
+		}
+		return windows >= float64(len(ref))
+	}, "members: host windows not all written: %v of one instance's %d; closed %v, %v; put %v, %v, dropped %v, %v", windows, len(ref),
+		testutil.ToFloat64(ms[0].m.HostWindows), testutil.ToFloat64(ms[1].m.HostWindows),
+		testutil.ToFloat64(ms[0].m.HostScoresPut), testutil.ToFloat64(ms[1].m.HostScoresPut),
+		testutil.ToFloat64(ms[0].m.HostScoresDropped), testutil.ToFloat64(ms[1].m.HostScoresDropped))
+	for i, mb := range append(ms, &member{m: m1}) {
+		if d := testutil.ToFloat64(mb.m.HostScoresDropped) + testutil.ToFloat64(mb.m.HostScoresErrors); d != 0 {
+			t.Errorf("run %d: %v host windows dropped or failed", i, d)
+		}
+	}
+	got := hostScores(t, kv)
+	if len(ref) == 0 {
+		t.Fatal("one instance wrote no host window")
+	}
+	for k, v := range ref {
+		if got[k] != v {
+			t.Errorf("host window %s: two members %q, one instance %q", k, got[k], v)
+		}
+	}
+	for k, v := range got {
+		if _, ok := ref[k]; !ok {
+			t.Errorf("host window %s written by the members only: %s", k, v)
+		}
+	}
+	t.Logf("%d host windows, equal; member 1 closed %v, member 2 %v", len(ref),
+		testutil.ToFloat64(ms[0].m.HostWindows), testutil.ToFloat64(ms[1].m.HostWindows))
 }

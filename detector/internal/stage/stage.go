@@ -231,6 +231,9 @@ func New(cfg Config, js jetstream.JetStream, scorer model.Scorer, m *Metrics, lo
 			cfg.HostMax = 1_000_000
 		}
 		st.hosts = newHostScorer(cfg.HostModel, int64(cfg.HostWindow), cfg.HostMax, m)
+		if st.grp != nil {
+			st.hosts.tracker.Sides = hostmodel.SideOut // the target group's handler counts the responders' side
+		}
 	}
 	return st
 }
