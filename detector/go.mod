@@ -13,7 +13,9 @@ require (
 	github.com/leodido/go-syslog/v4 v4.6.0
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
+	github.com/prometheus/client_model v0.6.3
 	github.com/sjwhitworth/golearn v0.0.0-20221228163002-74ae077eafb2
+	github.com/synadia-io/orbit.go/pcgroups v0.2.2
 	google.golang.org/protobuf v1.36.12
 	netwatch/schema v0.0.0-00010101000000-000000000000
 	netwatch/testkit v0.0.0-00010101000000-000000000000
@@ -39,7 +41,6 @@ require (
 	github.com/nats-io/nkeys v0.4.17 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/olekukonko/tablewriter v0.0.4 // indirect
-	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/rocketlaunchr/dataframe-go v0.0.0-20201007021539-67b046771f0b // indirect

@@ -45,6 +45,55 @@ var (
 	GroupPartitioningWildcards = []int{1, 2}
 )
 
+// The detectors' consumer groups on FLOWS (detector -consume.group,
+// detector README "Scaling"): DetectorGroup partitions FLOWS on the
+// <sensor> and <orig_bucket> tokens of
+// netwatch.flows.<sensor>.<orig_bucket>.<resp_bucket>, so every flow of
+// one originator reaches one member (the per-originator rules), and its
+// target group DetectorTargetGroup(DetectorGroup) on <sensor> and
+// <resp_bucket>, so every flow to one target reaches one member (the
+// per-target rules: floods, amplification). Each member joins both.
+const (
+	// DetectorGroup is the detectors' default originator group name.
+	DetectorGroup = "detectors"
+	// DetectorGroupPartitions is the default partition count (the maximum
+	// of members) of both detector groups when they are created.
+	DetectorGroupPartitions = 16
+)
+
+// DetectorTargetGroup is the name of the target group that goes with the
+// originator group name: name + "-targets".
+func DetectorTargetGroup(name string) string { return name + "-targets" }
+
+// DetectorGroupFilterSubject and the partitioning wildcards (1-based
+// positions of its '*' tokens, as pcgroups.PartitioningFilter counts them)
+// of the two detector groups.
+var (
+	DetectorGroupFilterSubject = FlowsPrefix + ".*.*.*"
+	DetectorOrigWildcards      = []int{1, 2}
+	DetectorTargetWildcards    = []int{1, 3}
+)
+
+// GroupPartition is the partition the NATS server's subject transform
+// {{Partition(n,...)}} gives a subject whose partitioning tokens are
+// tokens: FNV-1a (32 bit) of the tokens concatenated without separator,
+// modulo n (nats-server server/subject_transform.go, getHashPartition). A
+// consumer group member uses it to tell which addresses its partitions
+// hold, e.g. GroupPartition(16, sensor, strconv.Itoa(AddrBucket(addr))).
+func GroupPartition(n uint, tokens ...string) uint {
+	if n == 0 {
+		return 0
+	}
+	h := uint32(2166136261)
+	for _, t := range tokens {
+		for i := 0; i < len(t); i++ {
+			h ^= uint32(t[i])
+			h *= 16777619
+		}
+	}
+	return uint(h % uint32(n))
+}
+
 // CheckpointBucketConfig is the enrichers' checkpoint bucket: one value
 // per key, CheckpointTTL, file storage, replicas (0 means 1).
 func CheckpointBucketConfig(replicas int) jetstream.KeyValueConfig {

@@ -151,7 +151,7 @@ func mountedFile(p podSpec, c container, path string) bool {
 // TestKubernetesManifests checks deploy/k8s/netwatch.yaml as issue 8 asks:
 // sensors as a DaemonSet on the host network, named after their node, with
 // their own credentials file and no provisioning; stages with 2 replicas
-// (the enrichers a StatefulSet of consumer-group members, checkK8sEnrichers;
+// (the enrichers and detectors StatefulSets of consumer-group members, checkK8sGroup;
 // the others Deployments sharing their durables), each with its own
 // credentials; a 3-node NATS
 // StatefulSet whose routes name its three pods; the provision Job at 3
@@ -191,7 +191,7 @@ func TestKubernetesManifests(t *testing.T) {
 
 	for _, stage := range []string{"enricher", "detector", "sink", "api"} {
 		kind := "Deployment"
-		if stage == "enricher" {
+		if stage == "enricher" || stage == "detector" {
 			kind = "StatefulSet" // stable pod names = consumer group members
 		}
 		d := find(t, objs, kind, stage)
@@ -219,7 +219,7 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 	for stage, flag := range map[string]string{"enricher": "-nats.replicas", "detector": "-stream.replicas"} {
-		kind := map[string]string{"enricher": "StatefulSet"}[stage]
+		kind := map[string]string{"enricher": "StatefulSet", "detector": "StatefulSet"}[stage]
 		if kind == "" {
 			kind = "Deployment"
 		}
@@ -229,7 +229,8 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 	}
 
-	checkK8sEnrichers(t, objs)
+	checkK8sGroup(t, objs, "enricher", perms.EnricherGroup, true)
+	checkK8sGroup(t, objs, "detector", perms.DetectorGroup, false)
 
 	sts := find(t, objs, "StatefulSet", "nats")
 	if sts.Spec.Replicas == nil || *sts.Spec.Replicas != 3 {
@@ -268,7 +269,7 @@ type composeFile struct {
 
 // TestComposeFile checks deploy/compose/docker-compose.yml: three NATS
 // nodes with their own configuration and volume, every stage twice with its
-// (the enrichers as two named group members, checkComposeEnrichers)
+// (the enrichers and detectors as two named group members each, checkComposeGroup)
 // own credentials file mounted where NETWATCH_NATS_CREDS says and all three
 // nodes in NETWATCH_NATS_URL, the sensor on the host network with raw
 // sockets and no provisioning, provisioning at 3 replicas.
@@ -296,8 +297,9 @@ func TestComposeFile(t *testing.T) {
 		}
 	}
 	mounted := composeMounted
-	checkComposeEnrichers(t, f)
-	for _, stage := range []string{"detector", "sink", "api"} {
+	checkComposeGroup(t, f, "enricher", perms.EnricherGroup, true)
+	checkComposeGroup(t, f, "detector", perms.DetectorGroup, false)
+	for _, stage := range []string{"sink", "api"} {
 		s, ok := f.Services[stage]
 		if !ok {
 			t.Errorf("no service %s", stage)
@@ -364,27 +366,29 @@ func TestComposeFile(t *testing.T) {
 	}
 }
 
-// checkK8sEnrichers checks that the enrichers form one consumer group with a
-// distinct, stable member per replica (enricher/README.md "Scaling": two
-// instances on the one durable would split flows): a StatefulSet (pods
-// <name>-0, <name>-1, ... keep their names across restarts and
-// rescheduling) governed by a headless Service, every pod in group
-// perms.EnricherGroup with -consume.member (and -instance) set from its own
-// pod name through the downward API, defined before use, and nothing on
-// the command line overriding them; detector and sink are plain Deployment
-// replicas with no per-pod identity (they share their durables).
-func checkK8sEnrichers(t *testing.T, objs []k8sObject) {
+// checkK8sGroup checks that a stage's instances form consumer group
+// members with a distinct, stable member each (enricher/README.md and
+// detector/README.md "Scaling": two instances on the one durable would
+// split flows, or an originator's flows): a StatefulSet (pods <name>-0,
+// <name>-1, ... keep their names across restarts and rescheduling)
+// governed by a headless Service, every pod in group (the one the role's
+// permissions are written for) with -consume.member (and, with instance,
+// -instance) set from its own pod name through the downward API, defined
+// before use, and nothing on the command line overriding them; the sink is
+// a plain Deployment with no per-pod identity (its replicas share its
+// durables).
+func checkK8sGroup(t *testing.T, objs []k8sObject, stage, group string, instance bool) {
 	t.Helper()
 	for _, o := range objs {
-		if o.Kind == "Deployment" && o.Metadata.Name == "enricher" {
-			t.Error("enricher is a Deployment: its pods' names are random, so they cannot be stable group members")
+		if o.Kind == "Deployment" && o.Metadata.Name == stage {
+			t.Errorf("%s is a Deployment: its pods' names are random, so they cannot be stable group members", stage)
 		}
 	}
-	sts := find(t, objs, "StatefulSet", "enricher")
+	sts := find(t, objs, "StatefulSet", stage)
 	if sts.Spec.ServiceName == "" {
-		t.Error("enricher StatefulSet without serviceName")
+		t.Errorf("%s StatefulSet without serviceName", stage)
 	} else if svc := find(t, objs, "Service", sts.Spec.ServiceName); svc.Spec.ClusterIP != "None" {
-		t.Errorf("Service %s governing the enrichers is not headless (clusterIP %q)", sts.Spec.ServiceName, svc.Spec.ClusterIP)
+		t.Errorf("Service %s governing the %ss is not headless (clusterIP %q)", sts.Spec.ServiceName, stage, svc.Spec.ClusterIP)
 	}
 	c := sts.Spec.Template.Spec.Containers[0]
 	pos := map[string]int{}
@@ -393,19 +397,23 @@ func checkK8sEnrichers(t *testing.T, objs []k8sObject) {
 	}
 	pod, ok := pos["POD_NAME"]
 	if !ok || c.Env[pod].ValueFrom == nil || c.Env[pod].ValueFrom.FieldRef == nil || c.Env[pod].ValueFrom.FieldRef.FieldPath != "metadata.name" {
-		t.Fatal("enricher: no POD_NAME from metadata.name")
+		t.Fatalf("%s: no POD_NAME from metadata.name", stage)
 	}
-	if g, _ := c.env("NETWATCH_CONSUME_GROUP"); g != perms.EnricherGroup {
-		t.Errorf("enricher NETWATCH_CONSUME_GROUP = %q, want %q (the group the enricher role's permissions are written for)", g, perms.EnricherGroup)
+	if g, _ := c.env("NETWATCH_CONSUME_GROUP"); g != group {
+		t.Errorf("%s NETWATCH_CONSUME_GROUP = %q, want %q (the group the %s role's permissions are written for)", stage, g, group, stage)
 	}
-	for _, v := range []string{"NETWATCH_CONSUME_MEMBER", "NETWATCH_INSTANCE"} {
+	vars := []string{"NETWATCH_CONSUME_MEMBER"}
+	if instance {
+		vars = append(vars, "NETWATCH_INSTANCE")
+	}
+	for _, v := range vars {
 		if val, _ := c.env(v); val != "$(POD_NAME)" || pos[v] < pod {
-			t.Errorf("enricher %s = %q at env %d, want $(POD_NAME) after POD_NAME (env %d)", v, val, pos[v], pod)
+			t.Errorf("%s %s = %q at env %d, want $(POD_NAME) after POD_NAME (env %d)", stage, v, val, pos[v], pod)
 		}
 	}
 	for _, a := range c.Args {
 		if strings.HasPrefix(a, "-consume.") || strings.HasPrefix(a, "--consume.") || a == "-instance" {
-			t.Errorf("enricher args %v override the group settings of the environment", c.Args)
+			t.Errorf("%s args %v override the group settings of the environment", stage, c.Args)
 		}
 	}
 	// The members the StatefulSet runs: one per ordinal, all distinct.
@@ -414,38 +422,36 @@ func checkK8sEnrichers(t *testing.T, objs []k8sObject) {
 		members[fmt.Sprintf("%s-%d", sts.Metadata.Name, i)] = true
 	}
 	if len(members) < 2 {
-		t.Errorf("enricher members %v, want >= 2", members)
+		t.Errorf("%s members %v, want >= 2", stage, members)
 	}
-	for _, stage := range []string{"detector", "sink"} {
-		d := find(t, objs, "Deployment", stage)
-		c := d.Spec.Template.Spec.Containers[0]
-		for _, e := range c.Env {
-			if strings.HasPrefix(e.Name, "NETWATCH_CONSUME_") || (e.ValueFrom != nil && e.ValueFrom.FieldRef != nil) {
-				t.Errorf("%s env %s: replicas must share the stage's durables, with no per-pod setting", stage, e.Name)
-			}
+	d := find(t, objs, "Deployment", "sink")
+	for _, e := range d.Spec.Template.Spec.Containers[0].Env {
+		if strings.HasPrefix(e.Name, "NETWATCH_CONSUME_") || (e.ValueFrom != nil && e.ValueFrom.FieldRef != nil) {
+			t.Errorf("sink env %s: replicas must share the stage's durables, with no per-pod setting", e.Name)
 		}
 	}
 }
 
-// checkComposeEnrichers checks the compose file's enrichers: one service per
-// consumer-group member (replicas of one service would all carry the same
-// member name: hot standbys, not capacity), at least two, each with its
-// own literal NETWATCH_CONSUME_MEMBER and NETWATCH_INSTANCE (no variable
-// that could differ between restarts), all in group perms.EnricherGroup;
-// no service named "enricher" with replicas; detector and sink replicas
-// without any consumer setting (they share their durables).
-func checkComposeEnrichers(t *testing.T, f composeFile) {
+// checkComposeGroup checks the compose file's services of a stage run as
+// consumer-group members: one service per member (replicas of one service
+// would all carry the same member name: hot standbys, not capacity), at
+// least two, each with its own literal NETWATCH_CONSUME_MEMBER (and, with
+// instance, NETWATCH_INSTANCE equal to it; no variable that could differ
+// between restarts), all in group; no service named after the stage with
+// replicas; sink replicas without any consumer setting (they share their
+// durables).
+func checkComposeGroup(t *testing.T, f composeFile, stage, group string, instance bool) {
 	t.Helper()
 	members := map[string]string{}
 	for name, s := range f.Services {
-		if len(s.Command) == 0 || !strings.HasSuffix(s.Command[0], "/enricher") {
+		if len(s.Command) == 0 || !strings.HasSuffix(s.Command[0], "/"+stage) {
 			continue
 		}
 		if s.Deploy.Replicas > 1 {
 			t.Errorf("%s: deploy.replicas %d: replicas of one service share one member name", name, s.Deploy.Replicas)
 		}
-		if g := s.Environment["NETWATCH_CONSUME_GROUP"]; g != perms.EnricherGroup {
-			t.Errorf("%s: NETWATCH_CONSUME_GROUP %q, want %q", name, g, perms.EnricherGroup)
+		if g := s.Environment["NETWATCH_CONSUME_GROUP"]; g != group {
+			t.Errorf("%s: NETWATCH_CONSUME_GROUP %q, want %q", name, g, group)
 		}
 		m := s.Environment["NETWATCH_CONSUME_MEMBER"]
 		if m == "" || strings.Contains(m, "$") {
@@ -454,7 +460,7 @@ func checkComposeEnrichers(t *testing.T, f composeFile) {
 			t.Errorf("%s and %s are both member %s", name, other, m)
 		}
 		members[m] = name
-		if in := s.Environment["NETWATCH_INSTANCE"]; in != m {
+		if in := s.Environment["NETWATCH_INSTANCE"]; instance && in != m {
 			t.Errorf("%s: NETWATCH_INSTANCE %q, want the member name %q (COUNTERS ids)", name, in, m)
 		}
 		for _, a := range s.Command {
@@ -463,8 +469,8 @@ func checkComposeEnrichers(t *testing.T, f composeFile) {
 			}
 		}
 		cr := s.Environment["NETWATCH_NATS_CREDS"]
-		if cr != "/etc/netwatch/creds/enricher.creds" || !composeMounted(s.Volumes, cr) {
-			t.Errorf("%s: NETWATCH_NATS_CREDS %q not the enricher's mounted credentials", name, cr)
+		if cr != "/etc/netwatch/creds/"+stage+".creds" || !composeMounted(s.Volumes, cr) {
+			t.Errorf("%s: NETWATCH_NATS_CREDS %q not the %s's mounted credentials", name, cr, stage)
 		}
 		u := s.Environment["NETWATCH_NATS_URL"]
 		for i := 1; i <= 3; i++ {
@@ -474,14 +480,12 @@ func checkComposeEnrichers(t *testing.T, f composeFile) {
 		}
 	}
 	if len(members) < 2 {
-		t.Errorf("enricher members %v, want >= 2", members)
+		t.Errorf("%s members %v, want >= 2", stage, members)
 	}
-	t.Logf("compose enrichers: %v", members)
-	for _, stage := range []string{"detector", "sink"} {
-		for k := range f.Services[stage].Environment {
-			if strings.HasPrefix(k, "NETWATCH_CONSUME_") {
-				t.Errorf("%s: %s: replicas must share the stage's durables", stage, k)
-			}
+	t.Logf("compose %ss: %v", stage, members)
+	for k := range f.Services["sink"].Environment {
+		if strings.HasPrefix(k, "NETWATCH_CONSUME_") {
+			t.Errorf("sink: %s: replicas must share the stage's durables", k)
 		}
 	}
 }
@@ -534,6 +538,32 @@ func TestSystemdEnricherIsAGroupMember(t *testing.T) {
 	}
 	if !envFile {
 		t.Error("netwatch-enricher.service reads no EnvironmentFile")
+	}
+	// the detector: a member of the detectors' groups named after the host
+	data, err = os.ReadFile(filepath.Join(testkit.Root(t), "deploy", "systemd", "netwatch-detector.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env = map[string]string{}
+	envAfter := false
+	for _, l := range strings.Split(string(data), "\n") {
+		l = strings.TrimSpace(l)
+		if v, ok := strings.CutPrefix(l, "Environment="); ok {
+			k, val, _ := strings.Cut(v, "=")
+			env[k] = val
+			envAfter = false
+		}
+		if strings.HasPrefix(l, "EnvironmentFile=") {
+			envAfter = true
+		}
+	}
+	for k, v := range map[string]string{"NETWATCH_CONSUME_GROUP": perms.DetectorGroup, "NETWATCH_CONSUME_MEMBER": "%l"} {
+		if env[k] != v {
+			t.Errorf("netwatch-detector.service: Environment=%s=%q, want %q", k, env[k], v)
+		}
+	}
+	if !envAfter {
+		t.Error("netwatch-detector.service: no EnvironmentFile after its Environment= lines")
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"os"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/synadia-io/orbit.go/pcgroups"
 	"google.golang.org/protobuf/proto"
 
 	"netwatch/ctl/internal/cli"
@@ -452,7 +454,8 @@ func TestStageCredentials(t *testing.T) {
 	// first with a source from ALERTS would let it read the alerts.
 	for _, c := range []struct{ role, stream string }{{"enricher", schema.StreamPackets + "-" + perms.EnricherGroup},
 		{"enricher", "KV_" + schema.CheckpointBucket}, {"enricher", "KV_elastic-consumer-groups"},
-		{"detector", "KV_" + schema.HostScoresBucket}, {"detector", "OBJ_" + schema.ModelsBucket}} {
+		{"detector", "KV_" + schema.HostScoresBucket}, {"detector", "OBJ_" + schema.ModelsBucket},
+		{"detector", schema.StreamFlows + "-" + perms.DetectorGroup}} {
 		var v violations
 		cnc, err := nats.Connect(url, nats.UserCredentials(creds[c.role]), nats.ErrorHandler(v.handler),
 			nats.CustomInboxPrefix(ops.StageInbox(c.role)))
@@ -473,7 +476,7 @@ func TestStageCredentials(t *testing.T) {
 		cnc.Close()
 	}
 	waitFor(t, 5*time.Second, "the refused creates in the server log", func() error {
-		if n := len(logViolations(t, logFile)); n < refusedLines+5 {
+		if n := len(logViolations(t, logFile)); n < refusedLines+6 {
 			return fmt.Errorf("%d violations logged", n)
 		}
 		return nil
@@ -494,6 +497,18 @@ func TestStageCredentials(t *testing.T) {
 	waitReady(t, det, detAddr)
 
 	procs := []*proc{det}
+	// two detectors as members of the detectors' consumer groups on FLOWS
+	// (and each reading PACKETS through an ordered consumer for the live
+	// rules): they join the groups netwatchctl provision made
+	groupAddrs := map[string]string{}
+	for _, m := range []string{"d1", "d2"} {
+		groupAddrs[m] = freeAddr(t)
+		p := startProc(t, "detector "+m, detector, "-nats.url", url, "-nats.creds", creds["detector"], "-nats.provision=false",
+			"-consume.group", perms.DetectorGroup, "-consume.member", m, "-health.check", "0", "-models.bucket", "",
+			"-http.addr", groupAddrs[m], "-log.format", "text")
+		waitReady(t, p, groupAddrs[m])
+		procs = append(procs, p)
+	}
 	for _, m := range []string{"m1", "m2"} {
 		procs = append(procs, startReady(t, "enricher "+m, enricher, "-nats.url", url, "-nats.creds", creds["enricher"],
 			"-nats.provision=false", "-instance", "e-"+m, "-consume.group", perms.EnricherGroup, "-consume.member", m,
@@ -600,6 +615,38 @@ func TestStageCredentials(t *testing.T) {
 		}
 		return nil
 	})
+	// The group members: 8 of the 16 partitions of each group each, and
+	// the flow record through both groups' work queues (acked: none left).
+	for m, addr := range groupAddrs {
+		waitFor(t, 10*time.Second, "detector "+m+" partitions", func() error {
+			body, err := httpGet("http://" + addr + "/metrics")
+			if err != nil {
+				return err
+			}
+			for _, g := range []string{"originator", "target"} {
+				if l := `netwatch_detector_group_partitions{group="` + g + `"} 8`; !strings.Contains(body, l) {
+					return fmt.Errorf("no %s in /metrics", l)
+				}
+			}
+			return nil
+		})
+	}
+	for _, g := range []string{perms.DetectorGroup, schema.DetectorTargetGroup(perms.DetectorGroup)} {
+		waitFor(t, 30*time.Second, "the flow record through group "+g, func() error {
+			st, err := ajs.Stream(ctx, schema.StreamFlows+"-"+g)
+			if err != nil {
+				return err
+			}
+			info, err := st.Info(ctx)
+			if err != nil {
+				return err
+			}
+			if info.State.LastSeq != 1 || info.State.Msgs != 0 {
+				return fmt.Errorf("work queue %s: last seq %d, %d messages left", st.CachedInfo().Config.Name, info.State.LastSeq, info.State.Msgs)
+			}
+			return nil
+		})
+	}
 	// The health rules: the METRICS consumer runs and the lag checks (every
 	// 1 s) have had time to read every durable's info.
 	waitFor(t, 10*time.Second, "health checks", func() error {
@@ -691,6 +738,15 @@ func TestStageCredentials(t *testing.T) {
 		{"detector", "create a stream", "$JS.API.STREAM.CREATE.EVIL", func(ctx context.Context, js jetstream.JetStream) error {
 			_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "EVIL", Subjects: []string{"evil.>"}})
 			return err
+		}},
+		{"detector", "create a consumer group", "$JS.API.DIRECT.GET.KV_elastic-consumer-groups.$KV.elastic-consumer-groups.FLOWS.evil",
+			func(ctx context.Context, js jetstream.JetStream) error {
+				_, err := pcgroups.CreateElastic(ctx, js, schema.StreamFlows, "evil", 4, []pcgroups.PartitioningFilter{
+					{Filter: schema.DetectorGroupFilterSubject, PartitioningWildcards: schema.DetectorOrigWildcards}}, 0, 0)
+				return err
+			}},
+		{"detector", "delete its group's work queue", "$JS.API.STREAM.DELETE.FLOWS-" + perms.DetectorGroup, func(ctx context.Context, js jetstream.JetStream) error {
+			return js.DeleteStream(ctx, schema.StreamFlows+"-"+perms.DetectorGroup)
 		}},
 		{"detector", "purge FLOWS", "$JS.API.STREAM.PURGE.FLOWS", func(ctx context.Context, js jetstream.JetStream) error {
 			s, err := js.Stream(ctx, schema.StreamFlows)
@@ -854,4 +910,21 @@ func TestStageCredentialsLeaf(t *testing.T) {
 		t.Fatalf("client login with the leaf credentials: %v, want an authorization violation", err)
 	}
 	t.Logf("client login with leaf.creds refused: %v", err)
+}
+
+// httpGet returns the body of a GET of url (a 200 answer), or an error.
+func httpGet(url string) (string, error) {
+	r, err := http.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer r.Body.Close()
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		return "", err
+	}
+	if r.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: %s", url, r.Status)
+	}
+	return string(b), nil
 }

@@ -92,7 +92,7 @@ func (p *proc) stop(d time.Duration) error {
 // each also linked to the root namespace where a 3-node JetStream cluster
 // (JWT auth from netwatchctl) listens; an agent per host captures its veth
 // live with its own credentials; tcpdump in each namespace is the
-// independent count; enricher (consumer group members), detector and sink
+// independent count; enricher and detector (consumer group members) and sink
 // instances and an api run with their role credentials. Traffic from a to
 // b: ICMP echo, HTTP, a TCP connect scan of 200 ports, UDP to port 53 and
 // eight UDP exchanges open throughout. During it the PACKETS leader is
@@ -101,7 +101,7 @@ func (p *proc) stop(d time.Duration) error {
 // Checked: PACKETS against tcpdump (summaries, bucket order), stored flows
 // against tshark (per directional 5-tuple, one flow per connection with
 // complete record chains), one portscan alert per sensor and no other
-// traffic category, detector-arp caught up, the impostor refused and no
+// traffic category, both detector groups caught up, the impostor refused and no
 // other permission violation in the servers' logs; the WebSocket latency
 // is logged (ctl/README.md).
 func TestFleetNamespaces(t *testing.T) {
@@ -333,26 +333,36 @@ for i in range(5): s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x
 		}
 		t.Logf("agent %s: %d warnings/errors:\n%s", h.sensor, len(warns), strings.Join(warns, "\n"))
 	}
-	// The detectors' ARP durable (detector credentials) read all of PACKETS.
-	// Messages delivered to the detector that was restarted and not yet
-	// handled come back after the consumer's AckWait (1 min).
-	waitFor(t, 90*time.Second, "detector-arp caught up", func() error {
-		cons, err := js.Consumer(ctx, schema.StreamPackets, perms.ConsumerDetectorARP)
+	// The detectors (members of the detectors' consumer groups, detector
+	// credentials) evaluated every FLOWS message: each group's work queue
+	// received all of them and has none left. (They read PACKETS for the
+	// live rules through ordered consumers, which keep no position to
+	// check; the durable detector-arp is a single instance's.) Messages
+	// delivered to the detector that was restarted and not yet handled come
+	// back after the consumers' AckWait (5 s, -consume.ack-wait).
+	waitFor(t, 90*time.Second, "detector groups caught up", func() error {
+		fs, err := js.Stream(ctx, schema.StreamFlows)
 		if err != nil {
 			return err
 		}
-		ci, err := cons.Info(ctx)
+		fi, err := fs.Info(ctx)
 		if err != nil {
 			return err
 		}
-		si, err := st.Info(ctx)
-		if err != nil {
-			return err
+		for _, g := range []string{perms.DetectorGroup, schema.DetectorTargetGroup(perms.DetectorGroup)} {
+			ws, err := js.Stream(ctx, schema.StreamFlows+"-"+g)
+			if err != nil {
+				return err
+			}
+			wi, err := ws.Info(ctx)
+			if err != nil {
+				return err
+			}
+			if wi.State.LastSeq != fi.State.LastSeq || wi.State.Msgs != 0 {
+				return fmt.Errorf("%s: %d of FLOWS' %d messages received, %d not acked", wi.Config.Name, wi.State.LastSeq, fi.State.LastSeq, wi.State.Msgs)
+			}
 		}
-		if ci.NumPending != 0 || ci.NumAckPending != 0 || ci.AckFloor.Stream != si.State.LastSeq {
-			return fmt.Errorf("pending %d, ack pending %d, ack floor %d of %d", ci.NumPending, ci.NumAckPending, ci.AckFloor.Stream, si.State.LastSeq)
-		}
-		t.Logf("detector-arp: acked every PACKETS message (%d)", si.State.LastSeq)
+		t.Logf("detector groups: every FLOWS message (%d) evaluated in both", fi.State.LastSeq)
 		return nil
 	})
 	feed.report(t, ctx, pl, outage, "sensor-a", "sensor-b")

@@ -91,7 +91,11 @@ func startStages(t *testing.T, root, authDir, natsURL string) *stages {
 	p.args["enricher"] = []string{"-nats.replicas", "3", "-flow.idle-timeout.tcp", idle.String(), "-flow.idle-timeout.udp", idle.String(),
 		"-flow.idle-timeout.icmp", idle.String(), "-flow.idle-timeout.other", idle.String(), "-flow.wall-tick", "500ms",
 		"-consume.group", perms.EnricherGroup, "-consume.ack-wait", "5s", "-consume.keepalive", "2s", "-shutdown.flush=false"}
-	p.args["detector"] = []string{"-stream.replicas", "3"}
+	// The detectors are members of the detectors' two consumer groups on
+	// FLOWS (by originator and by target: a scan's flows all reach one
+	// member); a stopped member leaves them (-consume.leave), the restarted
+	// one joins again.
+	p.args["detector"] = []string{"-stream.replicas", "3", "-consume.group", perms.DetectorGroup, "-consume.ack-wait", "5s"}
 	p.args["sink"] = []string{"-database.url", p.dbURL}
 	counts := map[string]int{"sink": envInt("NETWATCH_FLEET_SINKS", 2), "detector": envInt("NETWATCH_FLEET_DETECTORS", 2),
 		"enricher": envInt("NETWATCH_FLEET_ENRICHERS", 2)}
@@ -107,8 +111,11 @@ func startStages(t *testing.T, root, authDir, natsURL string) *stages {
 	for _, s := range []string{"sink", "detector", "enricher"} { // data-flow order reversed: consumers first
 		for i := range counts[s] {
 			var own []string
-			if s == "enricher" {
+			switch s {
+			case "enricher":
 				own = []string{"-consume.member", fmt.Sprintf("m%d", i), "-instance", fmt.Sprintf("enricher-m%d", i)}
+			case "detector":
+				own = []string{"-consume.member", fmt.Sprintf("d%d", i)}
 			}
 			p.start(t, s, own...)
 		}
@@ -151,8 +158,8 @@ func (p *stages) start(t *testing.T, name string, own ...string) {
 }
 
 // restartOneOfEach stops the first instance of every stage (SIGTERM: each
-// drains) and starts a new one with the same own arguments (the enricher:
-// the same group member).
+// drains) and starts a new one with the same own arguments (the enricher
+// and the detector: the same group member).
 func (p *stages) restartOneOfEach(t *testing.T) {
 	t.Helper()
 	for _, s := range []string{"enricher", "detector", "sink"} {

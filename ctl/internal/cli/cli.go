@@ -187,6 +187,7 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 	sites := fs.String("sites", "", "comma-separated JetStream domains of leaf sites whose SITE stream PACKETS, METRICS and KV_SENSORS source (netwatchctl provision-site)")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
 	partitions := fs.Uint("group.partitions", schema.GroupPartitions, "partitions (max members) of the enrichers' consumer group "+schema.EnricherGroup+" when it is created here")
+	dpartitions := fs.Uint("detector.partitions", schema.DetectorGroupPartitions, "partitions (max members) of the detectors' consumer groups "+schema.DetectorGroup+" and "+schema.DetectorTargetGroup(schema.DetectorGroup)+" on FLOWS when they are created here")
 	if err := parse(fs, args, getenv); err != nil {
 		return err
 	}
@@ -213,7 +214,7 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 	if _, err := schema.ProvisionRegistry(ctx, js, o); err != nil {
 		return err
 	}
-	if err := provisionStageState(ctx, js, *replicas, *partitions); err != nil {
+	if err := provisionStageState(ctx, js, *replicas, *partitions, *dpartitions); err != nil {
 		return err
 	}
 	if len(domains) > 0 {
@@ -235,6 +236,9 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 	fmt.Fprintf(stdout, "consumers: %d, key-value bucket %s: replicas %d\n", len(schema.ConsumerConfigs(o)), schema.RegistryBucket, *replicas)
 	fmt.Fprintf(stdout, "enricher group %s (stream %s-%s), key-value buckets %s, %s, object store %s\n", schema.EnricherGroup,
 		schema.StreamPackets, schema.EnricherGroup, schema.CheckpointBucket, schema.HostScoresBucket, schema.ModelsBucket)
+	for _, g := range []string{schema.DetectorGroup, schema.DetectorTargetGroup(schema.DetectorGroup)} {
+		fmt.Fprintf(stdout, "detector group %s (stream %s-%s): %d partitions\n", g, schema.StreamFlows, g, *dpartitions)
+	}
 	return nil
 }
 
@@ -242,12 +246,15 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 // state in (schema/stagestate.go): the enrichers' consumer group
 // schema.EnricherGroup on PACKETS (pcgroups: its configuration key and its
 // work-queue stream, replicas as PACKETS), their checkpoint bucket, the
-// detector's host scores bucket and models object store, with replicas.
+// detector's host scores bucket and models object store, with replicas,
+// and the detectors' two consumer groups on FLOWS (schema.DetectorGroup,
+// partitioned by originator, and its target group, by responder; detector
+// README "Scaling") with dpartitions partitions each.
 // The stages' users may create these but not update them, so provisioning
 // them here fixes their configuration. A group that exists with another
 // partition count is an error (pcgroups cannot change it: delete the group
 // first, see deploy/README.md "Scaling the enrichers").
-func provisionStageState(ctx context.Context, js jetstream.JetStream, replicas int, partitions uint) error {
+func provisionStageState(ctx context.Context, js jetstream.JetStream, replicas int, partitions, dpartitions uint) error {
 	// pcgroups' bucket with the configuration pcgroups gives it (replicas
 	// as PACKETS): CreateElastic reuses an existing bucket as it is, so an
 	// update here resets anything else (a source) set on it
@@ -262,6 +269,15 @@ func provisionStageState(ctx context.Context, js jetstream.JetStream, replicas i
 	filter := []pcgroups.PartitioningFilter{{Filter: schema.GroupFilterSubject, PartitioningWildcards: schema.GroupPartitioningWildcards}}
 	if _, err := pcgroups.CreateElastic(ctx, js, schema.StreamPackets, schema.EnricherGroup, partitions, filter, 0, 0); err != nil {
 		return fmt.Errorf("provision enricher group %s: %w", schema.EnricherGroup, err)
+	}
+	for _, g := range []struct {
+		name      string
+		wildcards []int
+	}{{schema.DetectorGroup, schema.DetectorOrigWildcards}, {schema.DetectorTargetGroup(schema.DetectorGroup), schema.DetectorTargetWildcards}} {
+		filter := []pcgroups.PartitioningFilter{{Filter: schema.DetectorGroupFilterSubject, PartitioningWildcards: g.wildcards}}
+		if _, err := pcgroups.CreateElastic(ctx, js, schema.StreamFlows, g.name, dpartitions, filter, 0, 0); err != nil {
+			return fmt.Errorf("provision detector group %s: %w", g.name, err)
+		}
 	}
 	for _, cfg := range []jetstream.KeyValueConfig{schema.CheckpointBucketConfig(replicas), schema.HostScoresConfig(replicas, 0)} {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
@@ -303,17 +319,33 @@ func cmdAccountsConf(args []string, getenv func(string) string, stdout io.Writer
 // deleted here; pcgroups then gives them to the remaining members, which
 // replay their unacked messages with the group's checkpoints. It prints
 // the membership and which members have a consumer (are running).
+// With -stream FLOWS it works on the detectors' groups: the originator
+// group -group and its target group (schema.DetectorTargetGroup) together;
+// a detector leaves both at a clean stop (-consume.leave), so this is for
+// one stopped for good without it.
 func cmdGroup(args []string, getenv func(string) string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("group", flag.ContinueOnError)
 	url := fs.String("nats.url", "nats://127.0.0.1:4222", "NATS server URLs, comma-separated")
 	creds := fs.String("nats.creds", "", "credentials file of an admin user")
 	ca := fs.String("nats.tls-ca", "", "PEM CA file that signs the servers' certificates (default: the system roots)")
-	group := fs.String("group", perms.EnricherGroup, "consumer group name (the enrichers' -consume.group)")
+	group := fs.String("group", perms.EnricherGroup, "consumer group name (the enrichers' -consume.group; with -stream FLOWS the detectors' -consume.group, default "+schema.DetectorGroup+")")
+	stream := fs.String("stream", schema.StreamPackets, "stream of the group: "+schema.StreamPackets+" (enrichers) or "+schema.StreamFlows+" (detectors: the group and its target group)")
 	add := fs.String("add", "", "comma-separated member names to add")
 	remove := fs.String("remove", "", "comma-separated member names to delete")
 	timeout := fs.Duration("timeout", 30*time.Second, "give up after this long")
 	if err := parse(fs, args, getenv); err != nil {
 		return err
+	}
+	groups := []string{*group}
+	switch *stream {
+	case schema.StreamPackets:
+	case schema.StreamFlows:
+		if !isSet(fs, "group") {
+			*group = schema.DetectorGroup
+		}
+		groups = []string{*group, schema.DetectorTargetGroup(*group)}
+	default:
+		return usageError{fmt.Errorf("-stream %q: want %s or %s", *stream, schema.StreamPackets, schema.StreamFlows)}
 	}
 	nc, js, err := connect(*url, *creds, *ca)
 	if err != nil {
@@ -322,25 +354,43 @@ func cmdGroup(args []string, getenv func(string) string, stdout io.Writer) error
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	if a := names(*add); len(a) > 0 {
-		if _, err := pcgroups.AddMembers(ctx, js, schema.StreamPackets, *group, a); err != nil {
-			return fmt.Errorf("add members %v to group %s: %w", a, *group, err)
+	for _, g := range groups {
+		if err := groupMembers(ctx, js, *stream, g, names(*add), names(*remove), stdout); err != nil {
+			return err
 		}
 	}
-	if r := names(*remove); len(r) > 0 {
-		if _, err := pcgroups.DeleteMembers(ctx, js, schema.StreamPackets, *group, r); err != nil {
-			return fmt.Errorf("delete members %v from group %s: %w", r, *group, err)
+	return nil
+}
+
+// isSet reports whether flag name was given on the command line.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// groupMembers adds and deletes members of the elastic group on stream
+// and prints its membership.
+func groupMembers(ctx context.Context, js jetstream.JetStream, stream, group string, add, remove []string, stdout io.Writer) error {
+	if a := add; len(a) > 0 {
+		if _, err := pcgroups.AddMembers(ctx, js, stream, group, a); err != nil {
+			return fmt.Errorf("add members %v to group %s: %w", a, group, err)
 		}
 	}
-	c, err := pcgroups.GetElasticConsumerGroupConfig(ctx, js, schema.StreamPackets, *group)
-	if err != nil {
-		return fmt.Errorf("group %s on %s: %w", *group, schema.StreamPackets, err)
+	if r := remove; len(r) > 0 {
+		if _, err := pcgroups.DeleteMembers(ctx, js, stream, group, r); err != nil {
+			return fmt.Errorf("delete members %v from group %s: %w", r, group, err)
+		}
 	}
-	active, err := pcgroups.ListElasticActiveMembers(ctx, js, schema.StreamPackets, *group)
+	c, err := pcgroups.GetElasticConsumerGroupConfig(ctx, js, stream, group)
 	if err != nil {
-		return fmt.Errorf("active members of group %s: %w", *group, err)
+		return fmt.Errorf("group %s on %s: %w", group, stream, err)
 	}
-	fmt.Fprintf(stdout, "group %s on %s: %d partitions\n", *group, schema.StreamPackets, c.MaxMembers)
+	active, err := pcgroups.ListElasticActiveMembers(ctx, js, stream, group)
+	if err != nil {
+		return fmt.Errorf("active members of group %s: %w", group, err)
+	}
+	fmt.Fprintf(stdout, "group %s on %s: %d partitions\n", group, stream, c.MaxMembers)
 	for _, m := range c.Members {
 		state := "no consumer (not running)"
 		if slices.Contains(active, m) {

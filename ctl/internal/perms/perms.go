@@ -40,6 +40,13 @@ type Set struct {
 // checkpoint keys. Another group name needs its own lines.
 const EnricherGroup = schema.EnricherGroup
 
+// DetectorGroup is the detectors' originator consumer group name (the
+// detector's -consume.group) the detector role's permissions are written
+// for, with its target group schema.DetectorTargetGroup(DetectorGroup):
+// their work-queue streams FLOWS-<group> and membership keys. Another
+// group name needs its own lines.
+const DetectorGroup = schema.DetectorGroup
+
 // ConsumerDetectorARP is the detector's durable consumer on PACKETS for
 // ARP summaries (detector/internal/stage.ConsumerARP; not in schema).
 const ConsumerDetectorARP = "detector-arp"
@@ -268,7 +275,18 @@ func Role(role string) (Set, error) {
 			// ARP rule: its own durable on PACKETS, created at start
 			[]string{"$JS.API.CONSUMER.CREATE." + schema.StreamPackets + "." + ConsumerDetectorARP,
 				"$JS.API.CONSUMER.CREATE." + schema.StreamPackets + "." + ConsumerDetectorARP + ".>"},
-			pull(schema.StreamPackets, ConsumerDetectorARP), detectorBuckets())
+			pull(schema.StreamPackets, ConsumerDetectorARP), detectorBuckets(),
+			detectorGroup(DetectorGroup), detectorGroup(schema.DetectorTargetGroup(DetectorGroup)))
+		// group mode: every member reads all of PACKETS for the live rules
+		// through an ordered consumer (no durable, no acks); the durables
+		// stay denied, except creating its own detector-arp (one instance)
+		allow, deny := ephemeral("detector", schema.StreamPackets)
+		s.Pub = append(s.Pub, allow...)
+		for _, d := range deny {
+			if !strings.HasPrefix(d, "$JS.API.CONSUMER.CREATE."+schema.StreamPackets+"."+ConsumerDetectorARP) {
+				s.PubDeny = append(s.PubDeny, d)
+			}
+		}
 		// health (METRICS live) and rescore (FLOWS by time): ordered consumers
 		for _, st := range []string{schema.StreamMetrics, schema.StreamFlows} {
 			allow, deny := ephemeral("detector", st)
@@ -353,6 +371,28 @@ func enricherGroup(group string) []string {
 	}
 	out = append(out, kvBucket(pcgroupsBucket, key)...)
 	return append(out, kvBucket(cp, group+".>")...)
+}
+
+// detectorGroup is what a detector member needs of one of its consumer
+// groups on FLOWS (-consume.group, detector README "Scaling"): pcgroups'
+// configuration key of the group (read, watch, and update: join at start,
+// leave at a clean stop), the group's work-queue stream FLOWS-<group>
+// (info), its member consumers (named after the members: create with
+// their partition filters, info, delete when membership changes, pinned
+// pulls, acks). It creates no stream and no group: netwatchctl provision
+// does (a user that may create a stream can give it a source and read any
+// other stream through it).
+func detectorGroup(group string) []string {
+	wq := schema.StreamFlows + "-" + group
+	key := schema.StreamFlows + "." + group
+	out := []string{
+		"$KV." + pcgroupsBucket + "." + key,
+		"$JS.API.STREAM.INFO." + wq,
+		"$JS.API.CONSUMER.CREATE." + wq + ".*", "$JS.API.CONSUMER.CREATE." + wq + ".*.>",
+		"$JS.API.CONSUMER.INFO." + wq + ".*", "$JS.API.CONSUMER.DELETE." + wq + ".*",
+		"$JS.API.CONSUMER.MSG.NEXT." + wq + ".*", "$JS.ACK." + wq + ".>",
+	}
+	return append(out, kvBucket(pcgroupsBucket, key)...)
 }
 
 func dedup(xs []string) []string {

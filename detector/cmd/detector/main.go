@@ -91,6 +91,7 @@ type Config struct {
 	ModelsBucket   string        // -models.bucket: object store of models (modelstore); "" off
 	HostScores     string        // -host.scores-bucket: key-value bucket of host window scores; "" off
 	HostScoresTTL  time.Duration // -host.scores-ttl
+	Group          stage.Group   // -consume.group and the other -consume.* group flags
 }
 
 func (c *Config) register(fs *flag.FlagSet) {
@@ -115,6 +116,13 @@ func (c *Config) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Webhook, "output.webhook", "", "also POST every alert as JSON to this http(s) URL (bounded queue, retries with backoff)")
 	fs.StringVar(&c.Syslog, "output.syslog", "", "also send every alert as an RFC 5424 syslog message to udp://host:port, tcp://host:port or host:port (UDP)")
 	fs.IntVar(&c.FetchBatch, "consume.batch", 256, "FLOWS messages per pull request")
+	g := &c.Group
+	fs.StringVar(&g.Name, "consume.group", "", "consume FLOWS through this elastic partitioned consumer group (per-originator rules, partitioned by originator) and the group NAME-targets (per-target rules, partitioned by responder), so several detectors share the work (README \"Scaling\"); empty: the shared durable "+schema.ConsumerDetector+", one instance")
+	fs.StringVar(&g.Member, "consume.member", "", "member name in both groups; stable across restarts (default: the host name)")
+	fs.UintVar(&g.Partitions, "consume.partitions", schema.DetectorGroupPartitions, "partitions (max members) of each group when this instance creates it")
+	fs.DurationVar(&g.AckWait, "consume.ack-wait", time.Minute, "AckWait of the group's member consumers, also the pinned TTL of a hot standby (same -consume.member)")
+	fs.BoolVar(&g.Join, "consume.join", true, "add -consume.member to both groups' membership at start")
+	fs.BoolVar(&g.Leave, "consume.leave", true, "remove -consume.member from both memberships at a clean stop, so the other members take its partitions at once (false with hot standbys)")
 	fs.StringVar(&c.ModelsBucket, "models.bucket", modelstore.DefaultBucket, "JetStream object store bucket of models (objects flow, qname, host; `detector push` puts them): the newest of each kind is loaded at start and whenever it changes, for each kind whose file flag (-model, -qname.model, -host.model) is empty; empty: off")
 	fs.StringVar(&c.HostScores, "host.scores-bucket", stage.HostScoresBucket, "JetStream key-value bucket the host anomaly score of every closed host window is written to (key sensor.addr.window_start_s), so flows can be annotated with their hosts' scores; empty: off")
 	fs.DurationVar(&c.HostScoresTTL, "host.scores-ttl", 24*time.Hour, "age at which host scores expire from -host.scores-bucket (FLOWS keeps 24 h)")
@@ -184,6 +192,23 @@ func thresholds(p *policy.Policy, baseRules rules.Config, baseARP arp.Config) (r
 // Validate reports every invalid field.
 func (c *Config) Validate() error {
 	errs := []error{c.Common.Validate(), c.Rules.Validate(), c.ARP.Validate()}
+	if g := &c.Group; g.Name != "" {
+		if g.Member == "" {
+			g.Member, _ = os.Hostname()
+		}
+		if err := schema.ValidSensor(g.Name); err != nil {
+			errs = append(errs, fmt.Errorf("-consume.group: %w", err))
+		}
+		if err := schema.ValidSensor(g.Member); err != nil {
+			errs = append(errs, fmt.Errorf("-consume.member: %w", err))
+		}
+		if g.Partitions < 1 || g.Partitions > 1024 {
+			errs = append(errs, fmt.Errorf("-consume.partitions %d: want 1..1024", g.Partitions))
+		}
+		if g.AckWait < time.Second {
+			errs = append(errs, fmt.Errorf("-consume.ack-wait %s: want at least 1s", g.AckWait))
+		}
+	}
 	if c.HealthCheck < 0 {
 		errs = append(errs, fmt.Errorf("-health.check %s: want >= 0", c.HealthCheck))
 	} else if c.HealthCheck > 0 {
@@ -332,6 +357,13 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	}
 	needs := schema.Needs{Streams: []string{schema.StreamFlows, schema.StreamAlerts, schema.StreamPackets, schema.StreamMetrics},
 		Consumers: map[string][]string{schema.StreamFlows: {schema.ConsumerDetector}}}
+	if cfg.Group.Name != "" {
+		// the groups' work-queue streams (netwatchctl provision creates
+		// them; the detector user may not), instead of the durable
+		needs.Consumers = nil
+		needs.Streams = append(needs.Streams, schema.StreamFlows+"-"+cfg.Group.Name,
+			schema.StreamFlows+"-"+schema.DetectorTargetGroup(cfg.Group.Name))
+	}
 	// its buckets: netwatchctl provision creates them (the detector user may not)
 	if cfg.HostScores != "" {
 		needs.Streams = append(needs.Streams, "KV_"+cfg.HostScores)
@@ -364,7 +396,7 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 		outputs, closers = append(outputs, sl), append(closers, sl.Close)
 	}
 	sc := stage.Config{Rules: ruleCfg, ARP: arpCfg, Outputs: outputs, ModelAlerts: cfg.ModelAlerts, ModelThreshold: cfg.ModelThreshold,
-		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch, HostModel: hm, HostWindow: hostWindow}
+		ModelWindow: cfg.ModelWindow, FetchBatch: cfg.FetchBatch, HostModel: hm, HostWindow: hostWindow, Group: cfg.Group}
 	if qm != nil {
 		sc.NameModel, sc.NameModelName = qm, qm.Name
 	}

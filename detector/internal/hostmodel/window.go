@@ -91,6 +91,11 @@ func (s *set) add(v uint64) {
 	default:
 		if s.more == nil {
 			s.more = make(map[uint64]struct{}, 4)
+		}
+		if len(s.more) == 0 {
+			// the second value (the map is new, or cleared by reset: a
+			// reused state kept it, and skipping first here counted it
+			// again at its next add, one too many)
 			s.more[s.first] = struct{}{}
 		}
 		if _, ok := s.more[v]; !ok {
@@ -166,7 +171,21 @@ type Tracker struct {
 	OnClose func(Window)
 	// Dropped counts host windows not tracked because maxHosts were open.
 	Dropped uint64
+	// Sides are the sides Observe counts (0: both). A detector consumer
+	// group member (detector README "Scaling") counts SideOut of the
+	// flows of its originator partitions in Observe and SideIn of those of
+	// its target partitions with ObserveSide.
+	Sides Side
 }
+
+// Side selects the host windows a flow record is counted in: its
+// originator's (SideOut) and its responder's (SideIn).
+type Side uint8
+
+const (
+	SideOut Side = 1 << iota
+	SideIn
+)
 
 // NewTracker returns a tracker of window-long windows (ns > 0) holding at
 // most maxHosts open host windows (further hosts are counted in Dropped,
@@ -283,6 +302,17 @@ func (t *Tracker) remember(w *winMap, k hkey, i int32) {
 // originator and responder, and closes the windows the watermark has left
 // behind.
 func (t *Tracker) Observe(sensor string, f *pb.Flow) {
+	sides := t.Sides
+	if sides == 0 {
+		sides = SideOut | SideIn
+	}
+	t.ObserveSide(sensor, f, sides)
+}
+
+// ObserveSide is Observe counting f only in the windows of sides: its
+// originator's (SideOut), its responder's (SideIn) or both; the
+// watermark moves either way.
+func (t *Tracker) ObserveSide(sensor string, f *pb.Flow, sides Side) {
 	o, ok1 := netip.AddrFromSlice(f.GetOrigAddr())
 	r, ok2 := netip.AddrFromSlice(f.GetRespAddr())
 	if ok1 && ok2 {
@@ -293,7 +323,11 @@ func (t *Tracker) Observe(sensor string, f *pb.Flow) {
 		if f.GetProto() == 1 || f.GetProto() == 58 {
 			port = uint64(f.GetProto())<<32 | 1<<16 | uint64(f.GetIcmpType())
 		}
-		if s := t.get(w, hkey{ob, sid}); s != nil {
+		var s *state
+		if sides&SideOut != 0 {
+			s = t.get(w, hkey{ob, sid})
+		}
+		if s != nil {
 			s.c.FlowsOut++
 			if Failed(f) {
 				s.c.FailedOut++
@@ -305,7 +339,11 @@ func (t *Tracker) Observe(sensor string, f *pb.Flow) {
 			s.portsOut.add(port)
 			s.c.PeersOut, s.c.PortsOut = s.peersOut.n, s.portsOut.n
 		}
-		if s := t.get(w, hkey{rb, sid}); s != nil {
+		s = nil
+		if sides&SideIn != 0 {
+			s = t.get(w, hkey{rb, sid})
+		}
+		if s != nil {
 			s.c.FlowsIn++
 			s.c.PktsOut += f.GetRespPkts()
 			s.c.BytesOut += f.GetRespBytes()

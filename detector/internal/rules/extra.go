@@ -6,6 +6,7 @@ package rules
 // thresholds and the data behind them.
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -181,7 +182,7 @@ func (s *state) cv() float64 {
 // observeExtra runs amplification, DGA and beaconing on f.
 func (e *Engine) observeExtra(out []*pb.Alert, sensor string, f *pb.Flow, orig, resp netip.Addr) []*pb.Alert {
 	t := f.GetStartNs()
-	if v, r, pkts, ok := Reflected(f); ok {
+	if v, r, pkts, ok := Reflected(f); ok && e.ampScope(f, v) {
 		victim, _ := addr(v)
 		refl, _ := addr(r)
 		k := key{rule: amp, sensor: sensor, target: victim, win: windowStart(t, e.cfg.FloodWindow)}
@@ -199,6 +200,9 @@ func (e *Engine) observeExtra(out []*pb.Alert, sensor string, f *pb.Flow, orig, 
 		if s.count >= e.cfg.AmpPkts && s.nnames >= e.cfg.AmpSources && e.due(s, e.cfg.AmpPkts, s.count) {
 			out = append(out, e.ampAlert(k, s, f))
 		}
+	}
+	if !e.origRules() {
+		return out
 	}
 	if isDNS(f) && f.GetDnsResponded() && f.GetDnsRcode() == RcodeNXDomain {
 		// Every NXDOMAIN answer is counted (evidence); the threshold is on
@@ -234,6 +238,20 @@ func (e *Engine) observeExtra(out []*pb.Alert, sensor string, f *pb.Flow, orig, 
 		}
 	}
 	return out
+}
+
+// ampScope reports whether the engine counts the reflected flow f whose
+// victim is v: ScopeAll always, ScopeOriginator when v is the originator
+// (the flow reached it partitioned by the victim's bucket),
+// ScopeTarget when v is the responder.
+func (e *Engine) ampScope(f *pb.Flow, v []byte) bool {
+	switch e.scope {
+	case ScopeOriginator:
+		return bytes.Equal(v, f.GetOrigAddr())
+	case ScopeTarget:
+		return bytes.Equal(v, f.GetRespAddr())
+	}
+	return true
 }
 
 // due reports whether a rule state whose count is n should publish now:

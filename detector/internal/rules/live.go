@@ -108,23 +108,24 @@ func (e *Engine) ObservePacket(out []*pb.Alert, sensor string, p *Packet) []*pb.
 	f := &e.pf
 	switch p.Proto {
 	case 1, 58:
-		if a := e.ObserveICMPPacket(sensor, src, dst, p.Proto, p.ICMPType, p.TsNs); a != nil {
+		if !e.targetRules() {
+		} else if a := e.ObserveICMPPacket(sensor, src, dst, p.Proto, p.ICMPType, p.TsNs); a != nil {
 			out = append(out, a)
 		}
-		if (p.Proto == 1 && p.ICMPType == 8) || (p.Proto == 58 && p.ICMPType == 128) {
+		if e.origRules() && ((p.Proto == 1 && p.ICMPType == 8) || (p.Proto == 58 && p.ICMPType == 128)) {
 			*f = pb.Flow{Proto: p.Proto, IcmpType: p.ICMPType, StartNs: p.TsNs, EndNs: p.TsNs, OrigPkts: 1}
 			out = e.observeProbe(out, sensor, f, src, dst, p.TsNs, false, true)
 		}
 	case 6:
 		fl := p.TCPFlags & 0x3f
-		if p.Payload == 0 && fl&flagSYN != 0 && fl&(flagACK|flagRST) == 0 {
+		if !e.targetRules() {
+		} else if p.Payload == 0 && fl&flagSYN != 0 && fl&(flagACK|flagRST) == 0 {
 			out = e.liveSYN(out, sensor, src, dst, p)
-		}
-		if fl&flagACK != 0 && fl&flagSYN == 0 || p.Payload > 0 {
+		} else if fl&flagACK != 0 && fl&flagSYN == 0 || p.Payload > 0 {
 			e.liveAck(sensor, src, dst, p)
 		}
 		opens := fl&flagSYN != 0 && fl&(flagACK|flagRST) == 0 || fl&(flagSYN|flagACK|flagRST) == 0
-		if opens && p.Payload == 0 {
+		if opens && p.Payload == 0 && e.origRules() {
 			*f = pb.Flow{Proto: 6, RespPort: p.DstPort, OrigTcpFlags: fl, StartNs: p.TsNs, EndNs: p.TsNs, OrigPkts: 1}
 			out = e.observeProbe(out, sensor, f, src, dst, p.TsNs, true, true)
 		}
@@ -132,15 +133,19 @@ func (e *Engine) ObservePacket(out []*pb.Alert, sensor string, p *Packet) []*pb.
 		if p.SrcPort < 1024 && p.DstPort >= 1024 {
 			return out // a service's answer
 		}
-		k := key{rule: udpFlood, sensor: sensor, target: dst, win: windowStart(p.TsNs, e.cfg.FloodWindow)}
-		s := e.get(k, p.TsNs, e.cfg.FloodWindow)
-		s.pcount++
-		s.addSource(src)
 		*f = pb.Flow{Proto: 17, RespPort: p.DstPort, StartNs: p.TsNs, EndNs: p.TsNs, OrigPkts: 1}
-		if n := s.floodCount(); n >= e.cfg.UDPFloodPkts && e.due(s, e.cfg.UDPFloodPkts, n) {
-			out = append(out, e.floodAlert(k, s, f, e.cfg.UDPFloodPkts))
+		if e.targetRules() {
+			k := key{rule: udpFlood, sensor: sensor, target: dst, win: windowStart(p.TsNs, e.cfg.FloodWindow)}
+			s := e.get(k, p.TsNs, e.cfg.FloodWindow)
+			s.pcount++
+			s.addSource(src)
+			if n := s.floodCount(); n >= e.cfg.UDPFloodPkts && e.due(s, e.cfg.UDPFloodPkts, n) {
+				out = append(out, e.floodAlert(k, s, f, e.cfg.UDPFloodPkts))
+			}
 		}
-		out = e.observeProbe(out, sensor, f, src, dst, p.TsNs, true, true)
+		if e.origRules() {
+			out = e.observeProbe(out, sensor, f, src, dst, p.TsNs, true, true)
+		}
 	}
 	return out
 }

@@ -211,6 +211,7 @@ func (e *Engine) observeMore(out []*pb.Alert, sensor string, f *pb.Flow, orig, r
 		}
 	}
 	switch {
+	case !e.targetRules():
 	case IsHalfOpen(f):
 		flood(synFlood, e.cfg.SynFloodPkts, func(s *state) bool { return s.floodCount() >= synPerPort*s.nports })
 	case f.GetProto() == 17:
@@ -218,7 +219,7 @@ func (e *Engine) observeMore(out []*pb.Alert, sensor string, f *pb.Flow, orig, r
 	case isICMPRequest(f):
 		flood(icmpFlood, e.cfg.ICMPFloodPkts, nil)
 	}
-	if isSession(f) {
+	if isSession(f) && e.origRules() {
 		if c := AuthPort(f.GetRespPort()); c != 0 {
 			threshold, kp := e.cfg.BruteSessions, f.GetRespPort()
 			if c == 2 {
@@ -238,7 +239,7 @@ func (e *Engine) observeMore(out []*pb.Alert, sensor string, f *pb.Flow, orig, r
 		}
 	}
 	out = e.observeExtra(out, sensor, f, orig, resp)
-	if isDNS(f) {
+	if isDNS(f) && e.origRules() {
 		q := f.GetServerName()
 		sub, parent := SplitQName(q)
 		if sub != "" && !strings.HasSuffix(parent, ".arpa") && !strings.HasSuffix(parent, ".local") {

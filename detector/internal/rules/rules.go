@@ -461,7 +461,41 @@ type Engine struct {
 	// names classifies query names for dns_tunnel (nil: no model).
 	names     NameModel
 	namesName string
+	// scope: which rules run (SetScope); ScopeAll for one instance.
+	scope Scope
 }
+
+// Scope selects the rules an engine runs when detector instances share
+// the work as a consumer group (stage "Scaling"): flows are partitioned by
+// the originator's address bucket for the per-originator rules and by the
+// responder's for the per-target ones, and each partitioning feeds its own
+// engine.
+type Scope uint8
+
+const (
+	// ScopeAll runs every rule (one detector instance).
+	ScopeAll Scope = iota
+	// ScopeOriginator runs the rules keyed by the originator: portscan,
+	// hostsweep, bruteforce, dns_tunnel, dga, beaconing, and amplification
+	// for flows whose victim is the originator (rules.Reflected).
+	ScopeOriginator
+	// ScopeTarget runs the rules keyed by the target, the responder:
+	// syn_flood, udp_flood, icmp_flood, and amplification for flows whose
+	// victim is the responder.
+	ScopeTarget
+)
+
+// SetScope restricts the engine to the rules of sc (before the first
+// Observe).
+func (e *Engine) SetScope(sc Scope) { e.scope = sc }
+
+// Scope is the engine's scope.
+func (e *Engine) Scope() Scope { return e.scope }
+
+// origRules and targetRules report whether the engine runs the
+// per-originator and the per-target rules.
+func (e *Engine) origRules() bool   { return e.scope != ScopeTarget }
+func (e *Engine) targetRules() bool { return e.scope != ScopeOriginator }
 
 // NameModel classifies a DNS query name as tunnel traffic; qname.Model
 // implements it. IsTunnel is called for each DNS flow with labels below
@@ -559,6 +593,9 @@ func (e *Engine) Observe(sensor string, f *pb.Flow) []*pb.Alert {
 	}
 	var out []*pb.Alert
 	out = e.observeMore(out, sensor, f, orig, resp)
+	if !e.origRules() {
+		return out
+	}
 	return e.observeProbe(out, sensor, f, orig, resp, t, IsProbe(f), false)
 }
 

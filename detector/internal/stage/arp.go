@@ -43,6 +43,9 @@ func ARPConsumerConfig(replicas int) jetstream.ConsumerConfig {
 // counted; a broken packet summary is logged and ends the ICMP count of
 // its batch.
 func (s *Stage) RunARP(ctx context.Context, replicas int) error {
+	if s.grp != nil {
+		return s.runLiveGroup(ctx)
+	}
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, schema.StreamPackets, ARPConsumerConfig(replicas))
 	if err != nil {
 		return fmt.Errorf("create consumer %s: %w", ConsumerARP, err)
@@ -78,7 +81,9 @@ func (s *Stage) HandleARP(ctx context.Context, msg jetstream.Msg) {
 	if err != nil {
 		s.m.ARPTerminated.Inc()
 		s.log.Warn("terminate undecodable packet batch", "consumer", ConsumerARP, "subject", msg.Subject(), "err", err)
-		_ = msg.Term()
+		if s.grp == nil { // an ordered consumer's messages are not acked
+			_ = msg.Term()
+		}
 		return
 	}
 	if sensor == "" {
@@ -89,6 +94,9 @@ func (s *Stage) HandleARP(ctx context.Context, msg jetstream.Msg) {
 		s.arp.SetConfig(*c)
 	}
 	var alerts []*pb.Alert
+	if s.grp != nil && !s.grp.arpOwner() {
+		arps = nil // group mode: the ARP rule runs on the holder of partition 0
+	}
 	for _, a := range arps {
 		alerts = append(alerts, s.arp.Observe(sensor, a)...)
 	}
@@ -112,7 +120,7 @@ func (s *Stage) HandleARP(ctx context.Context, msg jetstream.Msg) {
 		da, _ := netip.AddrFromSlice(p.dst)
 		lp = rules.Packet{TsNs: p.ts, Src: sa, Dst: da, SrcPort: p.sport, DstPort: p.dport, Proto: p.proto,
 			Payload: p.payload, TCPFlags: p.flags, ICMPType: p.icmp}
-		alerts = s.engine.ObservePacket(alerts, sensor, &lp)
+		alerts = s.observeLive(alerts, sensor, p.src, p.dst, &lp)
 	})
 	s.engMu.Unlock()
 	s.m.LivePackets.Add(float64(npkt))
@@ -131,14 +139,18 @@ func (s *Stage) HandleARP(ctx context.Context, msg jetstream.Msg) {
 			s.arpMu.Unlock()
 			s.engMu.Lock()
 			for _, r := range alerts[max(i, narp):] {
-				s.engine.Retract(r)
+				s.retractLive(r)
 			}
 			s.engMu.Unlock()
-			_ = msg.NakWithDelay(s.cfg.NakDelay)
+			if s.grp == nil {
+				_ = msg.NakWithDelay(s.cfg.NakDelay)
+			}
 			return
 		}
 	}
-	if err := msg.Ack(); err != nil {
+	if s.grp != nil {
+		// ordered consumer: nothing to ack
+	} else if err := msg.Ack(); err != nil {
 		s.log.Warn("ack", "consumer", ConsumerARP, "err", err)
 	}
 	s.m.ARPMessages.Inc()

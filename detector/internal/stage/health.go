@@ -101,6 +101,9 @@ func (s *Stage) lags(ctx context.Context) []health.Lag {
 	defs = append(defs, schema.ConsumerDef{Stream: schema.StreamPackets, Config: ARPConsumerConfig(1)})
 	var out []health.Lag
 	for _, d := range defs {
+		if s.grp != nil && (d.Config.Durable == schema.ConsumerDetector || d.Config.Durable == ConsumerARP) {
+			continue // group mode reads neither: their backlog is not a lag
+		}
 		c, err := s.js.Consumer(ctx, d.Stream, d.Config.Durable)
 		if err != nil {
 			continue

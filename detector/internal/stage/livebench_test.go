@@ -127,12 +127,33 @@ func batchesOf(b testing.TB, pkts []*pb.PacketSummary) [][]byte {
 // in-process JetStream. pkts/core-s is packet summaries per CPU second of
 // the whole process: whether one core keeps up with a sensor's packet
 // rate. The stage starts afresh at the end of the capture.
-func BenchmarkHandleARP(b *testing.B) {
+func BenchmarkHandleARP(b *testing.B) { benchHandleARP(b, false) }
+
+// BenchmarkHandleARPGroup is BenchmarkHandleARP for one member of two in
+// group mode (README "Scaling"): it holds 8 of the 16 partitions of each
+// group, and every packet's source and destination partition is computed
+// (schema.GroupPartition) to pick the engines that count it.
+func BenchmarkHandleARPGroup(b *testing.B) { benchHandleARP(b, true) }
+
+func benchHandleARP(b *testing.B, group bool) {
 	batches, npkts := benchPacketBatches(b)
 	_, _, js := testkit.JetStream(b)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	newStage := func() *Stage {
-		return New(Config{Rules: rules.DefaultConfig()}, js, nil, NewMetrics(prometheus.NewRegistry()), log)
+		cfg := Config{Rules: rules.DefaultConfig()}
+		if group {
+			cfg.Group = Group{Name: "detectors", Member: "m1", Partitions: 16}
+		}
+		st := New(cfg, js, nil, NewMetrics(prometheus.NewRegistry()), log)
+		if group {
+			own := make([]bool, 16)
+			for p := range 8 {
+				own[p] = true
+			}
+			st.grp.own[0].Store(&own)
+			st.grp.own[1].Store(&own)
+		}
+		return st
 	}
 	st := newStage()
 	ctx := context.Background()

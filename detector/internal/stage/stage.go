@@ -46,6 +46,7 @@ type Config struct {
 	HostMax        int               // most open host windows (0: 1,000,000)
 	FetchBatch     int               // messages per pull request
 	NakDelay       time.Duration     // redelivery delay after a failed publish
+	Group          Group             // consumer groups on FLOWS (group.go); zero: the shared durable, one instance
 }
 
 // Metrics of the stage, registered on one registry.
@@ -77,6 +78,12 @@ type Metrics struct {
 	HostScoresDropped prometheus.Counter
 	ModelReloads      *prometheus.CounterVec
 	ModelLoadErrors   prometheus.Counter
+
+	// Group mode (group.go).
+	Partitions  *prometheus.GaugeVec // partitions held, by group: originator, target
+	TargetFlows prometheus.Counter
+	TargetKeys  prometheus.Gauge
+	Rejoins     prometheus.Counter
 }
 
 // NewMetrics creates and registers the netwatch_detector_* metrics.
@@ -136,6 +143,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		[]string{"kind", "result"})
 	m.ModelLoadErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_model_load_errors_total",
 		Help: "Model files (-model, -qname.model, -host.model or the shipped ones) that did not load at start; the rules run without them."})
+	m.Partitions = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "netwatch_detector_group_partitions",
+		Help: "Partitions of the detectors' consumer groups on FLOWS this member holds, by group (originator, target); 0 with one instance (-consume.group empty)."},
+		[]string{"group"})
+	m.TargetFlows = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_target_flows_total",
+		Help: "Flow records of the target group evaluated by the per-target rules (group mode)."})
+	m.TargetKeys = prometheus.NewGauge(prometheus.GaugeOpts{Name: "netwatch_detector_target_rule_windows",
+		Help: "Open per-target rule states of the target engine (group mode)."})
+	m.Rejoins = prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_group_rejoins_total",
+		Help: "Times this member joined a consumer group again because its consumer was missing from the group's work queue."})
+	m.Partitions.WithLabelValues("originator")
+	m.Partitions.WithLabelValues("target")
+	reg.MustRegister(m.Partitions, m.TargetFlows, m.TargetKeys, m.Rejoins)
 	reg.MustRegister(m.HostWindows, m.HostAnomalous, m.HostScore, m.HostScoresPut, m.HostScoresErrors, m.HostScoresDropped, m.ModelReloads,
 		m.ModelLoadErrors)
 	reg.MustRegister(m.Messages, m.Flows, m.Scored, m.ScoreErrors, m.Score, m.Alerts, m.PublishErrors, m.Terminated, m.RuleKeys, m.Lag,
@@ -170,6 +189,8 @@ type Stage struct {
 	policy    atomic.Pointer[policy.Policy]
 	nextRules atomic.Pointer[rules.Config]
 	nextARP   atomic.Pointer[arp.Config]
+
+	grp *groupState // group mode (Config.Group); nil with one instance
 }
 
 type anomalyKey struct {
@@ -198,6 +219,10 @@ func New(cfg Config, js jetstream.JetStream, scorer model.Scorer, m *Metrics, lo
 	}
 	st := &Stage{cfg: cfg, js: js, scorer: scorer, engine: engine,
 		anomaly: map[anomalyKey]bool{}, m: m, log: log, arp: arp.New(cfg.ARP)}
+	if cfg.Group.Name != "" {
+		engine.SetScope(rules.ScopeOriginator)
+		st.grp = newGroupState(cfg.Group, cfg.Rules, cfg.NameModel, cfg.NameModelName)
+	}
 	if cfg.HostModel != nil {
 		if cfg.HostWindow <= 0 {
 			cfg.HostWindow = hostmodel.DefaultWindow
@@ -206,6 +231,9 @@ func New(cfg Config, js jetstream.JetStream, scorer model.Scorer, m *Metrics, lo
 			cfg.HostMax = 1_000_000
 		}
 		st.hosts = newHostScorer(cfg.HostModel, int64(cfg.HostWindow), cfg.HostMax, m)
+		if st.grp != nil {
+			st.hosts.tracker.Sides = hostmodel.SideOut // the target group's handler counts the responders' side
+		}
 	}
 	return st
 }
@@ -223,6 +251,9 @@ func (s *Stage) Ready() error {
 // already pulled are still processed and acked (their alerts published), so
 // none waits out AckWait on the server.
 func (s *Stage) Run(ctx context.Context) error {
+	if s.grp != nil {
+		return s.runGroup(ctx)
+	}
 	cons, err := s.js.Consumer(ctx, schema.StreamFlows, schema.ConsumerDetector)
 	if err != nil {
 		return fmt.Errorf("bind consumer %s: %w", schema.ConsumerDetector, err)
@@ -265,6 +296,9 @@ func (s *Stage) SetPolicy(p *policy.Policy, r rules.Config, a arp.Config) {
 	s.policy.Store(p)
 	s.nextRules.Store(&r)
 	s.nextARP.Store(&a)
+	if s.grp != nil {
+		s.grp.nextRules.Store(&r)
+	}
 }
 
 // Handle processes one FLOWS message: decode, score, rules, publish, ack.
