@@ -35,7 +35,7 @@ import (
 type Config struct {
 	Rules          rules.Config
 	ARP            arp.Config        // zero: arp.DefaultConfig
-	Outputs        []output.Output   // also receive every alert once ALERTS has it (webhook, syslog)
+	Outputs        []output.Output   // also receive every alert ALERTS stores (not its duplicates): webhook, syslog
 	ModelAlerts    bool              // publish "anomaly" alerts from the model
 	ModelThreshold float64           // score at or above which a flow is anomalous, 0..1
 	ModelWindow    time.Duration     // one anomaly alert per (originator, responder, window)
@@ -58,6 +58,7 @@ type Metrics struct {
 	Score         prometheus.Histogram
 	Alerts        *prometheus.CounterVec
 	PublishErrors prometheus.Counter
+	Duplicates    *prometheus.CounterVec // publishes ALERTS dropped as duplicates (PubAck.Duplicate), by category
 	Terminated    prometheus.Counter
 	RuleKeys      prometheus.Gauge
 	Lag           prometheus.Histogram
@@ -100,7 +101,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Score: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "netwatch_detector_flow_score",
 			Help: "Model attack probability of each scored flow (0..1).", Buckets: prometheus.LinearBuckets(0.1, 0.1, 10)}),
 		Alerts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netwatch_detector_alerts_total",
-			Help: "Alerts published (PubAck received), by category."}, []string{"category"}),
+			Help: "Alerts published and stored by ALERTS (PubAck received, not a duplicate), by category."}, []string{"category"}),
+		Duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "netwatch_detector_alerts_duplicate_total",
+			Help: "Alert publishes ALERTS dropped as duplicates of a stored message id (a replay of FLOWS); not sent to the outputs, by category."},
+			[]string{"category"}),
 		PublishErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_publish_errors_total",
 			Help: "Alert publishes that failed; the FLOWS message is nak'ed and redelivered."}),
 		Terminated: prometheus.NewCounter(prometheus.CounterOpts{Name: "netwatch_detector_messages_terminated_total",
@@ -157,13 +161,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.Partitions, m.TargetFlows, m.TargetKeys, m.Rejoins)
 	reg.MustRegister(m.HostWindows, m.HostAnomalous, m.HostScore, m.HostScoresPut, m.HostScoresErrors, m.HostScoresDropped, m.ModelReloads,
 		m.ModelLoadErrors)
-	reg.MustRegister(m.Messages, m.Flows, m.Scored, m.ScoreErrors, m.Score, m.Alerts, m.PublishErrors, m.Terminated, m.RuleKeys, m.Lag,
+	reg.MustRegister(m.Messages, m.Flows, m.Scored, m.ScoreErrors, m.Score, m.Alerts, m.Duplicates, m.PublishErrors, m.Terminated, m.RuleKeys, m.Lag,
 		m.ARPMessages, m.ARPFrames, m.LiveICMP, m.LivePackets, m.ARPTerminated, m.Suppressed, m.Reloads, m.HealthBad)
 	m.Reloads.WithLabelValues("ok")
 	m.Reloads.WithLabelValues("error")
 	for _, c := range []string{"portscan", "hostsweep", "syn_flood", "udp_flood", "icmp_flood", "amplification", "bruteforce",
 		"dns_tunnel", "dga", "beaconing", "arp_spoof", "health", "anomaly"} {
 		m.Alerts.WithLabelValues(c)
+		m.Duplicates.WithLabelValues(c)
 	}
 	return m
 }
@@ -384,15 +389,27 @@ func (s *Stage) retract(a *pb.Alert) {
 }
 
 // emit publishes one alert to ALERTS and the outputs, counts and logs
-// it; an alert an allow entry matches is counted as suppressed instead.
+// it; an alert an allow entry matches is counted as suppressed instead,
+// one ALERTS reports as a duplicate (PubAck.Duplicate) is counted in
+// Duplicates and not sent to the outputs.
 func (s *Stage) emit(ctx context.Context, a *pb.Alert) error {
 	if ok, i := s.policy.Load().Allowed(a); ok {
 		s.m.Suppressed.WithLabelValues(a.GetCategory()).Inc()
 		s.log.Debug("alert suppressed", "alert_id", a.GetId(), "category", a.GetCategory(), "allow_entry", i)
 		return nil
 	}
-	if err := s.publish(ctx, a); err != nil {
+	dup, err := s.publish(ctx, a)
+	if err != nil {
 		return err
+	}
+	if dup {
+		// ALERTS already holds this message id (its duplicate window): a
+		// replay of FLOWS, e.g. a group's work queue sourcing retained flows.
+		// The outputs had it when it was stored; sending it again would
+		// repeat it there.
+		s.m.Duplicates.WithLabelValues(a.GetCategory()).Inc()
+		s.log.Debug("alert duplicate", "alert_id", a.GetId(), "msg_id", MsgID(a), "category", a.GetCategory())
+		return nil
 	}
 	s.m.Alerts.WithLabelValues(a.GetCategory()).Inc()
 	for _, o := range s.cfg.Outputs {
@@ -414,19 +431,23 @@ func MsgID(a *pb.Alert) string {
 	return a.GetId()
 }
 
-func (s *Stage) publish(ctx context.Context, a *pb.Alert) error {
+// publish stores a in ALERTS with its MsgID and reports whether the
+// stream dropped it as a duplicate of a message id in its duplicate
+// window (PubAck.Duplicate).
+func (s *Stage) publish(ctx context.Context, a *pb.Alert) (duplicate bool, err error) {
 	data, err := proto.Marshal(a)
 	if err != nil {
-		return fmt.Errorf("encode alert: %w", err)
+		return false, fmt.Errorf("encode alert: %w", err)
 	}
 	m := &nats.Msg{Subject: schema.AlertsSubject(a.GetSensor()), Data: data, Header: nats.Header{}}
 	m.Header.Set(jetstream.MsgIDHeader, MsgID(a))
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := s.js.PublishMsg(pctx, m); err != nil {
-		return fmt.Errorf("publish alert %s: %w", a.GetId(), err)
+	ack, err := s.js.PublishMsg(pctx, m)
+	if err != nil {
+		return false, fmt.Errorf("publish alert %s: %w", a.GetId(), err)
 	}
-	return nil
+	return ack.Duplicate, nil
 }
 
 // score runs the model on f and returns an anomaly alert when model alerts
