@@ -4,9 +4,12 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"math"
+	"math/rand/v2"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -573,6 +576,97 @@ func TestBeaconingCapture(t *testing.T) {
 		if g.orig != w.orig || g.resp != w.resp || g.us != w.us || g.conns != w.conns ||
 			math.Abs(g.period-w.period) > 1e-5 || math.Abs(g.cv-w.cv) > 1e-5 {
 			t.Errorf("publish %d: %+v, want %+v", i, g, w)
+		}
+	}
+}
+
+// TestBeaconingCaptureUnordered: the flows of testdata/beaconing.pcap
+// reach the engine out of start order, as a batch from the enricher or a
+// full-speed replay gives them (issue 5 QA D3: no alert then). Reversed,
+// every start comes before the last one seen: the alert is published at
+// the 8th record with the 8 latest connections (13th-20th), updated at the
+// 16th (5th-20th); the expected period and coefficient of variation are
+// computed here from tshark's start times of the 20 connections of
+// 10.0.0.66. Shuffled (fixed seeds), one alert id for 10.0.0.66 ->
+// 203.0.113.10 is published with a period within 60 s +-10 % and nothing
+// else.
+func TestBeaconingCaptureUnordered(t *testing.T) {
+	flows := tsharkFlows(t, filepath.Join("testdata", "beaconing.pcap"))
+	beacon := netip.MustParseAddr("10.0.0.66")
+	var starts []int64
+	for _, f := range flows {
+		if a, _ := netip.AddrFromSlice(f.OrigAddr); a.Unmap() == beacon {
+			starts = append(starts, f.StartNs)
+		}
+	}
+	slices.Sort(starts)
+	if len(starts) != 20 {
+		t.Fatalf("tshark: %d flows from 10.0.0.66, want 20", len(starts))
+	}
+	// stats is the mean interval (s) and its population coefficient of
+	// variation over starts[i:j].
+	stats := func(s []int64) (float64, float64) {
+		var sum, ss float64
+		for i := 1; i < len(s); i++ {
+			sum += float64(s[i] - s[i-1])
+		}
+		mean := sum / float64(len(s)-1)
+		for i := 1; i < len(s); i++ {
+			d := float64(s[i]-s[i-1]) - mean
+			ss += d * d
+		}
+		return mean / 1e9, math.Sqrt(ss/float64(len(s)-1)) / mean
+	}
+	type pub struct {
+		conns      int
+		period, cv float64
+	}
+	run := func(order []*pb.Flow) []pub {
+		e := New(DefaultConfig())
+		var got []pub
+		ids := map[string]bool{}
+		for _, f := range order {
+			for _, a := range e.Observe("cap", f) {
+				var ev struct {
+					Conns  int     `json:"connections"`
+					Period float64 `json:"period_seconds"`
+					CV     float64 `json:"jitter_cv"`
+				}
+				if err := json.Unmarshal(a.Evidence, &ev); err != nil || a.Rule != RuleBeacon ||
+					a.OrigAddr != "10.0.0.66" || a.RespAddr != "203.0.113.10" {
+					t.Fatalf("%s %s -> %s %s (%v)", a.Rule, a.OrigAddr, a.RespAddr, a.Evidence, err)
+				}
+				ids[a.Id] = true
+				got = append(got, pub{ev.Conns, ev.Period, ev.CV})
+			}
+		}
+		if len(got) == 0 || len(ids) != 1 {
+			t.Fatalf("%d publishes with %d ids, want at least 1 with 1 id", len(got), len(ids))
+		}
+		return got
+	}
+	rev := slices.Clone(flows)
+	slices.Reverse(rev)
+	got := run(rev)
+	p8, cv8 := stats(starts[12:])
+	p16, cv16 := stats(starts[4:])
+	want := []pub{{8, p8, cv8}, {16, p16, cv16}}
+	if len(got) != len(want) {
+		t.Fatalf("reversed: %+v, want %+v", got, want)
+	}
+	for i, w := range want {
+		if g := got[i]; g.conns != w.conns || math.Abs(g.period-w.period) > 1e-5 || math.Abs(g.cv-w.cv) > 1e-5 {
+			t.Errorf("reversed, publish %d: %+v, want %+v", i, g, w)
+		}
+	}
+	for seed := uint64(1); seed <= 5; seed++ {
+		sh := slices.Clone(flows)
+		r := rand.New(rand.NewPCG(seed, 0))
+		r.Shuffle(len(sh), func(i, j int) { sh[i], sh[j] = sh[j], sh[i] })
+		for _, g := range run(sh) {
+			if g.conns < 8 || g.period < 54 || g.period > 66 || g.cv > 0.2 {
+				t.Errorf("seed %d: %+v", seed, g)
+			}
 		}
 	}
 }

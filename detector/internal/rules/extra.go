@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -147,36 +148,53 @@ func isConnection(f *pb.Flow) bool {
 	return isEchoRequest(f)
 }
 
-// addInterval adds the time from the previous connection start to t
-// (Welford's online mean and variance; Knuth, TAOCP vol. 2, 4.2.2).
-// Connections that start at or before the previous one are ignored (flows
-// arrive in end order; a connection that overlaps the previous one is not
-// a new beat).
-func (s *state) addInterval(t int64) {
-	if s.lastNs == 0 {
-		s.lastNs = t
-		s.count = 1
+// maxBeaconStarts bounds the connection starts a beaconing state keeps
+// (the most recent ones; 64 starts are 63 intervals, eight times the
+// default -beacon.conns).
+const maxBeaconStarts = 64
+
+// addStart records a connection start t in the state's starts, kept
+// sorted: flows arrive in end order, and a batch from the enricher or a
+// replay holds them in any start order, so a start earlier than the last
+// one is put in its place rather than dropped. A start equal to one kept
+// is the same beat and is not counted; once maxBeaconStarts are kept the
+// oldest is dropped, and a start older than every start kept is ignored.
+// count is the number of starts recorded.
+func (s *state) addStart(t int64) {
+	i, found := slices.BinarySearch(s.starts, t)
+	if found {
 		return
 	}
-	if t <= s.lastNs {
-		return
+	if len(s.starts) < maxBeaconStarts {
+		s.starts = slices.Insert(s.starts, i, t)
+	} else {
+		if i == 0 {
+			return
+		}
+		copy(s.starts[:i-1], s.starts[1:i])
+		s.starts[i-1] = t
 	}
-	x := float64(t - s.lastNs)
-	s.lastNs = t
 	s.count++
-	s.nint++
-	d := x - s.mean
-	s.mean += d / float64(s.nint)
-	s.m2 += d * (x - s.mean)
 }
 
-// cv is the coefficient of variation of the intervals (population
-// standard deviation / mean).
-func (s *state) cv() float64 {
-	if s.nint < 2 || s.mean <= 0 {
-		return math.Inf(1)
+// intervals returns the mean time between consecutive connection starts
+// kept (ns) and their coefficient of variation (population standard
+// deviation / mean; +Inf with fewer than two intervals or a zero mean).
+func (s *state) intervals() (mean, cv float64) {
+	n := len(s.starts) - 1
+	if n < 1 {
+		return 0, math.Inf(1)
 	}
-	return math.Sqrt(s.m2/float64(s.nint)) / s.mean
+	mean = float64(s.starts[n]-s.starts[0]) / float64(n)
+	if n < 2 || mean <= 0 {
+		return mean, math.Inf(1)
+	}
+	var ss float64
+	for i := 1; i <= n; i++ {
+		d := float64(s.starts[i]-s.starts[i-1]) - mean
+		ss += d * d
+	}
+	return mean, math.Sqrt(ss/float64(n)) / mean
 }
 
 // observeExtra runs amplification, DGA and beaconing on f.
@@ -231,10 +249,12 @@ func (e *Engine) observeExtra(out []*pb.Alert, sensor string, f *pb.Flow, orig, 
 		k := key{rule: beacon, sensor: sensor, orig: orig, target: resp, port: port, win: windowStart(t, e.cfg.BeaconWindow)}
 		s := e.get(k, t, e.cfg.BeaconWindow)
 		s.flows++
-		s.addInterval(t)
-		if s.count >= e.cfg.BeaconConns && s.mean >= float64(e.cfg.BeaconMinPeriod) && s.cv() <= e.cfg.BeaconMaxCV &&
-			e.due(s, e.cfg.BeaconConns, s.count) {
-			out = append(out, e.beaconAlert(k, s, f))
+		s.addStart(t)
+		if s.count >= e.cfg.BeaconConns {
+			if mean, cv := s.intervals(); mean >= float64(e.cfg.BeaconMinPeriod) && cv <= e.cfg.BeaconMaxCV &&
+				e.due(s, e.cfg.BeaconConns, s.count) {
+				out = append(out, e.beaconAlert(k, s, f, mean, cv))
+			}
 		}
 	}
 	return out
@@ -394,10 +414,9 @@ func (e *Engine) dgaAlert(k key, s *state, f *pb.Flow, resolver netip.Addr) *pb.
 	}
 }
 
-func (e *Engine) beaconAlert(k key, s *state, f *pb.Flow) *pb.Alert {
+func (e *Engine) beaconAlert(k key, s *state, f *pb.Flow, mean, cv float64) *pb.Alert {
 	o, t := k.orig.String(), k.target.String()
-	period := time.Duration(s.mean)
-	cv := s.cv()
+	period := time.Duration(mean)
 	svc := portName(k.port)
 	if k.port&0xffff == 0 && (k.port>>16 == 1 || k.port>>16 == 58) {
 		svc = portName(k.port | 8)
@@ -412,8 +431,8 @@ func (e *Engine) beaconAlert(k key, s *state, f *pb.Flow) *pb.Alert {
 		"max_cv":          e.cfg.BeaconMaxCV,
 		"window_start_ns": k.win,
 		"window_end_ns":   s.winEndNs,
-		"first_conn_ns":   s.firstNs,
-		"last_conn_ns":    s.lastNs,
+		"first_conn_ns":   s.starts[0],
+		"last_conn_ns":    s.starts[len(s.starts)-1],
 		"community_id":    f.GetCommunityId(),
 		"update":          s.updates,
 	})

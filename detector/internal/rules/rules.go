@@ -344,12 +344,8 @@ type state struct {
 	name0  uint64
 	names  map[uint64]struct{}
 	sample string // dns_tunnel: the longest query name seen; dga: the first random-looking name
-	// beaconing: inter-connection times (Welford's running mean and sum
-	// of squared deviations, ns), the last connection start, the first
-	// and last interval.
-	lastNs   int64
-	nint     int
-	mean, m2 float64
+	// beaconing: the most recent connection starts (ns), sorted (addStart).
+	starts []int64
 	// updates: the alert was re-published this many times with grown
 	// counts; next is the count at which it is published again (twice
 	// the count of the last publish).
@@ -676,7 +672,7 @@ func (e *Engine) get(lk key, t int64, w time.Duration) *state {
 		} else {
 			s = &state{}
 		}
-		*s = state{firstNs: t, winEndNs: k.win + int64(w)}
+		*s = state{firstNs: t, winEndNs: k.win + int64(w), starts: s.starts[:0]}
 		e.state[k] = s
 		if x := expiry(k, s); x < e.nextExpiry {
 			e.nextExpiry = x
