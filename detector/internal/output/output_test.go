@@ -270,3 +270,38 @@ func TestParseSyslogAddr(t *testing.T) {
 		}
 	}
 }
+
+// TestSyslogNanosecondTime: an alert whose packet time has nanoseconds
+// (1767225610.123456789 s, 2026-01-01T00:00:10.123456789Z) keeps its
+// TIMESTAMP: RFC 5424 6.2.3 allows at most 6 TIME-SECFRAC digits, so the
+// time is truncated (not rounded) to microseconds, and a strict RFC 5424
+// parser reads it back.
+func TestSyslogNanosecondTime(t *testing.T) {
+	s, err := NewSyslog(SyslogConfig{Addr: "udp://127.0.0.1:9", Hostname: "vm"}, NewMetrics(prometheus.NewRegistry()), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	for ns, want := range map[int64]string{
+		1767225610123456789: "2026-01-01T00:00:10.123456Z",
+		1767225610049100000: "2026-01-01T00:00:10.0491Z",
+		1767225610000000999: "2026-01-01T00:00:10Z",
+	} {
+		a := testAlert()
+		a.TimeNs = ns
+		line, err := s.Format(a)
+		if err != nil {
+			t.Fatalf("format %d: %v", ns, err)
+		}
+		if !regexp.MustCompile(`^<35>1 ` + regexp.QuoteMeta(want) + ` vm netwatch-detector `).MatchString(line) {
+			t.Errorf("time %d: %q, want TIMESTAMP %s", ns, line, want)
+		}
+		msg, err := rfc5424.NewParser().Parse([]byte(line))
+		if err != nil {
+			t.Fatalf("RFC 5424 parse %q: %v", line, err)
+		}
+		if ts := msg.(*rfc5424.SyslogMessage).Timestamp; ts == nil || ts.UnixNano() != ns-ns%1000 {
+			t.Errorf("time %d: parsed timestamp %v, want %d ns", ns, ts, ns-ns%1000)
+		}
+	}
+}

@@ -34,9 +34,16 @@ type SyslogConfig struct {
 // its own.
 const SDID = "netwatch@32473"
 
+// TimestampLayout is the TIMESTAMP of a message: RFC 3339 in UTC with at
+// most 6 fraction digits (RFC 5424 6.2.3: TIME-SECFRAC is 1*6DIGIT; a
+// 9-digit nanosecond fraction makes the builder drop the field, "-").
+// Trailing zeros of the fraction are left out.
+const TimestampLayout = "2006-01-02T15:04:05.999999Z07:00"
+
 // Syslog writes alerts as RFC 5424 messages: PRI from the facility and the
 // alert severity (critical 2, high 3 error, medium 4 warning, low 5 notice,
-// info 6), TIMESTAMP the alert's packet time, MSGID the category, a
+// info 6), TIMESTAMP the alert's packet time truncated to microseconds
+// (TimestampLayout), MSGID the category, a
 // structured-data element SDID with id, rule, technique, sensor, orig,
 // resp, severity and update, and MSG the summary. Over UDP each message is
 // one datagram (RFC 5426); over TCP messages are octet-counted (RFC 6587
@@ -122,7 +129,7 @@ func (s *Syslog) Format(a *pb.Alert) (string, error) {
 	msg := &rfc5424.SyslogMessage{}
 	msg.SetPriority(s.cfg.Facility*8 + syslogSeverity(a.GetSeverity()))
 	msg.SetVersion(1)
-	msg.SetTimestamp(time.Unix(0, a.GetTimeNs()).UTC().Format(time.RFC3339Nano))
+	msg.SetTimestamp(time.Unix(0, a.GetTimeNs()).UTC().Truncate(time.Microsecond).Format(TimestampLayout))
 	msg.SetHostname(s.cfg.Hostname)
 	msg.SetAppname(s.cfg.AppName)
 	msg.SetProcID(strconv.Itoa(os.Getpid()))
