@@ -5,8 +5,12 @@ package models
 
 import _ "embed"
 
-// FlowID3 is flow-id3.model: golearn's ID3 tree trained on NSL-KDD
-// (KDDTrain+_20Percent, 80 % split) over the six flow-computable features.
+// FlowID3 is flow-id3.model: the flow model of model.TrainNSLKDD (golearn's
+// binary ID3 tree, a 5-class ID3 tree and an isolation forest fitted on the
+// normal records) trained on every record of NSL-KDD KDDTrain+_20Percent
+// (`detector train -all`) over the 26 features of feature set kdd26-v2
+// (the 7 basic flow columns and the 19 traffic columns; README.md in this
+// folder).
 //
 //go:embed flow-id3.model
 var FlowID3 []byte

@@ -586,7 +586,7 @@ func train(args []string, stdout io.Writer, getenv func(string) string) error {
 	out := fs.String("out", filepath.Join("models", models.FlowID3Name), "model file to write")
 	prune := fs.Float64("prune", 0, "golearn ID3 prune ratio (0: no pruning, deterministic)")
 	name := fs.String("name", "", "model name (default flow-id3, qname-id3)")
-	format := fs.String("format", "nsl-kdd", "nsl-kdd (flow model), qnames (DNS query-name model: -data train.csv, -test validate.csv) or hosts (per-host anomaly model: -data the pcaps folder with its label files)")
+	format := fs.String("format", "nsl-kdd", "nsl-kdd (flow model), captures (flow model trained on the labelled captures' own flows: -data the pcaps folder with its label files, -out default models/flow-captures-id3.model), qnames (DNS query-name model: -data train.csv, -test validate.csv) or hosts (per-host anomaly model: -data the pcaps folder with its label files)")
 	quantile := fs.Float64("quantile", hostmodel.DefaultQuantile, "hosts: the threshold is this quantile of the benign training windows' scores")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -633,7 +633,7 @@ func train(args []string, stdout io.Writer, getenv func(string) string) error {
 			*name = "flow-id3"
 		}
 	default:
-		return fmt.Errorf("-format %q: want nsl-kdd, qnames or hosts", *format)
+		return fmt.Errorf("-format %q: want nsl-kdd, captures, qnames or hosts", *format)
 	}
 	fmt.Fprintf(stdout, "reading %s\n", *data)
 	recs, err := model.ReadKDDFile(*data)
@@ -653,6 +653,16 @@ func train(args []string, stdout io.Writer, getenv func(string) string) error {
 	default:
 		trainSet, testSet = model.Split(recs)
 		source += " (records with index%5 != 4)"
+	}
+	var nAttack int
+	for _, r := range trainSet {
+		if r.Attack {
+			nAttack++
+		}
+	}
+	if nAttack == 0 || nAttack == len(trainSet) {
+		// a tree of one leaf that answers the one class for every flow
+		return fmt.Errorf("%s: the %d training records are all %s: a classifier needs both normal and attack records", *data, len(trainSet), map[bool]string{true: "attack", false: "normal"}[nAttack > 0])
 	}
 	fmt.Fprintf(stdout, "training on %d records (%s): binary ID3, 5-class ID3, isolation forest on the normal records\n", len(trainSet), model.FeatureSet)
 	var t *model.Tree
@@ -678,7 +688,7 @@ func train(args []string, stdout io.Writer, getenv func(string) string) error {
 
 func evaluate(args []string, stdout io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("detector evaluate", flag.ContinueOnError)
-	format := fs.String("format", "nsl-kdd", "data format and model: nsl-kdd (flow model), qnames (DNS query-name model) or hosts (per-host anomaly model; -data: the pcaps folder with its label files)")
+	format := fs.String("format", "nsl-kdd", "data format and model: nsl-kdd (flow model), captures (the flow classifier trained on the labelled captures, each capture scored by a tree trained without it; -data: the pcaps folder), qnames (DNS query-name model) or hosts (per-host anomaly model; -data: the pcaps folder with its label files)")
 	path := fs.String("model", "", "model file (empty: the shipped model of -format)")
 	data := fs.String("data", "", "file to evaluate on (default: KDDTrain+_20Percent.txt for nsl-kdd, validate.csv for qnames)")
 	split := fs.Bool("split", true, "nsl-kdd: evaluate only the held-out fifth of -data (index%5 == 4) when -data is the training file; false: every record")
@@ -792,6 +802,9 @@ func evaluate(args []string, stdout io.Writer, getenv func(string) string) error
 		if err != nil {
 			return err
 		}
+		if len(recs) == 0 {
+			return fmt.Errorf("%s: no query names", *data)
+		}
 		names := make([]string, len(recs))
 		actual := make([]bool, len(recs))
 		for i, r := range recs {
@@ -803,7 +816,7 @@ func evaluate(args []string, stdout io.Writer, getenv func(string) string) error
 		}
 		rep = report.Binary(m.Name, *format, *data, qname.ClassBenign, qname.ClassTunnel, actual, pred)
 	default:
-		return fmt.Errorf("-format %q: want nsl-kdd, qnames or hosts", *format)
+		return fmt.Errorf("-format %q: want nsl-kdd, captures, qnames or hosts", *format)
 	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
@@ -927,6 +940,15 @@ func trainQNames(data, test, out, name string, stdout io.Writer) error {
 	recs, err := qname.ReadFile(data)
 	if err != nil {
 		return err
+	}
+	var nTunnel int
+	for _, r := range recs {
+		if r.Tunnel {
+			nTunnel++
+		}
+	}
+	if len(recs) == 0 || nTunnel == 0 || nTunnel == len(recs) {
+		return fmt.Errorf("%s: %d names, %d of them tunnel: training needs both benign and tunnel names", data, len(recs), nTunnel)
 	}
 	fmt.Fprintf(stdout, "training ID3 on %d names (%d features)\n", len(recs), len(qname.FeatureNames))
 	m, err := qname.Train(recs, name)

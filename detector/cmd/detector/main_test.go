@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -751,4 +752,66 @@ func TestEvaluateCaptures(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// TestBadTrainingInput: `detector evaluate` and `detector train` refuse
+// malformed files with an error naming the file and the line (main exits
+// 1 on any error), and train refuses data of one class; an unknown -format
+// names every format. The rows are the first lines of
+// KDDTrain+_20Percent.txt, edited.
+func TestBadTrainingInput(t *testing.T) {
+	shared := testkit.Shared(t)
+	raw, err := os.ReadFile(filepath.Join(shared, "data/labeled/nsl-kdd/KDDTrain+_20Percent.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := strings.SplitN(string(raw), "\n", 6)[:5] // teardrop, normal, normal, neptune, normal
+	dir := t.TempDir()
+	file := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	wide := strings.Join([]string{rows[0], rows[1] + ",0,0"}, "\n")
+	nan := strings.Join([]string{rows[0], strings.Replace(rows[1], ",491,", ",NaN,", 1)}, "\n")
+	neg := strings.Join([]string{rows[0], rows[1], strings.Replace(rows[2], ",146,", ",-146,", 1)}, "\n")
+	for _, c := range []struct {
+		cmd       func([]string, io.Writer, func(string) string) error
+		args      []string
+		wantError string
+	}{
+		{evaluate, []string{"-format", "nsl-kdd", "-data", file("empty.txt", "")}, "empty.txt: nsl-kdd: no records"},
+		{train, []string{"-data", file("empty2.txt", "\n"), "-out", filepath.Join(dir, "m")}, "no records"},
+		{evaluate, []string{"-format", "qnames", "-data", file("empty.csv", "")}, "empty.csv: no query names"},
+		{train, []string{"-format", "qnames", "-data", file("empty2.csv", ""), "-out", filepath.Join(dir, "q")}, "0 names"},
+		{evaluate, []string{"-format", "nsl-kdd", "-data", file("wide.txt", wide)}, "line 2: 45 columns, want 42 or 43"},
+		{train, []string{"-data", file("wide2.txt", wide), "-out", filepath.Join(dir, "m")}, "line 2: 45 columns"},
+		{evaluate, []string{"-format", "nsl-kdd", "-holdout-types", "-data", file("nan.txt", nan)}, "line 2 column 5"},
+		{evaluate, []string{"-format", "nsl-kdd", "-data", file("neg.txt", neg)}, "line 3 column 5"},
+		{train, []string{"-all", "-data", file("normal.txt", strings.Join([]string{rows[1], rows[2], rows[4]}, "\n")), "-out", filepath.Join(dir, "m")}, "all normal"},
+		{train, []string{"-format", "qnames", "-data", file("tunnel.csv", "1,q+aJ04nrBA.hidemyself.org.\n1,q+aJ1InsBA.hidemyself.org.\n"), "-out", filepath.Join(dir, "q")}, "2 of them tunnel"},
+		{evaluate, []string{"-format", "csv"}, "want nsl-kdd, captures, qnames or hosts"},
+		{train, []string{"-format", "csv"}, "want nsl-kdd, captures, qnames or hosts"},
+	} {
+		err := c.cmd(c.args, io.Discard, func(string) string { return "" })
+		if err == nil || !strings.Contains(err.Error(), c.wantError) {
+			t.Errorf("%v: error %v, want one containing %q", c.args, err, c.wantError)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "m")); err == nil {
+		t.Error("a model file was written from bad input")
+	}
+	// a file with CR-only line endings is five records, not one
+	var out bytes.Buffer
+	if err := evaluate([]string{"-format", "nsl-kdd", "-data", file("cr.txt", strings.Join(rows, "\r"))}, &out, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		N int `json:"n"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil || rep.N != 5 {
+		t.Errorf("CR line endings: n = %d, want 5 (%v)", rep.N, err)
+	}
 }

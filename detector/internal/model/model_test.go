@@ -359,3 +359,45 @@ func TestScoreEdgeFlows(t *testing.T) {
 		}
 	}
 }
+
+// TestReadKDDInput: ReadKDD on the first five rows of KDDTrain+_20Percent
+// (five records, whatever the line endings: \n, \r\n or a lone \r) and on
+// malformed copies of them, each refused with an error naming the line.
+func TestReadKDDInput(t *testing.T) {
+	raw, err := os.ReadFile(kdd(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := strings.SplitN(string(raw), "\n", 6)[:5]
+	for _, sep := range []string{"\n", "\r\n", "\r"} {
+		recs, err := ReadKDD(strings.NewReader(strings.Join(rows, sep) + sep))
+		if err != nil || len(recs) != 5 || recs[0].Label != "teardrop" || recs[4].Label != "normal" {
+			t.Errorf("line ending %q: %d records, %v", sep, len(recs), err)
+		}
+	}
+	// 42 columns (no difficulty) is the other valid width
+	if recs, err := ReadKDD(strings.NewReader(rows[1][:strings.LastIndex(rows[1], ",")] + "\n")); err != nil || len(recs) != 1 {
+		t.Errorf("42 columns: %d records, %v", len(recs), err)
+	}
+	third := func(edit func([]string) []string) string { // rows with the third one edited
+		c := edit(strings.Split(rows[2], ","))
+		return strings.Join([]string{rows[0], rows[1], strings.Join(c, ","), rows[3]}, "\n")
+	}
+	for name, c := range map[string]struct{ in, want string }{
+		"empty":         {"", "no records"},
+		"blank lines":   {"\n\n \n", "no records"},
+		"44 columns":    {third(func(c []string) []string { return append(c, "7") }), "line 3: 44 columns"},
+		"41 columns":    {third(func(c []string) []string { return c[:41] }), "line 3: 41 columns"},
+		"NaN":           {third(func(c []string) []string { c[4] = "NaN"; return c }), "line 3 column 5"},
+		"Inf":           {third(func(c []string) []string { c[5] = "Inf"; return c }), "line 3 column 6"},
+		"-Inf":          {third(func(c []string) []string { c[0] = "-Inf"; return c }), "line 3 column 1"},
+		"negative":      {third(func(c []string) []string { c[22] = "-1"; return c }), "line 3 column 23"},
+		"negative rate": {third(func(c []string) []string { c[40] = "-0.5"; return c }), "line 3 column 41"},
+		"not a number":  {third(func(c []string) []string { c[31] = "x"; return c }), "line 3 column 32"},
+	} {
+		recs, err := ReadKDD(strings.NewReader(c.in))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %d records, error %v, want one containing %q", name, len(recs), err, c.want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -23,10 +24,18 @@ type Record struct {
 // have 43 columns, a file without the difficulty 42) and keeps the Features
 // netwatch computes from flows (basic columns, land and the 19 traffic
 // columns; wrong_fragment, urgent and the content columns are dropped). Every label but "normal" is an attack.
+//
+// Lines end in \r\n, \n or a lone \r (scanLines); blank lines are
+// skipped. Errors, naming the line (1-based) and column: a row of other
+// than 42 or 43 columns, a numeric column that does not parse or is NaN,
+// ±Inf or negative (every NSL-KDD numeric column is a duration, a byte
+// count, a flag, a count or a rate, all ≥ 0), an unknown protocol or flag,
+// and a file without any record.
 func ReadKDD(r io.Reader) ([]Record, error) {
 	var out []Record
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	sc.Split(scanLines)
 	line := 0
 	for sc.Scan() {
 		line++
@@ -35,13 +44,16 @@ func ReadKDD(r io.Reader) ([]Record, error) {
 			continue
 		}
 		c := strings.Split(s, ",")
-		if len(c) < 42 {
+		if len(c) != 42 && len(c) != 43 {
 			return nil, fmt.Errorf("nsl-kdd line %d: %d columns, want 42 or 43", line, len(c))
 		}
 		num := func(i int) (float64, error) {
-			v, err := strconv.ParseFloat(c[i], 64)
+			v, err := strconv.ParseFloat(strings.TrimSpace(c[i]), 64)
 			if err != nil {
 				return 0, fmt.Errorf("nsl-kdd line %d column %d: %w", line, i+1, err)
+			}
+			if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+				return 0, fmt.Errorf("nsl-kdd line %d column %d: %q: want a finite number ≥ 0", line, i+1, c[i])
 			}
 			return v, nil
 		}
@@ -80,7 +92,37 @@ func ReadKDD(r io.Reader) ([]Record, error) {
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read nsl-kdd: %w", err)
 	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("nsl-kdd: no records (%d lines)", line)
+	}
 	return out, nil
+}
+
+// scanLines is a bufio.SplitFunc like bufio.ScanLines that also ends a
+// line at a lone \r (classic Mac line endings), so such a file is read
+// line by line instead of as one long row: a line ends at \r\n, \n or \r.
+func scanLines(data []byte, atEOF bool) (advance int, token []byte, err error) {
+	for i, b := range data {
+		switch b {
+		case '\n':
+			return i + 1, data[:i], nil
+		case '\r':
+			if i+1 < len(data) {
+				if data[i+1] == '\n' {
+					return i + 2, data[:i], nil
+				}
+				return i + 1, data[:i], nil
+			}
+			if atEOF {
+				return i + 1, data[:i], nil
+			}
+			return 0, nil, nil // need one more byte: \r\n or a lone \r
+		}
+	}
+	if atEOF && len(data) > 0 {
+		return len(data), data, nil
+	}
+	return 0, nil, nil
 }
 
 // ReadKDDFile is ReadKDD on a file.
