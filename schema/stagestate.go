@@ -1,6 +1,12 @@
 package schema
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -118,4 +124,94 @@ func HostScoresConfig(replicas int, ttl time.Duration) jetstream.KeyValueConfig 
 func ModelsConfig(replicas int) jetstream.ObjectStoreConfig {
 	return jetstream.ObjectStoreConfig{Bucket: ModelsBucket, Storage: jetstream.FileStorage, Replicas: max(replicas, 1),
 		Description: "netwatch detector models (detector push)"}
+}
+
+// GroupStreamConfig is the work-queue stream of the elastic consumer
+// group name on stream as github.com/synadia-io/orbit.go/pcgroups v0.2.2
+// CreateElastic makes it (no buffer limits), with a start time on its
+// source: named "<stream>-<name>", work-queue retention, DiscardNew,
+// AllowDirect, replicas and storage as stream, sourcing stream through the
+// partitioning transform filter -> "{{Partition(partitions,wildcards)}}."
+// + filter with its i-th '*' as "{{Wildcard(i)}}", from the first message
+// stored at or after start (nil start: from the first message stream
+// holds, as pcgroups does).
+func GroupStreamConfig(stream, name string, partitions uint, filter string, wildcards []int, replicas int,
+	storage jetstream.StorageType, start *time.Time) jetstream.StreamConfig {
+	toks := strings.Split(filter, ".")
+	n := 0
+	for i, t := range toks {
+		if t == "*" {
+			n++
+			toks[i] = fmt.Sprintf("{{Wildcard(%d)}}", n)
+		}
+	}
+	w := make([]string, len(wildcards))
+	for i, x := range wildcards {
+		w[i] = strconv.Itoa(x)
+	}
+	dest := fmt.Sprintf("{{Partition(%d)}}.%s", partitions, strings.Join(toks, "."))
+	if len(w) > 0 {
+		dest = fmt.Sprintf("{{Partition(%d,%s)}}.%s", partitions, strings.Join(w, ","), strings.Join(toks, "."))
+	}
+	return jetstream.StreamConfig{Name: stream + "-" + name, Retention: jetstream.WorkQueuePolicy, Replicas: replicas,
+		Storage: storage, Discard: jetstream.DiscardNew, AllowDirect: true,
+		Sources: []*jetstream.StreamSource{{Name: stream, OptStartTime: start,
+			SubjectTransforms: []jetstream.SubjectTransformConfig{{Source: filter, Destination: dest}}}}}
+}
+
+// CreateGroupStream creates the work-queue stream of the consumer group
+// name on stream (GroupStreamConfig) sourcing stream from now (the
+// server's time when it is created): a new group receives only what stream stores from then
+// on, not what it already holds (FLOWS keeps 24 h, PACKETS 1 h by
+// default), so switching from one instance (a durable consumer that has
+// already read them) to a group does not run them again (detectors:
+// every past alert re-sent; enrichers: every retained packet made into
+// flow records again). The cost: messages stored before the group
+// exists are never read by it; create the group before the sources
+// publish (netwatchctl provision does, deploy/README.md). A stream that
+// exists is left as it is (its start is never moved, also when pcgroups
+// or an older netwatchctl created it without one) after checking that it
+// sources stream through the same transform. It returns the source's
+// start (nil: from the beginning of stream). Call it before
+// pcgroups.CreateElastic, whose own create of the stream then fails with
+// jetstream.ErrStreamNameAlreadyInUse (the configs differ by the start).
+func CreateGroupStream(ctx context.Context, js jetstream.JetStream, stream, name string, partitions uint, filter string,
+	wildcards []int) (*time.Time, error) {
+	src, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil, fmt.Errorf("group %s: stream %s: %w", name, stream, err)
+	}
+	now := src.CachedInfo().TimeStamp // the server's clock (the source compares it with its stored times)
+	if now.IsZero() {
+		now = time.Now()
+	}
+	now = now.UTC()
+	want := GroupStreamConfig(stream, name, partitions, filter, wildcards, src.CachedInfo().Config.Replicas,
+		src.CachedInfo().Config.Storage, &now)
+	s, err := js.Stream(ctx, want.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if s, err = js.CreateStream(ctx, want); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return nil, fmt.Errorf("group %s: create stream %s: %w", name, want.Name, err)
+		}
+		if err != nil { // created meanwhile by another
+			s, err = js.Stream(ctx, want.Name)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("group %s: stream %s: %w", name, want.Name, err)
+	}
+	got := s.CachedInfo().Config.Sources
+	if len(got) != 1 || got[0].Name != stream || !reflect.DeepEqual(got[0].SubjectTransforms, want.Sources[0].SubjectTransforms) {
+		return nil, fmt.Errorf("group %s: stream %s exists with sources %v, want %s through %v: delete the group first",
+			name, want.Name, sourceNames(got), stream, want.Sources[0].SubjectTransforms)
+	}
+	return got[0].OptStartTime, nil
+}
+
+func sourceNames(ss []*jetstream.StreamSource) []string {
+	var n []string
+	for _, s := range ss {
+		n = append(n, s.Name)
+	}
+	return n
 }

@@ -214,7 +214,8 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 	if _, err := schema.ProvisionRegistry(ctx, js, o); err != nil {
 		return err
 	}
-	if err := provisionStageState(ctx, js, *replicas, *partitions, *dpartitions); err != nil {
+	starts, err := provisionStageState(ctx, js, *replicas, *partitions, *dpartitions)
+	if err != nil {
 		return err
 	}
 	if len(domains) > 0 {
@@ -234,12 +235,22 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 		}
 	}
 	fmt.Fprintf(stdout, "consumers: %d, key-value bucket %s: replicas %d\n", len(schema.ConsumerConfigs(o)), schema.RegistryBucket, *replicas)
-	fmt.Fprintf(stdout, "enricher group %s (stream %s-%s), key-value buckets %s, %s, object store %s\n", schema.EnricherGroup,
-		schema.StreamPackets, schema.EnricherGroup, schema.CheckpointBucket, schema.HostScoresBucket, schema.ModelsBucket)
+	fmt.Fprintf(stdout, "enricher group %s (stream %s-%s, %s), key-value buckets %s, %s, object store %s\n", schema.EnricherGroup,
+		schema.StreamPackets, schema.EnricherGroup, sourcedFrom(schema.StreamPackets, starts[schema.EnricherGroup]),
+		schema.CheckpointBucket, schema.HostScoresBucket, schema.ModelsBucket)
 	for _, g := range []string{schema.DetectorGroup, schema.DetectorTargetGroup(schema.DetectorGroup)} {
-		fmt.Fprintf(stdout, "detector group %s (stream %s-%s): %d partitions\n", g, schema.StreamFlows, g, *dpartitions)
+		fmt.Fprintf(stdout, "detector group %s (stream %s-%s, %s): %d partitions\n", g, schema.StreamFlows, g,
+			sourcedFrom(schema.StreamFlows, starts[g]), *dpartitions)
 	}
 	return nil
+}
+
+// sourcedFrom says where a group's work-queue stream starts reading stream.
+func sourcedFrom(stream string, start *time.Time) string {
+	if start == nil {
+		return "sources " + stream + " from its first message"
+	}
+	return "sources " + stream + " from " + start.UTC().Format(time.RFC3339Nano)
 }
 
 // provisionStageState creates or updates what the stages keep their own
@@ -250,44 +261,72 @@ func cmdProvision(args []string, getenv func(string) string, stdout io.Writer) e
 // and the detectors' two consumer groups on FLOWS (schema.DetectorGroup,
 // partitioned by originator, and its target group, by responder; detector
 // README "Scaling") with dpartitions partitions each.
+// Each group's work-queue stream sources its stream from the time it is
+// created here, never moved by a later provision (schema.CreateGroupStream):
+// a new group does not read the PACKETS or FLOWS messages stored before
+// it (so turning one enricher or detector into a group does not make the
+// retained packets into flow records again or re-send every past alert),
+// and provisioning before the sources publish loses nothing. It returns
+// each group's source start by group name (nil: a group created without
+// one, by pcgroups or an older netwatchctl, sourced from the beginning).
 // The stages' users may create these but not update them, so provisioning
 // them here fixes their configuration. A group that exists with another
 // partition count is an error (pcgroups cannot change it: delete the group
 // first, see deploy/README.md "Scaling the enrichers").
-func provisionStageState(ctx context.Context, js jetstream.JetStream, replicas int, partitions, dpartitions uint) error {
+func provisionStageState(ctx context.Context, js jetstream.JetStream, replicas int, partitions, dpartitions uint) (map[string]*time.Time, error) {
 	// pcgroups' bucket with the configuration pcgroups gives it (replicas
 	// as PACKETS): CreateElastic reuses an existing bucket as it is, so an
 	// update here resets anything else (a source) set on it
 	st, err := js.Stream(ctx, schema.StreamPackets)
 	if err != nil {
-		return fmt.Errorf("provision enricher group %s: %w", schema.EnricherGroup, err)
+		return nil, fmt.Errorf("provision enricher group %s: %w", schema.EnricherGroup, err)
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "elastic-consumer-groups",
 		Replicas: st.CachedInfo().Config.Replicas, Storage: jetstream.FileStorage}); err != nil {
-		return fmt.Errorf("provision key-value bucket elastic-consumer-groups: %w", err)
+		return nil, fmt.Errorf("provision key-value bucket elastic-consumer-groups: %w", err)
 	}
-	filter := []pcgroups.PartitioningFilter{{Filter: schema.GroupFilterSubject, PartitioningWildcards: schema.GroupPartitioningWildcards}}
-	if _, err := pcgroups.CreateElastic(ctx, js, schema.StreamPackets, schema.EnricherGroup, partitions, filter, 0, 0); err != nil {
-		return fmt.Errorf("provision enricher group %s: %w", schema.EnricherGroup, err)
+	filter := pcgroups.PartitioningFilter{Filter: schema.GroupFilterSubject, PartitioningWildcards: schema.GroupPartitioningWildcards}
+	start := map[string]*time.Time{}
+	if start[schema.EnricherGroup], err = provisionGroup(ctx, js, schema.StreamPackets, schema.EnricherGroup, partitions, filter); err != nil {
+		return nil, fmt.Errorf("provision enricher group %s: %w", schema.EnricherGroup, err)
 	}
 	for _, g := range []struct {
 		name      string
 		wildcards []int
 	}{{schema.DetectorGroup, schema.DetectorOrigWildcards}, {schema.DetectorTargetGroup(schema.DetectorGroup), schema.DetectorTargetWildcards}} {
-		filter := []pcgroups.PartitioningFilter{{Filter: schema.DetectorGroupFilterSubject, PartitioningWildcards: g.wildcards}}
-		if _, err := pcgroups.CreateElastic(ctx, js, schema.StreamFlows, g.name, dpartitions, filter, 0, 0); err != nil {
-			return fmt.Errorf("provision detector group %s: %w", g.name, err)
+		filter := pcgroups.PartitioningFilter{Filter: schema.DetectorGroupFilterSubject, PartitioningWildcards: g.wildcards}
+		if start[g.name], err = provisionGroup(ctx, js, schema.StreamFlows, g.name, dpartitions, filter); err != nil {
+			return nil, fmt.Errorf("provision detector group %s: %w", g.name, err)
 		}
 	}
 	for _, cfg := range []jetstream.KeyValueConfig{schema.CheckpointBucketConfig(replicas), schema.HostScoresConfig(replicas, 0)} {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
-			return fmt.Errorf("provision key-value bucket %s: %w", cfg.Bucket, err)
+			return nil, fmt.Errorf("provision key-value bucket %s: %w", cfg.Bucket, err)
 		}
 	}
 	if _, err := js.CreateOrUpdateObjectStore(ctx, schema.ModelsConfig(replicas)); err != nil {
-		return fmt.Errorf("provision object store %s: %w", schema.ModelsBucket, err)
+		return nil, fmt.Errorf("provision object store %s: %w", schema.ModelsBucket, err)
 	}
-	return nil
+	return start, nil
+}
+
+// provisionGroup creates the elastic consumer group name on stream with
+// filter and partitions: its work-queue stream first, sourced from now
+// (schema.CreateGroupStream; an existing one is kept as it is), then its
+// pcgroups configuration, whose create of the stream then finds ours
+// (jetstream.ErrStreamNameAlreadyInUse: it differs by the start time). It
+// returns the source's start (nil: from the beginning of stream).
+func provisionGroup(ctx context.Context, js jetstream.JetStream, stream, name string, partitions uint,
+	filter pcgroups.PartitioningFilter) (*time.Time, error) {
+	start, err := schema.CreateGroupStream(ctx, js, stream, name, partitions, filter.Filter, filter.PartitioningWildcards)
+	if err != nil {
+		return nil, err
+	}
+	_, err = pcgroups.CreateElastic(ctx, js, stream, name, partitions, []pcgroups.PartitioningFilter{filter}, 0, 0)
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return nil, err
+	}
+	return start, nil
 }
 
 func cmdAccountsConf(args []string, getenv func(string) string, stdout io.Writer) error {
