@@ -1,10 +1,12 @@
 package stage
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -38,9 +40,10 @@ func ARPConsumerConfig(replicas int) jetstream.ConsumerConfig {
 // the sensor and the ARP summaries of each PacketBatch (arp.Extract) and
 // the first fields (1-10) of its packet summaries (packetSummaries), runs
 // the ARP rule and the live scan and flood counts (rules.Engine.ObservePacket:
-// icmp_flood, syn_flood, udp_flood, portscan, hostsweep), publishes their
+// icmp_flood, syn_flood, udp_flood, portscan, hostsweep) on the messages
+// gathered for LiveReorder (consumeLive, HandleARPBatch), publishes their
 // alerts and acks. A batch whose framing is broken is terminated and
-// counted; a broken packet summary is logged and ends the ICMP count of
+// counted; a broken packet summary is logged and ends the live count of
 // its batch.
 func (s *Stage) RunARP(ctx context.Context, replicas int) error {
 	if s.grp != nil {
@@ -57,77 +60,158 @@ func (s *Stage) RunARP(ctx context.Context, replicas int) error {
 	stop := context.AfterFunc(ctx, it.Drain)
 	defer stop()
 	defer it.Stop()
-	hctx := context.WithoutCancel(ctx)
 	s.arpReady.Store(true)
 	defer s.arpReady.Store(false)
 	s.log.Info("consuming", "stream", schema.StreamPackets, "consumer", ConsumerARP)
-	for {
-		msg, err := it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-				return nil
+	s.consumeLive(ctx, it, ConsumerARP)
+	return nil
+}
+
+// LiveReorder is how long (wall clock) the live path gathers PACKETS
+// messages after the first one before it runs their packet summaries
+// through the live rules in packet-time order. The agent keeps one open
+// batch per bucket (schema.Buckets, by 5-tuple) and sends it when full or
+// 200 ms old (publish.NewBatcher), so messages of different buckets hold
+// interleaved packet times: counted in arrival order, a spoofed SYN
+// flood's 1,000th SYN was a packet 3.8 s into the flood instead of 0.15 s
+// (full-speed replay of attack-synflood-spoofed-sources.pcap). It adds at
+// most this much to a live alert's latency.
+const LiveReorder = 250 * time.Millisecond
+
+// liveGatherBytes bounds the PACKETS message bytes of one gather (a
+// summary is 40-100 bytes): a full-speed replay is processed in parts.
+const liveGatherBytes = 32 << 20
+
+// consumeLive reads it until it is closed (or fails with ctx done) and
+// hands the messages to HandleARPBatch in gathers: from a first message,
+// every message that arrives within LiveReorder, up to liveGatherBytes.
+// consumer names the source in logs.
+func (s *Stage) consumeLive(ctx context.Context, it jetstream.MessagesContext, consumer string) {
+	ch := make(chan jetstream.Msg, 1024)
+	go func() {
+		defer close(ch)
+		for {
+			msg, err := it.Next()
+			if err != nil {
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+					return
+				}
+				s.log.Warn("next message", "consumer", consumer, "err", err)
+				continue
 			}
-			s.log.Warn("next message", "consumer", ConsumerARP, "err", err)
-			continue
+			ch <- msg
 		}
-		s.HandleARP(hctx, msg)
+	}()
+	hctx := context.WithoutCancel(ctx)
+	var msgs []jetstream.Msg
+	for msg := range ch {
+		msgs = append(msgs[:0], msg)
+		n := len(msg.Data())
+		timer := time.NewTimer(LiveReorder)
+	gather:
+		for n < liveGatherBytes {
+			select {
+			case m, ok := <-ch:
+				if !ok {
+					break gather
+				}
+				msgs = append(msgs, m)
+				n += len(m.Data())
+			case <-timer.C:
+				break gather
+			}
+		}
+		timer.Stop()
+		s.HandleARPBatch(hctx, msgs)
+		clear(msgs)
 	}
 }
 
 // HandleARP processes one PACKETS message for the ARP rule and the live
-// scan and flood counts.
+// scan and flood counts (HandleARPBatch of one message).
 func (s *Stage) HandleARP(ctx context.Context, msg jetstream.Msg) {
-	sensor, arps, err := arp.Extract(msg.Data())
-	if err != nil {
-		s.m.ARPTerminated.Inc()
-		s.log.Warn("terminate undecodable packet batch", "consumer", ConsumerARP, "subject", msg.Subject(), "err", err)
-		if s.grp == nil { // an ordered consumer's messages are not acked
-			_ = msg.Term()
-		}
-		return
-	}
-	if sensor == "" {
-		sensor = schema.SensorFromSubject(msg.Subject())
-	}
-	s.arpMu.Lock()
-	if c := s.nextARP.Swap(nil); c != nil {
-		s.arp.SetConfig(*c)
-	}
+	s.HandleARPBatch(ctx, []jetstream.Msg{msg})
+}
+
+// livePacket is a packet summary of a gather, with its sensor and its
+// addresses' bytes (aliasing the message data) for the group partitions.
+type livePacket struct {
+	p        rules.Packet
+	src, dst []byte
+	sensor   string
+}
+
+// HandleARPBatch processes PACKETS messages for the ARP rule (each
+// message's ARP summaries in message order) and the live scan and flood
+// counts: the packet summaries of all the messages are sorted by packet
+// time (stable) first, so that a flood alert's time is that of the packet
+// crossing the threshold in packet-time order, and its "within" and rate
+// run from the window's first packet to it (README). Alerts are published,
+// then every message acked; when a publish fails the alerts not published
+// are retracted and every message is nak'ed. An undecodable message is
+// terminated and counted, the others go on.
+func (s *Stage) HandleARPBatch(ctx context.Context, msgs []jetstream.Msg) {
 	var alerts []*pb.Alert
-	if s.grp != nil && !s.grp.arpOwner() {
-		arps = nil // group mode: the ARP rule runs on the holder of partition 0
+	var pkts []livePacket
+	good := make([]jetstream.Msg, 0, len(msgs))
+	nicmp, narps := 0, 0
+	for _, msg := range msgs {
+		sensor, arps, err := arp.Extract(msg.Data())
+		if err != nil {
+			s.m.ARPTerminated.Inc()
+			s.log.Warn("terminate undecodable packet batch", "consumer", ConsumerARP, "subject", msg.Subject(), "err", err)
+			if s.grp == nil { // an ordered consumer's messages are not acked
+				_ = msg.Term()
+			}
+			continue
+		}
+		good = append(good, msg)
+		if sensor == "" {
+			sensor = schema.SensorFromSubject(msg.Subject())
+		}
+		if s.grp != nil && !s.grp.arpOwner() {
+			arps = nil // group mode: the ARP rule runs on the holder of partition 0
+		}
+		s.arpMu.Lock()
+		if c := s.nextARP.Swap(nil); c != nil {
+			s.arp.SetConfig(*c)
+		}
+		for _, a := range arps {
+			alerts = append(alerts, s.arp.Observe(sensor, a)...)
+		}
+		s.arpMu.Unlock()
+		narps += len(arps)
+		err = packetSummaries(msg.Data(), func(p *summary) {
+			if rules.IsICMPRequest(p.proto, p.icmp) {
+				nicmp++
+			}
+			sa, _ := netip.AddrFromSlice(p.src)
+			da, _ := netip.AddrFromSlice(p.dst)
+			pkts = append(pkts, livePacket{p: rules.Packet{TsNs: p.ts, Src: sa, Dst: da, SrcPort: p.sport, DstPort: p.dport,
+				Proto: p.proto, Payload: p.payload, TCPFlags: p.flags, ICMPType: p.icmp}, src: p.src, dst: p.dst, sensor: sensor})
+		})
+		if err != nil { // arp.Extract accepted the framing: only a summary is broken
+			s.log.Warn("packet summary", "consumer", ConsumerARP, "subject", msg.Subject(), "err", err)
+		}
 	}
-	for _, a := range arps {
-		alerts = append(alerts, s.arp.Observe(sensor, a)...)
-	}
-	s.arpMu.Unlock()
-	s.m.ARPFrames.Add(float64(len(arps)))
+	s.m.ARPFrames.Add(float64(narps))
 	narp := len(alerts)
+	if len(good) > 1 {
+		slices.SortStableFunc(pkts, func(a, b livePacket) int { return cmp.Compare(a.p.TsNs, b.p.TsNs) })
+	}
 	// icmp_flood, syn_flood, udp_flood, portscan and hostsweep from the
-	// packet summaries, as they arrive (rules/live.go).
+	// packet summaries, in packet-time order (rules/live.go).
 	s.engMu.Lock()
 	if r := s.nextRules.Swap(nil); r != nil { // a reloaded -config applies here too
 		s.engine.SetConfig(*r)
 	}
-	nicmp, npkt := 0, 0
-	var lp rules.Packet
-	err = packetSummaries(msg.Data(), func(p *summary) {
-		npkt++
-		if rules.IsICMPRequest(p.proto, p.icmp) {
-			nicmp++
-		}
-		sa, _ := netip.AddrFromSlice(p.src)
-		da, _ := netip.AddrFromSlice(p.dst)
-		lp = rules.Packet{TsNs: p.ts, Src: sa, Dst: da, SrcPort: p.sport, DstPort: p.dport, Proto: p.proto,
-			Payload: p.payload, TCPFlags: p.flags, ICMPType: p.icmp}
-		alerts = s.observeLive(alerts, sensor, p.src, p.dst, &lp)
-	})
-	s.engMu.Unlock()
-	s.m.LivePackets.Add(float64(npkt))
-	s.m.LiveICMP.Add(float64(nicmp))
-	if err != nil { // arp.Extract accepted the framing: only a summary is broken
-		s.log.Warn("packet summary", "consumer", ConsumerARP, "subject", msg.Subject(), "err", err)
+	for i := range pkts {
+		lp := &pkts[i]
+		alerts = s.observeLive(alerts, lp.sensor, lp.src, lp.dst, &lp.p)
 	}
+	s.engMu.Unlock()
+	s.m.LivePackets.Add(float64(len(pkts)))
+	s.m.LiveICMP.Add(float64(nicmp))
 	for i, a := range alerts {
 		if err := s.emit(ctx, a); err != nil {
 			s.m.PublishErrors.Inc()
@@ -143,15 +227,19 @@ func (s *Stage) HandleARP(ctx context.Context, msg jetstream.Msg) {
 			}
 			s.engMu.Unlock()
 			if s.grp == nil {
-				_ = msg.NakWithDelay(s.cfg.NakDelay)
+				for _, msg := range good {
+					_ = msg.NakWithDelay(s.cfg.NakDelay)
+				}
 			}
 			return
 		}
 	}
-	if s.grp != nil {
-		// ordered consumer: nothing to ack
-	} else if err := msg.Ack(); err != nil {
-		s.log.Warn("ack", "consumer", ConsumerARP, "err", err)
+	for _, msg := range good {
+		if s.grp != nil {
+			// ordered consumer: nothing to ack
+		} else if err := msg.Ack(); err != nil {
+			s.log.Warn("ack", "consumer", ConsumerARP, "err", err)
+		}
+		s.m.ARPMessages.Inc()
 	}
-	s.m.ARPMessages.Inc()
 }

@@ -453,7 +453,7 @@ func (s *Stage) retractLive(a *pb.Alert) {
 
 // runLiveGroup is RunARP in group mode: every member reads all of PACKETS
 // through an ordered consumer (new messages from its start; no acks, so
-// no shared durable splits the packets) and HandleARP keeps the packets of
+// no shared durable splits the packets) and HandleARPBatch keeps the packets of
 // its partitions (observeLive) and, on the member holding partition 0 of
 // the originator group, the ARP summaries.
 func (s *Stage) runLiveGroup(ctx context.Context) error {
@@ -469,19 +469,9 @@ func (s *Stage) runLiveGroup(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	defer it.Stop()
-	hctx := context.WithoutCancel(ctx)
 	s.arpReady.Store(true)
 	defer s.arpReady.Store(false)
 	s.log.Info("consuming", "stream", schema.StreamPackets, "consumer", "ordered (live rules and ARP of this member's partitions)")
-	for {
-		msg, err := it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
-				return nil
-			}
-			s.log.Warn("next message", "stream", schema.StreamPackets, "err", err)
-			continue
-		}
-		s.HandleARP(hctx, msg)
-	}
+	s.consumeLive(ctx, it, "ordered")
+	return nil
 }
