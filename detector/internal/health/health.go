@@ -14,6 +14,8 @@ import (
 	"sort"
 	"time"
 
+	"google.golang.org/protobuf/reflect/protoreflect"
+
 	"netwatch/schema"
 	"netwatch/schema/pb"
 )
@@ -34,7 +36,7 @@ type Config struct {
 	MinInterval     time.Duration // floor of the interval estimate (an agent sending faster is not judged on it)
 	DropRatio       float64       // dropped / (received + dropped) between two samples that alerts
 	DropMin         uint64        // and at least this many drops between them
-	DiskRatio       float64       // used / total of a mounted file system that alerts
+	DiskRatio       float64       // fullness of a mounted file system that alerts: df's used / (used + avail), see UsedRatio
 	LagPending      uint64        // messages pending (not yet delivered) on a durable consumer that alert
 	Window          time.Duration // one alert per (rule, sensor, target) per window of wall time; a condition that lasts is re-alerted each window
 }
@@ -173,20 +175,64 @@ func (m *Monitor) Observe(mt *pb.Metrics, now time.Time) []*pb.Alert {
 		}
 	}
 	for _, d := range mt.GetDisks() {
-		if d.GetTotalBytes() == 0 {
+		avail, hasAvail := availBytes(d)
+		var r float64
+		ev := map[string]any{"used_bytes": d.GetUsedBytes(), "total_bytes": d.GetTotalBytes(),
+			"threshold_ratio": m.cfg.DiskRatio, "host": mt.GetHost()}
+		switch {
+		case hasAvail:
+			if d.GetUsedBytes()+avail == 0 {
+				continue
+			}
+			r = UsedRatio(d.GetUsedBytes(), avail)
+			ev["avail_bytes"], ev["basis"] = avail, "used/(used+avail)"
+		case d.GetTotalBytes() > 0:
+			r = float64(d.GetUsedBytes()) / float64(d.GetTotalBytes())
+			ev["basis"] = "used/total"
+		default:
 			continue
 		}
-		r := float64(d.GetUsedBytes()) / float64(d.GetTotalBytes())
+		ev["ratio"] = r
 		if r >= m.cfg.DiskRatio {
 			if a := m.alert(now, sensor, RuleDisk, d.GetMount(), pb.Severity_SEVERITY_MEDIUM,
-				fmt.Sprintf("disk %s on %s (sensor %s) is %.1f %% full", d.GetMount(), mt.GetHost(), sensor, 100*r),
-				map[string]any{"used_bytes": d.GetUsedBytes(), "total_bytes": d.GetTotalBytes(), "ratio": r,
-					"threshold_ratio": m.cfg.DiskRatio, "host": mt.GetHost()}); a != nil {
+				fmt.Sprintf("disk %s on %s (sensor %s) is %.1f %% full", d.GetMount(), mt.GetHost(), sensor, 100*r), ev); a != nil {
 				out = append(out, a)
 			}
 		}
 	}
 	return out
+}
+
+// UsedRatio is how full a file system is as df(1) reports it (GNU
+// coreutils df "Use%", and gopsutil's UsedPercent): used / (used +
+// avail), where used = (f_blocks - f_bfree) × f_frsize and avail =
+// f_bavail × f_frsize of statfs(2). The blocks reserved for root (f_bfree
+// - f_bavail, 5 % by default on ext4) count as neither, so the ratio
+// reaches 1 when an unprivileged writer gets ENOSPC; used / total would
+// stay below 1 - reserved share (0.95 on a default ext4: a 0.96 threshold
+// never fires). df prints the percentage rounded up. 0 when both are 0.
+func UsedRatio(used, avail uint64) float64 {
+	if used+avail == 0 {
+		return 0
+	}
+	return float64(used) / (float64(used) + float64(avail))
+}
+
+// availBytes returns the available bytes (f_bavail × f_frsize) of a disk
+// and whether the METRICS message carries them: the field avail_bytes of
+// DiskUsage, looked up by name so this works as soon as the schema has it
+// (netwatch.v1.DiskUsage carries only total_bytes = f_blocks × f_frsize
+// and used_bytes = (f_blocks - f_bfree) × f_frsize today: without it the
+// disk rule falls back to used / total, which understates df's Use% by
+// the reserved blocks). Presence is protobuf field presence (a proto3
+// "optional" field: an agent that sends 0 available bytes is full).
+func availBytes(d *pb.DiskUsage) (uint64, bool) {
+	m := d.ProtoReflect()
+	f := m.Descriptor().Fields().ByName("avail_bytes")
+	if f == nil || f.Kind() != protoreflect.Uint64Kind || !m.Has(f) {
+		return 0, false
+	}
+	return m.Get(f).Uint(), true
 }
 
 // CheckSilent returns an alert for each sensor that has sent at least two

@@ -1,6 +1,9 @@
 package health
 
 import (
+	"math"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -76,5 +79,57 @@ func TestLag(t *testing.T) {
 	got := m.CheckLag([]Lag{{Stream: "FLOWS", Consumer: "detector", Pending: 99_999}, {Stream: "FLOWS", Consumer: "sink-flows", Pending: 100_000, AckPending: 5}}, now)
 	if len(got) != 1 || got[0].Sensor != SystemSensor || !strings.Contains(got[0].Summary, "sink-flows") {
 		t.Fatalf("lag: %v", got)
+	}
+}
+
+// TestUsedRatioDf: UsedRatio agrees with df(1)'s Use% (rounded up, as df
+// prints it) on this machine's mounted file systems, read with `df -B1
+// --output=used,avail,pcent`, and on a statfs(2) reading of a root file
+// system with a large reserve (f_blocks 66,053,021, f_bfree 57,089,308,
+// f_bavail 14,911,603, 4 KiB blocks: df said 38 %, used / total is
+// 13.6 %).
+func TestUsedRatioDf(t *testing.T) {
+	const bs = 4096
+	used, avail := uint64(66_053_021-57_089_308)*bs, uint64(14_911_603)*bs
+	if r := UsedRatio(used, avail); math.Ceil(100*r) != 38 {
+		t.Errorf("statfs reading: UsedRatio %.4f, df says 38 %%", r)
+	}
+	out, err := exec.Command("df", "-B1", "--output=used,avail,pcent,target").Output()
+	if err != nil {
+		t.Fatalf("df: %v", err)
+	}
+	n := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[2] == "-" {
+			continue // no blocks (a pseudo file system)
+		}
+		u, err1 := strconv.ParseUint(f[0], 10, 64)
+		a, err2 := strconv.ParseUint(f[1], 10, 64)
+		p, err3 := strconv.Atoi(strings.TrimSuffix(f[2], "%"))
+		if err1 != nil || err2 != nil || err3 != nil {
+			t.Fatalf("df line %q", line)
+		}
+		n++
+		if got := int(math.Ceil(100 * UsedRatio(u, a))); got != p {
+			t.Errorf("%s: used %d avail %d: UsedRatio gives %d %%, df %d %%", f[3], u, a, got, p)
+		}
+	}
+	if n == 0 {
+		t.Fatal("df listed no file system with blocks")
+	}
+	if UsedRatio(0, 0) != 0 {
+		t.Error("UsedRatio(0, 0) != 0")
+	}
+}
+
+// TestDiskWithoutAvail: METRICS without available bytes (DiskUsage has no
+// avail_bytes today) falls back to used / total and says so.
+func TestDiskWithoutAvail(t *testing.T) {
+	m := New(DefaultConfig())
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	got := m.Observe(sample("s1", now, 0, 0, 900), now)
+	if len(got) != 1 || !strings.Contains(string(got[0].Evidence), `"basis":"used/total"`) {
+		t.Fatalf("disk 900 of 1000: %v", got)
 	}
 }
