@@ -452,11 +452,21 @@ func compareReport(t *testing.T, path string, got []byte, loose func(k string, w
 // "reproduced by make test") come out of `detector evaluate` again: the
 // flow model on the held-out fifth of KDDTrain+_20Percent and the
 // query-name model on validate.csv exactly (the shipped models are fixed
-// and scored deterministically); the whole-attack-type hold-out, whose
-// trees golearn retrains with random tie-breaks, with the same rows and
-// supports and a binary accuracy within 0.01 of the report (6 runs on
-// 2026-11-29: 0.795-0.802). The host model's report: TestEvaluateHosts.
+// and scored deterministically); the whole-attack-type hold-out, which
+// retrains the design per fold, with the same rows and supports and a
+// binary accuracy within holdoutTolerance of the report. That retraining
+// cannot be made deterministic: golearn's isolation forest draws from
+// math/rand's global source (rand.Seed is a no-op since Go 1.24) and its
+// ID3 breaks ties between equal splits in map order. 41 runs of `detector
+// evaluate -format nsl-kdd -holdout-types` on 2026-11-30 gave 0.9060 to
+// 0.9419 (median 0.9308, the shipped report's run; 39 of 41 within
+// 0.9230-0.9385; the QA's 8 runs 0.9286-0.9365, models/README.md). The
+// host model's report: TestEvaluateHosts.
 func TestShippedReports(t *testing.T) {
+	// holdoutTolerance covers the measured range around the shipped
+	// median (-0.0248, +0.0111) with 0.005 to spare; a hold-out no better
+	// than answering attack for every record (0.814) still fails.
+	const holdoutTolerance = 0.03
 	shared := testkit.Shared(t)
 	kdd := filepath.Join(shared, "data/labeled/nsl-kdd/KDDTrain+_20Percent.txt")
 	for _, c := range []struct {
@@ -477,7 +487,8 @@ func TestShippedReports(t *testing.T) {
 		{"flow-id3.holdout-types.eval.json", []string{"-format", "nsl-kdd", "-holdout-types", "-data", kdd}, func(k string, want, got any) bool {
 			switch k {
 			case "binary_accuracy":
-				return math.Abs(want.(float64)-got.(float64)) <= 0.01
+				t.Logf("hold-out binary accuracy %.4f, the report %.4f (tolerance %v)", got, want, holdoutTolerance)
+				return math.Abs(want.(float64)-got.(float64)) <= holdoutTolerance
 			case "classes":
 				for cl, v := range want.(map[string]any) {
 					g, ok := got.(map[string]any)[cl].(map[string]any)
@@ -682,13 +693,24 @@ func TestRunModelLoadFailure(t *testing.T) {
 
 // TestEvaluateCaptures: `detector evaluate -format captures` (the flow
 // classifier trained on the labelled captures' own flows, each capture
-// scored by a tree trained without it) reproduces the shipped report
-// models/flow-captures-id3.eval.json: the same captures, flows and
-// labelled attack flows exactly, binary accuracy at least 0.772 (golearn's
-// ID3 breaks ties at random). The attack flows of six captures are the
+// scored by a tree trained without it) against the shipped report
+// models/flow-captures-id3.eval.json. What it checks exactly: the same
+// captures, each with the same number of flows and of labelled attack
+// flows, and the confusion matrix's row sums (the labelled flows); and,
+// independently of the code, the attack flows of six captures are the
 // counts their label files state: nmap SYN scan 1,994 probes, masscan 1,001
 // probes, 11 SSH and 30 FTP sessions (pcap-labels.csv), hydra SSH 9 TCP
 // connections, hydra HTTP 40 passwords = 40 connections (lab/labels.csv).
+// What it does not check: the classifier's accuracy. The floor 0.772
+// (the previous six-feature tree's 0.762 + 0.01) is below every run
+// reported (0.785 to 0.997: models/README.md and the QA of issue 5), so
+// it only catches a collapse, not a regression: golearn's ID3 breaks ties
+// between equally good splits in map order (no seed controls it: 5 refits
+// of the NSL-KDD binary and 5-class trees on the same 20,154 records each
+// scored or classed 12-22 of the 5,038 held-out records differently from
+// a first fit, 2026-11-30), and with the traffic features that
+// decides whether the lab hping3 SYN flood's 14,785 flows are recognised
+// with their capture held out, which alone moves the accuracy by 0.2.
 func TestEvaluateCaptures(t *testing.T) {
 	shared := testkit.Shared(t)
 	testkit.Tool(t, "tshark")
@@ -722,11 +744,8 @@ func TestEvaluateCaptures(t *testing.T) {
 	compareReport(t, "../../models/flow-captures-id3.eval.json", out.Bytes(), func(k string, w, g any) bool {
 		switch k {
 		case "binary_accuracy":
-			// golearn's ID3 breaks ties between equal splits in map order; with
-			// the traffic features that decides whether the lab hping3 SYN
-			// flood's 14,785 flows are recognised with their capture held out:
-			// 0.785, 0.790 and 0.996 in three runs (models/README.md). Floor:
-			// the previous six-feature tree's 0.762 + 0.01.
+			// a floor only (see the doc comment): runs vary 0.785-0.997
+			// with golearn's map-order tie-breaks (models/README.md)
 			return g.(float64) >= 0.772
 		case "classes":
 			return true // follows binary_accuracy
