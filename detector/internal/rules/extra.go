@@ -205,6 +205,7 @@ func (e *Engine) observeExtra(out []*pb.Alert, sensor string, f *pb.Flow, orig, 
 		refl, _ := addr(r)
 		k := key{rule: amp, sensor: sensor, target: victim, win: windowStart(t, e.cfg.FloodWindow)}
 		s := e.get(k, t, e.cfg.FloodWindow)
+		s.addCID(f.GetCommunityId())
 		s.flows++
 		s.count += int(pkts)
 		s.addSource(refl)
@@ -227,6 +228,7 @@ func (e *Engine) observeExtra(out []*pb.Alert, sensor string, f *pb.Flow, orig, 
 		// the distinct random-looking parent domains among them.
 		k := key{rule: dga, sensor: sensor, orig: orig, win: windowStart(t, e.cfg.DGAWindow)}
 		s := e.get(k, t, e.cfg.DGAWindow)
+		s.addCID(f.GetCommunityId())
 		s.count++
 		q := f.GetServerName()
 		if l := registrable(q); IsRandomLabel(l) {
@@ -248,6 +250,7 @@ func (e *Engine) observeExtra(out []*pb.Alert, sensor string, f *pb.Flow, orig, 
 		}
 		k := key{rule: beacon, sensor: sensor, orig: orig, target: resp, port: port, win: windowStart(t, e.cfg.BeaconWindow)}
 		s := e.get(k, t, e.cfg.BeaconWindow)
+		s.addCID(f.GetCommunityId())
 		s.flows++
 		s.addStart(t)
 		if s.count >= e.cfg.BeaconConns {
@@ -362,6 +365,7 @@ func (e *Engine) ampAlert(k key, s *state, f *pb.Flow) *pb.Alert {
 		"first_packet_ns":  s.firstNs,
 		"elapsed_seconds":  elapsed.Seconds(),
 		"community_id":     f.GetCommunityId(),
+		"community_ids":    s.exampleCIDs(),
 		"update":           s.updates,
 	})
 	return &pb.Alert{
@@ -385,6 +389,7 @@ func (e *Engine) dgaAlert(k key, s *state, f *pb.Flow, resolver netip.Addr) *pb.
 	o := k.orig.String()
 	elapsed := elapsedSince(f, s)
 	ev, _ := json.Marshal(map[string]any{
+		"community_ids":           s.exampleCIDs(),
 		"nxdomain_random_domains": s.nnames,
 		"nxdomain_random_answers": s.flows,
 		"nxdomain_answers":        s.count,
@@ -434,6 +439,7 @@ func (e *Engine) beaconAlert(k key, s *state, f *pb.Flow, mean, cv float64) *pb.
 		"first_conn_ns":   s.starts[0],
 		"last_conn_ns":    s.starts[len(s.starts)-1],
 		"community_id":    f.GetCommunityId(),
+		"community_ids":   s.exampleCIDs(),
 		"update":          s.updates,
 	})
 	return &pb.Alert{

@@ -200,6 +200,7 @@ func (e *Engine) observeMore(out []*pb.Alert, sensor string, f *pb.Flow, orig, r
 	flood := func(r rule, threshold int, ok func(*state) bool) {
 		k := key{rule: r, sensor: sensor, target: resp, win: windowStart(t, e.cfg.FloodWindow)}
 		s := e.get(k, t, e.cfg.FloodWindow)
+		s.addCID(f.GetCommunityId())
 		s.flows++
 		s.count += pkts
 		s.addSource(orig)
@@ -231,6 +232,7 @@ func (e *Engine) observeMore(out []*pb.Alert, sensor string, f *pb.Flow, orig, r
 			}
 			k := key{rule: brute, sensor: sensor, orig: orig, target: resp, port: kp, win: windowStart(t, e.cfg.BruteWindow)}
 			s := e.get(k, t, e.cfg.BruteWindow)
+			s.addCID(f.GetCommunityId())
 			s.flows++
 			s.count++
 			if e.due(s, threshold, s.count) {
@@ -247,6 +249,7 @@ func (e *Engine) observeMore(out []*pb.Alert, sensor string, f *pb.Flow, orig, r
 			// (mkey): nothing pins the flow's memory.
 			k := key{rule: dnsTunnel, sensor: sensor, orig: orig, domain: parent, win: windowStart(t, e.cfg.DNSWindow)}
 			s := e.get(k, t, e.cfg.DNSWindow)
+			s.addCID(f.GetCommunityId())
 			s.flows++
 			s.count += pkts
 			if h, n := Entropy(sub); n >= tunnelMinLen && h >= tunnelMinEntropy {
@@ -330,6 +333,7 @@ func (e *Engine) floodAlert(k key, s *state, f *pb.Flow, threshold int) *pb.Aler
 		"first_packet_ns": s.firstNs,
 		"elapsed_seconds": elapsed.Seconds(),
 		"community_id":    f.GetCommunityId(),
+		"community_ids":   s.exampleCIDs(),
 		"update":          s.updates,
 	}
 	if k.rule == synFlood {
@@ -380,6 +384,7 @@ func (e *Engine) bruteAlert(k key, s *state, f *pb.Flow, threshold int) *pb.Aler
 		"first_session_ns":      s.firstNs,
 		"elapsed_seconds":       elapsed.Seconds(),
 		"community_id":          f.GetCommunityId(),
+		"community_ids":         s.exampleCIDs(),
 		"update":                s.updates,
 	})
 	return &pb.Alert{
@@ -468,6 +473,7 @@ func (e *Engine) dnsAlert(k key, s *state, f *pb.Flow, resolver netip.Addr) *pb.
 		share = float64(s.ntxt) / float64(s.count)
 	}
 	ev, _ := json.Marshal(map[string]any{
+		"community_ids":       s.exampleCIDs(),
 		"domain":              k.domain,
 		"signals":             signals,
 		"queries":             s.count,

@@ -12,6 +12,7 @@ import (
 	"hash/maphash"
 	"math"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -346,11 +347,35 @@ type state struct {
 	sample string // dns_tunnel: the longest query name seen; dga: the first random-looking name
 	// beaconing: the most recent connection starts (ns), sorted (addStart).
 	starts []int64
+	// every rule: up to maxCIDs distinct Community IDs of the flow records
+	// counted (addCID), for the evidence's "community_ids".
+	cids []string
 	// updates: the alert was re-published this many times with grown
 	// counts; next is the count at which it is published again (twice
 	// the count of the last publish).
 	updates int
 	next    int
+}
+
+// maxCIDs is the number of example Community IDs an alert's evidence
+// carries ("community_ids"; issue 5: evidence with counts, window and
+// example Community IDs).
+const maxCIDs = 3
+
+// addCID keeps id (a flow record's Community ID) as an example of the
+// state's flows: the first maxCIDs distinct non-empty ones.
+func (s *state) addCID(id string) {
+	if id == "" || len(s.cids) >= maxCIDs || slices.Contains(s.cids, id) {
+		return
+	}
+	s.cids = append(s.cids, id)
+}
+
+// exampleCIDs is the evidence's "community_ids": a copy of the examples
+// (the state's slice is reused), [] when there are none (live packets
+// carry no Community ID).
+func (s *state) exampleCIDs() []string {
+	return append([]string{}, s.cids...)
 }
 
 // addPort records a probed port and returns the number of distinct ports.
@@ -617,6 +642,7 @@ func (e *Engine) observeProbe(out []*pb.Alert, sensor string, f *pb.Flow, orig, 
 	if probe {
 		k := key{rule: portscan, sensor: sensor, orig: orig, target: resp, win: windowStart(t, e.cfg.PortscanWindow)}
 		s := e.get(k, t, e.cfg.PortscanWindow)
+		s.addCID(f.GetCommunityId())
 		s.flows++
 		n := s.addPort(proto<<16 | f.GetRespPort())
 		s.kinds[kind]++
@@ -633,6 +659,7 @@ func (e *Engine) observeProbe(out []*pb.Alert, sensor string, f *pb.Flow, orig, 
 	}
 	k := key{rule: hostsweep, sensor: sensor, orig: orig, win: windowStart(t, e.cfg.SweepWindow)}
 	s := e.get(k, t, e.cfg.SweepWindow)
+	s.addCID(f.GetCommunityId())
 	s.flows++
 	if n := s.addHost(port, resp); e.due(s, e.cfg.SweepHosts, n) {
 		out = append(out, e.sweepAlert(k, s, f, port))
@@ -672,7 +699,7 @@ func (e *Engine) get(lk key, t int64, w time.Duration) *state {
 		} else {
 			s = &state{}
 		}
-		*s = state{firstNs: t, winEndNs: k.win + int64(w), starts: s.starts[:0]}
+		*s = state{firstNs: t, winEndNs: k.win + int64(w), starts: s.starts[:0], cids: s.cids[:0]}
 		e.state[k] = s
 		if x := expiry(k, s); x < e.nextExpiry {
 			e.nextExpiry = x
@@ -767,6 +794,7 @@ func (e *Engine) portscanAlert(k key, s *state, f *pb.Flow) *pb.Alert {
 		}
 	}
 	ev, _ := json.Marshal(map[string]any{
+		"community_ids":         s.exampleCIDs(),
 		"distinct_ports":        s.nports,
 		"probe_flows":           s.flows,
 		"threshold":             e.cfg.PortscanPorts,
@@ -843,6 +871,7 @@ func (e *Engine) sweepAlert(k key, s *state, f *pb.Flow, port uint32) *pb.Alert 
 		elapsed = 0
 	}
 	ev, _ := json.Marshal(map[string]any{
+		"community_ids":   s.exampleCIDs(),
 		"service":         portName(port),
 		"distinct_hosts":  len(hs),
 		"probe_flows":     s.flows,
