@@ -134,3 +134,39 @@ func TestProvisionGroupsStartAtCreation(t *testing.T) {
 		}
 	}
 }
+
+// TestProvisionKeepsOlderGroup: a detector group pcgroups created before
+// (no start on its source, as a stage starting first or an older
+// netwatchctl made it) is kept as it is by provisioning: no error, start
+// nil (printed as "from its first message"), configuration unchanged.
+func TestProvisionKeepsOlderGroup(t *testing.T) {
+	_, _, js := testkit.JetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	f := pcgroups.PartitioningFilter{Filter: schema.DetectorGroupFilterSubject, PartitioningWildcards: schema.DetectorOrigWildcards}
+	if _, err := pcgroups.CreateElastic(ctx, js, schema.StreamFlows, schema.DetectorGroup, 8, []pcgroups.PartitioningFilter{f}, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	wq := schema.StreamFlows + "-" + schema.DetectorGroup
+	s, err := js.Stream(ctx, wq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	was := s.CachedInfo().Config
+	starts, err := provisionStageState(ctx, js, 1, 4, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, ok := starts[schema.DetectorGroup]; !ok || st != nil {
+		t.Errorf("older group: start %v (listed %v), want nil", st, ok)
+	}
+	if starts[schema.EnricherGroup] == nil {
+		t.Error("new enricher group: no start")
+	}
+	if s, err = js.Stream(ctx, wq); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(s.CachedInfo().Config, was) {
+		t.Errorf("older group's stream changed:\n%+v\nwas\n%+v", s.CachedInfo().Config, was)
+	}
+}
