@@ -1740,10 +1740,12 @@ func (x *Alert) GetScore() float64 {
 
 // DiskUsage of one mounted file system.
 type DiskUsage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Mount         string                 `protobuf:"bytes,1,opt,name=mount,proto3" json:"mount,omitempty"`
-	TotalBytes    uint64                 `protobuf:"varint,2,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
-	UsedBytes     uint64                 `protobuf:"varint,3,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Mount      string                 `protobuf:"bytes,1,opt,name=mount,proto3" json:"mount,omitempty"`
+	TotalBytes uint64                 `protobuf:"varint,2,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	UsedBytes  uint64                 `protobuf:"varint,3,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	// Bytes available to an unprivileged writer (statfs f_bavail x f_frsize).
+	AvailBytes    *uint64 `protobuf:"varint,4,opt,name=avail_bytes,json=availBytes,proto3,oneof" json:"avail_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1795,6 +1797,13 @@ func (x *DiskUsage) GetTotalBytes() uint64 {
 func (x *DiskUsage) GetUsedBytes() uint64 {
 	if x != nil {
 		return x.UsedBytes
+	}
+	return 0
+}
+
+func (x *DiskUsage) GetAvailBytes() uint64 {
+	if x != nil && x.AvailBytes != nil {
+		return *x.AvailBytes
 	}
 	return 0
 }
@@ -2381,13 +2390,16 @@ const file_netwatch_v1_netwatch_proto_rawDesc = "" +
 	"\x04rule\x18\v \x01(\tR\x04rule\x12&\n" +
 	"\x0fwindow_start_ns\x18\f \x01(\x03R\rwindowStartNs\x12\"\n" +
 	"\rwindow_end_ns\x18\r \x01(\x03R\vwindowEndNs\x12\x14\n" +
-	"\x05score\x18\x0e \x01(\x01R\x05score\"a\n" +
+	"\x05score\x18\x0e \x01(\x01R\x05score\"\x97\x01\n" +
 	"\tDiskUsage\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\tR\x05mount\x12\x1f\n" +
 	"\vtotal_bytes\x18\x02 \x01(\x04R\n" +
 	"totalBytes\x12\x1d\n" +
 	"\n" +
-	"used_bytes\x18\x03 \x01(\x04R\tusedBytes\"\x93\x02\n" +
+	"used_bytes\x18\x03 \x01(\x04R\tusedBytes\x12$\n" +
+	"\vavail_bytes\x18\x04 \x01(\x04H\x00R\n" +
+	"availBytes\x88\x01\x01B\x0e\n" +
+	"\f_avail_bytes\"\x93\x02\n" +
 	"\x11InterfaceCounters\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\brx_bytes\x18\x02 \x01(\x04R\arxBytes\x12\x19\n" +
@@ -2527,6 +2539,7 @@ func file_netwatch_v1_netwatch_proto_init() {
 	if File_netwatch_v1_netwatch_proto != nil {
 		return
 	}
+	file_netwatch_v1_netwatch_proto_msgTypes[10].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -17,6 +17,7 @@ import (
 	"github.com/shirou/gopsutil/v4/load"
 	"github.com/shirou/gopsutil/v4/mem"
 	"github.com/shirou/gopsutil/v4/net"
+	"google.golang.org/protobuf/proto"
 
 	"netwatch/schema/pb"
 )
@@ -58,7 +59,7 @@ func Sample(ctx context.Context, m *pb.Metrics, paths []string) {
 			}
 			seen[p.Mountpoint] = true
 			if u, err := disk.UsageWithContext(ctx, p.Mountpoint); err == nil && u.Total > 0 {
-				m.Disks = append(m.Disks, &pb.DiskUsage{Mount: p.Mountpoint, TotalBytes: u.Total, UsedBytes: u.Used})
+				m.Disks = append(m.Disks, &pb.DiskUsage{Mount: p.Mountpoint, TotalBytes: u.Total, UsedBytes: u.Used, AvailBytes: proto.Uint64(u.Free)})
 			}
 		}
 	}
@@ -106,7 +107,7 @@ func pathDisks(ctx context.Context, paths []string, listed []*pb.DiskUsage) []*p
 			continue
 		}
 		seen[name] = true
-		out = append(out, &pb.DiskUsage{Mount: name, TotalBytes: u.Total, UsedBytes: u.Used})
+		out = append(out, &pb.DiskUsage{Mount: name, TotalBytes: u.Total, UsedBytes: u.Used, AvailBytes: proto.Uint64(u.Free)})
 	}
 	return out
 }

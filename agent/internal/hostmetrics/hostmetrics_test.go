@@ -13,31 +13,33 @@ import (
 	"netwatch/testkit"
 )
 
-// DF is one line of `df -B1 --output=target,fstype,size,used PATH`.
+// DF is one line of `df -B1 --output=target,fstype,size,used,avail PATH`.
 type DF struct {
-	Target, FSType string
-	Size, Used     uint64
+	Target, FSType    string
+	Size, Used, Avail uint64
 }
 
 // ReadDF runs df(1) on path: the independent source of a file system's
-// mount point, size and used bytes (f_blocks − f_bfree).
+// mount point, size, used bytes (f_blocks − f_bfree) and bytes available
+// to an unprivileged writer (f_bavail).
 func ReadDF(t testing.TB, path string) DF {
 	t.Helper()
-	out, err := exec.Command(testkit.Tool(t, "df"), "-B1", "--output=target,fstype,size,used", path).Output()
+	out, err := exec.Command(testkit.Tool(t, "df"), "-B1", "--output=target,fstype,size,used,avail", path).Output()
 	if err != nil {
 		t.Fatalf("df %s: %v", path, err)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	f := strings.Fields(lines[len(lines)-1])
-	if len(lines) != 2 || len(f) != 4 {
+	if len(lines) != 2 || len(f) != 5 {
 		t.Fatalf("df %s: %q", path, out)
 	}
 	size, err1 := strconv.ParseUint(f[2], 10, 64)
 	used, err2 := strconv.ParseUint(f[3], 10, 64)
-	if err1 != nil || err2 != nil {
+	avail, err3 := strconv.ParseUint(f[4], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
 		t.Fatalf("df %s: %q", path, out)
 	}
-	return DF{f[0], f[1], size, used}
+	return DF{f[0], f[1], size, used, avail}
 }
 
 // shmDir is a new directory on /dev/shm, a tmpfs: a file system type the
@@ -103,11 +105,17 @@ func TestSamplePaths(t *testing.T) {
 			t.Errorf("disks %v, want the default list %v and %s", m.GetDisks(), plain.GetDisks(), want.Target)
 		}
 		lo, hi := min(before.Used, after.Used), max(before.Used, after.Used)
-		if d.GetTotalBytes() == before.Size && d.GetUsedBytes() >= lo && d.GetUsedBytes() <= hi {
+		alo, ahi := min(before.Avail, after.Avail), max(before.Avail, after.Avail)
+		if d.AvailBytes == nil {
+			t.Fatalf("%s: no avail_bytes", want.Target)
+		}
+		if d.GetTotalBytes() == before.Size && d.GetUsedBytes() >= lo && d.GetUsedBytes() <= hi &&
+			d.GetAvailBytes() >= alo && d.GetAvailBytes() <= ahi {
 			return
 		}
 		last = "total " + strconv.FormatUint(d.GetTotalBytes(), 10) + " used " + strconv.FormatUint(d.GetUsedBytes(), 10) +
-			"; df size " + strconv.FormatUint(before.Size, 10) + " used " + strconv.FormatUint(lo, 10) + ".." + strconv.FormatUint(hi, 10)
+			"; df size " + strconv.FormatUint(before.Size, 10) + " used " + strconv.FormatUint(lo, 10) + ".." + strconv.FormatUint(hi, 10) +
+			"; avail " + strconv.FormatUint(d.GetAvailBytes(), 10) + " df " + strconv.FormatUint(alo, 10) + ".." + strconv.FormatUint(ahi, 10)
 	}
 	t.Fatalf("%s after 10 samples: %s", want.Target, last)
 }

@@ -14,8 +14,6 @@ import (
 	"sort"
 	"time"
 
-	"google.golang.org/protobuf/reflect/protoreflect"
-
 	"netwatch/schema"
 	"netwatch/schema/pb"
 )
@@ -219,20 +217,15 @@ func UsedRatio(used, avail uint64) float64 {
 }
 
 // availBytes returns the available bytes (f_bavail × f_frsize) of a disk
-// and whether the METRICS message carries them: the field avail_bytes of
-// DiskUsage, looked up by name so this works as soon as the schema has it
-// (netwatch.v1.DiskUsage carries only total_bytes = f_blocks × f_frsize
-// and used_bytes = (f_blocks - f_bfree) × f_frsize today: without it the
-// disk rule falls back to used / total, which understates df's Use% by
-// the reserved blocks). Presence is protobuf field presence (a proto3
-// "optional" field: an agent that sends 0 available bytes is full).
+// and whether the METRICS message carries them (DiskUsage.avail_bytes, a
+// proto3 "optional" field: an agent that sends 0 available bytes is full;
+// an agent built before the field sends none, and the disk rule falls back
+// to used / total, which understates df's Use% by the reserved blocks).
 func availBytes(d *pb.DiskUsage) (uint64, bool) {
-	m := d.ProtoReflect()
-	f := m.Descriptor().Fields().ByName("avail_bytes")
-	if f == nil || f.Kind() != protoreflect.Uint64Kind || !m.Has(f) {
+	if d.AvailBytes == nil {
 		return 0, false
 	}
-	return m.Get(f).Uint(), true
+	return d.GetAvailBytes(), true
 }
 
 // CheckSilent returns an alert for each sensor that has sent at least two

@@ -133,3 +133,37 @@ func TestDiskWithoutAvail(t *testing.T) {
 		t.Fatalf("disk 900 of 1000: %v", got)
 	}
 }
+
+// TestDiskWithAvail: with avail_bytes the rule uses df's Use% (GNU
+// coreutils df: used / (used + avail)), so the blocks reserved for root
+// make a disk full sooner than used / total says. Hand numbers: total 1000,
+// used 860, avail 90 (50 reserved): df says 860/950 = 90.5 %, used/total
+// 86 %; with the default 0.9 ratio only df's view alerts. Available 0 of
+// a file system with used 0 is not full (nothing to divide), an agent
+// sending avail 0 with data used is full.
+func TestDiskWithAvail(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	disk := func(used, avail uint64) *pb.Metrics {
+		s := sample("s1", now, 0, 0, used)
+		s.Disks[0].AvailBytes = &avail
+		return s
+	}
+	m := New(DefaultConfig())
+	got := m.Observe(disk(860, 90), now)
+	if len(got) != 1 || !strings.Contains(string(got[0].Evidence), `"basis":"used/(used+avail)"`) ||
+		!strings.Contains(got[0].Summary, "90.5 %") {
+		t.Fatalf("used 860, avail 90 of 1000: %v", got)
+	}
+	m = New(DefaultConfig())
+	if got := m.Observe(disk(850, 150), now); len(got) != 0 {
+		t.Fatalf("used 850, avail 150 (85 %%): %v", got)
+	}
+	m = New(DefaultConfig())
+	if got := m.Observe(disk(10, 0), now); len(got) != 1 {
+		t.Fatalf("used 10, avail 0 (full): %v", got)
+	}
+	m = New(DefaultConfig())
+	if got := m.Observe(disk(0, 0), now); len(got) != 0 {
+		t.Fatalf("used 0, avail 0: %v", got)
+	}
+}
