@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -141,6 +142,9 @@ type livePacket struct {
 	sensor   string
 }
 
+// livePool holds the summary buffers of HandleARPBatch (*[]livePacket).
+var livePool = sync.Pool{New: func() any { return new([]livePacket) }}
+
 // HandleARPBatch processes PACKETS messages for the ARP rule (each
 // message's ARP summaries in message order) and the live scan and flood
 // counts: the packet summaries of all the messages are sorted by packet
@@ -152,7 +156,13 @@ type livePacket struct {
 // terminated and counted, the others go on.
 func (s *Stage) HandleARPBatch(ctx context.Context, msgs []jetstream.Msg) {
 	var alerts []*pb.Alert
-	var pkts []livePacket
+	buf := livePool.Get().(*[]livePacket)
+	pkts := (*buf)[:0]
+	defer func() {
+		clear(pkts) // the addresses alias message data
+		*buf = pkts[:0]
+		livePool.Put(buf)
+	}()
 	good := make([]jetstream.Msg, 0, len(msgs))
 	nicmp, narps := 0, 0
 	for _, msg := range msgs {
