@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -135,6 +136,14 @@ func (c *Config) register(fs *flag.FlagSet) {
 // override) on fs, bound to r and a, with their defaults.
 func registerThresholds(fs *flag.FlagSet, r *rules.Config, a *arp.Config) {
 	d := rules.DefaultConfig()
+	fs.Func("community-id.seed", "Community ID v1 seed (0..65535) of the example Community IDs the live packet path puts in alerts: the enricher's -community-id.seed (default 0)", func(v string) error {
+		n, err := strconv.ParseUint(v, 10, 16)
+		if err != nil {
+			return fmt.Errorf("%q: want 0..65535", v)
+		}
+		r.CommunityIDSeed = uint16(n)
+		return nil
+	})
 	fs.IntVar(&r.PortscanPorts, "portscan.ports", d.PortscanPorts, "distinct probed ports from one originator to one responder in a window that make a port scan")
 	fs.DurationVar(&r.PortscanWindow, "portscan.window", d.PortscanWindow, "port scan tumbling window (packet time, aligned to the Unix epoch)")
 	fs.DurationVar(&r.PortscanFast, "portscan.fast", d.PortscanFast, "a scan that reaches -portscan.ports within this time of its first probe is severity high, else medium")

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"netwatch/schema/pb"
 	"netwatch/testkit"
 )
 
@@ -111,6 +112,64 @@ func TestEvidenceCommunityIDs(t *testing.T) {
 				t.Fatalf("no %s alert among %d", c.rule, n)
 			}
 			t.Logf("%d alerts, %d %s; %d flows without a tshark Community ID", n, rule, c.rule, missing)
+		})
+	}
+}
+
+// TestLiveCommunityIDs: alerts the live packet path raises (the floods,
+// counted from PACKETS before any flow record) carry 1-3 example Community
+// IDs too, each tshark's Community ID (its communityid dissector, seed 0)
+// of a packet to the alert's target (the state is per target: a flood's
+// examples can come from any of its sources, also when the alert names
+// the dominant one).
+// Before, their evidence had "community_ids": [] (the QA of issue 5).
+func TestLiveCommunityIDs(t *testing.T) {
+	pcaps := testkit.Pcaps(t)
+	for _, c := range []struct{ file, rule string }{
+		{"lab/lab-hping3-syn-flood.pcap", RuleSynFlood},
+		{"attack-synflood-spoofed-sources.pcap", RuleSynFlood},
+		{"lab/lab-hping3-icmp-flood.pcap", RuleICMPFlood},
+		{"testdata/udp-flood.pcap.gz", RuleUDPFlood},
+	} {
+		t.Run(c.file, func(t *testing.T) {
+			path := capPath(pcaps, c.file)
+			cids := tsharkCIDs(t, path)
+			byAddr := map[string]bool{}
+			for k, id := range cids {
+				p := strings.Split(k, "|")
+				byAddr[p[0]+"|"+p[2]+"|"+id] = true
+				byAddr["|"+p[2]+"|"+id] = true
+			}
+			e := New(DefaultConfig())
+			pkts := tsharkPackets(t, path)
+			var out []*pb.Alert
+			rule := 0
+			for i := range pkts {
+				out = e.ObservePacket(out[:0], "cap", &pkts[i])
+				for _, a := range out {
+					if a.Rule != c.rule {
+						continue
+					}
+					rule++
+					var ev struct {
+						IDs []string `json:"community_ids"`
+					}
+					if err := json.Unmarshal(a.Evidence, &ev); err != nil {
+						t.Fatal(err)
+					}
+					if len(ev.IDs) < 1 || len(ev.IDs) > 3 {
+						t.Fatalf("%s %q -> %s: community_ids %v, want 1-3", a.Rule, a.OrigAddr, a.RespAddr, ev.IDs)
+					}
+					for _, id := range ev.IDs {
+						if !byAddr["|"+a.RespAddr+"|"+id] {
+							t.Errorf("%s %q -> %s: %s is not tshark's Community ID of a packet to the target", a.Rule, a.OrigAddr, a.RespAddr, id)
+						}
+					}
+				}
+			}
+			if rule == 0 {
+				t.Fatalf("no live %s alert over %d packets", c.rule, len(pkts))
+			}
 		})
 	}
 }

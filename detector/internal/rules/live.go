@@ -39,6 +39,7 @@ func (e *Engine) ObserveICMPPacket(sensor string, src, dst netip.Addr, proto, ty
 	s := e.get(k, tsNs, e.cfg.FloodWindow)
 	s.pcount++
 	s.addSource(src)
+	e.addPacketCID(s, src, dst, proto, 0, 0, typ)
 	if n := s.floodCount(); n >= e.cfg.ICMPFloodPkts && e.due(s, e.cfg.ICMPFloodPkts, n) {
 		f := &pb.Flow{Sensor: sensor, Proto: proto, IcmpType: typ, OrigAddr: src.AsSlice(), RespAddr: dst.AsSlice(), StartNs: tsNs, EndNs: tsNs}
 		return e.floodAlert(k, s, f, e.cfg.ICMPFloodPkts)
@@ -139,6 +140,7 @@ func (e *Engine) ObservePacket(out []*pb.Alert, sensor string, p *Packet) []*pb.
 			s := e.get(k, p.TsNs, e.cfg.FloodWindow)
 			s.pcount++
 			s.addSource(src)
+			e.addPacketCID(s, src, dst, 17, p.SrcPort, p.DstPort, 0)
 			if n := s.floodCount(); n >= e.cfg.UDPFloodPkts && e.due(s, e.cfg.UDPFloodPkts, n) {
 				out = append(out, e.floodAlert(k, s, f, e.cfg.UDPFloodPkts))
 			}
@@ -160,6 +162,7 @@ func (e *Engine) liveSYN(out []*pb.Alert, sensor string, src, dst netip.Addr, p 
 	s := e.get(k, p.TsNs, e.cfg.FloodWindow)
 	s.pcount++
 	s.addPort(p.DstPort)
+	e.addPacketCID(s, src, dst, 6, p.SrcPort, p.DstPort, 0)
 	hk := hkey{src: src.As16(), dst: dst.As16(), sport: uint16(p.SrcPort), dport: uint16(p.DstPort), sensor: e.sensorID(sensor)}
 	if e.half == nil {
 		e.half = map[hkey]hval{}

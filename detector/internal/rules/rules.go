@@ -12,6 +12,7 @@ import (
 	"hash/maphash"
 	"math"
 	"net/netip"
+	"netwatch/schema/communityid"
 	"slices"
 	"sort"
 	"time"
@@ -23,9 +24,13 @@ import (
 // Config holds the rule thresholds. The zero value is not valid: start from
 // DefaultConfig. README.md explains where each default comes from.
 type Config struct {
-	PortscanPorts  int           // distinct probed responder ports from one originator to one responder per window
-	PortscanWindow time.Duration // tumbling window length, packet time
-	PortscanFast   time.Duration // threshold reached within this time of the first probe: severity high
+	// CommunityIDSeed is the Community ID v1 seed (0..65535) of the example
+	// Community IDs the live path computes for packets; the enricher's
+	// -community-id.seed, so they match the flow records' (default 0).
+	CommunityIDSeed uint16
+	PortscanPorts   int           // distinct probed responder ports from one originator to one responder per window
+	PortscanWindow  time.Duration // tumbling window length, packet time
+	PortscanFast    time.Duration // threshold reached within this time of the first probe: severity high
 	// PortscanFlagProbes: distinct (port, TCP flags) flag probes (StealthKind:
 	// NULL, FIN, Xmas and other segments no TCP stack opens with) from one
 	// originator to one responder per window that make a port scan on their
@@ -350,6 +355,10 @@ type state struct {
 	// every rule: up to maxCIDs distinct Community IDs of the flow records
 	// counted (addCID), for the evidence's "community_ids".
 	cids []string
+	// cidTries: packets of the live path whose Community ID was computed
+	// for cids (addPacketCID; at most maxCIDTries a state, so a flood of
+	// one 5-tuple hashes a few packets, not every one).
+	cidTries uint8
 	// updates: the alert was re-published this many times with grown
 	// counts; next is the count at which it is published again (twice
 	// the count of the last publish).
@@ -371,9 +380,28 @@ func (s *state) addCID(id string) {
 	s.cids = append(s.cids, id)
 }
 
+// maxCIDTries bounds the packets a state hashes for example Community IDs.
+const maxCIDTries = 8
+
+// addPacketCID keeps the Community ID v1 (schema/communityid, seed
+// e.cfg.CommunityIDSeed) of a live packet as an example of the state's
+// traffic, while it has fewer than maxCIDs and has hashed fewer than
+// maxCIDTries packets. ICMP: the packet summary carries the type, not the
+// code; code 0 is used (echo, the floods' usual type, has only code 0).
+func (e *Engine) addPacketCID(s *state, src, dst netip.Addr, proto, sport, dport, icmpType uint32) {
+	if len(s.cids) >= maxCIDs || s.cidTries >= maxCIDTries {
+		return
+	}
+	s.cidTries++
+	if proto == 1 || proto == 58 {
+		s.addCID(communityid.Packet(e.cfg.CommunityIDSeed, uint8(proto), src.AsSlice(), dst.AsSlice(), 0, 0, uint8(icmpType), 0))
+		return
+	}
+	s.addCID(communityid.Packet(e.cfg.CommunityIDSeed, uint8(proto), src.AsSlice(), dst.AsSlice(), uint16(sport), uint16(dport), 0, 0))
+}
+
 // exampleCIDs is the evidence's "community_ids": a copy of the examples
-// (the state's slice is reused), [] when there are none (live packets
-// carry no Community ID).
+// (the state's slice is reused), [] when there are none.
 func (s *state) exampleCIDs() []string {
 	return append([]string{}, s.cids...)
 }

@@ -1,8 +1,9 @@
-package communityid
+package communityid_test
 
 import (
 	"encoding/json"
 	"net/netip"
+	. "netwatch/schema/communityid"
 	"os"
 	"path/filepath"
 	"testing"

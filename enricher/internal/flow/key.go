@@ -7,7 +7,7 @@ package flow
 import (
 	"bytes"
 
-	"netwatch/enricher/internal/communityid"
+	"netwatch/schema/communityid"
 	"netwatch/schema/pb"
 )
 

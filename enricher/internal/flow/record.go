@@ -7,7 +7,7 @@ import (
 	"math"
 	"net/netip"
 
-	"netwatch/enricher/internal/communityid"
+	"netwatch/schema/communityid"
 	"netwatch/schema/pb"
 )
 

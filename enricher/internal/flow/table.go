@@ -7,9 +7,9 @@ import (
 	"net/netip"
 	"time"
 
-	"netwatch/enricher/internal/communityid"
 	"netwatch/enricher/internal/geo"
 	"netwatch/enricher/internal/names"
+	"netwatch/schema/communityid"
 	"netwatch/schema/pb"
 )
 

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"netwatch/enricher/internal/communityid"
 	"netwatch/schema"
+	"netwatch/schema/communityid"
 	"netwatch/schema/pb"
 )
 

@@ -1,5 +1,6 @@
-// Package communityid computes Community ID v1 flow hashes for the enricher's
-// flow records (enricher stage: packets → flows → community id).
+// Package communityid computes Community ID v1 flow hashes: the enricher's
+// flow records (packets → flows → community id) and the detector's live
+// alerts (the Community ID of the packet that crossed a threshold).
 //
 // Source: the Community ID spec, github.com/corelight/community-id-spec
 // (README "Pseudo code" and "Technical details"); the ICMP and ICMPv6
