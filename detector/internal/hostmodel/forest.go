@@ -75,10 +75,10 @@ type TrainInfo struct {
 	Rows     int      `json:"rows"`     // host windows
 }
 
-// cFactor is c(n) of Liu et al. (eq. 1) as golearn computes it: the
+// CFactor is c(n) of Liu et al. (eq. 1) as golearn computes it: the
 // average path length of an unsuccessful search in a binary search tree of
 // n points, 2 H(n-1) - 2 (n-1)/n with H(i) ≈ ln(i) + 0.5772156649.
-func cFactor(n float64) float64 {
+func CFactor(n float64) float64 {
 	return 2.0*(math.Log(n-1)+0.5772156649) - (2.0 * (n - 1) / n)
 }
 
@@ -124,7 +124,7 @@ func Fit(xs [][NumFeatures]float64, p Params) (*Forest, error) {
 	g := grid(xs)
 	ifo := trees.NewIsolationForest(p.Trees, p.MaxDepth, p.SubSample)
 	ifo.Fit(g)
-	ts, err := compileGolearn(&ifo)
+	ts, err := CompileGolearn(&ifo)
 	if err != nil {
 		return nil, err
 	}
@@ -148,13 +148,14 @@ func golearnPredict(ifo *trees.IsolationForest, xs [][NumFeatures]float64) []flo
 	return ifo.Predict(grid(xs))
 }
 
-// compileGolearn copies the trees of a fitted golearn IsolationForest.
+// CompileGolearn copies the trees of a fitted golearn IsolationForest (also
+// the flow model's novelty forest, internal/model).
 // golearn keeps them in an unexported field of unexported type
 // (IsolationForest.trees []regressorNode, whose fields Left, Right,
 // Threshold, Feature, LeftPred, RightPred are exported); reflection reads
 // them. The golearn version is pinned in go.mod, and
 // TestCompiledMatchesGolearn checks the copy against golearn's Predict.
-func compileGolearn(ifo *trees.IsolationForest) ([][]Node, error) {
+func CompileGolearn(ifo *trees.IsolationForest) ([][]Node, error) {
 	v := reflect.ValueOf(ifo).Elem().FieldByName("trees")
 	if !v.IsValid() || v.Kind() != reflect.Slice {
 		return nil, errors.New("compile golearn isolation forest: no trees field (golearn changed)")
@@ -205,7 +206,7 @@ func compileGolearn(ifo *trees.IsolationForest) ([][]Node, error) {
 	return out, nil
 }
 
-func (f *Forest) prepare() { f.cPsi = cFactor(float64(f.Params.SubSample)) }
+func (f *Forest) prepare() { f.cPsi = CFactor(float64(f.Params.SubSample)) }
 
 // pathLength walks one tree as golearn's pathLength does.
 func pathLength(t []Node, x *[NumFeatures + 1]float64) float64 {
@@ -224,7 +225,7 @@ func pathLength(t []Node, x *[NumFeatures + 1]float64) float64 {
 			if cnt <= 1 {
 				return path
 			}
-			return path + cFactor(cnt)
+			return path + CFactor(cnt)
 		}
 		i = next
 	}

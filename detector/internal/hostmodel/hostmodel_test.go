@@ -100,7 +100,7 @@ func TestCompiledMatchesGolearn(t *testing.T) {
 	p := Params{Trees: 50, MaxDepth: 8, SubSample: 128}
 	ifo := trees.NewIsolationForest(p.Trees, p.MaxDepth, p.SubSample)
 	ifo.Fit(grid(xs[:200]))
-	ts, err := compileGolearn(&ifo)
+	ts, err := CompileGolearn(&ifo)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"reflect"
+	"netwatch/detector/internal/hostmodel"
 	"sort"
 
 	"github.com/sjwhitworth/golearn/base"
@@ -23,17 +23,17 @@ import (
 // unbounded ones (duration, src_bytes, dst_bytes, count, srv_count,
 // dst_host_count, dst_host_srv_count), and protocol_type one-hot.
 type Novelty struct {
-	Trees     [][]ifNode `json:"trees"`
-	SubSample int        `json:"sub_sample"`
-	MaxDepth  int        `json:"max_depth"`
-	Quantile  float64    `json:"quantile"`
-	Threshold float64    `json:"threshold"` // score at Quantile of the normal training records
+	Trees     [][]hostmodel.Node `json:"trees"`
+	SubSample int                `json:"sub_sample"`
+	MaxDepth  int                `json:"max_depth"`
+	Quantile  float64            `json:"quantile"`
+	Threshold float64            `json:"threshold"` // score at Quantile of the normal training records
 	cPsi      float64
 	flat      []cnode // every tree's nodes, compact, one slice: what Score walks
 	roots     []int32 // index of each tree's root in flat
 }
 
-// cnode is the compact form of an ifNode that Score walks (32 bytes, so
+// cnode is the compact form of a hostmodel.Node that Score walks (32 bytes, so
 // the forest stays in cache): children index flat (-1 leaf), lc and rc the
 // path length a leaf child adds (cFactor of its rows when more than 1).
 type cnode struct {
@@ -41,18 +41,6 @@ type cnode struct {
 	lc, rc float64
 	l, r   int32
 	f      uint8
-}
-
-// ifNode is one node of a compiled golearn isolation tree (its
-// regressorNode): go left when x[Feature] <= Threshold; LeftN/RightN are
-// the training rows that reached a leaf child; Left/Right -1 for a leaf.
-type ifNode struct {
-	Feature   int     `json:"f"`
-	Threshold float64 `json:"t"`
-	LeftN     float64 `json:"ln"`
-	RightN    float64 `json:"rn"`
-	Left      int     `json:"l"`
-	Right     int     `json:"r"`
 }
 
 // noveltyN is the length of the novelty input vector; golearn's forest
@@ -120,7 +108,7 @@ func FitNovelty(xs []Features, nTrees, maxDepth, subSample int, q float64) (*Nov
 	g := noveltyGrid(xs)
 	ifo := trees.NewIsolationForest(nTrees, maxDepth, subSample)
 	ifo.Fit(g)
-	ts, err := compileForest(&ifo)
+	ts, err := hostmodel.CompileGolearn(&ifo)
 	if err != nil {
 		return nil, err
 	}
@@ -143,62 +131,8 @@ func FitNovelty(xs []Features, nTrees, maxDepth, subSample int, q float64) (*Nov
 	return n, nil
 }
 
-// compileForest copies the trees of a fitted golearn IsolationForest:
-// golearn keeps them in an unexported field (IsolationForest.trees
-// []regressorNode, whose fields are exported); reflection reads them, as
-// internal/hostmodel does. FitNovelty checks the copy against golearn's
-// Predict.
-func compileForest(ifo *trees.IsolationForest) ([][]ifNode, error) {
-	v := reflect.ValueOf(ifo).Elem().FieldByName("trees")
-	if !v.IsValid() || v.Kind() != reflect.Slice {
-		return nil, errors.New("compile golearn isolation forest: no trees field (golearn changed)")
-	}
-	out := make([][]ifNode, v.Len())
-	for i := range out {
-		var nodes []ifNode
-		var walk func(n reflect.Value) (int, error)
-		walk = func(n reflect.Value) (int, error) {
-			var fs [6]reflect.Value
-			for j, name := range []string{"Feature", "Threshold", "LeftPred", "RightPred", "Left", "Right"} {
-				if fs[j] = n.FieldByName(name); !fs[j].IsValid() {
-					return 0, fmt.Errorf("compile golearn isolation forest: node has no field %s (golearn changed)", name)
-				}
-			}
-			idx := len(nodes)
-			nodes = append(nodes, ifNode{Feature: int(fs[0].Int()), Threshold: fs[1].Float(), LeftN: fs[2].Float(), RightN: fs[3].Float(), Left: -1, Right: -1})
-			if !fs[4].IsNil() {
-				l, err := walk(fs[4].Elem())
-				if err != nil {
-					return 0, err
-				}
-				nodes[idx].Left = l
-			}
-			if !fs[5].IsNil() {
-				r, err := walk(fs[5].Elem())
-				if err != nil {
-					return 0, err
-				}
-				nodes[idx].Right = r
-			}
-			return idx, nil
-		}
-		if _, err := walk(v.Index(i)); err != nil {
-			return nil, err
-		}
-		out[i] = nodes
-	}
-	return out, nil
-}
-
-// cFactor is the isolation forest's average path length of an unsuccessful
-// search in a binary search tree of n points, 2 H(n-1) - 2 (n-1)/n with
-// H(i) ≈ ln(i) + 0.5772156649 (Liu et al. 2008; golearn's formula).
-func cFactor(n float64) float64 {
-	return 2.0*(math.Log(n-1)+0.5772156649) - (2.0 * (n - 1) / n)
-}
-
 func (n *Novelty) prepare() {
-	n.cPsi = cFactor(float64(n.SubSample))
+	n.cPsi = hostmodel.CFactor(float64(n.SubSample))
 	n.flat, n.roots = n.flat[:0], n.roots[:0]
 	for _, t := range n.Trees {
 		base := int32(len(n.flat))
@@ -212,10 +146,10 @@ func (n *Novelty) prepare() {
 				c.r = base + int32(nd.Right)
 			}
 			if nd.LeftN > 1 {
-				c.lc = cFactor(nd.LeftN)
+				c.lc = hostmodel.CFactor(nd.LeftN)
 			}
 			if nd.RightN > 1 {
-				c.rc = cFactor(nd.RightN)
+				c.rc = hostmodel.CFactor(nd.RightN)
 			}
 			n.flat = append(n.flat, c)
 		}
