@@ -143,8 +143,9 @@ type Window struct {
 // Tracker keeps Counts per (sensor, host, window) over tumbling windows
 // aligned to multiples of the window length since the Unix epoch, in
 // packet time (flow start_ns). A window is closed once the packet-time
-// watermark (latest flow end_ns) is one full window past its end; closed
-// windows go to the OnClose callback. Not safe for concurrent use.
+// watermark (latest flow end_ns; fed one side at a time, the slower
+// side's, see MaxSkew) is one full window past its end; closed windows go
+// to the OnClose callback. Not safe for concurrent use.
 type Tracker struct {
 	window   int64
 	maxHosts int
@@ -166,6 +167,12 @@ type Tracker struct {
 
 	watermark int64
 	nextScan  int64
+	// marks are the latest flow end_ns seen on each side (SideOut,
+	// SideIn) by ObserveSide calls of one side only: a detector group
+	// member reads its two sides from two work queues that progress
+	// independently, so the watermark is the slower side's (within
+	// MaxSkew windows of the faster one), not the latest end of either.
+	marks [2]int64
 
 	// OnClose receives each window as it closes (may be nil).
 	OnClose func(Window)
@@ -352,7 +359,7 @@ func (t *Tracker) ObserveSide(sensor string, f *pb.Flow, sides Side) {
 			s.c.PeersIn = s.peersIn.n
 		}
 	}
-	if e := f.GetEndNs(); e > t.watermark {
+	if e := t.mark(f.GetEndNs(), sides); e > t.watermark {
 		t.watermark = e
 		if t.nextScan == 0 {
 			t.nextScan = t.winOf(e) + 2*t.window
@@ -362,6 +369,31 @@ func (t *Tracker) ObserveSide(sensor string, f *pb.Flow, sides Side) {
 			t.nextScan = t.winOf(e) + t.window
 		}
 	}
+}
+
+// MaxSkew is how many windows one side's watermark may run ahead of the
+// other's in a tracker fed one side at a time (a consumer group member):
+// past it the slower side's windows close anyway (a side whose partitions
+// went quiet does not hold every window open).
+const MaxSkew = 5
+
+// mark records end e of a flow counted on sides and returns the
+// watermark candidate: e itself when both sides are counted together
+// (Observe of one instance), else the slower side's latest end, at least
+// the faster side's less MaxSkew windows (a side not seen yet counts as
+// at 0: it holds the other back by MaxSkew windows).
+func (t *Tracker) mark(e int64, sides Side) int64 {
+	if sides == SideOut|SideIn || sides == 0 {
+		t.marks[0] = max(t.marks[0], e)
+		t.marks[1] = max(t.marks[1], e)
+		return e
+	}
+	i := 0
+	if sides == SideIn {
+		i = 1
+	}
+	t.marks[i] = max(t.marks[i], e)
+	return max(min(t.marks[0], t.marks[1]), max(t.marks[0], t.marks[1])-MaxSkew*t.window)
 }
 
 // close closes every window that ended at or before limit.
