@@ -116,12 +116,38 @@ func TestEvidenceCommunityIDs(t *testing.T) {
 	}
 }
 
+// tsharkAddrCIDs returns, for every packet of a capture, "src|dst|id",
+// "|dst|id" and "src||id" with id tshark's Community ID of the packet (its
+// communityid dissector, seed 0): per packet, not per tuple (ICMP echo and
+// timestamp requests between two hosts share a tuple without ports).
+func tsharkAddrCIDs(t *testing.T, path string) map[string]bool {
+	t.Helper()
+	out, err := exec.Command(testkit.Tool(t, "tshark"), "-r", path, "-n", "--enable-protocol", "communityid",
+		"-Y", "communityid", "-T", "fields", "-E", "separator=,", "-E", "occurrence=f",
+		"-e", "ip.src", "-e", "ipv6.src", "-e", "ip.dst", "-e", "ipv6.dst", "-e", "communityid").Output()
+	if err != nil {
+		t.Fatalf("tshark %s: %v", path, err)
+	}
+	m := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		c := strings.Split(l, ",")
+		if len(c) != 5 || c[4] == "" {
+			continue
+		}
+		src, dst, id := c[0]+c[1], c[2]+c[3], c[4]
+		m[src+"|"+dst+"|"+id], m["|"+dst+"|"+id], m[src+"||"+id] = true, true, true
+	}
+	return m
+}
+
 // TestLiveCommunityIDs: alerts the live packet path raises (the floods,
 // counted from PACKETS before any flow record) carry 1-3 example Community
 // IDs too, each tshark's Community ID (its communityid dissector, seed 0)
 // of a packet to the alert's target (the state is per target: a flood's
 // examples can come from any of its sources, also when the alert names
-// the dominant one).
+// the dominant one; a host sweep, which has no target: from its
+// originator). Live portscan and hostsweep alerts too (lab nmap SYN scan
+// and the crafted IP host sweep).
 // Before, their evidence had "community_ids": [] (the QA of issue 5).
 func TestLiveCommunityIDs(t *testing.T) {
 	pcaps := testkit.Pcaps(t)
@@ -130,16 +156,12 @@ func TestLiveCommunityIDs(t *testing.T) {
 		{"attack-synflood-spoofed-sources.pcap", RuleSynFlood},
 		{"lab/lab-hping3-icmp-flood.pcap", RuleICMPFlood},
 		{"testdata/udp-flood.pcap.gz", RuleUDPFlood},
+		{"lab/lab-nmap-syn-scan.pcap", RulePortscan},
+		{"testdata/ip-host-sweep.pcap", RuleHostsweep},
 	} {
 		t.Run(c.file, func(t *testing.T) {
 			path := capPath(pcaps, c.file)
-			cids := tsharkCIDs(t, path)
-			byAddr := map[string]bool{}
-			for k, id := range cids {
-				p := strings.Split(k, "|")
-				byAddr[p[0]+"|"+p[2]+"|"+id] = true
-				byAddr["|"+p[2]+"|"+id] = true
-			}
+			byAddr := tsharkAddrCIDs(t, path)
 			e := New(DefaultConfig())
 			pkts := tsharkPackets(t, path)
 			var out []*pb.Alert
@@ -161,7 +183,7 @@ func TestLiveCommunityIDs(t *testing.T) {
 						t.Fatalf("%s %q -> %s: community_ids %v, want 1-3", a.Rule, a.OrigAddr, a.RespAddr, ev.IDs)
 					}
 					for _, id := range ev.IDs {
-						if !byAddr["|"+a.RespAddr+"|"+id] {
+						if a.RespAddr == "" && !byAddr[a.OrigAddr+"||"+id] || a.RespAddr != "" && !byAddr["|"+a.RespAddr+"|"+id] {
 							t.Errorf("%s %q -> %s: %s is not tshark's Community ID of a packet to the target", a.Rule, a.OrigAddr, a.RespAddr, id)
 						}
 					}

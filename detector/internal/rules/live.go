@@ -127,14 +127,14 @@ func (e *Engine) ObservePacket(out []*pb.Alert, sensor string, p *Packet) []*pb.
 		}
 		opens := fl&flagSYN != 0 && fl&(flagACK|flagRST) == 0 || fl&(flagSYN|flagACK|flagRST) == 0
 		if opens && p.Payload == 0 && e.origRules() {
-			*f = pb.Flow{Proto: 6, RespPort: p.DstPort, OrigTcpFlags: fl, StartNs: p.TsNs, EndNs: p.TsNs, OrigPkts: 1}
+			*f = pb.Flow{Proto: 6, OrigPort: p.SrcPort, RespPort: p.DstPort, OrigTcpFlags: fl, StartNs: p.TsNs, EndNs: p.TsNs, OrigPkts: 1}
 			out = e.observeProbe(out, sensor, f, src, dst, p.TsNs, true, true)
 		}
 	case 17:
 		if p.SrcPort < 1024 && p.DstPort >= 1024 {
 			return out // a service's answer
 		}
-		*f = pb.Flow{Proto: 17, RespPort: p.DstPort, StartNs: p.TsNs, EndNs: p.TsNs, OrigPkts: 1}
+		*f = pb.Flow{Proto: 17, OrigPort: p.SrcPort, RespPort: p.DstPort, StartNs: p.TsNs, EndNs: p.TsNs, OrigPkts: 1}
 		if e.targetRules() {
 			k := key{rule: udpFlood, sensor: sensor, target: dst, win: windowStart(p.TsNs, e.cfg.FloodWindow)}
 			s := e.get(k, p.TsNs, e.cfg.FloodWindow)
@@ -176,7 +176,7 @@ func (e *Engine) liveSYN(out []*pb.Alert, sensor string, src, dst netip.Addr, p 
 	if n := s.floodCount(); n >= e.cfg.SynFloodPkts && n >= synPerPort*s.nports && e.due(s, e.cfg.SynFloodPkts, n) {
 		e.halfSources(s, hk.sensor, hk.dst, win)
 		f := &e.pf
-		*f = pb.Flow{Proto: 6, RespPort: p.DstPort, OrigTcpFlags: flagSYN, StartNs: p.TsNs, EndNs: p.TsNs, OrigPkts: 1}
+		*f = pb.Flow{Proto: 6, OrigPort: p.SrcPort, RespPort: p.DstPort, OrigTcpFlags: flagSYN, StartNs: p.TsNs, EndNs: p.TsNs, OrigPkts: 1}
 		out = append(out, e.floodAlert(k, s, f, e.cfg.SynFloodPkts))
 	}
 	return out

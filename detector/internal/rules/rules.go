@@ -671,6 +671,9 @@ func (e *Engine) observeProbe(out []*pb.Alert, sensor string, f *pb.Flow, orig, 
 		k := key{rule: portscan, sensor: sensor, orig: orig, target: resp, win: windowStart(t, e.cfg.PortscanWindow)}
 		s := e.get(k, t, e.cfg.PortscanWindow)
 		s.addCID(f.GetCommunityId())
+		if live && f.GetCommunityId() == "" {
+			e.addPacketCID(s, orig, resp, proto, f.GetOrigPort(), f.GetRespPort(), f.GetIcmpType())
+		}
 		s.flows++
 		n := s.addPort(proto<<16 | f.GetRespPort())
 		s.kinds[kind]++
@@ -688,6 +691,9 @@ func (e *Engine) observeProbe(out []*pb.Alert, sensor string, f *pb.Flow, orig, 
 	k := key{rule: hostsweep, sensor: sensor, orig: orig, win: windowStart(t, e.cfg.SweepWindow)}
 	s := e.get(k, t, e.cfg.SweepWindow)
 	s.addCID(f.GetCommunityId())
+	if live && f.GetCommunityId() == "" {
+		e.addPacketCID(s, orig, resp, proto, f.GetOrigPort(), f.GetRespPort(), f.GetIcmpType())
+	}
 	s.flows++
 	if n := s.addHost(port, resp); e.due(s, e.cfg.SweepHosts, n) {
 		out = append(out, e.sweepAlert(k, s, f, port))
