@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"time"
@@ -232,6 +233,7 @@ func permissionDenied(js jetstream.JetStream) error {
 // permit to provision gets an error wrapping ErrNotPermitted at once.
 func ProvisionRetry(ctx context.Context, js jetstream.JetStream, o StreamOptions) error {
 	wait := 200 * time.Millisecond
+	var logged time.Time
 	for {
 		actx, cancel := context.WithTimeout(ctx, provisionAttempt)
 		err := Provision(actx, js, o)
@@ -243,6 +245,13 @@ func ProvisionRetry(ctx context.Context, js jetstream.JetStream, o StreamOptions
 			// the server refused a provisioning request: no retry helps
 			return fmt.Errorf("%w: this user may not create or update the streams (%v); provision them as admin "+
 				"(netwatchctl provision) and start with -nats.provision=false", ErrNotPermitted, pe)
+		}
+		// a server that cannot hold the streams (e.g. "insufficient storage
+		// resources": max_file_store below PACKETS' cap) answers every try
+		// the same way: say so, at most every 10 s, instead of waiting mute
+		if time.Since(logged) >= 10*time.Second {
+			slog.Warn("provisioning the streams failed; retrying", "err", err, "retry_in", wait.String())
+			logged = time.Now()
 		}
 		select {
 		case <-ctx.Done():
