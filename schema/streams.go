@@ -43,6 +43,9 @@ type StreamOptions struct {
 	AlertsMaxAge    time.Duration // 0 means 30 days
 	MetricsMaxAge   time.Duration // 0 means 24 h
 	CountersMaxAge  time.Duration // 0 means 24 h
+	// Log receives ProvisionRetry's warnings (the stage's JSON or text
+	// logger); nil means slog.Default().
+	Log *slog.Logger
 }
 
 func orDur(v, d time.Duration) time.Duration {
@@ -250,7 +253,11 @@ func ProvisionRetry(ctx context.Context, js jetstream.JetStream, o StreamOptions
 		// resources": max_file_store below PACKETS' cap) answers every try
 		// the same way: say so, at most every 10 s, instead of waiting mute
 		if time.Since(logged) >= 10*time.Second {
-			slog.Warn("provisioning the streams failed; retrying", "err", err, "retry_in", wait.String())
+			log := o.Log
+			if log == nil {
+				log = slog.Default()
+			}
+			log.Warn("provisioning the streams failed; retrying", "err", err, "retry_in", wait.String())
 			logged = time.Now()
 		}
 		select {

@@ -156,7 +156,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 1
 	}
 	if cfg.Provision {
-		if err := schema.ProvisionRetry(ctx, js, schema.StreamOptions{}); err != nil {
+		if err := schema.ProvisionRetry(ctx, js, schema.StreamOptions{Log: log}); err != nil {
 			log.Error("provision streams", "err", err)
 			return 1
 		}

@@ -380,7 +380,7 @@ func run(args []string, stderr io.Writer, getenv func(string) string) error {
 	if cfg.ModelsBucket != "" {
 		needs.Streams = append(needs.Streams, "OBJ_"+cfg.ModelsBucket)
 	}
-	if err := schema.ProvisionOrAwait(ctx, js, cfg.Provision, schema.StreamOptions{Replicas: cfg.Replicas}, needs, func(missing error) {
+	if err := schema.ProvisionOrAwait(ctx, js, cfg.Provision, schema.StreamOptions{Replicas: cfg.Replicas, Log: log}, needs, func(missing error) {
 		log.Warn("waiting for the streams (-nats.provision=false: netwatchctl provision creates them)", "missing", missing)
 	}); err != nil {
 		if ctx.Err() != nil {

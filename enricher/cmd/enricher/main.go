@@ -215,7 +215,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		// "enrichers" (schema/stagestate.go); the enricher user may not
 		needs.Streams = append(needs.Streams, schema.StreamPackets+"-"+g, "KV_elastic-consumer-groups", "KV_"+schema.CheckpointBucket)
 	}
-	if err := schema.ProvisionOrAwait(ctx, js, cfg.Provision, schema.StreamOptions{Replicas: cfg.Replicas}, needs, func(missing error) {
+	if err := schema.ProvisionOrAwait(ctx, js, cfg.Provision, schema.StreamOptions{Replicas: cfg.Replicas, Log: log}, needs, func(missing error) {
 		log.Warn("waiting for the streams (-nats.provision=false: netwatchctl provision creates them)", "missing", missing)
 	}); err != nil {
 		return fmt.Errorf("provision: %w", err)
