@@ -2,6 +2,7 @@ package stage
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"testing"
@@ -76,4 +77,57 @@ func TestStageHealth(t *testing.T) {
 		}
 		return true
 	}, "health alerts: %v", want)
+}
+
+// TestStageHealthGroupLag: flows waiting in the detectors' group work
+// queue (FLOWS-detectors, no member reading it) raise consumer_lag for the
+// group, with the count published (6) as its backlog; the target group,
+// created too, holds the same 6 flows.
+func TestStageHealthGroupLag(t *testing.T) {
+	_, _, js := testkit.JetStream(t)
+	ctx := context.Background()
+	for _, name := range []string{schema.DetectorGroup, schema.DetectorTargetGroup(schema.DetectorGroup)} {
+		w := schema.DetectorOrigWildcards
+		if name != schema.DetectorGroup {
+			w = schema.DetectorTargetWildcards
+		}
+		if _, err := schema.CreateGroupStream(ctx, js, schema.StreamFlows, name, 4, schema.DetectorGroupFilterSubject, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 6; i++ {
+		data, _ := proto.Marshal(&pb.FlowBatch{Sensor: "s1"})
+		publish(t, js, schema.FlowsSubject("s1", uint32(i), 0), data, "g"+string(rune('0'+i)))
+	}
+	cfg := health.DefaultConfig()
+	cfg.LagPending = 6
+	m := NewMetrics(prometheus.NewRegistry())
+	st := New(Config{Rules: rules.DefaultConfig()}, js, nil, m, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- st.RunHealth(rctx, cfg, 100*time.Millisecond) }()
+	defer func() { cancel(); <-done }()
+	alerts, _ := js.Stream(ctx, schema.StreamAlerts)
+	got := map[string]float64{}
+	testkit.Eventually(t, 15*time.Second, func() bool {
+		info, _ := alerts.Info(ctx)
+		for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
+			raw, err := alerts.GetMsg(ctx, seq)
+			if err != nil {
+				continue
+			}
+			var a pb.Alert
+			if proto.Unmarshal(raw.Data, &a) != nil || a.Rule != health.RuleLag {
+				continue
+			}
+			var ev struct {
+				Stream  string  `json:"stream"`
+				Pending float64 `json:"pending"`
+			}
+			if json.Unmarshal([]byte(a.Evidence), &ev) == nil {
+				got[ev.Stream] = ev.Pending
+			}
+		}
+		return got["FLOWS-detectors"] == 6 && got["FLOWS-detectors-targets"] == 6
+	}, "lag alerts by stream: %v, want FLOWS-detectors and FLOWS-detectors-targets 6 pending", got)
 }
