@@ -20,7 +20,7 @@ import (
 // context columns (country … http_user_agent) are those of the sink's
 // migration 00004_flow_context; without them they read as their defaults.
 // Since sink migration 00013 an optional column holds NULL for an unknown
-// value ('' / 0 / false in rows stored before): each reads as its default
+// value ("" / 0 / false in rows stored before): each reads as its default
 // (COALESCE), so a record prints the same either way.
 func flowColumns(s *dbSchema) string {
 	cols := `id, community_id, sensor, proto, host(orig_addr), orig_port, host(resp_addr), resp_port,

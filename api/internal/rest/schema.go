@@ -57,7 +57,7 @@ func (s *dbSchema) col(table, column, def string) string {
 
 // val is column when table has it, NULL read as def (COALESCE: since
 // sink migration 00013 an unknown value of an optional flows column is
-// NULL, '' / 0 / false in rows stored before), else def.
+// NULL, "" / 0 / false in rows stored before), else def.
 func (s *dbSchema) val(table, column, def string) string {
 	if s.has(table, column) {
 		return "COALESCE(" + column + ", " + def + ")"

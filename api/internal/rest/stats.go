@@ -103,8 +103,8 @@ func rollupPieces(sch *dbSchema, base string, from, to time.Time, maxStep time.D
 // (the sink's definitions, migrations 00003, 00006, 00009), as a SELECT over
 // flows whose WHERE clause is %[1]s: t is the record's start. rollupFrom
 // reads the seconds at the ends of a range that cuts a minute with them.
-// An unknown app or country (NULL since sink migration 00013, '' before) is
-// '', as in the rollups.
+// An unknown app or country (NULL since sink migration 00013, "" before) is
+// "", as in the rollups.
 var edgeRows = map[string]string{
 	"flows": `SELECT start t, sensor, proto, COALESCE(app, '') app, 1::bigint records, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes,
 		orig_bytes, resp_bytes FROM flows%[1]s`,

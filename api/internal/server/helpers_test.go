@@ -159,7 +159,7 @@ func httpGet(u string) (string, error) {
 // over flows; records count a flow once for an address or country that is
 // both originator and responder, as sink/internal/store/rollup.go does),
 // as the sink keeps them; it replaces what was there. An unknown app or
-// country (NULL since sink migration 00013, '' before) is the key ''.
+// country (NULL since sink migration 00013, "" before) is the key "".
 func (e *env) rollup(t testing.TB) {
 	t.Helper()
 	for _, sql := range []string{

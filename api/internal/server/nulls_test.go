@@ -23,8 +23,8 @@ var optionalFlowColumns = map[string]string{
 }
 
 // nullify stores every unknown value of flows as the sink does since
-// migration 00013: NULL instead of '' / 0 / false (the rollups are left as
-// they are: the sink keys an unknown app or country as '' there).
+// migration 00013: NULL instead of "" / 0 / false (the rollups are left as
+// they are: the sink keys an unknown app or country as "" there).
 func nullify(t *testing.T, e *env) {
 	t.Helper()
 	var set []string
@@ -35,7 +35,7 @@ func nullify(t *testing.T, e *env) {
 	e.exec(t, "UPDATE flows SET "+strings.Join(set, ", "))
 }
 
-// forEmptyAndNull runs test over unknown values stored as '' / 0 / false
+// forEmptyAndNull runs test over unknown values stored as "" / 0 / false
 // (before sink migration 00013) and as NULL (since): every expectation must
 // hold for both.
 func forEmptyAndNull(t *testing.T, test func(t *testing.T, nulls bool)) {
@@ -46,10 +46,10 @@ func forEmptyAndNull(t *testing.T, test func(t *testing.T, nulls bool)) {
 // TestFlowNullsReadAsBefore: a flow record stored with NULL in every
 // optional column (sink 00013) reads back through GET /api/v1/flows/{id} and
 // /api/v1/flows as the JSON written out by hand below ("" / 0 / false), the
-// same as the record stored the old way ('' / 0 / false); the filters on
+// same as the record stored the old way ("" / 0 / false); the filters on
 // optional columns (country, asn, app, direction, community_id) match the
 // record that has the value and neither bare one; protocols from flows put
-// the NULL and the '' app in one row.
+// the NULL and the "" app in one row.
 func TestFlowNullsReadAsBefore(t *testing.T) {
 	e := newEnv(t)
 	at := time.Date(2024, 7, 1, 8, 0, 0, 0, time.UTC)
@@ -133,7 +133,7 @@ func TestFlowNullsReadAsBefore(t *testing.T) {
 	}
 
 	// From flows (a protocol filter has no rollup): the two bare records,
-	// one with NULL and one with '', are the one row app "".
+	// one with NULL and one with "", are the one row app "".
 	var pr struct {
 		Protocols []struct {
 			App         string

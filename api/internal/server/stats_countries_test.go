@@ -71,7 +71,7 @@ func (c *countryRow) UnmarshalJSON(b []byte) error {
 // from flows alike; the Host view (addr) shows its peers' countries only.
 // Every expectation is counted by hand from seedCountryFlows.
 //
-// It runs twice: over rows with '' for an unknown country (as stored before
+// It runs twice: over rows with "" for an unknown country (as stored before
 // sink migration 00013) and over the same rows with NULL (as stored since).
 func TestStatsCountriesOnce(t *testing.T) {
 	forEmptyAndNull(t, testStatsCountriesOnce)
@@ -166,7 +166,7 @@ func testStatsCountriesOnce(t *testing.T, nulls bool) {
 // the same statistic from flows alone (proto=tcp: every seeded flow is TCP,
 // and a protocol filter has no rollup), and the sums match the hand totals.
 //
-// It runs over '' and over NULL unknown values (forEmptyAndNull).
+// It runs over "" and over NULL unknown values (forEmptyAndNull).
 func TestStatsTiersEqualFlows(t *testing.T) {
 	forEmptyAndNull(t, testStatsTiersEqualFlows)
 }

@@ -28,7 +28,7 @@ import (
 //	NULL        the length -1 and no bytes
 //
 // Since migration 00013 the optional columns of flows take NULL for an
-// unknown value: flowRow writes NULL where the value is '' / 0 / false (a NULL
+// unknown value: flowRow writes NULL where the value is "" / 0 / false (a NULL
 // is one bit of the row's null bitmap; PostgreSQL calls no receive function
 // for it).
 
@@ -164,7 +164,7 @@ const batchOffset = 2 + 4
 // the offset of the row in c. Its batch column is 0 until setBatch. f is
 // valid (validFlow). An optional value (migration 00013: everything but
 // the times, counters, batch, id, ports, proto, addresses, sensor and final)
-// that is '' / 0 / false is written as NULL.
+// that is "" / 0 / false is written as NULL.
 func (c *copyBuf) flowRow(f *pb.Flow, sensor string, start, end, flowStart int64) int {
 	at := len(c.b)
 	c.fields(flowColumns)

@@ -66,7 +66,7 @@ func nulls(t *testing.T, pool *pgxpool.Pool, id string) int {
 // with NULL in each of the 31 optional columns, by the fast path (binary
 // COPY into flows) and by the staging way (a batch with a duplicate); a
 // record with every value has none; the rollups key the unknown app and
-// country as '' (hand counts: two bare records under app '' and country '',
+// country as "" (hand counts: two bare records under app "" and country "",
 // the full one under tls, SE and US).
 func TestUnknownValuesNull(t *testing.T) {
 	s, _ := open(t)
@@ -109,7 +109,7 @@ func TestUnknownValuesNull(t *testing.T) {
 }
 
 // TestUpgradeTo13 migrates a database to version 12, stores flows as a
-// version-12 sink did ('' / 0 / false for unknown values, NOT NULL), applies
+// version-12 sink did ("" / 0 / false for unknown values, NOT NULL), applies
 // 00013 and checks that every stored row reads back identically (its text
 // form), that only the optional columns lost NOT NULL (on the partitioned
 // table and on the partition), that the DEFAULTs stay, and that a sink of
@@ -154,7 +154,7 @@ func TestUpgradeTo13(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Version-12 rows: one with the defaults ('' / 0 / false) everywhere
+	// Version-12 rows: one with the defaults ("" / 0 / false) everywhere
 	// optional, one with context values.
 	at := d.Add(9 * time.Hour)
 	if _, err := pool.Exec(ctx, `INSERT INTO flows (id, sensor, proto, orig_addr, orig_port, resp_addr, resp_port,
@@ -222,7 +222,7 @@ func TestUpgradeTo13(t *testing.T) {
 		t.Errorf("bare flow after the upgrade: %d NULLs, want %d", n, len(optionalColumns))
 	}
 	storetest.CheckRollups(t, pool, "written after 00013")
-	// The unknown country of the version-12 row ('') and of the new one
+	// The unknown country of the version-12 row ("") and of the new one
 	// (NULL) are one key: 2 records.
 	var n int
 	if err := pool.QueryRow(ctx, `SELECT sum(records) FROM countries_1d WHERE country = ''`).Scan(&n); err != nil || n != 2 {

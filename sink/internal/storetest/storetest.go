@@ -15,8 +15,8 @@ import (
 // rollupChecks are, per rollup table, its columns and the same rows computed
 // by SQL over flows (the definition in migrations 00003, 00006 and 00009,
 // written independently of rollup.go); BIN is the tier's bucket of start.
-// An unknown app or country is NULL since migration 00013 ('' before): both
-// are the key ''.
+// An unknown app or country is NULL since migration 00013 ("" before): both
+// are the key "".
 var rollupChecks = []struct{ table, cols, groupBy string }{
 	{"flows_1m", "minute, sensor, proto, app, records, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, orig_bytes, resp_bytes",
 		`SELECT BIN, sensor, proto, COALESCE(app, ''), count(*),
