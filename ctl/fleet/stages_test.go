@@ -195,8 +195,8 @@ type record struct {
 // storedFlows reads sensor's flow records from PostgreSQL.
 func (p *stages) storedFlows(ctx context.Context, sensor string) ([]record, error) {
 	rows, err := p.db.Query(ctx, `SELECT id, host(orig_addr), orig_port, host(resp_addr), resp_port, proto,
-		orig_pkts, orig_ip_bytes, resp_pkts, resp_ip_bytes, icmp_type, flow_start, record_index, final, end_reason
-		FROM flows WHERE sensor = $1`, sensor)
+		orig_pkts, orig_ip_bytes, resp_pkts, resp_ip_bytes, COALESCE(icmp_type, 0), flow_start, COALESCE(record_index, 0),
+		final, COALESCE(end_reason, '') FROM flows WHERE sensor = $1`, sensor) // NULL: unknown / 0 (sink 00013)
 	if err != nil {
 		return nil, err
 	}

@@ -19,14 +19,19 @@ import (
 // flowColumns is the SELECT list that ScanFlow reads, in order. The
 // context columns (country … http_user_agent) are those of the sink's
 // migration 00004_flow_context; without them they read as their defaults.
+// Since sink migration 00013 an optional column holds NULL for an unknown
+// value ("" / 0 / false in rows stored before): each reads as its default
+// (COALESCE), so a record prints the same either way.
 func flowColumns(s *dbSchema) string {
 	cols := `id, community_id, sensor, proto, host(orig_addr), orig_port, host(resp_addr), resp_port,
-	vlan, inner_vlan, icmp_type, icmp_code, start, "end", flow_start,
+	COALESCE(vlan, 0), COALESCE(inner_vlan, 0), COALESCE(icmp_type, 0), COALESCE(icmp_code, 0), start, "end", flow_start,
 	orig_pkts, orig_ip_bytes, orig_bytes, resp_pkts, resp_ip_bytes, resp_bytes,
-	orig_tcp_flags, resp_tcp_flags, record_index, final, end_reason, direction_guessed,
-	app, conn_state, history, tunnel, tunnel_id, server_name, direction, orig_name, resp_name`
+	COALESCE(orig_tcp_flags, 0), COALESCE(resp_tcp_flags, 0), COALESCE(record_index, 0), final,
+	COALESCE(end_reason, ''), COALESCE(direction_guessed, false),
+	COALESCE(app, ''), COALESCE(conn_state, ''), COALESCE(history, ''), COALESCE(tunnel, ''), COALESCE(tunnel_id, 0),
+	COALESCE(server_name, ''), COALESCE(direction, ''), COALESCE(orig_name, ''), COALESCE(resp_name, '')`
 	for _, c := range contextColumns {
-		cols += ", " + s.col("flows", c.name, c.def)
+		cols += ", " + s.val("flows", c.name, c.def)
 	}
 	return cols
 }
@@ -40,7 +45,8 @@ var contextColumns = []struct{ name, def string }{
 
 // ScanFlow reads one row selected with flowColumns. Since sink migration
 // 00011 id is a uuid and community_id a bytea (see StoredCommunityID); both
-// come out as before: 32 lower-case hex digits and the Community ID text.
+// come out as before: 32 lower-case hex digits and the Community ID text (a
+// NULL community_id, sink 00013, as "").
 func ScanFlow(row pgx.Row) (record.Flow, error) {
 	var f record.Flow
 	var start, end, flowStart time.Time

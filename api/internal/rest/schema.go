@@ -55,6 +55,16 @@ func (s *dbSchema) col(table, column, def string) string {
 	return def
 }
 
+// val is column when table has it, NULL read as def (COALESCE: since
+// sink migration 00013 an unknown value of an optional flows column is
+// NULL, "" / 0 / false in rows stored before), else def.
+func (s *dbSchema) val(table, column, def string) string {
+	if s.has(table, column) {
+		return "COALESCE(" + column + ", " + def + ")"
+	}
+	return def
+}
+
 // rolledTables are the tables whose columns schemaOf probes: flows, alerts
 // and every tier of the rollups (sink migrations 00003, 00006, 00009).
 var rolledTables = func() []string {

@@ -103,8 +103,10 @@ func rollupPieces(sch *dbSchema, base string, from, to time.Time, maxStep time.D
 // (the sink's definitions, migrations 00003, 00006, 00009), as a SELECT over
 // flows whose WHERE clause is %[1]s: t is the record's start. rollupFrom
 // reads the seconds at the ends of a range that cuts a minute with them.
+// An unknown app or country (NULL since sink migration 00013, "" before) is
+// "", as in the rollups.
 var edgeRows = map[string]string{
-	"flows": `SELECT start t, sensor, proto, app, 1::bigint records, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes,
+	"flows": `SELECT start t, sensor, proto, COALESCE(app, '') app, 1::bigint records, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes,
 		orig_bytes, resp_bytes FROM flows%[1]s`,
 	"talkers": `SELECT start t, orig_addr addr, orig_pkts sent_pkts, orig_ip_bytes sent_ip_bytes, resp_pkts recv_pkts,
 		resp_ip_bytes recv_ip_bytes, 1::bigint records FROM flows%[1]s
@@ -114,10 +116,10 @@ var edgeRows = map[string]string{
 		1::bigint records FROM flows%[1]s`,
 	"ports": `SELECT start t, proto, resp_port, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, 1::bigint records
 		FROM flows%[1]s`,
-	"countries": `SELECT start t, orig_country country, orig_pkts sent_pkts, orig_ip_bytes sent_ip_bytes,
+	"countries": `SELECT start t, COALESCE(orig_country, '') country, orig_pkts sent_pkts, orig_ip_bytes sent_ip_bytes,
 		resp_pkts recv_pkts, resp_ip_bytes recv_ip_bytes, 1::bigint records FROM flows%[1]s
-		UNION ALL SELECT start, resp_country, resp_pkts, resp_ip_bytes, orig_pkts, orig_ip_bytes, 1::bigint
-		FROM flows%[1]s AND resp_country <> orig_country`,
+		UNION ALL SELECT start, COALESCE(resp_country, ''), resp_pkts, resp_ip_bytes, orig_pkts, orig_ip_bytes, 1::bigint
+		FROM flows%[1]s AND COALESCE(resp_country, '') <> COALESCE(orig_country, '')`,
 }
 
 // ceilMinute is t rounded up to a whole minute.
@@ -321,8 +323,8 @@ func (a *API) protocols(w http.ResponseWriter, r *http.Request) {
 	} else {
 		source = "flows" // no rollup for these filters
 		q.flows(f)
-		sql = `SELECT proto, app, count(*), sum(orig_pkts + resp_pkts)::bigint,
-			sum(orig_ip_bytes + resp_ip_bytes)::bigint FROM flows` + q.sql() + ` GROUP BY proto, app ORDER BY 5 DESC, 1, 2`
+		sql = `SELECT proto, COALESCE(app, '') app, count(*), sum(orig_pkts + resp_pkts)::bigint,
+			sum(orig_ip_bytes + resp_ip_bytes)::bigint FROM flows` + q.sql() + ` GROUP BY 1, 2 ORDER BY 5 DESC, 1, 2`
 	}
 	rows, err := a.Pool.Query(ctx, sql, q.args...)
 	if err != nil {
@@ -470,8 +472,8 @@ func (a *API) countries(w http.ResponseWriter, r *http.Request) {
 				oin, rin = "orig_addr <<= "+x+"::inet", "resp_addr <<= "+x+"::inet"
 			}
 		}
-		sql = `WITH f AS (SELECT ` + sch.col("flows", "orig_country", "''") + ` oc, ` +
-			sch.col("flows", "resp_country", "''") + ` rc, orig_ip_bytes ob, resp_ip_bytes rb, orig_pkts op, resp_pkts rp, ` +
+		sql = `WITH f AS (SELECT ` + sch.val("flows", "orig_country", "''") + ` oc, ` +
+			sch.val("flows", "resp_country", "''") + ` rc, orig_ip_bytes ob, resp_ip_bytes rb, orig_pkts op, resp_pkts rp, ` +
 			oin + ` oin, ` + rin + ` rin FROM flows` + q.sql() + `),
 		t AS (SELECT oc c, ob sb, rb, op sp, rp FROM f WHERE NOT oin
 			UNION ALL SELECT rc, rb, ob, rp, op FROM f WHERE NOT rin AND (oin OR rc <> oc))

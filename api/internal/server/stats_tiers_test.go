@@ -21,10 +21,10 @@ func (e *env) rollupTiers(t testing.TB) {
 		`TRUNCATE countries_1m, flows_1h, flows_1d, talkers_1h, talkers_1d, pairs_1h, pairs_1d, ports_1h, ports_1d,
 			countries_1h, countries_1d`,
 		`INSERT INTO countries_1m SELECT m, sensor, c, sum(sp), sum(sb), sum(rp), sum(rb), count(*) FROM (
-			SELECT date_trunc('minute', start) m, sensor, orig_country c, orig_pkts sp, orig_ip_bytes sb, resp_pkts rp, resp_ip_bytes rb FROM flows
+			SELECT date_trunc('minute', start) m, sensor, COALESCE(orig_country, '') c, orig_pkts sp, orig_ip_bytes sb, resp_pkts rp, resp_ip_bytes rb FROM flows
 			UNION ALL
-			SELECT date_trunc('minute', start), sensor, resp_country, resp_pkts, resp_ip_bytes, orig_pkts, orig_ip_bytes FROM flows
-				WHERE resp_country <> orig_country) x
+			SELECT date_trunc('minute', start), sensor, COALESCE(resp_country, ''), resp_pkts, resp_ip_bytes, orig_pkts, orig_ip_bytes FROM flows
+				WHERE COALESCE(resp_country, '') <> COALESCE(orig_country, '')) x
 			GROUP BY 1, 2, 3`,
 	} {
 		e.exec(t, sql)

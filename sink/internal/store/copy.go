@@ -25,6 +25,12 @@ import (
 //	uuid        16 bytes, bytea the bytes
 //	inet        family (2 = IPv4, 3 = IPv6), prefix bits, is_cidr (0),
 //	            address length, address bytes (src/backend/utils/adt/network.c)
+//	NULL        the length -1 and no bytes
+//
+// Since migration 00013 the optional columns of flows take NULL for an
+// unknown value: flowRow writes NULL where the value is "" / 0 / false (a NULL
+// is one bit of the row's null bitmap; PostgreSQL calls no receive function
+// for it).
 
 // copySignature is the binary COPY header: signature, flags, extension length.
 var copySignature = []byte("PGCOPY\n\xff\r\n\x00\x00\x00\x00\x00\x00\x00\x00\x00")
@@ -76,6 +82,54 @@ func (c *copyBuf) bool(v bool) {
 	}
 }
 
+// null appends a NULL.
+func (c *copyBuf) null() { c.b = binary.BigEndian.AppendUint32(c.b, 0xffffffff) }
+
+// optInt16 appends v, NULL when 0 (an optional column, 00013).
+func (c *copyBuf) optInt16(v int16) {
+	if v == 0 {
+		c.null()
+		return
+	}
+	c.int16(v)
+}
+
+// optInt32 appends v, NULL when 0.
+func (c *copyBuf) optInt32(v int32) {
+	if v == 0 {
+		c.null()
+		return
+	}
+	c.int32(v)
+}
+
+// optInt64 appends v, NULL when 0.
+func (c *copyBuf) optInt64(v int64) {
+	if v == 0 {
+		c.null()
+		return
+	}
+	c.int64(v)
+}
+
+// optBool appends true, or NULL for false.
+func (c *copyBuf) optBool(v bool) {
+	if !v {
+		c.null()
+		return
+	}
+	c.bool(true)
+}
+
+// optText appends s as text(), NULL when empty.
+func (c *copyBuf) optText(s string) {
+	if s == "" {
+		c.null()
+		return
+	}
+	c.text(s)
+}
+
 // time is Unix microseconds as timestamptz.
 func (c *copyBuf) time(us int64) { c.int64(us - pgEpochMicros) }
 
@@ -108,23 +162,25 @@ const batchOffset = 2 + 4
 
 // flowRow appends f with sensor as one row of flowsTable.cols and returns
 // the offset of the row in c. Its batch column is 0 until setBatch. f is
-// valid (validFlow).
+// valid (validFlow). An optional value (migration 00013: everything but
+// the times, counters, batch, id, ports, proto, addresses, sensor and final)
+// that is "" / 0 / false is written as NULL.
 func (c *copyBuf) flowRow(f *pb.Flow, sensor string, start, end, flowStart int64) int {
 	at := len(c.b)
 	c.fields(flowColumns)
 	c.int64(0) // batch, set by setBatch
 	c.uuid(f.GetId())
 	c.text(sensor)
-	c.bytea(communityID(f.GetCommunityId()))
+	c.optBytea(communityID(f.GetCommunityId()))
 	c.int16(int16(f.GetProto()))
 	c.inet(f.GetOrigAddr())
 	c.int32(int32(f.GetOrigPort()))
 	c.inet(f.GetRespAddr())
 	c.int32(int32(f.GetRespPort()))
-	c.int32(int32(f.GetVlan()))
-	c.int32(int32(f.GetInnerVlan()))
-	c.int16(int16(f.GetIcmpType()))
-	c.int16(int16(f.GetIcmpCode()))
+	c.optInt32(int32(f.GetVlan()))
+	c.optInt32(int32(f.GetInnerVlan()))
+	c.optInt16(int16(f.GetIcmpType()))
+	c.optInt16(int16(f.GetIcmpCode()))
 	c.time(start)
 	c.time(end)
 	c.time(flowStart)
@@ -134,33 +190,33 @@ func (c *copyBuf) flowRow(f *pb.Flow, sensor string, start, end, flowStart int64
 	c.int64(i64(f.GetRespPkts()))
 	c.int64(i64(f.GetRespIpBytes()))
 	c.int64(i64(f.GetRespBytes()))
-	c.int16(int16(f.GetOrigTcpFlags()))
-	c.int16(int16(f.GetRespTcpFlags()))
-	c.int32(int32(f.GetRecordIndex()))
+	c.optInt16(int16(f.GetOrigTcpFlags()))
+	c.optInt16(int16(f.GetRespTcpFlags()))
+	c.optInt32(int32(f.GetRecordIndex()))
 	c.bool(f.GetFinal())
-	c.text(schema.EndReasonName(f.GetEndReason()))
-	c.bool(f.GetDirectionGuessed())
-	c.text(f.GetApp())
-	c.text(f.GetConnState())
-	c.text(f.GetHistory())
-	c.text(schema.TunnelName(f.GetTunnel()))
-	c.int64(int64(f.GetTunnelId()))
-	c.text(f.GetServerName())
-	c.text(f.GetDirection())
-	c.text(f.GetOrigName())
-	c.text(f.GetRespName())
-	c.text(f.GetOrigCountry())
-	c.text(f.GetOrigCity())
-	c.int64(int64(f.GetOrigAsn()))
-	c.text(f.GetOrigAsOrg())
-	c.text(f.GetRespCountry())
-	c.text(f.GetRespCity())
-	c.int64(int64(f.GetRespAsn()))
-	c.text(f.GetRespAsOrg())
-	c.bool(f.GetAppFromPort())
-	c.text(f.GetJa3())
-	c.text(f.GetJa4())
-	c.text(f.GetHttpUserAgent())
+	c.optText(schema.EndReasonName(f.GetEndReason()))
+	c.optBool(f.GetDirectionGuessed())
+	c.optText(f.GetApp())
+	c.optText(f.GetConnState())
+	c.optText(f.GetHistory())
+	c.optText(schema.TunnelName(f.GetTunnel()))
+	c.optInt64(int64(f.GetTunnelId()))
+	c.optText(f.GetServerName())
+	c.optText(f.GetDirection())
+	c.optText(f.GetOrigName())
+	c.optText(f.GetRespName())
+	c.optText(f.GetOrigCountry())
+	c.optText(f.GetOrigCity())
+	c.optInt64(int64(f.GetOrigAsn()))
+	c.optText(f.GetOrigAsOrg())
+	c.optText(f.GetRespCountry())
+	c.optText(f.GetRespCity())
+	c.optInt64(int64(f.GetRespAsn()))
+	c.optText(f.GetRespAsOrg())
+	c.optBool(f.GetAppFromPort())
+	c.optText(f.GetJa3())
+	c.optText(f.GetJa4())
+	c.optText(f.GetHttpUserAgent())
 	return at
 }
 
@@ -169,6 +225,15 @@ func (c *copyBuf) setBatch(offsets []int, batch int64) {
 	for _, at := range offsets {
 		binary.BigEndian.PutUint64(c.b[at+batchOffset:], uint64(batch))
 	}
+}
+
+// optBytea appends v as bytea, NULL when empty.
+func (c *copyBuf) optBytea(v []byte) {
+	if len(v) == 0 {
+		c.null()
+		return
+	}
+	c.bytea(v)
 }
 
 // uuid appends a 32-hex-digit id (validFlow) as a uuid: its 16 bytes.

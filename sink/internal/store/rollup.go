@@ -69,8 +69,11 @@ const rollupSource = `CREATE TEMP TABLE IF NOT EXISTS rollup_src (
 	orig_country text, resp_country text, orig_pkts bigint, resp_pkts bigint, orig_ip_bytes bigint, resp_ip_bytes bigint,
 	orig_bytes bigint, resp_bytes bigint) ON COMMIT DELETE ROWS`
 
-const fillRollupSource = `INSERT INTO rollup_src SELECT start, sensor, proto, app, orig_addr, resp_addr, resp_port,
-	orig_country, resp_country, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, orig_bytes, resp_bytes
+// fillRollupSource copies the rollup columns of the pending batches' flows
+// into rollup_src. app and the countries are NULL when unknown since migration 00013 ("" in
+// rows stored before): the rollups key both as "" (COALESCE).
+const fillRollupSource = `INSERT INTO rollup_src SELECT start, sensor, proto, COALESCE(app, ''), orig_addr, resp_addr, resp_port,
+	COALESCE(orig_country, ''), COALESCE(resp_country, ''), orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, orig_bytes, resp_bytes
 	FROM flows WHERE batch = ANY($1) AND start >= $2 AND start <= $3`
 
 // rollupSpec is one rollup: its base name, key columns, counter columns,

@@ -51,8 +51,8 @@ func TestMigrateFreshAndIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(v, []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}) {
-		t.Fatalf("first run applied %v, want 1 to 12", v)
+	if !slices.Equal(v, []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}) {
+		t.Fatalf("first run applied %v, want 1 to 13", v)
 	}
 	v, err = Migrate(ctx, dsn, quiet())
 	if err != nil || len(v) != 0 {
@@ -137,10 +137,15 @@ func TestWriteFlowsExactValues(t *testing.T) {
 	var r row
 	get := func(id string) row {
 		t.Helper()
-		err := s.pool.QueryRow(ctx, `SELECT replace(id::text, '-', ''), sensor, convert_from(community_id, 'UTF8'), proto, orig_addr, orig_port, resp_addr, resp_port,
-			vlan, inner_vlan, icmp_type, icmp_code, start, "end", flow_start, orig_pkts, orig_ip_bytes, orig_bytes,
-			resp_pkts, resp_ip_bytes, resp_bytes, orig_tcp_flags, resp_tcp_flags, record_index, final, end_reason,
-			direction_guessed, app, conn_state, history, tunnel, tunnel_id, server_name, direction, orig_name, resp_name
+		// NULL is an unknown / 0 / false (00013; TestUnknownValuesNull).
+		err := s.pool.QueryRow(ctx, `SELECT replace(id::text, '-', ''), sensor, COALESCE(convert_from(community_id, 'UTF8'), ''),
+			proto, orig_addr, orig_port, resp_addr, resp_port,
+			COALESCE(vlan, 0), COALESCE(inner_vlan, 0), COALESCE(icmp_type, 0), COALESCE(icmp_code, 0), start, "end", flow_start,
+			orig_pkts, orig_ip_bytes, orig_bytes, resp_pkts, resp_ip_bytes, resp_bytes, COALESCE(orig_tcp_flags, 0),
+			COALESCE(resp_tcp_flags, 0), COALESCE(record_index, 0), final, COALESCE(end_reason, ''),
+			COALESCE(direction_guessed, false), COALESCE(app, ''), COALESCE(conn_state, ''), COALESCE(history, ''),
+			COALESCE(tunnel, ''), COALESCE(tunnel_id, 0), COALESCE(server_name, ''), COALESCE(direction, ''),
+			COALESCE(orig_name, ''), COALESCE(resp_name, '')
 			FROM flows WHERE id = $1`, id).Scan(&r.ID, &r.Sensor, &r.CommunityID, &r.Proto, &r.OrigAddr, &r.OrigPort,
 			&r.RespAddr, &r.RespPort, &r.Vlan, &r.InnerVlan, &r.IcmpType, &r.IcmpCode, &r.Start, &r.End, &r.FlowStart,
 			&r.OrigPkts, &r.OrigIPBytes, &r.OrigBytes, &r.RespPkts, &r.RespIPBytes, &r.RespBytes, &r.OrigFlags,
@@ -387,7 +392,7 @@ func TestFastPathFallbackRollups(t *testing.T) {
 		storetest.WaitRollups(t, s.pool, step)
 		var n, bad int
 		if err := s.pool.QueryRow(ctx, `WITH g AS (
-			SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00') AS minute, sensor, proto, app,
+			SELECT date_bin('1 minute', start, timestamptz '2000-01-01 00:00:00+00') AS minute, sensor, proto, COALESCE(app, '') AS app,
 				count(*) AS records, sum(orig_pkts) AS orig_pkts, sum(resp_pkts) AS resp_pkts,
 				sum(orig_ip_bytes) AS orig_ip_bytes, sum(resp_ip_bytes) AS resp_ip_bytes,
 				sum(orig_bytes) AS orig_bytes, sum(resp_bytes) AS resp_bytes
@@ -468,11 +473,11 @@ func TestCompactFlowColumns(t *testing.T) {
 	if err != nil || res.Inserted != 4 || res.Invalid != 1 {
 		t.Fatalf("%+v, %v; want 4 inserted, 1 invalid", res, err)
 	}
-	want := []string{`\x01` + "2d053da9994af81e45dca0e67afea6e4f3226eb8", `\x313a6162633d`, `\x000178`, `\x`}
+	want := []string{`\x01` + "2d053da9994af81e45dca0e67afea6e4f3226eb8", `\x313a6162633d`, `\x000178`, `NULL`}
 	for i, f := range fb.Flows[:4] {
 		var got, canon string
 		var idText string
-		if err := s.pool.QueryRow(ctx, `SELECT community_id::text, ('\x01'::bytea || decode('LQU9qZlK+B5F3KDmev6m5PMibrg=', 'base64'))::text,
+		if err := s.pool.QueryRow(ctx, `SELECT COALESCE(community_id::text, 'NULL'), ('\x01'::bytea || decode('LQU9qZlK+B5F3KDmev6m5PMibrg=', 'base64'))::text,
 			id::text FROM flows WHERE id = $1::uuid`, f.Id).Scan(&got, &canon, &idText); err != nil {
 			t.Fatal(err)
 		}

@@ -15,9 +15,11 @@ import (
 // rollupChecks are, per rollup table, its columns and the same rows computed
 // by SQL over flows (the definition in migrations 00003, 00006 and 00009,
 // written independently of rollup.go); BIN is the tier's bucket of start.
+// An unknown app or country is NULL since migration 00013 ("" before): both
+// are the key "".
 var rollupChecks = []struct{ table, cols, groupBy string }{
 	{"flows_1m", "minute, sensor, proto, app, records, orig_pkts, resp_pkts, orig_ip_bytes, resp_ip_bytes, orig_bytes, resp_bytes",
-		`SELECT BIN, sensor, proto, app, count(*),
+		`SELECT BIN, sensor, proto, COALESCE(app, ''), count(*),
 			sum(orig_pkts), sum(resp_pkts), sum(orig_ip_bytes), sum(resp_ip_bytes), sum(orig_bytes), sum(resp_bytes)
 		FROM flows GROUP BY 1, 2, 3, 4`},
 	{"talkers_1m", "minute, sensor, addr, sent_pkts, sent_ip_bytes, recv_pkts, recv_ip_bytes, records",
@@ -39,10 +41,10 @@ var rollupChecks = []struct{ table, cols, groupBy string }{
 	// originator's role, and in the responder's when its country differs.
 	{"countries_1m", "minute, sensor, country, sent_pkts, sent_ip_bytes, recv_pkts, recv_ip_bytes, records",
 		`SELECT m, sensor, c, sum(sp), sum(sb), sum(rp), sum(rb), count(*) FROM (
-			SELECT BIN m, sensor, orig_country c, orig_pkts sp, orig_ip_bytes sb, resp_pkts rp, resp_ip_bytes rb FROM flows
+			SELECT BIN m, sensor, COALESCE(orig_country, '') c, orig_pkts sp, orig_ip_bytes sb, resp_pkts rp, resp_ip_bytes rb FROM flows
 			UNION ALL
-			SELECT BIN, sensor, resp_country, resp_pkts, resp_ip_bytes, orig_pkts, orig_ip_bytes FROM flows
-				WHERE resp_country <> orig_country) r GROUP BY 1, 2, 3`},
+			SELECT BIN, sensor, COALESCE(resp_country, ''), resp_pkts, resp_ip_bytes, orig_pkts, orig_ip_bytes FROM flows
+				WHERE COALESCE(resp_country, '') <> COALESCE(orig_country, '')) r GROUP BY 1, 2, 3`},
 }
 
 // checkTiers are the rollup tiers: table suffix, time column and the
