@@ -298,7 +298,7 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	needs := schema.Needs{Streams: []string{schema.StreamFlows, schema.StreamAlerts, schema.StreamMetrics},
 		Consumers: map[string][]string{schema.StreamFlows: {schema.ConsumerSinkFlows},
 			schema.StreamAlerts: {schema.ConsumerSinkAlerts}, schema.StreamMetrics: {schema.ConsumerSinkMetrics}}}
-	if err := schema.ProvisionOrAwait(ctx, js, cfg.Provision, schema.StreamOptions{}, needs, func(missing error) {
+	if err := schema.ProvisionOrAwait(ctx, js, cfg.Provision, schema.StreamOptions{Log: log}, needs, func(missing error) {
 		log.Warn("waiting for the streams (-nats.provision=false: netwatchctl provision creates them)", "missing", missing)
 	}); err != nil {
 		return fmt.Errorf("provision: %w", err)
