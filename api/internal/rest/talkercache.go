@@ -330,39 +330,78 @@ func (a *API) topTalkersCached(ctx context.Context, sch *dbSchema, f FlowFilter,
 		s[3] += e.rp
 		s[4] += e.nr
 	}
-	// The SQL's ORDER BY value DESC, host(addr) (bytewise: collateC).
+	// The SQL's ORDER BY value DESC, host(addr) (bytewise: probed), LIMIT:
+	// the best limit of the touched ids in a heap whose root is the worst.
+	vi := map[string]int{"bytes": 0, "pkts": 2}[by] // sent; +1: received
 	value := func(id int32) int64 {
 		s := acc[5*int(id) : 5*int(id)+5]
 		switch {
 		case by == "flows":
 			return s[4]
-		case side == "src" && by == "bytes":
-			return s[0]
 		case side == "src":
-			return s[2]
-		case side == "dst" && by == "bytes":
-			return s[1]
+			return s[vi]
 		case side == "dst":
-			return s[3]
-		case by == "bytes":
-			return s[0] + s[1]
+			return s[vi+1]
 		default:
-			return s[2] + s[3]
+			return s[vi] + s[vi+1]
 		}
 	}
 	host := func(id int32) string { h, _, _ := strings.Cut(names[id], "/"); return h }
-	slices.SortFunc(touched, func(x, y int32) int {
-		vx, vy := value(x), value(y)
-		if vx != vy {
-			if vx > vy {
-				return -1
+	type ranked struct {
+		v  int64
+		id int32
+	}
+	// worse reports whether x ranks after y.
+	worse := func(x, y ranked) bool {
+		if x.v != y.v {
+			return x.v < y.v
+		}
+		return host(x.id) > host(y.id)
+	}
+	h := make([]ranked, 0, min(limit, len(touched)))
+	down := func(i int) {
+		for {
+			l, m := 2*i+1, i
+			if l < len(h) && worse(h[l], h[m]) {
+				m = l
 			}
+			if l+1 < len(h) && worse(h[l+1], h[m]) {
+				m = l + 1
+			}
+			if m == i {
+				return
+			}
+			h[i], h[m] = h[m], h[i]
+			i = m
+		}
+	}
+	for _, id := range touched {
+		x := ranked{value(id), id}
+		if len(h) < limit {
+			h = append(h, x)
+			for i := len(h) - 1; i > 0 && worse(h[i], h[(i-1)/2]); i = (i - 1) / 2 {
+				h[i], h[(i-1)/2] = h[(i-1)/2], h[i]
+			}
+		} else if worse(h[0], x) {
+			h[0] = x
+			down(0)
+		}
+	}
+	slices.SortFunc(h, func(x, y ranked) int {
+		if worse(x, y) {
 			return 1
 		}
-		return strings.Compare(host(x), host(y))
+		if worse(y, x) {
+			return -1
+		}
+		return 0
 	})
+	touched = touched[:0]
+	for _, x := range h {
+		touched = append(touched, x.id)
+	}
 	out = []Talker{}
-	for _, id := range touched[:min(limit, len(touched))] {
+	for _, id := range touched {
 		s := acc[5*int(id) : 5*int(id)+5]
 		out = append(out, Talker{Addr: host(id), SentBytes: s[0], RecvBytes: s[1], SentPkts: s[2], RecvPkts: s[3],
 			Flows: s[4], Bytes: s[0] + s[1], Pkts: s[2] + s[3]})
