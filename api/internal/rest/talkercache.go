@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -54,6 +55,7 @@ type TalkerCache struct {
 	ids     map[string]int32        // interned addr::text and sensor
 	names   []string
 	nameB   int64
+	gen     uint64 // incremented when the interned ids are dropped (resetLocked)
 
 	collProbed, collBytewise bool
 
@@ -110,6 +112,7 @@ func (c *TalkerCache) Reset() {
 }
 
 func (c *TalkerCache) resetLocked() {
+	c.gen++
 	c.lru.Init()
 	c.buckets = map[tcKey]*list.Element{}
 	c.ids = map[string]int32{}
@@ -228,6 +231,7 @@ func (a *API) topTalkersCached(ctx context.Context, sch *dbSchema, f FlowFilter,
 		c.evictions.Add(float64(len(c.buckets)))
 		c.resetLocked()
 	}
+	gen := c.gen
 	c.mu.Unlock()
 	// Versions first, then the loads.
 	for _, p := range pieces {
@@ -236,7 +240,10 @@ func (a *API) topTalkersCached(ctx context.Context, sch *dbSchema, f FlowFilter,
 		}
 	}
 	for _, p := range pieces {
-		if err := c.fill(ctx, a, p); err != nil {
+		if err := c.fill(ctx, a, p, gen); err != nil {
+			if err == errTalkerCacheReset {
+				return nil, false, nil // ids dropped meanwhile: SQL
+			}
 			return nil, false, err
 		}
 	}
@@ -280,6 +287,10 @@ func (a *API) topTalkersCached(ctx context.Context, sch *dbSchema, f FlowFilter,
 	}
 	// Intern the edges' addresses and snapshot the table.
 	c.mu.Lock()
+	if c.gen != gen {
+		c.mu.Unlock()
+		return nil, false, nil // ids dropped meanwhile (Reset): SQL
+	}
 	edgeNames := make([]string, len(edges))
 	for i, e := range edges {
 		edgeNames[i] = e.addr
@@ -431,12 +442,21 @@ func (c *TalkerCache) readVersions(ctx context.Context, a *API, p *tcPiece) erro
 	return rows.Err()
 }
 
+// errTalkerCacheReset: the cache's interned ids were dropped during a
+// request, whose buckets then mix two numberings.
+var errTalkerCacheReset = errors.New("rollup cache reset during the request")
+
 // fill finds p's buckets in the cache at their versions and loads the
-// others with one SQL (from the first to the last of them).
-func (c *TalkerCache) fill(ctx context.Context, a *API, p *tcPiece) error {
+// others with one SQL (from the first to the last of them); gen is the
+// numbering of interned ids the request started with.
+func (c *TalkerCache) fill(ctx context.Context, a *API, p *tcPiece, gen uint64) error {
 	step := int64(p.tier.step / time.Second)
 	first, last := -1, -1
 	c.mu.Lock()
+	if c.gen != gen {
+		c.mu.Unlock()
+		return errTalkerCacheReset
+	}
 	for i := range p.got {
 		k := tcKey{p.tier.suffix, p.from.Unix() + int64(i)*step}
 		if e, ok := c.buckets[k]; ok && e.Value.(*tcBucket).version == p.versions[i] {
@@ -510,6 +530,9 @@ func (c *TalkerCache) fill(ctx context.Context, a *API, p *tcPiece) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.gen != gen {
+		return errTalkerCacheReset
+	}
 	global := c.internLocked(local.names)
 	for i, b := range loaded {
 		for j, id := range b.sensor {
