@@ -232,11 +232,16 @@ func BenchmarkDashboardQueries(b *testing.B) {
 // schema that holds a finished dataset of n flows (generated with rollups,
 // recorded in its table bench_dataset) is reused as it is (reused true);
 // any other is dropped and created afresh. Without it: a fresh schema
-// dropped at the end (testkit.Postgres).
+// dropped at the end (testkit.Postgres). NETWATCH_BENCH_ROLLUP_CACHE=0 runs
+// the api without its rollup cache (top talkers as one SQL, as before).
 func benchEnv(b *testing.B, n int) (e *env, reused bool) {
+	var opts server.Options
+	if os.Getenv("NETWATCH_BENCH_ROLLUP_CACHE") == "0" {
+		opts.RollupCacheBytes = -1 // every top talkers request is one SQL
+	}
 	name := os.Getenv("NETWATCH_BENCH_SCHEMA")
 	if name == "" {
-		return newEnv(b), false
+		return newEnvWith(b, opts), false
 	}
 	if !regexp.MustCompile(`^[a-z_][a-z0-9_]*$`).MatchString(name) {
 		b.Fatalf("NETWATCH_BENCH_SCHEMA=%q: want a lower-case SQL identifier", name)
@@ -268,7 +273,7 @@ func benchEnv(b *testing.B, n int) (e *env, reused bool) {
 	if reused {
 		upTo = ""
 	}
-	return newEnvDSN(b, server.Options{}, u.String(), upTo), reused
+	return newEnvDSN(b, opts, u.String(), upTo), reused
 }
 
 // benchDone records in a NETWATCH_BENCH_SCHEMA schema that its dataset of n
