@@ -233,27 +233,17 @@ func (a *API) topTalkersCached(ctx context.Context, sch *dbSchema, f FlowFilter,
 	}
 	gen := c.gen
 	c.mu.Unlock()
-	// Versions first, then the loads.
-	for _, p := range pieces {
-		if err := c.readVersions(ctx, a, p); err != nil {
-			return nil, false, err
-		}
-	}
-	for _, p := range pieces {
-		if err := c.fill(ctx, a, p, gen); err != nil {
-			if err == errTalkerCacheReset {
-				return nil, false, nil // ids dropped meanwhile: SQL
-			}
-			return nil, false, err
-		}
-	}
-	// The seconds at the ends, from flows.
+	// The seconds at the ends, from flows: two small GROUP BYs, run beside
+	// the cache's work (on other connections of the pool).
 	type edgeRow struct {
 		addr               string
 		sb, rb, sp, rp, nr int64
 	}
-	var edges []edgeRow
-	edge := func(x, y time.Time) error {
+	edgeOut := make([][]edgeRow, 2)
+	edgeErr := make([]error, 2)
+	var wg sync.WaitGroup
+	edge := func(k int, x, y time.Time) {
+		defer wg.Done()
 		w := &where{sch: sch}
 		w.timeRange("start", x, y)
 		if f.Sensor != "" {
@@ -263,28 +253,52 @@ func (a *API) topTalkersCached(ctx context.Context, sch *dbSchema, f FlowFilter,
 			sch.sum("sent_pkts")+`, `+sch.sum("recv_pkts")+`, `+sch.sum("records")+` FROM (`+
 			fmt.Sprintf(edgeRows["talkers"], w.sql())+`) e GROUP BY addr`, w.args...)
 		if err != nil {
-			return err
+			edgeErr[k] = err
+			return
 		}
 		defer rows.Close()
 		for rows.Next() {
 			var e edgeRow
 			if err := rows.Scan(&e.addr, &e.sb, &e.rb, &e.sp, &e.rp, &e.nr); err != nil {
-				return err
+				edgeErr[k] = err
+				return
 			}
-			edges = append(edges, e)
+			edgeOut[k] = append(edgeOut[k], e)
 		}
-		return rows.Err()
+		edgeErr[k] = rows.Err()
 	}
 	if from.After(f.From) {
-		if err := edge(f.From, from); err != nil {
-			return nil, false, err
-		}
+		wg.Add(1)
+		go edge(0, f.From, from)
 	}
 	if f.To.After(to) {
-		if err := edge(to, f.To); err != nil {
+		wg.Add(1)
+		go edge(1, to, f.To)
+	}
+	cacheErr := func() error {
+		// Versions first, then the loads.
+		for _, p := range pieces {
+			if err := c.readVersions(ctx, a, p); err != nil {
+				return err
+			}
+		}
+		for _, p := range pieces {
+			if err := c.fill(ctx, a, p, gen); err != nil {
+				return err
+			}
+		}
+		return nil
+	}()
+	wg.Wait()
+	if errors.Is(cacheErr, errTalkerCacheReset) {
+		return nil, false, nil // ids dropped meanwhile: SQL
+	}
+	for _, err := range append(edgeErr, cacheErr) {
+		if err != nil {
 			return nil, false, err
 		}
 	}
+	edges := append(edgeOut[0], edgeOut[1]...)
 	// Intern the edges' addresses and snapshot the table.
 	c.mu.Lock()
 	if c.gen != gen {

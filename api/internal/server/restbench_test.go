@@ -225,6 +225,10 @@ func BenchmarkDashboardQueries(b *testing.B) {
 			}
 		})
 	}
+	if c := e.srv.API.Talkers; c != nil {
+		st := c.Stats()
+		fmt.Fprintf(os.Stderr, "BenchmarkDashboardQueries: rollup cache at the end: %d buckets, %.1f MiB\n", st.Buckets, float64(st.Bytes)/(1<<20))
+	}
 }
 
 // benchEnv is the benchmark's api. With NETWATCH_BENCH_SCHEMA=name its data
