@@ -5,6 +5,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -21,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"netwatch/api/internal/live"
+	"netwatch/api/internal/rest"
 	"netwatch/api/internal/server"
 	"netwatch/api/internal/web"
 	"netwatch/schema/ops"
@@ -36,6 +38,9 @@ type Config struct {
 	AdminTokens  string        // -auth.admin-tokens: same, tokens that may also change alerts
 	TokenFile    string        // -auth.token-file: "read|admin name secret" lines
 	StallTimeout time.Duration // -live.stall-timeout
+	// RollupCacheBytes is -cache.rollup-bytes: the bound of top talkers'
+	// cache of rollup buckets (0 disables it).
+	RollupCacheBytes int64
 	// Tokens are all the configured tokens (filled by Validate).
 	Tokens []server.Token
 }
@@ -52,6 +57,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&c.AdminTokens, "auth.admin-tokens", "", "bearer tokens that may also acknowledge and close alerts, comma-separated name=secret")
 	fs.StringVar(&c.TokenFile, "auth.token-file", "", "file of tokens, one a line: read|admin name secret")
 	fs.DurationVar(&c.StallTimeout, "live.stall-timeout", live.DefaultStallTimeout, "disconnect a WebSocket client that keeps losing messages this long (0: never)")
+	fs.Int64Var(&c.RollupCacheBytes, "cache.rollup-bytes", rest.DefaultTalkerCacheBytes,
+		"bytes of talkers rollup buckets cached in memory for top talkers (LRU; 0 disables: every request is one SQL)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -85,6 +92,9 @@ func (c *Config) Validate() error {
 	}
 	if c.QueryTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("-query.timeout %s: want > 0", c.QueryTimeout))
+	}
+	if c.RollupCacheBytes < 0 {
+		errs = append(errs, fmt.Errorf("-cache.rollup-bytes %d: want >= 0 (0 disables the cache)", c.RollupCacheBytes))
 	}
 	if c.StallTimeout < 0 {
 		errs = append(errs, fmt.Errorf("-live.stall-timeout %s: want >= 0", c.StallTimeout))
@@ -166,7 +176,7 @@ func run(ctx context.Context, cfg *Config) error {
 	defer nc.Close()
 
 	reg := ops.NewRegistry()
-	srv, err := server.New(pool, nc, reg, log, server.Options{Tokens: cfg.Tokens})
+	srv, err := server.New(pool, nc, reg, log, server.Options{Tokens: cfg.Tokens, RollupCacheBytes: cmp.Or(cfg.RollupCacheBytes, -1)})
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,9 @@ type API struct {
 	// HostScores annotates the flows answered with their hosts' anomaly
 	// scores (nil: none).
 	HostScores *hostscores.Annotator
+	// Talkers caches the talkers rollup buckets for top talkers (nil:
+	// every request is one SQL GROUP BY over the rollups).
+	Talkers *TalkerCache
 }
 
 // Register adds the REST routes to mux. Routes that change state

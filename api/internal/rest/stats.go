@@ -233,6 +233,17 @@ func (a *API) topTalkers(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, "read the database schema", err)
 		return
 	}
+	if f.RollupableAnyRange() && side != "pair" && sch.hasTable("talkers_1m") {
+		out, ok, err := a.topTalkersCached(ctx, sch, f, side, by, limit)
+		if err != nil {
+			a.fail(w, r, "query top talkers", err)
+			return
+		}
+		if ok {
+			WriteJSON(w, http.StatusOK, map[string]any{"talkers": out, "by": by, "side": side, "source": "rollup"})
+			return
+		}
+	}
 	q := &where{sch: sch}
 	var sql, source string
 	switch {

@@ -82,14 +82,22 @@ func newEnvWith(t testing.TB, opts server.Options) *env { return newEnvSchema(t,
 // newEnvSchema is newEnvWith on a database migrated up to migration upTo.
 func newEnvSchema(t testing.TB, opts server.Options, upTo string) *env {
 	t.Helper()
-	dsn := testkit.Postgres(t)
+	return newEnvDSN(t, opts, testkit.Postgres(t), upTo)
+}
+
+// newEnvDSN is newEnvSchema on the database dsn (its search_path), which
+// it migrates up to upTo unless upTo is "" (already migrated).
+func newEnvDSN(t testing.TB, opts server.Options, dsn, upTo string) *env {
+	t.Helper()
 	_, nc, js := testkit.JetStream(t)
 	pool, err := pgxpool.New(context.Background(), dsn)
 	if err != nil {
 		t.Fatalf("pool: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	migrateUpTo(t, pool, upTo)
+	if upTo != "" {
+		migrateUpTo(t, pool, upTo)
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	srv, err := server.New(pool, nc, ops.NewRegistry(), log, opts)
 	if err != nil {

@@ -1,15 +1,23 @@
 package server_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"netwatch/api/internal/server"
+	"netwatch/testkit"
 )
 
 // BenchmarkDashboardQueries is the issue's REST load: the dashboard's
@@ -25,7 +33,11 @@ import (
 // only) straight on the pool, for comparison on the same data. Generating
 // the data takes minutes: run with -benchtime 1x. NETWATCH_BENCH_ROLLUPS=0
 // leaves the rollups empty (most of the time goes into filling them): for
-// the queries that read flows only (flows_, flow_by_id, host_). The flows are stored as
+// the queries that read flows only (flows_, flow_by_id, host_).
+// NETWATCH_BENCH_SCHEMA=name keeps the data in that schema and reuses it in
+// later runs (benchEnv). Top talkers (not pairs) come warm, from the api's
+// rollup cache filled by the warm-up, and as <name>_cold with the cache
+// emptied before each run. The flows are stored as
 // sink migration 00011 does (id uuid, a Community ID v1 as bytea: the byte 1
 // and 20 bytes, here of a SHA-256).
 func BenchmarkDashboardQueries(b *testing.B) {
@@ -33,12 +45,13 @@ func BenchmarkDashboardQueries(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("NETWATCH_BENCH_FLOWS")); err == nil && v > 0 {
 		n = v
 	}
-	e := newEnv(b)
+	e, reused := benchEnv(b, n)
 	t0 := time.Now()
 	day := time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
-	// Flow i starts at i * 86400/n seconds into the day; its hosts and
-	// ports come from i by multiplicative hashing (deterministic).
-	e.exec(b, `INSERT INTO flows (id, sensor, community_id, proto, orig_addr, orig_port, resp_addr, resp_port,
+	if !reused {
+		// Flow i starts at i * 86400/n seconds into the day; its hosts and
+		// ports come from i by multiplicative hashing (deterministic).
+		e.exec(b, `INSERT INTO flows (id, sensor, community_id, proto, orig_addr, orig_port, resp_addr, resp_port,
 		start, "end", flow_start, orig_pkts, orig_ip_bytes, orig_bytes, resp_pkts, resp_ip_bytes, resp_bytes,
 		app, conn_state, direction, orig_country, resp_country, resp_asn)
 		SELECT md5(i::text)::uuid, 's' || (i % 4 + 1), '\x01'::bytea || substr(sha256(convert_to(i::text || 'c', 'UTF8')), 1, 20),
@@ -52,19 +65,23 @@ func BenchmarkDashboardQueries(b *testing.B) {
 			(ARRAY['tls', 'http', 'dns', 'ssh', 'ntp', 'http', 'smtp', 'imaps'])[i % 8 + 1], 'SF', 'outbound',
 			'SE', (ARRAY['US', 'DE', 'SE', 'NL', 'FR', 'GB', 'CN', 'RU', 'BR', 'IN', 'JP', ''])[(i * 13) % 12 + 1], 64496 + i % 500
 		FROM generate_series(0::bigint, $2::bigint - 1) AS i`, day, n)
-	if os.Getenv("NETWATCH_BENCH_ROLLUPS") != "0" {
-		e.rollup(b)
-		e.rollupTiers(b)
-	}
-	// What the sink's rollup loop does every 10 s for the partitions it
-	// writes (store.SummarizeFlowIndexes): the BRIN ranges filled since are
-	// summarised and the GIN pending list merged.
-	e.exec(b, `SELECT count(CASE am.amname WHEN 'brin' THEN brin_summarize_new_values(x.indexrelid)
+		if os.Getenv("NETWATCH_BENCH_ROLLUPS") != "0" {
+			e.rollup(b)
+			e.rollupTiers(b)
+		}
+		// What the sink's rollup loop does every 10 s for the partitions it
+		// writes (store.SummarizeFlowIndexes): the BRIN ranges filled since are
+		// summarised and the GIN pending list merged.
+		e.exec(b, `SELECT count(CASE am.amname WHEN 'brin' THEN brin_summarize_new_values(x.indexrelid)
 		WHEN 'gin' THEN gin_clean_pending_list(x.indexrelid) END)
 		FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid JOIN pg_am am ON am.oid = c.relam
 		WHERE x.indrelid = 'flows_default'::regclass AND am.amname IN ('brin', 'gin')`)
-	e.exec(b, "ANALYZE")
-	fmt.Fprintf(os.Stderr, "BenchmarkDashboardQueries: %d flows and rollups in %s\n", n, time.Since(t0).Round(time.Second))
+		e.exec(b, "ANALYZE")
+		fmt.Fprintf(os.Stderr, "BenchmarkDashboardQueries: %d flows and rollups in %s\n", n, time.Since(t0).Round(time.Second))
+		benchDone(b, e, n)
+	} else {
+		fmt.Fprintf(os.Stderr, "BenchmarkDashboardQueries: reusing %d flows in schema %s\n", n, os.Getenv("NETWATCH_BENCH_SCHEMA"))
+	}
 	for _, t := range []string{"flows", "flows_1m", "talkers_1m", "pairs_1m", "ports_1m", "countries_1m",
 		"flows_1h", "talkers_1h", "pairs_1h", "flows_1d", "talkers_1d", "pairs_1d"} {
 		var rows int64
@@ -170,12 +187,24 @@ func BenchmarkDashboardQueries(b *testing.B) {
 			}
 		})
 	}
+	// Top talkers (but pairs) also cold: the api's rollup cache
+	// (rest.TalkerCache) emptied before each run, so every bucket is loaded
+	// from PostgreSQL (whose own buffers stay warm).
+	for _, q := range slices.Clone(queries) {
+		if strings.Contains(q.path, "top-talkers") && !strings.Contains(q.path, "side=pair") && !strings.Contains(q.path, "addr=") {
+			queries = append(queries, struct{ name, path string }{q.name + "_cold", q.path})
+		}
+	}
 	for _, q := range queries {
+		cold := strings.HasSuffix(q.name, "_cold")
 		b.Run(q.name, func(b *testing.B) {
 			for b.Loop() {
 				var lat []time.Duration
 				start := time.Now()
 				for i := 0; i < 31 && (i < 3 || time.Since(start) < 30*time.Second); i++ {
+					if cold && e.srv.API.Talkers != nil {
+						e.srv.API.Talkers.Reset()
+					}
 					t := time.Now()
 					resp, err := http.Get(e.url + q.path)
 					if err != nil {
@@ -196,4 +225,67 @@ func BenchmarkDashboardQueries(b *testing.B) {
 			}
 		})
 	}
+	if c := e.srv.API.Talkers; c != nil {
+		st := c.Stats()
+		fmt.Fprintf(os.Stderr, "BenchmarkDashboardQueries: rollup cache at the end: %d buckets, %.1f MiB\n", st.Buckets, float64(st.Bytes)/(1<<20))
+	}
+}
+
+// benchEnv is the benchmark's api. With NETWATCH_BENCH_SCHEMA=name its data
+// lives in that schema of the test database and is kept after the run: a
+// schema that holds a finished dataset of n flows (generated with rollups,
+// recorded in its table bench_dataset) is reused as it is (reused true);
+// any other is dropped and created afresh. Without it: a fresh schema
+// dropped at the end (testkit.Postgres). NETWATCH_BENCH_ROLLUP_CACHE=0 runs
+// the api without its rollup cache (top talkers as one SQL, as before).
+func benchEnv(b *testing.B, n int) (e *env, reused bool) {
+	var opts server.Options
+	if os.Getenv("NETWATCH_BENCH_ROLLUP_CACHE") == "0" {
+		opts.RollupCacheBytes = -1 // every top talkers request is one SQL
+	}
+	name := os.Getenv("NETWATCH_BENCH_SCHEMA")
+	if name == "" {
+		return newEnvWith(b, opts), false
+	}
+	if !regexp.MustCompile(`^[a-z_][a-z0-9_]*$`).MatchString(name) {
+		b.Fatalf("NETWATCH_BENCH_SCHEMA=%q: want a lower-case SQL identifier", name)
+	}
+	base := testkit.DatabaseURL()
+	conn, err := pgx.Connect(b.Context(), base)
+	if err != nil {
+		b.Fatalf("NETWATCH_BENCH_SCHEMA: %v", err)
+	}
+	defer conn.Close(context.Background())
+	rollups := os.Getenv("NETWATCH_BENCH_ROLLUPS") != "0"
+	var have int
+	var haveRollups bool
+	err = conn.QueryRow(b.Context(), "SELECT flows, rollups FROM "+name+".bench_dataset").Scan(&have, &haveRollups)
+	reused = err == nil && have == n && (haveRollups || !rollups)
+	if !reused {
+		if _, err := conn.Exec(b.Context(), "DROP SCHEMA IF EXISTS "+name+" CASCADE; CREATE SCHEMA "+name); err != nil {
+			b.Fatal(err)
+		}
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		b.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("search_path", name)
+	u.RawQuery = q.Encode()
+	upTo := "99999"
+	if reused {
+		upTo = ""
+	}
+	return newEnvDSN(b, opts, u.String(), upTo), reused
+}
+
+// benchDone records in a NETWATCH_BENCH_SCHEMA schema that its dataset of n
+// flows is complete, so later runs reuse it.
+func benchDone(b *testing.B, e *env, n int) {
+	if os.Getenv("NETWATCH_BENCH_SCHEMA") == "" {
+		return
+	}
+	e.exec(b, "CREATE TABLE bench_dataset (flows bigint, rollups boolean, made timestamptz DEFAULT now())")
+	e.exec(b, "INSERT INTO bench_dataset (flows, rollups) VALUES ($1, $2)", n, os.Getenv("NETWATCH_BENCH_ROLLUPS") != "0")
 }

@@ -44,6 +44,10 @@ type Options struct {
 	// Tokens are the bearer tokens accepted; none means no authentication
 	// (the caller keeps the api on loopback).
 	Tokens []Token
+	// RollupCacheBytes bounds the api's cache of talkers rollup buckets
+	// (rest.TalkerCache); 0 means rest.DefaultTalkerCacheBytes, below 0
+	// disables it (top talkers then always query SQL).
+	RollupCacheBytes int64
 }
 
 // New builds the server. pool and nc are required; reg receives the
@@ -63,6 +67,12 @@ func New(pool *pgxpool.Pool, nc *nats.Conn, reg *prometheus.Registry, log *slog.
 	}
 	mux := ops.Handler(reg, ready)
 	api := &rest.API{Pool: pool, JS: js, Log: log.With("component", "rest"), HostScores: hostscores.New(js, "")}
+	switch {
+	case opts.RollupCacheBytes == 0:
+		api.Talkers = rest.NewTalkerCache(rest.DefaultTalkerCacheBytes, reg)
+	case opts.RollupCacheBytes > 0:
+		api.Talkers = rest.NewTalkerCache(opts.RollupCacheBytes, reg)
+	}
 	api.Register(mux)
 	hub := live.New(nc, pool, log.With("component", "live"), reg)
 	mux.Handle("GET /api/v1/live", hub)
