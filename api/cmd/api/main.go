@@ -41,6 +41,9 @@ type Config struct {
 	// RollupCacheBytes is -cache.rollup-bytes: the bound of top talkers'
 	// cache of rollup buckets (0 disables it).
 	RollupCacheBytes int64
+	// RollupCacheWarm is -cache.rollup-warm: the period of
+	// rest.API.KeepTalkersWarm (0: the cache loads buckets on request only).
+	RollupCacheWarm time.Duration
 	// Tokens are all the configured tokens (filled by Validate).
 	Tokens []server.Token
 }
@@ -59,6 +62,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.DurationVar(&c.StallTimeout, "live.stall-timeout", live.DefaultStallTimeout, "disconnect a WebSocket client that keeps losing messages this long (0: never)")
 	fs.Int64Var(&c.RollupCacheBytes, "cache.rollup-bytes", rest.DefaultTalkerCacheBytes,
 		"bytes of talkers rollup buckets cached in memory for top talkers (LRU; 0 disables: every request is one SQL)")
+	fs.DurationVar(&c.RollupCacheWarm, "cache.rollup-warm", 30*time.Second,
+		"how often the rollup cache loads the last hour's and last 24 hours' buckets in the background (0: only on request)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -95,6 +100,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RollupCacheBytes < 0 {
 		errs = append(errs, fmt.Errorf("-cache.rollup-bytes %d: want >= 0 (0 disables the cache)", c.RollupCacheBytes))
+	}
+	if c.RollupCacheWarm < 0 {
+		errs = append(errs, fmt.Errorf("-cache.rollup-warm %s: want >= 0 (0: load on request only)", c.RollupCacheWarm))
 	}
 	if c.StallTimeout < 0 {
 		errs = append(errs, fmt.Errorf("-live.stall-timeout %s: want >= 0", c.StallTimeout))
@@ -186,6 +194,10 @@ func run(ctx context.Context, cfg *Config) error {
 	if err := srv.Hub.Start(); err != nil {
 		return err
 	}
+	wctx, wcancel := context.WithCancel(ctx)
+	warmed := make(chan struct{})
+	go func() { defer close(warmed); srv.API.KeepTalkersWarm(wctx, cfg.RollupCacheWarm) }()
+	defer func() { wcancel(); <-warmed }() // before the pool closes
 	hs := &http.Server{Addr: cfg.HTTPAddr, Handler: srv.Handler, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.ListenAndServe() }()

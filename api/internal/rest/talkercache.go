@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -56,6 +57,7 @@ type TalkerCache struct {
 	names   []string
 	nameB   int64
 	gen     uint64 // incremented when the interned ids are dropped (resetLocked)
+	loadsN  atomic.Int64
 
 	collProbed, collBytewise bool
 
@@ -145,17 +147,19 @@ func (c *TalkerCache) bytewise(ctx context.Context, a *API) (bool, error) {
 	return ok, nil
 }
 
-// TalkerCacheStats are what the cache holds.
+// TalkerCacheStats are what the cache holds, and how many load queries it
+// has run.
 type TalkerCacheStats struct {
 	Buckets int
 	Bytes   int64
+	Loads   int64
 }
 
 // Stats reports the buckets and bytes held.
 func (c *TalkerCache) Stats() TalkerCacheStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return TalkerCacheStats{Buckets: len(c.buckets), Bytes: c.bytes}
+	return TalkerCacheStats{Buckets: len(c.buckets), Bytes: c.bytes, Loads: c.loadsN.Load()}
 }
 
 // internLocked maps local ids of names (a load's own table) to the cache's.
@@ -490,6 +494,7 @@ func (c *TalkerCache) fill(ctx context.Context, a *API, p *tcPiece, gen uint64) 
 		return nil
 	}
 	c.loads.Inc()
+	c.loadsN.Add(1)
 	lo := p.from.Add(time.Duration(first) * p.tier.step)
 	hi := p.from.Add(time.Duration(last+1) * p.tier.step)
 	col := p.tier.col
@@ -572,5 +577,63 @@ func (c *TalkerCache) fill(ctx context.Context, a *API, p *tcPiece, gen uint64) 
 		c.evictions.Inc()
 	}
 	c.bytesG.Set(float64(c.bytes))
+	return nil
+}
+
+// KeepTalkersWarm keeps the buckets of the dashboard's usual ranges in the
+// cache until ctx ends, checking every interval (> 0): the last hour and
+// the last 24 hours up to the newest minute of flows_1m (or now, when that
+// is later than now: a clock ahead), and the per-minute buckets of the hour
+// after the one the last 24 hours start in, which that range needs from the
+// next whole hour on. Without it, the first "last 24 hours" request after an
+// hour boundary loads up to 59 minutes of talkers_1m (about 3 s over the
+// benchmark's 10 M flows, docs/PERFORMANCE.md); with it, requests find
+// their buckets loaded and changed ones reloaded in the background. Errors
+// are logged and retried at the next check. A nil cache returns at once.
+func (a *API) KeepTalkersWarm(ctx context.Context, interval time.Duration) {
+	if a.Talkers == nil || interval <= 0 {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if err := a.WarmTalkers(ctx); err != nil && ctx.Err() == nil {
+			a.Log.Warn("keep the rollup cache warm", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// WarmTalkers is one check of KeepTalkersWarm: it loads (or reloads, when
+// their version changed) the buckets of those ranges.
+func (a *API) WarmTalkers(ctx context.Context) error {
+	sch, err := schemaOf(ctx, a.Pool)
+	if err != nil {
+		return err
+	}
+	if !sch.hasTable("flows_1m") || !sch.hasTable("talkers_1m") {
+		return nil
+	}
+	var newest *time.Time
+	if err := a.Pool.QueryRow(ctx, "SELECT max(minute) FROM flows_1m").Scan(&newest); err != nil || newest == nil {
+		return err
+	}
+	end := newest.Add(time.Minute).UTC()
+	if now := time.Now().Truncate(time.Minute).Add(time.Minute); end.After(now) {
+		end = now
+	}
+	next := end.Add(-24 * time.Hour).Truncate(time.Hour).Add(time.Hour + time.Minute)
+	for _, from := range []time.Time{end.Add(-time.Hour), end.Add(-24 * time.Hour), next} {
+		if !from.Before(end) {
+			continue
+		}
+		if _, _, err := a.topTalkersCached(ctx, sch, FlowFilter{From: from, To: end}, "both", "bytes", 1); err != nil {
+			return err
+		}
+	}
 	return nil
 }

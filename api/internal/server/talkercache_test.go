@@ -231,3 +231,54 @@ func TestTalkerCacheConcurrent(t *testing.T) {
 	t.Logf("%d resets during the requests", <-resets)
 	checkTalkerCache(t, e, small, uncached(t, e, -1), true)
 }
+
+// TestTalkerCacheWarm: after WarmTalkers (what -cache.rollup-warm runs in
+// the background), the last hour and the last 24 hours up to the newest
+// minute of flows (also shifted by 37 s), and the range from the first
+// minute of the next hour (the start edge of the last 24 hours after the
+// next hour boundary, whose minutes are loaded ahead), are answered without
+// one load query, and exactly (the GROUP BY over flows); an emptied cache
+// needs loads for the same requests.
+func TestTalkerCacheWarm(t *testing.T) {
+	e := newEnv(t)
+	seedTalkerFlows(t, e, 0, 3000)
+	var newest time.Time
+	if err := e.pool.QueryRow(t.Context(), `SELECT max(date_trunc('minute', start)) FROM flows`).Scan(&newest); err != nil {
+		t.Fatal(err)
+	}
+	end := newest.Add(time.Minute).UTC()
+	next := end.Add(-24 * time.Hour).Truncate(time.Hour).Add(time.Hour + time.Minute)
+	ranges := [][2]time.Time{{end.Add(-time.Hour), end}, {end.Add(-24 * time.Hour), end},
+		{end.Add(-24*time.Hour + 37*time.Second), end.Add(37 * time.Second)}, {next, end}}
+	ask := func() {
+		for _, r := range ranges {
+			q := url.Values{"from": {r[0].Format(time.RFC3339Nano)}, "to": {r[1].Format(time.RFC3339Nano)}, "limit": {"7"}}
+			var got struct{ Talkers []rest.Talker }
+			if code := e.get(t, "/api/v1/top-talkers?"+q.Encode(), &got); code != 200 {
+				t.Fatalf("%s: status %d", q.Encode(), code)
+			}
+			if want := flowsTopTalkers(t, e, q); !reflect.DeepEqual(got.Talkers, want) {
+				t.Errorf("%s: %+v, want %+v", q.Encode(), got.Talkers, want)
+			}
+		}
+	}
+	c := e.srv.API.Talkers
+	c.Reset()
+	before := c.Stats().Loads
+	ask()
+	if c.Stats().Loads == before {
+		t.Fatal("an empty cache answered without loading: the check below could not fail")
+	}
+	c.Reset()
+	if err := e.srv.API.WarmTalkers(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	warm := c.Stats()
+	if warm.Buckets == 0 {
+		t.Fatalf("WarmTalkers cached nothing: %+v", warm)
+	}
+	ask()
+	if got := c.Stats().Loads; got != warm.Loads {
+		t.Errorf("%d load queries after WarmTalkers, want 0 (cache %+v)", got-warm.Loads, warm)
+	}
+}
