@@ -172,7 +172,7 @@ func main() {
 
 func run(ctx context.Context, cfg *Config) error {
 	log := cfg.Logger(os.Stderr, "api")
-	pool, err := pgxpool.New(ctx, cfg.DatabaseURL)
+	pool, err := server.NewPool(ctx, cfg.DatabaseURL)
 	if err != nil {
 		return fmt.Errorf("database pool: %w", err)
 	}

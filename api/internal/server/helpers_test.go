@@ -90,7 +90,7 @@ func newEnvSchema(t testing.TB, opts server.Options, upTo string) *env {
 func newEnvDSN(t testing.TB, opts server.Options, dsn, upTo string) *env {
 	t.Helper()
 	_, nc, js := testkit.JetStream(t)
-	pool, err := pgxpool.New(context.Background(), dsn)
+	pool, err := server.NewPool(context.Background(), dsn)
 	if err != nil {
 		t.Fatalf("pool: %v", err)
 	}

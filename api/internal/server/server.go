@@ -189,3 +189,21 @@ func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 }
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// NewPool opens the api's PostgreSQL pool on url (a pgx connection string
+// or URL; errors as pgxpool.ParseConfig's). Its sessions run with
+// jit = off unless url sets jit itself (?jit=on): the api's queries are
+// short and their plans over large partitions cost above jit_above_cost,
+// so PostgreSQL's default would compile each of them (13-55 ms of LLVM
+// code generation per query measured over the benchmark's 10 M flows, more
+// than a one-flow lookup takes without it; docs/PERFORMANCE.md).
+func NewPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["jit"]; !ok {
+		cfg.ConnConfig.RuntimeParams["jit"] = "off"
+	}
+	return pgxpool.NewWithConfig(ctx, cfg)
+}

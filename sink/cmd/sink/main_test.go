@@ -87,10 +87,10 @@ func TestMigrateOnlyAndCheckConfig(t *testing.T) {
 		t.Error("-check-config accepted -batch.size 0")
 	}
 	out := run("migrate", "-http.addr", "")
-	if out != "schema version 13 (applied 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)\n" {
+	if out != "schema version 14 (applied 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)\n" {
 		t.Errorf("sink migrate printed %q", out)
 	}
-	if out := run("migrate"); out != "schema version 13 (up to date)\n" {
+	if out := run("migrate"); out != "schema version 14 (up to date)\n" {
 		t.Errorf("sink migrate again printed %q", out)
 	}
 	run("-migrate-only", "-http.addr", "") // the flag form, idempotent
@@ -101,12 +101,12 @@ func TestMigrateOnlyAndCheckConfig(t *testing.T) {
 	}
 	defer pool.Close()
 	var v int64
-	if err := pool.QueryRow(ctx, "SELECT max(version_id) FROM goose_db_version").Scan(&v); err != nil || v != 13 {
-		t.Fatalf("goose version %d, %v; want 13", v, err)
+	if err := pool.QueryRow(ctx, "SELECT max(version_id) FROM goose_db_version").Scan(&v); err != nil || v != 14 {
+		t.Fatalf("goose version %d, %v; want 14", v, err)
 	}
 	// A schema migrated by a newer sink: both the command and the service
 	// refuse it at once with a clear error (exit 1), without retrying.
-	if _, err := pool.Exec(ctx, "INSERT INTO goose_db_version (version_id, is_applied) VALUES (14, true)"); err != nil {
+	if _, err := pool.Exec(ctx, "INSERT INTO goose_db_version (version_id, is_applied) VALUES (15, true)"); err != nil {
 		t.Fatal(err)
 	}
 	for _, args := range [][]string{{"migrate"}, {"-http.addr", "", "-nats.url", "nats://127.0.0.1:1"}} {
@@ -116,8 +116,8 @@ func TestMigrateOnlyAndCheckConfig(t *testing.T) {
 		b, err := cmd.CombinedOutput()
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != 1 || time.Since(t0) > 20*time.Second ||
-			!strings.Contains(string(b), "database schema version 14 is newer than this sink knows (13)") {
-			t.Errorf("sink %v with schema 14: %v after %v\n%s", args, err, time.Since(t0), b)
+			!strings.Contains(string(b), "database schema version 15 is newer than this sink knows (14)") {
+			t.Errorf("sink %v with schema 15: %v after %v\n%s", args, err, time.Since(t0), b)
 		}
 	}
 	if err := exec.Command(bin, "migrate", "extra").Run(); err == nil {

@@ -182,8 +182,16 @@ func TestUpgradeTo13(t *testing.T) {
 	before := rowsText()
 
 	applied, err := Migrate(ctx, dsn, quiet())
-	if err != nil || len(applied) != 1 || applied[0] != 13 {
-		t.Fatalf("upgrade applied %v, %v; want [13]", applied, err)
+	if err != nil || len(applied) != 2 || applied[0] != 13 || applied[1] != 14 {
+		t.Fatalf("upgrade applied %v, %v; want [13 14]", applied, err)
+	}
+	// 00014: both bloom indexes sized for 1,000 values a range at 0.001.
+	for _, ix := range []string{"flows_id_bloom", "flows_community_id_bloom"} {
+		var def string
+		if err := pool.QueryRow(ctx, `SELECT pg_get_indexdef(to_regclass($1))`, ix).Scan(&def); err != nil ||
+			!strings.Contains(def, "n_distinct_per_range='1000'") || !strings.Contains(def, "false_positive_rate='0.001'") {
+			t.Errorf("%s after 00014: %q, %v", ix, def, err)
+		}
 	}
 	if after := rowsText(); after != before {
 		t.Errorf("rows after 00013:\n%s\nbefore:\n%s", after, before)

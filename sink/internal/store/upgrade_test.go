@@ -93,8 +93,8 @@ func TestUpgradeTo9(t *testing.T) {
 		}
 	}
 	applied, err := Migrate(ctx, dsn, quiet())
-	if err != nil || len(applied) != 5 || applied[0] != 9 {
-		t.Fatalf("upgrade applied %v, %v; want [9 10 11 12 13]", applied, err)
+	if err != nil || len(applied) != 6 || applied[0] != 9 {
+		t.Fatalf("upgrade applied %v, %v; want [9 10 11 12 13 14]", applied, err)
 	}
 	s, err := Open(ctx, dsn, quiet(), nil)
 	if err != nil {
