@@ -297,7 +297,7 @@ func marshal(m message) []byte {
 
 func parseAddr(s string) netip.Addr {
 	a, _ := netip.ParseAddr(s)
-	return a.Unmap()
+	return a
 }
 
 func flowEvent(f record.Flow) event {
@@ -306,8 +306,8 @@ func flowEvent(f record.Flow) event {
 }
 
 func pbAddr(b []byte) netip.Addr {
-	a, _ := netip.AddrFromSlice(b)
-	return a.Unmap()
+	a, _ := netip.AddrFromSlice(b) // ::ffff:10.0.0.1 stays IPv6, as stored
+	return a
 }
 
 // appendFlowMessage appends {"type":"flow","flow":<f>}, what marshal writes

@@ -3,6 +3,7 @@ package live
 import (
 	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -139,5 +140,31 @@ func BenchmarkOnFlows(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/256, "ns/flow")
 		})
+	}
+}
+
+// TestMappedAddressKept: an IPv4-mapped IPv6 address (16 bytes
+// ::ffff:10.0.0.1) is sent on the live feed as PostgreSQL's inet and GET
+// /api/v1/flows print it, "::ffff:10.0.0.1", and a filter on it or on
+// 10.0.0.1 matches only its own family (the two are distinct addresses in
+// flows and the rollups).
+func TestMappedAddressKept(t *testing.T) {
+	mapped := []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1}
+	f := &pb.Flow{Id: "0123456789abcdef0123456789abcdef", Sensor: "s1", Proto: 17, OrigAddr: mapped, OrigPort: 5000,
+		RespAddr: []byte{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, RespPort: 53, StartNs: 1e18, EndNs: 1e18}
+	msg := string(appendFlowMessage(nil, f, "s1"))
+	if !strings.Contains(msg, `"orig_addr":"::ffff:10.0.0.1"`) || !strings.Contains(msg, `"resp_addr":"2001:db8::1"`) {
+		t.Errorf("live flow message %s: want orig_addr ::ffff:10.0.0.1, resp_addr 2001:db8::1", msg)
+	}
+	ev := flowEvent(record.FlowFromPB(f))
+	for q, want := range map[string]bool{"addr=::ffff:10.0.0.1": true, "addr=10.0.0.1": false, "addr=10.0.0.0/8": false,
+		"addr=::ffff:10.0.0.0/104": true, "addr=2001:db8::1": true} {
+		fl, err := ParseFilter(httptest.NewRequest("GET", "/?"+q, nil))
+		if err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		if got := fl.match(ev); got != want {
+			t.Errorf("%s on a flow from ::ffff:10.0.0.1: %v, want %v", q, got, want)
+		}
 	}
 }

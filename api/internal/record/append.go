@@ -166,7 +166,7 @@ func tunnelName(t pb.Tunnel) string {
 func appendAddr(b []byte, a []byte) []byte {
 	b = append(b, '"')
 	if ip, ok := netip.AddrFromSlice(a); ok {
-		b = ip.Unmap().AppendTo(b)
+		b = ip.AppendTo(b)
 	}
 	return append(b, '"')
 }

@@ -170,13 +170,15 @@ func SeverityRank(name string) int {
 	return 0
 }
 
-// AddrString is the text form of a 4- or 16-byte address ("" otherwise).
+// AddrString is the text form of a 4- or 16-byte address ("" otherwise); an
+// IPv4-mapped IPv6 address stays one ("::ffff:10.0.0.1"), as PostgreSQL's
+// inet prints it.
 func AddrString(b []byte) string {
 	a, ok := netip.AddrFromSlice(b)
 	if !ok {
 		return ""
 	}
-	return a.Unmap().String()
+	return a.String()
 }
 
 func nsTime(ns int64) Time { return Time(time.Unix(0, ns).UTC()) }

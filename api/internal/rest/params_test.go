@@ -14,7 +14,7 @@ func TestParseAddr(t *testing.T) {
 	}{
 		{"", "", false, false},
 		{"10.0.0.1", "10.0.0.1/32", true, false},
-		{"::ffff:10.0.0.1", "10.0.0.1/32", true, false},
+		{"::ffff:10.0.0.1", "::ffff:10.0.0.1/128", true, false}, // not 10.0.0.1: distinct in flows (inet)
 		{"2001:db8::1", "2001:db8::1/128", true, false},
 		{"10.0.0.77/24", "10.0.0.0/24", true, false},
 		{"2001:db8::/32", "2001:db8::/32", true, false},

@@ -278,7 +278,7 @@ func ParseAddr(v string) (netip.Prefix, bool, error) {
 	if err != nil {
 		return netip.Prefix{}, false, fmt.Errorf("addr: %q is not an IP address or CIDR prefix", v)
 	}
-	ad = ad.Unmap().WithZone("")
+	ad = ad.WithZone("") // ::ffff:10.0.0.1 stays IPv6: PostgreSQL's inet and the sink keep it apart from 10.0.0.1
 	return netip.PrefixFrom(ad, ad.BitLen()), true, nil
 }
 
