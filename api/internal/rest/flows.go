@@ -59,7 +59,7 @@ func ScanFlow(row pgx.Row) (record.Flow, error) {
 		&f.OrigCountry, &f.OrigCity, &f.OrigASN, &f.OrigASOrg, &f.RespCountry, &f.RespCity, &f.RespASN, &f.RespASOrg,
 		&f.AppFromPort, &f.JA3, &f.JA4, &f.HTTPUserAgent)
 	f.Start, f.End, f.FlowStart = record.Time(start), record.Time(end), record.Time(flowStart)
-	f.Duration = end.Sub(start).Seconds()
+	f.Duration = float64(end.Sub(start).Nanoseconds()) / 1e9 // as the live feed (record.FlowFromPB): Seconds() prints 1.9477790000000001 for 1.947779 s
 	f.ID = flowIDText(f.ID)
 	f.CommunityID = communityIDText(cid)
 	return f, err

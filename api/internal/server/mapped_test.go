@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 )
@@ -45,5 +46,25 @@ func TestMappedAddressSearch(t *testing.T) {
 	if code := e.get(t, "/api/v1/top-talkers?"+q.Encode(), &tt); code != 200 || len(tt.Talkers) == 0 ||
 		tt.Talkers[0].Addr != "::ffff:10.0.0.1" || tt.Talkers[0].Bytes != 142 {
 		t.Errorf("top talkers from ::ffff:10.0.0.1: %d %+v, want ::ffff:10.0.0.1 first with 142 bytes", code, tt.Talkers)
+	}
+}
+
+// TestDurationDecimal: a flow of 1.947779 s (start and end in whole
+// microseconds, as PostgreSQL keeps them) prints "duration":1.947779 from
+// GET /api/v1/flows/{id}, as on the live feed, not the float noise of
+// time.Duration.Seconds (1.9477790000000001; QA D2).
+func TestDurationDecimal(t *testing.T) {
+	e := newEnv(t)
+	at := time.Date(2024, 7, 1, 8, 0, 0, 0, time.UTC)
+	e.exec(t, `INSERT INTO flows (id, sensor, proto, orig_addr, orig_port, resp_addr, resp_port, start, "end", flow_start,
+		orig_pkts, orig_ip_bytes, orig_bytes, resp_pkts, resp_ip_bytes, resp_bytes, final)
+		VALUES ($1, 's1', 6, '10.0.0.1', 33000, '10.0.0.2', 80, $2, $3, $2, 1, 60, 0, 0, 0, 0, true)`,
+		tid("dur"), at, at.Add(1947779*time.Microsecond))
+	body, err := httpGet(e.url + "/api/v1/flows/" + tid("dur"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(body, `"duration":1.947779,`) {
+		t.Errorf("GET /flows/{id}: %s, want \"duration\":1.947779", body)
 	}
 }
