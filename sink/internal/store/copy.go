@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
+	"math"
 	"strings"
 	"unicode/utf8"
 
@@ -278,7 +279,21 @@ func communityID(s string) []byte {
 // (schema.FlowID; stored as a uuid) and addresses of 4 or 16 bytes.
 func validFlow(f *pb.Flow) bool {
 	oa, ra := len(f.GetOrigAddr()), len(f.GetRespAddr())
-	return isFlowID(f.GetId()) && (oa == 4 || oa == 16) && (ra == 4 || ra == 16)
+	return isFlowID(f.GetId()) && (oa == 4 || oa == 16) && (ra == 4 || ra == 16) && inRange(f)
+}
+
+// inRange reports whether f's numbers fit what they are and their columns:
+// an IP protocol number, ICMP type and code (8 bits: RFC 791, RFC 792), TCP
+// flags (the 12 bits of the flags field with the reserved ones, RFC 9293),
+// ports (16 bits), 802.1Q VLAN ids (12 bits: IEEE 802.1Q), a record index
+// below 2^31 (integer). No capture yields others; stored, they would wrap in
+// the smallint / integer columns (proto 70000 as 4464), so such a record is
+// invalid: skipped and counted.
+func inRange(f *pb.Flow) bool {
+	return f.GetProto() <= 255 && f.GetIcmpType() <= 255 && f.GetIcmpCode() <= 255 &&
+		f.GetOrigTcpFlags() <= 0xfff && f.GetRespTcpFlags() <= 0xfff &&
+		f.GetOrigPort() <= 65535 && f.GetRespPort() <= 65535 &&
+		f.GetVlan() <= 4095 && f.GetInnerVlan() <= 4095 && f.GetRecordIndex() <= math.MaxInt32
 }
 
 // isFlowID reports whether id is 32 hex digits.

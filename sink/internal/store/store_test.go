@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"math"
 	"net/netip"
 	"slices"
 	"testing"
@@ -579,4 +580,47 @@ func asSlice(v any) []map[string]any {
 		}
 	}
 	return out
+}
+
+// TestOutOfRangeFlowsInvalid: a record whose numbers no capture yields
+// (proto 70000, a VLAN id or record index of 4,000,000,000, port 70000, ICMP
+// type 300, TCP flags 0x1000) is skipped and counted as invalid instead of
+// wrapping in its smallint / integer column (QA: proto 70000 was stored as
+// 4464, vlan 4e9 as -294967296); the in-range records beside them are
+// stored, the largest values that fit (proto 255, VLAN 4095, port 65535,
+// record index 2^31-1) exactly.
+func TestOutOfRangeFlowsInvalid(t *testing.T) {
+	s, _ := open(t)
+	ctx := context.Background()
+	start := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
+	edge := flow("s1", start, 65535, 0)
+	edge.Proto, edge.Vlan, edge.InnerVlan, edge.RecordIndex, edge.RespPort = 255, 4095, 4095, math.MaxInt32, 65535
+	edge.IcmpType, edge.IcmpCode, edge.OrigTcpFlags = 255, 255, 0xfff
+	var bad []*pb.Flow
+	for i, set := range []func(f *pb.Flow){
+		func(f *pb.Flow) { f.Proto = 70000 }, func(f *pb.Flow) { f.Vlan = 4_000_000_000 },
+		func(f *pb.Flow) { f.InnerVlan = 4096 }, func(f *pb.Flow) { f.RecordIndex = 4_000_000_000 },
+		func(f *pb.Flow) { f.OrigPort = 70000 }, func(f *pb.Flow) { f.RespPort = 65536 },
+		func(f *pb.Flow) { f.IcmpType = 300 }, func(f *pb.Flow) { f.IcmpCode = 256 },
+		func(f *pb.Flow) { f.RespTcpFlags = 0x1000 },
+	} {
+		f := flow("s1", start, uint32(1000+i), 0)
+		set(f)
+		bad = append(bad, f)
+	}
+	res, err := s.WriteFlows(ctx, []*pb.FlowBatch{{Sensor: "s1", Flows: append(bad, edge)}})
+	if err != nil || res.Inserted != 1 || res.Invalid != len(bad) {
+		t.Fatalf("result %+v, %v; want 1 inserted, %d invalid", res, err, len(bad))
+	}
+	var proto, icmpType, icmpCode, flags int
+	var vlan, inner, idx, port int64
+	if err := s.pool.QueryRow(ctx, `SELECT proto, vlan, inner_vlan, record_index, resp_port, icmp_type, icmp_code, orig_tcp_flags
+		FROM flows`).Scan(&proto, &vlan, &inner, &idx, &port, &icmpType, &icmpCode, &flags); err != nil {
+		t.Fatal(err)
+	}
+	if proto != 255 || vlan != 4095 || inner != 4095 || idx != math.MaxInt32 || port != 65535 || icmpType != 255 ||
+		icmpCode != 255 || flags != 0xfff {
+		t.Errorf("stored %d %d %d %d %d %d %d %#x, want 255 4095 4095 2147483647 65535 255 255 0xfff",
+			proto, vlan, inner, idx, port, icmpType, icmpCode, flags)
+	}
 }
