@@ -331,6 +331,11 @@ func (s *Store) rollupLoop(ctx context.Context) {
 	defer t.Stop()
 	ti := time.NewTicker(indexPeriod)
 	defer ti.Stop()
+	// A database outage fails every run (each second): one warning in 10 s,
+	// and one line when the job runs again.
+	var failing int // runs failed since the last warning
+	var warned time.Time
+	down := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -347,9 +352,17 @@ func (s *Store) rollupLoop(ctx context.Context) {
 			n, err := s.Rollup(ctx)
 			if err != nil {
 				if !errors.Is(err, context.Canceled) {
-					s.log.Warn("rollup job failed; the batches stay pending", "err", err)
+					failing, down = failing+1, true
+					if time.Since(warned) >= 10*time.Second {
+						s.log.Warn("rollup job failed; the batches stay pending", "err", err, "failed_runs", failing)
+						warned, failing = time.Now(), 0
+					}
 				}
 				break
+			}
+			if down {
+				s.log.Info("rollup job runs again", "failed_runs_since_warning", failing)
+				failing, warned, down = 0, time.Time{}, false
 			}
 			if n == 0 {
 				break
