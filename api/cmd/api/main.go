@@ -101,8 +101,8 @@ func (c *Config) Validate() error {
 	if c.RollupCacheBytes < 0 {
 		errs = append(errs, fmt.Errorf("-cache.rollup-bytes %d: want >= 0 (0 disables the cache)", c.RollupCacheBytes))
 	}
-	if c.RollupCacheWarm < 0 {
-		errs = append(errs, fmt.Errorf("-cache.rollup-warm %s: want >= 0 (0: load on request only)", c.RollupCacheWarm))
+	if c.RollupCacheWarm < 0 || c.RollupCacheWarm > 0 && c.RollupCacheWarm < time.Second {
+		errs = append(errs, fmt.Errorf("-cache.rollup-warm %s: want 0 (load on request only) or at least 1s", c.RollupCacheWarm))
 	}
 	if c.StallTimeout < 0 {
 		errs = append(errs, fmt.Errorf("-live.stall-timeout %s: want >= 0", c.StallTimeout))

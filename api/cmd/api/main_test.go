@@ -15,7 +15,8 @@ func TestParseConfig(t *testing.T) {
 		t.Fatalf("defaults: %+v %v", c, err)
 	}
 	c, err = parseConfig(nil, env(nil), io.Discard)
-	if err != nil || c.DatabaseURL != "postgres://netwatch:netwatch@127.0.0.1:5432/netwatch?sslmode=disable" {
+	if err != nil || c.DatabaseURL != "postgres://netwatch:netwatch@127.0.0.1:5432/netwatch?sslmode=disable" ||
+		c.RollupCacheWarm != 30*time.Second {
 		t.Fatalf("default database: %+v %v", c, err)
 	}
 	c, err = parseConfig(nil, env(map[string]string{"DATABASE_URL": "postgres://a@b/c",
@@ -41,6 +42,9 @@ func TestParseConfig(t *testing.T) {
 		{"-http.addr", "192.0.2.1:8080"},                             // not loopback, no token
 		{"-http.addr", "0.0.0.0:8080", "-auth.read-tokens", "short"}, // token too short
 		{"-auth.token-file", "/nonexistent"},
+		{"-cache.rollup-warm", "1ms"}, // would reload the rollup cache without pause
+		{"-cache.rollup-warm", "-1s"},
+		{"-cache.rollup-bytes", "-1"},
 	} {
 		if _, err := parseConfig(args, env(nil), io.Discard); err == nil {
 			t.Errorf("%q: no error", args)

@@ -49,15 +49,16 @@ const DefaultTalkerCacheBytes = 256 << 20
 type TalkerCache struct {
 	max int64
 
-	mu      sync.Mutex
-	bytes   int64 // buckets' bytes + interned addresses'
-	lru     *list.List
-	buckets map[tcKey]*list.Element // of *tcBucket
-	ids     map[string]int32        // interned addr::text and sensor
-	names   []string
-	nameB   int64
-	gen     uint64 // incremented when the interned ids are dropped (resetLocked)
-	loadsN  atomic.Int64
+	mu       sync.Mutex
+	bytes    int64 // buckets' bytes + interned addresses'
+	lru      *list.List
+	buckets  map[tcKey]*list.Element // of *tcBucket
+	ids      map[string]int32        // interned addr::text and sensor
+	names    []string
+	nameB    int64
+	gen      uint64 // incremented when the interned ids are dropped (resetLocked)
+	loadsN   atomic.Int64
+	evictedN atomic.Int64
 
 	collProbed, collBytewise bool
 
@@ -233,6 +234,7 @@ func (a *API) topTalkersCached(ctx context.Context, sch *dbSchema, f FlowFilter,
 		// The interned addresses alone take a quarter of the bound:
 		// start afresh (the ids in cached buckets go with them).
 		c.evictions.Add(float64(len(c.buckets)))
+		c.evictedN.Add(int64(len(c.buckets)))
 		c.resetLocked()
 	}
 	gen := c.gen
@@ -575,6 +577,7 @@ func (c *TalkerCache) fill(ctx context.Context, a *API, p *tcPiece, gen uint64) 
 		delete(c.buckets, b.key)
 		c.bytes -= b.size()
 		c.evictions.Inc()
+		c.evictedN.Add(1)
 	}
 	c.bytesG.Set(float64(c.bytes))
 	return nil
@@ -597,8 +600,16 @@ func (a *API) KeepTalkersWarm(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
+		ev := a.Talkers.evictedN.Load()
 		if err := a.WarmTalkers(ctx); err != nil && ctx.Err() == nil {
 			a.Log.Warn("keep the rollup cache warm", "err", err)
+		}
+		if n := a.Talkers.evictedN.Load() - ev; n > 0 && ctx.Err() == nil {
+			// The bound is below what the ranges need: every check would
+			// load them all again, for nothing. Requests still use the cache.
+			a.Log.Warn("rollup cache too small to keep the last 24 hours warm: warming stopped; raise -cache.rollup-bytes",
+				"bytes", a.Talkers.max, "evicted_while_warming", n)
+			return
 		}
 		select {
 		case <-ctx.Done():

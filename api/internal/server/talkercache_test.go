@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -280,5 +281,29 @@ func TestTalkerCacheWarm(t *testing.T) {
 	ask()
 	if got := c.Stats().Loads; got != warm.Loads {
 		t.Errorf("%d load queries after WarmTalkers, want 0 (cache %+v)", got-warm.Loads, warm)
+	}
+}
+
+// TestTalkerCacheWarmTooSmall: with a bound below the last 24 hours'
+// buckets (2,000 bytes), KeepTalkersWarm stops after the first check (its
+// loads were evicted at once: each check would load them all again) instead
+// of reloading every interval until the api stops.
+func TestTalkerCacheWarmTooSmall(t *testing.T) {
+	e := newEnv(t)
+	seedTalkerFlows(t, e, 0, 3000)
+	srv, err := server.New(e.pool, e.nc, ops.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)),
+		server.Options{RollupCacheBytes: 2000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	srv.API.KeepTalkersWarm(ctx, time.Second)
+	if ctx.Err() != nil {
+		t.Fatalf("KeepTalkersWarm kept reloading for %s on a 2,000-byte cache (loads %d)", time.Since(t0), srv.API.Talkers.Stats().Loads)
+	}
+	if n := srv.API.Talkers.Stats().Loads; n == 0 {
+		t.Errorf("no load before stopping: the first check did not run")
 	}
 }
