@@ -117,40 +117,27 @@ func (s *Stage) lags(ctx context.Context) []health.Lag {
 	return append(out, s.groupLags(ctx)...)
 }
 
-// groupLags reads the backlog of the consumer groups' work-queue streams
-// (schema.GroupStreamConfig: <stream>-<group>): the enrichers' default
-// group on PACKETS and the detectors' originator and target groups on FLOWS
-// (this instance's group names in group mode, else the defaults). A work
-// queue keeps a message until a member acks it, so its backlog is the
-// stream's message count: AckPending is the members' delivered, unacked
-// messages and Pending the rest. A group that does not exist is skipped.
+// groupLags reads the backlog of the detectors' consumer groups' work-queue
+// streams (schema.GroupStreamConfig: FLOWS-<group> and
+// FLOWS-<group>-targets; this instance's group name in group mode, else
+// the default): a work queue keeps a message until a member acks it, so its
+// backlog is the stream's message count, reported as Pending (delivered and
+// not yet acked ones included: the detector role may read the stream's info
+// but not list its consumers). The enrichers' work queue is not read: the
+// detector role may not see it (ctl/perms). A group that does not exist is
+// skipped.
 func (s *Stage) groupLags(ctx context.Context) []health.Lag {
 	det := schema.DetectorGroup
 	if s.grp != nil {
 		det = s.grp.g.Name
 	}
-	groups := []struct{ stream, name string }{{schema.StreamPackets, schema.EnricherGroup},
-		{schema.StreamFlows, det}, {schema.StreamFlows, schema.DetectorTargetGroup(det)}}
 	var out []health.Lag
-	for _, g := range groups {
-		st, err := s.js.Stream(ctx, g.stream+"-"+g.name)
+	for _, name := range []string{det, schema.DetectorTargetGroup(det)} {
+		st, err := s.js.Stream(ctx, schema.StreamFlows+"-"+name)
 		if err != nil {
 			continue
 		}
-		info, err := st.Info(ctx)
-		if err != nil {
-			continue
-		}
-		ack := 0
-		cs := st.ListConsumers(ctx)
-		for ci := range cs.Info() {
-			ack += ci.NumAckPending
-		}
-		pending := info.State.Msgs
-		if uint64(ack) <= pending {
-			pending -= uint64(ack)
-		}
-		out = append(out, health.Lag{Stream: st.CachedInfo().Config.Name, Consumer: g.name, Pending: pending, AckPending: ack})
+		out = append(out, health.Lag{Stream: st.CachedInfo().Config.Name, Consumer: name, Pending: st.CachedInfo().State.Msgs})
 	}
 	return out
 }
