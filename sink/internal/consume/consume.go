@@ -94,7 +94,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Poison:       c("poison_messages_total", "Messages terminated because they never decode or their rows are rejected, by table."),
 		Rows:         c("rows_written_total", "Rows inserted, by table."),
 		Duplicates:   c("rows_duplicate_total", "Rows skipped because they were already stored (redelivered or republished), by table."),
-		Invalid:      c("rows_invalid_total", "Records skipped because they can never be stored (no id, bad address), by table."),
+		Invalid:      c("rows_invalid_total", "Records skipped because they can never be stored (no id, bad address, a number out of its field's range), by table."),
 		Batches:      c("batches_total", "Batches committed, by table."),
 		DBErrors:     c("db_errors_total", "Failed batch writes (each retry counts), by table."),
 		Parked:       c("parked_messages_total", "Messages given up on and stored in parked_messages (rejected as data, repeated statement timeout, undecodable), by table."),

@@ -19,7 +19,7 @@ import (
 type Result struct {
 	Rows     int // rows staged
 	Inserted int // rows new to the table; Rows - Inserted were already stored
-	Invalid  int // records skipped because they can never be stored (no id, bad address)
+	Invalid  int // records skipped because they can never be stored (no id, bad address, a number out of range: validFlow)
 }
 
 // WriteFlows stores the flows of batches in one transaction: partitions for
