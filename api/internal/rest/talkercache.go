@@ -49,16 +49,15 @@ const DefaultTalkerCacheBytes = 256 << 20
 type TalkerCache struct {
 	max int64
 
-	mu       sync.Mutex
-	bytes    int64 // buckets' bytes + interned addresses'
-	lru      *list.List
-	buckets  map[tcKey]*list.Element // of *tcBucket
-	ids      map[string]int32        // interned addr::text and sensor
-	names    []string
-	nameB    int64
-	gen      uint64 // incremented when the interned ids are dropped (resetLocked)
-	loadsN   atomic.Int64
-	evictedN atomic.Int64
+	mu      sync.Mutex
+	bytes   int64 // buckets' bytes + interned addresses'
+	lru     *list.List
+	buckets map[tcKey]*list.Element // of *tcBucket
+	ids     map[string]int32        // interned addr::text and sensor
+	names   []string
+	nameB   int64
+	gen     uint64 // incremented when the interned ids are dropped (resetLocked)
+	loadsN  atomic.Int64
 
 	collProbed, collBytewise bool
 
@@ -210,6 +209,14 @@ type tcPiece struct {
 // a collation that does not order addresses bytewise, missing tiers): then
 // the caller uses SQL.
 func (a *API) topTalkersCached(ctx context.Context, sch *dbSchema, f FlowFilter, side, by string, limit int) (out []Talker, ok bool, err error) {
+	return a.topTalkersCachedNeed(ctx, sch, f, side, by, limit, nil)
+}
+
+// topTalkersCachedNeed is topTalkersCached that also records, in need when
+// not nil, the bytes of every bucket the answer used (KeepTalkersWarm's
+// measure of what its ranges take).
+func (a *API) topTalkersCachedNeed(ctx context.Context, sch *dbSchema, f FlowFilter, side, by string, limit int,
+	need map[tcKey]int64) (out []Talker, ok bool, err error) {
 	c := a.Talkers
 	if c == nil || f.From.IsZero() || f.To.IsZero() {
 		return nil, false, nil
@@ -234,7 +241,6 @@ func (a *API) topTalkersCached(ctx context.Context, sch *dbSchema, f FlowFilter,
 		// The interned addresses alone take a quarter of the bound:
 		// start afresh (the ids in cached buckets go with them).
 		c.evictions.Add(float64(len(c.buckets)))
-		c.evictedN.Add(int64(len(c.buckets)))
 		c.resetLocked()
 	}
 	gen := c.gen
@@ -302,6 +308,13 @@ func (a *API) topTalkersCached(ctx context.Context, sch *dbSchema, f FlowFilter,
 	for _, err := range append(edgeErr, cacheErr) {
 		if err != nil {
 			return nil, false, err
+		}
+	}
+	if need != nil {
+		for _, p := range pieces {
+			for _, b := range p.got {
+				need[b.key] = b.size()
+			}
 		}
 	}
 	edges := append(edgeOut[0], edgeOut[1]...)
@@ -577,7 +590,6 @@ func (c *TalkerCache) fill(ctx context.Context, a *API, p *tcPiece, gen uint64) 
 		delete(c.buckets, b.key)
 		c.bytes -= b.size()
 		c.evictions.Inc()
-		c.evictedN.Add(1)
 	}
 	c.bytesG.Set(float64(c.bytes))
 	return nil
@@ -600,15 +612,15 @@ func (a *API) KeepTalkersWarm(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		ev := a.Talkers.evictedN.Load()
-		if err := a.WarmTalkers(ctx); err != nil && ctx.Err() == nil {
+		need, err := a.WarmTalkers(ctx)
+		if err != nil && ctx.Err() == nil {
 			a.Log.Warn("keep the rollup cache warm", "err", err)
 		}
-		if n := a.Talkers.evictedN.Load() - ev; n > 0 && ctx.Err() == nil {
+		if err == nil && need > a.Talkers.max {
 			// The bound is below what the ranges need: every check would
 			// load them all again, for nothing. Requests still use the cache.
 			a.Log.Warn("rollup cache too small to keep the last 24 hours warm: warming stopped; raise -cache.rollup-bytes",
-				"bytes", a.Talkers.max, "evicted_while_warming", n)
+				"bytes", a.Talkers.max, "needed", need)
 			return
 		}
 		select {
@@ -620,31 +632,37 @@ func (a *API) KeepTalkersWarm(ctx context.Context, interval time.Duration) {
 }
 
 // WarmTalkers is one check of KeepTalkersWarm: it loads (or reloads, when
-// their version changed) the buckets of those ranges.
-func (a *API) WarmTalkers(ctx context.Context) error {
+// their version changed) the buckets of those ranges, and returns the bytes
+// those buckets take (each once), which KeepTalkersWarm compares with the
+// cache's bound.
+func (a *API) WarmTalkers(ctx context.Context) (need int64, err error) {
 	sch, err := schemaOf(ctx, a.Pool)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if !sch.hasTable("flows_1m") || !sch.hasTable("talkers_1m") {
-		return nil
+		return 0, nil
 	}
 	var newest *time.Time
 	if err := a.Pool.QueryRow(ctx, "SELECT max(minute) FROM flows_1m").Scan(&newest); err != nil || newest == nil {
-		return err
+		return 0, err
 	}
 	end := newest.Add(time.Minute).UTC()
 	if now := time.Now().Truncate(time.Minute).Add(time.Minute); end.After(now) {
 		end = now
 	}
 	next := end.Add(-24 * time.Hour).Truncate(time.Hour).Add(time.Hour + time.Minute)
+	used := map[tcKey]int64{}
 	for _, from := range []time.Time{end.Add(-time.Hour), end.Add(-24 * time.Hour), next} {
 		if !from.Before(end) {
 			continue
 		}
-		if _, _, err := a.topTalkersCached(ctx, sch, FlowFilter{From: from, To: end}, "both", "bytes", 1); err != nil {
-			return err
+		if _, _, err := a.topTalkersCachedNeed(ctx, sch, FlowFilter{From: from, To: end}, "both", "bytes", 1, used); err != nil {
+			return 0, err
 		}
 	}
-	return nil
+	for _, n := range used {
+		need += n
+	}
+	return need, nil
 }

@@ -271,7 +271,7 @@ func TestTalkerCacheWarm(t *testing.T) {
 		t.Fatal("an empty cache answered without loading: the check below could not fail")
 	}
 	c.Reset()
-	if err := e.srv.API.WarmTalkers(t.Context()); err != nil {
+	if _, err := e.srv.API.WarmTalkers(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	warm := c.Stats()
@@ -305,5 +305,42 @@ func TestTalkerCacheWarmTooSmall(t *testing.T) {
 	}
 	if n := srv.API.Talkers.Stats().Loads; n == 0 {
 		t.Errorf("no load before stopping: the first check did not run")
+	}
+}
+
+// TestTalkerCacheWarmFullCache: with a bound that holds the warmed ranges
+// (1.5 times what WarmTalkers reports they take), requests for other ranges
+// fill the cache and evict its buckets; the warming goes on (QA round 2:
+// it stopped at the first eviction during a warm pass, whoever caused it).
+func TestTalkerCacheWarmFullCache(t *testing.T) {
+	e := newEnv(t)
+	seedTalkerFlows(t, e, 0, 3000)
+	need, err := e.srv.API.WarmTalkers(t.Context())
+	if err != nil || need == 0 {
+		t.Fatalf("WarmTalkers: %d bytes, %v", need, err)
+	}
+	srv, err := server.New(e.pool, e.nc, ops.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)),
+		server.Options{RollupCacheBytes: need * 3 / 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler)
+	defer hs.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); srv.API.KeepTalkersWarm(ctx, time.Second) }()
+	defer func() { cancel(); <-done }()
+	for i := 0; i < 3; i++ {
+		for _, rg := range talkerCacheRanges {
+			if _, err := httpGet(hs.URL + "/api/v1/top-talkers?" + url.Values{"from": {rg[0]}, "to": {rg[1]}}.Encode()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(1100 * time.Millisecond) // a warm pass reloads what the requests evicted
+	}
+	select {
+	case <-done:
+		t.Fatalf("warming stopped though the bound (%d bytes) holds the warm set (%d)", need*3/2, need)
+	default:
 	}
 }
