@@ -55,38 +55,7 @@ func benchWriteFlows(b *testing.B, perBatch int, hosts uint32, scan bool) {
 	s, _ := openApp(b, app)
 	ctx := context.Background()
 	start := time.Now().UTC().Truncate(time.Hour)
-	mk := func(n int) *pb.FlowBatch {
-		fb := &pb.FlowBatch{Sensor: "bench"}
-		for i := range perBatch {
-			f := flow("bench", start.Add(time.Duration(n*perBatch+i)*time.Microsecond), uint32(i), uint32(n))
-			// Addresses spread like a capture's (scans, floods): the address
-			// indexes take inserts all over, not only at one end.
-			h := uint32(n*perBatch+i) * 2654435761
-			f.OrigAddr = []byte{10, byte(h >> 24), byte(h >> 16), byte(h >> 8)}
-			f.RespAddr = []byte{192, 0, byte(h>>4) & 3, byte(h)}
-			if hosts > 0 {
-				o, r := h%hosts, (h>>7)%(5*hosts)
-				f.OrigAddr = []byte{10, 1, byte(o >> 8), byte(o)}
-				f.RespAddr = []byte{198, 51, byte(r >> 8), byte(r)}
-			}
-			f.Proto, f.App = []uint32{6, 17, 1}[i%3], []string{"tls", "dns", "http", ""}[i%4]
-			f.RespPort = []uint32{443, 53, 80, 22, 8080, 123}[h%6]
-			// A Community ID v1 is "1:" and the base64 of a SHA-1: 30 characters.
-			sum := sha1.Sum([]byte(f.Id))
-			f.CommunityId = "1:" + base64.StdEncoding.EncodeToString(sum[:])
-			f.OrigCountry, f.RespCountry = countries[h%uint32(len(countries))], countries[(h>>8)%uint32(len(countries))]
-			f.OrigAsn, f.RespAsn = h%5000, (h>>4)%5000
-			if scan {
-				f.Proto, f.App, f.ServerName, f.OrigName, f.RespName = 6, "", "", "", ""
-				f.ConnState, f.History, f.EndReason, f.RecordIndex = "S0", "S", pb.EndReason_END_IDLE, 0
-				f.OrigTcpFlags, f.RespTcpFlags = 0x02, 0
-				f.OrigPkts, f.OrigIpBytes, f.OrigBytes, f.RespPkts, f.RespIpBytes, f.RespBytes = 1, 44, 0, 0, 0, 0
-				f.OrigCountry, f.RespCountry, f.OrigAsn, f.RespAsn = "", "", 0, 0
-			}
-			fb.Flows = append(fb.Flows, f)
-		}
-		return fb
-	}
+	mk := func(n int) *pb.FlowBatch { return benchBatch(n, perBatch, hosts, scan, start) }
 	// One warm-up write opens the connection and creates the partitions;
 	// its rollups are added before the clock starts.
 	if _, err := s.WriteFlows(ctx, []*pb.FlowBatch{mk(-1)}); err != nil {
@@ -183,6 +152,42 @@ func benchWriteFlows(b *testing.B, perBatch int, hosts uint32, scan bool) {
 			b.ReportMetric(float64((pg1-pg0).Nanoseconds())/rows, "pg-cpu-ns/row")
 		}
 	}
+}
+
+// benchBatch is the n-th batch of perBatch new flows of the benchmarks
+// starting at start (one microsecond apart): spread addresses (hosts 0) or
+// hosts originators; with scan, a TCP scan's unanswered SYNs.
+func benchBatch(n, perBatch int, hosts uint32, scan bool, start time.Time) *pb.FlowBatch {
+	fb := &pb.FlowBatch{Sensor: "bench"}
+	for i := range perBatch {
+		f := flow("bench", start.Add(time.Duration(n*perBatch+i)*time.Microsecond), uint32(i), uint32(n))
+		// Addresses spread like a capture's (scans, floods): the address
+		// indexes take inserts all over, not only at one end.
+		h := uint32(n*perBatch+i) * 2654435761
+		f.OrigAddr = []byte{10, byte(h >> 24), byte(h >> 16), byte(h >> 8)}
+		f.RespAddr = []byte{192, 0, byte(h>>4) & 3, byte(h)}
+		if hosts > 0 {
+			o, r := h%hosts, (h>>7)%(5*hosts)
+			f.OrigAddr = []byte{10, 1, byte(o >> 8), byte(o)}
+			f.RespAddr = []byte{198, 51, byte(r >> 8), byte(r)}
+		}
+		f.Proto, f.App = []uint32{6, 17, 1}[i%3], []string{"tls", "dns", "http", ""}[i%4]
+		f.RespPort = []uint32{443, 53, 80, 22, 8080, 123}[h%6]
+		// A Community ID v1 is "1:" and the base64 of a SHA-1: 30 characters.
+		sum := sha1.Sum([]byte(f.Id))
+		f.CommunityId = "1:" + base64.StdEncoding.EncodeToString(sum[:])
+		f.OrigCountry, f.RespCountry = countries[h%uint32(len(countries))], countries[(h>>8)%uint32(len(countries))]
+		f.OrigAsn, f.RespAsn = h%5000, (h>>4)%5000
+		if scan {
+			f.Proto, f.App, f.ServerName, f.OrigName, f.RespName = 6, "", "", "", ""
+			f.ConnState, f.History, f.EndReason, f.RecordIndex = "S0", "S", pb.EndReason_END_IDLE, 0
+			f.OrigTcpFlags, f.RespTcpFlags = 0x02, 0
+			f.OrigPkts, f.OrigIpBytes, f.OrigBytes, f.RespPkts, f.RespIpBytes, f.RespBytes = 1, 44, 0, 0, 0, 0
+			f.OrigCountry, f.RespCountry, f.OrigAsn, f.RespAsn = "", "", 0, 0
+		}
+		fb.Flows = append(fb.Flows, f)
+	}
+	return fb
 }
 
 // drainRollups runs the rollup job until no batch is pending.
