@@ -16,6 +16,13 @@ const (
 	AppSSH  = "ssh"
 	AppDHCP = "dhcp"
 	AppNTP  = "ntp"
+	// AppMDNS is Multicast DNS (RFC 6762), UDP port 5353: DNS messages
+	// whose question class carries the unicast-response bit and whose
+	// responses usually hold no question (RFC 6762 §5.4, §6).
+	AppMDNS = "mdns"
+	// AppLLMNR is Link-Local Multicast Name Resolution (RFC 4795), UDP and
+	// TCP port 5355: the DNS message format with its own flags.
+	AppLLMNR = "llmnr"
 )
 
 // L7 is the light application-layer data of one packet.
@@ -96,7 +103,8 @@ type DNSAnswer struct {
 var httpMethods = [][]byte{[]byte("GET "), []byte("POST "), []byte("HEAD "), []byte("PUT "),
 	[]byte("DELETE "), []byte("OPTIONS "), []byte("PATCH "), []byte("CONNECT "), []byte("TRACE ")}
 
-// App classifies p's payload without allocating: DNS on port 53, TLS
+// App classifies p's payload without allocating: DNS on port 53, mDNS on
+// UDP 5353 and LLMNR on 5355 (their names are parsed like DNS), TLS
 // handshake records, HTTP/1 requests and responses, QUIC long headers on
 // UDP 443, SSH banners, DHCP and NTP by port. It returns "" when unknown.
 func App(p *Packet) string {
@@ -111,8 +119,16 @@ func App(p *Packet) string {
 		}
 		return ""
 	}
+	if sp == 5355 || dp == 5355 {
+		if p.Proto == 17 || len(b) > 0 {
+			return AppLLMNR
+		}
+		return ""
+	}
 	if p.Proto == 17 {
 		switch {
+		case sp == 5353 || dp == 5353:
+			return AppMDNS
 		case (sp == 443 || dp == 443) && len(b) >= 5 && b[0]&0x80 != 0:
 			return AppQUIC
 		case sp == 67 || dp == 67 || sp == 68 || dp == 68:
@@ -157,7 +173,7 @@ func App(p *Packet) string {
 func ParseL7(p *Packet, l *L7) {
 	*l = L7{App: App(p), arena: l.arena[:0], DNSAnswers: l.DNSAnswers[:0], TLSALPN: l.TLSALPN[:0], s: l.s}
 	switch l.App {
-	case AppDNS:
+	case AppDNS, AppMDNS, AppLLMNR:
 		b := p.Payload
 		if p.Proto == 6 {
 			if len(b) < 2 {
@@ -166,7 +182,7 @@ func ParseL7(p *Packet, l *L7) {
 			}
 			b = b[2:]
 		}
-		parseDNS(b, l)
+		parseDNS(b, l, l.App != AppDNS)
 		if l.Undecodable != "" && (p.Fragment || len(p.Payload) < int(p.PayloadBytes)) {
 			l.Undecodable = ""
 		}
@@ -215,8 +231,15 @@ func parseHTTP(b []byte, l *L7) {
 }
 
 // parseDNS reads the header, first question and A/AAAA/CNAME answers of a
-// DNS message (RFC 1035 4.1).
-func parseDNS(b []byte, l *L7) {
+// DNS message (RFC 1035 4.1; the same format for mDNS, RFC 6762 §18, and
+// LLMNR, RFC 4795 §2.1). The answers are read also when there is no
+// question, as in an mDNS response. The class is not checked (mDNS uses
+// its top bit as the unicast-response / cache-flush flag). With all, the
+// authority and additional records are read too (at most 32 records in
+// all): an mDNS responder sends a host's A and AAAA records as additional
+// records of its SRV or PTR answer (RFC 6762 §12); a DNS message's
+// additional records are glue, left out.
+func parseDNS(b []byte, l *L7, all bool) {
 	if len(b) < 12 {
 		l.Undecodable = ReasonDNSShort
 		return
@@ -225,18 +248,20 @@ func parseDNS(b []byte, l *L7) {
 	l.DNSRCode = b[3] & 0x0f
 	qd := int(binary.BigEndian.Uint16(b[4:]))
 	an := int(binary.BigEndian.Uint16(b[6:]))
+	if all {
+		an += int(binary.BigEndian.Uint16(b[8:])) + int(binary.BigEndian.Uint16(b[10:]))
+	}
 	off := 12
-	if qd == 0 {
-		return
+	if qd > 0 {
+		name, n, ok := dnsName(b, off, l)
+		if !ok || n+4 > len(b) {
+			l.Undecodable = ReasonDNSBadQuestion
+			return
+		}
+		l.DNSQuery = name
+		l.DNSQType = binary.BigEndian.Uint16(b[n:])
+		off = n + 4
 	}
-	name, n, ok := dnsName(b, off, l)
-	if !ok || n+4 > len(b) {
-		l.Undecodable = ReasonDNSBadQuestion
-		return
-	}
-	l.DNSQuery = name
-	l.DNSQType = binary.BigEndian.Uint16(b[n:])
-	off = n + 4
 	for i := 1; i < qd; i++ {
 		_, n, ok := dnsName(b, off, nil)
 		if !ok || n+4 > len(b) {

@@ -35,7 +35,7 @@ func TestDNSBinaryLabelIsValidUTF8(t *testing.T) {
 	msg := []byte{0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0,
 		3, 'a', 0xfe, 0x80, 1, 't', 0, 0, 1, 0, 1}
 	var l L7
-	parseDNS(msg, &l)
+	parseDNS(msg, &l, false)
 	if l.DNSQuery != `a\xfe\x80.t` {
 		t.Fatalf("query = %q, want %q", l.DNSQuery, `a\xfe\x80.t`)
 	}

@@ -60,7 +60,12 @@ func decodeFile(t *testing.T, name string) map[int]*decoded {
 			ParseL7(&p, &l)
 			r.l7 = L7{App: l.App, TLSSNI: strings.Clone(l.TLSSNI), JA3: strings.Clone(l.JA3),
 				JA3Full: strings.Clone(l.JA3Full), JA4: strings.Clone(l.JA4), QUICVersion: l.QUICVersion,
-				Hello: l.Hello, HelloPartial: l.HelloPartial}
+				Hello: l.Hello, HelloPartial: l.HelloPartial, DNSQuery: strings.Clone(l.DNSQuery), DNSQType: l.DNSQType,
+				DNSResponse: l.DNSResponse, Undecodable: l.Undecodable}
+			for _, a := range l.DNSAnswers {
+				a.Name, a.Target, a.Addr = strings.Clone(a.Name), strings.Clone(a.Target), slices.Clone(a.Addr)
+				r.l7.DNSAnswers = append(r.l7.DNSAnswers, a)
+			}
 			for _, a := range l.TLSALPN {
 				r.l7.TLSALPN = append(r.l7.TLSALPN, strings.Clone(a))
 			}
@@ -352,5 +357,64 @@ func TestARPTshark(t *testing.T) {
 	}
 	if total != 2+12+2+4+503 { // tshark -Y arp counts, see the captures' MANIFEST kinds
 		t.Errorf("%d ARP frames compared", total)
+	}
+}
+
+// TestMDNSLLMNRTshark compares every mDNS and LLMNR frame of the shared
+// captures that hold them with tshark's DNS dissection of the same frame:
+// the application (mdns on UDP 5353, llmnr on 5355), the first question
+// name (dns.qry.name), the response flag (dns.flags.response) and the A /
+// AAAA addresses read from the answer section, which must be among tshark's
+// dns.a / dns.aaaa (those also cover the additional section, which the
+// agent does not read). An mDNS response holds no question (RFC 6762 §6):
+// its answers must still be read (gemini.local in frames 2 and 3 of the
+// Wikipedia capture).
+func TestMDNSLLMNRTshark(t *testing.T) {
+	answered := 0
+	for _, c := range []struct {
+		file  string
+		mdns  int // frames tshark dissects as mDNS
+		llmnr int
+	}{{"eth-ipv4-dns-http-browsing-wikipedia.pcap", 4, 8}, {"lab/lab-nmap-udp-scan.pcap", 8, 0}} {
+		got := decodeFile(t, c.file)
+		rows := tsharkRows(t, c.file, "mdns or llmnr", "frame.number", "udp.port", "dns.qry.name", "dns.flags.response",
+			"dns.a", "dns.aaaa")
+		var mdns, llmnr int
+		for n, r := range rows {
+			want := AppLLMNR
+			if strings.Contains(r[1], "5353") {
+				want = AppMDNS
+				mdns++
+			} else {
+				llmnr++
+			}
+			g := got[n].l7
+			if g.App != want {
+				t.Errorf("%s frame %d: app %q, want %q (udp ports %s)", c.file, n, g.App, want, r[1])
+				continue
+			}
+			if q, _, _ := strings.Cut(r[2], ","); g.DNSQuery != q {
+				t.Errorf("%s frame %d: query %q, tshark %q", c.file, n, g.DNSQuery, q)
+			}
+			if g.DNSResponse != (r[3] == "1" || r[3] == "True") {
+				t.Errorf("%s frame %d: response %v, tshark %q", c.file, n, g.DNSResponse, r[3])
+			}
+			addrs := strings.Split(r[4]+","+r[5], ",")
+			for _, a := range g.DNSAnswers {
+				if a.Type != 1 && a.Type != 28 {
+					continue
+				}
+				answered++
+				if s := net.IP(a.Addr).String(); !slices.Contains(addrs, s) {
+					t.Errorf("%s frame %d: answer %s %s not among tshark's %v", c.file, n, a.Name, s, addrs)
+				}
+			}
+		}
+		if mdns != c.mdns || llmnr != c.llmnr {
+			t.Errorf("%s: tshark dissects %d mDNS and %d LLMNR frames, want %d and %d", c.file, mdns, llmnr, c.mdns, c.llmnr)
+		}
+	}
+	if answered < 4 { // frames 2 and 3: gemini.local AAAA and A in the answers
+		t.Errorf("%d A/AAAA answers read from the mDNS responses, want at least 4", answered)
 	}
 }
