@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"netwatch/schema"
+	"netwatch/schema/pb"
 	"netwatch/testkit"
 	"netwatch/testkit/e2e"
 )
@@ -311,13 +312,7 @@ func TestOpenAPIResponseSchemas(t *testing.T) {
 	}
 	// The pipeline: a flow record in FLOWS (first_time, last_time), whose
 	// durable consumers schema.Provision created.
-	b, err := proto.Marshal(testFlow("s1", 1, 6, 80))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.js.Publish(ctx, schema.FlowsSubject("s1", 0, 0), b); err != nil {
-		t.Fatal(err)
-	}
+	publishFlows(t, e, "s1", testFlow("s1", 1, 6, 80))
 
 	c.checkAll(t, base.Truncate(time.Hour), base.Truncate(time.Hour).Add(time.Hour), tid("id0"), alertID)
 	// The flow with a host score carries it.
@@ -325,6 +320,49 @@ func TestOpenAPIResponseSchemas(t *testing.T) {
 		t.Errorf("flow id0 has no orig_host_score: the HostScore schema was not exercised")
 	}
 	c.call(t, http.MethodGet, "/api/v1/flows/"+v6, "", http.StatusOK, true)
+
+	// The live feed's flow, alert and metrics objects (its own flow encoder,
+	// record.AppendFlowJSON) have the shapes of Flow, Alert and Metrics, as
+	// the description of /api/v1/live says.
+	ws := dial(t, e, "")
+	f := testFlow("s1", 7, 17, 53)
+	f.OrigAddr = netip.MustParseAddr("2001:db8::7").AsSlice()
+	f.Direction, f.ConnState, f.Ja3, f.OrigCountry, f.OrigAsn = "inbound", "SF", "e7d705a3286e19ea42f587b344ee6865", "SE", 64500
+	publishFlows(t, e, "s1", f)
+	for subject, m := range map[string]proto.Message{
+		schema.AlertsSubject("s1"): &pb.Alert{Id: "al1", TimeNs: base.UnixNano(), Sensor: "s1", Severity: pb.Severity_SEVERITY_HIGH,
+			Category: "portscan", Technique: "T1046", OrigAddr: "10.1.0.2", Summary: "scan", Evidence: []byte(`{"ports":100}`),
+			WindowStartNs: base.UnixNano(), WindowEndNs: base.Add(time.Minute).UnixNano(), Score: 0.5},
+		schema.MetricsSubject("s1"): &pb.Metrics{Sensor: "s1", Host: "h1", TimeNs: base.UnixNano(), CpuPercent: 42, MemTotalBytes: 100,
+			Disks:      []*pb.DiskUsage{{Mount: "/", TotalBytes: 10, UsedBytes: 5}},
+			Interfaces: []*pb.InterfaceCounters{{Name: "eth0", RxBytes: 1}},
+			Captures:   []*pb.CaptureStats{{Source: "eth0", Received: 7, Dropped: 1, Arp: 2}}},
+	} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.js.Publish(ctx, subject, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]bool{}
+	for range 3 {
+		m := next(t, ws)
+		v, name := map[string]any{"flow": m.Flow, "alert": m.Alert, "metrics": m.Metrics}[m.Type], strings.ToUpper(m.Type[:1])+m.Type[1:]
+		sch := c.doc.Components.Schemas[name]
+		if v == nil || sch == nil {
+			t.Errorf("live message of type %q: %+v", m.Type, m)
+			continue
+		}
+		got[m.Type] = true
+		if err := sch.Value.VisitJSON(v); err != nil {
+			t.Errorf("live %s does not match the schema %s: %v\n%v", m.Type, name, err, v)
+		}
+	}
+	if len(got) != 3 {
+		t.Errorf("live messages: got %v, want a flow, an alert and a metrics sample", got)
+	}
 }
 
 // TestOpenAPIResponseSchemasCapture: the same checks as
