@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -230,8 +231,9 @@ func jsonNum(v any) string {
 // with NULL for every unknown value (sink 00013), an IPv6 flow, a flow with a
 // host score, alerts with and without addresses and windows, host metrics
 // in the current and the pre-00004 shape, sensors of the database and of
-// the registry only, a pipeline with a consumer; statistics from the
-// rollups and from flows; 400 and 404 problems.
+// the registry only, a pipeline with a stored message; statistics from the
+// rollups and from flows; 400 and 404 problems; every list on an empty
+// database; and the live feed's flow, alert and metrics objects.
 func TestOpenAPIResponseSchemas(t *testing.T) {
 	e := newEnv(t)
 	c := newSchemaChecker(t, e.url)
@@ -383,13 +385,7 @@ func TestOpenAPIResponseSchemasCapture(t *testing.T) {
 	p := e2e.StartPipeline(t, bin)
 	captures := map[string]string{"scan": "attack-portscan-nmap-syn.pcapng", "tls": "tls12-clienthello-sni-google-de.pcap",
 		"dual": "dualstack-http-ipv4-and-ipv6.pcapng", "vxlan": "tunnel-vxlan-http.pcap"}
-	sensors := slices.Sorted(func(yield func(string) bool) {
-		for s := range captures {
-			if !yield(s) {
-				return
-			}
-		}
-	})
+	sensors := slices.Sorted(maps.Keys(captures))
 	for _, s := range sensors {
 		file := filepath.Join(testkit.Pcaps(t), captures[s])
 		if _, err := os.Stat(file); err != nil {
