@@ -69,7 +69,7 @@ type Flow struct {
 	RespTCPFlags     int     `json:"resp_tcp_flags"`
 	RecordIndex      int     `json:"record_index"`
 	Final            bool    `json:"final"`
-	EndReason        string  `json:"end_reason"` // idle, active, fin, rst, eof, shutdown; "" unknown
+	EndReason        string  `json:"end_reason"` // idle, active, fin, rst, eof, shutdown, evicted; "" unknown
 	DirectionGuessed bool    `json:"direction_guessed"`
 	App              string  `json:"app"`
 	ConnState        string  `json:"conn_state"`
