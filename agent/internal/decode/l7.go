@@ -119,6 +119,9 @@ func App(p *Packet) string {
 		}
 		return ""
 	}
+	if p.Proto == 17 && (sp == 5353 || dp == 5353) { // before LLMNR, as tshark decides 5353 ↔ 5355
+		return AppMDNS
+	}
 	if sp == 5355 || dp == 5355 {
 		if p.Proto == 17 || len(b) > 0 {
 			return AppLLMNR
@@ -127,8 +130,6 @@ func App(p *Packet) string {
 	}
 	if p.Proto == 17 {
 		switch {
-		case sp == 5353 || dp == 5353:
-			return AppMDNS
 		case (sp == 443 || dp == 443) && len(b) >= 5 && b[0]&0x80 != 0:
 			return AppQUIC
 		case sp == 67 || dp == 67 || sp == 68 || dp == 68:

@@ -198,7 +198,7 @@ func (r *Report) Add(link layers.LinkType, wireLen int, p *decode.Packet, l7 *de
 	a.Packets++
 	a.Bytes += uint64(p.IPBytes)
 	switch {
-	case app == decode.AppDNS && p.Proto == 17:
+	case (app == decode.AppDNS || app == decode.AppMDNS || app == decode.AppLLMNR) && p.Proto == 17:
 		// DNS over TCP is a stream: a segment need not start a message
 		decode.ParseL7(p, l7)
 		if l7.Undecodable != "" {

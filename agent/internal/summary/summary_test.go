@@ -226,3 +226,38 @@ func TestSplitClientHello(t *testing.T) {
 		t.Errorf("%+v, want %+v", r.ClientHellos, want)
 	}
 }
+
+// TestDNSUndecodableEveryPort: the same malformed messages count the same
+// undecodable reasons on DNS (53), mDNS (5353) and LLMNR (5355) ports
+// (independent QA, seventh session: mDNS and LLMNR counted none). By hand:
+// 5 bytes are short of the 12-byte header (RFC 1035 4.1.1); a header that
+// counts one question followed by a label running past the end is a bad
+// question; one that counts one answer (no question) followed by 3 bytes
+// is a bad answer; a valid query counts nothing.
+func TestDNSUndecodableEveryPort(t *testing.T) {
+	msgs := [][]byte{
+		{0, 1, 2, 3, 4},
+		{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 9, 'a'},
+		{0, 1, 0x84, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 'a', 0},
+		{0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 'a', 0, 0, 1, 0, 1},
+	}
+	want := map[string]uint64{decode.ReasonDNSShort: 1, decode.ReasonDNSBadQuestion: 1, decode.ReasonDNSBadRecord: 1}
+	for _, port := range []uint16{53, 5353, 5355} {
+		r := summary.New("crafted")
+		for _, m := range msgs {
+			p := decode.Packet{Kind: decode.KindIP, Proto: 17, SrcPort: 40000, DstPort: port, Payload: m,
+				PayloadBytes: uint32(len(m)), IPBytes: uint32(28 + len(m))}
+			var l decode.L7
+			r.Add(layers.LinkTypeEthernet, 42+len(m), &p, &l)
+		}
+		if len(r.Undecodable) != len(want) {
+			t.Errorf("port %d: undecodable %v, want %v", port, r.Undecodable, want)
+			continue
+		}
+		for k, v := range want {
+			if r.Undecodable[k] != v {
+				t.Errorf("port %d: undecodable %v, want %v", port, r.Undecodable, want)
+			}
+		}
+	}
+}

@@ -1,9 +1,11 @@
 package rest
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"sort"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -50,7 +52,14 @@ func (a *API) pipeline(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusServiceUnavailable, "no NATS connection")
 		return
 	}
-	ctx, cancel := a.ctx(r)
+	// A connection lost after start is 503 at once, not a request that
+	// waits for the query timeout and answers 504 as if the database were
+	// slow.
+	if nc := a.JS.Conn(); nc != nil && !nc.IsConnected() {
+		writeProblem(w, r, http.StatusServiceUnavailable, "NATS connection "+nc.Status().String()+": the pipeline's streams cannot be read")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), natsTimeout)
 	defer cancel()
 	out := Pipeline{Streams: []Stream{}}
 	for _, name := range []string{schema.StreamPackets, schema.StreamFlows, schema.StreamAlerts, schema.StreamMetrics, schema.StreamCounters} {
@@ -58,7 +67,7 @@ func (a *API) pipeline(w http.ResponseWriter, r *http.Request) {
 		s, err := a.JS.Stream(ctx, name)
 		if err != nil {
 			if !errors.Is(err, jetstream.ErrStreamNotFound) {
-				a.fail(w, r, "stream "+name, err)
+				a.natsFail(w, r, "stream "+name, err)
 				return
 			}
 			st.Error = "stream not found"
@@ -84,7 +93,7 @@ func (a *API) pipeline(w http.ResponseWriter, r *http.Request) {
 			st.Consumers = append(st.Consumers, c)
 		}
 		if err := lister.Err(); err != nil {
-			a.fail(w, r, "list consumers of "+name, err)
+			a.natsFail(w, r, "list consumers of "+name, err)
 			return
 		}
 		sort.Slice(st.Consumers, func(i, j int) bool { return st.Consumers[i].Name < st.Consumers[j].Name })
@@ -92,4 +101,22 @@ func (a *API) pipeline(w http.ResponseWriter, r *http.Request) {
 		out.Streams = append(out.Streams, st)
 	}
 	WriteJSON(w, http.StatusOK, out)
+}
+
+// natsTimeout bounds the JetStream requests of one /api/v1/pipeline answer
+// (5 stream infos and consumer lists; each is one request-reply of a few
+// milliseconds to a healthy server).
+const natsTimeout = 5 * time.Second
+
+// natsFail answers 503: the JetStream API did not answer (a server down or
+// partitioned, no responders, a timeout), which is NATS's unavailability,
+// not a database fault or timeout.
+func (a *API) natsFail(w http.ResponseWriter, r *http.Request, op string, err error) {
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		return // the client went away
+	}
+	if a.Log != nil {
+		a.Log.Warn(op, "path", r.URL.Path, "err", err)
+	}
+	writeProblem(w, r, http.StatusServiceUnavailable, "NATS: "+op+": "+err.Error())
 }

@@ -36,8 +36,8 @@ const OnlineWithin = time.Minute
 type Sensor struct {
 	Sensor    string          `json:"sensor"`
 	Host      string          `json:"host"`
-	FirstSeen record.Time     `json:"first_seen"`          // wall clock
-	LastSeen  record.Time     `json:"last_seen"`           // wall clock of the sink's last write for it
+	FirstSeen record.Time     `json:"first_seen"`          // wall clock of the sink's first write for it; for a sensor only the registry knows, its start (else its heartbeat)
+	LastSeen  record.Time     `json:"last_seen"`           // wall clock of the sink's last write for it; for a sensor only the registry knows, its last heartbeat
 	Online    bool            `json:"online"`              // last_seen within OnlineWithin
 	LastFlow  *record.Time    `json:"last_flow,omitempty"` // packet time of the newest stored flow
 	Metrics   *record.Metrics `json:"metrics"`             // latest sample; null when none
@@ -158,6 +158,9 @@ func (a *API) hostMetrics(w http.ResponseWriter, r *http.Request) {
 		}
 		step = d
 	}
+	if !from.IsZero() && !to.IsZero() && !from.Before(to) {
+		p.bad("from must be before to")
+	}
 	if p.err != nil {
 		badRequest(w, r, p.err)
 		return
@@ -228,7 +231,15 @@ func (a *API) withRegistry(ctx context.Context, out []Sensor) []Sensor {
 	for _, rg := range regs {
 		i, ok := at[rg.Name]
 		if !ok {
-			out = append(out, Sensor{Sensor: rg.Name, Host: rg.Host, Interfaces: []string{}})
+			// Nothing stored for it yet: first and last seen are the
+			// registry's (its start, else its first heartbeat seen here,
+			// and its last heartbeat), not Go's zero time.
+			first := rg.Started
+			if first.IsZero() || first.After(rg.LastSeen) {
+				first = rg.LastSeen
+			}
+			out = append(out, Sensor{Sensor: rg.Name, Host: rg.Host, Interfaces: []string{},
+				FirstSeen: record.Time(first), LastSeen: record.Time(rg.LastSeen)})
 			i = len(out) - 1
 		}
 		s := &out[i]

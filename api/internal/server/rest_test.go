@@ -173,6 +173,7 @@ func TestBadRequests(t *testing.T) {
 		{"GET", "/api/v1/flows?from=yesterday", 400, "from"},
 		{"GET", "/api/v1/flows?to=2024-13-01T00:00:00Z", 400, "to"},
 		{"GET", "/api/v1/flows?from=2024-05-02T00:00:00Z&to=2024-05-01T00:00:00Z", 400, "from must be before to"},
+		{"GET", "/api/v1/metrics/hosts?from=2024-05-02T00:00:00Z&to=2024-05-01T00:00:00Z", 400, "from must be before to"},
 		{"GET", "/api/v1/flows?port=70000", 400, "port"},
 		{"GET", "/api/v1/flows?port=-1", 400, "port"},
 		{"GET", "/api/v1/flows?proto=bogus", 400, "proto"},
@@ -391,9 +392,23 @@ func TestSensorsAndHostMetrics(t *testing.T) {
 			CaptureInterfaces []string `json:"capture_interfaces"`
 			Online            bool     `json:"online"`
 			Heartbeat         *string  `json:"heartbeat"`
+			FirstSeen         string   `json:"first_seen"`
+			LastSeen          string   `json:"last_seen"`
 		} `json:"sensors"`
 	}
+	before := time.Now().Add(-time.Second)
 	e.get(t, "/api/v1/sensors", &reg)
+	// s3 stored nothing: its first and last seen are its heartbeat (it
+	// announced no start), not Go's zero time.
+	if len(reg.Sensors) == 3 {
+		s3 := reg.Sensors[2]
+		first, err1 := time.Parse(time.RFC3339Nano, s3.FirstSeen)
+		last, err2 := time.Parse(time.RFC3339Nano, s3.LastSeen)
+		if err1 != nil || err2 != nil || first.Before(before) || last.Before(before) || s3.Heartbeat == nil || *s3.Heartbeat != s3.LastSeen {
+			t.Errorf("registry-only sensor s3: first_seen %q last_seen %q heartbeat %v, want its heartbeat (after %s)",
+				s3.FirstSeen, s3.LastSeen, s3.Heartbeat, before.UTC().Format(time.RFC3339Nano))
+		}
+	}
 	if got := fmt.Sprint(reg.Sensors); len(reg.Sensors) != 3 || reg.Sensors[0].Version != "v1.2.3" ||
 		fmt.Sprint(reg.Sensors[0].CaptureInterfaces) != "[eth1]" || !reg.Sensors[0].Online || reg.Sensors[0].Heartbeat == nil ||
 		reg.Sensors[1].Version != "" || reg.Sensors[1].Online || reg.Sensors[2].Sensor != "s3" || !reg.Sensors[2].Online {

@@ -61,9 +61,23 @@ func New(cfg Config) *Cache {
 // an address of "dyna.wikimedia.org" reached from "en.wikipedia.org" is
 // named "en.wikipedia.org". The name is kept for the record's TTL, clamped
 // to [MinTTL, MaxTTL], from the packet's time.
+//
+// An mDNS or LLMNR answer (the agent's app "mdns", "llmnr": multicast,
+// unauthenticated, from any host of the link) is learned only for the
+// sender's own address or an address that is not globally routable
+// (private, unique local, link-local, loopback: what .local names are for,
+// RFC 6762 §3), so that a host on the LAN cannot name 8.8.8.8; and a
+// record with TTL 0, an mDNS "goodbye" that withdraws the name (RFC 6762
+// §10.1), is not learned.
 func (c *Cache) Learn(p *pb.PacketSummary) {
 	if c == nil || !p.DnsResponse || len(p.DnsAnswers) == 0 {
 		return
+	}
+	local := p.App == "mdns" || p.App == "llmnr"
+	var src netip.Addr
+	if local {
+		src, _ = netip.AddrFromSlice(p.SrcAddr)
+		src = src.Unmap()
 	}
 	for _, a := range p.DnsAnswers {
 		if (a.Type != 1 && a.Type != 28) || a.Name == "" {
@@ -73,10 +87,19 @@ func (c *Cache) Learn(p *pb.PacketSummary) {
 		if !ok {
 			continue
 		}
+		if local && (a.Ttl == 0 || addr.Unmap() != src && !linkScoped(addr.Unmap())) {
+			continue
+		}
 		ttl := min(max(time.Duration(a.Ttl)*time.Second, c.cfg.MinTTL), c.cfg.MaxTTL)
 		c.put(addr.Unmap(), entry{name: head(p.DnsAnswers, a.Name), learned: p.TsNs, until: p.TsNs + int64(ttl)})
 		c.Learned++
 	}
+}
+
+// linkScoped reports whether a is not globally routable: private (RFC 1918,
+// RFC 4193 unique local), link-local or loopback.
+func linkScoped(a netip.Addr) bool {
+	return a.IsPrivate() || a.IsLinkLocalUnicast() || a.IsLoopback()
 }
 
 // head follows CNAME records backwards from name (at most 8 steps, RFC 1034

@@ -92,3 +92,39 @@ func TestCNAMELoop(t *testing.T) {
 		t.Errorf("name %q", n)
 	}
 }
+
+// TestLearnMDNS: an mDNS (or LLMNR) response names the sender's own
+// address and addresses that are not globally routable, not a public
+// address of another host (any host of the link can send one: independent
+// QA, seventh session, named 8.8.8.8 "evil.local"), and a TTL 0 record (an
+// mDNS goodbye, RFC 6762 §10.1) teaches nothing. A unicast DNS answer for
+// a public address is still learned.
+func TestLearnMDNS(t *testing.T) {
+	c := New(Config{})
+	for _, app := range []string{"mdns", "llmnr"} {
+		c.Learn(&pb.PacketSummary{TsNs: t0, Proto: 17, App: app, SrcAddr: ip("198.51.100.7"), DnsResponse: true,
+			DnsAnswers: []*pb.DNSAnswer{
+				{Name: "self-" + app + ".local", Type: 1, Addr: ip("198.51.100.7"), Ttl: 120}, // its own, public: learned
+				{Name: "evil-" + app + ".local", Type: 1, Addr: ip("8.8.8.8"), Ttl: 120},      // another host's public: not
+				{Name: "nas-" + app + ".local", Type: 1, Addr: ip("192.168.1.20"), Ttl: 120},  // private: learned
+				{Name: "ll-" + app + ".local", Type: 28, Addr: ip("fe80::1"), Ttl: 120},       // link-local: learned
+				{Name: "gone-" + app + ".local", Type: 1, Addr: ip("192.168.1.21"), Ttl: 0},   // goodbye: not
+			}})
+		if app == "mdns" {
+			for addr, want := range map[string]string{"198.51.100.7": "self-mdns.local", "8.8.8.8": "",
+				"192.168.1.20": "nas-mdns.local", "fe80::1": "ll-mdns.local", "192.168.1.21": ""} {
+				if got := c.Name(ip(addr), t0+1e9, t0+2e9); got != want {
+					t.Errorf("mdns %s: %q, want %q", addr, got, want)
+				}
+			}
+		}
+	}
+	if c.Learned != 6 {
+		t.Errorf("learned %d, want 6 (3 of each response)", c.Learned)
+	}
+	c.Learn(&pb.PacketSummary{TsNs: t0, Proto: 17, App: "dns", SrcAddr: ip("192.0.2.53"), DnsResponse: true,
+		DnsAnswers: []*pb.DNSAnswer{{Name: "dns.google", Type: 1, Addr: ip("8.8.8.8"), Ttl: 0}}})
+	if got := c.Name(ip("8.8.8.8"), t0+1e9, t0+2e9); got != "dns.google" {
+		t.Errorf("unicast DNS answer for 8.8.8.8 (TTL 0, kept 5 min): %q, want dns.google", got)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 )
 
 // BenchmarkPostgresFloor measures what PostgreSQL itself spends to store
@@ -46,8 +48,12 @@ func BenchmarkPostgresFloor(b *testing.B) {
 			b.Run("flows="+shape+"/index="+idx, func(b *testing.B) { benchFloorFlows(b, shape == "scan", idx) })
 		}
 	}
-	b.Run("rollups=1m-deltas/flows=spread", func(b *testing.B) { benchFloorDeltas(b, false) })
-	b.Run("rollups=1m-arrays/flows=spread", func(b *testing.B) { benchFloorDeltas(b, true) })
+	for _, shape := range []string{"scan", "rich"} {
+		b.Run("flows="+shape+"/layout=packed/index=key", func(b *testing.B) { benchFloorPacked(b, shape == "scan") })
+	}
+	b.Run("rollups=1m-deltas/flows=spread", func(b *testing.B) { benchFloorDeltas(b, "rows") })
+	b.Run("rollups=1m-arrays/flows=spread", func(b *testing.B) { benchFloorDeltas(b, "arrays") })
+	b.Run("rollups=1m-packed/flows=spread", func(b *testing.B) { benchFloorDeltas(b, "packed") })
 }
 
 // floorIndexes are the index statements of each case, on table floor_flows.
@@ -123,6 +129,53 @@ func benchFloorFlows(b *testing.B, scan bool, idx string) {
 	reportFloor(b, s, app, pg0, goCPU, float64(b.N*perBatch))
 }
 
+func benchFloorPacked(b *testing.B, scan bool) {
+	app := fmt.Sprintf("sinkfloor_%d", time.Now().UnixNano())
+	s, _ := openApp(b, app)
+	ctx := context.Background()
+	if _, err := s.pool.Exec(ctx, `CREATE TABLE floor_packed (start timestamptz NOT NULL, id uuid NOT NULL,
+		batch bigint NOT NULL, rec bytea NOT NULL, PRIMARY KEY (start, id))`); err != nil {
+		b.Fatal(err)
+	}
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Release()
+	start := time.Now().UTC().Truncate(time.Hour)
+	const perBatch = 5000
+	var c copyBuf
+	wire := make([][]byte, perBatch)
+	pg0 := backendCPU(b, s, app)
+	var goCPU time.Duration
+	for n := 0; b.Loop(); n++ {
+		b.StopTimer()
+		batch := benchBatch(n, perBatch, 0, scan, start)
+		for i, f := range batch.Flows {
+			if wire[i], err = proto.Marshal(f); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		c0 := processCPU()
+		c.reset()
+		for i, f := range batch.Flows {
+			c.fields(4)
+			c.time(micros(f.GetStartNs()))
+			c.uuid(f.GetId())
+			c.int64(int64(n + 1))
+			c.bytea(wire[i])
+		}
+		c.trailer()
+		goCPU += processCPU() - c0
+		tag, err := conn.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(c.b), "COPY floor_packed FROM STDIN (FORMAT binary)")
+		if err != nil || tag.RowsAffected() != perBatch {
+			b.Fatalf("copy: %v, %v", tag, err)
+		}
+	}
+	reportFloor(b, s, app, pg0, goCPU, float64(b.N*perBatch))
+}
+
 // reportFloor reports the floor metrics for rows flows.
 func reportFloor(b *testing.B, s *Store, app string, pg0, goCPU time.Duration, rows float64) {
 	b.ReportMetric(float64(goCPU.Nanoseconds())/rows, "go-cpu-ns/row")
@@ -166,7 +219,8 @@ type (
 	floorSums [5]int64
 )
 
-func benchFloorDeltas(b *testing.B, arrays bool) {
+func benchFloorDeltas(b *testing.B, mode string) {
+	arrays := mode == "arrays"
 	app := fmt.Sprintf("sinkfloor_%d", time.Now().UnixNano())
 	s, _ := openApp(b, app)
 	ctx := context.Background()
@@ -186,7 +240,18 @@ func benchFloorDeltas(b *testing.B, arrays bool) {
 			"floor_countries": "sensor text, minute timestamptz[], country text[], a int8[], b int8[], c int8[], d int8[], records int8[]",
 		}
 	}
+	if mode == "packed" {
+		for name := range tables {
+			tables[name] = "sensor text, rec bytea"
+		}
+	}
 	for name, cols := range tables {
+		if mode == "packed" {
+			if _, err := s.pool.Exec(ctx, "CREATE TABLE "+name+" ("+cols+"); ALTER TABLE "+name+" ALTER COLUMN rec SET STORAGE EXTERNAL"); err != nil {
+				b.Fatal(err)
+			}
+			continue
+		}
 		if arrays {
 			if _, err := s.pool.Exec(ctx, "CREATE TABLE "+name+" ("+cols+")"); err != nil {
 				b.Fatal(err)
@@ -295,7 +360,9 @@ func benchFloorDeltas(b *testing.B, arrays bool) {
 				c.int64(x)
 			}
 		}
-		if arrays {
+		if mode == "packed" {
+			encodeFloorPacked(&bufs, talkers, pairs, ports, protos, ctries)
+		} else if arrays {
 			encodeFloorArrays(&bufs, talkers, pairs, ports, protos, ctries)
 		} else {
 			for k, v := range talkers {
@@ -343,7 +410,14 @@ func benchFloorDeltas(b *testing.B, arrays bool) {
 	b.ReportMetric(float64(deltaRows)/rows, "delta-rows/flow")
 	reportFloor(b, s, app, pg0, goCPU, rows)
 	// The deltas must sum to the flows written (a floor that stored less
-	// would not be one).
+	// would not be one); a packed batch is one row a rollup.
+	if mode == "packed" {
+		var n int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM floor_talkers`).Scan(&n); err != nil || n != b.N {
+			b.Fatalf("floor_talkers holds %d rows, %v; want %d", n, err, b.N)
+		}
+		return
+	}
 	var records int64
 	unnest := func(t string) string {
 		if arrays {
@@ -523,4 +597,58 @@ func encodeFloorArrays(bufs *[5]copyBuf, talkers map[floorTalker]*floorSums, pai
 		})
 		sums(c, vs)
 	}
+}
+
+// encodeFloorPacked writes each rollup's rows as one row (sensor, rec) per
+// batch, rec the rows as fixed-width little-endian records: the minute
+// (Unix µs), the key (addresses as 16 bytes, numbers as 2 or 4 bytes, a
+// string with a 1-byte length) and the 5 counters.
+func encodeFloorPacked(bufs *[5]copyBuf, talkers map[floorTalker]*floorSums, pairs map[floorPair]*floorSums,
+	ports map[floorPort]*floorSums, protos map[floorProto]*floorSums, ctries map[floorCountry]*floorSums) {
+	le := binary.LittleEndian
+	put := func(c *copyBuf, rec []byte) {
+		c.fields(2)
+		c.text("bench")
+		c.bytea(rec)
+	}
+	sums := func(r []byte, v *floorSums) []byte {
+		for _, x := range v {
+			r = le.AppendUint64(r, uint64(x))
+		}
+		return r
+	}
+	var r []byte
+	for k, v := range talkers {
+		r = le.AppendUint64(r, uint64(k.minute))
+		a := k.addr.As16()
+		r = sums(append(r, a[:]...), v)
+	}
+	put(&bufs[0], r)
+	r = nil
+	for k, v := range pairs {
+		r = le.AppendUint64(r, uint64(k.minute))
+		o, d := k.orig.As16(), k.resp.As16()
+		r = append(append(r, o[:]...), d[:]...)
+		r = sums(le.AppendUint16(r, uint16(k.proto)), v)
+	}
+	put(&bufs[1], r)
+	r = nil
+	for k, v := range ports {
+		r = le.AppendUint64(r, uint64(k.minute))
+		r = sums(le.AppendUint32(le.AppendUint16(r, uint16(k.proto)), k.port), v)
+	}
+	put(&bufs[2], r)
+	r = nil
+	for k, v := range protos {
+		r = le.AppendUint64(r, uint64(k.minute))
+		r = le.AppendUint16(r, uint16(k.proto))
+		r = sums(append(append(r, byte(len(k.app))), k.app...), v)
+	}
+	put(&bufs[3], r)
+	r = nil
+	for k, v := range ctries {
+		r = le.AppendUint64(r, uint64(k.minute))
+		r = sums(append(append(r, byte(len(k.country))), k.country...), v)
+	}
+	put(&bufs[4], r)
 }
