@@ -90,6 +90,13 @@ func newEnvSchema(t testing.TB, opts server.Options, upTo string) *env {
 func newEnvDSN(t testing.TB, opts server.Options, dsn, upTo string) *env {
 	t.Helper()
 	_, nc, js := testkit.JetStream(t)
+	return newEnvNATS(t, opts, dsn, upTo, nc, js)
+}
+
+// newEnvNATS is newEnvDSN with the api on the NATS connection nc (js its
+// JetStream context), for tests that control the NATS server.
+func newEnvNATS(t testing.TB, opts server.Options, dsn, upTo string, nc *nats.Conn, js jetstream.JetStream) *env {
+	t.Helper()
 	pool, err := server.NewPool(context.Background(), dsn)
 	if err != nil {
 		t.Fatalf("pool: %v", err)

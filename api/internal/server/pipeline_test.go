@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +16,6 @@ import (
 	"netwatch/api/internal/rest"
 	"netwatch/api/internal/server"
 	"netwatch/schema"
-	"netwatch/schema/ops"
 	"netwatch/testkit"
 )
 
@@ -52,28 +49,11 @@ func TestPipelineNATSDown(t *testing.T) {
 	if err := schema.Provision(ctx, js, schema.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	pool, err := server.NewPool(context.Background(), testkit.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	migrate(t, pool)
-	srv, err := server.New(pool, nc, ops.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)), server.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Hub.Start(); err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler)
-	t.Cleanup(func() {
-		srv.Hub.Close()
-		hs.Close()
-	})
+	e := newEnvNATS(t, server.Options{}, testkit.Postgres(t), "99999", nc, js)
 
 	get := func() (int, rest.Problem, time.Duration) {
 		t0 := time.Now()
-		resp, err := http.Get(hs.URL + "/api/v1/pipeline")
+		resp, err := http.Get(e.url + "/api/v1/pipeline")
 		if err != nil {
 			t.Fatal(err)
 		}
