@@ -91,15 +91,15 @@ func (h *Hub) ServeReplay(w http.ResponseWriter, r *http.Request) {
 		rp, err = parseStreamReplay(r)
 	}
 	if err != nil {
-		rest.WriteError(w, http.StatusBadRequest, err.Error())
+		rest.WriteError(w, r, http.StatusBadRequest, err.Error())
 		return
 	}
 	if h.js == nil {
-		rest.WriteError(w, http.StatusServiceUnavailable, "replay needs NATS JetStream")
+		rest.WriteError(w, r, http.StatusServiceUnavailable, "replay needs NATS JetStream")
 		return
 	}
 	if !websocket.IsWebSocketUpgrade(r) {
-		rest.WriteError(w, http.StatusBadRequest, "this endpoint is a WebSocket: send an Upgrade request")
+		rest.WriteError(w, r, http.StatusBadRequest, "this endpoint is a WebSocket: send an Upgrade request")
 		return
 	}
 	h.serve(w, r, f, func(ctx context.Context, c *client) error { return h.streamReplay(ctx, c, f, rp) })

@@ -652,15 +652,15 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rp, err = parseReplay(r)
 	}
 	if err != nil {
-		rest.WriteError(w, http.StatusBadRequest, err.Error())
+		rest.WriteError(w, r, http.StatusBadRequest, err.Error())
 		return
 	}
 	if rp != nil && h.pool == nil {
-		rest.WriteError(w, http.StatusServiceUnavailable, "replay needs the database")
+		rest.WriteError(w, r, http.StatusServiceUnavailable, "replay needs the database")
 		return
 	}
 	if !websocket.IsWebSocketUpgrade(r) {
-		rest.WriteError(w, http.StatusBadRequest, "this endpoint is a WebSocket: send an Upgrade request")
+		rest.WriteError(w, r, http.StatusBadRequest, "this endpoint is a WebSocket: send an Upgrade request")
 		return
 	}
 	var run func(ctx context.Context, c *client) error
@@ -680,7 +680,7 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request, f Filter, run func(c
 	}
 	h.mu.Unlock()
 	if closed {
-		rest.WriteError(w, http.StatusServiceUnavailable, "shutting down")
+		rest.WriteError(w, r, http.StatusServiceUnavailable, "shutting down")
 		return
 	}
 	defer h.wg.Done()
@@ -691,7 +691,7 @@ func (h *Hub) serve(w http.ResponseWriter, r *http.Request, f Filter, run func(c
 		mask = f.mask()
 		if err := h.acquire(mask); err != nil {
 			h.log.Warn("live subscribe", "err", err)
-			rest.WriteError(w, http.StatusServiceUnavailable, "live feed unavailable")
+			rest.WriteError(w, r, http.StatusServiceUnavailable, "live feed unavailable")
 			return
 		}
 		defer h.release(mask)

@@ -49,7 +49,7 @@ type Pipeline struct {
 
 func (a *API) pipeline(w http.ResponseWriter, r *http.Request) {
 	if a.JS == nil {
-		WriteError(w, http.StatusServiceUnavailable, "no NATS connection")
+		WriteError(w, r, http.StatusServiceUnavailable, "no NATS connection")
 		return
 	}
 	// A connection lost after start is 503 at once, not a request that

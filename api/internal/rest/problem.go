@@ -45,10 +45,11 @@ var problemTypes = map[int][2]string{
 	http.StatusGatewayTimeout:        {ProblemTimeout, "Database query timed out"},
 }
 
-// WriteError writes an RFC 9457 problem with status code and detail msg;
-// the type and title follow from the code.
-func WriteError(w http.ResponseWriter, code int, msg string) {
-	writeProblem(w, nil, code, msg)
+// WriteError writes an RFC 9457 problem with status code and detail msg
+// for the request r (its path is the problem's instance); the type and
+// title follow from the code.
+func WriteError(w http.ResponseWriter, r *http.Request, code int, msg string) {
+	writeProblem(w, r, code, msg)
 }
 
 func writeProblem(w http.ResponseWriter, r *http.Request, code int, msg string) {
@@ -57,7 +58,7 @@ func writeProblem(w http.ResponseWriter, r *http.Request, code int, msg string) 
 		p.Type, p.Title = t[0], t[1]
 	}
 	if r != nil {
-		p.Instance = r.URL.Path
+		p.Instance = r.URL.EscapedPath() // a URI reference (RFC 9457 §3.1.5): escaped
 	}
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("Cache-Control", "no-store")

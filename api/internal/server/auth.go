@@ -115,12 +115,12 @@ func authenticate(next http.Handler, tokens []Token, admin func(*http.Request) b
 		}
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="netwatch"`)
-			rest.WriteError(w, http.StatusUnauthorized, err.Error())
+			rest.WriteError(w, r, http.StatusUnauthorized, err.Error())
 			return
 		}
 		if admin(r) && !tok.Admin {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="netwatch", error="insufficient_scope"`)
-			rest.WriteError(w, http.StatusForbidden, "this needs an admin token; the token given is read-only")
+			rest.WriteError(w, r, http.StatusForbidden, "this needs an admin token; the token given is read-only")
 			return
 		}
 		next.ServeHTTP(w, rest.WithIdentity(r, rest.Identity{Name: tok.Name, Admin: tok.Admin}))

@@ -226,8 +226,8 @@ func TestBadRequests(t *testing.T) {
 			t.Fatal(err)
 		}
 		var p struct {
-			Type, Title, Detail string
-			Status              int
+			Type, Title, Detail, Instance string
+			Status                        int
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -240,6 +240,11 @@ func TestBadRequests(t *testing.T) {
 		}
 		if ct := resp.Header.Get("Content-Type"); ct != "application/problem+json" {
 			t.Errorf("%s: Content-Type %q", name, ct)
+		}
+		// Every problem names the request path it occurred on (README;
+		// the WebSocket endpoints' and the query-string check's had none).
+		if path, _, _ := strings.Cut(tc.path, "?"); p.Instance != path {
+			t.Errorf("%s: instance %q, want %q", name, p.Instance, path)
 		}
 		if tc.code == 405 && !strings.Contains(resp.Header.Get("Allow"), tc.detail) {
 			t.Errorf("%s: Allow %q", name, resp.Header.Get("Allow"))

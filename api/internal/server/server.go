@@ -107,7 +107,7 @@ func badQuery(next http.Handler) http.Handler {
 		if strings.HasPrefix(r.URL.Path, "/api/") {
 			q, err := url.ParseQuery(r.URL.RawQuery)
 			if err != nil {
-				rest.WriteError(w, http.StatusBadRequest, "query string: "+err.Error())
+				rest.WriteError(w, r, http.StatusBadRequest, "query string: "+err.Error())
 				return
 			}
 			for name, vs := range q {
@@ -115,7 +115,7 @@ func badQuery(next http.Handler) http.Handler {
 					if !rest.Text(name) || !rest.Text(v) {
 						// PostgreSQL text holds neither; the live feed's
 						// filters would only fail after the handshake
-						rest.WriteError(w, http.StatusBadRequest, "query string: parameter "+strconv.Quote(name)+
+						rest.WriteError(w, r, http.StatusBadRequest, "query string: parameter "+strconv.Quote(name)+
 							" is not UTF-8 text, or holds a NUL character")
 						return
 					}
