@@ -63,13 +63,26 @@ func New(js jetstream.JetStream, bucket string) *Annotator {
 	return &Annotator{js: js, bucket: bucket, cache: map[string]entry{}}
 }
 
+// Budget is the longest one Annotate spends on lookups: a flows answer is
+// never held back more than this for its annotation.
+const Budget = 2 * time.Second
+
 // Annotate sets OrigHostScore and RespHostScore of every flow it finds a
 // score for. Lookups that fail (no bucket yet, NATS away, ctx done) leave
-// the fields nil: a flow is never held back for its annotation.
+// the fields nil: a flow is never held back for its annotation. With the
+// NATS connection down it looks nothing up (a request on a reconnecting
+// connection waits for its context: independent QA, seventh session, saw
+// /api/v1/flows take 30 s); otherwise it spends at most Budget and stops at
+// the first failed lookup.
 func (a *Annotator) Annotate(ctx context.Context, flows []record.Flow) {
 	if a == nil || len(flows) == 0 {
 		return
 	}
+	if nc := a.js.Conn(); nc != nil && !nc.IsConnected() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, Budget)
+	defer cancel()
 	kv, model := a.bind(ctx)
 	if kv == nil || model.WindowNs <= 0 {
 		return
@@ -78,8 +91,13 @@ func (a *Annotator) Annotate(ctx context.Context, flows []record.Flow) {
 		f := &flows[i]
 		start := time.Time(f.Start).UnixNano()
 		w := start - start%model.WindowNs
-		f.OrigHostScore = a.lookup(ctx, kv, f.Sensor, f.OrigAddr, w)
-		f.RespHostScore = a.lookup(ctx, kv, f.Sensor, f.RespAddr, w)
+		var ok bool
+		if f.OrigHostScore, ok = a.lookup(ctx, kv, f.Sensor, f.OrigAddr, w); !ok {
+			return
+		}
+		if f.RespHostScore, ok = a.lookup(ctx, kv, f.Sensor, f.RespAddr, w); !ok {
+			return
+		}
 	}
 }
 
@@ -108,20 +126,21 @@ func (a *Annotator) bind(ctx context.Context) (jetstream.KeyValue, schema.HostSc
 	return a.kv, a.model
 }
 
-func (a *Annotator) lookup(ctx context.Context, kv jetstream.KeyValue, sensor, addr string, windowStart int64) *record.HostScore {
+// lookup is the score of addr's host window; ok is false when the bucket
+// could not be read (NATS away, ctx done), not for a missing score.
+func (a *Annotator) lookup(ctx context.Context, kv jetstream.KeyValue, sensor, addr string, windowStart int64) (score *record.HostScore, ok bool) {
 	ip, err := netip.ParseAddr(addr)
 	if err != nil || schema.ValidSensor(sensor) != nil {
-		return nil
+		return nil, true
 	}
 	key := schema.HostScoreKey(sensor, ip, windowStart)
 	now := time.Now()
 	a.mu.Lock()
 	if e, ok := a.cache[key]; ok && now.Sub(e.at) < cacheTTL {
 		a.mu.Unlock()
-		return e.score
+		return e.score, true
 	}
 	a.mu.Unlock()
-	var score *record.HostScore
 	e, err := kv.Get(ctx, key)
 	switch {
 	case err == nil:
@@ -132,7 +151,7 @@ func (a *Annotator) lookup(ctx context.Context, kv jetstream.KeyValue, sensor, a
 		}
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 	default:
-		return nil // not cached: try again next time
+		return nil, false // not cached: try again next time
 	}
 	a.mu.Lock()
 	if len(a.cache) >= cacheMax {
@@ -147,5 +166,5 @@ func (a *Annotator) lookup(ctx context.Context, kv jetstream.KeyValue, sensor, a
 	}
 	a.cache[key] = entry{score: score, at: now}
 	a.mu.Unlock()
-	return score
+	return score, true
 }

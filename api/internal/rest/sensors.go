@@ -3,12 +3,14 @@ package rest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"sort"
 	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"netwatch/api/internal/record"
 	"netwatch/schema"
@@ -141,8 +143,12 @@ func (a *API) sensors(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, "query sensors", err)
 		return
 	}
-	out = a.withRegistry(ctx, out)
-	WriteJSON(w, http.StatusOK, map[string]any{"sensors": out})
+	out, regErr := a.withRegistry(ctx, out)
+	body := map[string]any{"sensors": out}
+	if regErr != "" {
+		body["registry_error"] = regErr
+	}
+	WriteJSON(w, http.StatusOK, body)
 }
 
 func (a *API) hostMetrics(w http.ResponseWriter, r *http.Request) {
@@ -205,24 +211,37 @@ func (a *API) hostMetrics(w http.ResponseWriter, r *http.Request) {
 
 // withRegistry merges the SENSORS registry into the sensors of the
 // database (adding registered sensors nothing was stored for yet). Without
-// NATS or a registry bucket the list is returned as it is.
-func (a *API) withRegistry(ctx context.Context, out []Sensor) []Sensor {
+// NATS or a registry bucket the list is returned as it is; regErr then says
+// why the registry was not read when NATS is configured ("" otherwise, and
+// when no agent has announced itself yet).
+func (a *API) withRegistry(ctx context.Context, out []Sensor) (_ []Sensor, regErr string) {
 	for i := range out {
 		out[i].CaptureInterfaces = []string{}
 	}
 	if a.JS == nil {
-		return out
+		return out, ""
 	}
+	// Without NATS the list is the database's, at once: a request on a
+	// reconnecting connection would wait for the query timeout (independent
+	// QA, seventh session: 30 s).
+	if nc := a.JS.Conn(); nc != nil && !nc.IsConnected() {
+		return out, "NATS connection " + nc.Status().String() + ": the sensor registry was not read"
+	}
+	ctx, cancel := context.WithTimeout(ctx, natsTimeout)
+	defer cancel()
 	kv, err := schema.OpenRegistry(ctx, a.JS)
 	if err != nil {
-		return out
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			return out, ""
+		}
+		return out, "the sensor registry was not read: " + err.Error()
 	}
 	regs, err := schema.List(ctx, kv, time.Now(), 0)
 	if err != nil {
 		if a.Log != nil {
 			a.Log.Warn("list the sensor registry", "err", err)
 		}
-		return out
+		return out, "the sensor registry was not read: " + err.Error()
 	}
 	at := map[string]int{}
 	for i, s := range out {
@@ -257,5 +276,5 @@ func (a *API) withRegistry(ctx context.Context, out []Sensor) []Sensor {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Sensor < out[j].Sensor })
-	return out
+	return out, ""
 }
