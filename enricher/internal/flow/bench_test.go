@@ -106,7 +106,7 @@ func BenchmarkFlowsContext(b *testing.B) {
 	cfg := DefaultConfig()
 	cfg.Geo, cfg.Names = db, names.New(names.Config{})
 	server := netip.MustParseAddr("89.160.20.115").AsSlice()
-	cfg.Names.Learn(&pb.PacketSummary{TsNs: t0, DnsResponse: true, DnsAnswers: []*pb.DNSAnswer{{Name: "www.example.se", Type: 1, Addr: server, Ttl: 3600}}})
+	cfg.Names.Learn(&pb.PacketSummary{TsNs: t0, SrcPort: 53, DnsResponse: true, DnsAnswers: []*pb.DNSAnswer{{Name: "www.example.se", Type: 1, Addr: server, Ttl: 3600}}})
 	t := NewTable(cfg, func(Record) {})
 	b.ReportAllocs()
 	i := 0

@@ -66,14 +66,27 @@ func New(cfg Config) *Cache {
 // unauthenticated, from any host of the link) is learned only for the
 // sender's own address or an address that is not globally routable
 // (private, unique local, link-local, loopback: what .local names are for,
-// RFC 6762 §3), so that a host on the LAN cannot name 8.8.8.8; and a
-// record with TTL 0, an mDNS "goodbye" that withdraws the name (RFC 6762
-// §10.1), is not learned.
+// RFC 6762 §3), so that a host on the LAN cannot name 8.8.8.8; a record
+// with TTL 0, an mDNS "goodbye" (RFC 6762 §10.1), withdraws the name it
+// gave. A DNS answer counts only from source port 53, and one sent to a
+// multicast group is taken as a link-local one.
 func (c *Cache) Learn(p *pb.PacketSummary) {
 	if c == nil || !p.DnsResponse || len(p.DnsAnswers) == 0 {
 		return
 	}
 	local := p.App == "mdns" || p.App == "llmnr"
+	if !local {
+		// A DNS answer comes from the server's port 53; a "response" sent
+		// to port 53 or from any other port answers no query, and one sent
+		// to a multicast group reached everyone on the link like mDNS
+		// (second QA, seventh session: both named public addresses).
+		if p.SrcPort != 53 {
+			return
+		}
+		if dst, ok := netip.AddrFromSlice(p.DstAddr); ok && dst.Unmap().IsMulticast() {
+			local = true
+		}
+	}
 	var src netip.Addr
 	if local {
 		src, _ = netip.AddrFromSlice(p.SrcAddr)
@@ -87,12 +100,26 @@ func (c *Cache) Learn(p *pb.PacketSummary) {
 		if !ok {
 			continue
 		}
-		if local && (a.Ttl == 0 || addr.Unmap() != src && !linkScoped(addr.Unmap())) {
+		if local && addr.Unmap() != src && !linkScoped(addr.Unmap()) {
+			continue
+		}
+		if local && a.Ttl == 0 {
+			// A goodbye: the name is withdrawn (RFC 6762 §10.1).
+			c.forget(addr.Unmap(), head(p.DnsAnswers, a.Name))
 			continue
 		}
 		ttl := min(max(time.Duration(a.Ttl)*time.Second, c.cfg.MinTTL), c.cfg.MaxTTL)
 		c.put(addr.Unmap(), entry{name: head(p.DnsAnswers, a.Name), learned: p.TsNs, until: p.TsNs + int64(ttl)})
 		c.Learned++
+	}
+}
+
+// forget removes a's name if it is name (case-insensitive, RFC 4343).
+func (c *Cache) forget(a netip.Addr, name string) {
+	for _, m := range []map[netip.Addr]entry{c.cur, c.old} {
+		if e, ok := m[a]; ok && strings.EqualFold(e.name, name) {
+			delete(m, a)
+		}
 	}
 }
 

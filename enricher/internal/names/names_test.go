@@ -16,7 +16,7 @@ func ip(s string) []byte { return netip.MustParseAddr(s).AsSlice() }
 // CNAME dyna.wikimedia.org, which has an A and an AAAA record (TTL 600 s),
 // plus an unrelated A record of its own owner name.
 func response(ts int64) *pb.PacketSummary {
-	return &pb.PacketSummary{TsNs: ts, Proto: 17, DnsResponse: true, DnsQuery: "en.wikipedia.org",
+	return &pb.PacketSummary{TsNs: ts, Proto: 17, SrcPort: 53, DnsResponse: true, DnsQuery: "en.wikipedia.org",
 		DnsAnswers: []*pb.DNSAnswer{
 			{Name: "en.wikipedia.org", Type: 5, Target: "dyna.wikimedia.org", Ttl: 86400},
 			{Name: "dyna.wikimedia.org", Type: 1, Addr: ip("91.198.174.192"), Ttl: 600},
@@ -69,7 +69,7 @@ func TestLearn(t *testing.T) {
 func TestBounded(t *testing.T) {
 	c := New(Config{Max: 100})
 	for i := range 10000 {
-		c.Learn(&pb.PacketSummary{TsNs: t0, DnsResponse: true, DnsAnswers: []*pb.DNSAnswer{
+		c.Learn(&pb.PacketSummary{TsNs: t0, SrcPort: 53, DnsResponse: true, DnsAnswers: []*pb.DNSAnswer{
 			{Name: "h.example", Type: 1, Addr: []byte{10, 0, byte(i >> 8), byte(i)}, Ttl: 60}}})
 	}
 	if c.Len() > 100 {
@@ -84,7 +84,7 @@ func TestBounded(t *testing.T) {
 // TestCNAMELoop: a response whose CNAMEs form a loop still gives a name.
 func TestCNAMELoop(t *testing.T) {
 	c := New(Config{})
-	c.Learn(&pb.PacketSummary{TsNs: t0, DnsResponse: true, DnsAnswers: []*pb.DNSAnswer{
+	c.Learn(&pb.PacketSummary{TsNs: t0, SrcPort: 53, DnsResponse: true, DnsAnswers: []*pb.DNSAnswer{
 		{Name: "a.example", Type: 5, Target: "b.example"},
 		{Name: "b.example", Type: 5, Target: "a.example"},
 		{Name: "b.example", Type: 1, Addr: ip("192.0.2.7")}}})
@@ -122,9 +122,39 @@ func TestLearnMDNS(t *testing.T) {
 	if c.Learned != 6 {
 		t.Errorf("learned %d, want 6 (3 of each response)", c.Learned)
 	}
-	c.Learn(&pb.PacketSummary{TsNs: t0, Proto: 17, App: "dns", SrcAddr: ip("192.0.2.53"), DnsResponse: true,
+	c.Learn(&pb.PacketSummary{TsNs: t0, Proto: 17, App: "dns", SrcAddr: ip("192.0.2.53"), SrcPort: 53, DnsResponse: true,
 		DnsAnswers: []*pb.DNSAnswer{{Name: "dns.google", Type: 1, Addr: ip("8.8.8.8"), Ttl: 0}}})
 	if got := c.Name(ip("8.8.8.8"), t0+1e9, t0+2e9); got != "dns.google" {
 		t.Errorf("unicast DNS answer for 8.8.8.8 (TTL 0, kept 5 min): %q, want dns.google", got)
+	}
+}
+
+// TestLearnSpoofedPaths: a DNS "response" that does not come from port 53
+// (sent to port 53, or between other ports) names nothing; one from port 53
+// to a multicast group is held to the link-local rule; an mDNS goodbye
+// withdraws a name learned before (second QA, seventh session).
+func TestLearnSpoofedPaths(t *testing.T) {
+	c := New(Config{})
+	ans := func(name, addr string, ttl uint32) []*pb.DNSAnswer {
+		return []*pb.DNSAnswer{{Name: name, Type: 1, Addr: ip(addr), Ttl: ttl}}
+	}
+	c.Learn(&pb.PacketSummary{TsNs: t0, Proto: 17, App: "dns", SrcAddr: ip("192.168.60.8"), SrcPort: 40404,
+		DstAddr: ip("192.168.60.1"), DstPort: 53, DnsResponse: true, DnsAnswers: ans("www.bank.example", "208.67.222.222", 600)})
+	c.Learn(&pb.PacketSummary{TsNs: t0, Proto: 17, App: "dns", SrcAddr: ip("192.168.60.9"), SrcPort: 53,
+		DstAddr: ip("224.0.0.251"), DstPort: 5353, DnsResponse: true, DnsAnswers: ans("bypass.local", "1.1.1.1", 600)})
+	c.Learn(&pb.PacketSummary{TsNs: t0, Proto: 17, App: "dns", SrcAddr: ip("192.168.60.9"), SrcPort: 53,
+		DstAddr: ip("224.0.0.251"), DstPort: 5353, DnsResponse: true, DnsAnswers: ans("printer.local", "192.168.60.20", 600)})
+	c.Learn(&pb.PacketSummary{TsNs: t0, Proto: 17, App: "mdns", SrcAddr: ip("192.168.50.13"), SrcPort: 5353,
+		DstAddr: ip("224.0.0.251"), DnsResponse: true, DnsAnswers: ans("hello.local", "192.168.50.13", 120)})
+	if got := c.Name(ip("192.168.50.13"), t0+1e9, t0+2e9); got != "hello.local" {
+		t.Fatalf("hello.local not learned: %q", got)
+	}
+	c.Learn(&pb.PacketSummary{TsNs: t0 + 1e9, Proto: 17, App: "mdns", SrcAddr: ip("192.168.50.13"), SrcPort: 5353,
+		DstAddr: ip("224.0.0.251"), DnsResponse: true, DnsAnswers: ans("HELLO.local", "192.168.50.13", 0)})
+	for addr, want := range map[string]string{"208.67.222.222": "", "1.1.1.1": "", "192.168.60.20": "printer.local",
+		"192.168.50.13": ""} {
+		if got := c.Name(ip(addr), t0+70e9, t0+71e9); got != want {
+			t.Errorf("%s: %q, want %q", addr, got, want)
+		}
 	}
 }
